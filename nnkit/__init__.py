@@ -1,0 +1,19 @@
+"""nnkit: a small neural-network trainer with hand-derived, batched backprop,
+written once against the Python Array API standard and run on NumPy, CuPy,
+PyTorch or any array library array-api-compat wraps (``backend=``).
+"""
+from .backend import Backend, get_backend
+from .layers import Layer, Dense
+from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity
+from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, get_loss
+from .model import Sequential
+from .gradcheck import gradcheck
+from . import init, optim, functional
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "get_backend", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
+    "Identity", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
+    "gradcheck", "init", "optim", "functional",
+]

@@ -1,0 +1,42 @@
+"""Numerically stable building blocks written once for any array-API namespace.
+
+The Array API standard has no ``sigmoid``, ``softmax`` or ``logsumexp``; the
+naive formulas overflow for logits of a few hundred.  These versions never
+exponentiate a positive number, so logits of +-1000 give finite results and no
+warnings in float32 and float64.
+"""
+from __future__ import annotations
+
+__all__ = ["sigmoid", "softmax", "logsumexp", "log_sigmoid_pair", "softplus"]
+
+
+def sigmoid(xp, z):
+    """σ(z) = 1 / (1 + e^{-z}), computed from e = e^{-|z|} ∈ (0, 1]:
+
+    σ(z) = 1/(1+e) for z ≥ 0 and e/(1+e) for z < 0.
+    """
+    e = xp.exp(-xp.abs(z))
+    r = 1.0 / (1.0 + e)
+    return xp.where(z >= 0, r, e * r)
+
+
+def softplus(xp, z):
+    """log(1 + e^{z}) = max(z, 0) + log1p(e^{-|z|})."""
+    return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+def logsumexp(xp, z, axis=-1):
+    """log Σ_k e^{z_k} along ``axis`` (kept as a size-1 axis): m + log Σ e^{z-m}, m = max z."""
+    m = xp.max(z, axis=axis, keepdims=True)
+    return m + xp.log(xp.sum(xp.exp(z - m), axis=axis, keepdims=True))
+
+
+def softmax(xp, z, axis=-1):
+    """softmax(z)_k = e^{z_k - m} / Σ_j e^{z_j - m}, m = max_j z_j (row-wise for (batch, K))."""
+    e = xp.exp(z - xp.max(z, axis=axis, keepdims=True))
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def log_sigmoid_pair(xp, z):
+    """(log σ(z), log(1 − σ(z))) without overflow: −softplus(−z), −softplus(z)."""
+    return -softplus(xp, -z), -softplus(xp, z)

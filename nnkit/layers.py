@@ -1,0 +1,137 @@
+"""Layers with hand-derived, batched backward passes.
+
+Conventions (batch-first): X is (B, in), W is (in, out), b is (out,),
+Z = X·W + b is (B, out).  ``forward`` keeps exactly what ``backward`` needs;
+``backward(dY)`` receives ∂L/∂Y (same shape as the output), stores the
+parameter gradients in ``self.grads`` and returns ∂L/∂X (or ``None`` when the
+model says nobody needs it).
+"""
+from __future__ import annotations
+
+import numbers
+
+from .init import get_initializer
+
+__all__ = ["Layer", "Dense"]
+
+
+def check_size(name, value):
+    """A layer size must be a positive integer (``True`` is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+class Layer:
+    """Base class: a differentiable map from (B, in) to (B, out).
+
+    Subclasses set ``param_names`` and implement ``forward``/``backward``.
+    ``params`` and ``grads`` map a parameter's name to its array.
+    """
+
+    param_names: tuple = ()
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.xp = None
+        self._cache = None
+
+    def build(self, backend, rng, in_features):
+        """Create parameters on ``backend`` (drawing from host ``rng``); return the output width."""
+        self.xp = backend.xp
+        return in_features
+
+    def output_features(self, in_features):
+        """The output width for an input width (no parameters created)."""
+        return in_features
+
+    def forward(self, X, train=True):
+        raise NotImplementedError
+
+    def backward(self, dY, need_dX=True):
+        raise NotImplementedError
+
+    def config(self):
+        """Everything needed to rebuild the layer (without its weights)."""
+        return {"type": type(self).__name__}
+
+    @property
+    def n_params(self):
+        return sum(_size(p) for p in self.params.values())
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+def _size(a):
+    n = 1
+    for s in a.shape:
+        n *= s
+    return n
+
+
+class Dense(Layer):
+    r"""Fully connected layer: Z = X·W + b.
+
+    Shapes: X (B, in), W (in, out), b (out,), Z (B, out).
+
+    Backward, for dZ = ∂L/∂Z of shape (B, out) — the batched chain rule
+    ∂L/∂W_ij = Σ_n X_ni ∂L/∂Z_nj, written as matrix products:
+
+    * ``dW = Xᵀ·dZ``       (in, out)
+    * ``db = Σ_batch dZ``   (out,)   — the bias is broadcast over the batch
+    * ``dX = dZ·Wᵀ``        (B, in)  — skipped for the model's first layer
+
+    ``init`` names the weight initialiser (see :mod:`nnkit.init`); ``b`` starts at 0.
+    """
+
+    param_names = ("W", "b")
+
+    def __init__(self, in_features, out_features, init="glorot_uniform"):
+        super().__init__()
+        self.in_features = check_size("in_features", in_features)
+        self.out_features = check_size("out_features", out_features)
+        self._init_fn = get_initializer(init)
+        self.init = init
+
+    def build(self, backend, rng, in_features):
+        super().build(backend, rng, in_features)
+        W = self._init_fn(rng, self.in_features, self.out_features)
+        W = backend.asarray(backend.host_float64(W), dtype=backend.dtype)
+        if tuple(W.shape) != (self.in_features, self.out_features):
+            raise ValueError(
+                f"initializer {self.init!r} returned shape {tuple(W.shape)}, "
+                f"expected ({self.in_features}, {self.out_features})"
+            )
+        b = self.xp.zeros((self.out_features,), dtype=backend.dtype, device=backend.device)
+        self.params = {"W": W, "b": b}
+        return self.out_features
+
+    def output_features(self, in_features):
+        return self.out_features
+
+    def forward(self, X, train=True):
+        """Z = X·W + b; X (B, in) -> Z (B, out). Keeps X for the backward pass when training."""
+        if train:
+            self._cache = X
+        return X @ self.params["W"] + self.params["b"]
+
+    def backward(self, dZ, need_dX=True):
+        """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·Wᵀ (B×in) or None."""
+        X = self._cache
+        self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
+        return dZ @ self.params["W"].T if need_dX else None
+
+    def __repr__(self):
+        init = "" if self.init == "glorot_uniform" else f", init={self.init!r}"
+        return f"Dense({self.in_features}, {self.out_features}{init})"
+
+    def config(self):
+        cfg = {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features}
+        if isinstance(self.init, str):
+            cfg["init"] = self.init
+        return cfg

@@ -1,0 +1,193 @@
+"""Losses: the mean over the batch of a per-example loss summed over output units.
+
+For a batch of B examples with outputs (B, K), each loss returns the 0-d value
+
+    L = (1/B) Σ_n ℓ(out_n, y_n)
+
+and its gradient ∂L/∂out (B, K), which carries the 1/B.  ``CrossEntropy`` and
+``BinaryCrossEntropy`` take *logits* (the last Dense layer's Z) and fold the
+softmax/sigmoid in, which is both stable and gives the short gradients below.
+"""
+from __future__ import annotations
+
+from . import functional as F
+
+__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "LOSSES", "get_loss"]
+
+
+def _namespace(y):
+    import array_api_compat
+
+    return array_api_compat.array_namespace(y)
+
+
+class Loss:
+    """Base class.  Subclasses implement ``value_and_grad(out, T)`` and target checks."""
+
+    name = "loss"
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    # -- targets ----------------------------------------------------------------
+    def check_target(self, y, n_outputs, n_rows, check_values=True):
+        """Validate a target for outputs of width ``n_outputs``; return it shaped (B, K).
+
+        Shape checks read no data; ``check_values`` also checks the values
+        (finite, in range), which reads the array (a sync on a GPU).
+        """
+        xp = _namespace(y)
+        if y.ndim == 1 and n_outputs == 1:
+            y = xp.reshape(y, (-1, 1))
+        if y.ndim != 2 or y.shape[1] != n_outputs:
+            raise ValueError(
+                f"y has shape {tuple(y.shape)} but the model has {n_outputs} output(s): "
+                f"expected ({n_rows}, {n_outputs})" + (f" or ({n_rows},)" if n_outputs == 1 else "")
+            )
+        _check_rows(y, n_rows)
+        if not xp.isdtype(y.dtype, ("real floating", "integral")):
+            raise TypeError(f"y must be numeric, got dtype {y.dtype}")
+        if check_values:
+            if xp.isdtype(y.dtype, "real floating") and not bool(xp.all(xp.isfinite(y))):
+                raise ValueError("y contains NaN or infinity")
+            self._check_values(xp, y)
+        return y
+
+    def _check_values(self, xp, y):
+        pass
+
+    def prepare_target(self, y, n_outputs, backend):
+        """The checked target as a (B, K) array of the model's dtype on its device."""
+        return backend.asarray(y, dtype=backend.dtype)
+
+    # -- math ---------------------------------------------------------------------
+    def value_and_grad(self, out, T):
+        """(L as a 0-d array, ∂L/∂out of shape (B, K))."""
+        raise NotImplementedError
+
+    def value(self, out, T):
+        return self.value_and_grad(out, T)[0]
+
+
+def _check_rows(y, n_rows):
+    if y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]}: they must have the same length")
+
+
+class MSE(Loss):
+    """Quadratic cost (seed 003): ℓ = ½‖y − a‖² per example.
+
+    L = (1/2B) Σ_n Σ_k (a_nk − y_nk)²,   ∂L/∂a = (a − y)/B   (B, K).
+    """
+
+    name = "mse"
+
+    def value_and_grad(self, A, T):
+        xp = _namespace(A)
+        inv_b = 1.0 / A.shape[0]
+        diff = A - T
+        return (0.5 * inv_b) * xp.sum(diff * diff), diff * inv_b
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits Z (B, K).
+
+    Targets: integer labels (B,) in [0, K), or one-hot/probability rows (B, K).
+    With log p = Z − logsumexp(Z) (row-wise, stable):
+
+    L = −(1/B) Σ_n Σ_k y_nk log p_nk,   ∂L/∂Z = (softmax(Z) − y)/B   (B, K).
+    """
+
+    name = "cross_entropy"
+
+    def check_target(self, y, n_outputs, n_rows, check_values=True):
+        xp = _namespace(y)
+        if n_outputs < 2:
+            raise ValueError(
+                "CrossEntropy needs a model with at least 2 outputs (one logit per class); "
+                "for one output use BinaryCrossEntropy"
+            )
+        if y.ndim == 2 and y.shape[1] == 1 and xp.isdtype(y.dtype, "integral"):
+            y = xp.reshape(y, (-1,))
+        if y.ndim == 1:
+            _check_rows(y, n_rows)
+            if xp.isdtype(y.dtype, "bool") or not xp.isdtype(y.dtype, ("real floating", "integral")):
+                raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
+            if check_values:
+                if xp.isdtype(y.dtype, "real floating"):
+                    if not bool(xp.all(xp.isfinite(y))):
+                        raise ValueError("y contains NaN or infinity")
+                    if not bool(xp.all(y == xp.floor(y))):
+                        raise ValueError("class labels must be integers (0, 1, ..., K-1), got non-integer values")
+                if y.shape[0] and not bool(xp.all((y >= 0) & (y < n_outputs))):
+                    lo, hi = xp.min(y), xp.max(y)
+                    raise ValueError(
+                        f"class labels must lie in [0, {n_outputs - 1}] for a model with {n_outputs} "
+                        f"outputs, got labels from {float(lo):g} to {float(hi):g}"
+                    )
+            return y
+        if y.ndim != 2 or y.shape[1] != n_outputs:
+            raise ValueError(
+                f"y has shape {tuple(y.shape)}: CrossEntropy expects integer labels of shape ({n_rows},) "
+                f"or one-hot/probability rows of shape ({n_rows}, {n_outputs})"
+            )
+        return super().check_target(y, n_outputs, n_rows, check_values)
+
+    def _check_values(self, xp, y):
+        if y.shape[0] == 0:
+            return
+        if not bool(xp.all((y >= 0) & (y <= 1))):
+            raise ValueError("probability rows of y must lie in [0, 1]")
+        if not bool(xp.all(xp.abs(xp.sum(y, axis=1) - 1.0) <= 1e-4)):
+            raise ValueError("each row of y must be one-hot or a probability vector summing to 1")
+
+    def prepare_target(self, y, n_outputs, backend):
+        if y.ndim == 1:
+            xp = backend.xp
+            labels = backend.asarray(y)
+            classes = xp.arange(n_outputs, device=backend.device)
+            return xp.astype(xp.reshape(xp.astype(labels, classes.dtype), (-1, 1)) == classes, backend.dtype)
+        return super().prepare_target(y, n_outputs, backend)
+
+    def value_and_grad(self, Z, T):
+        xp = _namespace(Z)
+        inv_b = 1.0 / Z.shape[0]
+        log_p = Z - F.logsumexp(xp, Z, axis=1)
+        return -inv_b * xp.sum(T * log_p), (xp.exp(log_p) - T) * inv_b
+
+
+class BinaryCrossEntropy(Loss):
+    """Sigmoid cross-entropy on logits Z (B, K), targets y ∈ [0, 1] of the same shape.
+
+    ℓ = Σ_k −y log σ(z) − (1−y) log(1−σ(z)) = Σ_k max(z, 0) − z·y + log(1 + e^{−|z|}),
+    L = (1/B) Σ_n ℓ_n,   ∂L/∂Z = (σ(Z) − y)/B   (B, K).
+    """
+
+    name = "binary_cross_entropy"
+
+    def _check_values(self, xp, y):
+        if y.shape[0] and not bool(xp.all((y >= 0) & (y <= 1))):
+            raise ValueError("BinaryCrossEntropy targets must lie in [0, 1]")
+
+    def value_and_grad(self, Z, T):
+        xp = _namespace(Z)
+        inv_b = 1.0 / Z.shape[0]
+        value = inv_b * xp.sum(F.softplus(xp, Z) - Z * T)
+        return value, (F.sigmoid(xp, Z) - T) * inv_b
+
+
+LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy}
+
+
+def get_loss(loss):
+    """A :class:`Loss` instance from an instance, a Loss class or a name."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, type) and issubclass(loss, Loss):
+        return loss()
+    try:
+        return LOSSES[loss]()
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown loss {loss!r}: expected one of {', '.join(repr(k) for k in LOSSES)} or a Loss instance"
+        ) from None

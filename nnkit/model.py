@@ -1,0 +1,299 @@
+"""``Sequential``: a stack of layers with a hand-written backward pass."""
+from __future__ import annotations
+
+import numpy as np
+import array_api_compat
+
+from .backend import get_backend
+from .layers import Layer, Dense
+from . import activations
+from .losses import get_loss
+from .optim import Optimizer
+
+__all__ = ["Sequential"]
+
+
+class Sequential:
+    """A feed-forward network: layers applied in order, trained by backprop.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        E.g. ``[Dense(64, 128), ReLU(), Dense(128, 10)]``.  Sizes are checked here.
+    backend : str, module or Backend
+        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"array_api_strict"`` or an
+        imported array module; see :func:`nnkit.get_backend`.
+    dtype : ``"float32"`` (default) or ``"float64"``
+    seed : int or None
+        Seeds the host generator that draws the initial weights (and the
+        shuffles), so one seed gives the same model on every backend.
+
+    Input ``X`` is (batch, features); NumPy input (or lists) is converted to the
+    backend, arrays of the backend are used as they are.
+    """
+
+    def __init__(self, layers, backend="numpy", dtype="float32", seed=None):
+        layers = list(layers) if not isinstance(layers, Layer) else [layers]
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
+        self.layers = layers
+        self.n_features_in, self.n_outputs = _check_widths(layers)
+        self.backend = get_backend(backend, dtype=dtype)
+        self.seed = seed
+        self.rng = self.backend.rng(seed)
+        width = self.n_features_in
+        for layer in layers:
+            width = layer.build(self.backend, self.rng, width)
+        # backward stops at the first layer with parameters: nothing before it needs a gradient
+        self._first_param_layer = next((i for i, l in enumerate(layers) if l.param_names), 0)
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def dtype(self):
+        return self.backend.dtype_name
+
+    def params(self):
+        """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
+        return {f"{i}.{n}": p for i, l in enumerate(self.layers) for n, p in l.params.items()}
+
+    @property
+    def n_params(self):
+        return sum(l.n_params for l in self.layers)
+
+    # -- input handling -----------------------------------------------------------
+    def _as_input(self, X, check_values=True):
+        """Validate X and return it as a (B, n_features_in) array of the model's dtype and device."""
+        arr = self._host_or_native(X, "X")
+        xp = array_api_compat.array_namespace(arr)
+        if arr.ndim != 2:
+            hint = " (use X.reshape(1, -1) for a single example)" if arr.ndim == 1 else ""
+            raise ValueError(
+                f"X must be 2-D (batch, features) with {self.n_features_in} features, "
+                f"got shape {tuple(arr.shape)}{hint}"
+            )
+        if arr.shape[0] == 0:
+            raise ValueError(f"X is empty: expected at least one row of {self.n_features_in} features")
+        if arr.shape[1] != self.n_features_in:
+            raise ValueError(f"X has {arr.shape[1]} features but the model expects {self.n_features_in}")
+        if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
+            raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
+        if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
+            raise ValueError("X contains NaN or infinity: clean or impute the data first")
+        return self.backend.asarray(arr, dtype=self.backend.dtype)
+
+    def _as_target(self, y, n_rows, loss, check_values=True):
+        arr = self._host_or_native(y, "y")
+        arr = loss.check_target(arr, self.n_outputs, n_rows, check_values)
+        return loss.prepare_target(arr, self.n_outputs, self.backend)
+
+    def _host_or_native(self, a, name):
+        """``a`` as this backend's array, or as a NumPy array on the host; other libraries are refused."""
+        be = self.backend
+        if be.owns(a):
+            return a
+        if isinstance(a, np.ndarray):
+            arr = a
+        elif array_api_compat.is_array_api_obj(a):
+            raise TypeError(
+                f"{name} is a {type(a).__module__}.{type(a).__name__} but the model runs on backend "
+                f"'{be.name}': pass a NumPy array or a {be.name} array, or move the model with "
+                f"model.to(...)"
+            )
+        else:
+            try:
+                arr = np.asarray(a)
+            except (ValueError, TypeError) as exc:
+                raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({exc})") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
+        return arr
+
+    # -- passes -------------------------------------------------------------------
+    def _forward(self, X, train):
+        for layer in self.layers:
+            X = layer.forward(X, train=train)
+        return X
+
+    def forward(self, X, *, check_input=True):
+        """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
+        return self._forward(self._as_input(X, check_input), train=True)
+
+    def backward(self, dY):
+        """Backpropagate ∂L/∂(output) (B, out) through the layers of the last ``forward``.
+
+        Layer by layer, from the last: each receives ∂L/∂(its output) and hands
+        ∂L/∂(its input) to the one before.  The first layer with parameters does
+        not compute the ∂L/∂X nobody needs.  Returns the gradients keyed like
+        ``state_dict()``.
+        """
+        first = self._first_param_layer
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            dY = self.layers[i].backward(dY, need_dX=i > first)
+        return {f"{i}.{n}": g for i, l in enumerate(self.layers) for n, g in l.grads.items()}
+
+    def value_and_grad(self, X, y, loss, *, check_input=True):
+        """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
+
+        ``grads`` maps ``"{layer}.{param}"`` to ∂L/∂param, shaped like the parameter.
+        ``check_input=False`` skips the value checks (NaN, label range) that read
+        device arrays; shapes are always checked.
+        """
+        loss = get_loss(loss)
+        X = self._as_input(X, check_input)
+        T = self._as_target(y, X.shape[0], loss, check_input)
+        return self._value_and_grad(X, T, loss)
+
+    def _value_and_grad(self, X, T, loss):
+        out = self._forward(X, train=True)
+        value, d_out = loss.value_and_grad(out, T)
+        return value, self.backward(d_out)
+
+    def train_step(self, X, y, loss, optimizer, *, check_input=True):
+        """One forward, backward and optimizer update; returns the 0-d loss (no host sync)."""
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an nnkit.optim.Optimizer (e.g. SGD(0.1)), got {optimizer!r}")
+        loss = get_loss(loss)
+        X = self._as_input(X, check_input)
+        T = self._as_target(y, X.shape[0], loss, check_input)
+        value, grads = self._value_and_grad(X, T, loss)
+        self._assign(optimizer.step(self.params(), grads))
+        return value
+
+    def _assign(self, new_params):
+        """The one place where parameter values are written back into the layers."""
+        for key, value in new_params.items():
+            i, name = key.split(".", 1)
+            self.layers[int(i)].params[name] = value
+
+    def predict(self, X, batch_size=None):
+        """The last layer's output for X, as an array of the model's backend (inference only)."""
+        X = self._as_input(X)
+        if batch_size is None:
+            return self._forward(X, train=False)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        parts = [self._forward(X[s:s + batch_size, ...], train=False) for s in range(0, X.shape[0], batch_size)]
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+
+    # -- state ----------------------------------------------------------------------
+    def state_dict(self):
+        """``{"0.W": ndarray, "0.b": ndarray, ...}``: copies of the parameters as NumPy arrays on the host."""
+        to_np = self.backend.to_numpy
+        return {k: np.array(to_np(p), copy=True) for k, p in self.params().items()}
+
+    def load_state_dict(self, state):
+        """Load parameters from a dict like ``state_dict()``'s; every entry is checked before any is used."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict like model.state_dict(), got {type(state).__name__}")
+        own = self.params()
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if extra:
+                parts.append(f"unexpected keys {extra}")
+            raise ValueError(f"state dict does not fit this model: {'; '.join(parts)}")
+        new = {}
+        for key, p in own.items():
+            value = state[key]
+            if self.backend.owns(value):
+                value = self.backend.to_numpy(value)
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"state dict entry {key!r} is not an array ({exc})") from None
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"state dict entry {key!r} must be numeric, got dtype {value.dtype}")
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {tuple(value.shape)}, expected {tuple(p.shape)}"
+                )
+            new[key] = value
+        self._assign({k: self.backend.asarray(v, dtype=self.backend.dtype) for k, v in new.items()})
+        return self
+
+    def to(self, backend, device=None):
+        """Move the parameters to another backend (name, module or Backend); returns self."""
+        state = self.state_dict()
+        new = get_backend(backend, device=device, dtype=self.dtype)
+        for layer in self.layers:
+            layer.xp = new.xp
+            layer._cache = None
+            layer.grads = {}
+        self.backend = new
+        self.load_state_dict(state)
+        return self
+
+    def clone(self, backend=None, dtype=None):
+        """A new model with the same architecture and weights (optionally another backend or dtype)."""
+        be = self.backend if backend is None else get_backend(backend, dtype=self.dtype)
+        twin = Sequential([layer_from_config(c) for c in self.config()],
+                          backend=be, dtype=dtype or self.dtype, seed=0)
+        return twin.load_state_dict(self.state_dict())
+
+    def config(self):
+        """The architecture as plain data: ``[{"type": "Dense", "in_features": 2, ...}, ...]``."""
+        return [layer.config() for layer in self.layers]
+
+    # -- display --------------------------------------------------------------------
+    def summary(self):
+        """A table of layers, output shapes and parameter counts."""
+        rows = [("#", "layer", "output", "params")]
+        width = self.n_features_in
+        for i, layer in enumerate(self.layers):
+            width = layer.output_features(width)
+            rows.append((str(i), repr(layer), f"(B, {width})", f"{layer.n_params:,}"))
+        w = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = ["  ".join(r[c].ljust(w[c]) if c < 3 else r[c].rjust(w[c]) for c in range(4)) for r in rows]
+        rule = "-" * len(lines[0])
+        foot = f"total params: {self.n_params:,}   backend: {self.backend.name}   dtype: {self.dtype}"
+        return "\n".join([lines[0], rule, *lines[1:], rule, foot])
+
+    def __repr__(self):
+        body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}, params={self.n_params:,}"
+
+
+def _check_widths(layers):
+    """(input width, output width) of a stack; a Dense whose input does not fit the previous output is an error."""
+    width = None
+    first = None
+    for i, layer in enumerate(layers):
+        in_f = getattr(layer, "in_features", None)
+        if in_f is not None:
+            if width is not None and in_f != width:
+                raise ValueError(
+                    f"layer {i} {layer!r} expects {in_f} input features but the layer before it "
+                    f"gives {width}"
+                )
+            if first is None:
+                first = in_f
+            width = layer.output_features(in_f)
+        elif width is not None:
+            width = layer.output_features(width)
+    if first is None:
+        raise ValueError("Sequential needs at least one Dense layer to know its input width")
+    return first, width
+
+
+LAYER_TYPES = {"Dense": Dense, **{cls.__name__: cls for cls in (
+    activations.Sigmoid, activations.Tanh, activations.ReLU, activations.LeakyReLU,
+    activations.Softmax, activations.Identity)}}
+
+
+def layer_from_config(cfg):
+    """Rebuild a layer (without weights) from ``layer.config()``."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}: expected one of {', '.join(LAYER_TYPES)}")
+    return LAYER_TYPES[kind](**cfg)

@@ -1,0 +1,59 @@
+"""Backends under test: every one present on this machine.
+
+numpy and array_api_strict always run (array_api_strict also on its second
+device, which catches a creation call without ``device=``); torch runs when
+importable, cupy when a CUDA device is usable -- otherwise they are skipped
+with the reason.
+"""
+import pytest
+
+import nnkit
+
+try:
+    import array_api_strict
+
+    # pin the standard's version so a new array-api-strict release cannot move the ground under us
+    array_api_strict.set_array_api_strict_flags(api_version="2024.12")
+except ImportError:  # pragma: no cover - it is a test dependency
+    array_api_strict = None
+
+
+def _probe(name, device=None):
+    try:
+        nnkit.get_backend(name, device=device)
+    except Exception as exc:  # the backend's own message says why
+        return str(exc)
+    return None
+
+
+def _backend_params():
+    params = [pytest.param(("numpy", None), id="numpy")]
+    strict_why = _probe("array_api_strict")
+    params.append(pytest.param(("array_api_strict", None), id="array_api_strict",
+                               marks=pytest.mark.skipif(bool(strict_why), reason=strict_why or "")))
+    dev1 = array_api_strict.Device("device1") if array_api_strict else None
+    params.append(pytest.param(("array_api_strict", dev1), id="array_api_strict-device1",
+                               marks=pytest.mark.skipif(bool(strict_why), reason=strict_why or "")))
+    for name in ("torch", "cupy"):
+        why = _probe(name)
+        params.append(pytest.param((name, None), id=name, marks=pytest.mark.skipif(bool(why), reason=why or "")))
+    return params
+
+
+BACKENDS = _backend_params()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_spec(request):
+    """(name, device) of a backend present here."""
+    return request.param
+
+
+@pytest.fixture
+def make_backend(backend_spec):
+    name, device = backend_spec
+
+    def make(dtype="float64"):
+        return nnkit.get_backend(name, device=device, dtype=dtype)
+
+    return make

@@ -215,18 +215,21 @@ def _name_of_namespace(module):
     return None
 
 
-def get_backend(name="numpy", device=None, dtype="float32"):
+def get_backend(name="numpy", device=None, dtype=None):
     """Return the :class:`Backend` for ``name``.
 
     ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``,
     ``"array_api_strict"``, an already-imported array module (``numpy``,
     ``cupy``, ``torch``, ``array_api_strict`` or any module that follows the
-    Array API standard), or a :class:`Backend` (returned with ``dtype`` applied).
+    Array API standard), or a :class:`Backend` (returned as it is, or with
+    ``dtype`` applied).  ``dtype`` is ``"float32"`` (the default) or ``"float64"``.
     ``device`` is the library's device (``"cuda:0"`` for torch, a CuPy device
     id, ``array_api_strict.Device("device1")``); ``None`` is the library's default.
     """
     if isinstance(name, Backend):
-        return name if name.dtype_name == dtype or dtype is None else name.with_dtype(dtype)
+        return name if dtype is None or name.dtype_name == dtype else name.with_dtype(dtype)
+    if dtype is None:
+        dtype = "float32"
     if not isinstance(name, str):
         module = name
         known = _name_of_namespace(module)

@@ -179,7 +179,8 @@ class Sequential:
             return self._forward(X, train=False)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        parts = [self._forward(X[s:s + batch_size, ...], train=False) for s in range(0, X.shape[0], batch_size)]
+        n = X.shape[0]
+        parts = [self._forward(X[s:min(s + batch_size, n), ...], train=False) for s in range(0, n, batch_size)]
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
     # -- state ----------------------------------------------------------------------

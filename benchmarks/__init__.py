@@ -1,0 +1,1 @@
+"""nnkit's benchmark suite (pytest-benchmark). Run with: pytest benchmarks --benchmark-enable"""

@@ -1,15 +1,19 @@
-"""Optimizers: a small step that computes new parameter values from gradients.
+"""Optimizers, gradient clipping, penalties and learning-rate schedules.
 
 An optimizer never writes into the model: ``step(params, grads)`` returns the
-new values keyed like ``model.state_dict()``, and the model writes them back
-in one place (so immutable arrays work too).  Per-parameter state (moments,
-step counts) lives in ``optimizer.state[key]``.
+new values keyed like ``model.state_dict()``, and the model writes them back in
+one place (so immutable arrays work too).  Per-parameter state (moments and the
+step count t) lives in ``optimizer.state[key]`` and is saved with the model.
+
+Notation: θ a parameter, g = ∂L/∂θ, lr the learning rate, λ the weight decay.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
-__all__ = ["Optimizer", "SGD", "get_optimizer", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer", "OPTIMIZERS",
+           "clip_by_global_norm", "L1", "L2", "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau"]
 
 
 def check_hyper(name, value, low=0.0, high=None, low_open=False, high_open=True):
@@ -26,22 +30,59 @@ def check_hyper(name, value, low=0.0, high=None, low_open=False, high_open=True)
     return value
 
 
-class Optimizer:
-    """Base class: ``step(params, grads) -> new params``; subclasses implement ``update``."""
+def _namespace(a):
+    import array_api_compat
 
-    def __init__(self, lr):
+    return array_api_compat.array_namespace(a)
+
+
+def clip_by_global_norm(grads, max_norm):
+    """Scale all gradients by min(1, max_norm / ‖g‖) with ‖g‖ = √(Σ_params Σ g²).
+
+    The scale is a 0-d device array: no host synchronisation.
+    """
+    gs = list(grads.values())
+    xp = _namespace(gs[0])
+    total = xp.sqrt(sum(xp.sum(g * g) for g in gs))
+    scale = xp.minimum(max_norm / (total + 1e-12), 1.0)
+    return {k: g * scale for k, g in grads.items()}
+
+
+class Optimizer:
+    """Base class: ``step(params, grads) -> new params``; subclasses implement ``update``.
+
+    ``clip_norm`` (optional) clips the gradients by their global norm first.
+    """
+
+    def __init__(self, lr, clip_norm=None):
         self.lr = check_hyper("lr", lr, low=0.0, low_open=True)
+        self.clip_norm = None if clip_norm is None else check_hyper("clip_norm", clip_norm, low_open=True)
         self.state = {}
 
     def step(self, params, grads):
         """New values for every parameter in ``grads`` (dicts keyed ``"{layer}.{name}"``)."""
-        return {key: self.update(key, params[key], g) for key, g in grads.items()}
+        if self.clip_norm is not None:
+            grads = clip_by_global_norm(grads, self.clip_norm)
+        new = {}
+        for key, g in grads.items():
+            state = self.state.get(key)
+            if state is None:
+                state = self.state[key] = self.init_state(params[key])
+            state["t"] += 1
+            new[key] = self.update(params[key], g, state)
+        return new
 
-    def update(self, key, p, g):
+    def init_state(self, p):
+        return {"t": 0}
+
+    def update(self, p, g, state):
         raise NotImplementedError
 
     def hyperparameters(self):
-        return {"lr": self.lr}
+        hp = {"lr": self.lr}
+        if self.clip_norm is not None:
+            hp["clip_norm"] = self.clip_norm
+        return hp
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -49,24 +90,254 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain gradient descent: θ ← θ − lr·∂L/∂θ (descent subtracts the gradient)."""
+    """Stochastic gradient descent with optional momentum (PyTorch's formulation).
 
-    def update(self, key, p, g):
+    g ← g + λθ;   v ← μv + g;   step = g + μv (Nesterov) or v;   θ ← θ − lr·step.
+    With μ = 0 this is θ ← θ − lr·g: descent subtracts the gradient.
+    """
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.momentum = check_hyper("momentum", momentum, high=1.0)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.weight_decay = check_hyper("weight_decay", weight_decay)
+
+    def init_state(self, p):
+        state = {"t": 0}
+        if self.momentum:
+            state["v"] = _namespace(p).zeros_like(p)
+        return state
+
+    def update(self, p, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            v = state["v"] = self.momentum * state["v"] + g
+            g = g + self.momentum * v if self.nesterov else v
         return p - self.lr * g
 
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
-OPTIMIZERS = {"sgd": SGD}
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015), with L2 weight decay added to the gradient.
+
+    g ← g + λθ;  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;
+    m̂ = m/(1−β₁ᵗ);  v̂ = v/(1−β₂ᵗ);  θ ← θ − lr·m̂/(√v̂ + ε).
+    """
+
+    decoupled = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (check_hyper("beta1", b1, high=1.0), check_hyper("beta2", b2, high=1.0))
+        self.eps = check_hyper("eps", eps, low_open=True)
+        self.weight_decay = check_hyper("weight_decay", weight_decay)
+
+    def init_state(self, p):
+        xp = _namespace(p)
+        return {"t": 0, "m": xp.zeros_like(p), "v": xp.zeros_like(p)}
+
+    def update(self, p, g, state):
+        xp = _namespace(p)
+        b1, b2 = self.betas
+        t = state["t"]
+        if self.weight_decay and not self.decoupled:
+            g = g + self.weight_decay * p
+        m = state["m"] = b1 * state["m"] + (1.0 - b1) * g
+        v = state["v"] = b2 * state["v"] + (1.0 - b2) * (g * g)
+        m_hat_scale = 1.0 / (1.0 - b1 ** t)
+        v_hat_scale = 1.0 / (1.0 - b2 ** t)
+        step = (self.lr * m_hat_scale) * m / (xp.sqrt(v * v_hat_scale) + self.eps)
+        if self.weight_decay and self.decoupled:
+            p = p - (self.lr * self.weight_decay) * p
+        return p - step
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
 
 
-def get_optimizer(optimizer, **defaults):
-    """An :class:`Optimizer` from an instance or a name (``"sgd"``, ...)."""
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    θ ← θ − lr·λ·θ, then the Adam step on the undecayed gradient (default λ = 0.01).
+    """
+
+    decoupled = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, clip_norm=None):
+        super().__init__(lr, betas, eps, weight_decay, clip_norm)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton, 2012; PyTorch's formulation).
+
+    g ← g + λθ;  s ← αs + (1−α)g²;  u = g/(√s + ε);  with momentum μ: b ← μb + u, u = b;  θ ← θ − lr·u.
+    """
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.alpha = check_hyper("alpha", alpha, high=1.0)
+        self.eps = check_hyper("eps", eps, low_open=True)
+        self.momentum = check_hyper("momentum", momentum, high=1.0)
+        self.weight_decay = check_hyper("weight_decay", weight_decay)
+
+    def init_state(self, p):
+        xp = _namespace(p)
+        state = {"t": 0, "s": xp.zeros_like(p)}
+        if self.momentum:
+            state["b"] = xp.zeros_like(p)
+        return state
+
+    def update(self, p, g, state):
+        xp = _namespace(p)
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        s = state["s"] = self.alpha * state["s"] + (1.0 - self.alpha) * (g * g)
+        u = g / (xp.sqrt(s) + self.eps)
+        if self.momentum:
+            u = state["b"] = self.momentum * state["b"] + u
+        return p - self.lr * u
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "alpha": self.alpha, "eps": self.eps,
+                "momentum": self.momentum, "weight_decay": self.weight_decay}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def get_optimizer(optimizer, **kwargs):
+    """An :class:`Optimizer` from an instance or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``)."""
     if isinstance(optimizer, Optimizer):
         return optimizer
+    key = optimizer.lower() if isinstance(optimizer, str) else optimizer
     try:
-        cls = OPTIMIZERS[optimizer]
+        cls = OPTIMIZERS[key]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown optimizer {optimizer!r}: expected one of {', '.join(repr(k) for k in OPTIMIZERS)} "
             "or an Optimizer instance"
         ) from None
-    return cls(**defaults)
+    return cls(**kwargs)
+
+
+# -- penalties ------------------------------------------------------------------------
+class L2:
+    """Ω(Θ) = (λ/2) Σ_W ‖W‖² over the weight matrices (biases are not penalised).
+
+    Adds Ω to the loss and λ·W to each ∂L/∂W.
+    """
+
+    def __init__(self, lam):
+        self.lam = check_hyper("lam", lam)
+
+    def value_and_grad(self, W):
+        xp = _namespace(W)
+        return (0.5 * self.lam) * xp.sum(W * W), self.lam * W
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.lam!r})"
+
+
+class L1(L2):
+    """Ω(Θ) = λ Σ_W Σ|W_ij| over the weight matrices.  Adds Ω to the loss and λ·sign(W) to ∂L/∂W."""
+
+    def value_and_grad(self, W):
+        xp = _namespace(W)
+        return self.lam * xp.sum(xp.abs(W)), self.lam * xp.sign(W)
+
+
+# -- learning-rate schedules (callbacks that set optimizer.lr once per epoch) ----------
+class _Schedule:
+    """Base: remembers the optimizer's initial lr and sets ``optimizer.lr`` after each epoch."""
+
+    model = optimizer = None
+
+    def on_train_begin(self):
+        if not hasattr(self, "base_lr"):
+            self.base_lr = self.optimizer.lr
+
+    def on_epoch_end(self, epoch, logs):
+        self.optimizer.lr = self.lr_at(epoch + 1)
+
+    def on_train_end(self):
+        pass
+
+
+class StepLR(_Schedule):
+    """lr = lr₀ · γ^⌊epoch / step_size⌋."""
+
+    def __init__(self, step_size, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
+        self.step_size, self.gamma = step_size, check_hyper("gamma", gamma, low_open=True)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(_Schedule):
+    """lr = lr₀ · γ^epoch."""
+
+    def __init__(self, gamma):
+        self.gamma = check_hyper("gamma", gamma, low_open=True)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** epoch
+
+
+class CosineLR(_Schedule):
+    """Linear warm-up for ``warmup`` epochs, then cosine decay to ``min_lr`` at ``total`` epochs.
+
+    lr = lr₀·(e+1)/warmup for e < warmup, else
+    min_lr + ½(lr₀ − min_lr)(1 + cos(π·(e − warmup)/(total − warmup))).
+    """
+
+    def __init__(self, total, warmup=0, min_lr=0.0):
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total must be a positive integer (epochs), got {total!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < total:
+            raise ValueError(f"warmup must be an integer in [0, total), got {warmup!r}")
+        self.total, self.warmup, self.min_lr = total, warmup, check_hyper("min_lr", min_lr)
+
+    def on_train_begin(self):
+        super().on_train_begin()
+        self.optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        if epoch < self.warmup:
+            return self.base_lr * (epoch + 1) / self.warmup
+        frac = min(1.0, (epoch - self.warmup) / (self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * frac))
+
+
+class ReduceLROnPlateau(_Schedule):
+    """Multiply lr by ``factor`` when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0):
+        self.monitor = monitor
+        self.factor = check_hyper("factor", factor, low_open=True, high=1.0)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        self.patience, self.min_delta, self.min_lr = patience, check_hyper("min_delta", min_delta), min_lr
+        self.best, self.wait = math.inf, 0
+
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor, logs.get("loss"))
+        if value < self.best - self.min_delta:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                self.optimizer.lr = max(self.min_lr, self.optimizer.lr * self.factor)
+                self.wait = 0

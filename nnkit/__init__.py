@@ -8,6 +8,8 @@ from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, get_loss
 from .model import Sequential
 from .gradcheck import gradcheck
+from .training import History, Callback, EarlyStopping, TrainingDivergedError
+from .checkpoint import load
 from . import init, optim, functional
 
 __version__ = "0.1.0"
@@ -15,5 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
     "Identity", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
-    "gradcheck", "init", "optim", "functional",
+    "gradcheck", "init", "optim", "functional", "History", "Callback", "EarlyStopping",
+    "TrainingDivergedError", "load",
 ]

@@ -68,6 +68,10 @@ class Loss:
     def value(self, out, T):
         return self.value_and_grad(out, T)[0]
 
+    def predict(self, out):
+        """What the model's output means as a prediction (identity here; probabilities for logits)."""
+        return out
+
 
 def _check_rows(y, n_rows):
     if y.shape[0] != n_rows:
@@ -159,6 +163,10 @@ class CrossEntropy(Loss):
         log_p = shifted - xp.log(s)
         return -inv_b * xp.sum(T * log_p), (e / s - T) * inv_b
 
+    def predict(self, Z):
+        """Class probabilities softmax(Z)."""
+        return F.softmax(_namespace(Z), Z, axis=1)
+
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid cross-entropy on logits Z (B, K), targets y ∈ [0, 1] of the same shape.
@@ -178,6 +186,10 @@ class BinaryCrossEntropy(Loss):
         inv_b = 1.0 / Z.shape[0]
         value = inv_b * xp.sum(F.softplus(xp, Z) - Z * T)
         return value, (F.sigmoid(xp, Z) - T) * inv_b
+
+    def predict(self, Z):
+        """Probabilities σ(Z)."""
+        return F.sigmoid(_namespace(Z), Z)
 
 
 LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy}

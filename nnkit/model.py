@@ -47,6 +47,8 @@ class Sequential:
         width = self.n_features_in
         for layer in layers:
             width = layer.build(self.backend, self.rng, width)
+        self.epoch = 0  # completed training epochs (saved in checkpoints)
+        self.optimizer = None  # set by fit; saved with the model
         # backward stops at the first layer with parameters: nothing before it needs a gradient
         self._first_param_layer = next((i for i, l in enumerate(layers) if l.param_names), 0)
 
@@ -138,33 +140,91 @@ class Sequential:
             dY = self.layers[i].backward(dY, need_dX=i > first)
         return {f"{i}.{n}": g for i, l in enumerate(self.layers) for n, g in l.grads.items()}
 
-    def value_and_grad(self, X, y, loss, *, check_input=True):
+    def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
 
         ``grads`` maps ``"{layer}.{param}"`` to ∂L/∂param, shaped like the parameter.
         ``check_input=False`` skips the value checks (NaN, label range) that read
-        device arrays; shapes are always checked.
+        device arrays; shapes are always checked.  ``regularizer`` (``nnkit.optim.L1``/``L2``)
+        adds its penalty Ω(W) to the loss and ∂Ω/∂W to the weight gradients.
         """
         loss = get_loss(loss)
         X = self._as_input(X, check_input)
         T = self._as_target(y, X.shape[0], loss, check_input)
-        return self._value_and_grad(X, T, loss)
+        return self._value_and_grad(X, T, loss, regularizer)
 
-    def _value_and_grad(self, X, T, loss):
+    def _value_and_grad(self, X, T, loss, regularizer=None):
         out = self._forward(X, train=True)
         value, d_out = loss.value_and_grad(out, T)
-        return value, self.backward(d_out)
+        grads = self.backward(d_out)
+        if regularizer is not None:
+            value, grads = self._add_penalty(value, grads, regularizer)
+        return value, grads
 
-    def train_step(self, X, y, loss, optimizer, *, check_input=True):
+    def _add_penalty(self, value, grads, regularizer):
+        """L + Ω(W) and ∂L/∂W + ∂Ω/∂W for every weight matrix (keys ending in ".W")."""
+        params = self.params()
+        grads = dict(grads)
+        for key in grads:
+            if key.endswith(".W"):
+                omega, d_omega = regularizer.value_and_grad(params[key])
+                value = value + omega
+                grads[key] = grads[key] + d_omega
+        return value, grads
+
+    def train_step(self, X, y, loss, optimizer, *, check_input=True, regularizer=None):
         """One forward, backward and optimizer update; returns the 0-d loss (no host sync)."""
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an nnkit.optim.Optimizer (e.g. SGD(0.1)), got {optimizer!r}")
         loss = get_loss(loss)
         X = self._as_input(X, check_input)
         T = self._as_target(y, X.shape[0], loss, check_input)
-        value, grads = self._value_and_grad(X, T, loss)
+        value, grads = self._value_and_grad(X, T, loss, regularizer)
         self._assign(optimizer.step(self.params(), grads))
         return value
+
+    def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
+            validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
+            verbose=1, checkpoint=None, resume=False, regularizer=None):
+        """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
+
+        * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
+          It becomes ``model.optimizer`` and is saved with the model.
+        * Shuffles come from the model's seed (the same order on every backend); the last partial
+          batch is used, and the epoch loss weights each batch by its size.
+        * ``validation_split`` holds out the last fraction of rows (before shuffling);
+          ``validation_data=(X_val, y_val)`` gives them explicitly.
+        * ``metrics``: names among ``"accuracy"``, ``"mse"``, ``"mae"`` (default: accuracy for
+          classification losses).  ``history["val_..."]`` for the validation data.
+        * ``early_stopping``: an :class:`nnkit.EarlyStopping` (or True for the defaults).
+        * ``callbacks``: objects with ``on_train_begin()``, ``on_epoch_end(epoch, logs)`` (True stops)
+          and ``on_train_end()``; learning-rate schedules from ``nnkit.optim`` are callbacks too.
+        * ``verbose``: 0 silent, 1 a progress bar per epoch (tqdm, if installed), 2 a line per epoch.
+        * ``checkpoint=path`` saves after every epoch (atomically); with ``resume=True`` an existing
+          checkpoint is restored first and training goes on up to ``epochs`` in total.
+        * Nothing is read from the device inside an epoch: losses and metrics are summed there and
+          read once per epoch.  Ctrl-C stops after the current step and returns the history so far.
+        * A non-finite epoch loss raises :class:`nnkit.TrainingDivergedError`, keeping the last finite
+          weights.
+        """
+        from .training import fit
+
+        return fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                   shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
+                   early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
+                   checkpoint=checkpoint, resume=resume, regularizer=regularizer)
+
+    def evaluate(self, X, y, loss, metrics=None, batch_size=None):
+        """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read)."""
+        from .training import evaluate
+
+        return evaluate(self, X, y, loss, metrics, batch_size)
+
+    def save(self, path):
+        """Write architecture, weights, optimizer state, epoch and RNG state to one ``.npz`` (atomic)."""
+        from .checkpoint import save
+
+        return save(self, path)
 
     def _assign(self, new_params):
         """The one place where parameter values are written back into the layers."""

@@ -1,0 +1,340 @@
+"""The fit loop: mini-batches on the device, one host read per epoch.
+
+Data is validated once and sent to the device once.  Inside an epoch nothing is
+read back: per-step losses and metric sums are added up as 0-d device arrays
+and read together, in one transfer, when the epoch ends.  Shuffles are drawn
+on the host from the model's generator (the same order on every backend) and
+sent once per epoch as an index array.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import signal
+import sys
+import threading
+import time
+
+from .losses import get_loss
+from .metrics import get_metrics
+from .optim import get_optimizer
+
+__all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The epoch loss became NaN or infinite; the model keeps its last finite weights."""
+
+
+class History(dict):
+    """``history["loss"]``, ``history["val_loss"]``, one list per metric, and ``history["time"]``
+    (seconds per epoch).  ``interrupted`` is True when Ctrl-C ended training, ``stopped_epoch`` is
+    the epoch a callback or early stopping ended it at (else None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+        self.stopped_epoch = None
+
+    @property
+    def epochs(self):
+        return len(self.get("loss", []))
+
+    def append(self, logs):
+        for k, v in logs.items():
+            self.setdefault(k, []).append(v)
+
+
+class Callback:
+    """Hooks called by ``fit``.  ``self.model`` and ``self.optimizer`` are set before training.
+
+    ``on_epoch_end(epoch, logs)`` returning True stops training.
+    """
+
+    model = optimizer = None
+
+    def on_train_begin(self):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        return False
+
+    def on_train_end(self):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs,
+    and (``restore_best``) put back the weights of the best epoch."""
+
+    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto"):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or min_delta < 0:
+            raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.restore_best = bool(restore_best)
+        self.sign = -1.0 if mode == "max" or (mode == "auto" and "acc" in monitor) else 1.0
+
+    def on_train_begin(self):
+        self.best, self.best_epoch, self.wait, self.best_weights = math.inf, None, 0, None
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(
+                f"EarlyStopping monitors {self.monitor!r}, which fit does not report "
+                f"(it reports {', '.join(sorted(logs))}); pass validation data or monitor 'loss'"
+            )
+        value = self.sign * logs[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                xp = self.model.xp
+                self.best_weights = {k: xp.asarray(p, copy=True) for k, p in self.model.params().items()}
+            return False
+        self.wait += 1
+        return self.wait > self.patience
+
+    def on_train_end(self):
+        if self.restore_best and self.best_weights is not None:
+            self.model._assign(self.best_weights)
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class _StopFlag:
+    """Ctrl-C during fit sets a flag; the loop stops after the current step (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class _Progress:
+    """A tqdm bar per epoch when tqdm is installed (else one line per epoch); nothing when quiet."""
+
+    def __init__(self, verbose, n_batches, epochs):
+        self.verbose, self.n_batches, self.epochs, self.bar = verbose, n_batches, epochs, None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        self.tqdm = tqdm if verbose == 1 else None
+
+    def start(self, epoch):
+        if self.tqdm is not None:
+            self.bar = self.tqdm(total=self.n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                                 leave=True, dynamic_ncols=True)
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def end(self, epoch, logs):
+        text = "  ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "time")
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+            self.bar.close()
+            self.bar = None
+        elif self.verbose:
+            print(f"epoch {epoch + 1}/{self.epochs}  {text}  ({logs['time']:.2f}s)", file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _batches(n, batch_size):
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _sums(model, X, T, loss, metric_fns, batch_size):
+    """[Σ loss, Σ metric...] over (X, T) as 0-d device arrays (inference, no host read)."""
+    sums = None
+    for s, e in _batches(X.shape[0], batch_size):
+        out = model._forward(X[s:e, ...], train=False)
+        batch = [loss.value(out, T[s:e, ...]) * (e - s)] + [fn(out, T[s:e, ...], loss) for _, fn in metric_fns]
+        sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
+    return sums
+
+
+def evaluate(model, X, y, loss, metrics=None, batch_size=None):
+    """``{"loss": float, metric: float}`` of ``model`` on (X, y): one host read."""
+    loss = get_loss(loss)
+    metric_fns = get_metrics(metrics, loss)
+    X = model._as_input(X)
+    T = model._as_target(y, X.shape[0], loss)
+    bs = X.shape[0] if batch_size is None else _check_int("batch_size", batch_size, 1)
+    host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs)))
+    n = X.shape[0]
+    return {name: float(v) / n for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
+
+
+def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
+        validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
+        verbose=1, checkpoint=None, resume=False, regularizer=None):
+    """See :meth:`nnkit.Sequential.fit`."""
+    from . import checkpoint as ckpt
+
+    # -- everything is checked before anything changes -------------------------------------
+    loss = get_loss(loss)
+    epochs = _check_int("epochs", epochs, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+            or not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+    if validation_split and validation_data is not None:
+        raise ValueError("pass either validation_data or validation_split, not both")
+    metric_fns = get_metrics(metrics, loss)
+    if isinstance(optimizer, str) and model.optimizer is not None \
+            and type(model.optimizer) is type(get_optimizer(optimizer)):
+        optimizer = model.optimizer  # a second fit goes on with the same optimizer state
+    optimizer = get_optimizer(optimizer)
+    if early_stopping is True:
+        early_stopping = EarlyStopping()
+    elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(f"early_stopping must be an EarlyStopping, True or None, got {early_stopping!r}")
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not callable(getattr(cb, "on_epoch_end", None)):
+            raise TypeError(f"callback {cb!r} has no on_epoch_end(epoch, logs) method")
+    if verbose not in (0, 1, 2, True, False):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=path")
+
+    X = model._as_input(X)
+    T = model._as_target(y, X.shape[0], loss)
+    n_all = X.shape[0]
+    if validation_split:
+        split = int(n_all * (1.0 - validation_split))
+        if split < 1:
+            raise ValueError(f"validation_split={validation_split} leaves no training rows out of {n_all}")
+        if split == n_all:
+            raise ValueError(f"validation_split={validation_split} leaves no validation rows out of {n_all}")
+        Xv, Tv, X, T = X[split:, ...], T[split:, ...], X[:split, ...], T[:split, ...]
+    elif validation_data is not None:
+        try:
+            vx, vy = validation_data
+        except (TypeError, ValueError):
+            raise ValueError("validation_data must be a pair (X_val, y_val)") from None
+        Xv = model._as_input(vx)
+        Tv = model._as_target(vy, Xv.shape[0], loss)
+    else:
+        Xv = Tv = None
+
+    start = 0
+    if resume and _exists(checkpoint):
+        ckpt.restore(model, checkpoint, optimizer)
+        optimizer = model.optimizer
+        start = model.epoch
+        end = epochs
+    else:
+        end = model.epoch + epochs if not resume else epochs
+        start = model.epoch
+    model.optimizer = optimizer
+
+    # -- the loop --------------------------------------------------------------------------
+    be, xp = model.backend, model.xp
+    n = X.shape[0]
+    batches = _batches(n, batch_size)
+    hooks = callbacks + ([early_stopping] if early_stopping is not None else [])
+    history = History()
+    progress = _Progress(int(verbose), len(batches), end)
+    for cb in hooks:
+        cb.model, cb.optimizer = model, optimizer
+        if hasattr(cb, "on_train_begin"):
+            cb.on_train_begin()
+    try:
+        with _StopFlag() as stop:
+            for epoch in range(start, end):
+                t0 = time.perf_counter()
+                safe_params = {k: xp.asarray(p, copy=True) for k, p in model.params().items()}
+                safe_opt = {k: dict(s) for k, s in optimizer.state.items()}
+                order = be.asarray(model.rng.permutation(n)) if shuffle else None
+                progress.start(epoch)
+                sums, seen = None, 0
+                for s, e in batches:
+                    if order is None:
+                        xb, tb = X[s:e, ...], T[s:e, ...]
+                    else:
+                        idx = order[s:e]
+                        xb, tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
+                    out = model._forward(xb, train=True)
+                    value, d_out = loss.value_and_grad(out, tb)
+                    grads = model.backward(d_out)
+                    if regularizer is not None:
+                        value, grads = model._add_penalty(value, grads, regularizer)
+                    model._assign(optimizer.step(model.params(), grads))
+                    batch = [value * (e - s)] + [fn(out, tb, loss) for _, fn in metric_fns]
+                    sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
+                    seen = e
+                    progress.step()
+                    if stop.raised:
+                        break
+                if stop.raised and seen < n:
+                    history.interrupted = True
+                    break
+                if Xv is not None:
+                    sums = sums + _sums(model, Xv, Tv, loss, metric_fns, max(batch_size, 1024))
+                host = be.to_numpy(xp.stack(sums))  # the epoch's one device -> host read
+                names = ["loss"] + [m for m, _ in metric_fns]
+                logs = {k: float(v) / n for k, v in zip(names, host[:len(names)])}
+                if Xv is not None:
+                    logs.update({f"val_{k}": float(v) / Xv.shape[0] for k, v in zip(names, host[len(names):])})
+                if not all(math.isfinite(v) for v in logs.values()):
+                    model._assign(safe_params)
+                    optimizer.state = safe_opt
+                    raise TrainingDivergedError(
+                        f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} "
+                        f"(logs: {logs}); the model keeps the weights of epoch {epoch}. "
+                        f"Try a lower learning rate (now {optimizer.lr:g}), gradient clipping (clip_norm=) "
+                        "or standardised inputs"
+                    )
+                logs["time"] = time.perf_counter() - t0
+                model.epoch = epoch + 1
+                history.append(logs)
+                progress.end(epoch, logs)
+                if checkpoint is not None:
+                    ckpt.save(model, checkpoint)
+                cb_logs = {k: v for k, v in logs.items() if k != "time"}
+                wants_stop = [bool(cb.on_epoch_end(epoch, cb_logs)) for cb in hooks]
+                if any(wants_stop):
+                    history.stopped_epoch = epoch
+                    break
+                if stop.raised:
+                    history.interrupted = True
+                    break
+    finally:
+        progress.close()
+    for cb in hooks:
+        if hasattr(cb, "on_train_end"):
+            cb.on_train_end()
+    return history
+
+
+def _exists(path):
+    import os
+
+    return os.path.exists(os.fspath(path))

@@ -231,8 +231,6 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         split = int(n_all * (1.0 - validation_split))
         if split < 1:
             raise ValueError(f"validation_split={validation_split} leaves no training rows out of {n_all}")
-        if split == n_all:
-            raise ValueError(f"validation_split={validation_split} leaves no validation rows out of {n_all}")
         Xv, Tv, X, T = X[split:, ...], T[split:, ...], X[:split, ...], T[:split, ...]
     elif validation_data is not None:
         try:

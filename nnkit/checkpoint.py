@@ -144,20 +144,21 @@ def load(path, backend=None):
     return model
 
 
-def restore(model, path, optimizer=None):
+def restore(model, path, optimizer=None, keep_hyperparameters=True):
     """Load the checkpoint at ``path`` into an existing ``model`` (architecture must match).
 
-    The optimizer state goes into ``optimizer`` when it is of the saved type, and the
-    model's ``optimizer`` becomes it.
+    ``model.optimizer`` becomes the saved optimizer.  With ``optimizer`` given (of the saved
+    type), the saved moments and step counts go into it; ``keep_hyperparameters=False`` takes
+    the saved hyperparameters (learning rate, ...) too.
     """
     meta, arrays = _read(path)
     if meta.get("layers") != model.config():
         raise ValueError(f"{path!r} holds another architecture: {meta.get('layers')} vs this model's {model.config()}")
-    _restore_into(model, meta, arrays, path, optimizer)
+    _restore_into(model, meta, arrays, path, optimizer, keep_hyperparameters)
     return model
 
 
-def _restore_into(model, meta, arrays, path, optimizer=None):
+def _restore_into(model, meta, arrays, path, optimizer=None, keep_hyperparameters=True):
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     saved_opt = _build_optimizer(meta, arrays, model.backend, path)
     if optimizer is not None and saved_opt is not None:
@@ -166,8 +167,9 @@ def _restore_into(model, meta, arrays, path, optimizer=None):
                 f"{path!r} was trained with {type(saved_opt).__name__}, but fit was given "
                 f"{type(optimizer).__name__}: pass the same optimizer to resume"
             )
-        optimizer.state = saved_opt.state
-        saved_opt = optimizer
+        if keep_hyperparameters:
+            optimizer.state = saved_opt.state
+            saved_opt = optimizer
     rng_state = meta.get("rng")
     probe = np.random.default_rng()
     try:

@@ -290,6 +290,11 @@ class Sequential:
             layer.xp = new.xp
             layer._cache = None
             layer.grads = {}
+        opt = self.optimizer
+        if opt is not None:  # the optimizer's moments travel with the weights
+            old = self.backend
+            opt.state = {k: {n: (v if n == "t" else new.asarray(old.to_numpy(v), dtype=new.dtype))
+                             for n, v in s.items()} for k, s in opt.state.items()}
         self.backend = new
         self.load_state_dict(state)
         return self

@@ -207,8 +207,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     if validation_split and validation_data is not None:
         raise ValueError("pass either validation_data or validation_split, not both")
     metric_fns = get_metrics(metrics, loss)
-    if isinstance(optimizer, str) and model.optimizer is not None \
-            and type(model.optimizer) is type(get_optimizer(optimizer)):
+    by_name = isinstance(optimizer, str)
+    if by_name and model.optimizer is not None and type(model.optimizer) is type(get_optimizer(optimizer)):
         optimizer = model.optimizer  # a second fit goes on with the same optimizer state
     optimizer = get_optimizer(optimizer)
     if early_stopping is True:
@@ -244,7 +244,9 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
 
     start = 0
     if resume and _exists(checkpoint):
-        ckpt.restore(model, checkpoint, optimizer)
+        # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
+        # hyperparameters and takes the saved moments and step counts
+        ckpt.restore(model, checkpoint, optimizer, keep_hyperparameters=not by_name)
         optimizer = model.optimizer
         start = model.epoch
         end = epochs

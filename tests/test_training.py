@@ -213,9 +213,23 @@ def test_resume_is_bit_identical(tmp_path):
     assert h_rest["loss"] == h_full["loss"][3:]
     for k, v in full.state_dict().items():
         np.testing.assert_array_equal(resumed.state_dict()[k], v)
+    lr_run = mlp(dtype="float32", seed=7)  # by name, resume takes the saved hyperparameters too
+    lr_run.fit(X, y, epochs=1, checkpoint=tmp_path / "lr.npz", **{**kw, "optimizer": optim.Adam(0.02)})
+    lr_run.fit(X, y, epochs=2, checkpoint=tmp_path / "lr.npz", resume=True, **kw)
+    assert lr_run.optimizer.lr == 0.02
     fresh = mlp(dtype="float32", seed=7)  # resume=True into a fresh model restores from the file too
     fresh.fit(X, y, epochs=6, checkpoint=path, resume=True, **kw)
     assert fresh.epoch == 6
+
+
+def test_to_moves_optimizer_state_and_training_goes_on(make_backend):
+    X, y = blobs(n=48)
+    model = mlp()
+    model.fit(X, y, loss="cross_entropy", epochs=1, verbose=0)
+    model.to(make_backend())
+    h = model.fit(X, y, loss="cross_entropy", epochs=1, verbose=0)
+    assert model.optimizer.state["0.W"]["t"] == 2 * 2 and h.epochs == 1  # 48 rows: 2 batches an epoch
+    assert model.backend.owns(model.optimizer.state["0.W"]["m"])
 
 
 def test_resume_without_a_file_starts_fresh(tmp_path):

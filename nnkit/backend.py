@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import array_api_compat
 
+from .functional import namespace_of
+
 __all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES"]
 
 BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict")
@@ -67,7 +69,7 @@ class Backend:
         if not array_api_compat.is_array_api_obj(x):
             return False
         try:
-            return array_api_compat.array_namespace(x) is self.xp
+            return namespace_of(x) is self.xp
         except TypeError:
             return False
 

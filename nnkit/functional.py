@@ -7,7 +7,24 @@ warnings in float32 and float64.
 """
 from __future__ import annotations
 
-__all__ = ["sigmoid", "softmax", "logsumexp", "log_sigmoid_pair", "softplus"]
+import array_api_compat
+
+__all__ = ["namespace_of", "sigmoid", "softmax", "logsumexp", "log_sigmoid_pair", "softplus"]
+
+_NAMESPACES = {}
+
+
+def namespace_of(x):
+    """The array-API namespace of ``x`` (array-api-compat's), cached by array type.
+
+    ``array_namespace`` inspects its argument each call (a few µs); the answer depends only on
+    the type, and a training step asks it several times.
+    """
+    kind = type(x)
+    xp = _NAMESPACES.get(kind)
+    if xp is None:
+        xp = _NAMESPACES[kind] = array_api_compat.array_namespace(x)
+    return xp
 
 
 def sigmoid(xp, z):

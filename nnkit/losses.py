@@ -10,15 +10,11 @@ softmax/sigmoid in, which is both stable and gives the short gradients below.
 """
 from __future__ import annotations
 
+from .functional import namespace_of
+
 from . import functional as F
 
 __all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "LOSSES", "get_loss"]
-
-
-def _namespace(y):
-    import array_api_compat
-
-    return array_api_compat.array_namespace(y)
 
 
 class Loss:
@@ -36,7 +32,7 @@ class Loss:
         Shape checks read no data; ``check_values`` also checks the values
         (finite, in range), which reads the array (a sync on a GPU).
         """
-        xp = _namespace(y)
+        xp = namespace_of(y)
         if y.ndim == 1 and n_outputs == 1:
             y = xp.reshape(y, (-1, 1))
         if y.ndim != 2 or y.shape[1] != n_outputs:
@@ -87,7 +83,7 @@ class MSE(Loss):
     name = "mse"
 
     def value_and_grad(self, A, T):
-        xp = _namespace(A)
+        xp = namespace_of(A)
         inv_b = 1.0 / A.shape[0]
         diff = A - T
         return (0.5 * inv_b) * xp.sum(diff * diff), diff * inv_b
@@ -105,7 +101,7 @@ class CrossEntropy(Loss):
     name = "cross_entropy"
 
     def check_target(self, y, n_outputs, n_rows, check_values=True):
-        xp = _namespace(y)
+        xp = namespace_of(y)
         if n_outputs < 2:
             raise ValueError(
                 "CrossEntropy needs a model with at least 2 outputs (one logit per class); "
@@ -154,7 +150,7 @@ class CrossEntropy(Loss):
         return super().prepare_target(y, n_outputs, backend)
 
     def value_and_grad(self, Z, T):
-        xp = _namespace(Z)
+        xp = namespace_of(Z)
         inv_b = 1.0 / Z.shape[0]
         # shift by the row max: exact for the largest logit, so p keeps full precision even at |Z| ~ 1e3
         shifted = Z - xp.max(Z, axis=1, keepdims=True)
@@ -165,7 +161,7 @@ class CrossEntropy(Loss):
 
     def predict(self, Z):
         """Class probabilities softmax(Z)."""
-        return F.softmax(_namespace(Z), Z, axis=1)
+        return F.softmax(namespace_of(Z), Z, axis=1)
 
 
 class BinaryCrossEntropy(Loss):
@@ -182,14 +178,14 @@ class BinaryCrossEntropy(Loss):
             raise ValueError("BinaryCrossEntropy targets must lie in [0, 1]")
 
     def value_and_grad(self, Z, T):
-        xp = _namespace(Z)
+        xp = namespace_of(Z)
         inv_b = 1.0 / Z.shape[0]
         value = inv_b * xp.sum(F.softplus(xp, Z) - Z * T)
         return value, (F.sigmoid(xp, Z) - T) * inv_b
 
     def predict(self, Z):
         """Probabilities σ(Z)."""
-        return F.sigmoid(_namespace(Z), Z)
+        return F.sigmoid(namespace_of(Z), Z)
 
 
 LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy}

@@ -6,20 +6,16 @@ partial last batch — and is read from the device once per epoch.
 """
 from __future__ import annotations
 
+from .functional import namespace_of
+
 __all__ = ["METRICS", "get_metrics", "accuracy", "mse", "mae"]
-
-
-def _namespace(a):
-    import array_api_compat
-
-    return array_api_compat.array_namespace(a)
 
 
 def accuracy(out, T, loss):
     """Σ_n [prediction_n = target_n]: arg-max of the outputs for K > 1 (rows of T are one-hot or
     probabilities), otherwise the logit's sign (BinaryCrossEntropy) or the output ≥ 0.5 for one output
     (per example: the fraction of outputs right, for multi-label BinaryCrossEntropy)."""
-    xp = _namespace(out)
+    xp = namespace_of(out)
     if loss.name == "binary_cross_entropy" or out.shape[1] == 1:
         threshold = 0.0 if loss.name == "binary_cross_entropy" else 0.5
         right = (out > threshold) == (T > 0.5)
@@ -31,12 +27,12 @@ def accuracy(out, T, loss):
 def mse(out, T, loss):
     """Σ_n mean_k (ŷ_nk − y_nk)², with ŷ the loss's prediction (probabilities for cross-entropies)."""
     diff = loss.predict(out) - T
-    return _namespace(out).sum(diff * diff) / out.shape[1]
+    return namespace_of(out).sum(diff * diff) / out.shape[1]
 
 
 def mae(out, T, loss):
     """Σ_n mean_k |ŷ_nk − y_nk|."""
-    xp = _namespace(out)
+    xp = namespace_of(out)
     return xp.sum(xp.abs(loss.predict(out) - T)) / out.shape[1]
 
 

@@ -9,6 +9,8 @@ Notation: θ a parameter, g = ∂L/∂θ, lr the learning rate, λ the weight de
 """
 from __future__ import annotations
 
+from .functional import namespace_of
+
 import math
 import numbers
 
@@ -30,19 +32,13 @@ def check_hyper(name, value, low=0.0, high=None, low_open=False, high_open=True)
     return value
 
 
-def _namespace(a):
-    import array_api_compat
-
-    return array_api_compat.array_namespace(a)
-
-
 def clip_by_global_norm(grads, max_norm):
     """Scale all gradients by min(1, max_norm / ‖g‖) with ‖g‖ = √(Σ_params Σ g²).
 
     The scale is a 0-d device array: no host synchronisation.
     """
     gs = list(grads.values())
-    xp = _namespace(gs[0])
+    xp = namespace_of(gs[0])
     total = xp.sqrt(sum(xp.sum(g * g) for g in gs))
     scale = xp.minimum(max_norm / (total + 1e-12), 1.0)
     return {k: g * scale for k, g in grads.items()}
@@ -107,7 +103,7 @@ class SGD(Optimizer):
     def init_state(self, p):
         state = {"t": 0}
         if self.momentum:
-            state["v"] = _namespace(p).zeros_like(p)
+            state["v"] = namespace_of(p).zeros_like(p)
         return state
 
     def update(self, p, g, state):
@@ -143,11 +139,11 @@ class Adam(Optimizer):
         self.weight_decay = check_hyper("weight_decay", weight_decay)
 
     def init_state(self, p):
-        xp = _namespace(p)
+        xp = namespace_of(p)
         return {"t": 0, "m": xp.zeros_like(p), "v": xp.zeros_like(p)}
 
     def update(self, p, g, state):
-        xp = _namespace(p)
+        xp = namespace_of(p)
         b1, b2 = self.betas
         t = state["t"]
         if self.weight_decay and not self.decoupled:
@@ -192,14 +188,14 @@ class RMSprop(Optimizer):
         self.weight_decay = check_hyper("weight_decay", weight_decay)
 
     def init_state(self, p):
-        xp = _namespace(p)
+        xp = namespace_of(p)
         state = {"t": 0, "s": xp.zeros_like(p)}
         if self.momentum:
             state["b"] = xp.zeros_like(p)
         return state
 
     def update(self, p, g, state):
-        xp = _namespace(p)
+        xp = namespace_of(p)
         if self.weight_decay:
             g = g + self.weight_decay * p
         s = state["s"] = self.alpha * state["s"] + (1.0 - self.alpha) * (g * g)
@@ -242,7 +238,7 @@ class L2:
         self.lam = check_hyper("lam", lam)
 
     def value_and_grad(self, W):
-        xp = _namespace(W)
+        xp = namespace_of(W)
         return (0.5 * self.lam) * xp.sum(W * W), self.lam * W
 
     def __repr__(self):
@@ -253,7 +249,7 @@ class L1(L2):
     """Ω(Θ) = λ Σ_W Σ|W_ij| over the weight matrices.  Adds Ω to the loss and λ·sign(W) to ∂L/∂W."""
 
     def value_and_grad(self, W):
-        xp = _namespace(W)
+        xp = namespace_of(W)
         return self.lam * xp.sum(xp.abs(W)), self.lam * xp.sign(W)
 
 

@@ -59,10 +59,6 @@ class Backend:
         """The same library and device with another floating dtype."""
         return Backend(self.name, self.xp, self.device, dtype)
 
-    def same_place(self, other):
-        """True when ``other`` puts arrays in the same library and device."""
-        return self.name == other.name and self.xp is other.xp and self.device == other.device
-
     # -- arrays -----------------------------------------------------------------
     def owns(self, x):
         """True when ``x`` is an array of this backend's library."""
@@ -139,10 +135,6 @@ class Backend:
 
             torch.cuda.synchronize(self.device)
 
-    def array_library(self, x):
-        """A short, human name of the library an array belongs to."""
-        return _library_of(x)
-
 
 def _dtype_name(xp, dtype):
     for name in DTYPE_NAMES:
@@ -152,11 +144,6 @@ def _dtype_name(xp, dtype):
         return np.dtype(dtype).name
     except TypeError:
         return str(dtype)
-
-
-def _library_of(x):
-    mod = type(x).__module__.split(".")[0]
-    return {"builtins": type(x).__name__}.get(mod, mod)
 
 
 def _load_cupy():

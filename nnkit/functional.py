@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import array_api_compat
 
-__all__ = ["namespace_of", "sigmoid", "softmax", "logsumexp", "log_sigmoid_pair", "softplus"]
+__all__ = ["namespace_of", "sigmoid", "softmax", "logsumexp", "softplus"]
 
 _NAMESPACES = {}
 
@@ -53,7 +53,3 @@ def softmax(xp, z, axis=-1):
     e = xp.exp(z - xp.max(z, axis=axis, keepdims=True))
     return e / xp.sum(e, axis=axis, keepdims=True)
 
-
-def log_sigmoid_pair(xp, z):
-    """(log σ(z), log(1 − σ(z))) without overflow: −softplus(−z), −softplus(z)."""
-    return -softplus(xp, -z), -softplus(xp, z)

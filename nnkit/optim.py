@@ -44,6 +44,13 @@ def clip_by_global_norm(grads, max_norm):
     return {k: g * scale for k, g in grads.items()}
 
 
+def check_int(name, value, low):
+    """An integer hyperparameter >= ``low``, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 class Optimizer:
     """Base class: ``step(params, grads) -> new params``; subclasses implement ``update``.
 
@@ -274,9 +281,7 @@ class StepLR(_Schedule):
     """lr = lr₀ · γ^⌊epoch / step_size⌋."""
 
     def __init__(self, step_size, gamma=0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
-        self.step_size, self.gamma = step_size, check_hyper("gamma", gamma, low_open=True)
+        self.step_size, self.gamma = check_int("step_size", step_size, 1), check_hyper("gamma", gamma, low_open=True)
 
     def lr_at(self, epoch):
         return self.base_lr * self.gamma ** (epoch // self.step_size)
@@ -300,9 +305,8 @@ class CosineLR(_Schedule):
     """
 
     def __init__(self, total, warmup=0, min_lr=0.0):
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise ValueError(f"total must be a positive integer (epochs), got {total!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < total:
+        total = check_int("total (epochs)", total, 1)
+        if check_int("warmup", warmup, 0) >= total:
             raise ValueError(f"warmup must be an integer in [0, total), got {warmup!r}")
         self.total, self.warmup, self.min_lr = total, warmup, check_hyper("min_lr", min_lr)
 
@@ -323,9 +327,8 @@ class ReduceLROnPlateau(_Schedule):
     def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0):
         self.monitor = monitor
         self.factor = check_hyper("factor", factor, low_open=True, high=1.0)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
-        self.patience, self.min_delta, self.min_lr = patience, check_hyper("min_delta", min_delta), min_lr
+        self.patience, self.min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
+        self.min_lr = check_hyper("min_lr", min_lr)
         self.best, self.wait = math.inf, 0
 
     def on_epoch_end(self, epoch, logs):

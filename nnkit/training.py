@@ -17,7 +17,7 @@ import time
 
 from .losses import get_loss
 from .metrics import get_metrics
-from .optim import get_optimizer
+from .optim import check_hyper, check_int, get_optimizer
 
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError"]
 
@@ -68,10 +68,7 @@ class EarlyStopping(Callback):
     and (``restore_best``) put back the weights of the best epoch."""
 
     def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto"):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or min_delta < 0:
-            raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
+        patience, min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
@@ -100,12 +97,6 @@ class EarlyStopping(Callback):
     def on_train_end(self):
         if self.restore_best and self.best_weights is not None:
             self.model._assign(self.best_weights)
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class _StopFlag:
@@ -185,7 +176,7 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None):
     metric_fns = get_metrics(metrics, loss)
     X = model._as_input(X)
     T = model._as_target(y, X.shape[0], loss)
-    bs = X.shape[0] if batch_size is None else _check_int("batch_size", batch_size, 1)
+    bs = X.shape[0] if batch_size is None else check_int("batch_size", batch_size, 1)
     host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs)))
     n = X.shape[0]
     return {name: float(v) / n for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
@@ -199,8 +190,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
 
     # -- everything is checked before anything changes -------------------------------------
     loss = get_loss(loss)
-    epochs = _check_int("epochs", epochs, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
             or not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")

@@ -65,6 +65,11 @@ class Sequential:
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
         return {f"{i}.{n}": p for i, l in enumerate(self.layers) for n, p in l.params.items()}
 
+    def snapshot(self):
+        """Device copies of the parameters (keyed like ``params()``), for ``_assign`` to put back later."""
+        xp = self.xp
+        return {k: xp.asarray(p, copy=True) for k, p in self.params().items()}
+
     @property
     def n_params(self):
         return sum(l.n_params for l in self.layers)

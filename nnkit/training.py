@@ -88,8 +88,7 @@ class EarlyStopping(Callback):
         if value < self.best - self.min_delta:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                xp = self.model.xp
-                self.best_weights = {k: xp.asarray(p, copy=True) for k, p in self.model.params().items()}
+                self.best_weights = self.model.snapshot()
             return False
         self.wait += 1
         return self.wait > self.patience
@@ -160,13 +159,18 @@ def _batches(n, batch_size):
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
+def _add_batch(sums, value, out, T, loss, metric_fns):
+    """Running [Σ loss, Σ metric...] on the device: the batch's mean loss weighted by its size."""
+    batch = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
+    return batch if sums is None else [a + b for a, b in zip(sums, batch)]
+
+
 def _sums(model, X, T, loss, metric_fns, batch_size):
     """[Σ loss, Σ metric...] over (X, T) as 0-d device arrays (inference, no host read)."""
     sums = None
     for s, e in _batches(X.shape[0], batch_size):
-        out = model._forward(X[s:e, ...], train=False)
-        batch = [loss.value(out, T[s:e, ...]) * (e - s)] + [fn(out, T[s:e, ...], loss) for _, fn in metric_fns]
-        sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
+        out, tb = model._forward(X[s:e, ...], train=False), T[s:e, ...]
+        sums = _add_batch(sums, loss.value(out, tb), out, tb, loss, metric_fns)
     return sums
 
 
@@ -261,7 +265,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         with _StopFlag() as stop:
             for epoch in range(start, end):
                 t0 = time.perf_counter()
-                safe_params = {k: xp.asarray(p, copy=True) for k, p in model.params().items()}
+                safe_params = model.snapshot()
                 safe_opt = {k: dict(s) for k, s in optimizer.state.items()}
                 order = be.asarray(model.rng.permutation(n)) if shuffle else None
                 progress.start(epoch)
@@ -278,8 +282,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                     if regularizer is not None:
                         value, grads = model._add_penalty(value, grads, regularizer)
                     model._assign(optimizer.step(model.params(), grads))
-                    batch = [value * (e - s)] + [fn(out, tb, loss) for _, fn in metric_fns]
-                    sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
+                    sums = _add_batch(sums, value, out, tb, loss, metric_fns)
                     seen = e
                     progress.step()
                     if stop.raised:

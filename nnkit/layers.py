@@ -28,7 +28,8 @@ class Layer:
     """Base class: a differentiable map from (B, in) to (B, out).
 
     Subclasses set ``param_names`` and implement ``forward``/``backward``.
-    ``params`` and ``grads`` map a parameter's name to its array.
+    ``params`` and ``grads`` map a parameter's name to its array; ``grads`` are those of the
+    last ``backward`` (a training step reuses them as scratch space for the update).
     """
 
     param_names: tuple = ()
@@ -118,7 +119,9 @@ class Dense(Layer):
         """Z = X·W + b; X (B, in) -> Z (B, out). Keeps X for the backward pass when training."""
         if train:
             self._cache = X
-        return X @ self.params["W"] + self.params["b"]
+        Z = X @ self.params["W"]
+        Z += self.params["b"]  # in place on the fresh product (a rebinding on immutable arrays)
+        return Z
 
     def backward(self, dZ, need_dX=True):
         """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·Wᵀ (B×in) or None."""

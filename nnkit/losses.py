@@ -157,7 +157,10 @@ class CrossEntropy(Loss):
         e = xp.exp(shifted)
         s = xp.sum(e, axis=1, keepdims=True)
         log_p = shifted - xp.log(s)
-        return -inv_b * xp.sum(T * log_p), (e / s - T) * inv_b
+        dZ = e / s
+        dZ -= T
+        dZ *= inv_b  # in place on the fresh quotient: (softmax(Z) − y)/B
+        return -inv_b * xp.sum(T * log_p), dZ
 
     def predict(self, Z):
         """Class probabilities softmax(Z)."""

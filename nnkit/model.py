@@ -9,6 +9,7 @@ from .layers import Layer, Dense
 from . import activations
 from .losses import get_loss
 from .optim import Optimizer
+from .functional import namespace_of
 
 __all__ = ["Sequential"]
 
@@ -51,6 +52,9 @@ class Sequential:
         self.optimizer = None  # set by fit; saved with the model
         # backward stops at the first layer with parameters: nothing before it needs a gradient
         self._first_param_layer = next((i for i, l in enumerate(layers) if l.param_names), 0)
+        # (key, layer, name) for every parameter, keys "{layer index}.{name}" built once, not per step
+        self._slots = [(f"{i}.{n}", l, n) for i, l in enumerate(layers) for n in l.param_names]
+        self._slot_of = {key: (l, n) for key, l, n in self._slots}
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -63,7 +67,7 @@ class Sequential:
 
     def params(self):
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
-        return {f"{i}.{n}": p for i, l in enumerate(self.layers) for n, p in l.params.items()}
+        return {key: layer.params[name] for key, layer, name in self._slots}
 
     def snapshot(self):
         """Device copies of the parameters (keyed like ``params()``), for ``_assign`` to put back later."""
@@ -77,8 +81,11 @@ class Sequential:
     # -- input handling -----------------------------------------------------------
     def _as_input(self, X, check_values=True):
         """Validate X and return it as a (B, n_features_in) array of the model's dtype and device."""
+        if not check_values and self.backend.ready(X) and X.ndim == 2 and X.shape[0] \
+                and X.shape[1] == self.n_features_in:
+            return X  # the hot path: already a batch of this backend, nothing to check or convert
         arr = self._host_or_native(X, "X")
-        xp = array_api_compat.array_namespace(arr)
+        xp = namespace_of(arr)
         if arr.ndim != 2:
             hint = " (use X.reshape(1, -1) for a single example)" if arr.ndim == 1 else ""
             raise ValueError(
@@ -96,6 +103,8 @@ class Sequential:
         return self.backend.asarray(arr, dtype=self.backend.dtype)
 
     def _as_target(self, y, n_rows, loss, check_values=True):
+        if not check_values and self.backend.ready(y) and tuple(y.shape) == (n_rows, self.n_outputs):
+            return y  # a (B, K) float target of this backend fits every loss; values are not checked
         arr = self._host_or_native(y, "y")
         arr = loss.check_target(arr, self.n_outputs, n_rows, check_values)
         return loss.prepare_target(arr, self.n_outputs, self.backend)
@@ -140,10 +149,10 @@ class Sequential:
         not compute the ∂L/∂X nobody needs.  Returns the gradients keyed like
         ``state_dict()``.
         """
-        first = self._first_param_layer
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            dY = self.layers[i].backward(dY, need_dX=i > first)
-        return {f"{i}.{n}": g for i, l in enumerate(self.layers) for n, g in l.grads.items()}
+        first, layers = self._first_param_layer, self.layers
+        for i in range(len(layers) - 1, first - 1, -1):
+            dY = layers[i].backward(dY, need_dX=i > first)
+        return {key: layer.grads[name] for key, layer, name in self._slots}
 
     def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
@@ -178,14 +187,18 @@ class Sequential:
         return value, grads
 
     def train_step(self, X, y, loss, optimizer, *, check_input=True, regularizer=None):
-        """One forward, backward and optimizer update; returns the 0-d loss (no host sync)."""
+        """One forward, backward and optimizer update; returns the 0-d loss (no host sync).
+
+        The gradients are consumed by the update (used as scratch space); read gradients with
+        :meth:`value_and_grad`.
+        """
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an nnkit.optim.Optimizer (e.g. SGD(0.1)), got {optimizer!r}")
         loss = get_loss(loss)
         X = self._as_input(X, check_input)
         T = self._as_target(y, X.shape[0], loss, check_input)
         value, grads = self._value_and_grad(X, T, loss, regularizer)
-        self._assign(optimizer.step(self.params(), grads))
+        self._assign(optimizer.step(self.params(), grads, scratch_grads=True))
         return value
 
     def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
@@ -233,9 +246,10 @@ class Sequential:
 
     def _assign(self, new_params):
         """The one place where parameter values are written back into the layers."""
+        slot_of = self._slot_of
         for key, value in new_params.items():
-            i, name = key.split(".", 1)
-            self.layers[int(i)].params[name] = value
+            layer, name = slot_of[key]
+            layer.params[name] = value
 
     def predict(self, X, batch_size=None):
         """The last layer's output for X, as an array of the model's backend (inference only)."""
@@ -284,7 +298,9 @@ class Sequential:
                     f"state dict entry {key!r} has shape {tuple(value.shape)}, expected {tuple(p.shape)}"
                 )
             new[key] = value
-        self._assign({k: self.backend.asarray(v, dtype=self.backend.dtype) for k, v in new.items()})
+        # np.array copies: the model owns its parameters (optimizers update them in place)
+        self._assign({k: self.backend.asarray(np.array(v, dtype=np.float64 if v.dtype.kind != "f" else v.dtype),
+                                              dtype=self.backend.dtype) for k, v in new.items()})
         return self
 
     def to(self, backend, device=None):

@@ -62,8 +62,13 @@ class Optimizer:
         self.clip_norm = None if clip_norm is None else check_hyper("clip_norm", clip_norm, low_open=True)
         self.state = {}
 
-    def step(self, params, grads):
-        """New values for every parameter in ``grads`` (dicts keyed ``"{layer}.{name}"``)."""
+    def step(self, params, grads, *, scratch_grads=False):
+        """New values for every parameter in ``grads`` (dicts keyed ``"{layer}.{name}"``).
+
+        ``scratch_grads=True`` lets the update reuse the gradient arrays as scratch space (the
+        training loop passes gradients it computed and will not read again); it saves one
+        parameter-sized temporary per update where an optimizer can use it.
+        """
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
         new = {}
@@ -72,13 +77,19 @@ class Optimizer:
             if state is None:
                 state = self.state[key] = self.init_state(params[key])
             state["t"] += 1
-            new[key] = self.update(params[key], g, state)
+            new[key] = self.update(params[key], g, state, scratch_grads)
         return new
 
     def init_state(self, p):
         return {"t": 0}
 
-    def update(self, p, g, state):
+    def snapshot_state(self):
+        """A copy of ``state`` whose arrays are not touched by later (in-place) steps."""
+        return {k: {n: v if n == "t" else namespace_of(v).asarray(v, copy=True) for n, v in s.items()}
+                for k, s in self.state.items()}
+
+    def update(self, p, g, state, scratch_grads=False):
+        """θ's new value from θ = ``p``, g = ``g`` and the parameter's ``state`` (updated here)."""
         raise NotImplementedError
 
     def hyperparameters(self):
@@ -113,13 +124,21 @@ class SGD(Optimizer):
             state["v"] = namespace_of(p).zeros_like(p)
         return state
 
-    def update(self, p, g, state):
+    def update(self, p, g, state, scratch_grads=False):
         if self.weight_decay:
             g = g + self.weight_decay * p
+        elif scratch_grads and not self.momentum:
+            g *= self.lr  # θ ← θ − lr·g with lr·g formed in the gradient's own buffer
+            p -= g
+            return p
         if self.momentum:
-            v = state["v"] = self.momentum * state["v"] + g
+            v = state["v"]
+            v *= self.momentum
+            v += g
+            state["v"] = v
             g = g + self.momentum * v if self.nesterov else v
-        return p - self.lr * g
+        p -= self.lr * g
+        return p
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov,
@@ -149,20 +168,28 @@ class Adam(Optimizer):
         xp = namespace_of(p)
         return {"t": 0, "m": xp.zeros_like(p), "v": xp.zeros_like(p)}
 
-    def update(self, p, g, state):
+    def update(self, p, g, state, scratch_grads=False):
         xp = namespace_of(p)
         b1, b2 = self.betas
         t = state["t"]
         if self.weight_decay and not self.decoupled:
             g = g + self.weight_decay * p
-        m = state["m"] = b1 * state["m"] + (1.0 - b1) * g
-        v = state["v"] = b2 * state["v"] + (1.0 - b2) * (g * g)
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        state["m"], state["v"] = m, v
         m_hat_scale = 1.0 / (1.0 - b1 ** t)
         v_hat_scale = 1.0 / (1.0 - b2 ** t)
-        step = (self.lr * m_hat_scale) * m / (xp.sqrt(v * v_hat_scale) + self.eps)
+        denom = xp.sqrt(v * v_hat_scale)
+        denom += self.eps
+        step = (self.lr * m_hat_scale) * m
+        step /= denom
         if self.weight_decay and self.decoupled:
-            p = p - (self.lr * self.weight_decay) * p
-        return p - step
+            p *= 1.0 - self.lr * self.weight_decay
+        p -= step
+        return p
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps,
@@ -201,15 +228,24 @@ class RMSprop(Optimizer):
             state["b"] = xp.zeros_like(p)
         return state
 
-    def update(self, p, g, state):
+    def update(self, p, g, state, scratch_grads=False):
         xp = namespace_of(p)
         if self.weight_decay:
             g = g + self.weight_decay * p
-        s = state["s"] = self.alpha * state["s"] + (1.0 - self.alpha) * (g * g)
-        u = g / (xp.sqrt(s) + self.eps)
+        s = state["s"]
+        s *= self.alpha
+        s += (1.0 - self.alpha) * (g * g)
+        state["s"] = s
+        denom = xp.sqrt(s)
+        denom += self.eps
+        u = g / denom
         if self.momentum:
-            u = state["b"] = self.momentum * state["b"] + u
-        return p - self.lr * u
+            b = state["b"]
+            b *= self.momentum
+            b += u
+            u = state["b"] = b
+        p -= self.lr * u
+        return p
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "alpha": self.alpha, "eps": self.eps,

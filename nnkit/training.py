@@ -266,7 +266,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             for epoch in range(start, end):
                 t0 = time.perf_counter()
                 safe_params = model.snapshot()
-                safe_opt = {k: dict(s) for k, s in optimizer.state.items()}
+                safe_opt = optimizer.snapshot_state()
                 order = be.asarray(model.rng.permutation(n)) if shuffle else None
                 progress.start(epoch)
                 sums, seen = None, 0
@@ -281,7 +281,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                     grads = model.backward(d_out)
                     if regularizer is not None:
                         value, grads = model._add_penalty(value, grads, regularizer)
-                    model._assign(optimizer.step(model.params(), grads))
+                    model._assign(optimizer.step(model.params(), grads, scratch_grads=True))
                     sums = _add_batch(sums, value, out, tb, loss, metric_fns)
                     seen = e
                     progress.step()

@@ -24,7 +24,8 @@ class Sequential:
     backend : str, module or Backend
         ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"array_api_strict"`` or an
         imported array module; see :func:`nnkit.get_backend`.
-    dtype : ``"float32"`` (default) or ``"float64"``
+    dtype : ``"float32"`` or ``"float64"``; None (default) means float32, or the dtype of a
+        :class:`Backend` passed as ``backend``
     seed : int or None
         Seeds the host generator that draws the initial weights (and the
         shuffles), so one seed gives the same model on every backend.
@@ -33,7 +34,7 @@ class Sequential:
     backend, arrays of the backend are used as they are.
     """
 
-    def __init__(self, layers, backend="numpy", dtype="float32", seed=None):
+    def __init__(self, layers, backend="numpy", dtype=None, seed=None):
         layers = list(layers) if not isinstance(layers, Layer) else [layers]
         if not layers:
             raise ValueError("Sequential needs at least one layer")

@@ -1,0 +1,61 @@
+"""The kernel suite: every target present × dtype × shape × kernel, plus the batch-size sweep of M.
+
+Run:    pytest benchmarks/bench_kernels.py --benchmark-enable --benchmark-columns=median,iqr,rounds
+Report: python -m benchmarks.report   (writes benchmarks/RESULTS.md and the sweep plot)
+CI runs this file once with --benchmark-disable (every callable runs once), so it cannot rot;
+no test here asserts a time.
+"""
+import functools
+
+import pytest
+
+from nnkit import bench as H
+
+ROUNDS = {"S": (200, 20), "M": (20, 3), "L": (5, 1)}  # (rounds, warm-up rounds) per shape
+
+
+def _targets():
+    out = []
+    for t in H.TARGETS:
+        why = H.why_unavailable(t)
+        out.append(pytest.param(t, id=t, marks=pytest.mark.skipif(why is not None, reason=why or "")))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def case(target, dtype, shape, batch=None):
+    sizes, default_batch = H.SHAPES[shape]
+    return H.Case(target, dtype, sizes, batch or default_batch)
+
+
+def _run(benchmark, c, kernel, rounds, warmup):
+    fn = c.kernel(kernel)
+    benchmark.extra_info.update(target=c.target, dtype=c.dtype, sizes=c.sizes, batch=c.batch,
+                                train_step_gflop=c.flops / 1e9)
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+
+
+@pytest.mark.parametrize("kernel", [k for k in H.KERNELS if k != "torch_eager_step"])
+@pytest.mark.parametrize("shape", list(H.SHAPES))
+@pytest.mark.parametrize("dtype", H.DTYPES)
+@pytest.mark.parametrize("target", _targets())
+def test_kernel(benchmark, target, dtype, shape, kernel):
+    benchmark.group = f"{shape}-{dtype}-{kernel}"
+    _run(benchmark, case(target, dtype, shape), kernel, *ROUNDS[shape])
+
+
+@pytest.mark.parametrize("shape", list(H.SHAPES))
+@pytest.mark.parametrize("dtype", H.DTYPES)
+@pytest.mark.parametrize("target", [p for p in _targets() if p.values[0].startswith("torch")])
+def test_torch_eager_peer(benchmark, target, dtype, shape):
+    benchmark.group = f"{shape}-{dtype}-train_step"
+    _run(benchmark, case(target, dtype, shape), "torch_eager_step", *ROUNDS[shape])
+
+
+@pytest.mark.parametrize("kernel", ["train_step", "matmul_floor"])
+@pytest.mark.parametrize("batch", H.SWEEP)
+@pytest.mark.parametrize("target", _targets())
+def test_batch_sweep(benchmark, target, batch, kernel):
+    benchmark.group = f"sweep-M-{batch}"
+    rounds = max(3, 20 * 256 // batch)
+    _run(benchmark, case(target, "float32", "M", batch), kernel, rounds, 2)

@@ -1,0 +1,477 @@
+"""Benchmarks of nnkit's kernels on CPU and GPU: what is timed, how, and the report.
+
+Used by the pytest-benchmark suite in ``benchmarks/``, by ``python -m benchmarks.report`` and by
+``nnkit bench``.
+
+Shapes (MLP widths, batch):
+  S = 64-128-64-10, batch 64 (overhead-bound)       M = 784-1024-1024-10, batch 256
+  L = 2048-2048-2048-2048-10, batch 512 (matmul-bound)   and a batch-size sweep of M from 32 to 4096.
+
+Targets ("where the arrays live"):  numpy (CPU), torch (PyTorch CPU), cupy and torch-cuda (when a GPU is
+usable).  On each target we time nnkit's kernels, the *matmul floor* written in the target's own library,
+and, on the torch targets, the peer: a plain PyTorch eager training step.
+
+The matmul floor is what no MLP step can avoid: per Dense layer X·W (forward), Xᵀ·dZ (dW) and dZ·Wᵀ (dX),
+at the same shapes.  The tight floor leaves out the first layer's dX, which nobody needs.
+
+Every timed callable ends with the target's synchronisation (a stream sync on a GPU, nothing on the CPU),
+so GPU timings measure finished work.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import nnkit
+from nnkit.optim import SGD
+
+SHAPES = {
+    "S": ((64, 128, 64, 10), 64),
+    "M": ((784, 1024, 1024, 10), 256),
+    "L": ((2048, 2048, 2048, 2048, 10), 512),
+}
+SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # batch sizes for shape M
+DTYPES = ("float32", "float64")
+KERNELS = ("dense_forward", "dense_backward", "relu_forward", "relu_backward", "softmax_cross_entropy",
+           "train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight", "torch_eager_step")
+TARGETS = ("numpy", "torch", "cupy", "torch-cuda")
+FIT_BATCHES = 8  # a fit_epoch runs over this many batches
+
+
+def target_backend(target, dtype="float32"):
+    """The nnkit Backend for a target name; raises RuntimeError (with the reason) when it is not usable."""
+    if target == "torch-cuda":
+        try:
+            import torch
+        except ImportError as exc:
+            raise RuntimeError("torch-cuda needs PyTorch: pip install torch") from exc
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch-cuda: PyTorch sees no CUDA device")
+        return nnkit.get_backend("torch", device="cuda", dtype=dtype)
+    return nnkit.get_backend(target, dtype=dtype)
+
+
+def why_unavailable(target):
+    """None when ``target`` can run here, else the reason."""
+    try:
+        target_backend(target)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def available_targets():
+    return [t for t in TARGETS if why_unavailable(t) is None]
+
+
+def mlp(sizes, backend, seed=0):
+    """Dense + ReLU between every pair of widths, He-initialised, no activation after the last layer."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nnkit.Dense(a, b, init="he_uniform"))
+        if i < len(sizes) - 2:
+            layers.append(nnkit.ReLU())
+    return nnkit.Sequential(layers, backend=backend, seed=seed)
+
+
+def host_batch(sizes, batch, dtype, seed=0):
+    """(X, labels) on the host: standard-normal features, uniform labels."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, sizes[0])).astype(dtype), rng.integers(0, sizes[-1], size=batch)
+
+
+def train_step_flops(sizes, batch):
+    """Floating-point operations of one train step's matmuls: 2·B·in·out each for X·W and Xᵀ·dZ in every
+    layer and for dZ·Wᵀ in all but the first."""
+    pairs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * batch * (3 * sum(pairs) - pairs[0])
+
+
+class Case:
+    """One (target, dtype, widths, batch): the model, its data and every kernel as a no-argument callable."""
+
+    def __init__(self, target, dtype, sizes, batch):
+        self.target, self.dtype, self.sizes, self.batch = target, dtype, tuple(sizes), batch
+        self.backend = be = target_backend(target, dtype)
+        self.model = mlp(sizes, be)
+        X, y = host_batch(sizes, batch, dtype)
+        self.loss = nnkit.CrossEntropy()
+        self.X = be.asarray(X, dtype=be.dtype)
+        self.T = self.loss.prepare_target(y, sizes[-1], be)
+        self.y_host, self.X_host = y, X
+        self.flops = train_step_flops(sizes, batch)
+
+    def _sync(self, fn):
+        sync = self.backend.synchronize
+
+        def timed():
+            out = fn()
+            sync()
+            return out
+
+        return timed
+
+    def kernel(self, name):
+        """The callable that runs kernel ``name`` once (synchronised); KeyError for an unknown name."""
+        return self._sync(getattr(self, f"_k_{name}")())
+
+    # -- the pieces of a step, on the model's widest Dense layer and its ReLU ----------------------
+    def _widest(self):
+        """Index of the Dense layer with the most weights (a hidden one for M and L) and its input."""
+        dense = [i for i, l in enumerate(self.model.layers) if isinstance(l, nnkit.Dense)]
+        k = max(dense, key=lambda i: (self.model.layers[i].in_features * self.model.layers[i].out_features, i))
+        A = self.X
+        for layer in self.model.layers[:k]:
+            A = layer.forward(A, train=False)
+        return k, A
+
+    def _k_dense_forward(self):
+        k, A = self._widest()
+        layer = self.model.layers[k]
+        return lambda: layer.forward(A, train=True)
+
+    def _k_dense_backward(self):
+        k, A = self._widest()
+        layer = self.model.layers[k]
+        dZ = layer.forward(A, train=True)
+        return lambda: layer.backward(dZ, need_dX=True)
+
+    def _relu(self):
+        k, A = self._widest()
+        Z = self.model.layers[k].forward(A, train=False)
+        return nnkit.ReLU(), Z
+
+    def _k_relu_forward(self):
+        relu, Z = self._relu()
+        relu.xp = self.backend.xp
+        return lambda: relu.forward(Z, train=True)
+
+    def _k_relu_backward(self):
+        relu, Z = self._relu()
+        relu.xp = self.backend.xp
+        relu.forward(Z, train=True)
+        return lambda: relu.backward(Z)
+
+    def _k_softmax_cross_entropy(self):
+        logits = self.model.predict(self.X)
+        return lambda: self.loss.value_and_grad(logits, self.T)
+
+    def _k_train_step(self):
+        model, X, T, loss, opt = self.model, self.X, self.T, self.loss, SGD(0.01)
+        return lambda: model.train_step(X, T, loss, opt, check_input=False)
+
+    def _k_fit_epoch(self):
+        reps = FIT_BATCHES
+        X = np.concatenate([self.X_host] * reps)
+        y = np.concatenate([self.y_host] * reps)
+        model, opt = self.model, SGD(0.01)
+        Xd, yd = self.backend.asarray(X, dtype=self.backend.dtype), self.backend.asarray(y)
+        return lambda: model.fit(Xd, yd, loss=self.loss, optimizer=opt, epochs=1, batch_size=self.batch,
+                                 verbose=0)
+
+    # -- the floor, in the target's own library ------------------------------------------------------
+    def _floor(self, first_dX):
+        be, rng = self.backend, np.random.default_rng(1)
+        sizes, B = self.sizes, self.batch
+
+        def arr(*shape):
+            return be.asarray(rng.standard_normal(shape), dtype=be.dtype)
+
+        Ws = [arr(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        Xs = [arr(B, a) for a in sizes[:-1]]
+        dZs = [arr(B, b) for b in sizes[1:]]
+
+        def floor():
+            for i, (W, X, dZ) in enumerate(zip(Ws, Xs, dZs)):
+                X @ W
+                X.T @ dZ
+                if i or first_dX:
+                    dZ @ W.T
+
+        return floor
+
+    def _k_matmul_floor(self):
+        return self._floor(first_dX=True)
+
+    def _k_matmul_floor_tight(self):
+        return self._floor(first_dX=False)
+
+    # -- the peer: a plain PyTorch eager step (autograd, torch.optim.SGD) ------------------------------
+    def _k_torch_eager_step(self):
+        if self.backend.name != "torch":
+            raise KeyError("torch_eager_step runs on the torch targets only")
+        import torch
+
+        torch.manual_seed(0)
+        dev, dt = self.backend.device, getattr(torch, self.dtype)
+        layers = []
+        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(self.sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        net = torch.nn.Sequential(*layers).to(device=dev, dtype=dt)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        X = torch.as_tensor(self.X_host, device=dev)
+        y = torch.as_tensor(self.y_host, device=dev)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(X), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+
+
+# -- timing ---------------------------------------------------------------------------------------
+def measure(fns, seconds=1.0, blocks=5, warmup=2, settle=0.25):
+    """Median seconds per call of each no-argument callable in ``fns`` (a dict).
+
+    The callables are timed in alternating *blocks* (A A A, B B B, A A A, ...) rather than call by
+    call, with a pause of ``settle`` seconds before each block: BLAS thread pools keep spinning for
+    a while after a call (OpenBLAS for ~0.1 s), and on a machine with few cores the spinning threads
+    of one library would slow the next library's calls.  Blocks still spread slow drifts of the
+    machine over all callables.  Each block starts with ``warmup`` untimed calls; the calls per block
+    are chosen so that all blocks of one callable take about ``seconds``.
+    """
+    per_call = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        per_call[name] = max(time.perf_counter() - t0, 1e-7)
+    samples = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            reps = max(1, int(seconds / blocks / per_call[name]))
+            time.sleep(settle)
+            for _ in range(warmup):
+                fn()
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+# -- the report -----------------------------------------------------------------------------------
+PEER_OF = {"numpy": "torch", "torch": "torch", "cupy": "torch-cuda", "torch-cuda": "torch-cuda"}
+
+
+def machine_info():
+    """Lines naming the machine, BLAS, library versions and GPU."""
+    import array_api_compat
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older NumPy: no dict mode
+        blas = "unknown"
+    lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; {platform.system()} {platform.release()}",
+             f"- Python {platform.python_version()}; NumPy {np.__version__} (BLAS: {blas}); "
+             f"array-api-compat {array_api_compat.__version__}; nnkit {nnkit.__version__}"]
+    try:
+        import torch
+
+        lines.append(f"- PyTorch {torch.__version__} ({torch.get_num_threads()} CPU threads)"
+                     + (f"; CUDA GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    except ImportError:
+        lines.append("- PyTorch: not installed (no peer on this machine)")
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        lines.append(f"- CuPy {cupy.__version__}; GPU: {name}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}")
+    except Exception as exc:
+        lines.append(f"- CuPy/GPU: not usable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+    return lines
+
+
+def _fmt_time(s):
+    return f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP, seconds=1.0, log=print):
+    """Measure everything the machine supports; returns a dict of results (see ``write_markdown``)."""
+    targets = [t for t in (targets or TARGETS) if why_unavailable(t) is None]
+    steps, kernels, curve = [], [], []
+    for shape in shapes:
+        sizes, batch = SHAPES[shape]
+        for dtype in dtypes:
+            cases = {t: Case(t, dtype, sizes, batch) for t in targets}
+            fns = {}
+            for t, c in cases.items():
+                for k in ("train_step", "matmul_floor", "matmul_floor_tight"):
+                    fns[(t, k)] = c.kernel(k)
+                if c.backend.name == "torch":
+                    fns[(t, "torch_eager_step")] = c.kernel("torch_eager_step")
+            log(f"{shape} {dtype}: timing {len(fns)} callables on {', '.join(targets)}")
+            times = measure({f"{t}|{k}": fn for (t, k), fn in fns.items()}, seconds=seconds)
+            for t, c in cases.items():
+                step = times[f"{t}|train_step"]
+                peer = times.get(f"{PEER_OF[t]}|torch_eager_step")
+                steps.append({"shape": shape, "dtype": dtype, "target": t, "batch": batch, "sizes": sizes,
+                              "step": step, "floor": times[f"{t}|matmul_floor"],
+                              "tight": times[f"{t}|matmul_floor_tight"], "peer": peer,
+                              "peer_name": f"{PEER_OF[t]} eager" if peer is not None else None,
+                              "flops": c.flops})
+                if c.backend.name == "torch":
+                    eager = times[f"{t}|torch_eager_step"]
+                    steps.append({"shape": shape, "dtype": dtype, "target": f"{t} eager (peer)", "batch": batch,
+                                  "sizes": sizes, "step": eager, "floor": times[f"{t}|matmul_floor"],
+                                  "tight": times[f"{t}|matmul_floor_tight"], "peer": eager,
+                                  "peer_name": f"{t} eager", "flops": c.flops})
+            if shape == "M" and dtype == "float32":
+                names = [k for k in KERNELS if k not in ("torch_eager_step",)]
+                fns = {f"{t}|{k}": c.kernel(k) for t, c in cases.items() for k in names}
+                log(f"{shape} {dtype}: timing {len(fns)} kernels")
+                times = measure(fns, seconds=seconds / 2)
+                for t in cases:
+                    kernels.append({"target": t, **{k: times[f"{t}|{k}"] for k in names}})
+            del cases
+    if sweep:
+        sizes = SHAPES["M"][0]
+        for batch in sweep:
+            cases = {t: Case(t, "float32", sizes, batch) for t in targets}
+            fns = {}
+            for t, c in cases.items():
+                fns[f"{t}|train_step"] = c.kernel("train_step")
+                fns[f"{t}|matmul_floor"] = c.kernel("matmul_floor")
+                if c.backend.name == "torch":
+                    fns[f"{t}|torch_eager_step"] = c.kernel("torch_eager_step")
+            log(f"sweep M float32 batch {batch}")
+            times = measure(fns, seconds=seconds / 2, blocks=3)
+            for key, s in times.items():
+                t, k = key.split("|")
+                curve.append({"target": t, "kernel": k, "batch": batch, "seconds": s})
+    return {"targets": targets, "steps": steps, "kernels": kernels, "sweep": curve,
+            "unavailable": {t: why_unavailable(t) for t in TARGETS if t not in targets}}
+
+
+def write_markdown(results, path, plot_name=None, command="python -m benchmarks.report"):
+    """RESULTS.md: machine, the train-step table, the kernel table for M and the sweep (written atomically)."""
+    L = ["# nnkit benchmark results", "",
+         f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}; every number in one run on one machine.",
+         "", "## Machine", "", *machine_info(), ""]
+    for t, why in results["unavailable"].items():
+        L.append(f"- not measured: **{t}** — {why}")
+    L += ["", "## One train step (forward + softmax cross-entropy + backward + SGD update), median",
+          "",
+          "Floor = the raw matmuls every Dense layer needs (X·W, Xᵀ·dZ, dZ·Wᵀ) at the same shapes in the "
+          "target's own library; tight floor = without the first layer's dX. Peer = a plain PyTorch eager "
+          "step (autograd + torch.optim.SGD) on the same device. GFLOP/s counts the step's matmul flops.", "",
+          "| shape | dtype | target | time/step | samples/s | GFLOP/s | / floor | / tight floor | / peer |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results["steps"]:
+        peer = f"{r['step'] / r['peer']:.2f}" if r["peer"] is not None and "peer" not in r["target"] else "—"
+        L.append(f"| {r['shape']} {'-'.join(map(str, r['sizes']))} ×{r['batch']} | {r['dtype']} | {r['target']} | "
+                 f"{_fmt_time(r['step'])} | {r['batch'] / r['step']:,.0f} | {r['flops'] / r['step'] / 1e9:.1f} | "
+                 f"{r['step'] / r['floor']:.2f} | {r['step'] / r['tight']:.2f} | {peer} |")
+    if results["kernels"]:
+        names = [k for k in results["kernels"][0] if k != "target"]
+        L += ["", "## Kernels, shape M (784-1024-1024-10, batch 256), float32, median", "",
+              "Dense and ReLU kernels on the widest layer (1024→1024); `fit_epoch` = one `fit` epoch over "
+              f"{FIT_BATCHES} batches.", "",
+              "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for r in results["kernels"]:
+            L.append(f"| {r['target']} | " + " | ".join(_fmt_time(r[k]) for k in names) + " |")
+    if results["sweep"]:
+        batches = sorted({r["batch"] for r in results["sweep"]})
+        series = sorted({(r["target"], r["kernel"]) for r in results["sweep"]})
+        L += ["", "## Batch-size sweep, shape M, float32: samples/s", ""]
+        if plot_name:
+            L += [f"![samples/s against batch size]({plot_name})", ""]
+        L += ["| target | kernel | " + " | ".join(map(str, batches)) + " |", "|---|---|" + "---:|" * len(batches)]
+        for t, k in series:
+            row = {r["batch"]: r["batch"] / r["seconds"] for r in results["sweep"] if (r["target"], r["kernel"]) == (t, k)}
+            L.append(f"| {t} | {k} | " + " | ".join(f"{row[b]:,.0f}" for b in batches) + " |")
+    L.append("")
+    _atomic_write(path, "\n".join(L).encode())
+
+
+def write_plot(results, path):
+    """samples/s against batch size (log-log): a solid line per target's train step, its floor dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("the plot needs matplotlib: pip install 'nnkit[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    style = {"train_step": "-", "matmul_floor": "--", "torch_eager_step": ":"}
+    label = {"train_step": "nnkit step", "matmul_floor": "matmul floor", "torch_eager_step": "PyTorch eager step"}
+    colors = {}
+    for t, k in sorted({(r["target"], r["kernel"]) for r in results["sweep"]}):
+        pts = sorted((r["batch"], r["batch"] / r["seconds"]) for r in results["sweep"]
+                     if (r["target"], r["kernel"]) == (t, k))
+        color = colors.setdefault(t, f"C{len(colors)}")
+        ax.plot(*zip(*pts), style[k], color=color, marker="o" if k == "train_step" else None,
+                label=f"{t}: {label[k]}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("samples / s (higher is better)")
+    ax.set_title("Shape M (784-1024-1024-10), float32: one train step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
+    """Command line: run the report and write the Markdown table and the PNG plot."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=(
+        "Time nnkit's train step and kernels on every backend this machine has (NumPy, PyTorch CPU, "
+        "and CuPy / PyTorch CUDA when a GPU is usable), next to the raw-matmul floor and a PyTorch eager "
+        "step, and write a Markdown report with a samples/s plot."))
+    p.add_argument("--out", default=default_out, help="Markdown report to write (default: %(default)s)")
+    p.add_argument("--plot", default=None, help="PNG plot to write (default: next to --out, .png)")
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=None, help="only these targets")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
+    p.add_argument("--quick", action="store_true", help="short timings (a smoke run; numbers are noisy)")
+    args = p.parse_args(argv)
+    plot = args.plot or os.path.splitext(args.out)[0] + ".png"
+    results = run_report(targets=args.targets, shapes=args.shapes, dtypes=args.dtypes,
+                         sweep=() if args.no_sweep else SWEEP, seconds=0.05 if args.quick else 1.0,
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    plot_name = None
+    if results["sweep"]:
+        try:
+            write_plot(results, plot)
+            plot_name = os.path.relpath(plot, os.path.dirname(os.path.abspath(args.out)))
+        except RuntimeError as exc:
+            print(f"{prog}: no plot: {exc}", file=sys.stderr)
+    write_markdown(results, args.out, plot_name, command=f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(f"wrote {args.out}" + (f" and {plot}" if plot_name else ""))
+    return 0

@@ -49,7 +49,8 @@ class Backend:
         self.dtype_name = dtype_name
         self.dtype = getattr(xp, dtype_name)
         self.host_transfers = 0
-        self._array_type = type(xp.empty(0, dtype=self.dtype, device=device))
+        probe = xp.empty(0, dtype=self.dtype, device=device)
+        self._array_type, self._array_dtype = type(probe), probe.dtype  # for ready(): no conversions
 
     # -- identity -------------------------------------------------------------
     def __repr__(self):
@@ -75,7 +76,7 @@ class Backend:
 
         A cheap test (no namespace lookup) for the training hot path.
         """
-        if type(x) is not self._array_type or x.dtype != self.dtype:
+        if type(x) is not self._array_type or x.dtype != self._array_dtype:
             return False
         return self.name == "numpy" or array_api_compat.device(x) == self.device
 
@@ -157,11 +158,13 @@ def _dtype_name(xp, dtype):
 
 
 def _numpy_namespace():
-    """array-api-compat's NumPy namespace, with float ``sum``/``max`` going straight to the ufunc reduce.
+    """array-api-compat's NumPy namespace, with float ``sum``/``max`` going straight to the ufunc reduce
+    and ``astype`` straight to the array method.
 
     ``np.sum``/``np.max`` reach ``np.add.reduce``/``np.maximum.reduce`` through Python-level
-    argument handling (~1.5 µs a call); a small model's train step makes several of these calls.
-    The results are identical (same ufunc, same summation order).  Installed as the namespace of
+    argument handling (~1.5 µs a call), compat's ``astype`` checks its arguments (~1.4 µs); a small
+    model's train step makes several of these calls.  The results are identical (same ufunc, same
+    summation order, same cast).  Installed as the namespace of
     ``numpy.ndarray`` so layers, losses and optimizers all see it through ``namespace_of``.
     """
     import types
@@ -182,7 +185,12 @@ def _numpy_namespace():
             return np.maximum.reduce(x, axis=axis, keepdims=keepdims)
         return compat.max(x, axis=axis, keepdims=keepdims)
 
-    ns.sum, ns.max = sum, max
+    def astype(x, dtype, /, *, copy=True, device=None):
+        if device is None or device == "cpu":
+            return x.astype(dtype, copy=copy)
+        return compat.astype(x, dtype, copy=copy, device=device)
+
+    ns.sum, ns.max, ns.astype = sum, max, astype
     for kind in {np.ndarray, *np.sctypeDict.values()}:  # arrays and the 0-d scalars reductions return
         register_namespace(kind, ns)
     return ns

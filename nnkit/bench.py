@@ -230,34 +230,41 @@ class Case:
 
 
 # -- timing ---------------------------------------------------------------------------------------
-def measure(fns, seconds=1.0, blocks=5, warmup=2, settle=0.25):
-    """Median seconds per call of each no-argument callable in ``fns`` (a dict).
+def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
+    """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: s}``.
 
-    The callables are timed in alternating *blocks* (A A A, B B B, A A A, ...) rather than call by
-    call, with a pause of ``settle`` seconds before each block: BLAS thread pools keep spinning for
-    a while after a call (OpenBLAS for ~0.1 s), and on a machine with few cores the spinning threads
-    of one library would slow the next library's calls.  Blocks still spread slow drifts of the
-    machine over all callables.  Each block starts with ``warmup`` untimed calls; the calls per block
-    are chosen so that all blocks of one callable take about ``seconds``.
+    Within a group (one library) the callables alternate call by call — the step and its floor see
+    the same machine state, each call running after other work as in a real program.  Groups (the
+    libraries) alternate in *blocks* with a pause of ``settle`` seconds before each block: BLAS
+    thread pools keep spinning for a while after a call (OpenBLAS for ~0.1 s), and on a machine
+    with few cores one library's spinning threads would slow the next library's calls.  Each block
+    starts with ``warmup`` untimed rounds; the rounds per block are chosen so that each group's
+    blocks take about ``seconds`` per callable.  A plain ``{name: fn}`` is one group.
     """
-    per_call = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        t0 = time.perf_counter()
-        fn()
-        per_call[name] = max(time.perf_counter() - t0, 1e-7)
-    samples = {name: [] for name in fns}
-    for _ in range(blocks):
-        for name, fn in fns.items():
-            reps = max(1, int(seconds / blocks / per_call[name]))
-            time.sleep(settle)
+    if groups and callable(next(iter(groups.values()))):
+        groups = {"": groups}
+    per_round = {}
+    for g, fns in groups.items():
+        for fn in fns.values():
             for _ in range(warmup):
                 fn()
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for fn in fns.values():
+            fn()
+        per_round[g] = max(time.perf_counter() - t0, 1e-7) / len(fns)
+    samples = {name: [] for fns in groups.values() for name in fns}
+    for _ in range(blocks):
+        for g, fns in groups.items():
+            rounds = max(1, int(seconds / blocks / per_round[g]))
+            time.sleep(settle)
+            for _ in range(warmup):
+                for fn in fns.values():
+                    fn()
+            for _ in range(rounds):
+                for name, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[name].append(time.perf_counter() - t0)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
@@ -320,7 +327,10 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                 if c.backend.name == "torch":
                     fns[(t, "torch_eager_step")] = c.kernel("torch_eager_step")
             log(f"{shape} {dtype}: timing {len(fns)} callables on {', '.join(targets)}")
-            times = measure({f"{t}|{k}": fn for (t, k), fn in fns.items()}, seconds=seconds)
+            groups = {}
+            for (t, k), fn in fns.items():
+                groups.setdefault(t, {})[f"{t}|{k}"] = fn
+            times = measure(groups, seconds=seconds)
             for t, c in cases.items():
                 step = times[f"{t}|train_step"]
                 peer = times.get(f"{PEER_OF[t]}|torch_eager_step")
@@ -337,9 +347,9 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                                   "peer_name": f"{t} eager", "flops": c.flops})
             if shape == "M" and dtype == "float32":
                 names = [k for k in KERNELS if k not in ("torch_eager_step",)]
-                fns = {f"{t}|{k}": c.kernel(k) for t, c in cases.items() for k in names}
-                log(f"{shape} {dtype}: timing {len(fns)} kernels")
-                times = measure(fns, seconds=seconds / 2)
+                groups = {t: {f"{t}|{k}": c.kernel(k) for k in names} for t, c in cases.items()}
+                log(f"{shape} {dtype}: timing {len(names) * len(groups)} kernels")
+                times = measure(groups, seconds=seconds / 2)
                 for t in cases:
                     kernels.append({"target": t, **{k: times[f"{t}|{k}"] for k in names}})
             del cases
@@ -347,14 +357,14 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
         sizes = SHAPES["M"][0]
         for batch in sweep:
             cases = {t: Case(t, "float32", sizes, batch) for t in targets}
-            fns = {}
+            groups = {}
             for t, c in cases.items():
-                fns[f"{t}|train_step"] = c.kernel("train_step")
-                fns[f"{t}|matmul_floor"] = c.kernel("matmul_floor")
+                fns = groups[t] = {f"{t}|train_step": c.kernel("train_step"),
+                                   f"{t}|matmul_floor": c.kernel("matmul_floor")}
                 if c.backend.name == "torch":
                     fns[f"{t}|torch_eager_step"] = c.kernel("torch_eager_step")
             log(f"sweep M float32 batch {batch}")
-            times = measure(fns, seconds=seconds / 2, blocks=3)
+            times = measure(groups, seconds=seconds / 2, blocks=3)
             for key, s in times.items():
                 t, k = key.split("|")
                 curve.append({"target": t, "kernel": k, "batch": batch, "seconds": s})
@@ -373,7 +383,10 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
           "",
           "Floor = the raw matmuls every Dense layer needs (X·W, Xᵀ·dZ, dZ·Wᵀ) at the same shapes in the "
           "target's own library; tight floor = without the first layer's dX. Peer = a plain PyTorch eager "
-          "step (autograd + torch.optim.SGD) on the same device. GFLOP/s counts the step's matmul flops.", "",
+          "step (autograd + torch.optim.SGD) on the same device. GFLOP/s counts the step's matmul flops. "
+          "Timing: on each target the step, its floors and the peer alternate call by call; targets alternate "
+          "in blocks with a pause between them, so one library's spinning BLAS threads do not slow another's "
+          "(see `nnkit.bench.measure`).", "",
           "| shape | dtype | target | time/step | samples/s | GFLOP/s | / floor | / tight floor | / peer |",
           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["steps"]:

@@ -10,7 +10,8 @@ Layout::
 
     __nnkit__            uint8   JSON: format, version, layers, dtype, backend, seed, epoch,
                                  rng (NumPy bit-generator state), optimizer (type,
-                                 hyperparameters, per-parameter step counts)
+                                 hyperparameters, per-parameter step counts), info
+                                 (``model.info``: the user's JSON metadata)
     param/{key}          float   model.state_dict()[key]
     optim/{key}/{name}   float   optimizer.state[key][name] (moments)
 """
@@ -49,6 +50,16 @@ def _optimizer_state(optimizer, to_numpy):
     return meta, arrays
 
 
+def _jsonable_info(info):
+    if not isinstance(info, dict):
+        raise TypeError(f"model.info must be a dict of JSON data (str, numbers, lists, dicts), got {type(info).__name__}")
+    try:
+        json.dumps(info, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"model.info must hold JSON data only (str, numbers, lists, dicts): {exc}") from None
+    return info
+
+
 def save(model, path):
     """Write ``model`` (and ``model.optimizer``, if it has one) to ``path`` atomically."""
     path = os.fspath(path)
@@ -64,6 +75,7 @@ def save(model, path):
         "epoch": int(model.epoch),
         "rng": model.rng.bit_generator.state,
         "optimizer": opt_meta,
+        "info": _jsonable_info(getattr(model, "info", {})),
     }
     arrays.update({f"param/{k}": v for k, v in model.state_dict().items()})
     arrays[META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
@@ -179,5 +191,7 @@ def _restore_into(model, meta, arrays, path, optimizer=None, keep_hyperparameter
     model.load_state_dict(params)  # checks keys and shapes before changing anything
     model.rng.bit_generator.state = rng_state
     model.epoch = int(meta.get("epoch", 0))
+    info = meta.get("info")
+    model.info = dict(info) if isinstance(info, dict) else {}
     if saved_opt is not None or isinstance(optimizer, Optimizer):
         model.optimizer = saved_opt if saved_opt is not None else optimizer

@@ -156,7 +156,8 @@ class CrossEntropy(Loss):
         shifted = Z - xp.max(Z, axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = xp.sum(e, axis=1, keepdims=True)
-        log_p = shifted - xp.log(s)
+        log_p = shifted
+        log_p -= xp.log(s)  # in place: shifted is not needed any more
         dZ = e / s
         dZ -= T
         dZ *= inv_b  # in place on the fresh quotient: (softmax(Z) − y)/B

@@ -51,6 +51,7 @@ class Sequential:
             width = layer.build(self.backend, self.rng, width)
         self.epoch = 0  # completed training epochs (saved in checkpoints)
         self.optimizer = None  # set by fit; saved with the model
+        self.info = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
         # backward stops at the first layer with parameters: nothing before it needs a gradient
         self._first_param_layer = next((i for i, l in enumerate(layers) if l.param_names), 0)
         # (key, layer, name) for every parameter, keys "{layer index}.{name}" built once, not per step

@@ -71,13 +71,13 @@ class Optimizer:
         """
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
-        new = {}
+        new, states, update = {}, self.state, self.update
         for key, g in grads.items():
-            state = self.state.get(key)
+            state = states.get(key)
             if state is None:
-                state = self.state[key] = self.init_state(params[key])
+                state = states[key] = self.init_state(params[key])
             state["t"] += 1
-            new[key] = self.update(params[key], g, state, scratch_grads)
+            new[key] = update(params[key], g, state, scratch_grads)
         return new
 
     def init_state(self, p):

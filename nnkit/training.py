@@ -122,7 +122,8 @@ class _StopFlag:
 
 
 class _Progress:
-    """A tqdm bar per epoch when tqdm is installed (else one line per epoch); nothing when quiet."""
+    """Progress per epoch: a tqdm bar when tqdm is installed, else nnkit's own one-line bar on a
+    terminal (one line per epoch when the output is not a terminal); nothing when quiet."""
 
     def __init__(self, verbose, n_batches, epochs):
         self.verbose, self.n_batches, self.epochs, self.bar = verbose, n_batches, epochs, None
@@ -131,8 +132,11 @@ class _Progress:
         except ImportError:
             tqdm = None
         self.tqdm = tqdm if verbose == 1 else None
+        self.text_bar = verbose == 1 and tqdm is None and sys.stderr.isatty()
+        self.done, self.last_draw, self.epoch = 0, 0.0, 0
 
     def start(self, epoch):
+        self.epoch, self.done = epoch, 0
         if self.tqdm is not None:
             self.bar = self.tqdm(total=self.n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                                  leave=True, dynamic_ncols=True)
@@ -140,19 +144,33 @@ class _Progress:
     def step(self):
         if self.bar is not None:
             self.bar.update(1)
+        elif self.text_bar:
+            self.done += 1
+            now = time.perf_counter()
+            if now - self.last_draw > 0.1 or self.done == self.n_batches:
+                self.last_draw = now
+                filled = 30 * self.done // self.n_batches
+                sys.stderr.write(f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
+                                 f"{self.done}/{self.n_batches}")
+                sys.stderr.flush()
 
     def end(self, epoch, logs):
         text = "  ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "time")
+        self.done = 0
         if self.bar is not None:
             self.bar.set_postfix_str(text)
             self.bar.close()
             self.bar = None
         elif self.verbose:
-            print(f"epoch {epoch + 1}/{self.epochs}  {text}  ({logs['time']:.2f}s)", file=sys.stderr)
+            line = f"epoch {epoch + 1}/{self.epochs}  {text}  ({logs['time']:.2f}s)"
+            sys.stderr.write(("\r\033[K" if self.text_bar else "") + line + "\n")
+            sys.stderr.flush()
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
+        elif self.text_bar and self.done:
+            sys.stderr.write("\n")
 
 
 def _batches(n, batch_size):

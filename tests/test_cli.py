@@ -1,0 +1,140 @@
+"""The command line: nnkit train / predict / bench, python -m nnkit, and its error messages."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nnkit
+import nnkit.bench
+from nnkit.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_defaults_reach_97_percent_on_digits(capsys):
+    code, out, err = run(capsys, "train", "--quiet")
+    assert code == 0, err
+    acc = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
+    assert acc >= 97.0, out
+
+
+def test_train_save_then_predict_csv(capsys, tmp_path):
+    model_path = str(tmp_path / "model.npz")
+    code, out, err = run(capsys, "train", "--quiet", "--epochs", "10", "--save", model_path)
+    assert code == 0, err
+    model = nnkit.load(model_path)
+    assert model.info["classes"] == list(range(10)) and len(model.info["mean"]) == 64
+    # a CSV of the test digits with their label column; predict must drop it and score against it
+    _, (Xte, yte) = nnkit.datasets.load_digits()
+    csv = tmp_path / "digits.csv"
+    rows = ["," .join([f"p{i}" for i in range(64)] + ["label"])]
+    rows += [",".join([f"{v:g}" for v in x] + [str(c)]) for x, c in zip(Xte, yte)]
+    csv.write_text("\n".join(rows) + "\n")
+    pred = tmp_path / "pred.csv"
+    code, out, err = run(capsys, "predict", model_path, str(csv), "--out", str(pred), "--proba")
+    assert code == 0, err
+    lines = pred.read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["prediction", "p_0"] and len(lines) == 1 + len(yte)
+    predicted = np.array([int(l.split(",")[0]) for l in lines[1:]])
+    assert np.mean(predicted == yte) > 0.9
+    assert "accuracy against the file's 'label' column" in err
+    # the same file without its label column, to standard output
+    no_label = tmp_path / "nolabel.csv"
+    no_label.write_text("\n".join(",".join(r.split(",")[:64]) for r in rows) + "\n")
+    code, out, err = run(capsys, "predict", model_path, str(no_label))
+    assert code == 0, err
+    assert out.splitlines()[0] == "prediction" and len(out.splitlines()) == 1 + len(yte)
+
+
+def test_train_on_own_csv_with_named_label_and_string_classes(capsys, tmp_path):
+    X, y = nnkit.datasets.make_moons(n_samples=300, seed=1)
+    names = np.array(["left", "right"])[y]
+    p = tmp_path / "moons.csv"
+    p.write_text("a,b,side\n" + "\n".join(f"{a},{b},{c}" for (a, b), c in zip(X, names)) + "\n")
+    code, out, err = run(capsys, "train", "--quiet", "--data", str(p), "--label", "side", "--hidden", "32",
+                         "--epochs", "60", "--lr", "0.01", "--early-stopping", "20", "--validation-split", "0.2")
+    assert code == 0, err
+    assert float(re.search(r"test accuracy: ([\d.]+)%", out).group(1)) > 90
+
+
+def test_train_regression(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=400)
+    p = tmp_path / "r.npz"
+    np.savez(p, X=X, y=y)
+    code, out, err = run(capsys, "train", "-q", "--data", str(p), "--task", "regression", "--hidden", "16",
+                         "--epochs", "80", "--lr", "0.01")
+    assert code == 0, err
+    assert float(re.search(r"test MSE: ([\d.e-]+)", out).group(1)) < 0.1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "nowhere.csv"], "no such file"),
+    (["train", "--backend", "cupy"], "cupy"),
+    (["train", "--backend", "tensorflow"], "unknown backend 'tensorflow'"),
+    (["train", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["train", "--early-stopping", "3", "--validation-split", "0"], "validation"),
+    (["train", "--save", "/no/such/folder/m.npz"], "does not exist"),
+    (["predict", "missing.npz", "x.csv"], "no such model file"),
+])
+def test_errors_are_one_line_and_exit_2(capsys, argv, message):
+    if argv[-1] == "cupy" and nnkit.bench.why_unavailable("cupy") is None:
+        pytest.skip("cupy is usable here")
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.startswith(f"nnkit {argv[0]}: error:")
+
+
+def test_bad_label_column(capsys, tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("x,y,label\n1,2,0\n3,4,1\n")
+    code, _, err = run(capsys, "train", "--data", str(p), "--label", "kind")
+    assert code == 2 and "no column named 'kind'; the columns are x, y, label" in err
+
+
+def test_predict_wrong_width(capsys, tmp_path):
+    m = tmp_path / "m.npz"
+    assert run(capsys, "train", "-q", "--data", "xor", "--epochs", "2", "--save", str(m))[0] == 0
+    p = tmp_path / "d.csv"
+    p.write_text("1,2,3\n4,5,6\n")
+    code, _, err = run(capsys, "predict", str(m), str(p))
+    assert code == 2 and "3 feature columns, but the model expects 2" in err
+
+
+def test_plot_without_matplotlib_says_how_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, _, err = run(capsys, "train", "--plot", "c.png")
+    assert code == 2 and "pip install 'nnkit[plot]'" in err
+
+
+def test_plot_writes_png(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    code, _, err = run(capsys, "train", "-q", "--data", "spirals", "--epochs", "3", "--plot", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_writes_a_report(capsys, tmp_path):
+    out = tmp_path / "bench.md"
+    code, _, err = run(capsys, "bench", "--quick", "--no-sweep", "--targets", "numpy", "--shapes", "S",
+                       "--dtypes", "float32", "--out", str(out))
+    assert code == 0, err
+    text = out.read_text()
+    assert "| S 64-128-64-10 ×64 | float32 | numpy |" in text and "BLAS" in text
+
+
+def test_python_dash_m_help():
+    res = subprocess.run([sys.executable, "-m", "nnkit", "train", "--help"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(nnkit.__file__)))
+    assert res.returncode == 0
+    assert "--hidden" in res.stdout and "--backend" in res.stdout and "examples:" in res.stdout

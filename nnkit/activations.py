@@ -19,6 +19,7 @@ class Sigmoid(Layer):
     """A = σ(Z) = 1/(1+e^{−Z}) (stable for any Z).  Backward: dZ = dA ⊙ A ⊙ (1 − A)."""
 
     def forward(self, Z, train=True):
+        """A = σ(Z); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
         A = F.sigmoid(self.xp, Z)
         if train:
             self._cache = A
@@ -34,6 +35,7 @@ class Tanh(Layer):
     """A = tanh(Z).  Backward: dZ = dA ⊙ (1 − A²)."""
 
     def forward(self, Z, train=True):
+        """A = tanh(Z); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
         A = self.xp.tanh(Z)
         if train:
             self._cache = A
@@ -53,6 +55,7 @@ class ReLU(Layer):
     """
 
     def forward(self, Z, train=True):
+        """A = max(Z, 0); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
         xp = self.xp
         if train:
             self._cache = xp.astype(Z > 0, Z.dtype)
@@ -76,6 +79,7 @@ class LeakyReLU(Layer):
         self.alpha = float(alpha)
 
     def forward(self, Z, train=True):
+        """A = max(Z, α·Z); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
         xp = self.xp
         if train:
             self._cache = (1.0 - self.alpha) * xp.astype(Z > 0, Z.dtype) + self.alpha
@@ -102,6 +106,7 @@ class Softmax(Layer):
     """
 
     def forward(self, Z, train=True):
+        """A = softmax(Z) per row; shapes (B, n).  Keeps what the backward pass needs when ``train``."""
         A = F.softmax(self.xp, Z)
         if train:
             self._cache = A
@@ -117,6 +122,7 @@ class Identity(Layer):
     """A = Z.  Backward: dZ = dA."""
 
     def forward(self, Z, train=True):
+        """A = Z; shapes (B, n).  Keeps what the backward pass needs when ``train``."""
         return Z
 
     def backward(self, dA, need_dX=True):

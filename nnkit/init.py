@@ -28,28 +28,34 @@ __all__ = ["INITIALIZERS", "get_initializer", "glorot_uniform", "glorot_normal",
 
 
 def glorot_uniform(rng, fan_in, fan_out):
+    """U(−l, l) with l = √(6 / (fan_in + fan_out)): keeps activation variance for tanh/sigmoid (Glorot & Bengio, 2010)."""
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=(fan_in, fan_out))
 
 
 def glorot_normal(rng, fan_in, fan_out):
+    """N(0, σ²) with σ = √(2 / (fan_in + fan_out))."""
     return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), size=(fan_in, fan_out))
 
 
 def he_uniform(rng, fan_in, fan_out):
+    """U(−l, l) with l = √(6 / fan_in): for ReLU layers (He et al., 2015)."""
     limit = math.sqrt(6.0 / fan_in)
     return rng.uniform(-limit, limit, size=(fan_in, fan_out))
 
 
 def he_normal(rng, fan_in, fan_out):
+    """N(0, σ²) with σ = √(2 / fan_in): for ReLU layers."""
     return rng.normal(0.0, math.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
 
 
 def lecun_normal(rng, fan_in, fan_out):
+    """N(0, σ²) with σ = √(1 / fan_in)."""
     return rng.normal(0.0, math.sqrt(1.0 / fan_in), size=(fan_in, fan_out))
 
 
 def zeros(rng, fan_in, fan_out):
+    """All zeros (draws nothing from ``rng``)."""
     # draws nothing, so the generator's stream is the same with or without it
     return [[0.0] * fan_out for _ in range(fan_in)]
 

@@ -50,9 +50,11 @@ class Layer:
         return in_features
 
     def forward(self, X, train=True):
+        """The layer's output Y (B, out) for X (B, in); with ``train`` it keeps what ``backward`` needs."""
         raise NotImplementedError
 
     def backward(self, dY, need_dX=True):
+        """Given dY = ∂L/∂Y (B, out): store ∂L/∂param in ``grads``, return ∂L/∂X (B, in) (or None)."""
         raise NotImplementedError
 
     def config(self):

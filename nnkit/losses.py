@@ -62,6 +62,7 @@ class Loss:
         raise NotImplementedError
 
     def value(self, out, T):
+        """The loss alone (a 0-d array)."""
         return self.value_and_grad(out, T)[0]
 
     def predict(self, out):

@@ -81,6 +81,7 @@ class Optimizer:
         return new
 
     def init_state(self, p):
+        """The per-parameter state before the first step (the step count t; subclasses add moments)."""
         return {"t": 0}
 
     def snapshot_state(self):
@@ -93,6 +94,7 @@ class Optimizer:
         raise NotImplementedError
 
     def hyperparameters(self):
+        """The constructor arguments as plain data (saved in checkpoints)."""
         hp = {"lr": self.lr}
         if self.clip_norm is not None:
             hp["clip_norm"] = self.clip_norm
@@ -281,6 +283,7 @@ class L2:
         self.lam = check_hyper("lam", lam)
 
     def value_and_grad(self, W):
+        """(Ω(W), ∂Ω/∂W) for one weight matrix: ((λ/2)‖W‖², λW)."""
         xp = namespace_of(W)
         return (0.5 * self.lam) * xp.sum(W * W), self.lam * W
 
@@ -292,6 +295,7 @@ class L1(L2):
     """Ω(Θ) = λ Σ_W Σ|W_ij| over the weight matrices.  Adds Ω to the loss and λ·sign(W) to ∂L/∂W."""
 
     def value_and_grad(self, W):
+        """(Ω(W), ∂Ω/∂W) for one weight matrix: (λΣ|W|, λ·sign(W))."""
         xp = namespace_of(W)
         return self.lam * xp.sum(xp.abs(W)), self.lam * xp.sign(W)
 
@@ -310,7 +314,11 @@ class _Schedule:
         self.optimizer.lr = self.lr_at(epoch + 1)
 
     def on_train_end(self):
-        pass
+        """Nothing to do."""
+
+    def lr_at(self, epoch):
+        """The learning rate for (0-based) ``epoch``."""
+        raise NotImplementedError
 
 
 class StepLR(_Schedule):

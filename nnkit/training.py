@@ -41,6 +41,7 @@ class History(dict):
         return len(self.get("loss", []))
 
     def append(self, logs):
+        """Add one epoch's logs (a dict of floats) to the per-key lists."""
         for k, v in logs.items():
             self.setdefault(k, []).append(v)
 
@@ -54,13 +55,14 @@ class Callback:
     model = optimizer = None
 
     def on_train_begin(self):
-        pass
+        """Called once before the first epoch."""
 
     def on_epoch_end(self, epoch, logs):
+        """Called after each epoch with its logs (Python floats); return True to stop training."""
         return False
 
     def on_train_end(self):
-        pass
+        """Called once after training (also after early stopping or Ctrl-C)."""
 
 
 class EarlyStopping(Callback):

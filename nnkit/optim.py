@@ -307,10 +307,12 @@ class _Schedule:
     model = optimizer = None
 
     def on_train_begin(self):
+        """Remember the optimizer's learning rate as lr₀ (once, so a resumed run keeps it)."""
         if not hasattr(self, "base_lr"):
             self.base_lr = self.optimizer.lr
 
     def on_epoch_end(self, epoch, logs):
+        """Set the learning rate for the next epoch."""
         self.optimizer.lr = self.lr_at(epoch + 1)
 
     def on_train_end(self):

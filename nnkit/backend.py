@@ -52,6 +52,11 @@ class Backend:
         probe = xp.empty(0, dtype=self.dtype, device=device)
         self._array_type, self._array_dtype = type(probe), probe.dtype  # for ready(): no conversions
 
+    def __reduce__(self):
+        # pickled by name (the namespace is a module): unpickling looks the backend up again
+        known = self.name in BACKEND_NAMES
+        return (get_backend, (self.name if known else self.xp, self.device, self.dtype_name))
+
     # -- identity -------------------------------------------------------------
     def __repr__(self):
         dev = "" if self.device is None else f", device={self.device!r}"

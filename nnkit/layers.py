@@ -61,6 +61,13 @@ class Layer:
         """Everything needed to rebuild the layer (without its weights)."""
         return {"type": type(self).__name__}
 
+    def __getstate__(self):
+        # the namespace is a module (not picklable) and the cache is a training-time scratch value;
+        # Sequential.__setstate__ hands the namespace back
+        state = dict(self.__dict__)
+        state["xp"], state["_cache"] = None, None
+        return state
+
     @property
     def n_params(self):
         return sum(_size(p) for p in self.params.values())

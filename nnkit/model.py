@@ -58,6 +58,12 @@ class Sequential:
         self._slots = [(f"{i}.{n}", l, n) for i, l in enumerate(layers) for n in l.param_names]
         self._slot_of = {key: (l, n) for key, l, n in self._slots}
 
+    def __setstate__(self, state):
+        """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
+        self.__dict__.update(state)
+        for layer in self.layers:
+            layer.xp = self.backend.xp
+
     # -- properties ---------------------------------------------------------------
     @property
     def xp(self):

@@ -211,7 +211,7 @@ class Sequential:
 
     def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
             validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-            verbose=1, checkpoint=None, resume=False, regularizer=None):
+            verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None):
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -232,13 +232,16 @@ class Sequential:
           read once per epoch.  Ctrl-C stops after the current step and returns the history so far.
         * A non-finite epoch loss raises :class:`nnkit.TrainingDivergedError`, keeping the last finite
           weights.
+        * ``comm``: a communicator from :mod:`nnkit.distributed` (MPI, NCCL) for data-parallel training:
+          every rank passes the same data, ``batch_size`` is the global batch, each rank computes its
+          slice and the gradients are summed in one all-reduce per step (see :mod:`nnkit.distributed`).
         """
         from .training import fit
 
         return fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                    shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
-                   checkpoint=checkpoint, resume=resume, regularizer=regularizer)
+                   checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm)
 
     def evaluate(self, X, y, loss, metrics=None, batch_size=None):
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read)."""

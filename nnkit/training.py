@@ -208,9 +208,10 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None):
 
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-        verbose=1, checkpoint=None, resume=False, regularizer=None):
+        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None):
     """See :meth:`nnkit.Sequential.fit`."""
     from . import checkpoint as ckpt
+    from . import distributed as dist
 
     # -- everything is checked before anything changes -------------------------------------
     loss = get_loss(loss)
@@ -238,6 +239,12 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=path")
+    comm = dist.check_comm(comm)
+    parallel = comm is not None and comm.size > 1
+    rank, size = (comm.rank, comm.size) if parallel else (0, 1)
+    lead = rank == 0  # the rank that prints and writes checkpoints
+    if not lead:
+        verbose = 0
 
     X = model._as_input(X)
     T = model._as_target(y, X.shape[0], loss)
@@ -269,6 +276,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         end = model.epoch + epochs if not resume else epochs
         start = model.epoch
     model.optimizer = optimizer
+    if parallel:
+        dist.sync_model(comm, model)  # rank 0's weights and shuffle generator everywhere
 
     # -- the loop --------------------------------------------------------------------------
     be, xp = model.backend, model.xp
@@ -291,27 +300,44 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 progress.start(epoch)
                 sums, seen = None, 0
                 for s, e in batches:
-                    if order is None:
-                        xb, tb = X[s:e, ...], T[s:e, ...]
-                    else:
-                        idx = order[s:e]
-                        xb, tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
-                    out = model._forward(xb, train=True)
-                    value, d_out = loss.value_and_grad(out, tb)
-                    grads = model.backward(d_out)
-                    if regularizer is not None:
-                        value, grads = model._add_penalty(value, grads, regularizer)
+                    a, b = dist.rank_slice(s, e, rank, size) if parallel else (s, e)
+                    if b > a:
+                        if order is None:
+                            xb, tb = X[a:b, ...], T[a:b, ...]
+                        else:
+                            idx = order[a:b]
+                            xb, tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
+                        out = model._forward(xb, train=True)
+                        value, d_out = loss.value_and_grad(out, tb)
+                        grads = model.backward(d_out)
+                        if regularizer is not None:
+                            value, grads = model._add_penalty(value, grads, regularizer)
+                        sums = _add_batch(sums, value, out, tb, loss, metric_fns)
+                    else:  # a global batch smaller than the number of ranks: nothing here this step
+                        grads = {k: xp.zeros_like(p) for k, p in model.params().items()}
+                    if parallel:  # Σ_r (B_r/B)·∇L_r: the global batch's mean gradient, one all-reduce
+                        grads = dist.allreduce_grads(comm, grads, (b - a) / (e - s))
                     model._assign(optimizer.step(model.params(), grads, scratch_grads=True))
-                    sums = _add_batch(sums, value, out, tb, loss, metric_fns)
                     seen = e
                     progress.step()
-                    if stop.raised:
+                    if stop.raised and not parallel:  # ranks agree on stopping at the epoch's end
                         break
                 if stop.raised and seen < n:
                     history.interrupted = True
                     break
+                n_sums = 1 + len(metric_fns)
+                if sums is None:  # this rank had no rows in the whole epoch
+                    sums = [xp.zeros((), dtype=be.dtype, device=be.device)] * n_sums
                 if Xv is not None:
-                    sums = sums + _sums(model, Xv, Tv, loss, metric_fns, max(batch_size, 1024))
+                    va, vb = dist.rank_slice(0, Xv.shape[0], rank, size) if parallel else (0, Xv.shape[0])
+                    sums = sums + (_sums(model, Xv[va:vb, ...], Tv[va:vb, ...], loss, metric_fns,
+                                         max(batch_size, 1024)) if vb > va
+                                   else [xp.zeros((), dtype=be.dtype, device=be.device)] * n_sums)
+                if parallel:  # the epoch's sums (and whether anyone was interrupted), one all-reduce
+                    flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
+                    reduced = comm.allreduce(xp.stack(sums + [flag]))
+                    stop.raised = stop.raised or bool(be.to_numpy(reduced)[-1] > 0)
+                    sums = [reduced[i] for i in range(len(sums))]
                 host = be.to_numpy(xp.stack(sums))  # the epoch's one device -> host read
                 names = ["loss"] + [m for m, _ in metric_fns]
                 logs = {k: float(v) / n for k, v in zip(names, host[:len(names)])}
@@ -331,7 +357,10 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 history.append(logs)
                 progress.end(epoch, logs)
                 if checkpoint is not None:
-                    ckpt.save(model, checkpoint)
+                    if lead:
+                        ckpt.save(model, checkpoint)
+                    if parallel:
+                        comm.barrier()  # the file is complete before any rank may read it
                 cb_logs = {k: v for k, v in logs.items() if k != "time"}
                 wants_stop = [bool(cb.on_epoch_end(epoch, cb_logs)) for cb in hooks]
                 if any(wants_stop):

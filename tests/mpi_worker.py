@@ -1,0 +1,41 @@
+"""Run by tests/test_distributed.py under ``mpiexec -n K`` (and in-process with K = 1).
+
+Trains a float64 MLP with Adam, an L2 penalty, validation data and an uneven last batch
+(233 rows, global batch 50), and writes rank 0's weights and history to an .npz.
+Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]
+"""
+import sys
+
+import numpy as np
+
+import nnkit
+
+
+def data():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(233, 6))
+    y = (X[:, :3].sum(axis=1) > 0).astype(int) + (X[:, 3] > 0.5)
+    Xv = rng.normal(size=(41, 6))
+    yv = (Xv[:, :3].sum(axis=1) > 0).astype(int) + (Xv[:, 3] > 0.5)
+    return X, y, Xv, yv
+
+
+def run(comm, out, epochs, checkpoint=None):
+    X, y, Xv, yv = data()
+    rank = 0 if comm is None else comm.rank
+    # the other ranks start from other weights on purpose: fit must broadcast rank 0's
+    model = nnkit.Sequential([nnkit.Dense(6, 16), nnkit.Tanh(), nnkit.Dense(16, 3)], dtype="float64",
+                             seed=0 if rank == 0 else 100 + rank)
+    history = model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=epochs, batch_size=50,
+                        validation_data=(Xv, yv), verbose=0, comm=comm, regularizer=nnkit.optim.L2(1e-3),
+                        checkpoint=checkpoint, resume=checkpoint is not None)
+    if rank == 0:
+        np.savez(out, **{f"param/{k}": v for k, v in model.state_dict().items()},
+                 loss=history["loss"], val_loss=history["val_loss"], accuracy=history["accuracy"],
+                 val_accuracy=history["val_accuracy"])
+
+
+if __name__ == "__main__":
+    from nnkit.distributed import MPICommunicator
+
+    run(MPICommunicator(), sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)

@@ -138,3 +138,24 @@ def test_python_dash_m_help():
                          cwd=os.path.dirname(os.path.dirname(nnkit.__file__)))
     assert res.returncode == 0
     assert "--hidden" in res.stdout and "--backend" in res.stdout and "examples:" in res.stdout
+
+
+def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
+    """Without tqdm (the core install) a terminal still gets a progress bar."""
+    import io
+
+    from nnkit import training
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    fake = io.StringIO()
+    fake.isatty = lambda: True
+    monkeypatch.setattr(sys, "stderr", fake)
+    bar = training._Progress(1, n_batches=4, epochs=2)
+    bar.start(0)
+    for _ in range(4):
+        bar.step()
+    bar.end(0, {"loss": 0.5, "time": 0.1})
+    bar.close()
+    text = fake.getvalue()
+    assert "\repoch 1/2 [" + "#" * 30 + "] 4/4" in text and "epoch 1/2  loss=0.5" in text

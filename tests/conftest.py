@@ -5,9 +5,15 @@ device, which catches a creation call without ``device=``); torch runs when
 importable, cupy when a CUDA device is usable -- otherwise they are skipped
 with the reason.
 """
-import pytest
+import os
 
-import nnkit
+# SciPy's array-API mode must be chosen before SciPy is first imported; with it, scikit-learn's
+# estimator checks include their array-API input check instead of skipping it (tests/test_sklearn.py)
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import pytest  # noqa: E402
+
+import nnkit  # noqa: E402
 
 try:
     import array_api_strict

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 import nnkit
+from nnkit.files import atomic_write
 from nnkit.optim import SGD
 
 SHAPES = {
@@ -413,7 +414,7 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
             row = {r["batch"]: r["batch"] / r["seconds"] for r in results["sweep"] if (r["target"], r["kernel"]) == (t, k)}
             L.append(f"| {t} | {k} | " + " | ".join(f"{row[b]:,.0f}" for b in batches) + " |")
     L.append("")
-    _atomic_write(path, "\n".join(L).encode())
+    atomic_write(path, lambda f: f.write("\n".join(L).encode()))
 
 
 def write_plot(results, path):
@@ -443,19 +444,10 @@ def write_plot(results, path):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):

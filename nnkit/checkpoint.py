@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import zipfile
 
 import numpy as np
 
+from .files import atomic_write, read_npz
 from .optim import OPTIMIZERS, Optimizer
 
 __all__ = ["save", "load", "restore"]
@@ -79,33 +78,13 @@ def save(model, path):
     }
     arrays.update({f"param/{k}": v for k, v in model.state_dict().items()})
     arrays[META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nnkit-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _read(path):
     """(meta, arrays) of a checkpoint, or a clear error."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path!r} is not a readable nnkit checkpoint (corrupt, truncated or foreign): {exc}") from None
+    arrays = read_npz(path, "nnkit checkpoint")
     if META not in arrays:
         raise ValueError(f"{path!r} is an .npz file but not an nnkit checkpoint (no {META} entry)")
     try:

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from .files import atomic_write
+
 __all__ = ["main"]
 
 SYNTHETIC = ("digits", "spirals", "moons", "xor")
@@ -254,7 +256,7 @@ def cmd_predict(args):
             print(f"accuracy against the file's {table.label_name!r} column: {100 * acc:.2f}%", file=sys.stderr)
     text = "\n".join(lines) + "\n"
     if args.out:
-        _atomic_write(args.out, text)
+        _write_text(args.out, text)
         print(f"wrote {len(lines) - 1} predictions to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -291,27 +293,16 @@ def write_curves(history, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _write_text(path, text):
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(text.encode()))
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise CLIError(f"cannot write {path!r}: {exc.strerror}") from None
 
 

@@ -19,6 +19,8 @@ from importlib import resources
 
 import numpy as np
 
+from .files import read_npz
+
 __all__ = ["load_digits", "make_spirals", "make_moons", "make_xor", "load_csv", "load_npz",
            "train_test_split", "Table"]
 
@@ -243,13 +245,7 @@ def load_csv(path, label="label", header=None, delimiter=",", regression=False, 
 def load_npz(path, label="y", features="X", regression=False, require_label=True):
     """Read ``X`` (n, d) and a label array ``y`` (n,) from a ``.npz`` (no pickles) → :class:`Table`."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = read_npz(path, "data file (.npz)")
     if features not in arrays:
         raise ValueError(f"{path}: no array named {features!r}; it holds {', '.join(arrays) or 'nothing'}")
     X = np.asarray(arrays[features])

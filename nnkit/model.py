@@ -122,22 +122,13 @@ class Sequential:
         be = self.backend
         if be.owns(a):
             return a
-        if isinstance(a, np.ndarray):
-            arr = a
-        elif array_api_compat.is_array_api_obj(a):
+        if not isinstance(a, np.ndarray) and array_api_compat.is_array_api_obj(a):
             raise TypeError(
                 f"{name} is a {type(a).__module__}.{type(a).__name__} but the model runs on backend "
                 f"'{be.name}': pass a NumPy array or a {be.name} array, or move the model with "
                 f"model.to(...)"
             )
-        else:
-            try:
-                arr = np.asarray(a)
-            except (ValueError, TypeError) as exc:
-                raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({exc})") from None
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
-        return arr
+        return _numeric_host(a, name)
 
     # -- passes -------------------------------------------------------------------
     def _forward(self, X, train):
@@ -298,12 +289,7 @@ class Sequential:
             value = state[key]
             if self.backend.owns(value):
                 value = self.backend.to_numpy(value)
-            try:
-                value = np.asarray(value)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"state dict entry {key!r} is not an array ({exc})") from None
-            if value.dtype.kind not in "biuf":
-                raise TypeError(f"state dict entry {key!r} must be numeric, got dtype {value.dtype}")
+            value = _numeric_host(value, f"state dict entry {key!r}")
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(
                     f"state dict entry {key!r} has shape {tuple(value.shape)}, expected {tuple(p.shape)}"
@@ -359,6 +345,17 @@ class Sequential:
     def __repr__(self):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}, params={self.n_params:,}"
+
+
+def _numeric_host(a, name):
+    """``a`` as a numeric (bool, int or float) NumPy array, else a TypeError naming ``name``."""
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
+    return arr
 
 
 def _check_widths(layers):

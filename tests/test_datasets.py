@@ -133,7 +133,7 @@ def test_load_npz(tmp_path):
     with pytest.raises(ValueError, match="2-D numeric"):
         datasets.load_npz(p)
     open(p, "wb").write(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="not a readable data file"):
         datasets.load_npz(p)
 
 

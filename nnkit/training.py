@@ -124,55 +124,62 @@ class _StopFlag:
 
 
 class _Progress:
-    """Progress per epoch: a tqdm bar when tqdm is installed, else nnkit's own one-line bar on a
-    terminal (one line per epoch when the output is not a terminal); nothing when quiet."""
+    """Progress of a ``fit``: with ``verbose=1`` one bar over all of training — tqdm's when tqdm is
+    installed, else nnkit's own one-line bar on a terminal — showing the epoch and the last epoch's
+    logs; with ``verbose=2`` (or ``verbose=1`` when the output is not a terminal and tqdm is missing)
+    one line per epoch; nothing when quiet."""
 
-    def __init__(self, verbose, n_batches, epochs):
-        self.verbose, self.n_batches, self.epochs, self.bar = verbose, n_batches, epochs, None
+    def __init__(self, verbose, n_batches, epochs, first_epoch=0):
+        self.verbose, self.epochs, self.bar = verbose, epochs, None
+        self.total = n_batches * max(epochs - first_epoch, 0)
         try:
             from tqdm.auto import tqdm
         except ImportError:
             tqdm = None
         self.tqdm = tqdm if verbose == 1 else None
         self.text_bar = verbose == 1 and tqdm is None and sys.stderr.isatty()
-        self.done, self.last_draw, self.epoch = 0, 0.0, 0
+        self.done, self.last_draw, self.epoch, self.logs = 0, 0.0, 0, ""
 
     def start(self, epoch):
-        self.epoch, self.done = epoch, 0
+        self.epoch = epoch
         if self.tqdm is not None:
-            self.bar = self.tqdm(total=self.n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                                 leave=True, dynamic_ncols=True)
+            if self.bar is None:
+                self.bar = self.tqdm(total=self.total, unit="batch", leave=True, dynamic_ncols=True)
+            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
 
     def step(self):
+        self.done += 1
         if self.bar is not None:
             self.bar.update(1)
         elif self.text_bar:
-            self.done += 1
             now = time.perf_counter()
-            if now - self.last_draw > 0.1 or self.done == self.n_batches:
+            if now - self.last_draw > 0.1 or self.done == self.total:
                 self.last_draw = now
-                filled = 30 * self.done // self.n_batches
-                sys.stderr.write(f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
-                                 f"{self.done}/{self.n_batches}")
-                sys.stderr.flush()
+                self._draw()
+
+    def _draw(self):
+        filled = 30 * self.done // max(self.total, 1)
+        sys.stderr.write(f"\r\033[Kepoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{self.done}/{self.total}  {self.logs}")
+        sys.stderr.flush()
 
     def end(self, epoch, logs):
-        text = "  ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "time")
-        self.done = 0
+        self.logs = "  ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "time")
         if self.bar is not None:
-            self.bar.set_postfix_str(text)
-            self.bar.close()
-            self.bar = None
+            self.bar.set_postfix_str(self.logs)
+        elif self.text_bar:
+            self._draw()
         elif self.verbose:
-            line = f"epoch {epoch + 1}/{self.epochs}  {text}  ({logs['time']:.2f}s)"
-            sys.stderr.write(("\r\033[K" if self.text_bar else "") + line + "\n")
+            sys.stderr.write(f"epoch {epoch + 1}/{self.epochs}  {self.logs}  ({logs['time']:.2f}s)\n")
             sys.stderr.flush()
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
         elif self.text_bar and self.done:
             sys.stderr.write("\n")
+            self.done = 0
 
 
 def _batches(n, batch_size):
@@ -285,7 +292,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     batches = _batches(n, batch_size)
     hooks = callbacks + ([early_stopping] if early_stopping is not None else [])
     history = History()
-    progress = _Progress(int(verbose), len(batches), end)
+    progress = _Progress(int(verbose), len(batches), end, start)
     for cb in hooks:
         cb.model, cb.optimizer = model, optimizer
         if hasattr(cb, "on_train_begin"):

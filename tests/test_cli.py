@@ -152,10 +152,11 @@ def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
     fake.isatty = lambda: True
     monkeypatch.setattr(sys, "stderr", fake)
     bar = training._Progress(1, n_batches=4, epochs=2)
-    bar.start(0)
-    for _ in range(4):
-        bar.step()
-    bar.end(0, {"loss": 0.5, "time": 0.1})
+    for epoch in range(2):
+        bar.start(epoch)
+        for _ in range(4):
+            bar.step()
+        bar.end(epoch, {"loss": 0.5 / (epoch + 1), "time": 0.1})
     bar.close()
     text = fake.getvalue()
-    assert "\repoch 1/2 [" + "#" * 30 + "] 4/4" in text and "epoch 1/2  loss=0.5" in text
+    assert "epoch 2/2 [" + "#" * 30 + "] 8/8  loss=0.25" in text and text.endswith("\n")

@@ -256,7 +256,7 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
     samples = {name: [] for fns in groups.values() for name in fns}
     for _ in range(blocks):
         for g, fns in groups.items():
-            rounds = max(1, int(seconds / blocks / per_round[g]))
+            rounds = max(2, int(seconds / blocks / per_round[g]))
             time.sleep(settle)
             for _ in range(warmup):
                 for fn in fns.values():

@@ -239,8 +239,8 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
     libraries) alternate in *blocks* with a pause of ``settle`` seconds before each block: BLAS
     thread pools keep spinning for a while after a call (OpenBLAS for ~0.1 s), and on a machine
     with few cores one library's spinning threads would slow the next library's calls.  Each block
-    starts with ``warmup`` untimed rounds; the rounds per block are chosen so that each group's
-    blocks take about ``seconds`` per callable.  A plain ``{name: fn}`` is one group.
+    starts with ``warmup`` untimed rounds; the rounds per block (at least two) are chosen so that each
+    group's blocks take about ``seconds`` per callable.  A plain ``{name: fn}`` is one group.
     """
     if groups and callable(next(iter(groups.values()))):
         groups = {"": groups}

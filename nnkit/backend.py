@@ -22,7 +22,7 @@ import array_api_compat
 
 from .functional import namespace_of, register_namespace
 
-__all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES"]
+__all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES", "host_copy", "like"]
 
 BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict")
 DTYPE_NAMES = ("float32", "float64")
@@ -150,6 +150,24 @@ class Backend:
             import torch
 
             torch.cuda.synchronize(self.device)
+
+
+def host_copy(x):
+    """A NumPy copy of an array of any supported library (a device → host transfer for GPU arrays)."""
+    if isinstance(x, np.ndarray):
+        return np.array(x, copy=True)
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy().copy()
+    return np.array(np.from_dlpack(x), copy=True)
+
+
+def like(a, x):
+    """Host data ``a`` as an array of ``x``'s library on ``x``'s device (the way back from ``host_copy``)."""
+    if isinstance(x, np.ndarray):
+        return np.asarray(a)
+    return namespace_of(x).asarray(a, device=array_api_compat.device(x))
 
 
 def _dtype_name(xp, dtype):

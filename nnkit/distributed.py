@@ -25,6 +25,7 @@ import json
 
 import numpy as np
 
+from .backend import host_copy, like
 from .functional import namespace_of
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "rank_slice"]
@@ -67,22 +68,6 @@ class SingleProcess(Communicator):
         """Nothing to wait for."""
 
 
-def _host(x):
-    """(a NumPy copy of x, a function turning a NumPy result back into x's library and device)."""
-    if isinstance(x, np.ndarray):
-        return np.ascontiguousarray(x), lambda a: a
-    xp = namespace_of(x)
-    if hasattr(x, "get"):  # CuPy
-        return x.get(), xp.asarray
-    if hasattr(x, "detach"):  # torch
-        device = x.device
-        return x.detach().cpu().numpy().copy(), lambda a: xp.asarray(a, device=device)
-    import array_api_compat
-
-    device = array_api_compat.device(x)
-    return np.array(np.from_dlpack(x), copy=True), lambda a: xp.asarray(a, device=device)
-
-
 class MPICommunicator(Communicator):
     """MPI through mpi4py (``pip install 'nnkit[mpi]'`` brings mpi4py and MPICH with ``mpiexec``).
 
@@ -118,18 +103,18 @@ class MPICommunicator(Communicator):
                 x = np.ascontiguousarray(x)
             self.comm.Allreduce(self.MPI.IN_PLACE, x, op=self.MPI.SUM)
             return x
-        host, back = _host(x)
+        host = host_copy(x)
         self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
-        return back(host)
+        return like(host, x)
 
     def broadcast(self, x, root=0):
         """Rank ``root``'s array on every rank."""
         if self._direct(x):
             self.comm.Bcast(x, root=root)
             return x
-        host, back = _host(x)
+        host = host_copy(x)
         self.comm.Bcast(host, root=root)
-        return back(host)
+        return like(host, x)
 
     def barrier(self):
         """MPI barrier."""

@@ -41,7 +41,7 @@ import array_api_compat
 
 from . import optim
 from .activations import Identity, ReLU, Sigmoid, Tanh
-from .backend import get_backend
+from .backend import get_backend, host_copy
 from .layers import Dense
 from .losses import BinaryCrossEntropy, CrossEntropy, MSE
 from .model import Sequential
@@ -258,7 +258,7 @@ class _BaseMLP(BaseEstimator):
             idx = np.arange(X.shape[0])
             try:
                 tr, va = train_test_split(idx, test_size=self.validation_fraction, random_state=self._split_seed,
-                                          stratify=None if stratify is None else self._host(stratify))
+                                          stratify=None if stratify is None else host_copy(stratify))
             except ValueError as exc:
                 raise ValueError(f"early_stopping: cannot hold out validation_fraction={self.validation_fraction} "
                                  f"of {X.shape[0]} samples ({exc})") from None
@@ -303,16 +303,6 @@ class _BaseMLP(BaseEstimator):
             return A[idx]
         xp = array_api_compat.array_namespace(A)
         return xp.take(A, xp.asarray(idx, device=array_api_compat.device(A)), axis=0)
-
-    @staticmethod
-    def _host(a):
-        if isinstance(a, np.ndarray):
-            return a
-        if hasattr(a, "get"):  # CuPy
-            return a.get()
-        if hasattr(a, "detach"):  # torch
-            return a.detach().cpu().numpy()
-        return np.asarray(a)
 
     # -- prediction ---------------------------------------------------------------------------------
     def _raw(self, X):
@@ -395,7 +385,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _encode_targets(self, y, n_rows, native, first, classes, incremental):
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
-        y_host = self._host(y) if native else np.asarray(y)
+        y_host = host_copy(y) if native else np.asarray(y)
         if y_host.ndim == 2 and y_host.shape[1] == 1:
             y_host = column_or_1d(y_host, warn=True)
         if y_host.shape[0] != n_rows:
@@ -466,17 +456,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_[np.asarray(self._model.backend.to_numpy(k))]
 
     def _score_host(self, X, Y):
-        """Accuracy on a validation part given as model-ready targets (early stopping)."""
-        P, _ = self._proba_backend_from_ready(X)
+        """Accuracy on a validation part (model-ready arrays), as a Python float (early stopping)."""
+        P = self._loss().predict(self._model.predict(X, batch_size=8192))
         xp = self._model.xp
         if self.out_activation_ == "softmax":
             right = xp.argmax(P, axis=1) == xp.argmax(Y, axis=1)
         else:
             right = xp.all((P > 0.5) == (Y > 0.5), axis=1)
         return float(self._model.backend.to_numpy(xp.mean(xp.astype(right, self._model.backend.dtype))))
-
-    def _proba_backend_from_ready(self, X):
-        return self._loss().predict(self._model.predict(X, batch_size=8192)), True
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y), keeping weights and optimizer state; ``classes`` is needed on the first call."""

@@ -22,6 +22,7 @@ Launch with ``mpiexec -n 4 python train.py`` (or the cluster scheduler's ``srun`
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -183,9 +184,7 @@ def allreduce_grads(comm, grads, weight):
     out, offset = {}, 0
     for k in keys:
         shape = tuple(grads[k].shape)
-        size = 1
-        for s in shape:
-            size *= s
+        size = math.prod(shape)
         out[k] = xp.reshape(flat[offset:offset + size], shape)
         offset += size
     return out

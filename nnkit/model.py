@@ -54,9 +54,8 @@ class Sequential:
         self.info = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
         # backward stops at the first layer with parameters: nothing before it needs a gradient
         self._first_param_layer = next((i for i, l in enumerate(layers) if l.param_names), 0)
-        # (key, layer, name) for every parameter, keys "{layer index}.{name}" built once, not per step
-        self._slots = [(f"{i}.{n}", l, n) for i, l in enumerate(layers) for n in l.param_names]
-        self._slot_of = {key: (l, n) for key, l, n in self._slots}
+        # "{layer index}.{name}" -> (layer, name) for every parameter, in order; built once, not per step
+        self._slots = {f"{i}.{n}": (l, n) for i, l in enumerate(layers) for n in l.param_names}
 
     def __setstate__(self, state):
         """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
@@ -75,7 +74,7 @@ class Sequential:
 
     def params(self):
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
-        return {key: layer.params[name] for key, layer, name in self._slots}
+        return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
 
     def snapshot(self):
         """Device copies of the parameters (keyed like ``params()``), for ``_assign`` to put back later."""
@@ -151,7 +150,7 @@ class Sequential:
         first, layers = self._first_param_layer, self.layers
         for i in range(len(layers) - 1, first - 1, -1):
             dY = layers[i].backward(dY, need_dX=i > first)
-        return {key: layer.grads[name] for key, layer, name in self._slots}
+        return {key: layer.grads[name] for key, (layer, name) in self._slots.items()}
 
     def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
@@ -248,9 +247,9 @@ class Sequential:
 
     def _assign(self, new_params):
         """The one place where parameter values are written back into the layers."""
-        slot_of = self._slot_of
+        slots = self._slots
         for key, value in new_params.items():
-            layer, name = slot_of[key]
+            layer, name = slots[key]
             layer.params[name] = value
 
     def predict(self, X, batch_size=None):
@@ -296,8 +295,7 @@ class Sequential:
                 )
             new[key] = value
         # np.array copies: the model owns its parameters (optimizers update them in place)
-        self._assign({k: self.backend.asarray(np.array(v, dtype=np.float64 if v.dtype.kind != "f" else v.dtype),
-                                              dtype=self.backend.dtype) for k, v in new.items()})
+        self._assign({k: self.backend.asarray(np.array(v), dtype=self.backend.dtype) for k, v in new.items()})
         return self
 
     def to(self, backend, device=None):

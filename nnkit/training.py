@@ -332,20 +332,18 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 if stop.raised and seen < n:
                     history.interrupted = True
                     break
-                n_sums = 1 + len(metric_fns)
-                if sums is None:  # this rank had no rows in the whole epoch
-                    sums = [xp.zeros((), dtype=be.dtype, device=be.device)] * n_sums
+                nothing = [xp.zeros((), dtype=be.dtype, device=be.device)] * (1 + len(metric_fns))
+                sums = nothing if sums is None else sums  # None: this rank had no rows all epoch
                 if Xv is not None:
                     va, vb = dist.rank_slice(0, Xv.shape[0], rank, size) if parallel else (0, Xv.shape[0])
                     sums = sums + (_sums(model, Xv[va:vb, ...], Tv[va:vb, ...], loss, metric_fns,
-                                         max(batch_size, 1024)) if vb > va
-                                   else [xp.zeros((), dtype=be.dtype, device=be.device)] * n_sums)
-                if parallel:  # the epoch's sums (and whether anyone was interrupted), one all-reduce
+                                         max(batch_size, 1024)) if vb > va else nothing)
+                if parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
                     flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
-                    reduced = comm.allreduce(xp.stack(sums + [flag]))
-                    stop.raised = stop.raised or bool(be.to_numpy(reduced)[-1] > 0)
-                    sums = [reduced[i] for i in range(len(sums))]
-                host = be.to_numpy(xp.stack(sums))  # the epoch's one device -> host read
+                    host = be.to_numpy(comm.allreduce(xp.stack(sums + [flag])))  # the epoch's one read
+                    stop.raised = stop.raised or bool(host[-1] > 0)
+                else:
+                    host = be.to_numpy(xp.stack(sums))  # the epoch's one device -> host read
                 names = ["loss"] + [m for m, _ in metric_fns]
                 logs = {k: float(v) / n for k, v in zip(names, host[:len(names)])}
                 if Xv is not None:

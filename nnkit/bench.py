@@ -71,13 +71,8 @@ def available_targets():
 
 
 def mlp(sizes, backend, seed=0):
-    """Dense + ReLU between every pair of widths, He-initialised, no activation after the last layer."""
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nnkit.Dense(a, b, init="he_uniform"))
-        if i < len(sizes) - 2:
-            layers.append(nnkit.ReLU())
-    return nnkit.Sequential(layers, backend=backend, seed=seed)
+    """Dense + ReLU between every pair of widths (He-initialised), no activation after the last layer."""
+    return nnkit.Sequential.mlp(sizes, "relu", backend=backend, seed=seed)
 
 
 def host_batch(sizes, batch, dtype, seed=0):
@@ -145,16 +140,16 @@ class Case:
     def _relu(self):
         k, A = self._widest()
         Z = self.model.layers[k].forward(A, train=False)
-        return nnkit.ReLU(), Z
+        relu = nnkit.ReLU()
+        relu.build(self.backend, None, Z.shape[1])
+        return relu, Z
 
     def _k_relu_forward(self):
         relu, Z = self._relu()
-        relu.xp = self.backend.xp
         return lambda: relu.forward(Z, train=True)
 
     def _k_relu_backward(self):
         relu, Z = self._relu()
-        relu.xp = self.backend.xp
         relu.forward(Z, train=True)
         return lambda: relu.backward(Z)
 

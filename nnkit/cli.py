@@ -123,19 +123,6 @@ def _standardizer(X):
     return mean, std
 
 
-def _build(n_in, hidden, n_out, activation, backend, dtype, seed):
-    from . import Dense, Sequential
-    from .activations import get_activation
-
-    init = "he_uniform" if activation in ("relu", "leaky_relu") else "glorot_uniform"
-    layers, width = [], n_in
-    for h in hidden:
-        layers += [Dense(width, h, init=init), get_activation(activation)]
-        width = h
-    layers.append(Dense(width, n_out))
-    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
-
-
 # -- commands --------------------------------------------------------------------------------------
 def cmd_train(args):
     import nnkit
@@ -170,7 +157,8 @@ def cmd_train(args):
     Xtr, Xte = ((Xtr - mean) / std).astype(np.float32), ((Xte - mean) / std).astype(np.float32)
     n_out = 1 if regression else len(classes)
     try:
-        model = _build(X.shape[1], args.hidden, n_out, args.activation, args.backend, args.dtype, args.seed)
+        model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
+                                     dtype=args.dtype, seed=args.seed)
     except RuntimeError as exc:  # backend not installed / no device
         raise CLIError(str(exc)) from None
     model.info = {"task": args.task, "classes": classes, "feature_names": features, "label": label_name,

@@ -20,21 +20,10 @@ from importlib import resources
 import numpy as np
 
 from .files import read_npz
+from .optim import check_hyper, check_int
 
 __all__ = ["load_digits", "make_spirals", "make_moons", "make_xor", "load_csv", "load_npz",
            "train_test_split", "Table"]
-
-
-def _check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_count(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def train_test_split(X, y, test_size=0.2, seed=0, stratify=True):
@@ -47,7 +36,7 @@ def train_test_split(X, y, test_size=0.2, seed=0, stratify=True):
     X, y = np.asarray(X), np.asarray(y)
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}: they must have the same length")
-    test_size = _check_fraction("test_size", test_size)
+    test_size = check_hyper("test_size", test_size, low=0.0, high=1.0, low_open=True)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
     if stratify and y.ndim == 1:
@@ -102,8 +91,8 @@ def make_spirals(n_samples=600, n_classes=3, noise=0.2, turns=1.0, seed=0):
     Arm k is r·(sin θ, cos θ) with r from 0 to 1 and θ = 2π·turns·r + 2πk/n_classes, plus
     Gaussian noise of ``noise`` radians on θ.  Rows are shuffled.
     """
-    n_samples = _check_count("n_samples", n_samples, 2)
-    n_classes = _check_count("n_classes", n_classes, 2)
+    n_samples = check_int("n_samples", n_samples, 2)
+    n_classes = check_int("n_classes", n_classes, 2)
     rng = np.random.default_rng(seed)
     y = np.arange(n_samples) % n_classes
     r = rng.uniform(0.05, 1.0, n_samples)
@@ -115,7 +104,7 @@ def make_spirals(n_samples=600, n_classes=3, noise=0.2, turns=1.0, seed=0):
 
 def make_moons(n_samples=500, noise=0.1, seed=0):
     """Two interleaving half circles: ``(X (n, 2) float32, y (n,) int64)`` with labels 0 and 1."""
-    n_samples = _check_count("n_samples", n_samples, 2)
+    n_samples = check_int("n_samples", n_samples, 2)
     rng = np.random.default_rng(seed)
     y = np.arange(n_samples) % 2
     t = rng.uniform(0.0, math.pi, n_samples)
@@ -129,7 +118,7 @@ def make_moons(n_samples=500, noise=0.1, seed=0):
 
 def make_xor(n_samples=400, noise=0.1, seed=0):
     """Four Gaussian blobs at (±1, ±1); the label is 1 where the signs differ (XOR)."""
-    n_samples = _check_count("n_samples", n_samples, 4)
+    n_samples = check_int("n_samples", n_samples, 4)
     rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=(n_samples, 2))
     X = signs + rng.normal(0.0, noise * 2, (n_samples, 2))

@@ -57,6 +57,31 @@ class Sequential:
         # "{layer index}.{name}" -> (layer, name) for every parameter, in order; built once, not per step
         self._slots = {f"{i}.{n}": (l, n) for i, l in enumerate(layers) for n in l.param_names}
 
+    @classmethod
+    def mlp(cls, sizes, activation="relu", init=None, output_init="glorot_uniform", **kwargs):
+        """A multi-layer perceptron: ``Dense`` between consecutive widths, ``activation`` after every
+        one but the last (whose output is the logits / linear output).
+
+        ``sizes`` = (in, hidden..., out); ``activation`` is a name (``"relu"``, ``"tanh"``, ...) or a
+        Layer class; ``init`` is the hidden layers' initialiser (default He uniform after ReLU/leaky
+        ReLU, Glorot uniform otherwise), ``output_init`` the last layer's.  Other keyword arguments
+        (``backend``, ``dtype``, ``seed``) go to :class:`Sequential`.
+        """
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must give at least an input and an output width, got {sizes!r}")
+        if init is None:
+            init = "he_uniform" if activation in ("relu", "leaky_relu", activations.ReLU,
+                                                  activations.LeakyReLU) else "glorot_uniform"
+        new_act = (lambda: activations.get_activation(activation)) if isinstance(activation, str) else activation
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            layers.append(Dense(a, b, init=output_init if last else init))
+            if not last:
+                layers.append(new_act())
+        return cls(layers, **kwargs)
+
     def __setstate__(self, state):
         """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
         self.__dict__.update(state)

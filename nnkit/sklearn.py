@@ -212,15 +212,10 @@ class _BaseMLP(BaseEstimator):
 
     # -- the network --------------------------------------------------------------------------------
     def _build(self, n_in, n_out, hidden, seed):
-        act = _ACTIVATIONS[self.activation]
         # scikit-learn's initialisation: Glorot uniform, with √(2/(fan_in+fan_out)) for logistic units
         init = _glorot_logistic if self.activation == "logistic" else "glorot_uniform"
-        layers, width = [], n_in
-        for h in hidden:
-            layers += [Dense(width, h, init=init), act()]
-            width = h
-        layers.append(Dense(width, n_out, init=init))
-        return Sequential(layers, backend=self._backend(), seed=seed)
+        return Sequential.mlp([n_in, *hidden, n_out], _ACTIVATIONS[self.activation], init=init, output_init=init,
+                              backend=self._backend(), seed=seed)
 
     def _new_optimizer(self):
         if self.solver == "sgd":

@@ -146,3 +146,15 @@ def test_repr_and_summary():
     assert "total params: 9,610" in s and "backend: numpy" in s and "dtype: float32" in s
     assert "(1): ReLU()" in repr(model)
     assert "dW = Xᵀ·dZ" in nnkit.Dense.__doc__ and "db = Σ_batch dZ" in nnkit.Dense.__doc__
+
+
+def test_mlp_builder():
+    model = nnkit.Sequential.mlp([4, 8, 6, 3], "tanh", seed=0)
+    kinds = [type(l).__name__ for l in model.layers]
+    assert kinds == ["Dense", "Tanh", "Dense", "Tanh", "Dense"]
+    assert [l.init for l in model.layers if isinstance(l, nnkit.Dense)] == ["glorot_uniform"] * 3
+    relu = nnkit.Sequential.mlp([4, 8, 3], nnkit.ReLU, dtype="float64", seed=0)
+    assert [l.init for l in relu.layers if isinstance(l, nnkit.Dense)] == ["he_uniform", "glorot_uniform"]
+    assert relu.dtype == "float64" and (relu.n_features_in, relu.n_outputs) == (4, 3)
+    with pytest.raises(ValueError, match="at least an input and an output"):
+        nnkit.Sequential.mlp([4])

@@ -409,10 +409,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Y = self._label_binarizer.transform(y_host).astype(np.float64)
         multi = self._label_binarizer.y_type_ == "multilabel-indicator" or len(self.classes_) == 2
         self.out_activation_ = "logistic" if multi else "softmax"
-        return self._model_array(Y) if native else Y
-
-    def _model_array(self, Y):
-        return self._backend().asarray(Y)
+        return self._backend().asarray(Y) if native else Y
 
     def _loss(self):
         return BinaryCrossEntropy() if self.out_activation_ == "logistic" else CrossEntropy()
@@ -490,7 +487,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Y = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
             self._y_1d = y.ndim == 1 if first else self._y_1d
             self.out_activation_ = "identity"
-            return self._backend().asarray(Y, dtype=self._backend().dtype)
+            be = self._backend()
+            return be.asarray(Y, dtype=be.dtype)
         y = np.asarray(y, dtype=np.float64)  # validated with X by scikit-learn (numeric, finite, same length)
         if first:
             self._y_1d = y.ndim == 1

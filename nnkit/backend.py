@@ -5,39 +5,62 @@ is written against the Python Array API standard and sees only the namespace
 ``backend.xp``.  A :class:`Backend` bundles
 
 * ``xp``      -- the array-API namespace (array-api-compat's wrapper where the
-  library needs one),
-* ``device``  -- where arrays are created,
+  library needs one, with nnkit's fixes for NumPy, CuPy and PyTorch below),
+* ``device``  -- where arrays are created, normalised once here (a CuPy
+  ``Device``, a ``torch.device`` with its index, a JAX ``Device``),
 * ``dtype``   -- the floating dtype of parameters and activations,
 * transfers   -- ``asarray`` (host -> device) and ``to_numpy`` (device -> host,
-  counted in ``host_transfers`` so tests can prove a loop does not sync),
+  a writable NumPy array, counted in ``host_transfers`` so tests can prove a
+  loop does not sync),
 * seeding     -- random numbers are always drawn on the host from a
   ``numpy.random.Generator`` and transferred, so one seed gives one model on
   every backend,
-* ``synchronize()`` -- wait for queued device work (a no-op on the CPU).
+* ``synchronize()`` -- wait for queued work on the backend's device (a no-op on
+  the CPU), and ``activate()`` -- make that device the current one while
+  training or predicting (CuPy and torch-CUDA kernels run on the current device).
+
+Rules the rest of nnkit relies on, enforced here:
+
+* every array a backend creates is created on its device (array-api-compat's
+  CuPy ``zeros``/``empty``/``arange``/``*_like`` ignore ``device=``; ours honour it);
+* no per-step operation builds a device tensor from a Python scalar (PyTorch
+  through array-api-compat turns the ``0.0`` of ``maximum(Z, 0.0)`` into a
+  blocking host-to-device copy; ours passes the scalar to ``torch.clamp``);
+* on JAX, ``float64`` needs JAX's 64-bit mode (otherwise JAX silently computes
+  in float32): refused with the way to enable it.
 """
 from __future__ import annotations
+
+import contextlib
+import os
+import types
 
 import numpy as np
 import array_api_compat
 
 from .functional import namespace_of, register_namespace
 
-__all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES", "host_copy", "like"]
+__all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES", "host_copy", "like", "finish",
+           "local_rank"]
 
-BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict")
+BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict", "jax")
 DTYPE_NAMES = ("float32", "float64")
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 class Backend:
     """An array library, a device on it and a floating dtype.
 
     Build one with :func:`get_backend`; pass it (or its name) as ``backend=``.
+    ``device_spec`` is the plain, picklable form of ``device`` that :func:`get_backend`
+    turns back into it (``"cuda:1"``, ``"cpu:0"``, ...).
     """
 
-    def __init__(self, name, xp, device=None, dtype="float32"):
+    def __init__(self, name, xp, device=None, dtype="float32", device_spec=None):
         self.name = name
         self.xp = xp
         self.device = device
+        self.device_spec = device_spec
         if isinstance(dtype, str):
             dtype_name = dtype
         else:
@@ -46,25 +69,30 @@ class Backend:
             raise ValueError(
                 f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}"
             )
+        if name == "jax" and dtype_name == "float64":
+            _check_jax_x64()
         self.dtype_name = dtype_name
         self.dtype = getattr(xp, dtype_name)
         self.host_transfers = 0
-        probe = xp.empty(0, dtype=self.dtype, device=device)
+        with self.activate():
+            probe = xp.empty(0, dtype=self.dtype, device=device)
         self._array_type, self._array_dtype = type(probe), probe.dtype  # for ready(): no conversions
+        self._one_device = name == "numpy"
 
     def __reduce__(self):
-        # pickled by name (the namespace is a module): unpickling looks the backend up again
+        # pickled by name and device spec (the namespace is a module, devices often are not picklable):
+        # unpickling looks the backend up again
         known = self.name in BACKEND_NAMES
-        return (get_backend, (self.name if known else self.xp, self.device, self.dtype_name))
+        return (get_backend, (self.name if known else self.xp, self.device_spec, self.dtype_name))
 
     # -- identity -------------------------------------------------------------
     def __repr__(self):
-        dev = "" if self.device is None else f", device={self.device!r}"
+        dev = "" if self.device is None or self._one_device else f", device={self.device_spec!r}"
         return f"Backend({self.name!r}{dev}, dtype={self.dtype_name!r})"
 
     def with_dtype(self, dtype):
         """The same library and device with another floating dtype."""
-        return Backend(self.name, self.xp, self.device, dtype)
+        return Backend(self.name, self.xp, self.device, dtype, self.device_spec)
 
     # -- arrays -----------------------------------------------------------------
     def owns(self, x):
@@ -83,7 +111,7 @@ class Backend:
         """
         if type(x) is not self._array_type or x.dtype != self._array_dtype:
             return False
-        return self.name == "numpy" or array_api_compat.device(x) == self.device
+        return self._one_device or array_api_compat.device(x) == self.device
 
     def asarray(self, x, dtype=None):
         """Host data (NumPy, lists) or this library's arrays -> an array on this device.
@@ -93,7 +121,7 @@ class Backend:
         """
         xp = self.xp
         if self.owns(x):
-            if self.device is not None and array_api_compat.device(x) != self.device:
+            if not self._one_device and array_api_compat.device(x) != self.device:
                 x = array_api_compat.to_device(x, self.device)
             if dtype is not None and x.dtype != dtype:
                 x = xp.astype(x, dtype)
@@ -103,27 +131,20 @@ class Backend:
             x = np.ascontiguousarray(x)
             if not x.flags.writeable:
                 x = x.copy()
-        return xp.asarray(x, dtype=dtype, device=self.device)
+        with self.activate():
+            return xp.asarray(x, dtype=dtype, device=self.device)
 
     def to_numpy(self, x):
-        """Copy an array of this backend to a NumPy array on the host.
+        """A NumPy array on the host with the values of ``x`` (an array of this backend).
 
-        Every call is counted in ``host_transfers``: on a GPU this is a
-        device -> host copy and a synchronisation.
+        Writable: a copy for every library but NumPy (whose arrays come back as they are).
+        Every call is counted in ``host_transfers``: on a GPU this is a device -> host copy
+        and a synchronisation.
         """
         self.host_transfers += 1
-        if isinstance(x, (np.ndarray, np.generic)):
-            return np.asarray(x)
-        if self.name == "cupy":
-            return x.get()
-        if self.name == "torch":
-            return x.detach().cpu().numpy()
-        if self.name == "array_api_strict":
-            cpu = type(self.device)("CPU_DEVICE") if self.device is not None else None
-            if cpu is not None and x.device != cpu:
-                x = x.to_device(cpu)
-            return np.asarray(x)
-        return np.from_dlpack(x)
+        if isinstance(x, np.ndarray):
+            return x
+        return host_copy(x)
 
     @staticmethod
     def host_float64(data):
@@ -140,34 +161,180 @@ class Backend:
             return seed
         return np.random.default_rng(seed)
 
-    def synchronize(self):
-        """Block until all work queued on the device has finished."""
+    # -- the device ---------------------------------------------------------------
+    def activate(self):
+        """A context manager that makes this backend's device the current one (CuPy, torch-CUDA).
+
+        CuPy and PyTorch launch kernels and allocate results on the *current* device; ``fit``,
+        ``train_step`` and ``predict`` run inside it so a model on GPU 1 stays on GPU 1.
+        """
+        if self.name == "cupy":
+            return self.device
+        if self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.device(self.device)
+        return _NO_CONTEXT
+
+    def synchronize(self, *arrays):
+        """Block until the work queued on this backend's device (and producing ``arrays``) is done.
+
+        CuPy: the current stream of *this backend's* device; torch-CUDA: its device; JAX
+        (asynchronous dispatch on every platform): the given arrays.  A no-op on NumPy.
+        """
         if self.name == "cupy":
             import cupy
 
-            cupy.cuda.get_current_stream().synchronize()
-        elif self.name == "torch" and str(self.device).startswith("cuda"):
+            with self.device:
+                cupy.cuda.get_current_stream().synchronize()
+        elif self.name == "torch" and self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
+        elif self.name == "jax":
+            import jax
+
+            jax.block_until_ready(arrays)
 
 
+# -- host <-> device, for any library ---------------------------------------------------------------
 def host_copy(x):
-    """A NumPy copy of an array of any supported library (a device → host transfer for GPU arrays)."""
-    if isinstance(x, np.ndarray):
+    """A writable NumPy copy of an array of any supported library (a device → host transfer for
+    GPU arrays; it waits for the array's pending work by itself)."""
+    if isinstance(x, (np.ndarray, np.generic)):
         return np.array(x, copy=True)
     if array_api_compat.is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy().copy()
-    return np.array(np.from_dlpack(x), copy=True)
+        t = x.detach()
+        return t.cpu().numpy() if t.device.type != "cpu" else t.numpy().copy()
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return np.array(jax.device_get(x), copy=True)  # an explicit transfer (transfer guards allow it)
+    if array_api_compat.is_array_api_strict_namespace(namespace_of(x)):
+        cpu = type(x.device)("CPU_DEVICE")
+        return np.array(np.asarray(x.to_device(cpu)), copy=True)
+    try:  # any other DLPack-capable library: ask for a CPU copy
+        return np.from_dlpack(x, device="cpu", copy=True)
+    except (TypeError, ValueError, BufferError, AttributeError, NotImplementedError):
+        return np.array(x, copy=True)
 
 
 def like(a, x):
     """Host data ``a`` as an array of ``x``'s library on ``x``'s device (the way back from ``host_copy``)."""
     if isinstance(x, np.ndarray):
         return np.asarray(a)
-    return namespace_of(x).asarray(a, device=array_api_compat.device(x))
+    dev = array_api_compat.device(x)
+    if array_api_compat.is_cupy_array(x):
+        with dev:
+            return namespace_of(x).asarray(a)
+    return namespace_of(x).asarray(a, device=dev)
+
+
+def finish(x):
+    """Wait until the queued work that produces ``x`` is done (before a library outside the array
+    library's stream — MPI, say — reads its memory).  A no-op for host arrays."""
+    if array_api_compat.is_cupy_array(x):
+        import cupy
+
+        with x.device:
+            cupy.cuda.get_current_stream().synchronize()
+    elif array_api_compat.is_torch_array(x) and x.device.type == "cuda":
+        import torch
+
+        torch.cuda.current_stream(x.device).synchronize()
+    elif array_api_compat.is_jax_array(x):
+        x.block_until_ready()
+
+
+def local_rank(rank, n_devices, environ=None):
+    """The node-local rank of process ``rank`` (which GPU it takes): the launcher's variable
+    (``LOCAL_RANK``, Open MPI's ``OMPI_COMM_WORLD_LOCAL_RANK``, MPICH/Intel MPI's ``MPI_LOCALRANKID``,
+    Slurm's ``SLURM_LOCALID``, PALS' ``PALS_LOCAL_RANKID``), else ``rank mod n_devices``."""
+    environ = os.environ if environ is None else environ
+    for var in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
+                "PALS_LOCAL_RANKID"):
+        value = environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return rank % max(int(n_devices), 1)
+
+
+# -- devices, normalised once ---------------------------------------------------------------------
+def cuda_index(spec, current, count=None):
+    """The GPU index a device spec names: ``None`` (the current device, ``current()``), an integer,
+    ``"cuda"``, ``"cuda:N"``, ``"gpu:N"``, or an object with an integer ``id`` (a CuPy ``Device``)."""
+    if spec is None:
+        index = int(current())
+    elif isinstance(spec, bool):
+        raise ValueError(f"device must be a GPU index or 'cuda:N', got {spec!r}")
+    elif isinstance(spec, (int, np.integer)):
+        index = int(spec)
+    elif isinstance(spec, str):
+        kind, _, num = spec.strip().lower().partition(":")
+        if kind not in ("cuda", "gpu") or (num and not num.isdigit()):
+            raise ValueError(f"device {spec!r} is not a GPU: expected 'cuda', 'cuda:N' or an index N")
+        index = int(num) if num else int(current())
+    elif isinstance(getattr(spec, "id", None), int):
+        index = spec.id
+    else:
+        raise ValueError(f"device {spec!r} is not a GPU: expected 'cuda', 'cuda:N' or an index N")
+    if index < 0 or (count is not None and index >= count):
+        raise ValueError(f"device {spec!r}: GPU {index} does not exist ({count} visible)")
+    return index
+
+
+def _torch_device(spec):
+    import torch
+
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        spec = f"cuda:{int(spec)}"
+    try:
+        dev = torch.device("cpu" if spec is None else spec)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"backend 'torch': {spec!r} is not a device ({exc}); expected 'cpu', 'cuda:N' or 'meta'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"backend 'torch': device {spec!r} asks for CUDA, but PyTorch sees no CUDA device")
+        dev = torch.device("cuda", cuda_index(str(dev), torch.cuda.current_device, torch.cuda.device_count()))
+    return dev
+
+
+def _jax_device(spec, jax):
+    if spec is None:
+        default = jax.config.jax_default_device
+        if default is not None and not isinstance(default, str):
+            return default
+        return jax.devices(default)[0] if isinstance(default, str) else jax.devices()[0]
+    if isinstance(spec, jax.Device):
+        return spec
+    if isinstance(spec, str):
+        platform, _, num = spec.strip().lower().partition(":")
+        platform = {"cuda": "gpu"}.get(platform, platform)
+        try:
+            devices = jax.devices(platform)
+        except RuntimeError as exc:
+            raise RuntimeError(f"backend 'jax': no {platform!r} devices ({exc})") from None
+        if num.isdigit() and int(num) < len(devices):
+            return devices[int(num)]
+    raise ValueError(f"backend 'jax': {spec!r} is not a device: expected 'cpu', 'gpu:N' or a jax.Device")
+
+
+def _jax_spec(dev, jax):
+    """``"platform:index"`` for a JAX device (picklable; ``_jax_device`` turns it back)."""
+    return f"{dev.platform}:{jax.devices(dev.platform).index(dev)}"
+
+
+def _check_jax_x64():
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype='float64' on JAX needs JAX's 64-bit mode, which is off (JAX would silently compute "
+            "in float32): call jax.config.update('jax_enable_x64', True) before creating any array, or "
+            "set JAX_ENABLE_X64=1 in the environment; or use dtype='float32'"
+        )
 
 
 def _dtype_name(xp, dtype):
@@ -180,6 +347,16 @@ def _dtype_name(xp, dtype):
         return str(dtype)
 
 
+# -- namespaces: array-api-compat's, with nnkit's fixes ------------------------------------------------
+def _derived_namespace(base, name, **overrides):
+    """A copy of the namespace module ``base`` with some functions replaced."""
+    ns = types.ModuleType(f"nnkit.backend.{name}", base.__doc__)
+    ns.__dict__.update({k: v for k, v in vars(base).items() if not k.startswith("__")})
+    ns.__array_api_version__ = base.__array_api_version__
+    ns.__dict__.update(overrides)
+    return ns
+
+
 def _numpy_namespace():
     """array-api-compat's NumPy namespace, with float ``sum``/``max`` going straight to the ufunc reduce
     and ``astype`` straight to the array method.
@@ -190,13 +367,7 @@ def _numpy_namespace():
     summation order, same cast).  Installed as the namespace of
     ``numpy.ndarray`` so layers, losses and optimizers all see it through ``namespace_of``.
     """
-    import types
-
     import array_api_compat.numpy as compat
-
-    ns = types.ModuleType("nnkit.backend.numpy_namespace", compat.__doc__)
-    ns.__dict__.update({k: v for k, v in vars(compat).items() if not k.startswith("__")})
-    ns.__array_api_version__ = compat.__array_api_version__
 
     def sum(x, /, *, axis=None, dtype=None, keepdims=False):
         if dtype is None and x.dtype.kind == "f":
@@ -213,23 +384,100 @@ def _numpy_namespace():
             return x.astype(dtype, copy=copy)
         return compat.astype(x, dtype, copy=copy, device=device)
 
-    ns.sum, ns.max, ns.astype = sum, max, astype
+    ns = _derived_namespace(compat, "numpy_namespace", sum=sum, max=max, astype=astype)
     for kind in {np.ndarray, *np.sctypeDict.values()}:  # arrays and the 0-d scalars reductions return
         register_namespace(kind, ns)
     return ns
 
 
 _NUMPY = _numpy_namespace()
+_TORCH = None
+_CUPY = None
+
+_SCALARS = (bool, int, float)
 
 
-def _load_cupy():
+def _torch_namespace():
+    """array-api-compat's torch namespace, where ``maximum``/``minimum`` with a Python scalar call
+    ``torch.clamp`` (compat turns the scalar into a device tensor: a blocking host-to-device copy on
+    CUDA, every call).  Everything else is compat's."""
+    global _TORCH
+    if _TORCH is None:
+        import torch
+        import array_api_compat.torch as compat
+
+        def maximum(x1, x2, /):
+            if isinstance(x2, _SCALARS) and isinstance(x1, torch.Tensor):
+                return torch.clamp(x1, min=x2)
+            if isinstance(x1, _SCALARS) and isinstance(x2, torch.Tensor):
+                return torch.clamp(x2, min=x1)
+            return compat.maximum(x1, x2)
+
+        def minimum(x1, x2, /):
+            if isinstance(x2, _SCALARS) and isinstance(x1, torch.Tensor):
+                return torch.clamp(x1, max=x2)
+            if isinstance(x1, _SCALARS) and isinstance(x2, torch.Tensor):
+                return torch.clamp(x2, max=x1)
+            return compat.minimum(x1, x2)
+
+        _TORCH = _derived_namespace(compat, "torch_namespace", maximum=maximum, minimum=minimum)
+        register_namespace(torch.Tensor, _TORCH)
+    return _TORCH
+
+
+def _cupy_device(device):
+    import cupy
+
+    return device if isinstance(device, cupy.cuda.Device) else cupy.cuda.Device(cuda_index(device, cupy.cuda.runtime.getDevice))
+
+
+def _cupy_namespace():
+    """array-api-compat's CuPy namespace whose creation functions honour ``device=`` (compat's
+    ``zeros``/``empty``/``ones``/``full``/``arange``/``eye``/``linspace`` ignore it and create on the
+    current device) and whose ``*_like`` functions create on the device of their argument."""
+    global _CUPY
+    if _CUPY is None:
+        import cupy
+        import array_api_compat.cupy as compat
+
+        def on_device(f):
+            def create(*args, device=None, **kwargs):
+                if device is None:
+                    return f(*args, **kwargs)
+                with _cupy_device(device):
+                    return f(*args, **kwargs)
+            create.__name__ = create.__qualname__ = f.__name__
+            create.__doc__ = f.__doc__
+            return create
+
+        def like_device(f):
+            def create(x, /, *args, device=None, **kwargs):
+                with (x.device if device is None else _cupy_device(device)):
+                    return f(x, *args, **kwargs)
+            create.__name__ = create.__qualname__ = f.__name__
+            create.__doc__ = f.__doc__
+            return create
+
+        fixes = {n: on_device(getattr(compat, n)) for n in ("zeros", "ones", "empty", "full", "arange", "eye",
+                                                              "linspace")}
+        fixes.update({n: like_device(getattr(compat, n)) for n in ("zeros_like", "ones_like", "empty_like",
+                                                                   "full_like")})
+        _CUPY = _derived_namespace(compat, "cupy_namespace", **fixes)
+        register_namespace(cupy.ndarray, _CUPY)
+    return _CUPY
+
+
+# -- loading the libraries ----------------------------------------------------------------------------
+CUPY_INSTALL = "pip install 'nnkit[cuda12]' (or 'nnkit[cuda13]'), which brings CuPy with the CUDA libraries"
+
+
+def _load_cupy(device):
+    """(namespace, Device) for CuPy on ``device`` (None: the current device), after proving the device
+    can run a matrix product (CuPy sees a GPU without cuBLAS when the CUDA libraries are missing)."""
     try:
         import cupy
     except ImportError as exc:
-        raise RuntimeError(
-            "backend 'cupy' needs CuPy, which is not installed: "
-            "pip install 'nnkit[cuda12]' (or 'nnkit[cuda13]' for CUDA 13)"
-        ) from exc
+        raise RuntimeError(f"backend 'cupy' needs CuPy, which is not installed: {CUPY_INSTALL}") from exc
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError, driver missing, ...
@@ -242,7 +490,19 @@ def _load_cupy():
             "backend 'cupy': CuPy is installed but no CUDA device is usable (0 devices found); "
             "check CUDA_VISIBLE_DEVICES, or use backend='numpy'"
         )
-    return array_api_compat.array_namespace(cupy.empty(0))
+    dev = cupy.cuda.Device(cuda_index(device, cupy.cuda.runtime.getDevice, n))
+    try:
+        with dev:
+            a = cupy.ones((2, 2), dtype=cupy.float32)
+            if float((a @ a).sum().get()) != 8.0:
+                raise RuntimeError("a 2x2 matrix product gave a wrong result")
+    except Exception as exc:  # cuBLAS or NVRTC missing, a broken driver, ...
+        raise RuntimeError(
+            f"backend 'cupy': CuPy sees GPU {dev.id} but cannot run a matrix product on it "
+            f"({type(exc).__name__}: {exc}); the CUDA libraries (cuBLAS, NVRTC) are probably missing: "
+            f"{CUPY_INSTALL}, or install the CUDA toolkit"
+        ) from exc
+    return _cupy_namespace(), dev
 
 
 def _load_torch():
@@ -252,9 +512,19 @@ def _load_torch():
         raise RuntimeError(
             "backend 'torch' needs PyTorch, which is not installed: pip install torch"
         ) from exc
-    import array_api_compat.torch as xp
+    return _torch_namespace()
 
-    return xp
+
+def _load_jax():
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as exc:
+        raise RuntimeError(
+            "backend 'jax' needs JAX, which is not installed: pip install 'jax[cpu]' "
+            "(or 'jax[cuda12]' for NVIDIA GPUs)"
+        ) from exc
+    return jax, jnp
 
 
 def _load_strict():
@@ -269,10 +539,15 @@ def _load_strict():
 
 def _name_of_namespace(module):
     """Map an imported module (raw or array-api-compat wrapped) to a backend name."""
+    if module in (_NUMPY, _TORCH, _CUPY):
+        return {id(_NUMPY): "numpy", id(_TORCH): "torch", id(_CUPY): "cupy"}[id(module)]
+    if getattr(module, "__name__", None) == "jax":
+        return "jax"
     for name, test in (
         ("numpy", array_api_compat.is_numpy_namespace),
         ("cupy", array_api_compat.is_cupy_namespace),
         ("torch", array_api_compat.is_torch_namespace),
+        ("jax", array_api_compat.is_jax_namespace),
         ("array_api_strict", array_api_compat.is_array_api_strict_namespace),
     ):
         if test(module):
@@ -283,13 +558,17 @@ def _name_of_namespace(module):
 def get_backend(name="numpy", device=None, dtype=None):
     """Return the :class:`Backend` for ``name``.
 
-    ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``,
+    ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``,
     ``"array_api_strict"``, an already-imported array module (``numpy``,
-    ``cupy``, ``torch``, ``array_api_strict`` or any module that follows the
-    Array API standard), or a :class:`Backend` (returned as it is, or with
-    ``dtype`` applied).  ``dtype`` is ``"float32"`` (the default) or ``"float64"``.
-    ``device`` is the library's device (``"cuda:0"`` for torch, a CuPy device
-    id, ``array_api_strict.Device("device1")``); ``None`` is the library's default.
+    ``cupy``, ``torch``, ``jax``/``jax.numpy``, ``array_api_strict`` or any module that
+    follows the Array API standard), or a :class:`Backend` (returned as it is, or with
+    ``dtype`` applied).  ``dtype`` is ``"float32"`` (the default) or ``"float64"``
+    (on JAX it needs ``jax.config.update("jax_enable_x64", True)``).
+
+    ``device`` is where arrays live; ``None`` is the library's current/default device.
+    CuPy: a GPU index, ``"cuda:N"`` or a ``cupy.cuda.Device``; torch: ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or ``"meta"``; JAX: ``"cpu"``, ``"gpu:N"`` or a ``jax.Device``;
+    array_api_strict: one of its ``Device`` objects.
     """
     if isinstance(name, Backend):
         return name if dtype is None or name.dtype_name == dtype else name.with_dtype(dtype)
@@ -305,27 +584,27 @@ def get_backend(name="numpy", device=None, dtype=None):
                     f"{', '.join(repr(n) for n in BACKEND_NAMES)} or a module that follows "
                     "the Python Array API standard"
                 )
-            return Backend(getattr(module, "__name__", str(module)), module, device, dtype)
+            return Backend(getattr(module, "__name__", str(module)), module, device, dtype, device)
         name = known
     if name == "numpy":
-        xp = _NUMPY
         if device not in (None, "cpu"):
             raise ValueError(f"backend 'numpy' runs on the CPU only, got device={device!r}")
-        return Backend("numpy", xp, "cpu", dtype)
+        return Backend("numpy", _NUMPY, "cpu", dtype, "cpu")
     if name == "cupy":
-        xp = _load_cupy()
-        import cupy
-
-        dev = cupy.cuda.Device(0 if device is None else device)
-        return Backend("cupy", xp, dev, dtype)
+        xp, dev = _load_cupy(device)
+        return Backend("cupy", xp, dev, dtype, f"cuda:{dev.id}")
     if name == "torch":
         xp = _load_torch()
-        import torch
-
-        return Backend("torch", xp, torch.device("cpu" if device is None else device), dtype)
+        dev = _torch_device(device)
+        return Backend("torch", xp, dev, dtype, str(dev))
+    if name == "jax":
+        jax, jnp = _load_jax()
+        dev = _jax_device(device, jax)
+        return Backend("jax", jnp, dev, dtype, _jax_spec(dev, jax))
     if name == "array_api_strict":
         xp = _load_strict()
-        return Backend("array_api_strict", xp, device if device is not None else xp.Device("CPU_DEVICE"), dtype)
+        dev = device if device is not None else xp.Device("CPU_DEVICE")
+        return Backend("array_api_strict", xp, dev, dtype, dev)
     raise ValueError(
         f"unknown backend {name!r}: expected one of {', '.join(repr(n) for n in BACKEND_NAMES)}, "
         "or an imported array module"

@@ -66,7 +66,7 @@ def _parser():
                         "(default 0: train on all of it; the test part is always held out)")
     o.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                    help="stop when val_loss has not improved for PATIENCE epochs and keep the best weights")
-    o.add_argument("--backend", default="numpy", help="numpy (default), cupy, torch or array_api_strict")
+    o.add_argument("--backend", default="numpy", help="numpy (default), cupy, torch, jax or array_api_strict")
     o.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     o.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffles and the split (default 0)")
     out = t.add_argument_group("output")

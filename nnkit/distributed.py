@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import math
 
+import array_api_compat
 import numpy as np
 
-from .backend import host_copy, like
+from .backend import finish, host_copy, like, local_rank
 from .functional import namespace_of
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "rank_slice"]
@@ -72,10 +73,13 @@ class SingleProcess(Communicator):
 class MPICommunicator(Communicator):
     """MPI through mpi4py (``pip install 'nnkit[mpi]'`` brings mpi4py and MPICH with ``mpiexec``).
 
-    NumPy arrays are reduced in place in their own memory.  CuPy arrays go straight to MPI when the
-    MPI library is CUDA-aware (``cuda_aware=None`` asks MPI; True/False forces it); otherwise — and
-    for every other library (torch, ...) — they are staged through the host: copied to NumPy, reduced,
-    copied back (one device↔host round trip per all-reduce, i.e. per step).
+    The staging rule (one rule, in :meth:`_route`): NumPy arrays are reduced in place in their own
+    memory; CuPy arrays go to MPI directly only when the MPI library is CUDA-aware (``cuda_aware=None``
+    asks MPI; True/False forces it), after their device's stream has finished the work that
+    produces them (MPI does not see CUDA streams); **every other array** — CuPy on an MPI that is not
+    CUDA-aware, torch tensors on any device (CPU or CUDA), JAX arrays — is staged through the host:
+    copied to NumPy (which waits for the device), reduced, and copied back to its library and device.
+    That is one device↔host round trip per all-reduce, i.e. per step, for those.
     """
 
     def __init__(self, comm=None, cuda_aware=None):
@@ -94,28 +98,30 @@ class MPICommunicator(Communicator):
                 cuda_aware = False
         self.cuda_aware = cuda_aware
 
-    def _direct(self, x):
-        return isinstance(x, np.ndarray) or (self.cuda_aware and hasattr(x, "__cuda_array_interface__"))
+    def _route(self, x):
+        """``(buffer, back)``: the buffer MPI reads and writes for ``x``, and how to turn it into the
+        result (see the class docstring for the rule)."""
+        if isinstance(x, np.ndarray):
+            x = np.ascontiguousarray(x)
+            return x, lambda buf: buf
+        if self.cuda_aware and array_api_compat.is_cupy_array(x):
+            if not x.flags.c_contiguous:
+                x = x.copy()
+            finish(x)  # the producing kernels are done before MPI reads the memory
+            return x, lambda buf: buf
+        return host_copy(x), lambda buf: like(buf, x)
 
     def allreduce(self, x):
-        """Sum over ranks; in place for NumPy (and CuPy on a CUDA-aware MPI), else staged through the host."""
-        if self._direct(x):
-            if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
-            self.comm.Allreduce(self.MPI.IN_PLACE, x, op=self.MPI.SUM)
-            return x
-        host = host_copy(x)
-        self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
-        return like(host, x)
+        """Sum over ranks (in the array's own memory or staged through the host, see ``_route``)."""
+        buf, back = self._route(x)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        return back(buf)
 
     def broadcast(self, x, root=0):
         """Rank ``root``'s array on every rank."""
-        if self._direct(x):
-            self.comm.Bcast(x, root=root)
-            return x
-        host = host_copy(x)
-        self.comm.Bcast(host, root=root)
-        return like(host, x)
+        buf, back = self._route(x)
+        self.comm.Bcast(buf, root=root)
+        return back(buf)
 
     def barrier(self):
         """MPI barrier."""
@@ -125,9 +131,13 @@ class MPICommunicator(Communicator):
 class NCCLCommunicator(Communicator):
     """NCCL for CuPy arrays through ``cupyx.distributed`` — one GPU per rank.
 
-    ``NCCLCommunicator(n_ranks, rank, host="127.0.0.1", port=13333)`` on each process (rank r uses
-    GPU r of its node unless ``device`` says otherwise).  Arrays are reduced on the device with no
-    host copy.  The processes meet through a TCP store at ``host:port`` that rank 0 opens.
+    ``NCCLCommunicator(n_ranks, rank, host="127.0.0.1", port=13333)`` on each process.  The rank's GPU
+    is ``device`` if given, else its *node-local* rank (from the launcher's ``LOCAL_RANK``,
+    ``OMPI_COMM_WORLD_LOCAL_RANK``, ``MPI_LOCALRANKID`` or ``SLURM_LOCALID``; else the global rank modulo
+    the node's GPU count): rank 5 of a two-node job with four GPUs each takes GPU 1, not GPU 5.
+    That GPU becomes the current device; build the model with ``backend="cupy"`` after this (the
+    backend takes the current device).  Arrays are reduced on the device with no host copy.  The
+    processes meet through a TCP store at ``host:port`` that rank 0 opens.
     """
 
     def __init__(self, n_ranks, rank, host=None, port=None, device=None):
@@ -137,22 +147,34 @@ class NCCLCommunicator(Communicator):
         except ImportError as exc:
             raise RuntimeError("NCCLCommunicator needs CuPy with NCCL: pip install 'nnkit[cuda12]'") from exc
         self.cupy = cupy
-        cupy.cuda.Device(rank if device is None else device).use()
+        if device is None:
+            device = local_rank(rank, cupy.cuda.runtime.getDeviceCount())
+        self.device = cupy.cuda.Device(device)
+        self.device.use()
         kwargs = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         self.comm = cdist.init_process_group(n_ranks, rank, backend="nccl", **kwargs)
         self.rank, self.size = rank, n_ranks
 
     def allreduce(self, x):
-        """Sum over ranks, on the device."""
-        out = self.cupy.empty_like(x)
-        self.comm.all_reduce(x, out, op="sum")
+        """Sum over ranks, on the device (CuPy arrays only: they are the model's arrays on a CuPy backend)."""
+        self._check(x)
+        with self.device:
+            out = self.cupy.empty_like(x)
+            self.comm.all_reduce(x, out, op="sum")
         return out
 
     def broadcast(self, x, root=0):
         """Rank ``root``'s array on every rank, on the device."""
-        x = self.cupy.ascontiguousarray(x)
-        self.comm.broadcast(x, root=root)
+        self._check(x)
+        with self.device:
+            x = self.cupy.ascontiguousarray(x)
+            self.comm.broadcast(x, root=root)
         return x
+
+    def _check(self, x):
+        if not isinstance(x, self.cupy.ndarray):
+            raise TypeError(f"NCCLCommunicator reduces CuPy arrays on the GPU, got a {type(x).__module__}."
+                            f"{type(x).__name__}: train with backend='cupy'")
 
     def barrier(self):
         """NCCL barrier."""
@@ -191,13 +213,18 @@ def allreduce_grads(comm, grads, weight):
 
 
 def sync_model(comm, model):
-    """Rank 0's parameters and generator state on every rank (so weights and shuffles agree)."""
+    """Rank 0's parameters and generator state on every rank (so weights and shuffles agree).
+
+    Communicators only ever receive arrays of the model's backend: the generator state travels as
+    a uint8 array of the backend (read back on the host once, before training).
+    """
+    be = model.backend
     new = {k: comm.broadcast(model.xp.asarray(p, copy=True)) for k, p in model.params().items()}
     model._assign(new)
     state = np.frombuffer(json.dumps(model.rng.bit_generator.state).encode(), dtype=np.uint8)
-    length = comm.broadcast(np.array([state.size], dtype=np.int64))
-    buf = np.zeros(int(length[0]), dtype=np.uint8)
+    length = int(be.to_numpy(comm.broadcast(be.asarray(np.array([state.size], dtype=np.int64))))[0])
+    buf = np.zeros(length, dtype=np.uint8)
     if comm.rank == 0:
         buf[:] = state
-    buf = comm.broadcast(buf)
-    model.rng.bit_generator.state = json.loads(buf.tobytes().decode())
+    buf = be.to_numpy(comm.broadcast(be.asarray(buf)))
+    model.rng.bit_generator.state = json.loads(np.asarray(buf, dtype=np.uint8).tobytes().decode())

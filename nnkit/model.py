@@ -220,8 +220,9 @@ class Sequential:
         loss = get_loss(loss)
         X = self._as_input(X, check_input)
         T = self._as_target(y, X.shape[0], loss, check_input)
-        value, grads = self._value_and_grad(X, T, loss, regularizer)
-        self._assign(optimizer.step(self.params(), grads, scratch_grads=True))
+        with self.backend.activate():
+            value, grads = self._value_and_grad(X, T, loss, regularizer)
+            self._assign(optimizer.step(self.params(), grads, scratch_grads=True))
         return value
 
     def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
@@ -280,13 +281,15 @@ class Sequential:
     def predict(self, X, batch_size=None):
         """The last layer's output for X, as an array of the model's backend (inference only)."""
         X = self._as_input(X)
-        if batch_size is None:
-            return self._forward(X, train=False)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         n = X.shape[0]
-        parts = [self._forward(X[s:min(s + batch_size, n), ...], train=False) for s in range(0, n, batch_size)]
-        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+        with self.backend.activate():
+            if batch_size is None or batch_size >= n:
+                return self._forward(X, train=False)
+            parts = [self._forward(X[s:min(s + batch_size, n), ...], train=False) for s in range(0, n, batch_size)]
+            return self.xp.concat(parts, axis=0)
 
     # -- state ----------------------------------------------------------------------
     def state_dict(self):

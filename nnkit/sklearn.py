@@ -27,6 +27,7 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state, column_or_1d
@@ -353,7 +354,24 @@ class _BaseMLP(BaseEstimator):
         return self._fit(X, y)
 
 
-class MLPClassifier(ClassifierMixin, _BaseMLP):
+class _HostScore:
+    """``score`` for inputs of any library: scikit-learn's metrics read their arguments with
+    ``np.asarray``, which fails for CuPy arrays and CUDA tensors, so device inputs (and the
+    predictions) are copied to the host first, once per call.  NumPy input takes scikit-learn's own
+    ``score`` unchanged."""
+
+    def score(self, X, y, sample_weight=None):
+        """scikit-learn's score (accuracy for a classifier, R² for a regressor) of ``predict(X)``."""
+        if not any(self._is_native(a) for a in (X, y, sample_weight)):
+            return super().score(X, y, sample_weight=sample_weight)
+
+        def host(a):
+            return None if a is None else host_copy(a) if self._is_native(a) else np.asarray(a)
+
+        return float(self._metric(host(y), host(self.predict(X)), sample_weight=host(sample_weight)))
+
+
+class MLPClassifier(_HostScore, ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained with nnkit (scikit-learn's API; any nnkit backend).
 
     Parameters as :class:`sklearn.neural_network.MLPClassifier` — ``hidden_layer_sizes``, ``activation``
@@ -373,6 +391,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``validation_scores_``, ``best_validation_score_``, ``validation_loss_curve_``, ``n_iter_``, ``t_``,
     ``n_features_in_``, ``coefs_``, ``intercepts_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``.
     """
+
+    _metric = staticmethod(accuracy_score)
 
     def _stratify(self):
         return self._label_binarizer.y_type_ != "multilabel-indicator"
@@ -442,9 +462,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             out = xp.astype(P > 0.5, xp.int64)
             return self._out(out, native)
         k = xp.argmax(P, axis=1)
-        if native:
+        if native and self.classes_.dtype.kind in "biuf":
             classes = self._model.backend.asarray(self.classes_)
             return xp.take(classes, k, axis=0)
+        # string (or object) class labels cannot live on a device: they come back as a NumPy array
         return self.classes_[np.asarray(self._model.backend.to_numpy(k))]
 
     def _score_host(self, X, Y):
@@ -468,13 +489,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return tags
 
 
-class MLPRegressor(RegressorMixin, _BaseMLP):
+class MLPRegressor(_HostScore, RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor trained with nnkit (scikit-learn's API; any nnkit backend).
 
     The parameters and fitted attributes are :class:`MLPClassifier`'s (no ``classes_``); the output is
     linear (``out_activation_ = "identity"``) and the loss is the squared error ½‖y − ŷ‖² averaged over
     the batch.  ``validation_scores_`` hold R² on the held-out part when ``early_stopping``.
     """
+
+    _metric = staticmethod(r2_score)
 
     def _stratify(self):
         return False

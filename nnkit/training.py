@@ -208,7 +208,8 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None):
     X = model._as_input(X)
     T = model._as_target(y, X.shape[0], loss)
     bs = X.shape[0] if batch_size is None else check_int("batch_size", batch_size, 1)
-    host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs)))
+    with model.backend.activate():
+        host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs)))
     n = X.shape[0]
     return {name: float(v) / n for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
 
@@ -298,7 +299,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         if hasattr(cb, "on_train_begin"):
             cb.on_train_begin()
     try:
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, be.activate():
             for epoch in range(start, end):
                 t0 = time.perf_counter()
                 safe_params = model.snapshot()

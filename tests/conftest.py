@@ -1,9 +1,9 @@
 """Backends under test: every one present on this machine.
 
 numpy and array_api_strict always run (array_api_strict also on its second
-device, which catches a creation call without ``device=``); torch runs when
-importable, cupy when a CUDA device is usable -- otherwise they are skipped
-with the reason.
+device, which catches a creation call without ``device=``); torch and jax run when
+importable (JAX with its 64-bit mode on, for the float64 gradient checks), cupy
+when a CUDA device is usable -- otherwise they are skipped with the reason.
 """
 import os
 
@@ -23,6 +23,13 @@ try:
 except ImportError:  # pragma: no cover - it is a test dependency
     array_api_strict = None
 
+try:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # before any JAX array exists: float64 checks need it
+except ImportError:  # pragma: no cover - jax[cpu] is in the test extra
+    jax = None
+
 
 def _probe(name, device=None):
     try:
@@ -40,7 +47,7 @@ def _backend_params():
     dev1 = array_api_strict.Device("device1") if array_api_strict else None
     params.append(pytest.param(("array_api_strict", dev1), id="array_api_strict-device1",
                                marks=pytest.mark.skipif(bool(strict_why), reason=strict_why or "")))
-    for name in ("torch", "cupy"):
+    for name in ("torch", "jax", "cupy"):
         why = _probe(name)
         params.append(pytest.param((name, None), id=name, marks=pytest.mark.skipif(bool(why), reason=why or "")))
     return params
@@ -63,3 +70,7 @@ def make_backend(backend_spec):
         return nnkit.get_backend(name, device=device, dtype=dtype)
 
     return make
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run them with: pytest -m gpu tests/test_gpu.py)")

@@ -2,8 +2,10 @@
 
 Trains a float64 MLP with Adam, an L2 penalty, validation data and an uneven last batch
 (233 rows, global batch 50), and writes rank 0's weights and history to an .npz.
-Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]
+Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]; the backend is NNKIT_TEST_BACKEND
+(default numpy; tests/test_gpu.py runs it with cupy).
 """
+import os
 import sys
 
 import numpy as np
@@ -25,7 +27,8 @@ def run(comm, out, epochs, checkpoint=None):
     rank = 0 if comm is None else comm.rank
     # the other ranks start from other weights on purpose: fit must broadcast rank 0's
     model = nnkit.Sequential([nnkit.Dense(6, 16), nnkit.Tanh(), nnkit.Dense(16, 3)], dtype="float64",
-                             seed=0 if rank == 0 else 100 + rank)
+                             seed=0 if rank == 0 else 100 + rank,
+                             backend=os.environ.get("NNKIT_TEST_BACKEND", "numpy"))
     history = model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=epochs, batch_size=50,
                         validation_data=(Xv, yv), verbose=0, comm=comm, regularizer=nnkit.optim.L2(1e-3),
                         checkpoint=checkpoint, resume=checkpoint is not None)

@@ -1,0 +1,155 @@
+"""GPU runs: everything here needs a CUDA GPU and skips with the reason without one.
+
+Run them on a GPU machine with::
+
+    pytest -m gpu tests/test_gpu.py
+
+* a torch-CUDA ``fit`` under ``torch.cuda.set_sync_debug_mode("error")`` (any synchronising call raises);
+* a CuPy ``fit`` on the *last* visible GPU, with every parameter, gradient and optimizer moment checked to
+  live on that GPU;
+* a one-rank NCCL ``fit``; the MPI path with CuPy buffers (two ranks sharing the GPU, equal to one process);
+* ``nnkit bench`` writing its GPU rows.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nnkit
+
+pytestmark = pytest.mark.gpu
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cupy():
+    try:
+        nnkit.get_backend("cupy")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    import cupy
+
+    return cupy
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA device")
+    return torch
+
+
+def _data(n=512, d=20, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, :k] @ rng.normal(size=(k,)) > 0).astype(np.int64) + (X[:, k] > 0.5)
+    return X, y
+
+
+def test_torch_cuda_fit_never_synchronises_inside_an_epoch():
+    torch = _torch_cuda()
+    X, y = _data()
+    model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0)
+    be = model.backend
+    Xd, Td = be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+    opt = nnkit.optim.Adam(1e-3, clip_norm=1.0)
+    model.train_step(Xd, Td, "cross_entropy", opt, check_input=False)  # warm-up: lazy CUDA initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            model.train_step(Xd, Td, "cross_entropy", opt, check_input=False, regularizer=nnkit.optim.L2(1e-4))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+    class SyncsAreErrors(nnkit.Callback):  # after fit's input checks, before the first step
+        def on_train_begin(self):
+            torch.cuda.set_sync_debug_mode("error")
+
+    steps = []
+    real = opt.step
+    opt.step = lambda *a, **k: steps.append(1) or real(*a, **k)
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the epoch's one read is the first sync
+            model.fit(Xd, Td, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=64, verbose=0,
+                      shuffle=False, callbacks=[SyncsAreErrors()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        del opt.step
+    assert len(steps) == 512 // 64
+    history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=64, verbose=0)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_cupy_fit_on_the_last_gpu_keeps_everything_there():
+    cupy = _cupy()
+    last = cupy.cuda.runtime.getDeviceCount() - 1
+    X, y = _data()
+    with cupy.cuda.Device(0):  # the current device is another one (when there are two or more)
+        model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("cupy", device=last), seed=0)
+        model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=64, verbose=0,
+                  regularizer=nnkit.optim.L2(1e-4))
+        value, grads = model.value_and_grad(X[:64], y[:64], "cross_entropy")
+    arrays = {"loss": value, **{f"param {k}": p for k, p in model.params().items()},
+              **{f"grad {k}": g for k, g in grads.items()},
+              **{f"moment {k}.{n}": v for k, s in model.optimizer.state.items() for n, v in s.items() if n != "t"}}
+    for name, a in arrays.items():
+        assert isinstance(a, cupy.ndarray), name
+        assert a.device.id == last, f"{name} is on GPU {a.device.id}, expected {last}"
+    probs = model.predict(X)
+    assert probs.device.id == last
+    assert model.evaluate(X, y, "cross_entropy")["accuracy"] > 0.5
+
+
+def test_one_rank_nccl_fit_equals_the_plain_fit():
+    _cupy()
+    from nnkit.distributed import NCCLCommunicator
+
+    try:
+        comm = NCCLCommunicator(1, 0, port=29512)
+    except Exception as exc:  # NCCL missing from this CuPy build
+        pytest.skip(f"NCCL unavailable: {exc}")
+    X, y = _data()
+    results = []
+    for c in (None, comm):
+        model = nnkit.Sequential.mlp([20, 32, 3], backend="cupy", dtype="float64", seed=0)
+        h = model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=64, verbose=0, comm=c)
+        results.append((h["loss"], model.state_dict()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12)
+
+
+def test_mpi_with_cupy_buffers_equals_one_process(tmp_path):
+    cupy = _cupy()
+    try:
+        from nnkit.distributed import MPICommunicator
+        comm = MPICommunicator()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    x = cupy.arange(4, dtype=cupy.float64)
+    assert isinstance(comm.allreduce(x), cupy.ndarray) and isinstance(comm.broadcast(x), cupy.ndarray)
+    exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = exe if os.path.exists(exe) else shutil.which("mpiexec")
+    if exe is None:
+        pytest.skip("no mpiexec")
+    env = dict(os.environ, NNKIT_TEST_BACKEND="cupy", PYTHONPATH=os.path.dirname(HERE))
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"r{n}.npz"
+        res = subprocess.run([exe, "-n", str(n), sys.executable, os.path.join(HERE, "mpi_worker.py"), str(out), "3"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        outs[n] = np.load(out)
+    for k in outs[1].files:
+        np.testing.assert_allclose(outs[2][k], outs[1][k], rtol=0, atol=1e-10, err_msg=k)
+
+
+def test_bench_writes_gpu_rows(tmp_path):
+    _cupy()
+    from nnkit.bench import main
+
+    out = tmp_path / "RESULTS.md"
+    assert main(["--quick", "--no-sweep", "--shapes", "S", "--dtypes", "float32", "--out", str(out)]) in (0, None)
+    text = out.read_text()
+    assert "| cupy |" in text

@@ -9,7 +9,7 @@ from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, get_loss
 from .model import Sequential
 from .gradcheck import gradcheck
 from .training import History, Callback, EarlyStopping, TrainingDivergedError
-from .checkpoint import load
+from .checkpoint import load, CheckpointError
 from . import init, optim, functional, datasets
 
 __version__ = "0.1.0"
@@ -18,5 +18,5 @@ __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
     "Identity", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "load",
+    "TrainingDivergedError", "load", "CheckpointError",
 ]

@@ -22,10 +22,10 @@ import os
 
 import numpy as np
 
-from .files import atomic_write, read_npz
+from .files import FileFormatError, NpzReader, atomic_write
 from .optim import OPTIMIZERS, Optimizer
 
-__all__ = ["save", "load", "restore"]
+__all__ = ["save", "load", "restore", "CheckpointError", "CheckpointNotFoundError"]
 
 FORMAT = "nnkit-checkpoint"
 VERSION = 1
@@ -81,38 +81,130 @@ def save(model, path):
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _read(path):
-    """(meta, arrays) of a checkpoint, or a clear error."""
+class CheckpointError(FileFormatError):
+    """A checkpoint that cannot be loaded: not an nnkit checkpoint, damaged, or inconsistent with itself
+    (the message names the file and the problem).  A ``ValueError``."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
+
+
+MAX_META_BYTES = 16 << 20  # the JSON description of a checkpoint (architecture, optimizer, info)
+
+
+def _fail(path, problem):
+    return CheckpointError(f"{path!r}: {problem}")
+
+
+def _read(path, backend=None):
+    """``(meta, layers, params, moments)`` of a checkpoint, every part checked against the others
+    before any weight is read, or a :class:`CheckpointError`.
+
+    Only the members the model needs are read: ``param/{key}`` shaped as the architecture says,
+    ``optim/{key}/{field}`` shaped like their parameter, all finite floats.
+    """
+    from .model import _check_widths, layer_from_config
+
     path = os.fspath(path)
-    arrays = read_npz(path, "nnkit checkpoint")
-    if META not in arrays:
-        raise ValueError(f"{path!r} is an .npz file but not an nnkit checkpoint (no {META} entry)")
+    with NpzReader(path, "nnkit checkpoint", CheckpointError, CheckpointNotFoundError) as z:
+        if META not in z.names():
+            raise CheckpointError(f"{path!r} is an .npz file but not an nnkit checkpoint (no {META} entry)")
+        shape, dtype = z.header(META)
+        if len(shape) != 1 or dtype != np.uint8 or shape[0] > MAX_META_BYTES:
+            raise _fail(path, f"the checkpoint's description is not a JSON byte string of at most "
+                              f"{MAX_META_BYTES:,} bytes (got {shape} {dtype})")
+        try:
+            meta = json.loads(z.read(META).tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise _fail(path, f"the checkpoint's description is damaged ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path!r} is not an nnkit checkpoint")
+        if meta.get("version") != VERSION:
+            raise _fail(path, f"checkpoint version {meta.get('version')!r}; this nnkit reads version {VERSION}")
+        for key, kind in (("layers", list), ("dtype", str), ("epoch", int)):
+            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+                raise _fail(path, f"the entry {key!r} is missing or not a {kind.__name__}")
+        if meta["epoch"] < 0 or meta["dtype"] not in ("float32", "float64"):
+            raise _fail(path, f"epoch {meta['epoch']!r} / dtype {meta['dtype']!r} out of range")
+        if meta.get("seed") is not None and (not isinstance(meta["seed"], int) or isinstance(meta["seed"], bool)):
+            raise _fail(path, f"the seed {meta['seed']!r} is not an integer")
+        try:
+            layers = [layer_from_config(c) for c in meta["layers"]]
+            width, _ = _check_widths(layers)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _fail(path, f"the architecture in the checkpoint is damaged ({exc})") from None
+        expected = {}
+        for i, layer in enumerate(layers):
+            expected.update({f"{i}.{n}": s for n, s in layer.param_shapes(width).items()})
+            width = layer.output_features(width)
+        # the members must be there, with the architecture's shapes, before anything is read or built
+        for key, shp in expected.items():
+            name = f"param/{key}"
+            if name not in z.names():
+                raise _fail(path, f"the weights {key!r} of the architecture are missing")
+            got, dt = z.header(name)
+            if tuple(got) != tuple(shp) or dt.kind != "f":
+                raise _fail(path, f"the weights {key!r} are {tuple(got)} {dt}, the architecture says {tuple(shp)} float")
+        opt_meta = meta.get("optimizer")
+        fields = {}
+        if opt_meta is not None:
+            fields = _optimizer_fields(opt_meta, expected, z, path)
+        params = {key: _finite(z.read(f"param/{key}", expected[key], "f"), path, f"weights {key!r}")
+                  for key in expected}
+        moments = {(key, field): _finite(z.read(f"optim/{key}/{field}", expected[key], "f"), path,
+                                         f"optimizer state {key!r}/{field!r}")
+                   for key, field in fields}
+    return meta, layers, params, moments
+
+
+def _finite(a, path, what):
+    if not np.all(np.isfinite(a)):
+        raise _fail(path, f"the {what} hold NaN or infinity")
+    return a
+
+
+def _optimizer_fields(opt, expected, z, path):
+    """The (key, field) moment members the saved optimizer needs, checked; its type and hyperparameters too."""
+    if not isinstance(opt, dict) or opt.get("type") not in OPTIMIZERS:
+        raise _fail(path, f"the optimizer state is damaged (type {opt.get('type') if isinstance(opt, dict) else opt!r})")
     try:
-        meta = json.loads(arrays.pop(META).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path!r}: the checkpoint's description is damaged ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not an nnkit checkpoint")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{path!r} is checkpoint version {meta.get('version')!r}; this nnkit reads version {VERSION}")
-    return meta, arrays
+        optimizer = OPTIMIZERS[opt["type"]](**opt["hyperparameters"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(path, f"the optimizer state is damaged ({exc})") from None
+    steps = opt.get("steps")
+    if not isinstance(steps, dict) or any(k not in expected or not isinstance(t, int) or isinstance(t, bool)
+                                          or t < 0 for k, t in steps.items()):
+        raise _fail(path, "the optimizer's step counts are damaged")
+    allowed = set(optimizer.init_state(np.zeros(1))) - {"t"}
+    fields = []
+    for name in z.names():
+        if name.startswith("optim/"):
+            key, _, field = name[len("optim/"):].rpartition("/")
+            if key not in expected or field not in allowed:
+                raise _fail(path, f"unexpected optimizer state {name!r} for {type(optimizer).__name__}")
+            got, dt = z.header(name)
+            if tuple(got) != tuple(expected[key]) or dt.kind != "f":
+                raise _fail(path, f"the optimizer state {name!r} is {tuple(got)} {dt}, expected {tuple(expected[key])}")
+            fields.append((key, field))
+    for key in steps:
+        missing = allowed - {f for k, f in fields if k == key}
+        if missing:
+            raise _fail(path, f"the optimizer state of {key!r} lacks {sorted(missing)}")
+    return fields
 
 
-def _build_optimizer(meta, arrays, backend, path):
+def _build_optimizer(meta, moments, backend):
     opt = meta.get("optimizer")
     if opt is None:
         return None
-    try:
-        optimizer = OPTIMIZERS[opt["type"]](**opt["hyperparameters"])
-        state = {}
-        for name, value in arrays.items():
-            if name.startswith("optim/"):
-                key, field = name[len("optim/"):].rsplit("/", 1)
-                state.setdefault(key, {})[field] = backend.asarray(value, dtype=backend.dtype)
-        for key, t in opt["steps"].items():
-            state.setdefault(key, {})["t"] = int(t)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path!r}: the optimizer state is damaged ({exc})") from None
+    optimizer = OPTIMIZERS[opt["type"]](**opt["hyperparameters"])
+    state = {}
+    for (key, field), value in moments.items():
+        state.setdefault(key, {})[field] = backend.asarray(np.array(value), dtype=backend.dtype)
+    for key, t in opt["steps"].items():
+        state.setdefault(key, {})["t"] = int(t)
     optimizer.state = state
     return optimizer
 
@@ -120,18 +212,17 @@ def _build_optimizer(meta, arrays, backend, path):
 def load(path, backend=None):
     """Rebuild the model saved at ``path`` on ``backend`` (default ``"numpy"``).
 
-    Weights, optimizer (as ``model.optimizer``), epoch counter and RNG state are restored.
+    Weights, optimizer (as ``model.optimizer``), epoch counter and RNG state are restored.  A file
+    that is not a sound nnkit checkpoint raises :class:`CheckpointError` (a ``ValueError``) naming the
+    file and the problem, after reading no more than the members the model needs; memory stays
+    within a small multiple of the model's size, whatever the file claims.
     """
-    from .model import Sequential, layer_from_config
+    from .model import Sequential
 
-    meta, arrays = _read(path)
-    try:
-        layers = [layer_from_config(c) for c in meta["layers"]]
-        model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
-                           seed=meta.get("seed"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path!r}: the architecture in the checkpoint is damaged ({exc})") from None
-    _restore_into(model, meta, arrays, path)
+    meta, layers, params, moments = _read(path)
+    model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
+                       seed=meta.get("seed"))
+    _restore_into(model, meta, params, moments, path)
     return model
 
 
@@ -142,22 +233,19 @@ def restore(model, path, optimizer=None, keep_hyperparameters=True):
     type), the saved moments and step counts go into it; ``keep_hyperparameters=False`` takes
     the saved hyperparameters (learning rate, ...) too.
     """
-    meta, arrays = _read(path)
+    meta, _, params, moments = _read(path)
     if meta.get("layers") != model.config():
-        raise ValueError(f"{path!r} holds another architecture: {meta.get('layers')} vs this model's {model.config()}")
-    _restore_into(model, meta, arrays, path, optimizer, keep_hyperparameters)
+        raise _fail(path, f"it holds another architecture: {meta.get('layers')} vs this model's {model.config()}")
+    _restore_into(model, meta, params, moments, path, optimizer, keep_hyperparameters)
     return model
 
 
-def _restore_into(model, meta, arrays, path, optimizer=None, keep_hyperparameters=True):
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    saved_opt = _build_optimizer(meta, arrays, model.backend, path)
+def _restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperparameters=True):
+    saved_opt = _build_optimizer(meta, moments, model.backend)
     if optimizer is not None and saved_opt is not None:
         if type(optimizer) is not type(saved_opt):
-            raise ValueError(
-                f"{path!r} was trained with {type(saved_opt).__name__}, but fit was given "
-                f"{type(optimizer).__name__}: pass the same optimizer to resume"
-            )
+            raise _fail(path, f"it was trained with {type(saved_opt).__name__}, but fit was given "
+                              f"{type(optimizer).__name__}: pass the same optimizer to resume")
         if keep_hyperparameters:
             optimizer.state = saved_opt.state
             saved_opt = optimizer
@@ -165,12 +253,14 @@ def _restore_into(model, meta, arrays, path, optimizer=None, keep_hyperparameter
     probe = np.random.default_rng()
     try:
         probe.bit_generator.state = rng_state
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path!r}: the RNG state is damaged ({exc})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise _fail(path, f"the RNG state is damaged ({exc})") from None
+    info = meta.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise _fail(path, "the model's info is not a JSON object")
     model.load_state_dict(params)  # checks keys and shapes before changing anything
     model.rng.bit_generator.state = rng_state
     model.epoch = int(meta.get("epoch", 0))
-    info = meta.get("info")
     model.info = dict(info) if isinstance(info, dict) else {}
     if saved_opt is not None or isinstance(optimizer, Optimizer):
         model.optimizer = saved_opt if saved_opt is not None else optimizer

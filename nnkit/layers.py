@@ -49,6 +49,10 @@ class Layer:
         """The output width for an input width (no parameters created)."""
         return in_features
 
+    def param_shapes(self, in_features):
+        """``{name: shape}`` of the parameters ``build`` would create for this input width (none here)."""
+        return {}
+
     def forward(self, X, train=True):
         """The layer's output Y (B, out) for X (B, in); with ``train`` it keeps what ``backward`` needs."""
         raise NotImplementedError
@@ -123,6 +127,9 @@ class Dense(Layer):
 
     def output_features(self, in_features):
         return self.out_features
+
+    def param_shapes(self, in_features):
+        return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
 
     def forward(self, X, train=True):
         """Z = X·W + b; X (B, in) -> Z (B, out). Keeps X for the backward pass when training."""

@@ -10,6 +10,7 @@ from .model import Sequential
 from .gradcheck import gradcheck
 from .training import History, Callback, EarlyStopping, TrainingDivergedError
 from .checkpoint import load, CheckpointError
+from .preprocessing import Preprocessing
 from . import init, optim, functional, datasets
 
 __version__ = "0.1.0"
@@ -18,5 +19,5 @@ __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
     "Identity", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "load", "CheckpointError",
+    "TrainingDivergedError", "load", "CheckpointError", "Preprocessing",
 ]

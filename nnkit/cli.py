@@ -36,7 +36,7 @@ def _parser():
         prog="nnkit",
         description="nnkit: train small neural networks with hand-derived backprop on NumPy, CuPy or PyTorch.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,predict,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,data,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train an MLP classifier (default: on the bundled digits)",
@@ -47,6 +47,12 @@ def _parser():
                    help="digits (bundled, default), spirals, moons, xor, or a .csv / .npz file")
     d.add_argument("--label", default=None, metavar="COLUMN",
                    help="label column of a CSV (name or 0-based index; default 'label') or array of an NPZ (default 'y')")
+    d.add_argument("--delimiter", default=None, metavar="CHAR",
+                   help="CSV delimiter (default: detected among , ; tab |)")
+    d.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default UTF-8)")
+    d.add_argument("--impute", choices=("mean", "median", "most_frequent"), default=None,
+                   help="fill missing feature values with the training part's column mean/median/most "
+                        "frequent value (saved with the model; default: a missing value is an error)")
     d.add_argument("--task", choices=("classification", "regression"), default="classification",
                    help="classification (softmax cross-entropy, default) or regression (MSE)")
     d.add_argument("--test-size", type=float, default=0.2, metavar="F",
@@ -62,8 +68,9 @@ def _parser():
     o.add_argument("--epochs", type=int, default=60)
     o.add_argument("--batch-size", type=int, default=64)
     o.add_argument("--validation-split", type=float, default=0.0, metavar="F",
-                   help="fraction of the training part held out for validation curves and early stopping "
-                        "(default 0: train on all of it; the test part is always held out)")
+                   help="fraction of the training part held out (shuffled, stratified by class) for "
+                        "validation curves and early stopping (default 0: train on all of it; the test "
+                        "part is always held out)")
     o.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                    help="stop when val_loss has not improved for PATIENCE epochs and keep the best weights")
     o.add_argument("--backend", default="numpy", help="numpy (default), cupy, torch, jax or array_api_strict")
@@ -85,7 +92,18 @@ def _parser():
     pr.add_argument("--label", default=None, metavar="COLUMN",
                     help="a label column to drop and score against (default: the training label's name, or 'label')")
     pr.add_argument("--proba", action="store_true", help="also write each class's probability")
+    pr.add_argument("--delimiter", default=None, metavar="CHAR", help="CSV delimiter (default: detected)")
+    pr.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default UTF-8)")
     pr.add_argument("--backend", default="numpy")
+
+    da = sub.add_parser("data", help="write a bundled or synthetic data set as CSV",
+                        description="Write digits, spirals, moons or xor as a CSV file (a header row, "
+                                    "then one row per example), e.g. to try 'nnkit predict'.")
+    da.add_argument("name", choices=SYNTHETIC)
+    da.add_argument("-o", "--out", required=True, metavar="DATA.csv", help="the CSV file to write")
+    da.add_argument("--rows", type=int, default=None, metavar="N", help="only the first N rows")
+    da.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
+    da.add_argument("--no-label", action="store_true", help="leave out the label column")
 
     sub.add_parser("bench", help="run the CPU/GPU benchmark report (nnkit bench --help for its options)")
     return p
@@ -107,27 +125,24 @@ def _load_data(args):
     path = os.path.expanduser(name)
     if not os.path.exists(path):
         raise CLIError(f"--data {name!r}: no such file (and not one of {', '.join(SYNTHETIC)})")
+    if os.path.isdir(path):
+        raise CLIError(f"--data {name!r} is a directory: give a .csv or .npz file")
     regression = args.task == "regression"
     if path.lower().endswith(".npz"):
         table = datasets.load_npz(path, label=args.label or "y", regression=regression)
     else:
         table = datasets.load_csv(path, label=args.label if args.label is not None else "label",
-                                  regression=regression)
-    return table.X, table.y, table.classes, table.feature_names, table.label_name, path
-
-
-def _standardizer(X):
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    std[std == 0] = 1.0
-    return mean, std
+                                  regression=regression, delimiter=args.delimiter, encoding=args.encoding,
+                                  missing="keep" if args.impute else "error")
+    names = table.feature_names if table.header else None
+    return table.X, table.y, table.classes, names, table.label_name, path
 
 
 # -- commands --------------------------------------------------------------------------------------
 def cmd_train(args):
     import nnkit
-    from .datasets import train_test_split
     from .optim import get_optimizer
+    from .preprocessing import Preprocessing
 
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
@@ -142,27 +157,30 @@ def cmd_train(args):
         raise CLIError("--early-stopping watches the validation loss: give a --validation-split > 0")
     if args.plot:
         _check_matplotlib()
-    if args.save:
-        folder = os.path.dirname(os.path.abspath(args.save))
-        if not os.path.isdir(folder):
-            raise CLIError(f"--save {args.save!r}: the folder {folder!r} does not exist")
+    for flag, path in (("--save", args.save), ("--plot", args.plot)):
+        if path:
+            _check_output(flag, path)
 
     X, y, classes, features, label_name, source = _load_data(args)
     regression = args.task == "regression"
-    (Xtr, ytr), (Xte, yte) = train_test_split(X, y, test_size=args.test_size, seed=args.seed,
-                                              stratify=not regression)
-    order = np.random.default_rng(args.seed).permutation(Xtr.shape[0])  # files are often sorted by label;
-    Xtr, ytr = Xtr[order], ytr[order]  # fit's validation split takes the last rows
-    mean, std = _standardizer(Xtr)
-    Xtr, Xte = ((Xtr - mean) / std).astype(np.float32), ((Xte - mean) / std).astype(np.float32)
+    (Xtr, ytr), (Xte, yte) = _split(X, y, args.test_size, args.seed, regression, "test")
+    validation = None
+    if args.validation_split:  # shuffled, and stratified by class: a class-sorted file validates on every class
+        (Xtr, ytr), validation = _split(Xtr, ytr, args.validation_split, args.seed + 1, regression, "validation")
+    pre = Preprocessing.fit(Xtr, feature_names=features, impute=args.impute, classes=classes,
+                            task=args.task, label=label_name)
+    prepared = lambda A: pre.transform(A).astype(np.float32)  # noqa: E731  fills and scaling of the training part
+    Xtr, Xte = prepared(Xtr), prepared(Xte)
+    if validation is not None:
+        validation = (prepared(validation[0]), validation[1])
     n_out = 1 if regression else len(classes)
     try:
         model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
                                      dtype=args.dtype, seed=args.seed)
     except RuntimeError as exc:  # backend not installed / no device
         raise CLIError(str(exc)) from None
-    model.info = {"task": args.task, "classes": classes, "feature_names": features, "label": label_name,
-                  "mean": mean.tolist(), "std": std.tolist(), "source": source}
+    model.preprocessing = pre
+    model.info["source"] = source
     loss = "mse" if regression else "cross_entropy"
     metrics = ["mae"] if regression else ["accuracy"]
     kwargs = {} if args.lr is None else {"lr": args.lr}
@@ -173,7 +191,7 @@ def cmd_train(args):
     say(model.summary())
     t0 = time.perf_counter()
     history = model.fit(Xtr, ytr, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_split=args.validation_split,
+                        validation_data=validation,
                         early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
                                         if args.early_stopping else None),
                         metrics=metrics, verbose=0 if args.quiet else 1)
@@ -203,44 +221,48 @@ def cmd_predict(args):
 
     if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model!r}")
+    if not os.path.exists(args.data):
+        raise CLIError(f"no such data file: {args.data!r}")
+    if os.path.isdir(args.data):
+        raise CLIError(f"{args.data!r} is a directory: give a .csv or .npz file")
+    if args.out:
+        _check_output("--out", args.out)
     try:
         model = load(args.model, backend=args.backend)
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
-    info = getattr(model, "info", None) or {}
-    label = args.label if args.label is not None else (info.get("label") or None)
-    if not os.path.exists(args.data):
-        raise CLIError(f"no such data file: {args.data!r}")
+    pre = model.preprocessing
+    label = args.label if args.label is not None else ((pre.label if pre else None) or None)
     if args.data.lower().endswith(".npz"):
         table = load_npz(args.data, label=label or "y", require_label=False)
     else:
-        table = load_csv(args.data, label=label or "label", require_label=args.label is not None)
-    X = table.X
-    if X.shape[1] != model.n_features_in:
-        raise CLIError(f"{args.data}: {X.shape[1]} feature columns, but the model expects {model.n_features_in}"
-                       + (f" ({', '.join(info['feature_names'])})" if info.get("feature_names") else ""))
-    if "mean" in info:
-        X = ((X - np.asarray(info["mean"], dtype=np.float32)) / np.asarray(info["std"], dtype=np.float32))
-    out = model.backend.to_numpy(model.predict(X.astype(np.float32), batch_size=4096))
-    classes = info.get("classes")
+        table = load_csv(args.data, label=label or "label", require_label=args.label is not None,
+                         delimiter=args.delimiter, encoding=args.encoding,
+                         missing="keep" if pre is not None and pre.fill is not None else "error")
+    if not table.header:  # no column names: the columns are taken in the training order
+        table.feature_names = None
+    if pre is None and table.X.shape[1] != model.n_features_in:
+        raise CLIError(f"{args.data}: {table.X.shape[1]} feature columns, but the model expects {model.n_features_in}")
+    try:
+        result = model.predict_labels(table, proba=True)
+    except ValueError as exc:
+        raise CLIError(f"{args.data}: {exc}") from None
     lines = []
-    if info.get("task", "classification") == "regression" or model.n_outputs == 1 and classes is None:
-        lines.append("prediction")
-        lines += [f"{v:.9g}" for v in out.reshape(-1)]
+    if pre is not None and pre.task == "regression":
+        values = np.asarray(result[0]).reshape(len(table.X), -1)
+        lines.append("prediction" if values.shape[1] == 1 else ",".join(f"prediction_{j}" for j in range(values.shape[1])))
+        lines += [",".join(f"{v:.9g}" for v in row) for row in values]
     else:
-        from .losses import CrossEntropy
-
-        proba = model.backend.to_numpy(CrossEntropy().predict(model.backend.asarray(out)))
-        names = classes if classes is not None else list(range(out.shape[1]))
-        pred = proba.argmax(axis=1)
+        pred, proba = result
+        names = pre.classes if pre is not None and pre.classes is not None else list(range(proba.shape[1]))
         header = ["prediction"] + ([f"p_{c}" for c in names] if args.proba else [])
-        lines.append(",".join(map(str, header)))
+        lines.append(",".join(_csv_cell(h) for h in header))
         for i, k in enumerate(pred):
-            row = [str(names[k])] + ([f"{p:.6f}" for p in proba[i]] if args.proba else [])
+            row = [_csv_cell(k)] + ([f"{p:.6f}" for p in proba[i]] if args.proba else [])
             lines.append(",".join(row))
         if table.y is not None and table.classes is not None:
             truth = np.array([str(table.classes[j]) for j in table.y])
-            acc = float(np.mean(truth == np.array([str(names[k]) for k in pred])))
+            acc = float(np.mean(truth == np.array([str(k) for k in pred])))
             print(f"accuracy against the file's {table.label_name!r} column: {100 * acc:.2f}%", file=sys.stderr)
     text = "\n".join(lines) + "\n"
     if args.out:
@@ -248,6 +270,63 @@ def cmd_predict(args):
         print(f"wrote {len(lines) - 1} predictions to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _csv_cell(value):
+    """A CSV cell: quoted when it holds a comma, a quote or a line break."""
+    text = str(value)
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _split(X, y, fraction, seed, regression, what):
+    """A shuffled split, stratified by class for classification; tiny data gets a clear error."""
+    from .datasets import train_test_split
+
+    if not regression:
+        classes, counts = np.unique(y, return_counts=True)
+        few = classes[counts < 2]
+        if few.size:
+            raise CLIError(f"class {few[0]!r} has a single row: a {what} split needs at least 2 rows of "
+                           "every class (more data, or fewer classes)")
+        if np.ceil(fraction * len(y)) < len(classes) or len(y) - np.ceil(fraction * len(y)) < len(classes):
+            raise CLIError(f"{len(y)} rows cannot be split into a {what} part holding all {len(classes)} "
+                           f"classes with --{what}-{'size' if what == 'test' else 'split'} {fraction}: "
+                           "more data or another fraction")
+    return train_test_split(X, y, test_size=fraction, seed=seed, stratify=not regression)
+
+
+def _check_output(flag, path):
+    """An output path is checked before any training: not a directory, its folder there and writable."""
+    from .files import check_writable
+
+    try:
+        check_writable(path, flag)
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_data(args):
+    from . import datasets
+
+    if args.rows is not None and args.rows < 1:
+        raise CLIError(f"--rows must be a positive integer, got {args.rows}")
+    _check_output("--out", args.out)
+    if args.name == "digits":
+        (Xtr, ytr), (Xte, yte) = datasets.load_digits(seed=args.seed)
+        X, y = np.concatenate([Xtr, Xte]), np.concatenate([ytr, yte])
+        names = [f"p{i}" for i in range(X.shape[1])]
+    else:
+        X, y = getattr(datasets, f"make_{args.name}")(seed=args.seed)
+        names = [f"x{i}" for i in range(X.shape[1])]
+    X, y = X[:args.rows], y[:args.rows]
+    header = names + ([] if args.no_label else ["label"])
+    lines = [",".join(header)]
+    lines += [",".join([f"{v:.9g}" for v in row] + ([] if args.no_label else [str(int(c))])) for row, c in zip(X, y)]
+    _write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {len(X)} rows of {args.name} to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -302,10 +381,10 @@ def main(argv=None):
 
         return bench_main(argv[1:], prog="nnkit bench")
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "predict": cmd_predict}[args.command]
+    command = {"train": cmd_train, "predict": cmd_predict, "data": cmd_data}[args.command]
     try:
         return command(args)
-    except (CLIError, FileNotFoundError, ValueError, TypeError, RuntimeError) as exc:
+    except (CLIError, OSError, ValueError, TypeError, RuntimeError) as exc:
         print(f"nnkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

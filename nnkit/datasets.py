@@ -128,7 +128,8 @@ def make_xor(n_samples=400, noise=0.1, seed=0):
 
 # -- your own files --------------------------------------------------------------------------------
 class Table:
-    """A loaded data file: features ``X`` (float32), labels ``y``, ``classes`` and column names.
+    """A loaded data file: features ``X`` (float32; float64 where values exceed float32's range or
+    missing values are kept as NaN), labels ``y``, ``classes`` and column names.
 
     ``y`` holds class indices 0..K−1 (int64) with ``classes[i]`` the original label of class i —
     or float32 targets for regression (``classes`` is None) — or None when the file has no label
@@ -138,6 +139,7 @@ class Table:
     def __init__(self, X, y, classes, feature_names, label_name, path):
         self.X, self.y, self.classes = X, y, classes
         self.feature_names, self.label_name, self.path = feature_names, label_name, path
+        self.header = True  # False for a CSV without a header row: its columns are matched by position
 
     def __iter__(self):
         return iter((self.X, self.y))
@@ -181,32 +183,69 @@ def _column_index(names, label, path):
     raise ValueError(f"{path}: no column named {label!r}; the columns are {', '.join(map(str, names))}")
 
 
-def load_csv(path, label="label", header=None, delimiter=",", regression=False, require_label=True):
+MISSING = ("", "na", "nan", "n/a", "null", "none", "?", "-")  # cells read as a missing value (any case)
+
+
+def _read_rows(path, delimiter, encoding):
+    """(rows, delimiter) of a CSV file: the delimiter detected from the first 64 kB unless given;
+    quoting as the csv module does it; a clear error for a wrong encoding or a binary file."""
+    try:
+        with open(path, newline="", encoding=encoding) as f:
+            sample = f.read(1 << 16)
+            if delimiter is None:
+                try:
+                    delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+                except csv.Error:
+                    delimiter = ","
+            f.seek(0)
+            rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                         f"position {exc.start}): give the file's encoding (CLI: --encoding latin-1)") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}") from None
+    return rows, delimiter
+
+
+def load_csv(path, label="label", header=None, delimiter=None, regression=False, require_label=True,
+             encoding="utf-8-sig", missing="error"):
     """Read a CSV file of numeric features and one label column → :class:`Table`.
 
     * ``label``: the label column's name (from the header row) or index (0-based, negative from the
       end); ``None`` when the file has no labels (then ``y`` is None).
     * ``header``: True/False, or None to detect it (a first row with any non-numeric feature cell).
-    * Feature cells must be numbers; labels may be integers or names (``classes`` maps them back).
+    * ``delimiter``: None detects it (``,`` ``;`` tab ``|``); quoted cells may hold the delimiter.
+    * ``encoding``: the text encoding (default UTF-8, with or without a byte-order mark).
+    * Feature cells must be numbers; an empty, ``NA``, ``NaN``, ``null`` or ``?`` cell is a missing
+      value: ``missing="error"`` (default) names its column and first row, ``missing="keep"`` keeps it
+      as NaN for imputation (:class:`nnkit.preprocessing.Preprocessing`).  Labels may be integers or
+      names (``classes`` maps them back); a missing label is always an error.
       A missing label column raises unless ``require_label=False`` (for prediction files).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a CSV file")
+    if missing not in ("error", "keep"):
+        raise ValueError(f"missing must be 'error' or 'keep', got {missing!r}")
+    rows, delimiter = _read_rows(path, delimiter, encoding)
     if not rows:
         raise ValueError(f"{path}: the file is empty")
     width = len(rows[0])
     if header is None:
-        header = not all(_is_number(c) for c in rows[0])
+        header = not all(_is_number(c) or c.strip().lower() in MISSING for c in rows[0])
     names = [c.strip() for c in rows[0]] if header else [str(i) for i in range(width)]
     body = rows[1:] if header else rows
     if not body:
         raise ValueError(f"{path}: no data rows after the header")
+    first = 1 + bool(header)  # the file line of body[0] (blank lines aside)
     for i, r in enumerate(body):
         if len(r) != width:
-            raise ValueError(f"{path}: row {i + 1 + bool(header)} has {len(r)} cells, expected {width}")
+            raise ValueError(f"{path}: row {i + first} has {len(r)} cells, expected {width} "
+                             f"(delimiter {delimiter!r})")
     col = None
     if label is not None:
         try:
@@ -217,18 +256,37 @@ def load_csv(path, label="label", header=None, delimiter=",", regression=False, 
     feat = [j for j in range(width) if j != col]
     if not feat:
         raise ValueError(f"{path}: no feature columns besides the label column")
-    try:
-        X = np.array([[float(r[j]) for j in feat] for r in body], dtype=np.float32)
-    except ValueError as exc:
-        raise ValueError(f"{path}: feature cells must be numbers ({exc})") from None
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{path}: the features contain NaN or infinity")
+    X = np.empty((len(body), len(feat)), dtype=np.float64)
+    for i, r in enumerate(body):
+        for k, j in enumerate(feat):
+            cell = r[j].strip()
+            try:
+                X[i, k] = float(cell)
+            except ValueError:
+                if cell.lower() not in MISSING:
+                    raise ValueError(f"{path}: column {names[j]!r}, row {i + first}: {cell[:40]!r} is not a number") from None
+                X[i, k] = np.nan
+    if np.isinf(X).any():
+        i, k = (int(v) for v in np.argwhere(np.isinf(X))[0])
+        raise ValueError(f"{path}: column {names[feat[k]]!r}, row {i + first} holds infinity")
+    if missing == "error" and np.isnan(X).any():
+        i, k = (int(v) for v in np.argwhere(np.isnan(X))[0])
+        raise ValueError(f"{path}: column {names[feat[k]]!r} has a missing value in row {i + first} "
+                         f"({int(np.isnan(X[:, k]).sum())} in that column): fill them in, or impute "
+                         "(nnkit train --impute mean|median|most_frequent)")
+    if missing == "error":
+        X = X.astype(np.float32) if np.all(np.abs(X) <= np.finfo(np.float32).max) else X
     y = classes = None
     if col is not None:
         raw = [r[col].strip() for r in body]
+        gaps = [i for i, v in enumerate(raw) if v == "" or v.lower() in ("na", "nan", "null", "?")]
+        if gaps:
+            raise ValueError(f"{path}: the label column {names[col]!r} has a missing value in row {gaps[0] + first}")
         raw = np.array([float(v) for v in raw]) if all(_is_number(v) for v in raw) else np.array(raw)
         y, classes = _labels(raw, regression)
-    return Table(X, y, classes, [names[j] for j in feat], None if col is None else names[col], path)
+    table = Table(X, y, classes, [names[j] for j in feat], None if col is None else names[col], path)
+    table.header = bool(header)
+    return table
 
 
 def load_npz(path, label="y", features="X", regression=False, require_label=True):
@@ -252,7 +310,9 @@ def load_npz(path, label="y", features="X", regression=False, require_label=True
     X = X.astype(np.float32)
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{path}: the features contain NaN or infinity")
-    return Table(X, y, classes, [str(i) for i in range(X.shape[1])], label if y is not None else None, path)
+    table = Table(X, y, classes, [str(i) for i in range(X.shape[1])], label if y is not None else None, path)
+    table.header = False  # an array's columns have no names: matched by position
+    return table
 
 
 def _is_number(cell):

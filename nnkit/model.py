@@ -11,6 +11,8 @@ from .losses import get_loss
 from .optim import Optimizer
 from .functional import namespace_of
 
+_NP = namespace_of(np.empty(0))
+
 __all__ = ["Sequential"]
 
 
@@ -132,13 +134,30 @@ class Sequential:
             raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
         if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
             raise ValueError("X contains NaN or infinity: clean or impute the data first")
+        if check_values:
+            self._check_range(arr, "X")
         return self.backend.asarray(arr, dtype=self.backend.dtype)
+
+    def _check_range(self, arr, name):
+        """Values that would overflow the model's dtype (float64 data for a float32 model) are refused."""
+        xp = namespace_of(arr)
+        if self.dtype == "float64" or arr.dtype != xp.float64 or arr.shape[0] == 0:
+            return
+        limit = float(np.finfo(self.dtype).max)
+        big = float(xp.max(xp.abs(arr)))
+        if big > limit:
+            raise ValueError(
+                f"{name} holds values up to {big:.3g}, beyond the range of the model's {self.dtype} "
+                f"(±{limit:.3g}): rescale the data or use dtype='float64'"
+            )
 
     def _as_target(self, y, n_rows, loss, check_values=True):
         if not check_values and self.backend.ready(y) and tuple(y.shape) == (n_rows, self.n_outputs):
             return y  # a (B, K) float target of this backend fits every loss; values are not checked
         arr = self._host_or_native(y, "y")
         arr = loss.check_target(arr, self.n_outputs, n_rows, check_values)
+        if check_values and arr.ndim == 2:
+            self._check_range(arr, "y")
         return loss.prepare_target(arr, self.n_outputs, self.backend)
 
     def _host_or_native(self, a, name):
@@ -290,6 +309,49 @@ class Sequential:
                 return self._forward(X, train=False)
             parts = [self._forward(X[s:min(s + batch_size, n), ...], train=False) for s in range(0, n, batch_size)]
             return self.xp.concat(parts, axis=0)
+
+    # -- tables: raw rows in, class names out -------------------------------------------------
+    @property
+    def preprocessing(self):
+        """The :class:`nnkit.preprocessing.Preprocessing` saved with the model (feature names, fills,
+        scaling, classes), or None.  Set it to attach one; it is stored in ``info`` and saved."""
+        from .preprocessing import Preprocessing
+
+        return Preprocessing.from_info(self.info)
+
+    @preprocessing.setter
+    def preprocessing(self, pre):
+        if pre is None:
+            for key in ("task", "classes", "feature_names", "label", "mean", "std", "fill", "impute"):
+                self.info.pop(key, None)
+            return
+        if pre.n_features is not None and pre.n_features != self.n_features_in:
+            raise ValueError(f"the preprocessing has {pre.n_features} features but the model expects "
+                             f"{self.n_features_in}")
+        self.info.update(pre.to_info())
+
+    def predict_labels(self, data, proba=False, batch_size=4096):
+        """Predictions for raw rows in one call: a Table, a pandas DataFrame (columns matched by name) or
+        an array of raw features, through the saved :attr:`preprocessing` (fills, scaling) to class
+        names (NumPy), or to values for a regression model.  ``proba=True`` also returns the class
+        probabilities (softmax of the outputs, or σ for one output)."""
+        from .functional import sigmoid, softmax
+
+        pre = self.preprocessing
+        X = pre.transform(data) if pre is not None else getattr(data, "X", data)
+        out = self.backend.to_numpy(self.predict(np.asarray(X, dtype=np.float64), batch_size=batch_size))
+        out = np.asarray(out, dtype=np.float64)
+        if pre is not None and pre.task == "regression":
+            values = out[:, 0] if out.shape[1] == 1 else out
+            return (values, None) if proba else values
+        if pre is not None:
+            labels = pre.labels(out)
+        else:
+            labels = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+        if not proba:
+            return labels
+        P = sigmoid(_NP, out) if out.shape[1] == 1 else softmax(_NP, out, axis=1)
+        return labels, (np.concatenate([1.0 - P, P], axis=1) if out.shape[1] == 1 else P)
 
     # -- state ----------------------------------------------------------------------
     def state_dict(self):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from .files import check_writable
 from .losses import get_loss
 from .metrics import get_metrics
 from .optim import check_hyper, check_int, get_optimizer
@@ -124,9 +125,9 @@ class _StopFlag:
 
 
 class _Progress:
-    """Progress of a ``fit``: with ``verbose=1`` one bar over all of training — tqdm's when tqdm is
-    installed, else nnkit's own one-line bar on a terminal — showing the epoch and the last epoch's
-    logs; with ``verbose=2`` (or ``verbose=1`` when the output is not a terminal and tqdm is missing)
+    """Progress of a ``fit``: with ``verbose=1`` on a terminal one bar over all of training — tqdm's
+    when tqdm is installed, else nnkit's own one-line bar — showing the epoch and the last epoch's
+    logs; with ``verbose=2``, or ``verbose=1`` when standard error is not a terminal (a log file),
     one line per epoch; nothing when quiet."""
 
     def __init__(self, verbose, n_batches, epochs, first_epoch=0):
@@ -136,8 +137,9 @@ class _Progress:
             from tqdm.auto import tqdm
         except ImportError:
             tqdm = None
-        self.tqdm = tqdm if verbose == 1 else None
-        self.text_bar = verbose == 1 and tqdm is None and sys.stderr.isatty()
+        tty = _isatty(sys.stderr)  # a bar in a redirected log is a wall of carriage returns: lines instead
+        self.tqdm = tqdm if verbose == 1 and tty else None
+        self.text_bar = verbose == 1 and tqdm is None and tty
         self.done, self.last_draw, self.epoch, self.logs = 0, 0.0, 0, ""
 
     def start(self, epoch):
@@ -180,6 +182,13 @@ class _Progress:
         elif self.text_bar and self.done:
             sys.stderr.write("\n")
             self.done = 0
+
+
+def _isatty(stream):
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _batches(n, batch_size):
@@ -247,12 +256,17 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=path")
+    if regularizer is not None and not callable(getattr(regularizer, "value_and_grad", None)):
+        raise TypeError(f"regularizer must be a penalty such as nnkit.optim.L2(1e-4) or nnkit.optim.L1(1e-5), "
+                        f"got {regularizer!r}")
     comm = dist.check_comm(comm)
     parallel = comm is not None and comm.size > 1
     rank, size = (comm.rank, comm.size) if parallel else (0, 1)
     lead = rank == 0  # the rank that prints and writes checkpoints
     if not lead:
         verbose = 0
+    if checkpoint is not None and lead:
+        check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
 
     X = model._as_input(X)
     T = model._as_target(y, X.shape[0], loss)

@@ -39,16 +39,16 @@ def test_readme_python_block_runs(code, tmp_path, monkeypatch, capsys):
     if "import torch" in code:
         pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out
+    for claimed in re.findall(r"#.*'accuracy': (\d\.\d+)\.\.\.", code):  # a printed accuracy the comment states
+        assert f"'accuracy': {claimed}" in printed, f"the README says accuracy {claimed}..., the code printed {printed}"
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("readme")
-    # the CSV the predict example reads: points like the spirals the model is trained on
-    X, y = nnkit.datasets.make_spirals(n_samples=50, seed=5)
-    (path / "my_points.csv").write_text("x0,x1\n" + "\n".join(f"{a},{b}" for a, b in X) + "\n")
-    return path
+    return tmp_path_factory.mktemp("readme")  # the README's own commands make every file they read
 
 
 @pytest.mark.parametrize("command", BASH, ids=[f"bash{i}" for i in range(len(BASH))])

@@ -150,7 +150,7 @@ class Table:
         return f"Table({self.path!r}: {self.X.shape[0]} rows × {self.X.shape[1]} features, {kind})"
 
 
-def _labels(raw, regression):
+def _labels(raw, regression, min_classes=2):
     """(y, classes) from a label column: class indices and names, or float targets."""
     raw = np.asarray(raw)
     if regression:
@@ -166,7 +166,7 @@ def _labels(raw, regression):
             )
         raw = raw.astype(np.int64)
     classes, y = np.unique(raw, return_inverse=True)
-    if classes.size < 2:
+    if classes.size < min_classes:
         raise ValueError(f"the label column holds a single class ({classes[0]!r}): need at least two")
     return y.astype(np.int64).reshape(-1), classes.tolist()
 
@@ -264,7 +264,8 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
                 X[i, k] = float(cell)
             except ValueError:
                 if cell.lower() not in MISSING:
-                    raise ValueError(f"{path}: column {names[j]!r}, row {i + first}: {cell[:40]!r} is not a number") from None
+                    raise ValueError(f"{path}: column {names[j]!r}, row {i + first}: {cell[:40]!r} is not a number "
+                                     "(feature cells must be numbers)") from None
                 X[i, k] = np.nan
     if np.isinf(X).any():
         i, k = (int(v) for v in np.argwhere(np.isinf(X))[0])
@@ -283,7 +284,7 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
         if gaps:
             raise ValueError(f"{path}: the label column {names[col]!r} has a missing value in row {gaps[0] + first}")
         raw = np.array([float(v) for v in raw]) if all(_is_number(v) for v in raw) else np.array(raw)
-        y, classes = _labels(raw, regression)
+        y, classes = _labels(raw, regression, 2 if require_label else 1)
     table = Table(X, y, classes, [names[j] for j in feat], None if col is None else names[col], path)
     table.header = bool(header)
     return table
@@ -304,7 +305,7 @@ def load_npz(path, label="y", features="X", regression=False, require_label=True
         raw = np.asarray(arrays[label]).reshape(-1)
         if raw.shape[0] != X.shape[0]:
             raise ValueError(f"{path}: {features!r} has {X.shape[0]} rows but {label!r} has {raw.shape[0]}")
-        y, classes = _labels(raw, regression)
+        y, classes = _labels(raw, regression, 2 if require_label else 1)
     elif label is not None and require_label:
         raise ValueError(f"{path}: no label array named {label!r}; it holds {', '.join(arrays)}")
     X = X.astype(np.float32)

@@ -79,10 +79,12 @@ def check_writable(path, what="output file"):
         raise IsADirectoryError(f"{what} {path!r} is a directory: give a file name inside it")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{what} {path!r}: the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{what} {path!r}: the folder {folder!r} is not writable")
-    if os.path.exists(path) and not os.access(path, os.W_OK) and not os.access(folder, os.W_OK):
-        raise PermissionError(f"{what} {path!r} is not writable")
+    try:  # the one sure test: create (and remove) a file there, as the atomic write will
+        fd, probe = tempfile.mkstemp(prefix=f".nnkit-{os.getpid()}-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"{what} {path!r}: the folder {folder!r} is not writable ({exc.strerror})") from None
     return path
 
 

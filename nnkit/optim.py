@@ -28,7 +28,7 @@ def check_hyper(name, value, low=0.0, high=None, low_open=False, high_open=True)
     if bad_low or bad_high or not math.isfinite(value):
         lo = "(" if low_open else "["
         hi = ("inf)" if high is None else (f"{high})" if high_open else f"{high}]"))
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {hi}, got {value!r}")
+        raise ValueError(f"{name} must lie in {lo}{low}, {hi} and be finite, got {value!r}")
     return value
 
 

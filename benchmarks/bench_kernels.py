@@ -1,7 +1,7 @@
 """The kernel suite: every target present × dtype × shape × kernel, plus the batch-size sweep of M.
 
 Run:    pytest benchmarks/bench_kernels.py --benchmark-enable --benchmark-columns=median,iqr,rounds
-Report: python -m benchmarks.report   (writes benchmarks/RESULTS.md and the sweep plot)
+Report: python -m benchmarks.report --out benchmarks/RESULTS.md   (the tables and the sweep plot)
 CI runs this file once with --benchmark-disable (every callable runs once), so it cannot rot;
 no test here asserts a time.
 """
@@ -35,10 +35,24 @@ def _run(benchmark, c, kernel, rounds, warmup):
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
 
 
-@pytest.mark.parametrize("kernel", [k for k in H.KERNELS if k != "torch_eager_step"])
-@pytest.mark.parametrize("shape", list(H.SHAPES))
-@pytest.mark.parametrize("dtype", H.DTYPES)
-@pytest.mark.parametrize("target", _targets())
+# a compiled target differs from its eager library only in the step (the layer kernels are the same
+# calls); torch.compile takes 10-30 s per shape, so its target is timed on S only
+COMPILED_KERNELS = ("train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight")
+
+
+def _cases():
+    for t in _targets():
+        target = t.values[0]
+        for dtype in H.DTYPES:
+            for shape in (["S"] if target == "torch-compile" else H.SHAPES):
+                for kernel in H.KERNELS:
+                    if kernel == "torch_eager_step" or (target in H.COMPILED and kernel not in COMPILED_KERNELS):
+                        continue
+                    yield pytest.param(target, dtype, shape, kernel, marks=t.marks,
+                                       id=f"{target}-{dtype}-{shape}-{kernel}")
+
+
+@pytest.mark.parametrize("target, dtype, shape, kernel", list(_cases()))
 def test_kernel(benchmark, target, dtype, shape, kernel):
     benchmark.group = f"{shape}-{dtype}-{kernel}"
     _run(benchmark, case(target, dtype, shape), kernel, *ROUNDS[shape])
@@ -46,7 +60,7 @@ def test_kernel(benchmark, target, dtype, shape, kernel):
 
 @pytest.mark.parametrize("shape", list(H.SHAPES))
 @pytest.mark.parametrize("dtype", H.DTYPES)
-@pytest.mark.parametrize("target", [p for p in _targets() if p.values[0].startswith("torch")])
+@pytest.mark.parametrize("target", [p for p in _targets() if p.values[0] in H.PEERS])
 def test_torch_eager_peer(benchmark, target, dtype, shape):
     benchmark.group = f"{shape}-{dtype}-train_step"
     _run(benchmark, case(target, dtype, shape), "torch_eager_step", *ROUNDS[shape])
@@ -54,7 +68,7 @@ def test_torch_eager_peer(benchmark, target, dtype, shape):
 
 @pytest.mark.parametrize("kernel", ["train_step", "matmul_floor"])
 @pytest.mark.parametrize("batch", H.SWEEP)
-@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("target", [p for p in _targets() if p.values[0] != "torch-compile"])
 def test_batch_sweep(benchmark, target, batch, kernel):
     benchmark.group = f"sweep-M-{batch}"
     rounds = max(3, 20 * 256 // batch)

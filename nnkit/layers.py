@@ -12,7 +12,7 @@ import numbers
 
 from .init import get_initializer
 
-__all__ = ["Layer", "Dense"]
+__all__ = ["Layer", "Dense", "LAYER_TYPES", "layer_from_config", "check_widths"]
 
 
 def check_size(name, value):
@@ -24,6 +24,9 @@ def check_size(name, value):
     return int(value)
 
 
+LAYER_TYPES = {}  # name -> Layer subclass: every subclass registers itself (see Layer.__init_subclass__)
+
+
 class Layer:
     """Base class: a differentiable map from (B, in) to (B, out).
 
@@ -33,6 +36,10 @@ class Layer:
     """
 
     param_names: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LAYER_TYPES.setdefault(cls.__name__, cls)  # checkpoints rebuild layers by this name
 
     def __init__(self):
         self.params = {}
@@ -154,3 +161,34 @@ class Dense(Layer):
         if isinstance(self.init, str):
             cfg["init"] = self.init
         return cfg
+
+
+def check_widths(layers):
+    """(input width, output width) of a stack; a Dense whose input does not fit the previous output is an error."""
+    width = None
+    first = None
+    for i, layer in enumerate(layers):
+        in_f = getattr(layer, "in_features", None)
+        if in_f is not None:
+            if width is not None and in_f != width:
+                raise ValueError(
+                    f"layer {i} {layer!r} expects {in_f} input features but the layer before it "
+                    f"gives {width}"
+                )
+            if first is None:
+                first = in_f
+            width = layer.output_features(in_f)
+        elif width is not None:
+            width = layer.output_features(width)
+    if first is None:
+        raise ValueError("Sequential needs at least one Dense layer to know its input width")
+    return first, width
+
+
+def layer_from_config(cfg):
+    """Rebuild a layer (without weights) from ``layer.config()``."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}: expected one of {', '.join(LAYER_TYPES)}")
+    return LAYER_TYPES[kind](**cfg)

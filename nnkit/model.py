@@ -5,15 +5,16 @@ import numpy as np
 import array_api_compat
 
 from .backend import get_backend
-from .layers import Layer, Dense
+from .layers import Layer, Dense, check_widths, layer_from_config
 from . import activations
 from .losses import get_loss
 from .optim import Optimizer
+from . import checkpoint, step, training
 from .functional import namespace_of
 
 _NP = namespace_of(np.empty(0))
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "load"]
 
 
 class Sequential:
@@ -44,7 +45,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
         self.layers = layers
-        self.n_features_in, self.n_outputs = _check_widths(layers)
+        self.n_features_in, self.n_outputs = check_widths(layers)
         self.backend = get_backend(backend, dtype=dtype)
         self.seed = seed
         self.rng = self.backend.rng(seed)
@@ -83,6 +84,12 @@ class Sequential:
             if not last:
                 layers.append(new_act())
         return cls(layers, **kwargs)
+
+    def __getstate__(self):
+        """Pickling: compiled steps (a backend's traced functions) stay behind; they are rebuilt on use."""
+        state = dict(self.__dict__)
+        state.pop("_compiled_steps", None)
+        return state
 
     def __setstate__(self, state):
         """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
@@ -210,12 +217,17 @@ class Sequential:
         return self._value_and_grad(X, T, loss, regularizer)
 
     def _value_and_grad(self, X, T, loss, regularizer=None):
+        value, _, grads = self._loss_out_grads(X, T, loss, regularizer)
+        return value, grads
+
+    def _loss_out_grads(self, X, T, loss, regularizer=None):
+        """(L, output, ∂L/∂θ) for a prepared batch: forward, loss, backward, penalty."""
         out = self._forward(X, train=True)
         value, d_out = loss.value_and_grad(out, T)
         grads = self.backward(d_out)
         if regularizer is not None:
             value, grads = self._add_penalty(value, grads, regularizer)
-        return value, grads
+        return value, out, grads
 
     def _add_penalty(self, value, grads, regularizer):
         """L + Ω(W) and ∂L/∂W + ∂Ω/∂W for every weight matrix (keys ending in ".W")."""
@@ -240,13 +252,14 @@ class Sequential:
         X = self._as_input(X, check_input)
         T = self._as_target(y, X.shape[0], loss, check_input)
         with self.backend.activate():
-            value, grads = self._value_and_grad(X, T, loss, regularizer)
-            self._assign(optimizer.step(self.params(), grads, scratch_grads=True))
+            value, _, state = step.train_step(self, step.StepState.of(self, optimizer), X, T, optimizer.lr,
+                                              loss=loss, optimizer=optimizer, regularizer=regularizer)
+        optimizer.state = state.opt
         return value
 
     def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
             validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-            verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None):
+            verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False):
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -258,8 +271,10 @@ class Sequential:
         * ``metrics``: names among ``"accuracy"``, ``"mse"``, ``"mae"`` (default: accuracy for
           classification losses).  ``history["val_..."]`` for the validation data.
         * ``early_stopping``: an :class:`nnkit.EarlyStopping` (or True for the defaults).
-        * ``callbacks``: objects with ``on_train_begin()``, ``on_epoch_end(epoch, logs)`` (True stops)
-          and ``on_train_end()``; learning-rate schedules from ``nnkit.optim`` are callbacks too.
+        * ``callbacks``: :class:`nnkit.Callback` objects (``on_train_begin()``, ``on_epoch_begin(epoch)``,
+          ``on_batch_end()``, ``on_epoch_end(epoch, logs)`` — True stops — and ``on_train_end()``);
+          learning-rate schedules from ``nnkit.optim`` and :class:`nnkit.callbacks.LearningRateScheduler`
+          are callbacks too.
         * ``verbose``: 0 silent, 1 a progress bar per epoch (tqdm, if installed), 2 a line per epoch.
         * ``checkpoint=path`` saves after every epoch (atomically); with ``resume=True`` an existing
           checkpoint is restored first and training goes on up to ``epochs`` in total.
@@ -270,25 +285,22 @@ class Sequential:
         * ``comm``: a communicator from :mod:`nnkit.distributed` (MPI, NCCL) for data-parallel training:
           every rank passes the same data, ``batch_size`` is the global batch, each rank computes its
           slice and the gradients are summed in one all-reduce per step (see :mod:`nnkit.distributed`).
+        * ``compile=True`` compiles the training step where the backend can (``jax.jit`` on JAX; the
+          learning rate is passed in as a value, so schedules act; full and last batches are traced once
+          each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
         """
-        from .training import fit
-
-        return fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+        return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                    shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
-                   checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm)
+                   checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile)
 
     def evaluate(self, X, y, loss, metrics=None, batch_size=None):
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read)."""
-        from .training import evaluate
-
-        return evaluate(self, X, y, loss, metrics, batch_size)
+        return training.evaluate(self, X, y, loss, metrics, batch_size)
 
     def save(self, path):
         """Write architecture, weights, optimizer state, epoch and RNG state to one ``.npz`` (atomic)."""
-        from .checkpoint import save
-
-        return save(self, path)
+        return checkpoint.save(self, path)
 
     def _assign(self, new_params):
         """The one place where parameter values are written back into the layers."""
@@ -446,37 +458,16 @@ def _numeric_host(a, name):
     return arr
 
 
-def _check_widths(layers):
-    """(input width, output width) of a stack; a Dense whose input does not fit the previous output is an error."""
-    width = None
-    first = None
-    for i, layer in enumerate(layers):
-        in_f = getattr(layer, "in_features", None)
-        if in_f is not None:
-            if width is not None and in_f != width:
-                raise ValueError(
-                    f"layer {i} {layer!r} expects {in_f} input features but the layer before it "
-                    f"gives {width}"
-                )
-            if first is None:
-                first = in_f
-            width = layer.output_features(in_f)
-        elif width is not None:
-            width = layer.output_features(width)
-    if first is None:
-        raise ValueError("Sequential needs at least one Dense layer to know its input width")
-    return first, width
+def load(path, backend=None):
+    """Rebuild the model saved at ``path`` on ``backend`` (default ``"numpy"``).
 
-
-LAYER_TYPES = {"Dense": Dense, **{cls.__name__: cls for cls in (
-    activations.Sigmoid, activations.Tanh, activations.ReLU, activations.LeakyReLU,
-    activations.Softmax, activations.Identity)}}
-
-
-def layer_from_config(cfg):
-    """Rebuild a layer (without weights) from ``layer.config()``."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", None)
-    if kind not in LAYER_TYPES:
-        raise ValueError(f"unknown layer type {kind!r}: expected one of {', '.join(LAYER_TYPES)}")
-    return LAYER_TYPES[kind](**cfg)
+    Weights, optimizer (as ``model.optimizer``), epoch counter and RNG state are restored.  A file
+    that is not a sound nnkit checkpoint raises :class:`nnkit.CheckpointError` (a ``ValueError``)
+    naming the file and the problem, after reading no more than the members the model needs; memory
+    stays within a small multiple of the model's size, whatever the file claims.
+    """
+    meta, layers, params, moments = checkpoint.read(path)
+    model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
+                       seed=meta.get("seed"))
+    checkpoint.restore_into(model, meta, params, moments, path)
+    return model

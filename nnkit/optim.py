@@ -63,22 +63,32 @@ class Optimizer:
         self.state = {}
 
     def step(self, params, grads, *, scratch_grads=False):
-        """New values for every parameter in ``grads`` (dicts keyed ``"{layer}.{name}"``).
+        """New values for every parameter in ``grads`` (dicts keyed ``"{layer}.{name}"``), with this
+        optimizer's own ``state`` and learning rate ``lr`` (see :meth:`apply`)."""
+        return self.apply(params, grads, self.state, self.lr, scratch_grads)[0]
 
+    def apply(self, params, grads, state, lr, scratch_grads=False):
+        """``(new_params, state)``: one update of every parameter in ``grads`` — the pure form.
+
+        ``state`` maps each key to its per-parameter state (moments and the step count ``t``, a
+        Python int or a 0-d array); entries are created on first use and updated in the dict given,
+        which is returned.  ``lr`` is the learning rate as a *value* (a float or a 0-d array), so a
+        compiled step receives the schedule's current rate instead of freezing one at trace time.
         ``scratch_grads=True`` lets the update reuse the gradient arrays as scratch space (the
-        training loop passes gradients it computed and will not read again); it saves one
-        parameter-sized temporary per update where an optimizer can use it.
+        training step passes gradients it computed and will not read again); it saves one
+        parameter-sized temporary per update where an optimizer can use it.  On NumPy, CuPy and torch
+        the parameters and moments are updated in place; on immutable arrays new ones are returned.
         """
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
-        new, states, update = {}, self.state, self.update
+        new, update = {}, self.update
         for key, g in grads.items():
-            state = states.get(key)
-            if state is None:
-                state = states[key] = self.init_state(params[key])
-            state["t"] += 1
-            new[key] = update(params[key], g, state, scratch_grads)
-        return new
+            s = state.get(key)
+            if s is None:
+                s = state[key] = self.init_state(params[key])
+            s["t"] += 1
+            new[key] = update(params[key], g, s, lr, scratch_grads)
+        return new, state
 
     def init_state(self, p):
         """The per-parameter state before the first step (the step count t; subclasses add moments)."""
@@ -86,11 +96,12 @@ class Optimizer:
 
     def snapshot_state(self):
         """A copy of ``state`` whose arrays are not touched by later (in-place) steps."""
-        return {k: {n: v if n == "t" else namespace_of(v).asarray(v, copy=True) for n, v in s.items()}
+        return {k: {n: v if isinstance(v, int) else namespace_of(v).asarray(v, copy=True) for n, v in s.items()}
                 for k, s in self.state.items()}
 
-    def update(self, p, g, state, scratch_grads=False):
-        """θ's new value from θ = ``p``, g = ``g`` and the parameter's ``state`` (updated here)."""
+    def update(self, p, g, state, lr, scratch_grads=False):
+        """θ's new value from θ = ``p``, g = ``g``, the parameter's ``state`` (updated here) and the
+        learning rate ``lr``."""
         raise NotImplementedError
 
     def hyperparameters(self):
@@ -126,11 +137,11 @@ class SGD(Optimizer):
             state["v"] = namespace_of(p).zeros_like(p)
         return state
 
-    def update(self, p, g, state, scratch_grads=False):
+    def update(self, p, g, state, lr, scratch_grads=False):
         if self.weight_decay:
             g = g + self.weight_decay * p
         elif scratch_grads and not self.momentum:
-            g *= self.lr  # θ ← θ − lr·g with lr·g formed in the gradient's own buffer
+            g *= lr  # θ ← θ − lr·g with lr·g formed in the gradient's own buffer
             p -= g
             return p
         if self.momentum:
@@ -139,7 +150,7 @@ class SGD(Optimizer):
             v += g
             state["v"] = v
             g = g + self.momentum * v if self.nesterov else v
-        p -= self.lr * g
+        p -= lr * g
         return p
 
     def hyperparameters(self):
@@ -170,7 +181,7 @@ class Adam(Optimizer):
         xp = namespace_of(p)
         return {"t": 0, "m": xp.zeros_like(p), "v": xp.zeros_like(p)}
 
-    def update(self, p, g, state, scratch_grads=False):
+    def update(self, p, g, state, lr, scratch_grads=False):
         xp = namespace_of(p)
         b1, b2 = self.betas
         t = state["t"]
@@ -186,10 +197,10 @@ class Adam(Optimizer):
         v_hat_scale = 1.0 / (1.0 - b2 ** t)
         denom = xp.sqrt(v * v_hat_scale)
         denom += self.eps
-        step = (self.lr * m_hat_scale) * m
+        step = (lr * m_hat_scale) * m
         step /= denom
         if self.weight_decay and self.decoupled:
-            p *= 1.0 - self.lr * self.weight_decay
+            p *= 1.0 - lr * self.weight_decay
         p -= step
         return p
 
@@ -230,7 +241,7 @@ class RMSprop(Optimizer):
             state["b"] = xp.zeros_like(p)
         return state
 
-    def update(self, p, g, state, scratch_grads=False):
+    def update(self, p, g, state, lr, scratch_grads=False):
         xp = namespace_of(p)
         if self.weight_decay:
             g = g + self.weight_decay * p
@@ -246,7 +257,7 @@ class RMSprop(Optimizer):
             b *= self.momentum
             b += u
             u = state["b"] = b
-        p -= self.lr * u
+        p -= lr * u
         return p
 
     def hyperparameters(self):

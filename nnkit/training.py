@@ -1,104 +1,34 @@
-"""The fit loop: mini-batches on the device, one host read per epoch.
+"""The fit loop: feed batches, run the step, read the epoch once, call the hooks.
 
-Data is validated once and sent to the device once.  Inside an epoch nothing is
-read back: per-step losses and metric sums are added up as 0-d device arrays
-and read together, in one transfer, when the epoch ends.  Shuffles are drawn
-on the host from the model's generator (the same order on every backend) and
-sent once per epoch as an index array.
+Data is validated once and sent to the device once.  Inside an epoch nothing is read back: the
+step (:mod:`nnkit.step`) returns per-batch loss and metric sums as 0-d device arrays, added up there
+and read together, in one transfer, when the epoch ends.  Shuffles are drawn on the host from the
+model's generator (the same order on every backend) and sent once per epoch as an index array.
+Progress, checkpoints, early stopping and schedules are callbacks (:mod:`nnkit.callbacks`).
 """
 from __future__ import annotations
 
 import math
 import numbers
+import os
 import signal
-import sys
 import threading
 import time
 
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress  # noqa: F401
 from .files import check_writable
 from .losses import get_loss
 from .metrics import get_metrics
-from .optim import check_hyper, check_int, get_optimizer
+from .optim import check_int, get_optimizer
+from .step import make_step
 
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError"]
 
 
 class TrainingDivergedError(RuntimeError):
     """The epoch loss became NaN or infinite; the model keeps its last finite weights."""
-
-
-class History(dict):
-    """``history["loss"]``, ``history["val_loss"]``, one list per metric, and ``history["time"]``
-    (seconds per epoch).  ``interrupted`` is True when Ctrl-C ended training, ``stopped_epoch`` is
-    the epoch a callback or early stopping ended it at (else None)."""
-
-    def __init__(self):
-        super().__init__()
-        self.interrupted = False
-        self.stopped_epoch = None
-
-    @property
-    def epochs(self):
-        return len(self.get("loss", []))
-
-    def append(self, logs):
-        """Add one epoch's logs (a dict of floats) to the per-key lists."""
-        for k, v in logs.items():
-            self.setdefault(k, []).append(v)
-
-
-class Callback:
-    """Hooks called by ``fit``.  ``self.model`` and ``self.optimizer`` are set before training.
-
-    ``on_epoch_end(epoch, logs)`` returning True stops training.
-    """
-
-    model = optimizer = None
-
-    def on_train_begin(self):
-        """Called once before the first epoch."""
-
-    def on_epoch_end(self, epoch, logs):
-        """Called after each epoch with its logs (Python floats); return True to stop training."""
-        return False
-
-    def on_train_end(self):
-        """Called once after training (also after early stopping or Ctrl-C)."""
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs,
-    and (``restore_best``) put back the weights of the best epoch."""
-
-    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto"):
-        patience, min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
-        self.restore_best = bool(restore_best)
-        self.sign = -1.0 if mode == "max" or (mode == "auto" and "acc" in monitor) else 1.0
-
-    def on_train_begin(self):
-        self.best, self.best_epoch, self.wait, self.best_weights = math.inf, None, 0, None
-
-    def on_epoch_end(self, epoch, logs):
-        if self.monitor not in logs:
-            raise ValueError(
-                f"EarlyStopping monitors {self.monitor!r}, which fit does not report "
-                f"(it reports {', '.join(sorted(logs))}); pass validation data or monitor 'loss'"
-            )
-        value = self.sign * logs[self.monitor]
-        if value < self.best - self.min_delta:
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best:
-                self.best_weights = self.model.snapshot()
-            return False
-        self.wait += 1
-        return self.wait > self.patience
-
-    def on_train_end(self):
-        if self.restore_best and self.best_weights is not None:
-            self.model._assign(self.best_weights)
 
 
 class _StopFlag:
@@ -124,81 +54,8 @@ class _StopFlag:
         return False
 
 
-class _Progress:
-    """Progress of a ``fit``: with ``verbose=1`` on a terminal one bar over all of training — tqdm's
-    when tqdm is installed, else nnkit's own one-line bar — showing the epoch and the last epoch's
-    logs; with ``verbose=2``, or ``verbose=1`` when standard error is not a terminal (a log file),
-    one line per epoch; nothing when quiet."""
-
-    def __init__(self, verbose, n_batches, epochs, first_epoch=0):
-        self.verbose, self.epochs, self.bar = verbose, epochs, None
-        self.total = n_batches * max(epochs - first_epoch, 0)
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            tqdm = None
-        tty = _isatty(sys.stderr)  # a bar in a redirected log is a wall of carriage returns: lines instead
-        self.tqdm = tqdm if verbose == 1 and tty else None
-        self.text_bar = verbose == 1 and tqdm is None and tty
-        self.done, self.last_draw, self.epoch, self.logs = 0, 0.0, 0, ""
-
-    def start(self, epoch):
-        self.epoch = epoch
-        if self.tqdm is not None:
-            if self.bar is None:
-                self.bar = self.tqdm(total=self.total, unit="batch", leave=True, dynamic_ncols=True)
-            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
-
-    def step(self):
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.text_bar:
-            now = time.perf_counter()
-            if now - self.last_draw > 0.1 or self.done == self.total:
-                self.last_draw = now
-                self._draw()
-
-    def _draw(self):
-        filled = 30 * self.done // max(self.total, 1)
-        sys.stderr.write(f"\r\033[Kepoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
-                         f"{self.done}/{self.total}  {self.logs}")
-        sys.stderr.flush()
-
-    def end(self, epoch, logs):
-        self.logs = "  ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "time")
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.logs)
-        elif self.text_bar:
-            self._draw()
-        elif self.verbose:
-            sys.stderr.write(f"epoch {epoch + 1}/{self.epochs}  {self.logs}  ({logs['time']:.2f}s)\n")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        elif self.text_bar and self.done:
-            sys.stderr.write("\n")
-            self.done = 0
-
-
-def _isatty(stream):
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 def _batches(n, batch_size):
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-
-
-def _add_batch(sums, value, out, T, loss, metric_fns):
-    """Running [Σ loss, Σ metric...] on the device: the batch's mean loss weighted by its size."""
-    batch = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
-    return batch if sums is None else [a + b for a, b in zip(sums, batch)]
 
 
 def _sums(model, X, T, loss, metric_fns, batch_size):
@@ -206,7 +63,8 @@ def _sums(model, X, T, loss, metric_fns, batch_size):
     sums = None
     for s, e in _batches(X.shape[0], batch_size):
         out, tb = model._forward(X[s:e, ...], train=False), T[s:e, ...]
-        sums = _add_batch(sums, loss.value(out, tb), out, tb, loss, metric_fns)
+        batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
+        sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
     return sums
 
 
@@ -225,179 +83,171 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None):
 
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None):
+        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False):
     """See :meth:`nnkit.Sequential.fit`."""
-    from . import checkpoint as ckpt
-    from . import distributed as dist
-
-    # -- everything is checked before anything changes -------------------------------------
-    loss = get_loss(loss)
-    epochs = check_int("epochs", epochs, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
-    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
-            or not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
-    if validation_split and validation_data is not None:
-        raise ValueError("pass either validation_data or validation_split, not both")
-    metric_fns = get_metrics(metrics, loss)
-    by_name = isinstance(optimizer, str)
-    if by_name and model.optimizer is not None and type(model.optimizer) is type(get_optimizer(optimizer)):
-        optimizer = model.optimizer  # a second fit goes on with the same optimizer state
-    optimizer = get_optimizer(optimizer)
-    if early_stopping is True:
-        early_stopping = EarlyStopping()
-    elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise TypeError(f"early_stopping must be an EarlyStopping, True or None, got {early_stopping!r}")
-    callbacks = list(callbacks)
-    for cb in callbacks:
-        if not callable(getattr(cb, "on_epoch_end", None)):
-            raise TypeError(f"callback {cb!r} has no on_epoch_end(epoch, logs) method")
-    if verbose not in (0, 1, 2, True, False):
-        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=path")
-    if regularizer is not None and not callable(getattr(regularizer, "value_and_grad", None)):
-        raise TypeError(f"regularizer must be a penalty such as nnkit.optim.L2(1e-4) or nnkit.optim.L1(1e-5), "
-                        f"got {regularizer!r}")
-    comm = dist.check_comm(comm)
-    parallel = comm is not None and comm.size > 1
-    rank, size = (comm.rank, comm.size) if parallel else (0, 1)
-    lead = rank == 0  # the rank that prints and writes checkpoints
-    if not lead:
-        verbose = 0
-    if checkpoint is not None and lead:
-        check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
-
-    X = model._as_input(X)
-    T = model._as_target(y, X.shape[0], loss)
-    n_all = X.shape[0]
-    if validation_split:
-        split = int(n_all * (1.0 - validation_split))
-        if split < 1:
-            raise ValueError(f"validation_split={validation_split} leaves no training rows out of {n_all}")
-        Xv, Tv, X, T = X[split:, ...], T[split:, ...], X[:split, ...], T[:split, ...]
-    elif validation_data is not None:
-        try:
-            vx, vy = validation_data
-        except (TypeError, ValueError):
-            raise ValueError("validation_data must be a pair (X_val, y_val)") from None
-        Xv = model._as_input(vx)
-        Tv = model._as_target(vy, Xv.shape[0], loss)
-    else:
-        Xv = Tv = None
-
-    start = 0
-    if resume and _exists(checkpoint):
-        # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
-        # hyperparameters and takes the saved moments and step counts
-        ckpt.restore(model, checkpoint, optimizer, keep_hyperparameters=not by_name)
-        optimizer = model.optimizer
-        start = model.epoch
-        end = epochs
-    else:
-        end = model.epoch + epochs if not resume else epochs
-        start = model.epoch
-    model.optimizer = optimizer
-    if parallel:
-        dist.sync_model(comm, model)  # rank 0's weights and shuffle generator everywhere
-
-    # -- the loop --------------------------------------------------------------------------
-    be, xp = model.backend, model.xp
-    n = X.shape[0]
-    batches = _batches(n, batch_size)
-    hooks = callbacks + ([early_stopping] if early_stopping is not None else [])
-    history = History()
-    progress = _Progress(int(verbose), len(batches), end, start)
+    run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
+               early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile)
+    model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
+    per_batch = [cb for cb in hooks if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
     for cb in hooks:
-        cb.model, cb.optimizer = model, optimizer
-        if hasattr(cb, "on_train_begin"):
-            cb.on_train_begin()
-    try:
-        with _StopFlag() as stop, be.activate():
-            for epoch in range(start, end):
-                t0 = time.perf_counter()
-                safe_params = model.snapshot()
-                safe_opt = optimizer.snapshot_state()
-                order = be.asarray(model.rng.permutation(n)) if shuffle else None
-                progress.start(epoch)
-                sums, seen = None, 0
-                for s, e in batches:
-                    a, b = dist.rank_slice(s, e, rank, size) if parallel else (s, e)
-                    if b > a:
-                        if order is None:
-                            xb, tb = X[a:b, ...], T[a:b, ...]
-                        else:
-                            idx = order[a:b]
-                            xb, tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
-                        out = model._forward(xb, train=True)
-                        value, d_out = loss.value_and_grad(out, tb)
-                        grads = model.backward(d_out)
-                        if regularizer is not None:
-                            value, grads = model._add_penalty(value, grads, regularizer)
-                        sums = _add_batch(sums, value, out, tb, loss, metric_fns)
-                    else:  # a global batch smaller than the number of ranks: nothing here this step
-                        grads = {k: xp.zeros_like(p) for k, p in model.params().items()}
-                    if parallel:  # Σ_r (B_r/B)·∇L_r: the global batch's mean gradient, one all-reduce
-                        grads = dist.allreduce_grads(comm, grads, (b - a) / (e - s))
-                    model._assign(optimizer.step(model.params(), grads, scratch_grads=True))
-                    seen = e
-                    progress.step()
-                    if stop.raised and not parallel:  # ranks agree on stopping at the epoch's end
-                        break
-                if stop.raised and seen < n:
-                    history.interrupted = True
+        cb.on_train_begin()
+    with _StopFlag() as stop, be.activate():
+        for epoch in range(run.start, run.end):
+            t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state())
+            for cb in hooks:
+                cb.on_epoch_begin(epoch)
+            sums, seen = None, 0
+            for xb, tb, share, seen in run.batches():
+                batch = run.step(xb, tb, share)
+                sums = batch if sums is None else sums if batch is None else [a + b for a, b in zip(sums, batch)]
+                for cb in per_batch:
+                    cb.on_batch_end()
+                if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
                     break
-                nothing = [xp.zeros((), dtype=be.dtype, device=be.device)] * (1 + len(metric_fns))
-                sums = nothing if sums is None else sums  # None: this rank had no rows all epoch
-                if Xv is not None:
-                    va, vb = dist.rank_slice(0, Xv.shape[0], rank, size) if parallel else (0, Xv.shape[0])
-                    sums = sums + (_sums(model, Xv[va:vb, ...], Tv[va:vb, ...], loss, metric_fns,
-                                         max(batch_size, 1024)) if vb > va else nothing)
-                if parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
-                    flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
-                    host = be.to_numpy(comm.allreduce(xp.stack(sums + [flag])))  # the epoch's one read
-                    stop.raised = stop.raised or bool(host[-1] > 0)
-                else:
-                    host = be.to_numpy(xp.stack(sums))  # the epoch's one device -> host read
-                names = ["loss"] + [m for m, _ in metric_fns]
-                logs = {k: float(v) / n for k, v in zip(names, host[:len(names)])}
-                if Xv is not None:
-                    logs.update({f"val_{k}": float(v) / Xv.shape[0] for k, v in zip(names, host[len(names):])})
-                if not all(math.isfinite(v) for v in logs.values()):
-                    model._assign(safe_params)
-                    optimizer.state = safe_opt
-                    raise TrainingDivergedError(
-                        f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} "
-                        f"(logs: {logs}); the model keeps the weights of epoch {epoch}. "
-                        f"Try a lower learning rate (now {optimizer.lr:g}), gradient clipping (clip_norm=) "
-                        "or standardised inputs"
-                    )
-                logs["time"] = time.perf_counter() - t0
-                model.epoch = epoch + 1
-                history.append(logs)
-                progress.end(epoch, logs)
-                if checkpoint is not None:
-                    if lead:
-                        ckpt.save(model, checkpoint)
-                    if parallel:
-                        comm.barrier()  # the file is complete before any rank may read it
-                cb_logs = {k: v for k, v in logs.items() if k != "time"}
-                wants_stop = [bool(cb.on_epoch_end(epoch, cb_logs)) for cb in hooks]
-                if any(wants_stop):
-                    history.stopped_epoch = epoch
-                    break
-                if stop.raised:
-                    history.interrupted = True
-                    break
-    finally:
-        progress.close()
+            if stop.raised and seen < run.n:
+                history.interrupted = True
+                break
+            logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
+            if not all(math.isfinite(v) for v in logs.values()):
+                model._assign(safe[0])
+                run.optimizer.state = safe[1]
+                raise TrainingDivergedError(
+                    f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "
+                    f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "
+                    f"{run.optimizer.lr:g}), gradient clipping (clip_norm=) or standardised inputs")
+            model.epoch = epoch + 1
+            history.append({**logs, "time": time.perf_counter() - t0})
+            if any([bool(cb.on_epoch_end(epoch, dict(logs))) for cb in hooks]):
+                history.stopped_epoch = epoch
+                break
+            if stop.raised:
+                history.interrupted = True
+                break
     for cb in hooks:
-        if hasattr(cb, "on_train_end"):
-            cb.on_train_end()
+        cb.on_train_end()
     return history
 
 
-def _exists(path):
-    import os
+class _Run:
+    """One ``fit`` call's settings, checked before anything changes, and its data on the device."""
 
-    return os.path.exists(os.fspath(path))
+    def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
+                 validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
+                 regularizer, comm, compile):
+        self.model, self.be, self.xp = model, model.backend, model.xp
+        self.loss = loss = get_loss(loss)
+        epochs = check_int("epochs", epochs, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("pass either validation_data or validation_split, not both")
+        self.metric_fns = get_metrics(metrics, loss)
+        by_name = isinstance(optimizer, str)
+        if by_name and model.optimizer is not None and type(model.optimizer) is type(get_optimizer(optimizer)):
+            optimizer = model.optimizer  # a second fit goes on with the same optimizer state
+        optimizer = get_optimizer(optimizer)
+        if early_stopping is True:
+            early_stopping = EarlyStopping()
+        elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an EarlyStopping, True or None, got {early_stopping!r}")
+        callbacks = list(callbacks)
+        for cb in callbacks:
+            if not callable(getattr(cb, "on_epoch_end", None)):
+                raise TypeError(f"callback {cb!r} has no on_epoch_end(epoch, logs) method")
+        if verbose not in (0, 1, 2, True, False):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=path")
+        if regularizer is not None and not callable(getattr(regularizer, "value_and_grad", None)):
+            raise TypeError(f"regularizer must be a penalty such as nnkit.optim.L2(1e-4) or nnkit.optim.L1(1e-5), "
+                            f"got {regularizer!r}")
+        self.comm = comm = dist.check_comm(comm)
+        self.parallel = comm is not None and comm.size > 1
+        self.rank, self.size = (comm.rank, comm.size) if self.parallel else (0, 1)
+        lead = self.rank == 0  # the rank that prints and writes checkpoints
+        if checkpoint is not None and lead:
+            check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
+        self.shuffle = shuffle
+
+        X = model._as_input(X)
+        T = model._as_target(y, X.shape[0], loss)
+        if validation_split:
+            split = int(X.shape[0] * (1.0 - validation_split))
+            if split < 1:
+                raise ValueError(f"validation_split={validation_split} leaves no training rows out of {X.shape[0]}")
+            self.Xv, self.Tv, X, T = X[split:, ...], T[split:, ...], X[:split, ...], T[:split, ...]
+        elif validation_data is not None:
+            try:
+                vx, vy = validation_data
+            except (TypeError, ValueError):
+                raise ValueError("validation_data must be a pair (X_val, y_val)") from None
+            self.Xv = model._as_input(vx)
+            self.Tv = model._as_target(vy, self.Xv.shape[0], loss)
+        else:
+            self.Xv = self.Tv = None
+        self.X, self.T, self.n = X, T, X.shape[0]
+
+        if resume and os.path.exists(os.fspath(checkpoint)):
+            # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
+            # hyperparameters and takes the saved moments and step counts
+            ckpt.restore(model, checkpoint, optimizer, keep_hyperparameters=not by_name)
+            optimizer = model.optimizer
+            self.start, self.end = model.epoch, epochs
+        else:
+            self.start, self.end = model.epoch, (model.epoch + epochs if not resume else epochs)
+        model.optimizer = self.optimizer = optimizer
+        if self.parallel:
+            dist.sync_model(comm, model)  # rank 0's weights and shuffle generator everywhere
+        self.step = make_step(model, loss, optimizer, regularizer=regularizer, metric_fns=self.metric_fns,
+                              comm=comm if self.parallel else None, compile=compile)
+
+        own = [cb for cb in callbacks if isinstance(cb, ProgbarLogger)]  # a user's bar replaces fit's
+        progress = own[0] if own else ProgbarLogger(int(verbose) if lead else 0)
+        if not lead:
+            progress.verbose = 0
+        progress.setup(len(_batches(self.n, self.batch_size)), self.end, self.start)
+        self.hooks = ([] if own else [progress]) + ([ModelCheckpoint(checkpoint)] if checkpoint is not None else []) \
+            + callbacks + ([early_stopping] if early_stopping is not None else [])
+        for cb in self.hooks:
+            cb.model, cb.optimizer, cb.comm = model, optimizer, comm if self.parallel else None
+            for hook in ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_train_end"):
+                if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
+                    setattr(cb, hook, getattr(Callback(), hook))
+
+    def batches(self):
+        """(X_b, T_b, share, end) for this rank's slice of every global batch of an epoch (X_b None when
+        the slice is empty); one shuffle per epoch, drawn on the host from the model's generator."""
+        xp = self.xp
+        order = self.be.asarray(self.model.rng.permutation(self.n)) if self.shuffle else None
+        for s, e in _batches(self.n, self.batch_size):
+            a, b = dist.rank_slice(s, e, self.rank, self.size) if self.parallel else (s, e)
+            if b <= a:  # a global batch smaller than the number of ranks: nothing here this step
+                yield None, None, 0.0, e
+            elif order is None:
+                yield self.X[a:b, ...], self.T[a:b, ...], (b - a) / (e - s), e
+            else:
+                idx = order[a:b]
+                yield xp.take(self.X, idx, axis=0), xp.take(self.T, idx, axis=0), (b - a) / (e - s), e
+
+    def epoch_logs(self, sums, stop):
+        """The epoch's logs as Python floats: its training sums (and the validation sums), in one read."""
+        xp, be, names = self.xp, self.be, ["loss"] + [m for m, _ in self.metric_fns]
+        nothing = [xp.zeros((), dtype=be.dtype, device=be.device)] * len(names)
+        sums = nothing if sums is None else sums  # None: this rank had no rows all epoch
+        if self.Xv is not None:
+            va, vb = dist.rank_slice(0, self.Xv.shape[0], self.rank, self.size) if self.parallel \
+                else (0, self.Xv.shape[0])
+            sums = sums + (_sums(self.model, self.Xv[va:vb, ...], self.Tv[va:vb, ...], self.loss, self.metric_fns,
+                                 max(self.batch_size, 1024)) if vb > va else nothing)
+        if self.parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
+            flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
+            host = be.to_numpy(self.comm.allreduce(xp.stack(sums + [flag])))
+            stop.raised = stop.raised or bool(host[-1] > 0)
+        else:
+            host = be.to_numpy(xp.stack(sums))
+        logs = {k: float(v) / self.n for k, v in zip(names, host[:len(names)])}
+        if self.Xv is not None:
+            logs.update({f"val_{k}": float(v) / self.Xv.shape[0] for k, v in zip(names, host[len(names):])})
+        return logs

@@ -72,5 +72,29 @@ def make_backend(backend_spec):
     return make
 
 
+@pytest.fixture
+def jax_reads(monkeypatch):
+    """The JAX arrays read back to the host, each once (a read may pass through more than one of these):
+    ``float``/``bool``/``int``/``tolist``/``device_get`` go through ``ArrayImpl._value``, NumPy
+    conversion through ``__array__``, ``item`` by itself."""
+    from jax._src import array as jax_array
+
+    reads = []
+    cls = jax_array.ArrayImpl
+    value, to_array, item = cls._value, cls.__array__, cls.item
+
+    def counted(fn, kind):
+        def read(self, *args, **kwargs):
+            if not any(r is self for r in reads):
+                reads.append(self)  # kept alive, so identities stay distinct
+            return fn(self, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(cls, "_value", property(counted(value.fget, "_value")))
+    monkeypatch.setattr(cls, "__array__", counted(to_array, "__array__"))
+    monkeypatch.setattr(cls, "item", counted(item, "item"))
+    return reads
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run them with: pytest -m gpu tests/test_gpu.py)")

@@ -69,15 +69,15 @@ def test_torch_cuda_fit_never_synchronises_inside_an_epoch():
             torch.cuda.set_sync_debug_mode("error")
 
     steps = []
-    real = opt.step
-    opt.step = lambda *a, **k: steps.append(1) or real(*a, **k)
+    real = opt.apply
+    opt.apply = lambda *a, **k: steps.append(1) or real(*a, **k)
     try:
         with pytest.raises(RuntimeError, match="synchroniz"):  # the epoch's one read is the first sync
             model.fit(Xd, Td, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=64, verbose=0,
                       shuffle=False, callbacks=[SyncsAreErrors()])
     finally:
         torch.cuda.set_sync_debug_mode("default")
-        del opt.step
+        del opt.apply
     assert len(steps) == 512 // 64
     history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=64, verbose=0)
     assert history["loss"][-1] < history["loss"][0]

@@ -132,38 +132,14 @@ def test_train_step_and_fit_epoch_steps_run_on_the_meta_device():
 
     steps = []
     sgd = nnkit.optim.SGD(0.1, momentum=0.9)
-    real_step = sgd.step
-    sgd.step = lambda *a, **k: steps.append(1) or real_step(*a, **k)
+    real_apply = sgd.apply
+    sgd.apply = lambda *a, **k: steps.append(1) or real_apply(*a, **k)
     with pytest.raises(NotImplementedError, match="meta"):  # the epoch's one read, after every step
         model.fit(X, y, loss="cross_entropy", optimizer=sgd, epochs=3, batch_size=16, verbose=0)
     assert len(steps) == 6  # 96 rows / 16: all of the first epoch's steps ran without reading anything
 
 
 # -- JAX ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def jax_reads(monkeypatch):
-    """The JAX arrays read back to the host, each once (a read may pass through more than one of these):
-    ``float``/``bool``/``int``/``tolist``/``device_get`` go through ``ArrayImpl._value``, NumPy
-    conversion through ``__array__``, ``item`` by itself."""
-    from jax._src import array as jax_array
-
-    reads = []
-    cls = jax_array.ArrayImpl
-    value, to_array, item = cls._value, cls.__array__, cls.item
-
-    def counted(fn, kind):
-        def read(self, *args, **kwargs):
-            if not any(r is self for r in reads):
-                reads.append(self)  # kept alive, so identities stay distinct
-            return fn(self, *args, **kwargs)
-        return read
-
-    monkeypatch.setattr(cls, "_value", property(counted(value.fget, "_value")))
-    monkeypatch.setattr(cls, "__array__", counted(to_array, "__array__"))
-    monkeypatch.setattr(cls, "item", counted(item, "item"))
-    return reads
-
-
 @needs_jax
 def test_jax_fit_reads_the_device_once_per_epoch(jax_reads):
     X, y = _data()

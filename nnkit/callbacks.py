@@ -1,0 +1,230 @@
+"""Callbacks: what ``fit`` does around the step — progress, checkpoints, early stopping, schedules.
+
+``fit`` only feeds batches, runs the step, reads the epoch once and calls these hooks (Keras's names):
+
+* ``on_train_begin()``, ``on_epoch_begin(epoch)``, ``on_batch_end()`` (no data: nothing may be read
+  inside an epoch), ``on_epoch_end(epoch, logs)`` — returning True stops training — and
+  ``on_train_end()``;
+* before training ``fit`` sets ``self.model``, ``self.optimizer`` and ``self.comm`` (None, or the
+  data-parallel communicator).
+
+Built in: :class:`ProgbarLogger` (``verbose=``), :class:`ModelCheckpoint` (``checkpoint=``),
+:class:`EarlyStopping` (``early_stopping=``), :class:`LearningRateScheduler` (and the schedules of
+:mod:`nnkit.optim`, which are callbacks too).  Pass your own, or these with other settings, in
+``callbacks=``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from . import checkpoint as ckpt
+from .optim import check_hyper, check_int
+
+__all__ = ["Callback", "History", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler"]
+
+
+class Callback:
+    """Hooks called by ``fit`` (all optional).  ``self.model``, ``self.optimizer`` and ``self.comm`` are
+    set before training.  ``on_epoch_end(epoch, logs)`` returning True stops training."""
+
+    model = optimizer = comm = None
+
+    def on_train_begin(self):
+        """Called once before the first epoch."""
+
+    def on_epoch_begin(self, epoch):
+        """Called before each epoch (0-based ``epoch``)."""
+
+    def on_batch_end(self):
+        """Called after each step (no logs: the step's values stay on the device)."""
+
+    def on_epoch_end(self, epoch, logs):
+        """Called after each epoch with its logs (Python floats); return True to stop training."""
+        return False
+
+    def on_train_end(self):
+        """Called once after training (also after early stopping or Ctrl-C)."""
+
+
+class History(dict):
+    """``history["loss"]``, ``history["val_loss"]``, one list per metric, and ``history["time"]``
+    (seconds per epoch).  ``interrupted`` is True when Ctrl-C ended training, ``stopped_epoch`` is
+    the epoch a callback or early stopping ended it at (else None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+        self.stopped_epoch = None
+
+    @property
+    def epochs(self):
+        return len(self.get("loss", []))
+
+    def append(self, logs):
+        """Add one epoch's logs (a dict of floats) to the per-key lists."""
+        for k, v in logs.items():
+            self.setdefault(k, []).append(v)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs,
+    and (``restore_best``) put back the weights of the best epoch."""
+
+    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto"):
+        patience, min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.restore_best = bool(restore_best)
+        self.sign = -1.0 if mode == "max" or (mode == "auto" and "acc" in monitor) else 1.0
+
+    def on_train_begin(self):
+        self.best, self.best_epoch, self.wait, self.best_weights = math.inf, None, 0, None
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(
+                f"EarlyStopping monitors {self.monitor!r}, which fit does not report "
+                f"(it reports {', '.join(sorted(logs))}); pass validation data or monitor 'loss'"
+            )
+        value = self.sign * logs[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                self.best_weights = self.model.snapshot()
+            return False
+        self.wait += 1
+        return self.wait > self.patience
+
+    def on_train_end(self):
+        if self.restore_best and self.best_weights is not None:
+            self.model._assign(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (weights, optimizer state, epoch, RNG) to ``path`` after every epoch, atomically.
+
+    In data-parallel training only rank 0 writes, and every rank waits until the file is complete.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs):
+        if self.comm is None or self.comm.rank == 0:
+            ckpt.save(self.model, self.path)
+        if self.comm is not None and self.comm.size > 1:
+            self.comm.barrier()  # the file is complete before any rank may read it
+        return False
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate before each epoch: ``optimizer.lr = schedule(epoch, lr)`` (Keras's form).
+
+    The rate reaches a compiled step as a value, so the schedule acts there too.
+    """
+
+    def __init__(self, schedule):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a function (epoch, lr) -> lr, got {schedule!r}")
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch):
+        lr = self.schedule(epoch, self.optimizer.lr)
+        self.optimizer.lr = check_hyper("the scheduled learning rate", lr, low=0.0, low_open=True)
+
+
+class ProgbarLogger(Callback):
+    """Progress of a ``fit`` (``verbose=1``: a bar on a terminal, else a line per epoch; ``verbose=2``:
+    a line per epoch)."""
+
+    def __init__(self, verbose=1):
+        self.verbose = int(verbose)
+        self.bar = None
+
+    def setup(self, n_batches, epochs, first_epoch):
+        """The shape of the run (``fit`` calls this before training)."""
+        self.bar = _Progress(int(self.verbose), n_batches, epochs, first_epoch)
+
+    def on_epoch_begin(self, epoch):
+        self.t0 = time.perf_counter()
+        self.bar.start(epoch)
+
+    def on_batch_end(self):
+        self.bar.step()
+
+    def on_epoch_end(self, epoch, logs):
+        self.bar.end(epoch, {**logs, "time": time.perf_counter() - self.t0})
+        return False
+
+    def on_train_end(self):
+        self.bar.close()
+
+
+def _isatty(stream):
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Progress:
+    """Progress of a ``fit``: with ``verbose=1`` on a terminal one bar over all of training — tqdm's
+    when tqdm is installed, else nnkit's own one-line bar — showing the epoch and the last epoch's
+    logs; with ``verbose=2``, or ``verbose=1`` when standard error is not a terminal (a log file),
+    one line per epoch; nothing when quiet."""
+
+    def __init__(self, verbose, n_batches, epochs, first_epoch=0):
+        self.verbose, self.epochs, self.bar = verbose, epochs, None
+        self.total = n_batches * max(epochs - first_epoch, 0)
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        tty = _isatty(sys.stderr)  # a bar in a redirected log is a wall of carriage returns: lines instead
+        self.tqdm = tqdm if verbose == 1 and tty else None
+        self.text_bar = verbose == 1 and tqdm is None and tty
+        self.done, self.last_draw, self.epoch, self.logs = 0, 0.0, 0, ""
+
+    def start(self, epoch):
+        self.epoch = epoch
+        if self.tqdm is not None:
+            if self.bar is None:
+                self.bar = self.tqdm(total=self.total, unit="batch", leave=True, dynamic_ncols=True)
+            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+
+    def step(self):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.text_bar:
+            now = time.perf_counter()
+            if now - self.last_draw > 0.1 or self.done == self.total:
+                self.last_draw = now
+                self._draw()
+
+    def _draw(self):
+        filled = 30 * self.done // max(self.total, 1)
+        sys.stderr.write(f"\r\033[Kepoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{self.done}/{self.total}  {self.logs}")
+        sys.stderr.flush()
+
+    def end(self, epoch, logs):
+        self.logs = "  ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "time")
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.logs)
+        elif self.text_bar:
+            self._draw()
+        elif self.verbose:
+            sys.stderr.write(f"epoch {epoch + 1}/{self.epochs}  {self.logs}  ({logs['time']:.2f}s)\n")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.text_bar and self.done:
+            sys.stderr.write("\n")
+            self.done = 0

@@ -1,0 +1,128 @@
+"""The training step, written once: forward, loss, backward, penalty, gradient all-reduce, optimizer update.
+
+:func:`train_step` is a function of explicit state — a :class:`StepState` (parameters, optimizer moments
+and step counts, room for layer buffers and a random key) and the learning rate as a value — returning
+the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all run it:
+
+* **eager** (every backend): on NumPy, CuPy and torch the parameters and moments are updated in place,
+  so the "new" state holds the very same arrays (the buffers stay put from step to step); on immutable
+  arrays (JAX, array-api-strict) new arrays are returned and written back into the model in one place;
+* **compiled** (:func:`make_step` with ``compile=True``): the step becomes a pure function
+  ``(params, moments, X, T, lr) -> (batch sums, params, moments)`` that the backend compiles
+  (``jax.jit`` on JAX).  The learning rate is an argument, so schedules keep acting; shapes are the
+  only thing traced, so an epoch's full batches and its last, shorter batch are traced once each,
+  never again in later epochs.
+"""
+from __future__ import annotations
+
+from .distributed import allreduce_grads
+
+__all__ = ["StepState", "train_step", "make_step"]
+
+
+class StepState:
+    """Everything a training step reads and writes besides the batch.
+
+    * ``params``  -- ``{"0.W": array, ...}``, the trained parameters;
+    * ``opt``     -- the optimizer's per-parameter state ``{"0.W": {"t": ..., "m": ..., ...}}``;
+    * ``buffers`` -- carried, never trained layer state (running statistics), ``{}`` when none;
+    * ``key``     -- a random key for layers that draw inside the step (None when none do).
+    """
+
+    __slots__ = ("params", "opt", "buffers", "key")
+
+    def __init__(self, params, opt, buffers=None, key=None):
+        self.params, self.opt = params, opt
+        self.buffers = {} if buffers is None else buffers
+        self.key = key
+
+    @classmethod
+    def of(cls, model, optimizer):
+        """The state a model and its optimizer hold now."""
+        return cls(model.params(), optimizer.state)
+
+
+def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
+               share=1.0):
+    """One training step: ``(value, sums, new_state)``.
+
+    The model's layers must hold ``state.params`` (``make_step``'s compiled form puts them there).
+    With ``X`` None (a rank with no rows of this global batch) the gradient is zero.
+
+    1. forward Z = layers(X) and the loss L(Z, T) with ∂L/∂Z;
+    2. backward: ∂L/∂θ for every parameter (``Sequential.backward``);
+    3. penalty Ω(W) added to L and ∂Ω/∂W to the weight gradients (``regularizer``);
+    4. data-parallel: Σ_r share_r·∇L_r in one all-reduce (``comm``; ``share`` = B_r / B);
+    5. the optimizer update with learning rate ``lr``, written back into the model.
+
+    ``value`` is the 0-d loss; ``sums`` is ``[B·L, Σ metric...]`` as 0-d arrays when ``metric_fns``
+    (a list of ``(name, fn)``) is given, else None.  Nothing is read from the device.
+    """
+    sums = value = None
+    if X is None:
+        xp = model.xp
+        grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
+    else:
+        value, out, grads = model._loss_out_grads(X, T, loss, regularizer)
+        if metric_fns is not None:
+            sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
+    if comm is not None:
+        grads = allreduce_grads(comm, grads, share)
+    params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
+    model._assign(params)
+    return value, sums, StepState(params, opt, state.buffers, state.key)
+
+
+def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False):
+    """A ``run(X, T, share) -> sums`` for ``fit``: one step on the model and its optimizer.
+
+    ``compile=True`` compiles the step where the backend can (``Backend.compile``; JAX's ``jax.jit``)
+    and runs it eagerly elsewhere; ``run.compiled`` says which, ``run.traces`` counts the traces.
+    """
+    metric_fns = list(metric_fns)
+
+    def eager(X, T, share=1.0):
+        _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
+                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
+                                    comm=comm, share=share)
+        optimizer.state = state.opt
+        return sums
+
+    if not compile:
+        eager.compiled, eager.traces = False, 0
+        return eager
+    if comm is not None:
+        raise ValueError("compile=True with a communicator (data-parallel fit) is not supported: the "
+                         "all-reduce runs outside the compiled step; use compile=False with comm")
+
+    def pure(params, opt, X, T, lr):
+        run.traces += 1  # runs only while the backend traces the function
+        model._assign(params)
+        _, sums, state = train_step(model, StepState(params, opt), X, T, lr, loss=loss, optimizer=optimizer,
+                                    regularizer=regularizer, metric_fns=metric_fns)
+        return sums, state.params, state.opt
+
+    be = model.backend
+    if not be.compiles:
+        eager.compiled, eager.traces = False, 0
+        return eager
+    for name, p in model.params().items():  # every moment exists, and step counts are arrays: one trace
+        s = optimizer.state.setdefault(name, optimizer.init_state(p))
+        if isinstance(s["t"], int):
+            s["t"] = be.xp.asarray(float(s["t"]), dtype=be.dtype, device=be.device)
+    key = (id(be), type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
+           tuple(sorted((k, repr(v)) for k, v in optimizer.hyperparameters().items() if k != "lr")))
+    cache = model.__dict__.setdefault("_compiled_steps", {})  # fit after fit reuses the traces
+    if key in cache:
+        return cache[key]
+    compiled = be.compile(pure)
+
+    def run(X, T, share=1.0):
+        sums, params, opt = compiled(model.params(), optimizer.state, X, T, optimizer.lr)
+        model._assign(params)
+        optimizer.state = opt
+        return sums
+
+    run.compiled, run.traces = True, 0
+    cache[key] = run
+    return run

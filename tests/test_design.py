@@ -1,0 +1,179 @@
+"""The training core's design: one step for every path, callbacks around a short loop, compiled steps,
+no import circles."""
+import ast
+import os
+
+import numpy as np
+import pytest
+
+import nnkit
+from nnkit import step as step_module
+from nnkit import training
+
+PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nnkit")
+
+try:
+    import jax
+except ImportError:  # pragma: no cover
+    jax = None
+needs_jax = pytest.mark.skipif(jax is None, reason="JAX is not installed (pip install 'jax[cpu]')")
+
+
+def _imports(path):
+    """The nnkit modules a module imports, at the top or inside functions (lazy imports count too)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                names.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            elif node.module == "nnkit":
+                names.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("nnkit."):
+                names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == "nnkit":
+                    names.add("__init__")
+                elif a.name.startswith("nnkit."):
+                    names.add(a.name.split(".")[1])
+    return names
+
+
+def test_no_import_circles_inside_nnkit():
+    modules = {f[:-3] for f in os.listdir(PKG) if f.endswith(".py")}
+    graph = {m: {d for d in _imports(os.path.join(PKG, m + ".py")) if d in modules and d != m} for m in modules}
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "open":
+            raise AssertionError("import circle: " + " -> ".join(path + [m]))
+        if state.get(m) == "done":
+            return
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            visit(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_every_module_says_its_place_in_its_first_line():
+    for f in sorted(os.listdir(PKG)):
+        if f.endswith(".py") and f != "__main__.py":
+            doc = ast.get_docstring(ast.parse(open(os.path.join(PKG, f), encoding="utf-8").read()))
+            assert doc and len(doc.splitlines()[0]) > 20, f
+
+
+def _data(n=203, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    return X, (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0.3)
+
+
+def test_train_step_fit_and_parallel_fit_share_one_step(monkeypatch):
+    calls = []
+    real = step_module.train_step
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("comm"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", counted)
+    X, y = _data()
+    model = nnkit.Sequential.mlp([6, 8, 3], seed=0)
+    model.train_step(X[:10], y[:10], "cross_entropy", nnkit.optim.SGD(0.1))
+    model.fit(X, y, loss="cross_entropy", epochs=1, batch_size=64, verbose=0)
+    from test_gpu_paths import RecordingComm
+
+    model.fit(X, y, loss="cross_entropy", epochs=1, batch_size=64, verbose=0, comm=RecordingComm(model.backend))
+    assert len(calls) == 1 + 4 + 4 and calls[-1] is not None
+
+
+def test_callbacks_can_be_passed_or_replaced(tmp_path, capsys):
+    X, y = _data()
+    events = []
+
+    class Spy(nnkit.Callback):
+        def on_train_begin(self):
+            events.append("begin")
+
+        def on_epoch_begin(self, epoch):
+            events.append(f"epoch{epoch}")
+
+        def on_batch_end(self):
+            events.append("batch")
+
+        def on_train_end(self):
+            events.append("end")
+
+    model = nnkit.Sequential.mlp([6, 8, 3], seed=0)
+    ckpt = nnkit.ModelCheckpoint(tmp_path / "m.npz")
+    halve = nnkit.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    quiet = nnkit.ProgbarLogger(verbose=0)  # replaces fit's own bar: nothing printed despite verbose=2
+    model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.SGD(0.1), epochs=2, batch_size=64, verbose=2,
+              callbacks=[Spy(), ckpt, halve, quiet])
+    assert events == ["begin", "epoch0"] + ["batch"] * 4 + ["epoch1"] + ["batch"] * 4 + ["end"]
+    assert nnkit.load(tmp_path / "m.npz").epoch == 2
+    assert model.optimizer.lr == pytest.approx(0.05)
+    assert capsys.readouterr().err == ""
+
+
+@needs_jax
+def test_compiled_jax_step_equals_eager_traces_twice_and_schedules_act(monkeypatch):
+    made = []
+    real = training.make_step
+    monkeypatch.setattr(training, "make_step", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    X, y = _data()  # 203 rows, batch 64: three full batches and a last one of 11
+    weights, curves = {}, {}
+    for compiled in (False, True):
+        model = nnkit.Sequential.mlp([6, 16, 3], backend="jax", seed=0)
+        h = model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2, clip_norm=1.0), epochs=4,
+                      batch_size=64, verbose=0, compile=compiled, regularizer=nnkit.optim.L2(1e-4),
+                      callbacks=[nnkit.optim.StepLR(1, 0.3)])
+        weights[compiled], curves[compiled] = model.state_dict(), h["loss"]
+    assert made[1].compiled and made[1].traces == 2  # full batch and last batch, once each, for all 4 epochs
+    np.testing.assert_allclose(curves[True], curves[False], rtol=2e-5)
+    for k in weights[False]:
+        np.testing.assert_allclose(weights[True][k], weights[False][k], rtol=0, atol=2e-5)
+    # a learning rate frozen at trace time would give other weights
+    frozen = nnkit.Sequential.mlp([6, 16, 3], backend="jax", seed=0)
+    frozen.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2, clip_norm=1.0), epochs=4,
+               batch_size=64, verbose=0, compile=True, regularizer=nnkit.optim.L2(1e-4))
+    assert max(np.max(np.abs(frozen.state_dict()[k] - weights[True][k])) for k in weights[True]) > 1e-3
+
+
+@needs_jax
+def test_compiled_jax_fit_reads_once_per_epoch_and_resumes(jax_reads, tmp_path):
+    X, y = _data()
+    model = nnkit.Sequential.mlp([6, 16, 3], backend="jax", seed=0)
+    jax_reads.clear()
+    model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=3, batch_size=64, verbose=0, compile=True)
+    assert len(jax_reads) == 3
+    model.save(tmp_path / "m.npz")  # step counts carried as arrays by the compiled step save as integers
+    again = nnkit.load(tmp_path / "m.npz", backend="jax")
+    assert {s["t"] for s in again.optimizer.state.values()} == {12}
+    again.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=1, batch_size=64, verbose=0, compile=True)
+
+
+def test_compile_elsewhere_runs_eagerly():
+    X, y = _data()
+    a, b = (nnkit.Sequential.mlp([6, 8, 3], seed=0) for _ in range(2))
+    a.fit(X, y, loss="cross_entropy", epochs=2, verbose=0)
+    b.fit(X, y, loss="cross_entropy", epochs=2, verbose=0, compile=True)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k])
+
+
+def test_compiled_torch_step_equals_eager():
+    pytest.importorskip("torch")
+    X, y = _data(70)
+    weights = {}
+    for compiled in (False, True):
+        model = nnkit.Sequential.mlp([6, 8, 3], backend="torch", seed=0)
+        model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=3, batch_size=32,
+                  verbose=0, compile=compiled, callbacks=[nnkit.optim.StepLR(1, 0.5)])
+        weights[compiled] = model.state_dict()
+    for k in weights[False]:
+        np.testing.assert_allclose(weights[True][k], weights[False][k], rtol=0, atol=2e-5)

@@ -164,8 +164,9 @@ class Case:
             from nnkit.step import make_step
 
             run = make_step(model, loss, opt, metric_fns=[], compile=True)
-            return lambda: run(X, T)
-        return lambda: model.train_step(X, T, loss, opt, check_input=False)
+            return lambda: (run(X, T), model.params())
+        # the parameters too: on an asynchronous runtime (JAX) the update is still queued after the loss
+        return lambda: (model.train_step(X, T, loss, opt, check_input=False), model.params())
 
     def _k_fit_epoch(self):
         reps = FIT_BATCHES
@@ -173,8 +174,8 @@ class Case:
         y = np.concatenate([self.y_host] * reps)
         model, opt = self.model, SGD(0.01)
         Xd, yd = self.backend.asarray(X, dtype=self.backend.dtype), self.backend.asarray(y)
-        return lambda: model.fit(Xd, yd, loss=self.loss, optimizer=opt, epochs=1, batch_size=self.batch,
-                                 verbose=0, compile=self.target in COMPILED)
+        return lambda: (model.fit(Xd, yd, loss=self.loss, optimizer=opt, epochs=1, batch_size=self.batch,
+                                  verbose=0, compile=self.target in COMPILED), model.params())
 
     # -- the floor, in the target's own library ------------------------------------------------------
     def _floor(self, first_dX):

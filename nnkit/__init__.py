@@ -3,8 +3,9 @@ written once against the Python Array API standard and run on NumPy, CuPy,
 PyTorch or any array library array-api-compat wraps (``backend=``).
 """
 from .backend import Backend, get_backend
-from .layers import Layer, Dense
-from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity
+from .layers import Layer, Dense, Dropout, Residual
+from .normalization import BatchNorm, LayerNorm
+from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
@@ -17,8 +18,8 @@ from . import init, optim, functional, datasets, callbacks
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "get_backend", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
-    "Identity", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
+    "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Sigmoid",
+    "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
     "TrainingDivergedError", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing",
 ]

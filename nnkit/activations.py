@@ -7,12 +7,14 @@ Jacobian-vector product.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from . import functional as F
 from .layers import Layer
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "ACTIVATIONS", "get_activation"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus",
+           "ACTIVATIONS", "get_activation"]
 
 
 class Sigmoid(Layer):
@@ -130,6 +132,103 @@ class Identity(Layer):
         return dA
 
 
+class GELU(Layer):
+    r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016), in its tanh form:
+
+        A = ½·Z·(1 + t),   t = tanh(u),   u = c·(Z + 0.044715·Z³),   c = √(2/π).
+
+    Backward: dZ = dA ⊙ (½(1 + t) + ½·Z·(1 − t²)·c·(1 + 3·0.044715·Z²)), shapes (B, n).
+
+    Only ``approximate="tanh"`` is offered: the exact form Z·Φ(Z) needs erf, which the Array API
+    standard lacks, and an erf written in array-API code would not be exact to float64 round-off
+    over the whole line (1 − erf cancels for negative Z), so nnkit does not pretend it is.
+    """
+
+    _C, _K = math.sqrt(2.0 / math.pi), 0.044715
+
+    def __init__(self, approximate="tanh"):
+        super().__init__()
+        if approximate != "tanh":
+            raise ValueError(f"GELU(approximate={approximate!r}): only 'tanh' is offered (the exact form needs "
+                             "erf, which the Array API standard lacks)")
+        self.approximate = approximate
+
+    def forward(self, Z, train=True):
+        """A = ½Z(1 + tanh(c(Z + 0.044715Z³))); shapes (B, n).  Keeps Z and t when ``train``."""
+        t = self.xp.tanh(self._C * (Z + self._K * (Z * Z * Z)))
+        if train:
+            self._cache = (Z, t)
+        return 0.5 * Z * (1.0 + t)
+
+    def backward(self, dA, need_dX=True):
+        """dZ = dA ⊙ (½(1 + t) + ½Z(1 − t²)c(1 + 3·0.044715Z²)); shapes (B, n)."""
+        Z, t = self._cache
+        return dA * (0.5 * (1.0 + t) + (0.5 * self._C) * Z * (1.0 - t * t) * (1.0 + (3.0 * self._K) * (Z * Z)))
+
+    def config(self):
+        return {"type": "GELU", "approximate": self.approximate}
+
+
+class SiLU(Layer):
+    """Sigmoid linear unit (swish): A = Z·σ(Z).  Backward: dZ = dA ⊙ σ(Z)·(1 + Z·(1 − σ(Z)))."""
+
+    def forward(self, Z, train=True):
+        """A = Z·σ(Z); shapes (B, n).  Keeps Z and σ(Z) when ``train``."""
+        sig = F.sigmoid(self.xp, Z)
+        if train:
+            self._cache = (Z, sig)
+        return Z * sig
+
+    def backward(self, dA, need_dX=True):
+        """dZ = dA ⊙ σ(Z)(1 + Z(1 − σ(Z))); shapes (B, n)."""
+        Z, sig = self._cache
+        return dA * (sig * (1.0 + Z * (1.0 - sig)))
+
+
+class ELU(Layer):
+    """Exponential linear unit (Clevert et al., 2016): A = Z for Z > 0, α·(e^Z − 1) otherwise.
+
+    Backward: dZ = dA ⊙ (1 for Z > 0, α·e^Z otherwise); e^Z − 1 is computed as expm1 (exact near 0).
+    """
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1e6 \
+                or not math.isfinite(alpha):
+            raise ValueError(f"ELU alpha must be a positive number, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def forward(self, Z, train=True):
+        """A = Z where Z > 0, α·expm1(Z) elsewhere; shapes (B, n)."""
+        xp = self.xp
+        neg = self.alpha * xp.expm1(xp.minimum(Z, 0.0))  # min(Z, 0): no overflow for large positive Z
+        positive = Z > 0
+        if train:
+            self._cache = xp.where(positive, xp.ones_like(Z), neg + self.alpha)
+        return xp.where(positive, Z, neg)
+
+    def backward(self, dA, need_dX=True):
+        """dZ = dA ⊙ (1 where Z > 0, α·e^Z = A + α elsewhere); shapes (B, n)."""
+        return dA * self._cache
+
+    def config(self):
+        return {"type": "ELU", "alpha": self.alpha}
+
+
+class Softplus(Layer):
+    """A = log(1 + e^Z) (stable for any Z).  Backward: dZ = dA ⊙ σ(Z)."""
+
+    def forward(self, Z, train=True):
+        """A = softplus(Z) = max(Z, 0) + log1p(e^{−|Z|}); shapes (B, n)."""
+        if train:
+            self._cache = Z
+        return F.softplus(self.xp, Z)
+
+    def backward(self, dA, need_dX=True):
+        """dZ = dA ⊙ σ(Z); shapes (B, n)."""
+        return dA * F.sigmoid(self.xp, self._cache)
+
+
 ACTIVATIONS = {
     "sigmoid": Sigmoid,
     "tanh": Tanh,
@@ -138,6 +237,11 @@ ACTIVATIONS = {
     "softmax": Softmax,
     "identity": Identity,
     "linear": Identity,
+    "gelu": GELU,
+    "silu": SiLU,
+    "swish": SiLU,
+    "elu": ELU,
+    "softplus": Softplus,
 }
 
 

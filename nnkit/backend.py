@@ -161,6 +161,55 @@ class Backend:
             return seed
         return np.random.default_rng(seed)
 
+    # -- random numbers on the device ---------------------------------------------
+    def random_key(self, seed):
+        """A device random generator seeded with the integer ``seed`` (for layers that draw in training).
+
+        NumPy and array-api-strict: NumPy's PCG64 (the same numbers on both); torch: a
+        ``torch.Generator`` on the backend's device; CuPy: ``cupy.random.default_rng``; JAX: a
+        ``jax.random`` key, which :meth:`uniform` splits (so a compiled step carries it as state).
+        """
+        seed = int(seed)
+        if self.name == "torch":
+            import torch
+
+            if self.device.type == "meta":
+                return None
+            g = torch.Generator(device=self.device)
+            g.manual_seed(seed % 2**63)
+            return g
+        if self.name == "cupy":
+            import cupy
+
+            with self.device:
+                return cupy.random.default_rng(seed % 2**63)
+        if self.name == "jax":
+            import jax
+
+            return jax.random.key(seed % 2**32)
+        return np.random.default_rng(seed)
+
+    def uniform(self, key, shape, dtype):
+        """``(U, key)``: U[0, 1) of ``shape`` and ``dtype`` on the device, and the generator to use next
+        (the same object for the stateful generators, a new key on JAX).  No host transfer, except on
+        array-api-strict and other libraries without a generator, which draw on the host."""
+        shape = tuple(int(n) for n in shape)
+        if self.name == "numpy":
+            return key.random(shape, dtype=dtype), key
+        if self.name == "torch":
+            import torch
+
+            return torch.rand(shape, generator=key, device=self.device, dtype=dtype), key
+        if self.name == "cupy":
+            with self.device:
+                return key.random(shape, dtype=dtype), key
+        if self.name == "jax":
+            import jax
+
+            key, sub = jax.random.split(key)
+            return jax.random.uniform(sub, shape, dtype=dtype), key
+        return self.asarray(key.random(shape), dtype=dtype), key
+
     # -- the device ---------------------------------------------------------------
     def activate(self):
         """A context manager that makes this backend's device the current one (CuPy, torch-CUDA).

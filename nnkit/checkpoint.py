@@ -12,7 +12,8 @@ Layout::
                                  rng (NumPy bit-generator state), optimizer (type,
                                  hyperparameters, per-parameter step counts), info
                                  (``model.info``: the user's JSON metadata)
-    param/{key}          float   model.state_dict()[key]
+    param/{key}          float   the trained parameters (model.params())
+    buffer/{key}         float   the carried buffers: running statistics (model.buffers())
     optim/{key}/{name}   float   optimizer.state[key][name] (moments)
 """
 from __future__ import annotations
@@ -77,7 +78,9 @@ def save(model, path):
         "optimizer": opt_meta,
         "info": _jsonable_info(getattr(model, "info", {})),
     }
-    arrays.update({f"param/{k}": v for k, v in model.state_dict().items()})
+    to_numpy = be.to_numpy
+    arrays.update({f"param/{k}": np.array(to_numpy(v), copy=True) for k, v in model.params().items()})
+    arrays.update({f"buffer/{k}": np.array(to_numpy(v), copy=True) for k, v in model.buffers().items()})
     arrays[META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -132,26 +135,30 @@ def read(path):
         try:
             layers = [layer_from_config(c) for c in meta["layers"]]
             width, _ = check_widths(layers)
+            expected, buffers = {}, {}  # key -> shape, for the trained parameters and the carried buffers
+            for i, layer in enumerate(layers):
+                shapes = layer.param_shapes(width)
+                for name, _, kind, _ in layer.slots():
+                    (expected if kind == "params" else buffers)[f"{i}.{name}"] = shapes[name]
+                width = layer.output_features(width)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _fail(path, f"the architecture in the checkpoint is damaged ({exc})") from None
-        expected = {}
-        for i, layer in enumerate(layers):
-            expected.update({f"{i}.{n}": s for n, s in layer.param_shapes(width).items()})
-            width = layer.output_features(width)
         # the members must be there, with the architecture's shapes, before anything is read or built
-        for key, shp in expected.items():
-            name = f"param/{key}"
+        members = {**{f"param/{k}": s for k, s in expected.items()}, **{f"buffer/{k}": s for k, s in buffers.items()}}
+        for name, shp in members.items():
+            what = "weights" if name.startswith("param/") else "buffer"
+            key = name.split("/", 1)[1]
             if name not in z.names():
-                raise _fail(path, f"the weights {key!r} of the architecture are missing")
+                raise _fail(path, f"the {what} {key!r} of the architecture are missing")
             got, dt = z.header(name)
             if tuple(got) != tuple(shp) or dt.kind != "f":
-                raise _fail(path, f"the weights {key!r} are {tuple(got)} {dt}, the architecture says {tuple(shp)} float")
+                raise _fail(path, f"the {what} {key!r} are {tuple(got)} {dt}, the architecture says {tuple(shp)} float")
         opt_meta = meta.get("optimizer")
         fields = {}
         if opt_meta is not None:
             fields = _optimizer_fields(opt_meta, expected, z, path)
-        params = {key: _finite(z.read(f"param/{key}", expected[key], "f"), path, f"weights {key!r}")
-                  for key in expected}
+        params = {name.split("/", 1)[1]: _finite(z.read(name, shp, "f"), path, f"values of {name!r}")
+                  for name, shp in members.items()}
         moments = {(key, field): _finite(z.read(f"optim/{key}/{field}", expected[key], "f"), path,
                                          f"optimizer state {key!r}/{field!r}")
                    for key, field in fields}

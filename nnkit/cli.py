@@ -61,7 +61,14 @@ def _parser():
     m.add_argument("--hidden", type=int, nargs="+", default=[256, 128], metavar="N",
                    help="hidden layer widths (default: 256 128)")
     m.add_argument("--activation", default="relu",
-                   choices=("relu", "leaky_relu", "tanh", "sigmoid"), help="hidden activation (default relu)")
+                   choices=("relu", "leaky_relu", "gelu", "silu", "elu", "softplus", "tanh", "sigmoid"),
+                   help="hidden activation (default relu)")
+    m.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                   help="dropout probability after each hidden activation (default 0: none)")
+    m.add_argument("--norm", choices=("batch", "layer"), default=None,
+                   help="BatchNorm or LayerNorm after each hidden Dense (default: none)")
+    m.add_argument("--residual", action="store_true",
+                   help="residual connections Y = X + f(X) around hidden layers of unchanged width")
     o = t.add_argument_group("training")
     o.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
     o.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's; adam 1e-3)")
@@ -149,6 +156,8 @@ def cmd_train(args):
             raise CLIError(f"{flag} must be a positive integer, got {value}")
     if any(h < 1 for h in args.hidden):
         raise CLIError(f"--hidden widths must be positive integers, got {' '.join(map(str, args.hidden))}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise CLIError(f"--dropout must be a probability in [0, 1), got {args.dropout}")
     if not 0.0 < args.test_size < 1.0:
         raise CLIError(f"--test-size must be a fraction in (0, 1), got {args.test_size}")
     if not 0.0 <= args.validation_split < 1.0:
@@ -176,7 +185,8 @@ def cmd_train(args):
     n_out = 1 if regression else len(classes)
     try:
         model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
-                                     dtype=args.dtype, seed=args.seed)
+                                     dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
+                                     residual=args.residual)
     except RuntimeError as exc:  # backend not installed / no device
         raise CLIError(str(exc)) from None
     model.preprocessing = pre

@@ -213,13 +213,14 @@ def allreduce_grads(comm, grads, weight):
 
 
 def sync_model(comm, model):
-    """Rank 0's parameters and generator state on every rank (so weights and shuffles agree).
+    """Rank 0's parameters, buffers and generator state on every rank (so weights, running statistics,
+    shuffles and dropout masks agree at the start; running statistics then follow each rank's slices).
 
     Communicators only ever receive arrays of the model's backend: the generator state travels as
     a uint8 array of the backend (read back on the host once, before training).
     """
     be = model.backend
-    new = {k: comm.broadcast(model.xp.asarray(p, copy=True)) for k, p in model.params().items()}
+    new = {k: comm.broadcast(model.xp.asarray(p, copy=True)) for k, p in {**model.params(), **model.buffers()}.items()}
     model._assign(new)
     state = np.frombuffer(json.dumps(model.rng.bit_generator.state).encode(), dtype=np.uint8)
     length = int(be.to_numpy(comm.broadcast(be.asarray(np.array([state.size], dtype=np.int64))))[0])

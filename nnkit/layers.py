@@ -12,7 +12,7 @@ import numbers
 
 from .init import get_initializer
 
-__all__ = ["Layer", "Dense", "LAYER_TYPES", "layer_from_config", "check_widths"]
+__all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "check_widths"]
 
 
 def check_size(name, value):
@@ -30,12 +30,20 @@ LAYER_TYPES = {}  # name -> Layer subclass: every subclass registers itself (see
 class Layer:
     """Base class: a differentiable map from (B, in) to (B, out).
 
-    Subclasses set ``param_names`` and implement ``forward``/``backward``.
-    ``params`` and ``grads`` map a parameter's name to its array; ``grads`` are those of the
-    last ``backward`` (a training step reuses them as scratch space for the update).
+    Subclasses set ``param_names`` (trained) and ``buffer_names`` (carried, saved and moved with the
+    model, never trained: running statistics) and implement ``forward``/``backward``.
+    ``params``, ``buffers`` and ``grads`` map a name to its array; ``grads`` are those of the last
+    ``backward`` (a training step reuses them as scratch space for the update).
+
+    Training and inference are told apart by ``forward(X, train=...)``: ``fit`` and ``train_step`` pass
+    True, ``predict``, ``evaluate`` and validation pass False.  A layer that draws random numbers in
+    training (``Dropout``) sets ``needs_random`` and calls ``self.random(shape)``, which the model wires
+    to its device generator.
     """
 
     param_names: tuple = ()
+    buffer_names: tuple = ()
+    needs_random = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -43,9 +51,27 @@ class Layer:
 
     def __init__(self):
         self.params = {}
+        self.buffers = {}
         self.grads = {}
         self.xp = None
         self._cache = None
+        self.random = None
+
+    # -- what the model sees of a layer: its slots (nested layers name theirs "j.name") ---------------
+    def slots(self):
+        """``[(name, owner, kind, key)]``: every parameter (kind ``"params"``) and buffer (``"buffers"``)
+        of this layer and the layers inside it, ``owner.<kind>[key]`` holding the array."""
+        return [(n, self, "params", n) for n in self.param_names] + \
+            [(n, self, "buffers", n) for n in self.buffer_names]
+
+    def sublayers(self):
+        """This layer and every layer inside it."""
+        return [self]
+
+    def reset(self, xp):
+        """Forget the training scratch (cache, gradients) and use namespace ``xp`` (after a move or unpickling)."""
+        for layer in self.sublayers():
+            layer.xp, layer._cache, layer.grads = xp, None, {}
 
     def build(self, backend, rng, in_features):
         """Create parameters on ``backend`` (drawing from host ``rng``); return the output width."""
@@ -57,7 +83,7 @@ class Layer:
         return in_features
 
     def param_shapes(self, in_features):
-        """``{name: shape}`` of the parameters ``build`` would create for this input width (none here)."""
+        """``{name: shape}`` of the parameters and buffers ``build`` would create for this input width."""
         return {}
 
     def forward(self, X, train=True):
@@ -76,12 +102,13 @@ class Layer:
         # the namespace is a module (not picklable) and the cache is a training-time scratch value;
         # Sequential.__setstate__ hands the namespace back
         state = dict(self.__dict__)
-        state["xp"], state["_cache"] = None, None
+        state["xp"], state["_cache"], state["random"] = None, None, None
         return state
 
     @property
     def n_params(self):
-        return sum(_size(p) for p in self.params.values())
+        """Trained numbers in this layer (and the layers inside it)."""
+        return sum(_size(owner.params[key]) for _, owner, kind, key in self.slots() if kind == "params")
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
@@ -161,6 +188,127 @@ class Dense(Layer):
         if isinstance(self.init, str):
             cfg["init"] = self.init
         return cfg
+
+
+class Residual(Layer):
+    r"""A residual block: Y = X + f(X), f the given layers applied in order (output width = input width).
+
+    Backward: with dY = ∂L/∂Y (B, n), the skip path passes dY unchanged and f's path backpropagates
+    it through the inner layers, so
+
+        dX = dY + J_f(X)ᵀ·dY      (B, n)   — the inner layers' backward passes, last to first.
+
+    Parameters and buffers nest: the inner layer j's ``W`` is ``"{i}.{j}.W"`` in the model's state dict.
+    """
+
+    def __init__(self, layers):
+        super().__init__()
+        layers = [layer_from_config(l) if isinstance(l, dict) else l for l in layers]
+        if not layers:
+            raise ValueError("Residual needs at least one layer (e.g. Residual([Dense(64, 64), ReLU()]))")
+        for j, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Residual layer {j} is {layer!r}, not an nnkit Layer")
+        self.layers = layers
+
+    def slots(self):
+        return [(f"{j}.{n}", owner, kind, key) for j, layer in enumerate(self.layers)
+                for n, owner, kind, key in layer.slots()]
+
+    def sublayers(self):
+        return [self] + [s for layer in self.layers for s in layer.sublayers()]
+
+    def _inner_width(self, in_features):
+        width = in_features
+        for j, layer in enumerate(self.layers):
+            in_f = getattr(layer, "in_features", None)
+            if in_f is not None and in_f != width:
+                raise ValueError(f"Residual: inner layer {j} {layer!r} expects {in_f} features but gets {width}")
+            width = layer.output_features(width)
+        if width != in_features:
+            raise ValueError(f"Residual: its layers map {in_features} features to {width}; Y = X + f(X) needs "
+                             f"f to keep the width {in_features}")
+        return width
+
+    def build(self, backend, rng, in_features):
+        super().build(backend, rng, in_features)
+        self._inner_width(in_features)
+        for layer in self.layers:
+            in_features = layer.build(backend, rng, in_features)
+        return in_features
+
+    def output_features(self, in_features):
+        return self._inner_width(in_features)
+
+    def param_shapes(self, in_features):
+        self._inner_width(in_features)
+        shapes, width = {}, in_features
+        for j, layer in enumerate(self.layers):
+            shapes.update({f"{j}.{n}": s for n, s in layer.param_shapes(width).items()})
+            width = layer.output_features(width)
+        return shapes
+
+    def forward(self, X, train=True):
+        """Y = X + f(X); X, Y (B, n)."""
+        F = X
+        for layer in self.layers:
+            F = layer.forward(F, train=train)
+        return X + F
+
+    def backward(self, dY, need_dX=True):
+        """dX = dY + J_f(X)ᵀ·dY: dY through the inner layers (last to first), plus the skip path."""
+        dF = dY
+        for layer in reversed(self.layers):
+            dF = layer.backward(dF, need_dX=True)
+        return dY + dF
+
+    def config(self):
+        return {"type": "Residual", "layers": [layer.config() for layer in self.layers]}
+
+    def __repr__(self):
+        return f"Residual([{', '.join(map(repr, self.layers))}])"
+
+
+class Dropout(Layer):
+    r"""Inverted dropout: in training Y = X ⊙ M / (1 − p) with M_ij ~ Bernoulli(1 − p); in inference Y = X.
+
+    Backward (training): dX = dY ⊙ M / (1 − p)  (B, n) — the same mask, so the expected output and its
+    gradient keep their scale and inference needs no rescaling.
+
+    The mask is drawn **on the device**, from the model's device generator (``Backend.uniform``), with no
+    host transfer per step.  That generator is seeded from the model's seed at the start of every epoch
+    (a number drawn from the model's host generator, which checkpoints save), so a run resumed from a
+    checkpoint draws the same masks as the uninterrupted run.  The same seed gives the same masks on
+    NumPy and array-api-strict (both draw with NumPy's generator); PyTorch (per device), CuPy and JAX
+    each use their own generator: reproducible there, but other masks than NumPy's.
+    """
+
+    needs_random = True
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def forward(self, X, train=True):
+        """Training: Y = X ⊙ M/(1−p), M = [U ≥ p], U ~ Uniform[0, 1); inference: Y = X.  Shapes (B, n)."""
+        if not train:
+            return X
+        if self.p == 0.0:
+            self._cache = None
+            return X
+        xp = self.xp
+        keep = xp.astype(self.random(tuple(X.shape), X.dtype) >= self.p, X.dtype)
+        self._cache = keep * (1.0 / (1.0 - self.p))
+        return X * self._cache
+
+    def backward(self, dY, need_dX=True):
+        """dX = dY ⊙ M/(1−p) (the forward pass's mask); shapes (B, n)."""
+        return dY if self._cache is None else dY * self._cache
+
+    def config(self):
+        return {"type": "Dropout", "p": self.p}
 
 
 def check_widths(layers):

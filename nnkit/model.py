@@ -5,7 +5,8 @@ import numpy as np
 import array_api_compat
 
 from .backend import get_backend
-from .layers import Layer, Dense, check_widths, layer_from_config
+from .layers import Layer, Dense, Dropout, Residual, check_widths, layer_from_config
+from .normalization import BatchNorm, LayerNorm
 from . import activations
 from .losses import get_loss
 from .optim import Optimizer
@@ -56,33 +57,76 @@ class Sequential:
         self.optimizer = None  # set by fit; saved with the model
         self.info = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
         # backward stops at the first layer with parameters: nothing before it needs a gradient
-        self._first_param_layer = next((i for i, l in enumerate(layers) if l.param_names), 0)
-        # "{layer index}.{name}" -> (layer, name) for every parameter, in order; built once, not per step
-        self._slots = {f"{i}.{n}": (l, n) for i, l in enumerate(layers) for n in l.param_names}
+        self._first_param_layer = next((i for i, l in enumerate(layers)
+                                        if any(kind == "params" for _, _, kind, _ in l.slots())), 0)
+        # "{layer index}.{name}" -> (owning layer, name) for every parameter (nested layers: "3.0.W") and
+        # buffer, in order; built once, not per step
+        self._slots, self._buffer_slots = {}, {}
+        for i, layer in enumerate(layers):
+            for name, owner, kind, key in layer.slots():
+                (self._slots if kind == "params" else self._buffer_slots)[f"{i}.{name}"] = (owner, key)
+        self._random_key = None  # the device generator of layers that draw in training (Dropout)
+        self._wire()
+
+    def _wire(self):
+        """Give the layers the backend's namespace, and random layers the model's device generator."""
+        for layer in self.layers:
+            for sub in layer.sublayers():
+                sub.xp = self.backend.xp
+                sub.random = self._uniform if sub.needs_random else None
+
+    @property
+    def needs_random(self):
+        """True when a layer draws random numbers in training (Dropout)."""
+        return any(sub.needs_random for layer in self.layers for sub in layer.sublayers())
+
+    def reseed(self):
+        """A new device generator for the random layers, seeded from the model's host generator (``fit``
+        does this at the start of every epoch, so a resumed run draws what the uninterrupted run drew)."""
+        if self.needs_random:
+            self._random_key = self.backend.random_key(int(self.rng.integers(0, 2**63 - 1)))
+
+    def _uniform(self, shape, dtype):
+        """U[0, 1) of ``shape`` on the device, from the model's device generator."""
+        if self._random_key is None:
+            self.reseed()
+        u, self._random_key = self.backend.uniform(self._random_key, shape, dtype)
+        return u
 
     @classmethod
-    def mlp(cls, sizes, activation="relu", init=None, output_init="glorot_uniform", **kwargs):
-        """A multi-layer perceptron: ``Dense`` between consecutive widths, ``activation`` after every
-        one but the last (whose output is the logits / linear output).
+    def mlp(cls, sizes, activation="relu", init=None, output_init="glorot_uniform", dropout=0.0, norm=None,
+            residual=False, **kwargs):
+        """A multi-layer perceptron: ``Dense`` between consecutive widths, then (for every hidden layer)
+        ``norm``, ``activation`` and ``Dropout(dropout)``; the last Dense's output is the logits / linear
+        output.
 
-        ``sizes`` = (in, hidden..., out); ``activation`` is a name (``"relu"``, ``"tanh"``, ...) or a
-        Layer class; ``init`` is the hidden layers' initialiser (default He uniform after ReLU/leaky
-        ReLU, Glorot uniform otherwise), ``output_init`` the last layer's.  Other keyword arguments
-        (``backend``, ``dtype``, ``seed``) go to :class:`Sequential`.
+        ``sizes`` = (in, hidden..., out); ``activation`` is a name (``"relu"``, ``"gelu"``, ``"tanh"``, ...)
+        or a Layer class; ``init`` is the hidden layers' initialiser (default He uniform after ReLU/leaky
+        ReLU, Glorot uniform otherwise), ``output_init`` the last layer's.  ``norm`` is ``"batch"``
+        (BatchNorm) or ``"layer"`` (LayerNorm) after each hidden Dense; ``dropout`` the probability of
+        a Dropout after each hidden activation (0: none); ``residual=True`` wraps every hidden block whose
+        width does not change (Dense(h, h) and what follows it) in a ``Residual`` — Y = X + f(X), as in the
+        MNIST-1D paper's MLP.  Other keyword arguments (``backend``, ``dtype``, ``seed``) go to
+        :class:`Sequential`.
         """
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"sizes must give at least an input and an output width, got {sizes!r}")
+        norms = {None: None, "batch": BatchNorm, "layer": LayerNorm}
+        if norm not in norms:
+            raise ValueError(f"norm must be 'batch', 'layer' or None, got {norm!r}")
         if init is None:
             init = "he_uniform" if activation in ("relu", "leaky_relu", activations.ReLU,
                                                   activations.LeakyReLU) else "glorot_uniform"
         new_act = (lambda: activations.get_activation(activation)) if isinstance(activation, str) else activation
         layers = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            last = i == len(sizes) - 2
-            layers.append(Dense(a, b, init=output_init if last else init))
-            if not last:
-                layers.append(new_act())
+            if i == len(sizes) - 2:
+                layers.append(Dense(a, b, init=output_init))
+                break
+            block = [Dense(a, b, init=init)] + ([norms[norm](b)] if norm else []) + [new_act()] \
+                + ([Dropout(dropout)] if dropout else [])
+            layers += [Residual(block)] if residual and a == b else block
         return cls(layers, **kwargs)
 
     def __getstate__(self):
@@ -94,8 +138,8 @@ class Sequential:
     def __setstate__(self, state):
         """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
         self.__dict__.update(state)
-        for layer in self.layers:
-            layer.xp = self.backend.xp
+        self._random_key = None  # device generators do not travel: the next epoch reseeds
+        self._wire()
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -110,10 +154,14 @@ class Sequential:
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
         return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
 
+    def buffers(self):
+        """Live buffer arrays (running statistics: saved and moved, never trained), keyed like ``params()``."""
+        return {key: layer.buffers[name] for key, (layer, name) in self._buffer_slots.items()}
+
     def snapshot(self):
-        """Device copies of the parameters (keyed like ``params()``), for ``_assign`` to put back later."""
+        """Device copies of the parameters and buffers, for ``_assign`` to put back later."""
         xp = self.xp
-        return {k: xp.asarray(p, copy=True) for k, p in self.params().items()}
+        return {k: xp.asarray(p, copy=True) for k, p in {**self.params(), **self.buffers()}.items()}
 
     @property
     def n_params(self):
@@ -303,11 +351,16 @@ class Sequential:
         return checkpoint.save(self, path)
 
     def _assign(self, new_params):
-        """The one place where parameter values are written back into the layers."""
+        """The one place where parameter (and buffer) values are written back into the layers."""
         slots = self._slots
         for key, value in new_params.items():
-            layer, name = slots[key]
-            layer.params[name] = value
+            slot = slots.get(key)
+            if slot is None:
+                layer, name = self._buffer_slots[key]
+                layer.buffers[name] = value
+            else:
+                layer, name = slot
+                layer.params[name] = value
 
     def predict(self, X, batch_size=None):
         """The last layer's output for X, as an array of the model's backend (inference only)."""
@@ -367,15 +420,16 @@ class Sequential:
 
     # -- state ----------------------------------------------------------------------
     def state_dict(self):
-        """``{"0.W": ndarray, "0.b": ndarray, ...}``: copies of the parameters as NumPy arrays on the host."""
+        """``{"0.W": ndarray, "0.b": ndarray, ...}``: copies of the parameters (and buffers, e.g.
+        ``"2.running_mean"``) as NumPy arrays on the host."""
         to_np = self.backend.to_numpy
-        return {k: np.array(to_np(p), copy=True) for k, p in self.params().items()}
+        return {k: np.array(to_np(p), copy=True) for k, p in {**self.params(), **self.buffers()}.items()}
 
     def load_state_dict(self, state):
         """Load parameters from a dict like ``state_dict()``'s; every entry is checked before any is used."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict like model.state_dict(), got {type(state).__name__}")
-        own = self.params()
+        own = {**self.params(), **self.buffers()}
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:
@@ -405,15 +459,16 @@ class Sequential:
         state = self.state_dict()
         new = get_backend(backend, device=device, dtype=self.dtype)
         for layer in self.layers:
-            layer.xp = new.xp
-            layer._cache = None
-            layer.grads = {}
+            layer.reset(new.xp)
         opt = self.optimizer
         if opt is not None:  # the optimizer's moments travel with the weights
             old = self.backend
-            opt.state = {k: {n: (v if n == "t" else new.asarray(old.to_numpy(v), dtype=new.dtype))
+            opt.state = {k: {n: (v if isinstance(v, int) else new.asarray(old.to_numpy(v), dtype=new.dtype))
                              for n, v in s.items()} for k, s in opt.state.items()}
         self.backend = new
+        self._random_key = None
+        self._wire()
+        self.__dict__.pop("_compiled_steps", None)
         self.load_state_dict(state)
         return self
 

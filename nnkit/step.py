@@ -8,7 +8,8 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
   so the "new" state holds the very same arrays (the buffers stay put from step to step); on immutable
   arrays (JAX, array-api-strict) new arrays are returned and written back into the model in one place;
 * **compiled** (:func:`make_step` with ``compile=True``): the step becomes a pure function
-  ``(params, moments, X, T, lr) -> (batch sums, params, moments)`` that the backend compiles
+  ``(params, moments, buffers, key, X, T, lr) -> (batch sums, params, moments, buffers, key)`` that the
+  backend compiles
   (``jax.jit`` on JAX).  The learning rate is an argument, so schedules keep acting; shapes are the
   only thing traced, so an epoch's full batches and its last, shorter batch are traced once each,
   never again in later epochs.
@@ -39,7 +40,7 @@ class StepState:
     @classmethod
     def of(cls, model, optimizer):
         """The state a model and its optimizer hold now."""
-        return cls(model.params(), optimizer.state)
+        return cls(model.params(), optimizer.state, model.buffers(), model._random_key)
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
@@ -95,12 +96,13 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         raise ValueError("compile=True with a communicator (data-parallel fit) is not supported: the "
                          "all-reduce runs outside the compiled step; use compile=False with comm")
 
-    def pure(params, opt, X, T, lr):
+    def pure(params, opt, buffers, key, X, T, lr):
         run.traces += 1  # runs only while the backend traces the function
-        model._assign(params)
-        _, sums, state = train_step(model, StepState(params, opt), X, T, lr, loss=loss, optimizer=optimizer,
-                                    regularizer=regularizer, metric_fns=metric_fns)
-        return sums, state.params, state.opt
+        model._assign({**params, **buffers})
+        model._random_key = key
+        _, sums, state = train_step(model, StepState(params, opt, buffers, key), X, T, lr, loss=loss,
+                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns)
+        return sums, state.params, state.opt, model.buffers(), model._random_key
 
     be = model.backend
     if not be.compiles:
@@ -118,8 +120,12 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     compiled = be.compile(pure)
 
     def run(X, T, share=1.0):
-        sums, params, opt = compiled(model.params(), optimizer.state, X, T, optimizer.lr)
-        model._assign(params)
+        if model._random_key is None and model.needs_random:
+            model.reseed()
+        sums, params, opt, buffers, key = compiled(model.params(), optimizer.state, model.buffers(),
+                                                   model._random_key, X, T, optimizer.lr)
+        model._assign({**params, **buffers})
+        model._random_key = key
         optimizer.state = opt
         return sums
 

@@ -94,6 +94,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     with _StopFlag() as stop, be.activate():
         for epoch in range(run.start, run.end):
             t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state())
+            model.reseed()  # random layers: this epoch's device generator, from the model's seed
             for cb in hooks:
                 cb.on_epoch_begin(epoch)
             sums, seen = None, 0

@@ -14,7 +14,7 @@ from .functional import namespace_of
 
 from . import functional as F
 
-__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "LOSSES", "get_loss"]
+__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss"]
 
 
 class Loss:
@@ -57,13 +57,25 @@ class Loss:
         return backend.asarray(y, dtype=backend.dtype)
 
     # -- math ---------------------------------------------------------------------
-    def value_and_grad(self, out, T):
-        """(L as a 0-d array, ∂L/∂out of shape (B, K))."""
+    def value_and_grad(self, out, T, w=None):
+        """(L as a 0-d array, ∂L/∂out of shape (B, K)); with sample weights ``w`` (B,) the weighted mean."""
         raise NotImplementedError
 
-    def value(self, out, T):
+    def per_example(self, out, T):
+        """(ℓ_n of shape (B,), G = ∂ℓ_n/∂out_n of shape (B, K)): each example's loss and its gradient."""
+        raise NotImplementedError
+
+    def _weighted(self, out, T, w):
+        """L = Σ_n w_n ℓ_n / Σ_n w_n and ∂L/∂out = G ⊙ w/Σw (a batch whose weights are all 0 gives 0)."""
+        xp = namespace_of(out)
+        ell, G = self.per_example(out, T)
+        total = xp.sum(w)
+        share = w / xp.where(total > 0, total, xp.ones_like(total))
+        return xp.sum(share * ell), G * xp.reshape(share, (-1, 1))
+
+    def value(self, out, T, w=None):
         """The loss alone (a 0-d array)."""
-        return self.value_and_grad(out, T)[0]
+        return self.value_and_grad(out, T, w)[0]
 
     def predict(self, out):
         """What the model's output means as a prediction (identity here; probabilities for logits)."""
@@ -83,11 +95,18 @@ class MSE(Loss):
 
     name = "mse"
 
-    def value_and_grad(self, A, T):
+    def value_and_grad(self, A, T, w=None):
+        if w is not None:
+            return self._weighted(A, T, w)
         xp = namespace_of(A)
         inv_b = 1.0 / A.shape[0]
         diff = A - T
         return (0.5 * inv_b) * xp.sum(diff * diff), diff * inv_b
+
+    def per_example(self, A, T):
+        """ℓ_n = ½‖a_n − y_n‖², G = a − y."""
+        diff = A - T
+        return 0.5 * namespace_of(A).sum(diff * diff, axis=1), diff
 
 
 class CrossEntropy(Loss):
@@ -150,7 +169,9 @@ class CrossEntropy(Loss):
             return xp.astype(xp.reshape(xp.astype(labels, classes.dtype), (-1, 1)) == classes, backend.dtype)
         return super().prepare_target(y, n_outputs, backend)
 
-    def value_and_grad(self, Z, T):
+    def value_and_grad(self, Z, T, w=None):
+        if w is not None:
+            return self._weighted(Z, T, w)
         xp = namespace_of(Z)
         inv_b = 1.0 / Z.shape[0]
         # shift by the row max: exact for the largest logit, so p keeps full precision even at |Z| ~ 1e3
@@ -163,6 +184,14 @@ class CrossEntropy(Loss):
         dZ -= T
         dZ *= inv_b  # in place on the fresh quotient: (softmax(Z) − y)/B
         return -inv_b * xp.sum(T * log_p), dZ
+
+    def per_example(self, Z, T):
+        """ℓ_n = −Σ_k y_nk log p_nk, G = softmax(Z) − y."""
+        xp = namespace_of(Z)
+        shifted = Z - xp.max(Z, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = xp.sum(e, axis=1, keepdims=True)
+        return -xp.sum(T * (shifted - xp.log(s)), axis=1), e / s - T
 
     def predict(self, Z):
         """Class probabilities softmax(Z)."""
@@ -182,18 +211,63 @@ class BinaryCrossEntropy(Loss):
         if y.shape[0] and not bool(xp.all((y >= 0) & (y <= 1))):
             raise ValueError("BinaryCrossEntropy targets must lie in [0, 1]")
 
-    def value_and_grad(self, Z, T):
+    def value_and_grad(self, Z, T, w=None):
+        if w is not None:
+            return self._weighted(Z, T, w)
         xp = namespace_of(Z)
         inv_b = 1.0 / Z.shape[0]
         value = inv_b * xp.sum(F.softplus(xp, Z) - Z * T)
         return value, (F.sigmoid(xp, Z) - T) * inv_b
+
+    def per_example(self, Z, T):
+        """ℓ_n = Σ_k softplus(z) − z·y, G = σ(Z) − y."""
+        xp = namespace_of(Z)
+        return xp.sum(F.softplus(xp, Z) - Z * T, axis=1), F.sigmoid(xp, Z) - T
 
     def predict(self, Z):
         """Probabilities σ(Z)."""
         return F.sigmoid(namespace_of(Z), Z)
 
 
-LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy}
+class Poisson(Loss):
+    """Poisson regression on the log-rate z (the model's linear output), targets y ≥ 0 (counts, rates).
+
+    The negative log-likelihood without its y-only terms: ℓ = Σ_k e^{z} − y·z per example,
+    L = (1/B) Σ_n ℓ_n,   ∂L/∂Z = (e^{Z} − y)/B   (B, K);  the prediction is the rate e^{z}.
+    e^{z} is taken of min(z, log(max float)) so that a rate beyond the dtype's range saturates at its
+    largest number instead of overflowing (no inf, no warning, also for z ~ 1e3).
+    """
+
+    name = "poisson"
+
+    def _check_values(self, xp, y):
+        if y.shape[0] and not bool(xp.all(y >= 0)):
+            raise ValueError("Poisson targets must be non-negative (counts or rates)")
+
+    def _exp(self, Z):
+        xp = namespace_of(Z)
+        return xp.exp(xp.minimum(Z, 88.0 if Z.dtype == xp.float32 else 709.0))
+
+    def value_and_grad(self, Z, T, w=None):
+        if w is not None:
+            return self._weighted(Z, T, w)
+        xp = namespace_of(Z)
+        inv_b = 1.0 / Z.shape[0]
+        rate = self._exp(Z)
+        return inv_b * xp.sum(rate - T * Z), (rate - T) * inv_b
+
+    def per_example(self, Z, T):
+        """ℓ_n = Σ_k e^{z} − y·z, G = e^{Z} − y."""
+        rate = self._exp(Z)
+        return namespace_of(Z).sum(rate - T * Z, axis=1), rate - T
+
+    def predict(self, Z):
+        """The rate e^{Z}."""
+        return self._exp(Z)
+
+
+LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy,
+          "poisson": Poisson}
 
 
 def get_loss(loss):

@@ -1,7 +1,7 @@
 """Metrics as per-batch sums that stay on the device.
 
 Each metric returns a 0-d array: the *sum* over the batch's examples of a
-per-example score, so the epoch value is (Σ over batches) / n — exact for a
+per-example score (weighted by the sample weights ``w`` when given), so the epoch value is (Σ over batches) / n — exact for a
 partial last batch — and is read from the device once per epoch.
 """
 from __future__ import annotations
@@ -11,29 +11,40 @@ from .functional import namespace_of
 __all__ = ["METRICS", "get_metrics", "accuracy", "mse", "mae"]
 
 
-def accuracy(out, T, loss):
+def _total(xp, per_example, w):
+    return xp.sum(per_example * w)
+
+
+def accuracy(out, T, loss, w=None):
     """Σ_n [prediction_n = target_n]: arg-max of the outputs for K > 1 (rows of T are one-hot or
     probabilities), otherwise the logit's sign (BinaryCrossEntropy) or the output ≥ 0.5 for one output
     (per example: the fraction of outputs right, for multi-label BinaryCrossEntropy)."""
     xp = namespace_of(out)
     if loss.name == "binary_cross_entropy" or out.shape[1] == 1:
         threshold = 0.0 if loss.name == "binary_cross_entropy" else 0.5
-        right = (out > threshold) == (T > 0.5)
-        return xp.sum(xp.astype(right, out.dtype)) / out.shape[1]
-    right = xp.argmax(out, axis=1) == xp.argmax(T, axis=1)
-    return xp.sum(xp.astype(right, out.dtype))
+        right = xp.astype((out > threshold) == (T > 0.5), out.dtype)
+        if w is None:
+            return xp.sum(right) / out.shape[1]
+        return _total(xp, xp.sum(right, axis=1), w) / out.shape[1]
+    right = xp.astype(xp.argmax(out, axis=1) == xp.argmax(T, axis=1), out.dtype)
+    return xp.sum(right) if w is None else _total(xp, right, w)
 
 
-def mse(out, T, loss):
+def mse(out, T, loss, w=None):
     """Σ_n mean_k (ŷ_nk − y_nk)², with ŷ the loss's prediction (probabilities for cross-entropies)."""
+    xp = namespace_of(out)
     diff = loss.predict(out) - T
-    return namespace_of(out).sum(diff * diff) / out.shape[1]
+    if w is None:
+        return xp.sum(diff * diff) / out.shape[1]
+    return _total(xp, xp.sum(diff * diff, axis=1), w) / out.shape[1]
 
 
-def mae(out, T, loss):
+def mae(out, T, loss, w=None):
     """Σ_n mean_k |ŷ_nk − y_nk|."""
     xp = namespace_of(out)
-    return xp.sum(xp.abs(loss.predict(out) - T)) / out.shape[1]
+    if w is None:
+        return xp.sum(xp.abs(loss.predict(out) - T)) / out.shape[1]
+    return _total(xp, xp.sum(xp.abs(loss.predict(out) - T), axis=1), w) / out.shape[1]
 
 
 METRICS = {"accuracy": accuracy, "acc": accuracy, "mse": mse, "mae": mae}

@@ -169,7 +169,12 @@ class Sequential:
 
     # -- input handling -----------------------------------------------------------
     def _as_input(self, X, check_values=True):
-        """Validate X and return it as a (B, n_features_in) array of the model's dtype and device."""
+        """Validate X and return it as a (B, n_features_in) array of the model's dtype and device.
+
+        A SciPy sparse matrix is checked and kept on the host as CSR: it is densified one batch at a
+        time on its way to the device (``_rows``), never whole."""
+        if hasattr(X, "tocsr") and hasattr(X, "nnz"):
+            return self._as_sparse_input(X, check_values)
         if not check_values and self.backend.ready(X) and X.ndim == 2 and X.shape[0] \
                 and X.shape[1] == self.n_features_in:
             return X  # the hot path: already a batch of this backend, nothing to check or convert
@@ -192,6 +197,28 @@ class Sequential:
         if check_values:
             self._check_range(arr, "X")
         return self.backend.asarray(arr, dtype=self.backend.dtype)
+
+    def _as_sparse_input(self, X, check_values):
+        if len(X.shape) != 2 or X.shape[0] == 0 or X.shape[1] != self.n_features_in:
+            raise ValueError(f"X has shape {tuple(X.shape)} but the model expects (rows, {self.n_features_in})")
+        X = X.tocsr()
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"X must be numeric (float or int), got dtype {X.dtype}")
+        if check_values and X.dtype.kind == "f":
+            if not np.all(np.isfinite(X.data)):
+                raise ValueError("X contains NaN or infinity: clean or impute the data first")
+            self._check_range(X.data.reshape(-1, 1), "X")
+        return X
+
+    def _dense(self, rows):
+        """Host sparse rows as a dense device batch of the model's dtype."""
+        return self.backend.asarray(rows.toarray(), dtype=self.backend.dtype)
+
+    def _rows(self, X, start, stop):
+        """Rows [start, stop) of a prepared input: a slice of a device array, or a densified sparse slice."""
+        if hasattr(X, "nnz"):
+            return self._dense(X[start:stop])
+        return X[start:stop, ...]
 
     def _check_range(self, arr, name):
         """Values that would overflow the model's dtype (float64 data for a float32 model) are refused."""
@@ -268,22 +295,27 @@ class Sequential:
         value, _, grads = self._loss_out_grads(X, T, loss, regularizer)
         return value, grads
 
-    def _loss_out_grads(self, X, T, loss, regularizer=None):
-        """(L, output, ∂L/∂θ) for a prepared batch: forward, loss, backward, penalty."""
+    def _loss_out_grads(self, X, T, loss, regularizer=None, w=None):
+        """(L, output, ∂L/∂θ) for a prepared batch: forward, loss (weighted by ``w``), backward, penalty."""
         out = self._forward(X, train=True)
-        value, d_out = loss.value_and_grad(out, T)
+        value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
         grads = self.backward(d_out)
         if regularizer is not None:
-            value, grads = self._add_penalty(value, grads, regularizer)
+            scale = None
+            if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
+                scale = 1.0 / X.shape[0] if w is None else 1.0 / self.xp.sum(w)
+            value, grads = self._add_penalty(value, grads, regularizer, scale)
         return value, out, grads
 
-    def _add_penalty(self, value, grads, regularizer):
-        """L + Ω(W) and ∂L/∂W + ∂Ω/∂W for every weight matrix (keys ending in ".W")."""
+    def _add_penalty(self, value, grads, regularizer, scale=None):
+        """L + Ω(W) and ∂L/∂W + ∂Ω/∂W for every weight matrix (keys ending in ".W"), times ``scale``."""
         params = self.params()
         grads = dict(grads)
         for key in grads:
             if key.endswith(".W"):
                 omega, d_omega = regularizer.value_and_grad(params[key])
+                if scale is not None:
+                    omega, d_omega = omega * scale, d_omega * scale
                 value = value + omega
                 grads[key] = grads[key] + d_omega
         return value, grads
@@ -307,7 +339,8 @@ class Sequential:
 
     def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
             validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-            verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False):
+            verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False,
+            sample_weight=None):
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -333,6 +366,10 @@ class Sequential:
         * ``comm``: a communicator from :mod:`nnkit.distributed` (MPI, NCCL) for data-parallel training:
           every rank passes the same data, ``batch_size`` is the global batch, each rank computes its
           slice and the gradients are summed in one all-reduce per step (see :mod:`nnkit.distributed`).
+        * ``sample_weight`` (n,): each batch's loss is the weighted mean Σ w ℓ / Σ w (and so is its
+          gradient); epoch losses and metrics are weighted means too.  ``validation_data`` may then be a
+          triple ``(X_val, y_val, w_val)``.  X may be a SciPy sparse matrix: it stays on the host and
+          each batch is densified on its way to the device.
         * ``compile=True`` compiles the training step where the backend can (``jax.jit`` on JAX; the
           learning rate is passed in as a value, so schedules act; full and last batches are traced once
           each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
@@ -340,11 +377,13 @@ class Sequential:
         return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                    shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
-                   checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile)
+                   checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile,
+                   sample_weight=sample_weight)
 
-    def evaluate(self, X, y, loss, metrics=None, batch_size=None):
-        """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read)."""
-        return training.evaluate(self, X, y, loss, metrics, batch_size)
+    def evaluate(self, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
+        """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read); means weighted by
+        ``sample_weight`` (n,) when given."""
+        return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight)
 
     def save(self, path):
         """Write architecture, weights, optimizer state, epoch and RNG state to one ``.npz`` (atomic)."""
@@ -369,11 +408,14 @@ class Sequential:
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         n = X.shape[0]
+        if batch_size is None and hasattr(X, "nnz"):
+            batch_size = 4096  # sparse input: densified a batch at a time
         with self.backend.activate():
-            if batch_size is None or batch_size >= n:
+            if batch_size is None or batch_size >= n and not hasattr(X, "nnz"):
                 return self._forward(X, train=False)
-            parts = [self._forward(X[s:min(s + batch_size, n), ...], train=False) for s in range(0, n, batch_size)]
-            return self.xp.concat(parts, axis=0)
+            parts = [self._forward(self._rows(X, s, min(s + batch_size, n)), train=False)
+                     for s in range(0, n, batch_size)]
+            return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
     # -- tables: raw rows in, class names out -------------------------------------------------
     @property

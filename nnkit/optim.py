@@ -287,11 +287,13 @@ def get_optimizer(optimizer, **kwargs):
 class L2:
     """Ω(Θ) = (λ/2) Σ_W ‖W‖² over the weight matrices (biases are not penalised).
 
-    Adds Ω to the loss and λ·W to each ∂L/∂W.
+    Adds Ω to the loss and λ·W to each ∂L/∂W.  ``per_batch=True`` divides the penalty by each batch's
+    size (or sum of sample weights), as scikit-learn's MLP does with ``alpha``: Ω_b = (λ/2B) Σ‖W‖².
     """
 
-    def __init__(self, lam):
+    def __init__(self, lam, per_batch=False):
         self.lam = check_hyper("lam", lam)
+        self.per_batch = bool(per_batch)
 
     def value_and_grad(self, W):
         """(Ω(W), ∂Ω/∂W) for one weight matrix: ((λ/2)‖W‖², λW)."""
@@ -299,7 +301,7 @@ class L2:
         return (0.5 * self.lam) * xp.sum(W * W), self.lam * W
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.lam!r})"
+        return f"{type(self).__name__}({self.lam!r}" + (", per_batch=True)" if self.per_batch else ")")
 
 
 class L1(L2):

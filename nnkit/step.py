@@ -44,7 +44,7 @@ class StepState:
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
-               share=1.0):
+               share=1.0, w=None):
     """One training step: ``(value, sums, new_state)``.
 
     The model's layers must hold ``state.params`` (``make_step``'s compiled form puts them there).
@@ -56,17 +56,21 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     4. data-parallel: Σ_r share_r·∇L_r in one all-reduce (``comm``; ``share`` = B_r / B);
     5. the optimizer update with learning rate ``lr``, written back into the model.
 
-    ``value`` is the 0-d loss; ``sums`` is ``[B·L, Σ metric...]`` as 0-d arrays when ``metric_fns``
-    (a list of ``(name, fn)``) is given, else None.  Nothing is read from the device.
+    ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
+    ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
+    ``(name, fn)``) is given, else None.  Nothing is read from the device.
     """
     sums = value = None
     if X is None:
         xp = model.xp
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
-        value, out, grads = model._loss_out_grads(X, T, loss, regularizer)
+        value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w)
         if metric_fns is not None:
-            sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
+            if w is None:
+                sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
+            else:
+                sums = [value * model.xp.sum(w)] + [fn(out, T, loss, w) for _, fn in metric_fns]
     if comm is not None:
         grads = allreduce_grads(comm, grads, share)
     params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
@@ -75,17 +79,17 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
 
 
 def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False):
-    """A ``run(X, T, share) -> sums`` for ``fit``: one step on the model and its optimizer.
+    """A ``run(X, T, share, w) -> sums`` for ``fit``: one step on the model and its optimizer.
 
     ``compile=True`` compiles the step where the backend can (``Backend.compile``; JAX's ``jax.jit``)
     and runs it eagerly elsewhere; ``run.compiled`` says which, ``run.traces`` counts the traces.
     """
     metric_fns = list(metric_fns)
 
-    def eager(X, T, share=1.0):
+    def eager(X, T, share=1.0, w=None):
         _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
-                                    comm=comm, share=share)
+                                    comm=comm, share=share, w=w)
         optimizer.state = state.opt
         return sums
 
@@ -96,12 +100,12 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         raise ValueError("compile=True with a communicator (data-parallel fit) is not supported: the "
                          "all-reduce runs outside the compiled step; use compile=False with comm")
 
-    def pure(params, opt, buffers, key, X, T, lr):
+    def pure(params, opt, buffers, key, X, T, lr, w):
         run.traces += 1  # runs only while the backend traces the function
         model._assign({**params, **buffers})
         model._random_key = key
         _, sums, state = train_step(model, StepState(params, opt, buffers, key), X, T, lr, loss=loss,
-                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns)
+                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w)
         return sums, state.params, state.opt, model.buffers(), model._random_key
 
     be = model.backend
@@ -119,11 +123,11 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         return cache[key]
     compiled = be.compile(pure)
 
-    def run(X, T, share=1.0):
+    def run(X, T, share=1.0, w=None):
         if model._random_key is None and model.needs_random:
             model.reseed()
         sums, params, opt, buffers, key = compiled(model.params(), optimizer.state, model.buffers(),
-                                                   model._random_key, X, T, optimizer.lr)
+                                                   model._random_key, X, T, optimizer.lr, w)
         model._assign({**params, **buffers})
         model._random_key = key
         optimizer.state = opt

@@ -27,8 +27,8 @@ from .step import make_step
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError"]
 
 
-class TrainingDivergedError(RuntimeError):
-    """The epoch loss became NaN or infinite; the model keeps its last finite weights."""
+class TrainingDivergedError(ValueError):
+    """The epoch loss became NaN or infinite; the model keeps its last finite weights (a ``ValueError``)."""
 
 
 class _StopFlag:
@@ -58,35 +58,71 @@ def _batches(n, batch_size):
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _sums(model, X, T, loss, metric_fns, batch_size):
-    """[Σ loss, Σ metric...] over (X, T) as 0-d device arrays (inference, no host read)."""
+def _sums(model, X, T, loss, metric_fns, batch_size, W=None):
+    """[Σ w·loss, Σ w·metric...] over (X, T) (weights W, or 1) as 0-d device arrays (inference, no host
+    read).  A sparse X is densified one batch at a time."""
     sums = None
     for s, e in _batches(X.shape[0], batch_size):
-        out, tb = model._forward(X[s:e, ...], train=False), T[s:e, ...]
-        batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
+        out, tb = model._forward(model._rows(X, s, e), train=False), T[s:e, ...]
+        if W is None:
+            batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
+        else:
+            wb = W[s:e]
+            batch = [loss.value(out, tb, wb) * model.xp.sum(wb)] + [fn(out, tb, loss, wb) for _, fn in metric_fns]
         sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
     return sums
 
 
-def evaluate(model, X, y, loss, metrics=None, batch_size=None):
-    """``{"loss": float, metric: float}`` of ``model`` on (X, y): one host read."""
+def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
+    """``{"loss": float, metric: float}`` of ``model`` on (X, y) — means weighted by ``sample_weight``
+    when given: one host read."""
     loss = get_loss(loss)
     metric_fns = get_metrics(metrics, loss)
     X = model._as_input(X)
     T = model._as_target(y, X.shape[0], loss)
-    bs = X.shape[0] if batch_size is None else check_int("batch_size", batch_size, 1)
+    W, w_host = _weights(model, sample_weight, X.shape[0])
+    total = float(X.shape[0]) if W is None else float(w_host.sum())
+    default = X.shape[0] if not _sparse(X) else 4096
+    bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
     with model.backend.activate():
-        host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs)))
-    n = X.shape[0]
-    return {name: float(v) / n for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
+        host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs, W)))
+    return {name: float(v) / total for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
+
+
+def _sparse(X):
+    return hasattr(X, "tocsr") and hasattr(X, "nnz")
+
+
+def _slice(X, start, stop):
+    """Rows [start, stop) of a device array or of a host sparse matrix (which takes no ``...``)."""
+    return X[start:stop] if _sparse(X) else X[start:stop, ...]
+
+
+def _weights(model, sample_weight, n):
+    """(W on the device, the same on the host) — or (None, None): sample weights checked once, on the host."""
+    if sample_weight is None:
+        return None, None
+    import numpy as np
+
+    w = model.backend.to_numpy(sample_weight) if model.backend.owns(sample_weight) else sample_weight
+    try:
+        w = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"sample_weight must be numbers, got {type(sample_weight).__name__}") from None
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"sample_weight must have shape ({n},) (one weight per row), got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError("sample_weight must be finite, non-negative and not all zero")
+    return model.backend.asarray(w, dtype=model.backend.dtype), w
 
 
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False):
+        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None):
     """See :meth:`nnkit.Sequential.fit`."""
     run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
-               early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile)
+               early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
+               sample_weight)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
     per_batch = [cb for cb in hooks if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
     for cb in hooks:
@@ -98,8 +134,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             for cb in hooks:
                 cb.on_epoch_begin(epoch)
             sums, seen = None, 0
-            for xb, tb, share, seen in run.batches():
-                batch = run.step(xb, tb, share)
+            for xb, tb, wb, share, seen in run.batches():
+                batch = run.step(xb, tb, share, wb)
                 sums = batch if sums is None else sums if batch is None else [a + b for a, b in zip(sums, batch)]
                 for cb in per_batch:
                     cb.on_batch_end()
@@ -134,7 +170,7 @@ class _Run:
 
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
-                 regularizer, comm, compile):
+                 regularizer, comm, compile, sample_weight=None):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
         epochs = check_int("epochs", epochs, 1)
@@ -174,21 +210,33 @@ class _Run:
 
         X = model._as_input(X)
         T = model._as_target(y, X.shape[0], loss)
+        W, w_host = _weights(model, sample_weight, X.shape[0])
+        self.Wv, wv_host = None, None
         if validation_split:
             split = int(X.shape[0] * (1.0 - validation_split))
             if split < 1:
                 raise ValueError(f"validation_split={validation_split} leaves no training rows out of {X.shape[0]}")
-            self.Xv, self.Tv, X, T = X[split:, ...], T[split:, ...], X[:split, ...], T[:split, ...]
+            self.Xv, self.Tv, X, T = _slice(X, split, None), T[split:, ...], _slice(X, 0, split), T[:split, ...]
+            if W is not None:
+                self.Wv, W, wv_host, w_host = W[split:], W[:split], w_host[split:], w_host[:split]
         elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
+                                 "sample_weight_val)")
             try:
-                vx, vy = validation_data
-            except (TypeError, ValueError):
-                raise ValueError("validation_data must be a pair (X_val, y_val)") from None
-            self.Xv = model._as_input(vx)
-            self.Tv = model._as_target(vy, self.Xv.shape[0], loss)
+                self.Xv = model._as_input(validation_data[0])
+                self.Tv = model._as_target(validation_data[1], self.Xv.shape[0], loss)
+                if len(validation_data) == 3 and validation_data[2] is not None:
+                    self.Wv, wv_host = _weights(model, validation_data[2], self.Xv.shape[0])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
+                                 f"sample_weight_val) of arrays that fit the model: {exc}") from None
         else:
             self.Xv = self.Tv = None
-        self.X, self.T, self.n = X, T, X.shape[0]
+        self.X, self.T, self.W, self.n = X, T, W, X.shape[0]
+        self.total = float(self.n) if W is None else float(w_host.sum())
+        self.total_v = None if self.Xv is None else (float(self.Xv.shape[0]) if self.Wv is None
+                                                      else float(wv_host.sum()))
 
         if resume and os.path.exists(os.fspath(checkpoint)):
             # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
@@ -218,19 +266,27 @@ class _Run:
                     setattr(cb, hook, getattr(Callback(), hook))
 
     def batches(self):
-        """(X_b, T_b, share, end) for this rank's slice of every global batch of an epoch (X_b None when
-        the slice is empty); one shuffle per epoch, drawn on the host from the model's generator."""
-        xp = self.xp
-        order = self.be.asarray(self.model.rng.permutation(self.n)) if self.shuffle else None
+        """(X_b, T_b, W_b, share, end) for this rank's slice of every global batch of an epoch (X_b None
+        when the slice is empty; W_b None without sample weights); one shuffle per epoch, drawn on the
+        host from the model's generator.  A sparse X (host CSR) is densified one batch at a time."""
+        xp, model, W = self.xp, self.model, self.W
+        sparse = _sparse(self.X)
+        order = None
+        if self.shuffle:
+            perm = model.rng.permutation(self.n)
+            order = (perm, self.be.asarray(perm)) if sparse else (None, self.be.asarray(perm))
         for s, e in _batches(self.n, self.batch_size):
             a, b = dist.rank_slice(s, e, self.rank, self.size) if self.parallel else (s, e)
             if b <= a:  # a global batch smaller than the number of ranks: nothing here this step
-                yield None, None, 0.0, e
+                yield None, None, None, 0.0, e
             elif order is None:
-                yield self.X[a:b, ...], self.T[a:b, ...], (b - a) / (e - s), e
+                yield (model._rows(self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b],
+                       (b - a) / (e - s), e)
             else:
-                idx = order[a:b]
-                yield xp.take(self.X, idx, axis=0), xp.take(self.T, idx, axis=0), (b - a) / (e - s), e
+                idx = order[1][a:b]
+                xb = model._dense(self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
+                yield (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
+                       (b - a) / (e - s), e)
 
     def epoch_logs(self, sums, stop):
         """The epoch's logs as Python floats: its training sums (and the validation sums), in one read."""
@@ -240,15 +296,16 @@ class _Run:
         if self.Xv is not None:
             va, vb = dist.rank_slice(0, self.Xv.shape[0], self.rank, self.size) if self.parallel \
                 else (0, self.Xv.shape[0])
-            sums = sums + (_sums(self.model, self.Xv[va:vb, ...], self.Tv[va:vb, ...], self.loss, self.metric_fns,
-                                 max(self.batch_size, 1024)) if vb > va else nothing)
+            sums = sums + (_sums(self.model, _slice(self.Xv, va, vb), self.Tv[va:vb, ...], self.loss, self.metric_fns,
+                                 max(self.batch_size, 1024), None if self.Wv is None else self.Wv[va:vb])
+                           if vb > va else nothing)
         if self.parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
             flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
             host = be.to_numpy(self.comm.allreduce(xp.stack(sums + [flag])))
             stop.raised = stop.raised or bool(host[-1] > 0)
         else:
             host = be.to_numpy(xp.stack(sums))
-        logs = {k: float(v) / self.n for k, v in zip(names, host[:len(names)])}
+        logs = {k: float(v) / self.total for k, v in zip(names, host[:len(names)])}
         if self.Xv is not None:
-            logs.update({f"val_{k}": float(v) / self.Xv.shape[0] for k, v in zip(names, host[len(names):])})
+            logs.update({f"val_{k}": float(v) / self.total_v for k, v in zip(names, host[len(names):])})
         return logs

@@ -6,7 +6,7 @@ from .backend import Backend, get_backend
 from .layers import Layer, Dense, Dropout, Residual
 from .normalization import BatchNorm, LayerNorm
 from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus
-from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, get_loss
+from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
 from .callbacks import History, Callback, EarlyStopping, ModelCheckpoint, ProgbarLogger, LearningRateScheduler
@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Sigmoid",
-    "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get_loss", "Sequential",
+    "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
+    "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
     "TrainingDivergedError", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing",
 ]

@@ -485,21 +485,19 @@ def _torch_namespace():
         import torch
         import array_api_compat.torch as compat
 
-        def maximum(x1, x2, /):
-            if isinstance(x2, _SCALARS) and isinstance(x1, torch.Tensor):
-                return torch.clamp(x1, min=x2)
-            if isinstance(x1, _SCALARS) and isinstance(x2, torch.Tensor):
-                return torch.clamp(x2, min=x1)
-            return compat.maximum(x1, x2)
+        def clamping(fallback, bound):
+            """max/min(x1, x2) as torch.clamp(tensor, bound=scalar) when one side is a Python scalar."""
+            def f(x1, x2, /):
+                if isinstance(x2, _SCALARS) and isinstance(x1, torch.Tensor):
+                    return torch.clamp(x1, **{bound: x2})
+                if isinstance(x1, _SCALARS) and isinstance(x2, torch.Tensor):
+                    return torch.clamp(x2, **{bound: x1})
+                return fallback(x1, x2)
+            f.__name__ = fallback.__name__
+            return f
 
-        def minimum(x1, x2, /):
-            if isinstance(x2, _SCALARS) and isinstance(x1, torch.Tensor):
-                return torch.clamp(x1, max=x2)
-            if isinstance(x1, _SCALARS) and isinstance(x2, torch.Tensor):
-                return torch.clamp(x2, max=x1)
-            return compat.minimum(x1, x2)
-
-        _TORCH = _derived_namespace(compat, "torch_namespace", maximum=maximum, minimum=minimum)
+        _TORCH = _derived_namespace(compat, "torch_namespace", maximum=clamping(compat.maximum, "min"),
+                                    minimum=clamping(compat.minimum, "max"))
         register_namespace(torch.Tensor, _TORCH)
     return _TORCH
 

@@ -52,6 +52,19 @@ class _Norm(Layer):
     def config(self):
         return {"type": type(self).__name__, "num_features": self.num_features, "eps": self.eps}
 
+    def _backward(self, dY, need_dX, axis):
+        """The two norms' shared backward: dβ = Σ_b dY, dγ = Σ_b dY⊙x̂ (over the batch), and with
+        g = dY⊙γ, dX = (s/m)(m·g − Σ g − x̂ ⊙ Σ g⊙x̂), the sums along ``axis`` (m entries): the batch
+        (axis 0, BatchNorm) or the row's features (axis 1, LayerNorm)."""
+        xp = self.xp
+        x_hat, s = self._cache
+        self.grads = {"gamma": xp.sum(dY * x_hat, axis=0), "beta": xp.sum(dY, axis=0)}
+        if not need_dX:
+            return None
+        g = dY * self.params["gamma"]
+        m, keep = dY.shape[axis], axis == 1
+        return (s / m) * (m * g - xp.sum(g, axis=axis, keepdims=keep) - x_hat * xp.sum(g * x_hat, axis=axis, keepdims=keep))
+
 
 class BatchNorm(_Norm):
     r"""Batch normalisation (Ioffe & Szegedy, 2015) over the batch, per feature; X, Y (B, n).
@@ -114,14 +127,7 @@ class BatchNorm(_Norm):
 
     def backward(self, dY, need_dX=True):
         """dβ = Σ_b dY, dγ = Σ_b dY⊙x̂, dX = (s/B)(B·g − Σ_b g − x̂ ⊙ Σ_b g⊙x̂) with g = dY⊙γ; (B, n)."""
-        xp = self.xp
-        x_hat, s = self._cache
-        self.grads = {"gamma": xp.sum(dY * x_hat, axis=0), "beta": xp.sum(dY, axis=0)}
-        if not need_dX:
-            return None
-        g = dY * self.params["gamma"]
-        B = dY.shape[0]
-        return (s / B) * (B * g - xp.sum(g, axis=0) - x_hat * xp.sum(g * x_hat, axis=0))
+        return self._backward(dY, need_dX, axis=0)
 
     def config(self):
         return {**super().config(), "momentum": self.momentum}
@@ -152,11 +158,4 @@ class LayerNorm(_Norm):
 
     def backward(self, dY, need_dX=True):
         """dβ = Σ_b dY, dγ = Σ_b dY⊙x̂, dX = (s/n)(n·g − Σ_j g − x̂ ⊙ Σ_j g⊙x̂) with g = dY⊙γ; (B, n)."""
-        xp = self.xp
-        x_hat, s = self._cache
-        self.grads = {"gamma": xp.sum(dY * x_hat, axis=0), "beta": xp.sum(dY, axis=0)}
-        if not need_dX:
-            return None
-        g = dY * self.params["gamma"]
-        n = dY.shape[1]
-        return (s / n) * (n * g - xp.sum(g, axis=1, keepdims=True) - x_hat * xp.sum(g * x_hat, axis=1, keepdims=True))
+        return self._backward(dY, need_dX, axis=1)

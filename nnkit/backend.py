@@ -41,7 +41,7 @@ import array_api_compat
 from .functional import namespace_of, register_namespace
 
 __all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES", "host_copy", "like", "finish",
-           "local_rank"]
+           "local_rank", "is_sparse"]
 
 BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict", "jax")
 DTYPE_NAMES = ("float32", "float64")
@@ -298,6 +298,11 @@ def host_copy(x):
         return np.from_dlpack(x, device="cpu", copy=True)
     except (TypeError, ValueError, BufferError, AttributeError, NotImplementedError):
         return np.array(x, copy=True)
+
+
+def is_sparse(x):
+    """True for a SciPy sparse matrix (host data that nnkit densifies one batch at a time)."""
+    return hasattr(x, "tocsr") and hasattr(x, "nnz")
 
 
 def like(a, x):

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import array_api_compat
 
-from .backend import get_backend
+from .backend import get_backend, is_sparse
 from .layers import Layer, Dense, Dropout, Residual, check_widths, layer_from_config
 from .normalization import BatchNorm, LayerNorm
+from .preprocessing import Preprocessing
 from . import activations
 from .losses import get_loss
 from .optim import Optimizer
@@ -173,7 +174,7 @@ class Sequential:
 
         A SciPy sparse matrix is checked and kept on the host as CSR: it is densified one batch at a
         time on its way to the device (``_rows``), never whole."""
-        if hasattr(X, "tocsr") and hasattr(X, "nnz"):
+        if is_sparse(X):
             return self._as_sparse_input(X, check_values)
         if not check_values and self.backend.ready(X) and X.ndim == 2 and X.shape[0] \
                 and X.shape[1] == self.n_features_in:
@@ -216,7 +217,7 @@ class Sequential:
 
     def _rows(self, X, start, stop):
         """Rows [start, stop) of a prepared input: a slice of a device array, or a densified sparse slice."""
-        if hasattr(X, "nnz"):
+        if is_sparse(X):
             return self._dense(X[start:stop])
         return X[start:stop, ...]
 
@@ -408,10 +409,11 @@ class Sequential:
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         n = X.shape[0]
-        if batch_size is None and hasattr(X, "nnz"):
+        sparse = is_sparse(X)
+        if batch_size is None and sparse:
             batch_size = 4096  # sparse input: densified a batch at a time
         with self.backend.activate():
-            if batch_size is None or batch_size >= n and not hasattr(X, "nnz"):
+            if batch_size is None or batch_size >= n and not sparse:
                 return self._forward(X, train=False)
             parts = [self._forward(self._rows(X, s, min(s + batch_size, n)), train=False)
                      for s in range(0, n, batch_size)]
@@ -422,8 +424,6 @@ class Sequential:
     def preprocessing(self):
         """The :class:`nnkit.preprocessing.Preprocessing` saved with the model (feature names, fills,
         scaling, classes), or None.  Set it to attach one; it is stored in ``info`` and saved."""
-        from .preprocessing import Preprocessing
-
         return Preprocessing.from_info(self.info)
 
     @preprocessing.setter

@@ -57,7 +57,7 @@ import array_api_compat
 
 from . import optim
 from .activations import Identity, ReLU, Sigmoid, Tanh
-from .backend import get_backend, host_copy
+from .backend import get_backend, host_copy, is_sparse
 from .callbacks import Callback
 from .layers import Dense
 from .losses import BinaryCrossEntropy, CrossEntropy, MSE, Poisson
@@ -271,7 +271,7 @@ class _BaseMLP(BaseEstimator):
     def _take(self, A, idx):
         if A is None:
             return None
-        if isinstance(A, np.ndarray) or hasattr(A, "nnz"):
+        if isinstance(A, np.ndarray) or is_sparse(A):
             return A[idx]
         xp = array_api_compat.array_namespace(A)
         return xp.take(A, xp.asarray(idx, device=array_api_compat.device(A)), axis=0)

@@ -15,9 +15,12 @@ import signal
 import threading
 import time
 
+import numpy as np
+
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress  # noqa: F401
+from .backend import is_sparse
 from .files import check_writable
 from .losses import get_loss
 from .metrics import get_metrics
@@ -82,28 +85,22 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     T = model._as_target(y, X.shape[0], loss)
     W, w_host = _weights(model, sample_weight, X.shape[0])
     total = float(X.shape[0]) if W is None else float(w_host.sum())
-    default = X.shape[0] if not _sparse(X) else 4096
+    default = X.shape[0] if not is_sparse(X) else 4096
     bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
     with model.backend.activate():
         host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs, W)))
     return {name: float(v) / total for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
 
 
-def _sparse(X):
-    return hasattr(X, "tocsr") and hasattr(X, "nnz")
-
-
 def _slice(X, start, stop):
     """Rows [start, stop) of a device array or of a host sparse matrix (which takes no ``...``)."""
-    return X[start:stop] if _sparse(X) else X[start:stop, ...]
+    return X[start:stop] if is_sparse(X) else X[start:stop, ...]
 
 
 def _weights(model, sample_weight, n):
     """(W on the device, the same on the host) — or (None, None): sample weights checked once, on the host."""
     if sample_weight is None:
         return None, None
-    import numpy as np
-
     w = model.backend.to_numpy(sample_weight) if model.backend.owns(sample_weight) else sample_weight
     try:
         w = np.asarray(w, dtype=np.float64)
@@ -270,7 +267,7 @@ class _Run:
         when the slice is empty; W_b None without sample weights); one shuffle per epoch, drawn on the
         host from the model's generator.  A sparse X (host CSR) is densified one batch at a time."""
         xp, model, W = self.xp, self.model, self.W
-        sparse = _sparse(self.X)
+        sparse = is_sparse(self.X)
         order = None
         if self.shuffle:
             perm = model.rng.permutation(self.n)

@@ -108,16 +108,17 @@ class Softmax(Layer):
     """
 
     def forward(self, Z, train=True):
-        """A = softmax(Z) per row; shapes (B, n).  Keeps what the backward pass needs when ``train``."""
-        A = F.softmax(self.xp, Z)
+        """A = softmax(Z) per row; shapes (B, n), computed in float32 under a mixed policy.  Keeps what the
+        backward pass needs when ``train``."""
+        A = F.softmax(self.xp, self.storage(Z))
         if train:
             self._cache = A
-        return A
+        return self.compute(A)
 
     def backward(self, dA, need_dX=True):
-        """dZ = A ⊙ (dA − rowsum(dA ⊙ A)), shapes (B, n)."""
-        A = self._cache
-        return A * (dA - self.xp.sum(dA * A, axis=1, keepdims=True))
+        """dZ = A ⊙ (dA − rowsum(dA ⊙ A)), shapes (B, n) (float32 row sums under a mixed policy)."""
+        A, dA = self._cache, self.storage(dA)
+        return self.compute(A * (dA - self.xp.sum(dA * A, axis=1, keepdims=True)))
 
 
 class Identity(Layer):

@@ -37,7 +37,8 @@ SHAPES = {
     "L": ((2048, 2048, 2048, 2048, 10), 512),
 }
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # batch sizes for shape M
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "mixed_bfloat16", "mixed_float16", "tf32")  # dtypes and precision policies
+QUICK = {"targets": ("numpy", "torch", "cupy", "torch-cuda"), "shapes": ("S", "M"), "sweep": (64, 256, 1024)}
 KERNELS = ("dense_forward", "dense_backward", "relu_forward", "relu_backward", "softmax_cross_entropy",
            "train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight", "torch_eager_step")
 TARGETS = ("numpy", "torch", "torch-compile", "jax", "jax-jit", "cupy", "torch-cuda")
@@ -71,9 +72,28 @@ def available_targets():
     return [t for t in TARGETS if why_unavailable(t) is None]
 
 
-def mlp(sizes, backend, seed=0):
+def mlp(sizes, backend, seed=0, precision=None):
     """Dense + ReLU between every pair of widths (He-initialised), no activation after the last layer."""
-    return nnkit.Sequential.mlp(sizes, "relu", backend=backend, seed=seed)
+    return nnkit.Sequential.mlp(sizes, "relu", backend=backend, seed=seed, precision=precision)
+
+
+def split_dtype(dtype):
+    """(storage dtype, precision policy) of a report "dtype": ``"float64"`` → (float64, None),
+    ``"mixed_bfloat16"`` → (float32, "mixed_bfloat16")."""
+    return ("float32", dtype) if dtype in nnkit.precision.PRECISIONS else (dtype, None)
+
+
+def why_not(target, dtype):
+    """None when ``target`` can run ``dtype`` (a dtype or a precision policy) here, else the reason."""
+    why = why_unavailable(target)
+    if why is not None:
+        return why
+    storage, precision = split_dtype(dtype)
+    try:
+        nnkit.precision.get_policy(precision, target_backend(target, storage))
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def host_batch(sizes, batch, dtype, seed=0):
@@ -94,9 +114,11 @@ class Case:
 
     def __init__(self, target, dtype, sizes, batch):
         self.target, self.dtype, self.sizes, self.batch = target, dtype, tuple(sizes), batch
-        self.backend = be = target_backend(target, dtype)
-        self.model = mlp(sizes, be)
-        X, y = host_batch(sizes, batch, dtype)
+        storage, precision = split_dtype(dtype)
+        self.backend = be = target_backend(target, storage)
+        self.model = mlp(sizes, be, precision=precision)
+        self.policy = self.model.policy
+        X, y = host_batch(sizes, batch, storage)
         self.loss = nnkit.CrossEntropy()
         self.X = be.asarray(X, dtype=be.dtype)
         self.T = self.loss.prepare_target(y, sizes[-1], be)
@@ -114,8 +136,15 @@ class Case:
         return timed
 
     def kernel(self, name):
-        """The callable that runs kernel ``name`` once (synchronised); KeyError for an unknown name."""
-        return self._sync(getattr(self, f"_k_{name}")())
+        """The callable that runs kernel ``name`` once (synchronised, under the precision policy); KeyError for
+        an unknown name."""
+        fn, policy = self._sync(getattr(self, f"_k_{name}")()), self.policy
+
+        def run():
+            with policy.activate():  # tf32: TF32 matmuls; elsewhere the device made current
+                return fn()
+
+        return run
 
     # -- the pieces of a step, on the model's widest Dense layer and its ReLU ----------------------
     def _widest(self):
@@ -130,17 +159,18 @@ class Case:
     def _k_dense_forward(self):
         k, A = self._widest()
         layer = self.model.layers[k]
+        A = self.policy.cast_input(A)
         return lambda: layer.forward(A, train=True)
 
     def _k_dense_backward(self):
         k, A = self._widest()
         layer = self.model.layers[k]
-        dZ = layer.forward(A, train=True)
+        dZ = layer.forward(self.policy.cast_input(A), train=True)
         return lambda: layer.backward(dZ, need_dX=True)
 
     def _relu(self):
         k, A = self._widest()
-        Z = self.model.layers[k].forward(A, train=False)
+        Z = self.model.layers[k].forward(self.policy.cast_input(A), train=False)
         relu = nnkit.ReLU()
         relu.build(self.backend, None, Z.shape[1])
         return relu, Z
@@ -179,11 +209,13 @@ class Case:
 
     # -- the floor, in the target's own library ------------------------------------------------------
     def _floor(self, first_dX):
+        """The matmuls in the compute dtype (bfloat16 under mixed_bfloat16; TF32 under tf32, see ``kernel``)."""
         be, rng = self.backend, np.random.default_rng(1)
         sizes, B = self.sizes, self.batch
+        compute = self.policy.compute_dtype
 
         def arr(*shape):
-            return be.asarray(rng.standard_normal(shape), dtype=be.dtype)
+            return be.xp.astype(be.asarray(rng.standard_normal(shape), dtype=be.dtype), compute)
 
         Ws = [arr(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
         Xs = [arr(B, a) for a in sizes[:-1]]
@@ -213,7 +245,7 @@ class Case:
         import torch
 
         torch.manual_seed(0)
-        dev, dt = self.backend.device, getattr(torch, self.dtype)
+        dev, dt = self.backend.device, getattr(torch, self.backend.dtype_name)
         layers = []
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
             layers.append(torch.nn.Linear(a, b))
@@ -223,6 +255,25 @@ class Case:
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         X = torch.as_tensor(self.X_host, device=dev)
         y = torch.as_tensor(self.y_host, device=dev)
+        precision = self.model.precision
+        if precision in ("mixed_bfloat16", "mixed_float16"):  # PyTorch's own mixed precision: autocast (+ GradScaler)
+            cdt = getattr(torch, self.model.compute_dtype)
+            scaler = torch.amp.GradScaler(dev.type) if precision == "mixed_float16" else None
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(dev.type, dtype=cdt):
+                    loss = torch.nn.functional.cross_entropy(net(X), y)
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                return loss
+
+            return step
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -321,19 +372,26 @@ def _fmt_time(s):
 
 def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP, seconds=1.0, log=print):
     """Measure everything the machine supports; returns a dict of results (see ``write_markdown``)."""
-    targets = [t for t in (targets or TARGETS) if why_unavailable(t) is None]
-    steps, kernels, curve = [], [], []
+    asked = list(targets or TARGETS)
+    targets = [t for t in asked if why_unavailable(t) is None]
+    steps, kernels, curve, skipped = [], [], [], {}
     for shape in shapes:
         sizes, batch = SHAPES[shape]
         for dtype in dtypes:
-            cases = {t: Case(t, dtype, sizes, batch) for t in targets}
+            runs = [t for t in targets if why_not(t, dtype) is None]
+            for t in targets:
+                if t not in runs:
+                    skipped.setdefault(dtype, []).append(t)
+            if not runs:
+                continue
+            cases = {t: Case(t, dtype, sizes, batch) for t in runs}
             fns = {}
             for t, c in cases.items():
                 for k in ("train_step", "matmul_floor", "matmul_floor_tight"):
                     fns[(t, k)] = c.kernel(k)
                 if t in PEERS:
                     fns[(t, "torch_eager_step")] = c.kernel("torch_eager_step")
-            log(f"{shape} {dtype}: timing {len(fns)} callables on {', '.join(targets)}")
+            log(f"{shape} {dtype}: timing {len(fns)} callables on {', '.join(runs)}")
             groups = {}
             for (t, k), fn in fns.items():
                 groups.setdefault(t, {})[f"{t}|{k}"] = fn
@@ -376,7 +434,8 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                 t, k = key.split("|")
                 curve.append({"target": t, "kernel": k, "batch": batch, "seconds": s})
     return {"targets": targets, "steps": steps, "kernels": kernels, "sweep": curve,
-            "unavailable": {t: why_unavailable(t) for t in TARGETS if t not in targets}}
+            "unavailable": {t: why_unavailable(t) for t in asked if t not in targets},
+            "skipped": {d: sorted(set(ts)) for d, ts in skipped.items()}}
 
 
 def write_markdown(results, path, plot_name=None, command="python -m benchmarks.report"):
@@ -386,11 +445,15 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
          "", "## Machine", "", *machine_info(), ""]
     for t, why in results["unavailable"].items():
         L.append(f"- not measured: **{t}** — {why}")
+    for d, ts in results.get("skipped", {}).items():
+        L.append(f"- not measured in {d}: {', '.join(ts)} (the backend cannot run it; see nnkit.precision)")
     L += ["", "## One train step (forward + softmax cross-entropy + backward + SGD update), median",
           "",
           "Floor = the raw matmuls every Dense layer needs (X·W, Xᵀ·dZ, dZ·Wᵀ) at the same shapes in the "
-          "target's own library; tight floor = without the first layer's dX. Peer = a plain PyTorch eager "
-          "step (autograd + torch.optim.SGD) on the same device. GFLOP/s counts the step's matmul flops. "
+          "target's own library, in the compute dtype (bfloat16 for mixed_bfloat16, float16 for mixed_float16, "
+          "TF32 tensor cores for tf32); tight floor = without the first layer's dX. Peer = a plain PyTorch eager "
+          "step (autograd + torch.optim.SGD; under a mixed policy inside torch.autocast, with GradScaler for "
+          "float16) on the same device. GFLOP/s counts the step's matmul flops. "
           "Timing: on each target the step, its floors and the peer alternate call by call; targets alternate "
           "in blocks with a pause between them, so one library's spinning BLAS threads do not slow another's "
           "(see `nnkit.bench.measure`).", "",
@@ -475,16 +538,23 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
         "step, and write a Markdown report with a samples/s plot."))
     p.add_argument("--out", default=default_out, help="Markdown report to write (default: %(default)s)")
     p.add_argument("--plot", default=None, help="PNG plot to write (default: next to --out, .png)")
-    p.add_argument("--targets", nargs="+", choices=TARGETS, default=None, help="only these targets")
-    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=None,
+                   help="only these targets (default: all; with --quick: the uncompiled ones)")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help="default: all; --quick: S M")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None,
+                   help="dtypes and precision policies (default: all; --quick: float32 mixed_bfloat16 tf32)")
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
-    p.add_argument("--quick", action="store_true", help="short timings (a smoke run; numbers are noisy)")
+    p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
+                   "uncompiled targets, shapes S and M, three batch sizes (numbers are noisy)")
     args = p.parse_args(argv)
     _jax_64_bit()
+    quick = args.quick
     plot = args.plot or os.path.splitext(args.out)[0] + ".png"
-    results = run_report(targets=args.targets, shapes=args.shapes, dtypes=args.dtypes,
-                         sweep=() if args.no_sweep else SWEEP, seconds=0.05 if args.quick else 1.0,
+    results = run_report(targets=args.targets or (QUICK["targets"] if quick else None),
+                         shapes=args.shapes or (QUICK["shapes"] if quick else list(SHAPES)),
+                         dtypes=args.dtypes or (("float32", "mixed_bfloat16", "tf32") if quick else DTYPES),
+                         sweep=() if args.no_sweep else (QUICK["sweep"] if quick else SWEEP),
+                         seconds=0.05 if quick else 1.0,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     plot_name = None
     if results["sweep"]:

@@ -19,6 +19,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -26,6 +27,8 @@ import numpy as np
 from .files import FileFormatError, NpzReader, atomic_write
 from .layers import check_widths, layer_from_config
 from .optim import OPTIMIZERS, Optimizer
+
+from .precision import PRECISIONS, LossScaler
 
 __all__ = ["save", "read", "restore", "restore_into", "CheckpointError", "CheckpointNotFoundError"]
 
@@ -71,6 +74,9 @@ def save(model, path):
         "version": VERSION,
         "layers": model.config(),
         "dtype": model.dtype,
+        "precision": model.precision,
+        "loss_scale": None if model._scaler is None else [be.to_float(model._scaler["scale"]),
+                                                           be.to_float(model._scaler["good"])],
         "backend": be.name,
         "seed": model.seed if isinstance(model.seed, int) else None,
         "epoch": int(model.epoch),
@@ -132,6 +138,7 @@ def read(path):
             raise _fail(path, f"epoch {meta['epoch']!r} / dtype {meta['dtype']!r} out of range")
         if meta.get("seed") is not None and (not isinstance(meta["seed"], int) or isinstance(meta["seed"], bool)):
             raise _fail(path, f"the seed {meta['seed']!r} is not an integer")
+        _check_precision(path, meta)
         try:
             layers = [layer_from_config(c) for c in meta["layers"]]
             width, _ = check_widths(layers)
@@ -229,6 +236,19 @@ def restore(model, path, optimizer=None, keep_hyperparameters=True):
     return model
 
 
+def _check_precision(path, meta):
+    """The saved precision policy (absent in files older than it: None) and loss scale [S, good steps]."""
+    precision, scale = meta.get("precision"), meta.get("loss_scale")
+    if precision is not None and precision not in PRECISIONS:
+        raise _fail(path, f"unknown precision {precision!r}: expected None or one of {', '.join(PRECISIONS)}")
+    if scale is not None:
+        if precision != "mixed_float16" or not isinstance(scale, list) or len(scale) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale) \
+                or not 0.0 < scale[0] <= 2.0 ** 127 or not 0 <= scale[1] < LossScaler.growth_interval:
+            raise _fail(path, f"the loss scale {scale!r} is damaged (expected [scale > 0, good steps] for "
+                              f"mixed_float16)")
+
+
 def restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperparameters=True):
     saved_opt = _build_optimizer(meta, moments, model.backend)
     if optimizer is not None and saved_opt is not None:
@@ -248,6 +268,8 @@ def restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperp
     if info is not None and not isinstance(info, dict):
         raise _fail(path, "the model's info is not a JSON object")
     model.load_state_dict(params)  # checks keys and shapes before changing anything
+    if model.policy.loss_scaling and meta.get("loss_scale") is not None:
+        model._scaler = LossScaler.init(model.backend, *meta["loss_scale"])
     model.rng.bit_generator.state = rng_state
     model.epoch = int(meta.get("epoch", 0))
     model.info = dict(info) if isinstance(info, dict) else {}

@@ -82,6 +82,9 @@ def _parser():
                    help="stop when val_loss has not improved for PATIENCE epochs and keep the best weights")
     o.add_argument("--backend", default="numpy", help="numpy (default), cupy, torch, jax or array_api_strict")
     o.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    o.add_argument("--precision", default=None, choices=("mixed_bfloat16", "mixed_float16", "tf32"),
+                   help="mixed precision: float32 weights, bfloat16/float16 matmuls (torch, jax, cupy), "
+                        "or TF32 on CUDA (default: compute in --dtype)")
     o.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffles and the split (default 0)")
     out = t.add_argument_group("output")
     out.add_argument("--save", default=None, metavar="MODEL.npz", help="save the trained model (atomic write)")
@@ -186,8 +189,8 @@ def cmd_train(args):
     try:
         model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
                                      dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
-                                     residual=args.residual)
-    except RuntimeError as exc:  # backend not installed / no device
+                                     residual=args.residual, precision=args.precision)
+    except (RuntimeError, ValueError) as exc:  # backend not installed / no device / a precision it cannot run
         raise CLIError(str(exc)) from None
     model.preprocessing = pre
     model.info["source"] = source

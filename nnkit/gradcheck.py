@@ -13,8 +13,9 @@ __all__ = ["gradcheck"]
 def gradcheck(model, X, y, loss, eps=1e-6):
     """Largest relative error between ``value_and_grad`` and central differences.
 
-    The check runs on a float64 copy of ``model`` on the model's own backend
-    (the model itself is not touched), in training mode — BatchNorm through its batch
+    The check runs on a float64 copy of ``model`` on the model's own backend, without its precision
+    policy — a mixed-precision model's derivation is checked in float64 (the model itself is not
+    touched), in training mode — BatchNorm through its batch
     statistics, Dropout with the same masks in every evaluation.  For every parameter entry θ_i
 
         g_i ≈ (L(θ + ε e_i) − L(θ − ε e_i)) / 2ε,
@@ -28,7 +29,7 @@ def gradcheck(model, X, y, loss, eps=1e-6):
     about 1e-8 or less; a wrong derivation gives 1e-2 or more.
     """
     loss = get_loss(loss)
-    twin = model.clone(dtype="float64")
+    twin = model.clone(dtype="float64", precision=None)  # finite differences need float64, whatever the policy
     be = twin.backend
     Xd = twin._as_input(X)
     T = twin._as_target(y, Xd.shape[0], loss)

@@ -56,6 +56,22 @@ class Layer:
         self.xp = None
         self._cache = None
         self.random = None
+        self.policy = None  # the model's precision policy (nnkit.precision), wired by the model
+
+    # -- precision: the two casts a layer may make (see nnkit.precision) ---------------------------------
+    def compute(self, a):
+        """``a`` in the model's compute dtype (bfloat16 under ``mixed_bfloat16``); unchanged without a policy."""
+        p = self.policy
+        if p is None or not p.casts or a.dtype == p.compute_dtype:
+            return a
+        return self.xp.astype(a, p.compute_dtype)
+
+    def storage(self, a):
+        """``a`` in the model's storage dtype (float32 under a mixed policy): where digits would be lost."""
+        p = self.policy
+        if p is None or not p.casts or a.dtype == p.storage_dtype:
+            return a
+        return self.xp.astype(a, p.storage_dtype)
 
     # -- what the model sees of a layer: its slots (nested layers name theirs "j.name") ---------------
     def slots(self):
@@ -72,6 +88,7 @@ class Layer:
         """Forget the training scratch (cache, gradients) and use namespace ``xp`` (after a move or unpickling)."""
         for layer in self.sublayers():
             layer.xp, layer._cache, layer.grads = xp, None, {}
+            layer.policy = None
 
     def build(self, backend, rng, in_features):
         """Create parameters on ``backend`` (drawing from host ``rng``); return the output width."""
@@ -102,7 +119,7 @@ class Layer:
         # the namespace is a module (not picklable) and the cache is a training-time scratch value;
         # Sequential.__setstate__ hands the namespace back
         state = dict(self.__dict__)
-        state["xp"], state["_cache"], state["random"] = None, None, None
+        state["xp"], state["_cache"], state["random"], state["policy"] = None, None, None, None
         return state
 
     @property
@@ -166,18 +183,22 @@ class Dense(Layer):
         return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
 
     def forward(self, X, train=True):
-        """Z = X·W + b; X (B, in) -> Z (B, out). Keeps X for the backward pass when training."""
+        """Z = X·W_c + b_c; X (B, in) -> Z (B, out), W_c, b_c the weights in the compute dtype (one cast
+        per step under a mixed policy, kept for the backward pass).  Keeps X and W_c when training."""
+        W = self.compute(self.params["W"])
         if train:
-            self._cache = X
-        Z = X @ self.params["W"]
-        Z += self.params["b"]  # in place on the fresh product (a rebinding on immutable arrays)
+            self._cache = (X, W)
+        Z = X @ W
+        Z += self.compute(self.params["b"])  # in place on the fresh product (a rebinding on immutable arrays)
         return Z
 
     def backward(self, dZ, need_dX=True):
-        """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·Wᵀ (B×in) or None."""
-        X = self._cache
+        """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·W_cᵀ (B×in) or None.  Under a
+        mixed policy these are computed in the compute dtype (the libraries accumulate 16-bit products and
+        sums in float32 and round once); the model casts dW and db to float32 before anything reads them."""
+        X, W = self._cache
         self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
-        return dZ @ self.params["W"].T if need_dX else None
+        return dZ @ W.T if need_dX else None
 
     def __repr__(self):
         init = "" if self.init == "glorot_uniform" else f", init={self.init!r}"

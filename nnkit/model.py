@@ -11,10 +11,12 @@ from .preprocessing import Preprocessing
 from . import activations
 from .losses import get_loss
 from .optim import Optimizer
+from .precision import LossScaler, get_policy
 from . import checkpoint, step, training
 from .functional import namespace_of
 
 _NP = namespace_of(np.empty(0))
+_KEEP = object()  # "the model's own precision policy" (a default that None cannot be: None means none)
 
 __all__ = ["Sequential", "load"]
 
@@ -34,12 +36,17 @@ class Sequential:
     seed : int or None
         Seeds the host generator that draws the initial weights (and the
         shuffles), so one seed gives the same model on every backend.
+    precision : None, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"tf32"``
+        The precision policy (:mod:`nnkit.precision`): weights stay in ``dtype`` (float32), matmuls run
+        in bfloat16/float16 (or TF32 on CUDA); softmax, the loss, normalisation statistics and the
+        update stay in float32; ``mixed_float16`` scales the loss dynamically.  None (default)
+        computes in ``dtype``.  A precision the backend cannot honour is a ValueError.
 
     Input ``X`` is (batch, features); NumPy input (or lists) is converted to the
     backend, arrays of the backend are used as they are.
     """
 
-    def __init__(self, layers, backend="numpy", dtype=None, seed=None):
+    def __init__(self, layers, backend="numpy", dtype=None, seed=None, precision=None):
         layers = list(layers) if not isinstance(layers, Layer) else [layers]
         if not layers:
             raise ValueError("Sequential needs at least one layer")
@@ -49,6 +56,8 @@ class Sequential:
         self.layers = layers
         self.n_features_in, self.n_outputs = check_widths(layers)
         self.backend = get_backend(backend, dtype=dtype)
+        self.policy = get_policy(precision, self.backend)
+        self._scaler = LossScaler.init(self.backend) if self.policy.loss_scaling else None
         self.seed = seed
         self.rng = self.backend.rng(seed)
         width = self.n_features_in
@@ -75,6 +84,7 @@ class Sequential:
             for sub in layer.sublayers():
                 sub.xp = self.backend.xp
                 sub.random = self._uniform if sub.needs_random else None
+                sub.policy = self.policy if self.policy.casts else None
 
     @property
     def needs_random(self):
@@ -149,7 +159,23 @@ class Sequential:
 
     @property
     def dtype(self):
+        """The storage dtype of parameters, buffers and optimizer moments (``"float32"``, ``"float64"``)."""
         return self.backend.dtype_name
+
+    @property
+    def precision(self):
+        """The precision policy's name (None, ``"mixed_bfloat16"``, ``"mixed_float16"``, ``"tf32"``)."""
+        return self.policy.name
+
+    @property
+    def compute_dtype(self):
+        """The dtype the matmuls run in (``"bfloat16"`` under ``mixed_bfloat16``; ``dtype`` without a policy)."""
+        return self.policy.compute_dtype_name
+
+    @property
+    def loss_scale(self):
+        """The current dynamic loss scale S (``mixed_float16``; one host read), else None."""
+        return None if self._scaler is None else self.backend.to_float(self._scaler["scale"])
 
     def params(self):
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
@@ -258,9 +284,12 @@ class Sequential:
 
     # -- passes -------------------------------------------------------------------
     def _forward(self, X, train):
+        """The layers applied in order; under a mixed policy X enters in the compute dtype and the
+        output leaves in float32 (:mod:`nnkit.precision`)."""
+        X = self.policy.cast_input(X)
         for layer in self.layers:
             X = layer.forward(X, train=train)
-        return X
+        return self.policy.cast_output(X)
 
     def forward(self, X, *, check_input=True):
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
@@ -279,6 +308,14 @@ class Sequential:
             dY = layers[i].backward(dY, need_dX=i > first)
         return {key: layer.grads[name] for key, (layer, name) in self._slots.items()}
 
+    def _backward(self, d_out, scaler=None):
+        """∂L/∂θ in float32 from ∂L/∂out: into the compute dtype (times the loss scale S), backward, and
+        back to float32 divided by S (:mod:`nnkit.precision`); plain ``backward`` without a policy."""
+        p = self.policy
+        if not p.casts and scaler is None:
+            return self.backward(d_out)
+        return p.unscale(self.backward(p.cast_grad_out(d_out, scaler)), scaler)
+
     def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
 
@@ -293,14 +330,15 @@ class Sequential:
         return self._value_and_grad(X, T, loss, regularizer)
 
     def _value_and_grad(self, X, T, loss, regularizer=None):
-        value, _, grads = self._loss_out_grads(X, T, loss, regularizer)
+        value, _, grads = self._loss_out_grads(X, T, loss, regularizer, scaler=self._scaler)
         return value, grads
 
-    def _loss_out_grads(self, X, T, loss, regularizer=None, w=None):
-        """(L, output, ∂L/∂θ) for a prepared batch: forward, loss (weighted by ``w``), backward, penalty."""
+    def _loss_out_grads(self, X, T, loss, regularizer=None, w=None, scaler=None):
+        """(L, output, ∂L/∂θ) for a prepared batch: forward, loss (weighted by ``w``), backward, penalty.
+        ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under."""
         out = self._forward(X, train=True)
         value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
-        grads = self.backward(d_out)
+        grads = self._backward(d_out, scaler)
         if regularizer is not None:
             scale = None
             if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
@@ -332,10 +370,11 @@ class Sequential:
         loss = get_loss(loss)
         X = self._as_input(X, check_input)
         T = self._as_target(y, X.shape[0], loss, check_input)
-        with self.backend.activate():
+        with self.policy.activate():
             value, _, state = step.train_step(self, step.StepState.of(self, optimizer), X, T, optimizer.lr,
                                               loss=loss, optimizer=optimizer, regularizer=regularizer)
         optimizer.state = state.opt
+        self._scaler = state.scaler
         return value
 
     def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
@@ -412,7 +451,7 @@ class Sequential:
         sparse = is_sparse(X)
         if batch_size is None and sparse:
             batch_size = 4096  # sparse input: densified a batch at a time
-        with self.backend.activate():
+        with self.policy.activate():
             if batch_size is None or batch_size >= n and not sparse:
                 return self._forward(X, train=False)
             parts = [self._forward(self._rows(X, s, min(s + batch_size, n)), train=False)
@@ -496,10 +535,17 @@ class Sequential:
         self._assign({k: self.backend.asarray(np.array(v), dtype=self.backend.dtype) for k, v in new.items()})
         return self
 
-    def to(self, backend, device=None):
-        """Move the parameters to another backend (name, module or Backend); returns self."""
+    def to(self, backend, device=None, precision=_KEEP):
+        """Move the parameters to another backend (name, module or Backend); returns self.
+
+        The precision policy goes along (checked on the new backend before anything moves: a
+        ``mixed_bfloat16`` model cannot go to NumPy); ``precision=`` sets another (None: none)."""
         state = self.state_dict()
         new = get_backend(backend, device=device, dtype=self.dtype)
+        policy = get_policy(self.precision if precision is _KEEP else precision, new)
+        scale = None if self._scaler is None else [self.backend.to_float(v) for v in self._scaler.values()]
+        self.policy = policy
+        self._scaler = None if not policy.loss_scaling else LossScaler.init(new, *(scale or ()))
         for layer in self.layers:
             layer.reset(new.xp)
         opt = self.optimizer
@@ -514,11 +560,13 @@ class Sequential:
         self.load_state_dict(state)
         return self
 
-    def clone(self, backend=None, dtype=None):
-        """A new model with the same architecture and weights (optionally another backend or dtype)."""
+    def clone(self, backend=None, dtype=None, precision=_KEEP):
+        """A new model with the same architecture and weights (optionally another backend, dtype or
+        precision policy; by default the same policy)."""
         be = self.backend if backend is None else get_backend(backend, dtype=self.dtype)
         twin = Sequential([layer_from_config(c) for c in self.config()],
-                          backend=be, dtype=dtype or self.dtype, seed=0)
+                          backend=be, dtype=dtype or self.dtype, seed=0,
+                          precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
 
     def config(self):
@@ -537,11 +585,14 @@ class Sequential:
         lines = ["  ".join(r[c].ljust(w[c]) if c < 3 else r[c].rjust(w[c]) for c in range(4)) for r in rows]
         rule = "-" * len(lines[0])
         foot = f"total params: {self.n_params:,}   backend: {self.backend.name}   dtype: {self.dtype}"
+        if self.precision is not None:
+            foot += f"   precision: {self.precision} (compute {self.compute_dtype})"
         return "\n".join([lines[0], rule, *lines[1:], rule, foot])
 
     def __repr__(self):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}, params={self.n_params:,}"
+        prec = "" if self.precision is None else f", precision={self.precision}"
+        return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}{prec}, params={self.n_params:,}"
 
 
 def _numeric_host(a, name):
@@ -555,16 +606,19 @@ def _numeric_host(a, name):
     return arr
 
 
-def load(path, backend=None):
+def load(path, backend=None, precision=_KEEP):
     """Rebuild the model saved at ``path`` on ``backend`` (default ``"numpy"``).
 
-    Weights, optimizer (as ``model.optimizer``), epoch counter and RNG state are restored.  A file
+    Weights, optimizer (as ``model.optimizer``), epoch counter, RNG state, precision policy and loss
+    scale are restored (a policy the chosen backend cannot honour is a ValueError naming one that can;
+    ``precision=None`` loads the weights without it, e.g. a ``mixed_bfloat16`` model on NumPy).  A file
     that is not a sound nnkit checkpoint raises :class:`nnkit.CheckpointError` (a ``ValueError``)
     naming the file and the problem, after reading no more than the members the model needs; memory
     stays within a small multiple of the model's size, whatever the file claims.
     """
     meta, layers, params, moments = checkpoint.read(path)
     model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
-                       seed=meta.get("seed"))
+                       seed=meta.get("seed"),
+                       precision=meta.get("precision") if precision is _KEEP else precision)
     checkpoint.restore_into(model, meta, params, moments, path)
     return model

@@ -58,12 +58,14 @@ class _Norm(Layer):
         (axis 0, BatchNorm) or the row's features (axis 1, LayerNorm)."""
         xp = self.xp
         x_hat, s = self._cache
+        dY = self.storage(dY)  # float32 under a mixed policy, like the forward statistics
         self.grads = {"gamma": xp.sum(dY * x_hat, axis=0), "beta": xp.sum(dY, axis=0)}
         if not need_dX:
             return None
         g = dY * self.params["gamma"]
         m, keep = dY.shape[axis], axis == 1
-        return (s / m) * (m * g - xp.sum(g, axis=axis, keepdims=keep) - x_hat * xp.sum(g * x_hat, axis=axis, keepdims=keep))
+        return self.compute((s / m) * (m * g - xp.sum(g, axis=axis, keepdims=keep)
+                                       - x_hat * xp.sum(g * x_hat, axis=axis, keepdims=keep)))
 
 
 class BatchNorm(_Norm):
@@ -105,11 +107,14 @@ class BatchNorm(_Norm):
         return n
 
     def forward(self, X, train=True):
-        """Training: batch statistics (and the running estimates updated); inference: running estimates."""
+        """Training: batch statistics (and the running estimates updated); inference: running estimates.
+        Under a mixed policy X is cast up and the statistics, variances and y are computed in float32;
+        y goes on in the compute dtype."""
         xp, g, b = self.xp, self.params["gamma"], self.params["beta"]
+        X = self.storage(X)
         if not train:
             s = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
-            return (X - self.buffers["running_mean"]) * (g * s) + b
+            return self.compute((X - self.buffers["running_mean"]) * (g * s) + b)
         B = X.shape[0]
         if B < 2:
             raise ValueError("BatchNorm in training needs at least 2 rows per batch (got 1): choose a batch "
@@ -123,7 +128,7 @@ class BatchNorm(_Norm):
         self.buffers["running_mean"] = (1.0 - m) * self.buffers["running_mean"] + m * mu
         self.buffers["running_var"] = (1.0 - m) * self.buffers["running_var"] + (m * B / (B - 1)) * var
         self._cache = (x_hat, s)
-        return x_hat * g + b
+        return self.compute(x_hat * g + b)
 
     def backward(self, dY, need_dX=True):
         """dβ = Σ_b dY, dγ = Σ_b dY⊙x̂, dX = (s/B)(B·g − Σ_b g − x̂ ⊙ Σ_b g⊙x̂) with g = dY⊙γ; (B, n)."""
@@ -146,15 +151,16 @@ class LayerNorm(_Norm):
     """
 
     def forward(self, X, train=True):
-        """y = γ ⊙ (x − μ_row)/√(σ²_row + ε) + β; shapes (B, n)."""
+        """y = γ ⊙ (x − μ_row)/√(σ²_row + ε) + β; shapes (B, n).  Statistics in float32 under a mixed policy."""
         xp = self.xp
+        X = self.storage(X)
         mu = xp.mean(X, axis=1, keepdims=True)
         centred = X - mu
         s = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=1, keepdims=True) + self.eps)
         x_hat = centred * s
         if train:
             self._cache = (x_hat, s)
-        return x_hat * self.params["gamma"] + self.params["beta"]
+        return self.compute(x_hat * self.params["gamma"] + self.params["beta"])
 
     def backward(self, dY, need_dX=True):
         """dβ = Σ_b dY, dγ = Σ_b dY⊙x̂, dX = (s/n)(n·g − Σ_j g − x̂ ⊙ Σ_j g⊙x̂) with g = dY⊙γ; (B, n)."""

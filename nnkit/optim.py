@@ -94,6 +94,14 @@ class Optimizer:
         """The per-parameter state before the first step (the step count t; subclasses add moments)."""
         return {"t": 0}
 
+    def init_states(self, state, params, backend):
+        """Create every parameter's state in ``state`` now, with its step count t as a 0-d device array (a
+        compiled or loss-scaled step updates t on the device)."""
+        for name, p in params.items():
+            s = state.setdefault(name, self.init_state(p))
+            if isinstance(s["t"], int):
+                s["t"] = backend.xp.asarray(float(s["t"]), dtype=backend.dtype, device=backend.device)
+
     def snapshot_state(self):
         """A copy of ``state`` whose arrays are not touched by later (in-place) steps."""
         return {k: {n: v if isinstance(v, int) else namespace_of(v).asarray(v, copy=True) for n, v in s.items()}

@@ -62,6 +62,7 @@ from .callbacks import Callback
 from .layers import Dense
 from .losses import BinaryCrossEntropy, CrossEntropy, MSE, Poisson
 from .model import Sequential
+from .precision import PRECISIONS
 from .training import TrainingDivergedError
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -164,7 +165,7 @@ class _BaseMLP(BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, backend="numpy",
-                 dtype=None, callbacks=()):
+                 dtype=None, callbacks=(), precision=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -191,6 +192,7 @@ class _BaseMLP(BaseEstimator):
         self.backend = backend
         self.dtype = dtype
         self.callbacks = callbacks
+        self.precision = precision
 
     # -- parameters ---------------------------------------------------------------------------------
     def _check_params(self):
@@ -232,12 +234,17 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {bs!r}")
         if self.dtype not in (None, "float32", "float64"):
             raise ValueError(f"dtype must be None (follow X), 'float32' or 'float64', got {self.dtype!r}")
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be None, {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
         return sizes
 
     def _dtype_for(self, X):
-        """The model's dtype: ``dtype=`` if given, else X's float dtype (float64 for anything else)."""
+        """The model's dtype: ``dtype=`` if given, else float32 under a precision policy (its master
+        weights), else X's float dtype (float64 for anything else)."""
         if self.dtype is not None:
             return self.dtype
+        if self.precision is not None:
+            return "float32"
         name = getattr(X.dtype, "name", str(X.dtype)).replace("torch.", "")
         return "float32" if name == "float32" else "float64"
 
@@ -281,7 +288,7 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn's initialisation: Glorot uniform, with √(2/(fan_in+fan_out)) for logistic units
         init = _glorot_logistic if self.activation == "logistic" else "glorot_uniform"
         return Sequential.mlp([n_in, *hidden, n_out], _ACTIVATIONS[self.activation], init=init, output_init=init,
-                              backend=get_backend(self.backend, dtype=dtype), seed=seed)
+                              backend=get_backend(self.backend, dtype=dtype), seed=seed, precision=self.precision)
 
     def _new_optimizer(self):
         if self.solver == "sgd":
@@ -543,6 +550,8 @@ class MLPClassifier(_HostScore, ClassifierMixin, _BaseMLP):
 
     * ``backend``: ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"jax"``, ... (see :func:`nnkit.get_backend`);
     * ``dtype``: None (default: X's float dtype, float64 for anything else), ``"float32"`` or ``"float64"``;
+    * ``precision``: None (default), ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"tf32"`` — float32
+      weights, matmuls in the compute dtype (see :mod:`nnkit.precision`; torch, JAX or CuPy);
     * ``callbacks``: nnkit callbacks run after every epoch.
 
     The output layer: one logit with sigmoid cross-entropy for two classes and for each label of a
@@ -678,14 +687,14 @@ class MLPRegressor(_HostScore, RegressorMixin, _BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, backend="numpy",
-                 dtype=None, callbacks=()):
+                 dtype=None, callbacks=(), precision=None):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
                          warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
                          early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-                         backend=backend, dtype=dtype, callbacks=callbacks)
+                         backend=backend, dtype=dtype, callbacks=callbacks, precision=precision)
         self.loss = loss
 
     def _check_params(self):

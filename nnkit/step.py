@@ -17,6 +17,7 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 from __future__ import annotations
 
 from .distributed import allreduce_grads
+from .precision import LossScaler
 
 __all__ = ["StepState", "train_step", "make_step"]
 
@@ -27,20 +28,22 @@ class StepState:
     * ``params``  -- ``{"0.W": array, ...}``, the trained parameters;
     * ``opt``     -- the optimizer's per-parameter state ``{"0.W": {"t": ..., "m": ..., ...}}``;
     * ``buffers`` -- carried, never trained layer state (running statistics), ``{}`` when none;
-    * ``key``     -- a random key for layers that draw inside the step (None when none do).
+    * ``key``     -- a random key for layers that draw inside the step (None when none do);
+    * ``scaler``  -- the dynamic loss scale ``{"scale", "good"}`` under ``mixed_float16``, else None.
     """
 
-    __slots__ = ("params", "opt", "buffers", "key")
+    __slots__ = ("params", "opt", "buffers", "key", "scaler")
 
-    def __init__(self, params, opt, buffers=None, key=None):
+    def __init__(self, params, opt, buffers=None, key=None, scaler=None):
         self.params, self.opt = params, opt
         self.buffers = {} if buffers is None else buffers
         self.key = key
+        self.scaler = scaler
 
     @classmethod
     def of(cls, model, optimizer):
         """The state a model and its optimizer hold now."""
-        return cls(model.params(), optimizer.state, model.buffers(), model._random_key)
+        return cls(model.params(), optimizer.state, model.buffers(), model._random_key, model._scaler)
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
@@ -56,6 +59,12 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     4. data-parallel: Σ_r share_r·∇L_r in one all-reduce (``comm``; ``share`` = B_r / B);
     5. the optimizer update with learning rate ``lr``, written back into the model.
 
+    Under a mixed precision policy the backward pass runs in the compute dtype and the gradients are
+    float32 from step 3 on (:mod:`nnkit.precision`).  With loss scaling (``state.scaler``) the
+    backward pass runs on S·∂L/∂out, the gradients are divided by S, and when any of them is inf/NaN
+    the update is undone on the device — parameters, moments and step counts keep their values —
+    and S halves (``LossScaler``); no host read decides it.
+
     ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
     ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
     ``(name, fn)``) is given, else None.  Nothing is read from the device.
@@ -65,7 +74,7 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         xp = model.xp
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
-        value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w)
+        value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w, state.scaler)
         if metric_fns is not None:
             if w is None:
                 sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
@@ -73,9 +82,20 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
                 sums = [value * model.xp.sum(w)] + [fn(out, T, loss, w) for _, fn in metric_fns]
     if comm is not None:
         grads = allreduce_grads(comm, grads, share)
-    params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
+    scaler = state.scaler
+    if scaler is None:
+        params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
+    else:  # a step with inf/NaN gradients is undone on the device (after the all-reduce: every rank agrees)
+        xp = model.xp
+        optimizer.init_states(state.opt, state.params, model.backend)
+        ok = LossScaler.all_finite(xp, grads)
+        before = LossScaler.copy(xp, {"p": state.params, "o": state.opt})
+        params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
+        params = LossScaler.keep_if(xp, ok, params, before["p"])
+        opt = LossScaler.keep_if(xp, ok, opt, before["o"])
+        scaler = LossScaler.update(xp, scaler, ok)
     model._assign(params)
-    return value, sums, StepState(params, opt, state.buffers, state.key)
+    return value, sums, StepState(params, opt, state.buffers, state.key, scaler)
 
 
 def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False):
@@ -91,6 +111,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
                                     comm=comm, share=share, w=w)
         optimizer.state = state.opt
+        model._scaler = state.scaler
         return sums
 
     if not compile:
@@ -100,23 +121,20 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         raise ValueError("compile=True with a communicator (data-parallel fit) is not supported: the "
                          "all-reduce runs outside the compiled step; use compile=False with comm")
 
-    def pure(params, opt, buffers, key, X, T, lr, w):
+    def pure(params, opt, buffers, key, scaler, X, T, lr, w):
         run.traces += 1  # runs only while the backend traces the function
         model._assign({**params, **buffers})
         model._random_key = key
-        _, sums, state = train_step(model, StepState(params, opt, buffers, key), X, T, lr, loss=loss,
+        _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w)
-        return sums, state.params, state.opt, model.buffers(), model._random_key
+        return sums, state.params, state.opt, model.buffers(), model._random_key, state.scaler
 
     be = model.backend
     if not be.compiles:
         eager.compiled, eager.traces = False, 0
         return eager
-    for name, p in model.params().items():  # every moment exists, and step counts are arrays: one trace
-        s = optimizer.state.setdefault(name, optimizer.init_state(p))
-        if isinstance(s["t"], int):
-            s["t"] = be.xp.asarray(float(s["t"]), dtype=be.dtype, device=be.device)
-    key = (id(be), type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
+    optimizer.init_states(optimizer.state, model.params(), be)  # every moment exists, t arrays: one trace
+    key = (id(be), model.precision, type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
            tuple(sorted((k, repr(v)) for k, v in optimizer.hyperparameters().items() if k != "lr")))
     cache = model.__dict__.setdefault("_compiled_steps", {})  # fit after fit reuses the traces
     if key in cache:
@@ -126,10 +144,11 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     def run(X, T, share=1.0, w=None):
         if model._random_key is None and model.needs_random:
             model.reseed()
-        sums, params, opt, buffers, key = compiled(model.params(), optimizer.state, model.buffers(),
-                                                   model._random_key, X, T, optimizer.lr, w)
+        sums, params, opt, buffers, key, scaler = compiled(model.params(), optimizer.state, model.buffers(),
+                                                           model._random_key, model._scaler, X, T, optimizer.lr, w)
         model._assign({**params, **buffers})
         model._random_key = key
+        model._scaler = scaler
         optimizer.state = opt
         return sums
 

@@ -87,7 +87,7 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     total = float(X.shape[0]) if W is None else float(w_host.sum())
     default = X.shape[0] if not is_sparse(X) else 4096
     bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
-    with model.backend.activate():
+    with model.policy.activate():
         host = model.backend.to_numpy(model.xp.stack(_sums(model, X, T, loss, metric_fns, bs, W)))
     return {name: float(v) / total for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
 
@@ -124,9 +124,9 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     per_batch = [cb for cb in hooks if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
     for cb in hooks:
         cb.on_train_begin()
-    with _StopFlag() as stop, be.activate():
+    with _StopFlag() as stop, model.policy.activate():
         for epoch in range(run.start, run.end):
-            t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state())
+            t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state(), model._scaler)
             model.reseed()  # random layers: this epoch's device generator, from the model's seed
             for cb in hooks:
                 cb.on_epoch_begin(epoch)
@@ -144,7 +144,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
             if not all(math.isfinite(v) for v in logs.values()):
                 model._assign(safe[0])
-                run.optimizer.state = safe[1]
+                run.optimizer.state, model._scaler = safe[1], safe[2]
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "
                     f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "

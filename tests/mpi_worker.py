@@ -3,7 +3,8 @@
 Trains a float64 MLP with Adam, an L2 penalty, validation data and an uneven last batch
 (233 rows, global batch 50), and writes rank 0's weights and history to an .npz.
 Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]; the backend is NNKIT_TEST_BACKEND
-(default numpy; tests/test_gpu.py runs it with cupy).
+(default numpy; tests/test_gpu.py runs it with cupy), the precision policy NNKIT_TEST_PRECISION (none:
+float64; a policy: float32 master weights).
 """
 import os
 import sys
@@ -26,7 +27,9 @@ def run(comm, out, epochs, checkpoint=None):
     X, y, Xv, yv = data()
     rank = 0 if comm is None else comm.rank
     # the other ranks start from other weights on purpose: fit must broadcast rank 0's
-    model = nnkit.Sequential([nnkit.Dense(6, 16), nnkit.Tanh(), nnkit.Dense(16, 3)], dtype="float64",
+    precision = os.environ.get("NNKIT_TEST_PRECISION") or None  # a mixed policy keeps float32 master weights
+    model = nnkit.Sequential([nnkit.Dense(6, 16), nnkit.Tanh(), nnkit.Dense(16, 3)],
+                             dtype="float32" if precision else "float64", precision=precision,
                              seed=0 if rank == 0 else 100 + rank,
                              backend=os.environ.get("NNKIT_TEST_BACKEND", "numpy"))
     history = model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=epochs, batch_size=50,

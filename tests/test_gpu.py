@@ -8,7 +8,9 @@ Run them on a GPU machine with::
 * a CuPy ``fit`` on the *last* visible GPU, with every parameter, gradient and optimizer moment checked to
   live on that GPU;
 * a one-rank NCCL ``fit``; the MPI path with CuPy buffers (two ranks sharing the GPU, equal to one process);
-* ``nnkit bench`` writing its GPU rows.
+* ``nnkit bench`` writing its GPU rows (float32, mixed_bfloat16, mixed_float16 and tf32);
+* mixed precision: torch-CUDA ``mixed_bfloat16``/``mixed_float16``/``tf32`` steps under the sync debug mode,
+  CuPy float16 (and bfloat16 where CuPy has it, else the clear error) and tf32 fits.
 """
 import os
 import shutil
@@ -153,3 +155,57 @@ def test_bench_writes_gpu_rows(tmp_path):
     assert main(["--quick", "--no-sweep", "--shapes", "S", "--dtypes", "float32", "--out", str(out)]) in (0, None)
     text = out.read_text()
     assert "| cupy |" in text
+
+
+# -- mixed precision on the GPU (nnkit.precision) ------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16", "tf32"])
+def test_torch_cuda_mixed_precision_fit_never_synchronises_inside_an_epoch(precision):
+    torch = _torch_cuda()
+    X, y = _data()
+    model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0,
+                                 precision=precision, norm="layer")
+    be = model.backend
+    Xd, Td = be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+    opt = nnkit.optim.Adam(1e-3)
+    model.train_step(Xd, Td, "cross_entropy", opt, check_input=False)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            model.train_step(Xd, Td, "cross_entropy", opt, check_input=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in model.params().values())
+    assert (model.loss_scale is not None) == (precision == "mixed_float16")
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=5, batch_size=64, verbose=0)
+    assert model.evaluate(X, y, "cross_entropy")["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16", "tf32"])
+def test_cupy_mixed_precision_fit(precision):
+    cupy = _cupy()
+    X, y = _data()
+    be = nnkit.get_backend("cupy")
+    try:
+        model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=be, seed=0, precision=precision)
+    except ValueError as exc:  # bfloat16 where this CuPy has none: the clear error, naming torch/JAX
+        assert precision == "mixed_bfloat16" and "backend='torch' or 'jax'" in str(exc)
+        return
+    model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=5, batch_size=64, verbose=0)
+    assert all(isinstance(p, cupy.ndarray) and p.dtype == cupy.float32 for p in model.params().values())
+    ref = nnkit.Sequential.mlp([20, 64, 64, 3], backend=be, seed=0)
+    ref.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=5, batch_size=64, verbose=0)
+    acc, acc32 = (m.evaluate(X, y, "cross_entropy")["accuracy"] for m in (model, ref))
+    assert acc >= acc32 - 0.02, (acc, acc32)
+
+
+def test_bench_gpu_precision_rows(tmp_path):
+    _torch_cuda()
+    from nnkit.bench import main
+
+    out = tmp_path / "gpu.md"
+    main(["--quick", "--targets", "torch-cuda", "--dtypes", "float32", "mixed_bfloat16", "mixed_float16", "tf32",
+          "--no-sweep", "--out", str(out)])
+    text = out.read_text()
+    for d in ("mixed_bfloat16", "mixed_float16", "tf32"):
+        assert f"| {d} | torch-cuda |" in text

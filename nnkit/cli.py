@@ -115,6 +115,13 @@ def _parser():
     da.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     da.add_argument("--no-label", action="store_true", help="leave out the label column")
 
+    ex = sub.add_parser("export", help="write a saved model as ONNX, for ONNX Runtime and other runtimes",
+                        description="Write the inference graph of a saved model (its preprocessing included) "
+                                    "as an ONNX file; ONNX Runtime's outputs equal 'nnkit predict''s.")
+    ex.add_argument("model", help="the saved model (.npz)")
+    ex.add_argument("out", metavar="MODEL.onnx", help="the ONNX file to write (atomic)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+
     sub.add_parser("bench", help="run the CPU/GPU benchmark report (nnkit bench --help for its options)")
     return p
 
@@ -386,6 +393,19 @@ def _write_text(path, text):
         raise CLIError(f"cannot write {path!r}: {exc.strerror}") from None
 
 
+def cmd_export(args):
+    """``nnkit export MODEL.npz MODEL.onnx``: the saved model's inference graph as ONNX."""
+    if not os.path.isfile(args.model):
+        raise CLIError(f"no such model file: {args.model!r}")
+    _check_output("MODEL.onnx", args.out)
+    from . import load
+
+    model = load(args.model, precision=None)  # the float32 master weights: inference needs no 16-bit policy
+    model.export(args.out, opset=args.opset)
+    print(f"wrote {args.out} (ONNX opset {args.opset}; inputs: input (batch, {model.n_features_in}))")
+    return 0
+
+
 def main(argv=None):
     """Entry point of the ``nnkit`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -394,7 +414,7 @@ def main(argv=None):
 
         return bench_main(argv[1:], prog="nnkit bench")
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "predict": cmd_predict, "data": cmd_data}[args.command]
+    command = {"train": cmd_train, "predict": cmd_predict, "data": cmd_data, "export": cmd_export}[args.command]
     try:
         return command(args)
     except (CLIError, OSError, ValueError, TypeError, RuntimeError) as exc:

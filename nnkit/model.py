@@ -569,6 +569,30 @@ class Sequential:
                           precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
 
+    # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------
+    def export(self, path, *, classifier=None, opset=17):
+        """Write the inference graph to ``path`` as ONNX (see :mod:`nnkit.export.onnx`); returns the
+        ``onnx.ModelProto``.  ONNX Runtime's outputs equal ``predict``'s; the model's preprocessing (fill
+        values, scaling) runs as nodes on raw features, and a classifier also outputs ``probabilities``."""
+        from .export.onnx import to_onnx
+
+        return to_onnx(self, path, classifier=classifier, opset=opset)
+
+    def to_torch(self):
+        """A ``torch.nn.Sequential`` of PyTorch's own layers with this model's weights, in eval mode (see
+        :mod:`nnkit.export.pytorch`)."""
+        from .export.pytorch import to_torch
+
+        return to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module, backend="numpy", dtype=None, seed=None, precision=None):
+        """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
+        Dropout, ...) with its weights and running statistics; other modules are refused by name."""
+        from .export.pytorch import from_torch
+
+        return from_torch(module, backend=backend, dtype=dtype, seed=seed, precision=precision)
+
     def config(self):
         """The architecture as plain data: ``[{"type": "Dense", "in_features": 2, ...}, ...]``."""
         return [layer.config() for layer in self.layers]

@@ -351,6 +351,10 @@ class _BaseMLP(BaseEstimator):
             w = host_copy(sample_weight) if self._is_native(sample_weight) else sample_weight
             sample_weight = _check_sample_weight(w, np.empty((X.shape[0], 0)), dtype=np.float64)
         n_out = Y.shape[1]
+        # weights assigned to coefs_/intercepts_ before the first partial_fit start it (scikit-learn's worked
+        # example sets them by hand): kept and pushed into the new network instead of drawn ones
+        preset = first and incremental and not hasattr(self, "_model") and \
+            isinstance(getattr(self, "coefs_", None), list) and isinstance(getattr(self, "intercepts_", None), list)
         if first:
             rng = check_random_state(self.random_state)
             self._model = self._build(X.shape[1], n_out, hidden, int(rng.randint(np.iinfo(np.int32).max)),
@@ -359,6 +363,8 @@ class _BaseMLP(BaseEstimator):
             self._reset_curves()
             self._split_seed = int(rng.randint(np.iinfo(np.int32).max))
             self.n_outputs_, self.n_layers_ = n_out, len(hidden) + 2
+            if preset:
+                self._push()  # checks every shape against the network; a mismatch is a ValueError naming it
             self._pull()
         else:
             if self._model.n_outputs != n_out:

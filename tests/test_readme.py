@@ -38,6 +38,8 @@ def test_readme_python_block_runs(code, tmp_path, monkeypatch, capsys):
             pytest.skip(why)
     if "import torch" in code:
         pytest.importorskip("torch")
+    if "import onnxruntime" in code:
+        pytest.importorskip("onnxruntime")
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})

@@ -1,6 +1,7 @@
 """MNIST-1D and the bundled digits: the MNIST-1D paper's MLP against a modern variant, three seeds each.
 
     pip install mnist1d && python -m benchmarks.run_mnist1d [--seeds 0 1 2] [--epochs 150] [--out FILE.md]
+        [--backend torch --precisions none mixed_bfloat16] [--variants paper] [--data mnist1d]
 
 MNIST-1D (Greydanus & Kobak, 2024) is generated offline by its package (4,000 training and 1,000 test
 sequences of 40 values, 10 classes).  The paper's MLP: 40-100-100-10, ReLU, the second hidden layer
@@ -44,9 +45,10 @@ def digits_data():
     return X, y, Xt, yt
 
 
-def run(data, kwargs, seed, epochs, hidden=100):
+def run(data, kwargs, seed, epochs, hidden=100, backend="numpy", precision=None):
     X, y, Xt, yt = data
-    model = nnkit.Sequential.mlp([X.shape[1], hidden, hidden, int(y.max()) + 1], seed=seed, **kwargs)
+    model = nnkit.Sequential.mlp([X.shape[1], hidden, hidden, int(y.max()) + 1], seed=seed, backend=backend,
+                                 precision=precision, **kwargs)
     t0 = time.perf_counter()
     model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=epochs, batch_size=100,
               verbose=0)
@@ -59,14 +61,27 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=150, help="epochs (150 = the paper's 6,000 steps of 100)")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--backend", default="numpy", help="nnkit backend (default numpy)")
+    p.add_argument("--precisions", nargs="+", default=["none"],
+                   choices=["none", "mixed_bfloat16", "mixed_float16", "tf32"],
+                   help="precision policies to compare, each on the same seeds (default: none)")
+    p.add_argument("--variants", nargs="+", choices=["paper", "modern"], default=["paper", "modern"])
+    p.add_argument("--data", nargs="+", choices=["mnist1d", "digits"], default=["mnist1d", "digits"])
     args = p.parse_args(argv)
-    sets = {"MNIST-1D": mnist1d_data(), "digits (bundled)": digits_data()}
-    lines = ["| data | model | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | train s/run |",
-             "|---|---|" + "---:|" * (len(args.seeds) + 2)]
-    for data_name, data in sets.items():
-        for name, kwargs in VARIANTS.items():
-            accs, secs = zip(*(run(data, kwargs, s, args.epochs) for s in args.seeds))
-            lines.append(f"| {data_name} | {name} | " + " | ".join(f"{100 * a:.1f}%" for a in accs)
+    sets = {"MNIST-1D": mnist1d_data} if "mnist1d" in args.data else {}
+    if "digits" in args.data:
+        sets["digits (bundled)"] = digits_data
+    variants = {n: kw for n, kw in VARIANTS.items() if n.split()[0] in args.variants}
+    lines = ["| data | model | precision | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | train s/run |",
+             "|---|---|---|" + "---:|" * (len(args.seeds) + 2)]
+    for data_name, make in sets.items():
+        data = make()
+        for (name, kwargs), prec in ((v, p) for v in variants.items() for p in args.precisions):
+            precision = None if prec == "none" else prec
+            accs, secs = zip(*(run(data, kwargs, s, args.epochs, backend=args.backend, precision=precision)
+                               for s in args.seeds))
+            lines.append(f"| {data_name} | {name} | {prec} ({args.backend}) | "
+                         + " | ".join(f"{100 * a:.1f}%" for a in accs)
                          + f" | {100 * statistics.mean(accs):.1f}% | {statistics.mean(secs):.1f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"

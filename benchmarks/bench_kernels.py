@@ -1,4 +1,5 @@
-"""The kernel suite: every target present × dtype × shape × kernel, plus the batch-size sweep of M.
+"""The kernel suite: every target present × dtype or precision policy × shape × kernel, plus the batch-size
+sweep of M.  A policy a target cannot run (bfloat16 on NumPy, tf32 off CUDA) is skipped with the reason.
 
 Run:    pytest benchmarks/bench_kernels.py --benchmark-enable --benchmark-columns=median,iqr,rounds
 Report: python -m benchmarks.report --out benchmarks/RESULTS.md   (the tables and the sweep plot)
@@ -40,16 +41,32 @@ def _run(benchmark, c, kernel, rounds, warmup):
 COMPILED_KERNELS = ("train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight")
 
 
+def _marks(target, dtype):
+    """Skip with the reason where the target is missing or cannot run the dtype / precision policy."""
+    why = H.why_not(target, dtype)
+    return [pytest.mark.skipif(why is not None, reason=why or "")]
+
+
 def _cases():
     for t in _targets():
         target = t.values[0]
         for dtype in H.DTYPES:
+            marks = _marks(target, dtype)
             for shape in (["S"] if target == "torch-compile" else H.SHAPES):
                 for kernel in H.KERNELS:
                     if kernel == "torch_eager_step" or (target in H.COMPILED and kernel not in COMPILED_KERNELS):
                         continue
-                    yield pytest.param(target, dtype, shape, kernel, marks=t.marks,
+                    yield pytest.param(target, dtype, shape, kernel, marks=marks,
                                        id=f"{target}-{dtype}-{shape}-{kernel}")
+
+
+def _peers():
+    for t in _targets():
+        if t.values[0] in H.PEERS:
+            for dtype in H.DTYPES:
+                for shape in H.SHAPES:
+                    yield pytest.param(t.values[0], dtype, shape, marks=_marks(t.values[0], dtype),
+                                       id=f"{t.values[0]}-{dtype}-{shape}")
 
 
 @pytest.mark.parametrize("target, dtype, shape, kernel", list(_cases()))
@@ -58,9 +75,7 @@ def test_kernel(benchmark, target, dtype, shape, kernel):
     _run(benchmark, case(target, dtype, shape), kernel, *ROUNDS[shape])
 
 
-@pytest.mark.parametrize("shape", list(H.SHAPES))
-@pytest.mark.parametrize("dtype", H.DTYPES)
-@pytest.mark.parametrize("target", [p for p in _targets() if p.values[0] in H.PEERS])
+@pytest.mark.parametrize("target, dtype, shape", list(_peers()))
 def test_torch_eager_peer(benchmark, target, dtype, shape):
     benchmark.group = f"{shape}-{dtype}-train_step"
     _run(benchmark, case(target, dtype, shape), "torch_eager_step", *ROUNDS[shape])

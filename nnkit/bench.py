@@ -151,7 +151,7 @@ class Case:
         """Index of the Dense layer with the most weights (a hidden one for M and L) and its input."""
         dense = [i for i, l in enumerate(self.model.layers) if isinstance(l, nnkit.Dense)]
         k = max(dense, key=lambda i: (self.model.layers[i].in_features * self.model.layers[i].out_features, i))
-        A = self.X
+        A = self.policy.cast_input(self.X)  # the compute dtype, as inside a step
         for layer in self.model.layers[:k]:
             A = layer.forward(A, train=False)
         return k, A
@@ -159,18 +159,17 @@ class Case:
     def _k_dense_forward(self):
         k, A = self._widest()
         layer = self.model.layers[k]
-        A = self.policy.cast_input(A)
         return lambda: layer.forward(A, train=True)
 
     def _k_dense_backward(self):
         k, A = self._widest()
         layer = self.model.layers[k]
-        dZ = layer.forward(self.policy.cast_input(A), train=True)
+        dZ = layer.forward(A, train=True)
         return lambda: layer.backward(dZ, need_dX=True)
 
     def _relu(self):
         k, A = self._widest()
-        Z = self.model.layers[k].forward(self.policy.cast_input(A), train=False)
+        Z = self.model.layers[k].forward(A, train=False)
         relu = nnkit.ReLU()
         relu.build(self.backend, None, Z.shape[1])
         return relu, Z

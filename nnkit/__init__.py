@@ -3,9 +3,8 @@ written once against the Python Array API standard and run on NumPy, CuPy,
 PyTorch or any array library array-api-compat wraps (``backend=``).
 """
 from .backend import Backend, get_backend
-from .layers import Layer, Dense, Dropout, Residual
-from .normalization import BatchNorm, LayerNorm
-from .activations import Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus
+from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
+                     Identity, GELU, SiLU, ELU, Softplus)
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck

@@ -5,10 +5,9 @@ import numpy as np
 import array_api_compat
 
 from .backend import get_backend, is_sparse
-from .layers import Layer, Dense, Dropout, Residual, check_widths, layer_from_config
-from .normalization import BatchNorm, LayerNorm
+from .layers import Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, check_widths, layer_from_config
 from .preprocessing import Preprocessing
-from . import activations
+from .layers import activations
 from .losses import get_loss
 from .optim import Optimizer
 from .precision import LossScaler, get_policy
@@ -588,10 +587,13 @@ class Sequential:
     @classmethod
     def from_torch(cls, module, backend="numpy", dtype=None, seed=None, precision=None):
         """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
-        Dropout, ...) with its weights and running statistics; other modules are refused by name."""
-        from .export.pytorch import from_torch
+        Dropout, ...) with its weights and running statistics; other modules are refused by name.
+        ``dtype`` defaults to the module's parameter dtype."""
+        from .export.pytorch import layers_from_torch
 
-        return from_torch(module, backend=backend, dtype=dtype, seed=seed, precision=precision)
+        layers, state, own_dtype = layers_from_torch(module)
+        model = cls(layers, backend=backend, dtype=dtype or own_dtype, seed=seed, precision=precision)
+        return model.load_state_dict(state)
 
     def config(self):
         """The architecture as plain data: ``[{"type": "Dense", "in_features": 2, ...}, ...]``."""

@@ -56,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 import array_api_compat
 
 from . import optim
-from .activations import Identity, ReLU, Sigmoid, Tanh
+from .layers import Identity, ReLU, Sigmoid, Tanh
 from .backend import get_backend, host_copy, is_sparse
 from .callbacks import Callback
 from .layers import Dense

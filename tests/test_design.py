@@ -19,30 +19,47 @@ except ImportError:  # pragma: no cover
 needs_jax = pytest.mark.skipif(jax is None, reason="JAX is not installed (pip install 'jax[cpu]')")
 
 
-def _imports(path):
-    """The nnkit modules a module imports, at the top or inside functions (lazy imports count too)."""
+def _modules():
+    """``{dotted name: path}`` of every nnkit module, subpackages included ("" is nnkit/__init__.py,
+    "layers" a package's __init__, "layers.core" a module in it)."""
+    out = {}
+    for folder, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), PKG)[:-3].replace(os.sep, ".")
+                out[rel[:-len("__init__")].rstrip(".") if rel.endswith("__init__") else rel] = os.path.join(folder, f)
+    return out
+
+
+def _imports(name, path, modules):
+    """The nnkit modules module ``name`` imports, at the top or inside functions (lazy imports count too)."""
     tree = ast.parse(open(path, encoding="utf-8").read())
-    names = set()
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    targets = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                names.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif node.module == "nnkit":
-                names.update(a.name for a in node.names)
-            elif node.module and node.module.startswith("nnkit."):
-                names.add(node.module.split(".")[1])
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                stem = ".".join(base + ([node.module] if node.module else []))
+            elif node.module == "nnkit" or (node.module or "").startswith("nnkit."):
+                stem = node.module[len("nnkit."):] if node.module != "nnkit" else ""
+            else:
+                continue
+            for a in node.names:  # "from .layers import activations" names a module; "from .x import f" does not
+                sub = f"{stem}.{a.name}" if stem else a.name
+                targets.add(sub if sub in modules else stem)
         elif isinstance(node, ast.Import):
             for a in node.names:
-                if a.name == "nnkit":
-                    names.add("__init__")
-                elif a.name.startswith("nnkit."):
-                    names.add(a.name.split(".")[1])
-    return names
+                if a.name == "nnkit" or a.name.startswith("nnkit."):
+                    targets.add(a.name[len("nnkit."):] if a.name != "nnkit" else "")
+    # "from . import load" in a module (a lazy use of the package's own names) is not an import of nnkit/__init__
+    return {t for t in targets if t in modules and t != name and not (t == "" and name)}
 
 
 def test_no_import_circles_inside_nnkit():
-    modules = {f[:-3] for f in os.listdir(PKG) if f.endswith(".py")}
-    graph = {m: {d for d in _imports(os.path.join(PKG, m + ".py")) if d in modules and d != m} for m in modules}
+    modules = _modules()
+    graph = {m: _imports(m, path, modules) for m, path in modules.items()}
     state = {}
 
     def visit(m, path):

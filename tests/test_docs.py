@@ -7,8 +7,13 @@ import nnkit.datasets
 import nnkit.init
 import nnkit.metrics
 import nnkit.optim
+import nnkit.export.onnx
+import nnkit.export.pytorch
+import nnkit.layers
+import nnkit.precision
 
-MODULES = [nnkit, nnkit.optim, nnkit.datasets, nnkit.init, nnkit.functional, nnkit.metrics]
+MODULES = [nnkit, nnkit.optim, nnkit.datasets, nnkit.init, nnkit.functional, nnkit.metrics, nnkit.precision,
+           nnkit.layers, nnkit.export.onnx, nnkit.export.pytorch]
 
 
 def _public():

@@ -127,7 +127,7 @@ def test_gradcheck_every_new_layer_on_every_backend(net, make_backend):
 
 
 def test_a_wrong_norm_derivation_is_caught(monkeypatch):
-    from nnkit import normalization
+    from nnkit.layers import normalization
 
     model = nnkit.Sequential(_nets()["batchnorm"](), dtype="float64", seed=0)
     y = (X[:, 0] > 0).astype(int)

@@ -1,6 +1,6 @@
 """PyTorch both ways: ``model.to_torch()`` builds a ``torch.nn.Sequential`` of PyTorch's own layers with
 nnkit's weights; ``Sequential.from_torch(module)`` takes such a module (weights and running statistics)
-into nnkit.
+into nnkit (through :func:`layers_from_torch`).
 
 The layers map one to one:
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["to_torch", "from_torch", "Residual"]
+__all__ = ["to_torch", "layers_from_torch", "Residual"]
 
 _ACTIVATIONS = {"ReLU": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "SiLU": "SiLU", "Identity": "Identity"}
 
@@ -52,6 +52,7 @@ def _residual_class():
             self.body = torch.nn.Sequential(*layers)
 
         def forward(self, x):
+            """x + f(x)."""
             return x + self.body(x)
 
     return Residual
@@ -126,9 +127,8 @@ def to_torch(model):
 
 def _from_module(m, where):
     """An nnkit layer (with its host weights as a dict) for the PyTorch module ``m``."""
-    from .. import activations as A
-    from ..layers import Dense, Dropout, Residual
-    from ..normalization import BatchNorm, LayerNorm
+    from ..layers import activations as A
+    from ..layers import BatchNorm, Dense, Dropout, LayerNorm, Residual
 
     torch = _torch()
     nn = torch.nn
@@ -188,23 +188,19 @@ def _from_module(m, where):
                  "and nnkit's Residual)")
 
 
-def from_torch(module, backend="numpy", dtype=None, seed=None, precision=None):
-    """An :class:`nnkit.Sequential` with the layers, weights and running statistics of ``module`` (an
-    ``nn.Sequential`` of the layers in this module's table).  ``dtype`` defaults to the module's
-    parameter dtype (float32 or float64)."""
-    from ..model import Sequential
-
+def layers_from_torch(module):
+    """``(layers, state, dtype)`` for an ``nn.Sequential`` of the modules in this module's table: nnkit layers
+    (without weights), their weights and running statistics keyed like ``Sequential.state_dict()``, and the
+    module's parameter dtype (``"float64"`` when any parameter is float64, else ``"float32"``).  Used by
+    :meth:`nnkit.Sequential.from_torch`."""
     torch = _torch()
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
     if len(module) == 0:
         raise ValueError("from_torch: the nn.Sequential is empty")
     built = [_from_module(m, str(i)) for i, m in enumerate(module)]
-    if dtype is None:
-        dts = {p.dtype for p in module.parameters()}
-        dtype = "float64" if torch.float64 in dts else "float32"
-    model = Sequential([l for l, _, _ in built], backend=backend, dtype=dtype, seed=seed, precision=precision)
+    dtype = "float64" if torch.float64 in {p.dtype for p in module.parameters()} else "float32"
     state = {}
     for i, (_, params, buffers) in enumerate(built):
         state.update({f"{i}.{k}": v for k, v in {**params, **buffers}.items()})
-    return model.load_state_dict(state)
+    return [layer for layer, _, _ in built], state, dtype

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import functional as F
-from .layers import Layer
+from .. import functional as F
+from .core import Layer
 
 __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus",
            "ACTIVATIONS", "get_activation"]

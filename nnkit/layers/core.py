@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-from .init import get_initializer
+from ..init import get_initializer
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "check_widths"]
 

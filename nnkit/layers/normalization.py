@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numbers
 
-from .layers import Layer, check_size
+from .core import Layer, check_size
 
 __all__ = ["BatchNorm", "LayerNorm"]
 

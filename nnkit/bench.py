@@ -171,7 +171,7 @@ class Case:
         k, A = self._widest()
         Z = self.model.layers[k].forward(A, train=False)
         relu = nnkit.ReLU()
-        relu.build(self.backend, None, Z.shape[1])
+        relu.build(self.backend, None)
         return relu, Z
 
     def _k_relu_forward(self):

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from .files import FileFormatError, NpzReader, atomic_write
-from .layers import check_widths, layer_from_config
+from .layers import check_input_shape, infer_shapes, layer_from_config
 from .optim import OPTIMIZERS, Optimizer
 
 from .precision import PRECISIONS, LossScaler
@@ -74,6 +74,7 @@ def save(model, path):
         "version": VERSION,
         "layers": model.config(),
         "dtype": model.dtype,
+        "input_shape": None if model.input_shape is None else list(model.input_shape),
         "precision": model.precision,
         "loss_scale": None if model._scaler is None else [be.to_float(model._scaler["scale"]),
                                                            be.to_float(model._scaler["good"])],
@@ -141,13 +142,14 @@ def read(path):
         _check_precision(path, meta)
         try:
             layers = [layer_from_config(c) for c in meta["layers"]]
-            width, _ = check_widths(layers)
+            in_shape = check_input_shape(meta.get("input_shape"), layers)  # absent in older files: the first layer's
+            if in_shape is not None:
+                infer_shapes(layers, in_shape)
             expected, buffers = {}, {}  # key -> shape, for the trained parameters and the carried buffers
             for i, layer in enumerate(layers):
-                shapes = layer.param_shapes(width)
+                shapes = layer.param_shapes()
                 for name, _, kind, _ in layer.slots():
                     (expected if kind == "params" else buffers)[f"{i}.{name}"] = shapes[name]
-                width = layer.output_features(width)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _fail(path, f"the architecture in the checkpoint is damaged ({exc})") from None
         # the members must be there, with the architecture's shapes, before anything is read or built

@@ -5,7 +5,8 @@ import numpy as np
 import array_api_compat
 
 from .backend import get_backend, is_sparse
-from .layers import Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, check_widths, layer_from_config
+from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, ShapeError, check_input_shape,
+                     fmt_shape, infer_shapes, layer_from_config)
 from .preprocessing import Preprocessing
 from .layers import activations
 from .losses import get_loss
@@ -41,11 +42,17 @@ class Sequential:
         update stay in float32; ``mixed_float16`` scales the loss dynamically.  None (default)
         computes in ``dtype``.  A precision the backend cannot honour is a ValueError.
 
-    Input ``X`` is (batch, features); NumPy input (or lists) is converted to the
+    input_shape : tuple, optional
+        The input shape without the batch — ``(64,)`` for tables, ``(1, 40)`` for signals, ``(3, 32, 32)``
+        for images; None (unknown) sizes allowed.  By default what the first layer's arguments fix (a
+        Dense(64, ...) takes (64,), a Conv1D(1, ...) takes (1, None)); without either, the first batch
+        decides.  Every new batch shape is checked through the layers, naming the layer that disagrees.
+
+    Input ``X`` is (batch, *input_shape); NumPy input (or lists) is converted to the
     backend, arrays of the backend are used as they are.
     """
 
-    def __init__(self, layers, backend="numpy", dtype=None, seed=None, precision=None):
+    def __init__(self, layers, backend="numpy", dtype=None, seed=None, precision=None, input_shape=None):
         layers = list(layers) if not isinstance(layers, Layer) else [layers]
         if not layers:
             raise ValueError("Sequential needs at least one layer")
@@ -53,15 +60,16 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
         self.layers = layers
-        self.n_features_in, self.n_outputs = check_widths(layers)
+        self.input_shape = check_input_shape(input_shape, layers)
+        self._batch_shapes = {}  # input shape (without B) -> output shape, for the shapes already checked
+        self._out_shape = None if self.input_shape is None else infer_shapes(layers, self.input_shape)[-1]
         self.backend = get_backend(backend, dtype=dtype)
         self.policy = get_policy(precision, self.backend)
         self._scaler = LossScaler.init(self.backend) if self.policy.loss_scaling else None
         self.seed = seed
         self.rng = self.backend.rng(seed)
-        width = self.n_features_in
         for layer in layers:
-            width = layer.build(self.backend, self.rng, width)
+            layer.build(self.backend, self.rng)
         self.epoch = 0  # completed training epochs (saved in checkpoints)
         self.optimizer = None  # set by fit; saved with the model
         self.info = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
@@ -193,29 +201,77 @@ class Sequential:
     def n_params(self):
         return sum(l.n_params for l in self.layers)
 
+    # -- shapes ---------------------------------------------------------------------
+    @property
+    def n_features_in(self):
+        """The number of input features of a model that takes tables (B, n); None for signals and images."""
+        shape = self.input_shape
+        return shape[0] if shape is not None and len(shape) == 1 else None
+
+    @property
+    def n_outputs(self):
+        """The width K of the model's (B, K) output (None until a batch shows it, for a model whose input
+        size the data decides)."""
+        out = self._out_shape
+        return out[0] if out is not None and len(out) == 1 else None
+
+    def output_shape(self, in_shape=None):
+        """The output shape (without the batch) for ``in_shape`` (default: the model's ``input_shape``)."""
+        shape = self.input_shape if in_shape is None else tuple(in_shape)
+        if shape is None:
+            raise ValueError("the model's input shape is not known yet: pass input_shape= or give it data first")
+        return infer_shapes(self.layers, shape)[-1]
+
+    def _check_batch_shape(self, shape):
+        """Check a batch's shape (without B) against ``input_shape`` and through every layer, once per shape."""
+        if shape in self._batch_shapes:
+            return
+        want = self.input_shape
+        if want is not None:
+            if len(want) == 1 and len(shape) == 1 and want[0] is not None and shape[0] != want[0]:
+                raise ValueError(f"X has {shape[0]} features but the model expects {want[0]}")
+            if len(want) == 1 and len(shape) != 1:
+                raise ValueError(f"X must be 2-D (batch, features) with {want[0]} features, got shape "
+                                 f"{fmt_shape(shape)}")
+            if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape)):
+                raise ValueError(f"X has shape {fmt_shape(shape)} but the model expects {fmt_shape(want)}")
+        try:
+            out = infer_shapes(self.layers, shape)[-1]
+        except ShapeError as exc:
+            raise ValueError(f"X of shape {fmt_shape(shape)} does not fit the model: {exc}") from None
+        if any(d is None for d in out):  # pragma: no cover - a known input gives known outputs
+            raise ValueError(f"the model's output shape for {fmt_shape(shape)} is unknown: {fmt_shape(out)}")
+        if self._out_shape is not None and len(self._out_shape) == len(out) and any(
+                a is not None and a != b for a, b in zip(self._out_shape, out)):
+            raise ValueError(f"X of shape {fmt_shape(shape)} gives outputs {fmt_shape(out)}, but the model's "
+                             f"outputs are {fmt_shape(self._out_shape)}")
+        if self._out_shape is None or any(d is None for d in self._out_shape):
+            self._out_shape = out
+        self._batch_shapes[shape] = out
+
     # -- input handling -----------------------------------------------------------
     def _as_input(self, X, check_values=True):
-        """Validate X and return it as a (B, n_features_in) array of the model's dtype and device.
+        """Validate X and return it as a (B, *input_shape) array of the model's dtype and device.
 
-        A SciPy sparse matrix is checked and kept on the host as CSR: it is densified one batch at a
-        time on its way to the device (``_rows``), never whole."""
+        A SciPy sparse matrix (a table) is checked and kept on the host as CSR: it is densified one batch
+        at a time on its way to the device (``_rows``), never whole."""
         if is_sparse(X):
             return self._as_sparse_input(X, check_values)
-        if not check_values and self.backend.ready(X) and X.ndim == 2 and X.shape[0] \
-                and X.shape[1] == self.n_features_in:
-            return X  # the hot path: already a batch of this backend, nothing to check or convert
+        if not check_values and self.backend.ready(X) and X.ndim >= 2 and X.shape[0] \
+                and tuple(X.shape[1:]) in self._batch_shapes:
+            return X  # the hot path: already a batch of this backend, of a checked shape: nothing to convert
         arr = self._host_or_native(X, "X")
         xp = namespace_of(arr)
-        if arr.ndim != 2:
+        want = "(batch, features)" if self.input_shape is None else fmt_shape(self.input_shape)
+        if arr.ndim < 2:
             hint = " (use X.reshape(1, -1) for a single example)" if arr.ndim == 1 else ""
-            raise ValueError(
-                f"X must be 2-D (batch, features) with {self.n_features_in} features, "
-                f"got shape {tuple(arr.shape)}{hint}"
-            )
+            if self.n_features_in is not None:
+                want = f"2-D (batch, features) with {self.n_features_in} features"
+            raise ValueError(f"X must be {want}, got shape {tuple(arr.shape)}{hint}")
         if arr.shape[0] == 0:
-            raise ValueError(f"X is empty: expected at least one row of {self.n_features_in} features")
-        if arr.shape[1] != self.n_features_in:
-            raise ValueError(f"X has {arr.shape[1]} features but the model expects {self.n_features_in}")
+            what = f"row of {self.n_features_in} features" if self.n_features_in is not None else f"example {want}"
+            raise ValueError(f"X is empty: expected at least one {what}")
+        self._check_batch_shape(tuple(int(d) for d in arr.shape[1:]))
         if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
             raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
         if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
@@ -225,8 +281,9 @@ class Sequential:
         return self.backend.asarray(arr, dtype=self.backend.dtype)
 
     def _as_sparse_input(self, X, check_values):
-        if len(X.shape) != 2 or X.shape[0] == 0 or X.shape[1] != self.n_features_in:
+        if len(X.shape) != 2 or X.shape[0] == 0 or self.input_shape is not None and X.shape[1] != self.n_features_in:
             raise ValueError(f"X has shape {tuple(X.shape)} but the model expects (rows, {self.n_features_in})")
+        self._check_batch_shape((int(X.shape[1]),))
         X = X.tocsr()
         if X.dtype.kind not in "biuf":
             raise TypeError(f"X must be numeric (float or int), got dtype {X.dtype}")
@@ -260,6 +317,10 @@ class Sequential:
             )
 
     def _as_target(self, y, n_rows, loss, check_values=True):
+        if self.n_outputs is None:
+            out = "not known yet" if self._out_shape is None else fmt_shape(self._out_shape)
+            raise ValueError(f"the losses compare (B, K) outputs with targets, but the model's output is {out}: "
+                             "end the model in Flatten() and Dense(..., K), or GlobalAvgPool()")
         if not check_values and self.backend.ready(y) and tuple(y.shape) == (n_rows, self.n_outputs):
             return y  # a (B, K) float target of this backend fits every loss; values are not checked
         arr = self._host_or_native(y, "y")
@@ -564,7 +625,7 @@ class Sequential:
         precision policy; by default the same policy)."""
         be = self.backend if backend is None else get_backend(backend, dtype=self.dtype)
         twin = Sequential([layer_from_config(c) for c in self.config()],
-                          backend=be, dtype=dtype or self.dtype, seed=0,
+                          backend=be, dtype=dtype or self.dtype, seed=0, input_shape=self.input_shape,
                           precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
 
@@ -601,12 +662,16 @@ class Sequential:
 
     # -- display --------------------------------------------------------------------
     def summary(self):
-        """A table of layers, output shapes and parameter counts."""
+        """A table of layers, output shapes (without the batch B) and parameter counts."""
+        shape = self.input_shape
+        if (shape is None or None in shape) and self._batch_shapes:
+            shape = next(iter(self._batch_shapes))  # the first batch decided it
+        shapes = infer_shapes(self.layers, shape)[1:] if shape is not None else [None] * len(self.layers)
         rows = [("#", "layer", "output", "params")]
-        width = self.n_features_in
-        for i, layer in enumerate(self.layers):
-            width = layer.output_features(width)
-            rows.append((str(i), repr(layer), f"(B, {width})", f"{layer.n_params:,}"))
+        if shape is not None:
+            rows.append(("", "input", fmt_shape(shape), ""))
+        for i, (layer, out) in enumerate(zip(self.layers, shapes)):
+            rows.append((str(i), repr(layer), "(B, ...)" if out is None else fmt_shape(out), f"{layer.n_params:,}"))
         w = [max(len(r[c]) for r in rows) for c in range(4)]
         lines = ["  ".join(r[c].ljust(w[c]) if c < 3 else r[c].rjust(w[c]) for c in range(4)) for r in rows]
         rule = "-" * len(lines[0])
@@ -644,7 +709,7 @@ def load(path, backend=None, precision=_KEEP):
     """
     meta, layers, params, moments = checkpoint.read(path)
     model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
-                       seed=meta.get("seed"),
+                       seed=meta.get("seed"), input_shape=meta.get("input_shape"),
                        precision=meta.get("precision") if precision is _KEEP else precision)
     checkpoint.restore_into(model, meta, params, moments, path)
     return model

@@ -54,7 +54,7 @@ def test_losses_on_extreme_logits(make_backend, dtype):
 def test_activation_layers_on_extreme_inputs(make_backend, act, dtype):
     be = make_backend(dtype)
     layer = act()
-    layer.build(be, None, 3)
+    layer.build(be, None)
     a = layer.forward(be.asarray(Z, dtype=be.dtype))
     dz = layer.backward(be.asarray(np.ones_like(Z), dtype=be.dtype))
     assert np.all(np.isfinite(to_np(a))) and np.all(np.isfinite(to_np(dz)))

@@ -19,9 +19,14 @@ BatchNorm           ``BatchNormalization`` with the running mean and variance (i
 LayerNorm           ``LayerNormalization(axis=−1)``
 Residual            the inner layers, then ``Add(X, f(X))``
 Dropout             ``Identity``
+Conv1D/2D           ``Conv`` (W in the same (O, C, *k) layout, pads, strides, dilations)
+MaxPool1D/2D        ``MaxPool``;  AvgPool1D/2D: ``AveragePool(count_include_pad=1)``
+GlobalAvgPool       ``GlobalAveragePool`` then ``Flatten``
+Flatten, Reshape    ``Flatten(axis=1)``, ``Reshape([0, *shape])``
 ==================  ==============================================================================
 
-Inputs and outputs: ``input`` (batch, features) with a dynamic batch dimension, ``output`` — the last
+Inputs and outputs: ``input`` (batch, *input_shape) with a dynamic batch dimension (and dynamic sizes where
+the model's input shape leaves them open), ``output`` — the last
 layer's output, what ``predict`` returns — and, for a classifier (a model whose preprocessing says
 ``task="classification"``, or ``classifier=True``), ``probabilities``: softmax of the outputs (σ for a
 single output, as ``predict_labels(proba=True)`` gives).  A model that carries a
@@ -104,13 +109,32 @@ def _layer(g, layer, x, where):
     if kind == "LayerNorm":
         return g.op("LayerNormalization", [x, g.const(p("gamma"), "gamma"), g.const(p("beta"), "beta")],
                     "layernorm", axis=-1, epsilon=float(layer.eps))
+    if kind in ("Conv1D", "Conv2D"):  # ONNX's Conv takes W as (O, C, *k), nnkit's (and PyTorch's) layout
+        return g.op("Conv", [x, g.const(p("W"), "W"), g.const(p("b"), "b")], "conv",
+                    kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                    pads=list(layer.padding) * 2, dilations=list(layer.dilation))
+    if kind in ("MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D"):
+        attrs = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=list(layer.padding) * 2)
+        if kind.startswith("Avg"):
+            return g.op("AveragePool", [x], "avgpool", count_include_pad=1, **attrs)
+        return g.op("MaxPool", [x], "maxpool", **attrs)
+    if kind == "GlobalAvgPool":
+        return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "globalavgpool", axis=1)
+    if kind == "Flatten":
+        return g.op("Flatten", [x], "flatten", axis=1)
+    if kind == "Reshape":  # 0 keeps the batch size
+        shape = np.asarray([0, *layer.shape], dtype=np.int64)
+        name = g.name("shape")
+        g.inits.append(g.numpy_helper.from_array(shape, name))
+        return g.op("Reshape", [x, name], "reshape")
     if kind == "Residual":
         f = x
         for j, inner in enumerate(layer.layers):
             f = _layer(g, inner, f, f"{where}.{j}")
         return g.op("Add", [x, f], "residual")
     raise ValueError(f"layer {where} {layer!r} cannot be exported to ONNX: nnkit knows no ONNX form for "
-                     f"{kind} (exportable: Dense, the activations, BatchNorm, LayerNorm, Dropout, Residual)")
+                     f"{kind} (exportable: Dense, the activations, BatchNorm, LayerNorm, Dropout, Residual, "
+                     f"Conv1D/2D, MaxPool1D/2D, AvgPool1D/2D, GlobalAvgPool, Flatten, Reshape)")
 
 
 def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input", output_name="output"):
@@ -139,16 +163,21 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     for i, layer in enumerate(model.layers):
         x = _layer(g, layer, x, str(i))
     g.nodes.append(helper.make_node("Identity", [x], [output_name], name="output"))
-    outputs = [helper.make_tensor_value_info(output_name, elem, ["batch", model.n_outputs])]
+    out_dims = ["batch", model.n_outputs if model.n_outputs is not None else "outputs"]
+    outputs = [helper.make_tensor_value_info(output_name, elem, out_dims)]
     if classifier is None:
         classifier = pre is not None and pre.task == "classification"
     if classifier:
         kind = "Sigmoid" if model.n_outputs == 1 else "Softmax"
         g.nodes.append(helper.make_node(kind, [output_name], ["probabilities"], name="probabilities",
                                         **({"axis": -1} if kind == "Softmax" else {})))
-        outputs.append(helper.make_tensor_value_info("probabilities", elem, ["batch", model.n_outputs]))
-    graph = helper.make_graph(g.nodes, "nnkit", [helper.make_tensor_value_info(input_name, elem,
-                                                                              ["batch", model.n_features_in])],
+        outputs.append(helper.make_tensor_value_info("probabilities", elem, out_dims))
+    in_shape = model.input_shape if model.input_shape is not None else next(iter(model._batch_shapes), None)
+    if in_shape is None:
+        raise ValueError("the model's input shape is not known: pass input_shape= to Sequential (or give it "
+                         "data) before exporting")
+    in_dims = ["batch"] + [f"dim{i + 1}" if d is None else d for i, d in enumerate(in_shape)]
+    graph = helper.make_graph(g.nodes, "nnkit", [helper.make_tensor_value_info(input_name, elem, in_dims)],
                               outputs, initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="nnkit", producer_version=_version())

@@ -17,7 +17,13 @@ BatchNorm          ``nn.BatchNorm1d`` (same momentum convention, running statist
 LayerNorm          ``nn.LayerNorm(n)``
 Dropout(p)         ``nn.Dropout(p)``
 Residual(layers)   :class:`Residual` below (PyTorch has no residual container): x + f(x)
-(none)             ``nn.Flatten()`` on a table (B, n) is the identity: taken in as ``Identity``
+Conv1D, Conv2D     ``nn.Conv1d``, ``nn.Conv2d`` (W in the same (O, C, *k) layout)
+MaxPool1D/2D,      ``nn.MaxPool1d/2d``, ``nn.AvgPool1d/2d(count_include_pad=True)``
+AvgPool1D/2D
+GlobalAvgPool      :class:`GlobalAvgPool` below (the mean over the positions)
+Flatten, Reshape   ``nn.Flatten()``, ``nn.Unflatten(1, shape)`` (:class:`Reshape` below when shape has −1)
+BatchNorm on       ``nn.BatchNorm2d``
+images
 =================  ==============================================================
 
 ``from_torch`` refuses any other module by name (and modules whose settings nnkit cannot express:
@@ -58,19 +64,49 @@ def _residual_class():
     return Residual
 
 
-_RESIDUAL = None
+def _global_avg_pool_class():
+    torch = _torch()
+
+    class GlobalAvgPool(torch.nn.Module):
+        """y = mean over every position: (B, C, *n) → (B, C) (nnkit's GlobalAvgPool)."""
+
+        def forward(self, x):
+            """The mean over the positions."""
+            return x.mean(dim=tuple(range(2, x.dim())))
+
+    return GlobalAvgPool
 
 
-def __getattr__(name):  # ``nnkit.export.pytorch.Residual`` is built on first use (torch imported then)
-    global _RESIDUAL
-    if name == "Residual":
-        if _RESIDUAL is None:
-            _RESIDUAL = _residual_class()
-        return _RESIDUAL
+def _reshape_class():
+    torch = _torch()
+
+    class Reshape(torch.nn.Module):
+        """y = x reshaped to (B, *shape), one entry may be −1 (nnkit's Reshape; ``Unflatten`` where no −1)."""
+
+        def __init__(self, shape):
+            super().__init__()
+            self.shape = tuple(shape)
+
+        def forward(self, x):
+            """x as (B, *shape)."""
+            return x.reshape((x.shape[0],) + self.shape)
+
+    return Reshape
+
+
+_CLASSES = {}
+_MAKERS = {"Residual": _residual_class, "GlobalAvgPool": _global_avg_pool_class, "Reshape": _reshape_class}
+
+
+def __getattr__(name):  # ``nnkit.export.pytorch.Residual`` etc. are built on first use (torch imported then)
+    if name in _MAKERS:
+        if name not in _CLASSES:
+            _CLASSES[name] = _MAKERS[name]()
+        return _CLASSES[name]
     raise AttributeError(name)
 
 
-def _to_module(torch, layer, dtype, where):
+def _to_module(torch, layer, dtype, where, rank=None):
     nn = torch.nn
     kind = type(layer).__name__
     if kind == "Dense":
@@ -95,7 +131,8 @@ def _to_module(torch, layer, dtype, where):
         return nn.Dropout(layer.p)
     if kind in ("BatchNorm", "LayerNorm"):
         n = layer.num_features
-        m = nn.BatchNorm1d(n, eps=layer.eps, momentum=layer.momentum, dtype=dtype) if kind == "BatchNorm" \
+        bn = nn.BatchNorm2d if rank == 3 else nn.BatchNorm1d  # (B, C, H, W) images, else tables and signals
+        m = bn(n, eps=layer.eps, momentum=layer.momentum, dtype=dtype) if kind == "BatchNorm" \
             else nn.LayerNorm(n, eps=layer.eps, dtype=dtype)
         with torch.no_grad():
             m.weight.copy_(torch.as_tensor(_host(layer.params["gamma"])))
@@ -104,8 +141,28 @@ def _to_module(torch, layer, dtype, where):
                 m.running_mean.copy_(torch.as_tensor(_host(layer.buffers["running_mean"])))
                 m.running_var.copy_(torch.as_tensor(_host(layer.buffers["running_var"])))
         return m
+    if kind in ("Conv1D", "Conv2D"):
+        cls = nn.Conv1d if kind == "Conv1D" else nn.Conv2d
+        m = cls(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                dilation=layer.dilation, dtype=dtype)
+        with torch.no_grad():
+            m.weight.copy_(torch.as_tensor(_host(layer.params["W"])))
+            m.bias.copy_(torch.as_tensor(_host(layer.params["b"])))
+        return m
+    if kind in ("MaxPool1D", "MaxPool2D"):
+        return getattr(nn, kind[:-1] + "d")(layer.kernel_size, stride=layer.stride, padding=layer.padding)
+    if kind in ("AvgPool1D", "AvgPool2D"):
+        return getattr(nn, kind[:-1] + "d")(layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                                            count_include_pad=True)
+    if kind == "GlobalAvgPool":
+        return __getattr__("GlobalAvgPool")()
+    if kind == "Flatten":
+        return nn.Flatten()
+    if kind == "Reshape":
+        return nn.Unflatten(1, layer.shape) if -1 not in layer.shape else __getattr__("Reshape")(layer.shape)
     if kind == "Residual":
-        return __getattr__("Residual")(*[_to_module(torch, l, dtype, f"{where}.{j}") for j, l in enumerate(layer.layers)])
+        return __getattr__("Residual")(*[_to_module(torch, l, dtype, f"{where}.{j}", rank)
+                                         for j, l in enumerate(layer.layers)])
     raise ValueError(f"layer {where} {layer!r} has no PyTorch counterpart in nnkit's map")
 
 
@@ -119,16 +176,23 @@ def to_torch(model):
     """A ``torch.nn.Sequential`` of PyTorch's own layers computing what ``model`` computes, with its weights
     (and running statistics), in the model's storage dtype, on the CPU, in eval mode (``.train()`` for
     training mode: BatchNorm with batch statistics, Dropout drawing masks)."""
+    from ..layers import infer_shapes
+
     torch = _torch()
     dtype = getattr(torch, model.dtype)
-    net = torch.nn.Sequential(*[_to_module(torch, l, dtype, str(i)) for i, l in enumerate(model.layers)])
+    shape = model.input_shape if model.input_shape is not None else next(iter(model._batch_shapes), None)
+    ranks = [None] * len(model.layers) if shape is None else \
+        [len(s) for s in infer_shapes(model.layers, shape)[:-1]]  # each layer's input rank (BatchNorm1d or 2d)
+    net = torch.nn.Sequential(*[_to_module(torch, l, dtype, str(i), r)
+                                for i, (l, r) in enumerate(zip(model.layers, ranks))])
     return net.eval()
 
 
 def _from_module(m, where):
     """An nnkit layer (with its host weights as a dict) for the PyTorch module ``m``."""
     from ..layers import activations as A
-    from ..layers import BatchNorm, Dense, Dropout, LayerNorm, Residual
+    from ..layers import (AvgPool1D, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool,
+                          LayerNorm, MaxPool1D, MaxPool2D, Reshape, Residual)
 
     torch = _torch()
     nn = torch.nn
@@ -144,12 +208,32 @@ def _from_module(m, where):
         if m.bias is None:
             raise refuse("a Linear without bias (nnkit's Dense always has one)")
         return Dense(m.in_features, m.out_features), {"W": arr(m.weight).T, "b": arr(m.bias)}, {}
-    simple = {nn.ReLU: A.ReLU, nn.Sigmoid: A.Sigmoid, nn.Tanh: A.Tanh, nn.SiLU: A.SiLU, nn.Identity: A.Identity,
-              nn.Flatten: A.Identity}
+    simple = {nn.ReLU: A.ReLU, nn.Sigmoid: A.Sigmoid, nn.Tanh: A.Tanh, nn.SiLU: A.SiLU, nn.Identity: A.Identity}
     if type(m) in simple:
-        if type(m) is nn.Flatten and (m.start_dim != 1 or m.end_dim != -1):
-            raise refuse("only Flatten() of the features (start_dim=1) is the identity on tables")
         return simple[type(m)](), {}, {}
+    if type(m) is nn.Flatten:
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise refuse("nnkit's Flatten flattens everything after the batch (start_dim=1, end_dim=-1)")
+        return Flatten(), {}, {}
+    if type(m) is nn.Unflatten:
+        if m.dim != 1:
+            raise refuse("nnkit's Reshape reshapes everything after the batch (Unflatten(1, shape))")
+        return Reshape(tuple(m.unflattened_size)), {}, {}
+    if type(m) in (nn.Conv1d, nn.Conv2d):
+        if m.bias is None or m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise refuse("nnkit's convolutions have a bias, one group, zero padding given as numbers")
+        cls = Conv1D if type(m) is nn.Conv1d else Conv2D
+        layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride),
+                    padding=tuple(m.padding), dilation=tuple(m.dilation))
+        return layer, {"W": arr(m.weight), "b": arr(m.bias)}, {}
+    if type(m) in (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d):
+        if m.ceil_mode or getattr(m, "dilation", 1) not in (1, (1, 1)) or getattr(m, "return_indices", False) \
+                or not getattr(m, "count_include_pad", True) or getattr(m, "divisor_override", None):
+            raise refuse("nnkit's pools use floor mode, no dilation and (average) count_include_pad=True")
+        cls = {nn.MaxPool1d: MaxPool1D, nn.MaxPool2d: MaxPool2D, nn.AvgPool1d: AvgPool1D, nn.AvgPool2d: AvgPool2D}[type(m)]
+        return cls(m.kernel_size, stride=m.stride, padding=m.padding), {}, {}
+    if kind in ("GlobalAvgPool", "Reshape") and type(m) is __getattr__(kind):
+        return (GlobalAvgPool() if kind == "GlobalAvgPool" else Reshape(m.shape)), {}, {}
     if type(m) is nn.LeakyReLU:
         return A.LeakyReLU(m.negative_slope), {}, {}
     if type(m) is nn.ELU:
@@ -168,9 +252,9 @@ def _from_module(m, where):
         return A.GELU(), {}, {}
     if type(m) is nn.Dropout:
         return Dropout(m.p), {}, {}
-    if type(m) is nn.BatchNorm1d:
+    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
         if not m.affine or not m.track_running_stats or m.momentum is None:
-            raise refuse("BatchNorm1d needs affine=True, track_running_stats=True and a momentum")
+            raise refuse(f"{kind} needs affine=True, track_running_stats=True and a momentum")
         return (BatchNorm(m.num_features, momentum=m.momentum, eps=m.eps),
                 {"gamma": arr(m.weight), "beta": arr(m.bias)},
                 {"running_mean": arr(m.running_mean), "running_var": arr(m.running_var)})
@@ -183,9 +267,10 @@ def _from_module(m, where):
         params = {f"{j}.{k}": v for j, (_, p, _) in enumerate(inner) for k, v in p.items()}
         buffers = {f"{j}.{k}": v for j, (_, _, b) in enumerate(inner) for k, v in b.items()}
         return Residual([l for l, _, _ in inner]), params, buffers
-    raise refuse(f"nnkit has no layer for {kind} (it takes Linear, ReLU, Sigmoid, Tanh, LeakyReLU, ELU, SiLU, "
-                 "Softplus, Softmax, GELU(approximate='tanh'), Identity, Flatten, Dropout, BatchNorm1d, LayerNorm "
-                 "and nnkit's Residual)")
+    raise refuse(f"nnkit has no layer for {kind} (it takes Linear, Conv1d, Conv2d, MaxPool1d/2d, AvgPool1d/2d, "
+                 "ReLU, Sigmoid, Tanh, LeakyReLU, ELU, SiLU, Softplus, Softmax, GELU(approximate='tanh'), Identity, "
+                 "Flatten, Unflatten(1, shape), Dropout, BatchNorm1d/2d, LayerNorm and nnkit's Residual, "
+                 "GlobalAvgPool and Reshape modules)")
 
 
 def layers_from_torch(module):

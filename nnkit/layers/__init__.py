@@ -3,15 +3,23 @@
 * :mod:`.core` — the ``Layer`` base class (parameters, buffers, the precision casts), ``Dense``,
   ``Residual``, ``Dropout``, and the registry checkpoints rebuild layers from;
 * :mod:`.activations` — element-wise and row-wise activations with their derivatives;
-* :mod:`.normalization` — ``BatchNorm`` and ``LayerNorm``.
+* :mod:`.normalization` — ``BatchNorm`` and ``LayerNorm``;
+* :mod:`.convolutional` — ``Conv1D``, ``Conv2D`` (im2col and its adjoint);
+* :mod:`.pooling` — ``MaxPool1D/2D``, ``AvgPool1D/2D``, ``GlobalAvgPool``;
+* :mod:`.reshaping` — ``Flatten``, ``Reshape``.
 
 Every name is re-exported here and at ``nnkit`` (``nnkit.Dense``, ``nnkit.ReLU``, ...).
 """
-from .core import Layer, Dense, Residual, Dropout, LAYER_TYPES, layer_from_config, check_widths, check_size
+from .core import (Layer, Dense, Residual, Dropout, LAYER_TYPES, ShapeError, layer_from_config, infer_shapes,
+                   check_input_shape, check_size, fmt_shape)
 from .activations import (Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus,
                           ACTIVATIONS, get_activation)
 from .normalization import BatchNorm, LayerNorm
+from .convolutional import Conv1D, Conv2D
+from .pooling import MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool
+from .reshaping import Flatten, Reshape
 
-__all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "check_widths",
-           "check_size", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU",
-           "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm"]
+__all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "ShapeError", "layer_from_config",
+           "infer_shapes", "check_input_shape", "check_size", "fmt_shape", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU",
+           "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
+           "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape"]

@@ -118,7 +118,7 @@ class Softmax(Layer):
     def backward(self, dA, need_dX=True):
         """dZ = A ⊙ (dA − rowsum(dA ⊙ A)), shapes (B, n) (float32 row sums under a mixed policy)."""
         A, dA = self._cache, self.storage(dA)
-        return self.compute(A * (dA - self.xp.sum(dA * A, axis=1, keepdims=True)))
+        return self.compute(A * (dA - self.xp.sum(dA * A, axis=-1, keepdims=True)))
 
 
 class Identity(Layer):

@@ -1,10 +1,15 @@
-"""Layers with hand-derived, batched backward passes.
+"""Layers with hand-derived, batched backward passes: the base class, Dense, Residual and Dropout.
 
-Conventions (batch-first): X is (B, in), W is (in, out), b is (out,),
-Z = X·W + b is (B, out).  ``forward`` keeps exactly what ``backward`` needs;
-``backward(dY)`` receives ∂L/∂Y (same shape as the output), stores the
-parameter gradients in ``self.grads`` and returns ∂L/∂X (or ``None`` when the
-model says nobody needs it).
+Conventions (batch-first): every layer maps X of shape (B, *in_shape) to Y of shape (B, *out_shape) —
+tables (B, features), signals (B, C, L), images (B, C, H, W).  For Dense, X is (B, in), W is (in, out),
+b is (out,), Z = X·W + b is (B, out).  ``forward`` keeps exactly what ``backward`` needs;
+``backward(dY)`` receives ∂L/∂Y (same shape as the output), stores the parameter gradients in
+``self.grads`` and returns ∂L/∂X (or ``None`` when the model says nobody needs it).
+
+A layer's parameters are fixed by its arguments (a Dense by its widths, a Conv1D by its channels and
+kernel), never by the data: ``param_shapes()`` and ``build`` need no input shape.  Shapes are checked by
+``output_shape(in_shape)`` (sizes not known yet are None), which the model runs on its declared
+``input_shape`` and on every new batch shape, naming the layer where they disagree.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import numbers
 
 from ..init import get_initializer
 
-__all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "check_widths"]
+__all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "infer_shapes",
+           "ShapeError", "check_input_shape", "fmt_shape"]
 
 
 def check_size(name, value):
@@ -27,8 +33,17 @@ def check_size(name, value):
 LAYER_TYPES = {}  # name -> Layer subclass: every subclass registers itself (see Layer.__init_subclass__)
 
 
+class ShapeError(ValueError):
+    """An input shape a layer cannot take (a ``ValueError``); the model adds which layer and what it got."""
+
+
+def fmt_shape(shape):
+    """``(B, 25, 10)`` for the shape (25, 10) without its batch; unknown sizes as ``?``."""
+    return "(B" + "".join(f", {'?' if n is None else n}" for n in shape) + ")"
+
+
 class Layer:
-    """Base class: a differentiable map from (B, in) to (B, out).
+    """Base class: a differentiable map from (B, *in_shape) to (B, *out_shape).
 
     Subclasses set ``param_names`` (trained) and ``buffer_names`` (carried, saved and moved with the
     model, never trained: running statistics) and implement ``forward``/``backward``.
@@ -90,25 +105,32 @@ class Layer:
             layer.xp, layer._cache, layer.grads = xp, None, {}
             layer.policy = None
 
-    def build(self, backend, rng, in_features):
-        """Create parameters on ``backend`` (drawing from host ``rng``); return the output width."""
+    def build(self, backend, rng):
+        """Create parameters on ``backend`` (drawing from host ``rng``)."""
         self.xp = backend.xp
-        return in_features
 
-    def output_features(self, in_features):
-        """The output width for an input width (no parameters created)."""
-        return in_features
+    def input_shape(self):
+        """The input shape (without the batch) this layer's arguments fix — ``(in,)`` for Dense(in, out),
+        ``(C, None)`` for a Conv1D on C channels — or None when they fix nothing (element-wise layers)."""
+        return None
 
-    def param_shapes(self, in_features):
-        """``{name: shape}`` of the parameters and buffers ``build`` would create for this input width."""
+    def output_shape(self, in_shape):
+        """The output shape (without the batch) for input shape ``in_shape`` (a tuple; None for a size not
+        known yet); a ShapeError when this layer cannot take it.  Creates nothing."""
+        return tuple(in_shape)
+
+    def param_shapes(self):
+        """``{name: shape}`` of the parameters and buffers ``build`` creates (fixed by the arguments)."""
         return {}
 
     def forward(self, X, train=True):
-        """The layer's output Y (B, out) for X (B, in); with ``train`` it keeps what ``backward`` needs."""
+        """The layer's output Y (B, *out_shape) for X (B, *in_shape); with ``train`` it keeps what
+        ``backward`` needs."""
         raise NotImplementedError
 
     def backward(self, dY, need_dX=True):
-        """Given dY = ∂L/∂Y (B, out): store ∂L/∂param in ``grads``, return ∂L/∂X (B, in) (or None)."""
+        """Given dY = ∂L/∂Y (B, *out_shape): store ∂L/∂param in ``grads``, return ∂L/∂X (B, *in_shape)
+        (or None)."""
         raise NotImplementedError
 
     def config(self):
@@ -163,8 +185,8 @@ class Dense(Layer):
         self._init_fn = get_initializer(init)
         self.init = init
 
-    def build(self, backend, rng, in_features):
-        super().build(backend, rng, in_features)
+    def build(self, backend, rng):
+        super().build(backend, rng)
         W = self._init_fn(rng, self.in_features, self.out_features)
         W = backend.asarray(backend.host_float64(W), dtype=backend.dtype)
         if tuple(W.shape) != (self.in_features, self.out_features):
@@ -174,12 +196,18 @@ class Dense(Layer):
             )
         b = self.xp.zeros((self.out_features,), dtype=backend.dtype, device=backend.device)
         self.params = {"W": W, "b": b}
-        return self.out_features
 
-    def output_features(self, in_features):
-        return self.out_features
+    def input_shape(self):
+        return (self.in_features,)
 
-    def param_shapes(self, in_features):
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 1 or in_shape[0] not in (None, self.in_features):
+            hint = " (a Flatten() before it makes (B, C, L) rows)" if len(in_shape) > 1 else ""
+            raise ShapeError(f"expects {self.in_features} input features{hint}")
+        return (self.out_features,)
+
+    def param_shapes(self):
         return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
 
     def forward(self, X, train=True):
@@ -239,38 +267,28 @@ class Residual(Layer):
     def sublayers(self):
         return [self] + [s for layer in self.layers for s in layer.sublayers()]
 
-    def _inner_width(self, in_features):
-        width = in_features
-        for j, layer in enumerate(self.layers):
-            in_f = getattr(layer, "in_features", None)
-            if in_f is not None and in_f != width:
-                raise ValueError(f"Residual: inner layer {j} {layer!r} expects {in_f} features but gets {width}")
-            width = layer.output_features(width)
-        if width != in_features:
-            raise ValueError(f"Residual: its layers map {in_features} features to {width}; Y = X + f(X) needs "
-                             f"f to keep the width {in_features}")
-        return width
-
-    def build(self, backend, rng, in_features):
-        super().build(backend, rng, in_features)
-        self._inner_width(in_features)
+    def build(self, backend, rng):
+        super().build(backend, rng)
         for layer in self.layers:
-            in_features = layer.build(backend, rng, in_features)
-        return in_features
+            layer.build(backend, rng)
 
-    def output_features(self, in_features):
-        return self._inner_width(in_features)
+    def input_shape(self):
+        return self.layers[0].input_shape()
 
-    def param_shapes(self, in_features):
-        self._inner_width(in_features)
-        shapes, width = {}, in_features
-        for j, layer in enumerate(self.layers):
-            shapes.update({f"{j}.{n}": s for n, s in layer.param_shapes(width).items()})
-            width = layer.output_features(width)
-        return shapes
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        shape = infer_shapes(self.layers, in_shape, where="Residual: inner layer ")[-1]
+        if len(shape) != len(in_shape) or any(a is not None and b is not None and a != b
+                                               for a, b in zip(shape, in_shape)):
+            raise ShapeError(f"needs its layers to keep the width and shape (Y = X + f(X)); they map {fmt_shape(in_shape)} "
+                             f"to {fmt_shape(shape)}")
+        return in_shape
+
+    def param_shapes(self):
+        return {f"{j}.{n}": s for j, layer in enumerate(self.layers) for n, s in layer.param_shapes().items()}
 
     def forward(self, X, train=True):
-        """Y = X + f(X); X, Y (B, n)."""
+        """Y = X + f(X); X, Y of the same shape (B, n) or (B, C, *spatial)."""
         F = X
         for layer in self.layers:
             F = layer.forward(F, train=train)
@@ -332,26 +350,34 @@ class Dropout(Layer):
         return {"type": "Dropout", "p": self.p}
 
 
-def check_widths(layers):
-    """(input width, output width) of a stack; a Dense whose input does not fit the previous output is an error."""
-    width = None
-    first = None
+def infer_shapes(layers, in_shape, where="layer "):
+    """``[in_shape, shape after layer 0, shape after layer 1, ...]`` (without the batch); a ValueError naming
+    the layer (``where`` + its index) that cannot take the shape it gets."""
+    shapes = [tuple(in_shape)]
     for i, layer in enumerate(layers):
-        in_f = getattr(layer, "in_features", None)
-        if in_f is not None:
-            if width is not None and in_f != width:
-                raise ValueError(
-                    f"layer {i} {layer!r} expects {in_f} input features but the layer before it "
-                    f"gives {width}"
-                )
-            if first is None:
-                first = in_f
-            width = layer.output_features(in_f)
-        elif width is not None:
-            width = layer.output_features(width)
-    if first is None:
-        raise ValueError("Sequential needs at least one Dense layer to know its input width")
-    return first, width
+        try:
+            shapes.append(tuple(layer.output_shape(shapes[-1])))
+        except ShapeError as exc:
+            before = f"the layer before it gives {fmt_shape(shapes[-1])}" if i else \
+                f"the input is {fmt_shape(shapes[-1])}"
+            raise ShapeError(f"{where}{i} {layer!r} {exc}, but {before}") from None
+    return shapes
+
+
+def check_input_shape(shape, layers):
+    """The model's input shape (without the batch) as a tuple of positive ints and None (a size the data
+    decides): ``shape`` when given (an int n means (n,)), else what the first layer's arguments fix (None when
+    they fix nothing: the first batch decides).  A TypeError/ValueError for anything else."""
+    if shape is None:
+        return layers[0].input_shape() if layers else None
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not shape or not all(
+            d is None or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and 0 < d <= 2**31)
+            for d in shape):
+        raise ValueError(f"input_shape must be a tuple of positive sizes without the batch, e.g. (64,) or "
+                         f"(1, 40), got {shape!r}")
+    return tuple(None if d is None else int(d) for d in shape)
 
 
 def layer_from_config(cfg):

@@ -1,0 +1,243 @@
+r"""Convolution: the batched matrix calculus of Dense, over unfolded patches (im2col).
+
+Channels first, as in PyTorch: a signal is X (B, C, L), an image X (B, C, H, W).  A convolution with O
+output channels and kernel k (k_h × k_w in 2-D) has W (O, C, *k) and b (O,) — PyTorch's own layout, so the
+weights map one to one.
+
+**Unfolding.**  Pad X with p zeros on each side of every spatial axis; each output position t reads the
+patch X_p[:, :, t·s + j·d] for the kernel taps j = 0 … k−1 (stride s, dilation d).  Stacking the K = Π k
+taps gives cols(X) of shape (B, C·K, P), P = Π out positions, out = ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1 along
+each axis.  Written against the Array API: strided slices of the padded input, stacked (no
+``as_strided``, which the standard does not have).
+
+**Forward.**  With W₂ = W reshaped to (O, C·K):
+
+    Z = W₂·cols(X) + b          (B, O, P) → (B, O, *out)
+
+**Backward** (the Dense derivation, per batch element, summed over the batch):
+
+    dW₂ = Σ_b dZ_b·cols(X)_bᵀ               (O, C·K)  → reshaped to W's (O, C, *k)
+    db  = Σ_b Σ_positions dZ                (O,)
+    dX  = col2im(W₂ᵀ·dZ)                    (B, C, *n)
+
+col2im is the adjoint of the unfolding: every tap's gradient goes back to the input position it was
+read from, and where patches overlap (stride < kernel) the contributions add up.  It is written as a sum
+over the taps of the tap's gradient spread out by the stride and shifted by its offset (zeros between
+and around), then the padding cut off — again only array-API operations.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+
+from ..init import get_initializer
+from .core import Layer, ShapeError, check_size
+
+__all__ = ["Conv1D", "Conv2D", "unfold", "fold", "conv_output_size"]
+
+
+def _ints(name, value, n, low):
+    """``value`` as an n-tuple of ints >= ``low`` (an int is repeated), else a ValueError naming ``name``."""
+    vals = (value,) * n if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    try:
+        vals = tuple(vals)
+    except TypeError:
+        vals = ()
+    if len(vals) != n or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low for v in vals):
+        what = "an integer" if n == 1 else "an integer or a pair of integers"
+        raise ValueError(f"{name} must be {what} >= {low}, got {value!r}")
+    return tuple(int(v) for v in vals)
+
+
+def conv_output_size(n, kernel, stride, padding, dilation=1):
+    """Output length along one axis: ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1 (None for an unknown n)."""
+    if n is None:
+        return None
+    return (n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _filled(xp, like, axis, width, value=0.0):
+    """An array shaped like ``like`` but ``width`` long on ``axis``, all ``value``, on ``like``'s device (made
+    from ``like`` itself: traced arrays have no device to ask)."""
+    one = like[(slice(None),) * axis + (slice(0, 1), ...)]
+    shape = list(like.shape)
+    shape[axis] = width
+    return xp.broadcast_to(xp.full_like(one, value), tuple(shape))
+
+
+def _pad(xp, X, padding, value=0.0):
+    """X (B, C, *n) with ``padding[i]`` entries of ``value`` before and after spatial axis i."""
+    for i, p in enumerate(padding):
+        if p:
+            fill = _filled(xp, X, 2 + i, p, value)
+            X = xp.concat([fill, X, fill], axis=2 + i)
+    return X
+
+
+def _taps(kernel):
+    """The kernel's tap offsets in row-major order (the order of W's kernel axes flattened)."""
+    return list(itertools.product(*[range(k) for k in kernel]))
+
+
+def unfold(xp, X, kernel, stride, padding, dilation, pad_value=0.0):
+    """cols (B, C, K, *out): tap j of output position t is X_padded[..., t·s + j·d]; K = Π kernel."""
+    Xp = _pad(xp, X, padding, pad_value)
+    out = [conv_output_size(n, k, s, 0, d) for n, k, s, d in zip(Xp.shape[2:], kernel, stride, dilation)]
+    taps = []
+    for offs in _taps(kernel):
+        idx = tuple(slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offs, dilation, stride, out))
+        taps.append(Xp[(slice(None), slice(None)) + idx])
+    return xp.stack(taps, axis=2)
+
+
+def fold(xp, cols, in_shape, kernel, stride, padding, dilation):
+    """The adjoint of :func:`unfold`: cols (B, C, K, *out) → (B, C, *in_shape), overlapping taps added up."""
+    out = cols.shape[3:]
+    padded = [n + 2 * p for n, p in zip(in_shape, padding)]
+    total = None
+    for t, offs in enumerate(_taps(kernel)):
+        piece = cols[:, :, t, ...]
+        for i, (o, d, s, m, n) in enumerate(zip(offs, dilation, stride, out, padded)):
+            axis = 2 + i
+            if s > 1:  # spread by the stride: s − 1 zeros after every entry, the trailing ones cut
+                piece = xp.stack([piece] + [xp.zeros_like(piece)] * (s - 1), axis=axis + 1)
+                shape = list(piece.shape[:axis]) + [m * s] + list(piece.shape[axis + 2:])
+                piece = xp.reshape(piece, tuple(shape))
+                piece = piece[(slice(None),) * axis + (slice(0, s * (m - 1) + 1), ...)]
+            before, after = o * d, n - o * d - (s * (m - 1) + 1)
+            parts = []
+            for width in (before, None, after):
+                if width is None:
+                    parts.append(piece)
+                elif width:
+                    parts.append(_filled(xp, piece, axis, width))
+            piece = xp.concat(parts, axis=axis) if len(parts) > 1 else piece
+        total = piece if total is None else total + piece
+    crop = tuple(slice(p, p + n) for p, n in zip(padding, in_shape))
+    return total[(slice(None), slice(None)) + crop]
+
+
+class _Conv(Layer):
+    """Shared by Conv1D and Conv2D (``n`` spatial axes)."""
+
+    n = 1
+    param_names = ("W", "b")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, init="he_uniform"):
+        super().__init__()
+        self.in_channels = check_size("in_channels", in_channels)
+        self.out_channels = check_size("out_channels", out_channels)
+        self.kernel_size = _ints("kernel_size", kernel_size, self.n, 1)
+        self.stride = _ints("stride", stride, self.n, 1)
+        self.padding = _ints("padding", padding, self.n, 0)
+        self.dilation = _ints("dilation", dilation, self.n, 1)
+        self._init_fn = get_initializer(init)
+        self.init = init
+
+    @property
+    def _fan_in(self):
+        return self.in_channels * math.prod(self.kernel_size)
+
+    def build(self, backend, rng):
+        super().build(backend, rng)
+        O, CK = self.out_channels, self._fan_in
+        W2 = backend.host_float64(self._init_fn(rng, CK, O))  # (C·K, O), like a Dense from the patch
+        if tuple(W2.shape) != (CK, O):
+            raise ValueError(f"initializer {self.init!r} returned shape {tuple(W2.shape)}, expected {(CK, O)}")
+        W = W2.T.reshape((O, self.in_channels) + self.kernel_size)
+        self.params = {"W": backend.asarray(W.copy(), dtype=backend.dtype),
+                       "b": self.xp.zeros((O,), dtype=backend.dtype, device=backend.device)}
+
+    def param_shapes(self):
+        return {"W": (self.out_channels, self.in_channels) + self.kernel_size, "b": (self.out_channels,)}
+
+    def input_shape(self):
+        return (self.in_channels,) + (None,) * self.n
+
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 1 + self.n or in_shape[0] not in (None, self.in_channels):
+            form = "(B, C, L)" if self.n == 1 else "(B, C, H, W)"
+            raise ShapeError(f"expects {form} inputs with C = {self.in_channels} channels")
+        out = []
+        for n, k, s, p, d in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation):
+            m = conv_output_size(n, k, s, p, d)
+            if m is not None and m < 1:
+                raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + 2 * p}")
+            out.append(m)
+        return (self.out_channels,) + tuple(out)
+
+    def forward(self, X, train=True):
+        """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype.  Keeps
+        cols(X) and W₂ for the backward pass when training."""
+        xp = self.xp
+        cols = unfold(xp, X, self.kernel_size, self.stride, self.padding, self.dilation)
+        out = cols.shape[3:]
+        B, P = cols.shape[0], math.prod(out)
+        cols = xp.reshape(cols, (B, self._fan_in, P))
+        W2 = xp.reshape(self.compute(self.params["W"]), (self.out_channels, self._fan_in))
+        if train:
+            self._cache = (cols, W2, tuple(X.shape[2:]))
+        Z = W2 @ cols
+        Z = Z + xp.reshape(self.compute(self.params["b"]), (self.out_channels, 1))
+        return xp.reshape(Z, (B, self.out_channels) + tuple(out))
+
+    def backward(self, dZ, need_dX=True):
+        """dW₂ = Σ_b dZ_b·cols_bᵀ (O, C·K), db = Σ_b Σ_positions dZ (O,), dX = col2im(W₂ᵀ·dZ) (B, C, *n)."""
+        xp = self.xp
+        cols, W2, in_shape = self._cache
+        B, O = dZ.shape[0], self.out_channels
+        out = tuple(dZ.shape[2:])
+        dZ3 = xp.reshape(dZ, (B, O, math.prod(out)))
+        dW2 = xp.tensordot(dZ3, cols, axes=([0, 2], [0, 2]))
+        self.grads = {"W": xp.reshape(dW2, self.params["W"].shape), "b": xp.sum(dZ3, axis=(0, 2))}
+        if not need_dX:
+            return None
+        dcols = xp.reshape(W2.T @ dZ3, (B, self.in_channels, math.prod(self.kernel_size)) + out)
+        return fold(xp, dcols, in_shape, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def config(self):
+        one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
+        cfg = {"type": type(self).__name__, "in_channels": self.in_channels, "out_channels": self.out_channels,
+               "kernel_size": one(self.kernel_size), "stride": one(self.stride), "padding": one(self.padding),
+               "dilation": one(self.dilation)}
+        if isinstance(self.init, str) and self.init != "he_uniform":
+            cfg["init"] = self.init
+        return cfg
+
+    def __repr__(self):
+        cfg = self.config()
+        extra = "".join(f", {k}={cfg[k]!r}" for k, default in (("stride", 1), ("padding", 0), ("dilation", 1))
+                        if cfg[k] not in (default, [default] * self.n))
+        k = cfg["kernel_size"]
+        return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {k!r}{extra})"
+
+
+class Conv1D(_Conv):
+    r"""1-D convolution (cross-correlation, as PyTorch's ``Conv1d``) over signals X (B, C, L).
+
+    ``Conv1D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, init="he_uniform")``;
+    W (out_channels, in_channels, k), b (out_channels,); output (B, O, L_out),
+    L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1.
+
+    Z = W₂·cols(X) + b with cols(X) (B, C·k, L_out) the unfolded patches;
+    dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ), the adjoint of the
+    unfolding (overlapping patches add up).  See :mod:`nnkit.layers.convolutional`.
+    """
+
+    n = 1
+
+
+class Conv2D(_Conv):
+    r"""2-D convolution (cross-correlation, as PyTorch's ``Conv2d``) over images X (B, C, H, W).
+
+    ``Conv2D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, init="he_uniform")``, each
+    of kernel_size/stride/padding/dilation an int or an (h, w) pair; W (O, C, k_h, k_w), b (O,); output
+    (B, O, H_out, W_out) with H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋ + 1 (W_out alike).
+
+    Z = W₂·cols(X) + b with cols(X) (B, C·k_h·k_w, H_out·W_out);
+    dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ).
+    """
+
+    n = 2

@@ -646,14 +646,15 @@ class Sequential:
         return to_torch(self)
 
     @classmethod
-    def from_torch(cls, module, backend="numpy", dtype=None, seed=None, precision=None):
+    def from_torch(cls, module, backend="numpy", dtype=None, seed=None, precision=None, input_shape=None):
         """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
         Dropout, ...) with its weights and running statistics; other modules are refused by name.
         ``dtype`` defaults to the module's parameter dtype."""
         from .export.pytorch import layers_from_torch
 
         layers, state, own_dtype = layers_from_torch(module)
-        model = cls(layers, backend=backend, dtype=dtype or own_dtype, seed=seed, precision=precision)
+        model = cls(layers, backend=backend, dtype=dtype or own_dtype, seed=seed, precision=precision,
+                    input_shape=input_shape)
         return model.load_state_dict(state)
 
     def config(self):

@@ -42,6 +42,20 @@ def _models(d=7, k=3, dtype="float32"):
     return {name: nnkit.Sequential(layers, seed=1, dtype=dtype) for name, layers in singles.items()}
 
 
+def _conv_models(dtype="float32"):
+    """Conv models on signals and images: every conv, pooling and reshaping layer, starting from table rows:
+    (B, 7) for the signals, (B, 12) for the images."""
+    A = nnkit
+    return {
+        "Conv1D": [A.Reshape((1, 7)), A.Conv1D(1, 4, 3, stride=2, padding=1, dilation=1), A.BatchNorm(4), A.ReLU(),
+                   A.MaxPool1D(2, stride=1, padding=1), A.Conv1D(4, 3, 2, dilation=2), A.AvgPool1D(2, padding=1),
+                   A.Flatten(), A.Dense(6, 3)],
+        "Conv2D": [A.Reshape((1, 3, -1)), A.Conv2D(1, 3, (2, 3), padding=(1, 1)), A.BatchNorm(3), A.Tanh(),
+                   A.AvgPool2D(2, stride=1), A.Conv2D(3, 4, 2, stride=(1, 2), dilation=(1, 2)), A.MaxPool2D((2, 1)),
+                   A.GlobalAvgPool(), A.Dense(4, 3)],
+    }
+
+
 def _trained(model, d=7, k=3):
     """A few training steps, so BatchNorm's running statistics and the weights are not their starting values."""
     rng = np.random.default_rng(0)
@@ -73,6 +87,25 @@ def test_onnx_runtime_equals_predict_for_every_layer_type(name, tmp_path):
         X = (rng.normal(size=(rows, 7)) * 4).astype(np.float32)
         got = _run_onnx(path, X)["output"]
         np.testing.assert_allclose(got, model.predict(X), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["Conv1D", "Conv2D"])
+def test_onnx_runtime_equals_predict_for_conv_models(name, tmp_path):
+    import onnx
+
+    _ort()
+    d = 7 if name == "Conv1D" else 12
+    model = _trained(nnkit.Sequential(_conv_models()[name], seed=1, input_shape=(d,)), d=d)
+    model.export(tmp_path / "c.onnx")
+    onnx.checker.check_model(onnx.load(str(tmp_path / "c.onnx")), full_check=True)
+    X = (np.random.default_rng(6).normal(size=(11, d)) * 2).astype(np.float32)
+    np.testing.assert_allclose(_run_onnx(tmp_path / "c.onnx", X)["output"], model.predict(X), rtol=1e-5, atol=1e-5)
+    signal = nnkit.Sequential([nnkit.Conv1D(2, 3, 3), nnkit.GlobalAvgPool(), nnkit.Dense(3, 2)], seed=0)
+    signal.export(tmp_path / "s.onnx")  # the length is left open: a dynamic dimension
+    for L in (5, 12):
+        X = np.random.default_rng(L).normal(size=(4, 2, L)).astype(np.float32)
+        np.testing.assert_allclose(_run_onnx(tmp_path / "s.onnx", X)["output"], signal.predict(X), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_gelu_is_exported_in_nnkits_tanh_form_and_softplus_stays_finite(tmp_path):
@@ -170,6 +203,30 @@ def test_to_torch_equals_nnkit_in_float64_in_eval_and_train_mode(name):
 
 
 @needs_torch
+@pytest.mark.parametrize("name", ["Conv1D", "Conv2D"])
+def test_conv_models_to_torch_and_back(name):
+    import torch
+
+    d = 7 if name == "Conv1D" else 12
+    model = _trained(nnkit.Sequential(_conv_models("float64")[name], seed=1, dtype="float64", input_shape=(d,)), d=d)
+    net = model.to_torch()
+    assert any(type(m).__name__ in ("Conv1d", "Conv2d") for m in net)
+    if name == "Conv2D":
+        assert type(net[2]).__name__ == "BatchNorm2d"
+    X = np.random.default_rng(2).normal(size=(9, d))
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(X)).numpy(), model.predict(X), rtol=1e-6, atol=1e-9)
+        net.train()
+        np.testing.assert_allclose(net(torch.from_numpy(X)).numpy(), nnkit.backend.host_copy(model.forward(X)),
+                                   rtol=1e-6, atol=1e-9)
+    back = nnkit.Sequential.from_torch(model.to_torch(), input_shape=(d,))  # (net's train pass moved its statistics)
+    assert back.config() == model.config()
+    a, b = model.state_dict(), back.state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@needs_torch
 def test_from_torch_takes_weights_and_running_statistics_and_one_sgd_step_matches():
     import torch
 
@@ -206,8 +263,10 @@ def test_from_torch_refuses_what_nnkit_cannot_express_by_name():
     import torch
 
     nn = torch.nn
-    with pytest.raises(ValueError, match=r"module 1 .*Conv1d.*nnkit has no layer for Conv1d"):
-        nnkit.Sequential.from_torch(nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 3)))
+    with pytest.raises(ValueError, match=r"module 1 .*LSTM.*nnkit has no layer for LSTM"):
+        nnkit.Sequential.from_torch(nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)))
+    with pytest.raises(ValueError, match="one group"):
+        nnkit.Sequential.from_torch(nn.Sequential(nn.Conv1d(2, 2, 3, groups=2)))
     with pytest.raises(ValueError, match="Linear without bias"):
         nnkit.Sequential.from_torch(nn.Sequential(nn.Linear(4, 4, bias=False)))
     with pytest.raises(ValueError, match="approximate='tanh'"):

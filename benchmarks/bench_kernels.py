@@ -88,3 +88,29 @@ def test_batch_sweep(benchmark, target, batch, kernel):
     benchmark.group = f"sweep-M-{batch}"
     rounds = max(3, 20 * 256 // batch)
     _run(benchmark, case(target, "float32", "M", batch), kernel, rounds, 2)
+
+
+@functools.lru_cache(maxsize=8)
+def conv_case(target, shape):
+    return H.ConvCase(target, shape)
+
+
+def _conv_cases():
+    for t in _targets():
+        target = t.values[0]
+        if target in H.COMPILED:
+            continue
+        for shape in H.CONV_SHAPES:
+            for kernel in H.CONV_KERNELS:
+                if kernel.startswith("cnn") and shape != "MNIST-1D" or \
+                        kernel == "cnn_torch_eager_step" and target not in H.PEERS:
+                    continue
+                yield pytest.param(target, shape, kernel, marks=t.marks, id=f"{target}-{shape}-{kernel}")
+
+
+@pytest.mark.parametrize("target, shape, kernel", list(_conv_cases()))
+def test_conv_kernel(benchmark, target, shape, kernel):
+    benchmark.group = f"conv-{shape}-{kernel}"
+    c = conv_case(target, shape)
+    benchmark.extra_info.update(target=target, shape=shape)
+    benchmark.pedantic(c.kernel(kernel), rounds=20, warmup_rounds=3, iterations=1)

@@ -27,6 +27,49 @@ VARIANTS = {
 }
 
 
+def convbase():
+    """The MNIST-1D paper's ConvBase on a (B, 40) row: three convolutions of 25 channels, then a Dense to 10."""
+    return [nnkit.Reshape((1, 40)), nnkit.Conv1D(1, 25, 5, stride=2, padding=1), nnkit.ReLU(),
+            nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(),
+            nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(), nnkit.Flatten(), nnkit.Dense(125, 10)]
+
+
+def run_cnn(data, seed, epochs, backend="numpy", precision=None):
+    X, y, Xt, yt = data
+    model = nnkit.Sequential(convbase(), seed=seed, backend=backend, precision=precision, input_shape=(40,))
+    t0 = time.perf_counter()
+    model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=epochs, batch_size=100,
+              verbose=0)
+    seconds = time.perf_counter() - t0
+    return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
+
+
+def run_torch_cnn(data, seed, epochs):
+    """The same ConvBase in plain PyTorch (its own initialisation, Adam 1e-2, batch 100, shuffled each epoch)."""
+    import torch
+
+    X, y, Xt, yt = data
+    torch.manual_seed(seed)
+    nn = torch.nn
+    net = nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, 25, 5, 2, 1), nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1),
+                        nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(tX), generator=gen)
+        for s in range(0, len(tX), 100):
+            idx = perm[s:s + 100]
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(tX[idx]), ty[idx]).backward()
+            opt.step()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = (net(torch.from_numpy(Xt)).argmax(1) == torch.from_numpy(yt)).double().mean().item()
+    return acc, seconds
+
+
 def mnist1d_data(seed=42):
     """(X, y, X_test, y_test) of MNIST-1D with the paper's default arguments."""
     try:
@@ -65,7 +108,9 @@ def main(argv=None):
     p.add_argument("--precisions", nargs="+", default=["none"],
                    choices=["none", "mixed_bfloat16", "mixed_float16", "tf32"],
                    help="precision policies to compare, each on the same seeds (default: none)")
-    p.add_argument("--variants", nargs="+", choices=["paper", "modern"], default=["paper", "modern"])
+    p.add_argument("--variants", nargs="+", choices=["paper", "modern", "cnn"], default=["paper", "modern"],
+                   help="the MLPs (paper, modern) and the paper's ConvBase CNN (cnn: with PyTorch's same network "
+                        "in the same run, when PyTorch is installed)")
     p.add_argument("--data", nargs="+", choices=["mnist1d", "digits"], default=["mnist1d", "digits"])
     args = p.parse_args(argv)
     sets = {"MNIST-1D": mnist1d_data} if "mnist1d" in args.data else {}
@@ -84,6 +129,21 @@ def main(argv=None):
                          + " | ".join(f"{100 * a:.1f}%" for a in accs)
                          + f" | {100 * statistics.mean(accs):.1f}% | {statistics.mean(secs):.1f} |")
             print(lines[-1], flush=True)
+        if "cnn" in args.variants and data_name == "MNIST-1D":
+            rows = [(f"{prec} ({args.backend})", lambda s, p=prec: run_cnn(data, s, args.epochs, args.backend,
+                                                                      None if p == "none" else p))
+                    for prec in args.precisions]
+            try:
+                import torch  # noqa: F401
+
+                rows.append(("PyTorch eager, float32 (same run)", lambda s: run_torch_cnn(data, s, args.epochs)))
+            except ImportError:
+                pass
+            for label, fn in rows:
+                accs, secs = zip(*(fn(s) for s in args.seeds))
+                lines.append(f"| {data_name} | ConvBase CNN | {label} | " + " | ".join(f"{100 * a:.1f}%" for a in accs)
+                             + f" | {100 * statistics.mean(accs):.1f}% | {statistics.mean(secs):.1f} |")
+                print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
         nnkit.files.atomic_write(args.out, lambda f: f.write(text.encode()))

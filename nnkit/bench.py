@@ -19,6 +19,7 @@ so GPU timings measure finished work.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -284,6 +285,123 @@ class Case:
         return step
 
 
+# -- convolution: the conv kernels against their im2col GEMMs, and a CNN step against PyTorch eager ----------
+CONV_SHAPES = {  # (batch, in channels, out channels, spatial size, kernel, stride, padding)
+    "MNIST-1D": (100, 25, 25, (10,), 3, 2, 1),       # ConvBase's third layer (its second is the same at length 19)
+    "CIFAR": (64, 3, 32, (32, 32), 3, 1, 1),
+}
+CONV_KERNELS = ("conv_forward", "conv_backward", "gemm_floor", "cnn_step", "cnn_torch_eager_step")
+
+
+def convbase_layers():
+    """The MNIST-1D paper's ConvBase on (B, 40) rows (see ``benchmarks/run_mnist1d.py``)."""
+    return [nnkit.Reshape((1, 40)), nnkit.Conv1D(1, 25, 5, stride=2, padding=1), nnkit.ReLU(),
+            nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(),
+            nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(), nnkit.Flatten(), nnkit.Dense(125, 10)]
+
+
+class ConvCase:
+    """One (target, conv shape): the layer's forward and backward, its im2col GEMM floor, and the ConvBase
+    training step (Adam, batch 100) with its PyTorch eager peer."""
+
+    def __init__(self, target, shape):
+        self.target, self.shape = target, shape
+        self.backend = be = target_backend(target, "float32")
+        B, C, O, n, k, s, p = CONV_SHAPES[shape]
+        cls = nnkit.Conv1D if len(n) == 1 else nnkit.Conv2D
+        self.layer = cls(C, O, k, stride=s, padding=p)
+        self.model = nnkit.Sequential([self.layer], backend=be, seed=0)
+        rng = np.random.default_rng(0)
+        self.X = be.asarray(rng.standard_normal((B, C) + n), dtype=be.dtype)
+        self.out = self.model.output_shape(tuple(self.X.shape[1:]))
+        self.cnn = nnkit.Sequential(convbase_layers(), backend=be, seed=0, input_shape=(40,))
+        self.X40 = rng.standard_normal((100, 40)).astype(np.float32)
+        self.y40 = rng.integers(0, 10, size=100)
+
+    def kernel(self, name):
+        """The callable that runs ``name`` once, synchronised."""
+        fn, sync = getattr(self, f"_k_{name}")(), self.backend.synchronize
+
+        def run():
+            out = fn()
+            sync(out)
+            return out
+
+        return run
+
+    def _k_conv_forward(self):
+        layer, X = self.layer, self.X
+        return lambda: layer.forward(X, train=True)
+
+    def _k_conv_backward(self):
+        layer, X = self.layer, self.X
+        dZ = layer.forward(X, train=True)
+        return lambda: layer.backward(dZ, need_dX=True)
+
+    def _k_gemm_floor(self):
+        """The three GEMMs of im2col at this shape: W₂·cols, dZ·colsᵀ (summed over the batch), W₂ᵀ·dZ."""
+        be, xp, layer = self.backend, self.backend.xp, self.layer
+        B, CK, O = self.X.shape[0], layer._fan_in, layer.out_channels
+        P = math.prod(self.out[1:])
+        rng = np.random.default_rng(1)
+        cols, W2, dZ = (be.asarray(rng.standard_normal(s), dtype=be.dtype) for s in ((B, CK, P), (O, CK), (B, O, P)))
+        return lambda: [W2 @ cols, xp.tensordot(dZ, cols, axes=([0, 2], [0, 2])), W2.T @ dZ]
+
+    def _k_cnn_step(self):
+        model, opt = self.cnn, nnkit.optim.Adam(1e-2)
+        X = model._as_input(self.X40)
+        T = model._as_target(self.y40, 100, nnkit.CrossEntropy())
+        return lambda: (model.train_step(X, T, "cross_entropy", opt, check_input=False), model.params())
+
+    def _k_cnn_torch_eager_step(self):
+        if self.target not in PEERS:
+            raise KeyError("the PyTorch eager CNN step runs on the torch targets only")
+        import torch
+
+        torch.manual_seed(0)
+        nn = torch.nn
+        dev = self.backend.device
+        net = nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, 25, 5, 2, 1), nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1),
+                            nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10)).to(dev)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        X, y = torch.as_tensor(self.X40, device=dev), torch.as_tensor(self.y40, device=dev)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(X), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+
+
+def run_conv_report(targets, seconds=1.0, log=print):
+    """``{"conv": [...], "cnn": [...]}``: conv kernels against their GEMM floor per target and shape, and the
+    ConvBase step of every target against PyTorch eager (measured in one run)."""
+    conv, cnn = [], []
+    targets = [t for t in targets if t not in COMPILED and why_unavailable(t) is None]
+    for shape in CONV_SHAPES:
+        cases = {t: ConvCase(t, shape) for t in targets}
+        groups = {t: {f"{t}|{k}": c.kernel(k) for k in ("conv_forward", "conv_backward", "gemm_floor")}
+                  for t, c in cases.items()}
+        if shape == "MNIST-1D":
+            for t, c in cases.items():
+                groups[t][f"{t}|cnn_step"] = c.kernel("cnn_step")
+                if t in PEERS:
+                    groups[t][f"{t}|cnn_torch_eager_step"] = c.kernel("cnn_torch_eager_step")
+        log(f"conv {shape}: timing on {', '.join(targets)}")
+        times = measure(groups, seconds=seconds)
+        for t in cases:
+            conv.append({"shape": shape, "target": t, "forward": times[f"{t}|conv_forward"],
+                         "backward": times[f"{t}|conv_backward"], "floor": times[f"{t}|gemm_floor"]})
+            if shape == "MNIST-1D":
+                peer = times.get(f"{PEER_OF[t]}|cnn_torch_eager_step")
+                cnn.append({"target": t, "step": times[f"{t}|cnn_step"], "peer": peer})
+        del cases
+    return {"conv": conv, "cnn": cnn}
+
+
 # -- timing ---------------------------------------------------------------------------------------
 def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
     """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: s}``.
@@ -471,6 +589,25 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
               "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for r in results["kernels"]:
             L.append(f"| {r['target']} | " + " | ".join(_fmt_time(r[k]) for k in names) + " |")
+    if results.get("conv"):
+        L += ["", "## Convolution kernels against their im2col GEMMs, float32, median", "",
+              "Shapes: " + "; ".join(f"{k} = batch {v[0]}, {v[1]}→{v[2]} channels, size {'×'.join(map(str, v[3]))}, "
+                                     f"kernel {v[4]}, stride {v[5]}, padding {v[6]}" for k, v in CONV_SHAPES.items())
+              + ". Floor = the three GEMMs of im2col (W₂·cols, dZ·colsᵀ, W₂ᵀ·dZ) at the same shapes in the "
+                "target's own library.", "",
+              "| shape | target | forward | backward | GEMM floor | (forward + backward) / floor |",
+              "|---|---|---:|---:|---:|---:|"]
+        for r in results["conv"]:
+            L.append(f"| {r['shape']} | {r['target']} | {_fmt_time(r['forward'])} | {_fmt_time(r['backward'])} | "
+                     f"{_fmt_time(r['floor'])} | {(r['forward'] + r['backward']) / r['floor']:.2f} |")
+        L += ["", "## MNIST-1D ConvBase: one Adam step (batch 100), median", "",
+              "| target | time/step | / PyTorch eager |", "|---|---:|---:|"]
+        for r in results["cnn"]:
+            peer = "—" if r["peer"] is None else f"{r['step'] / r['peer']:.2f}"
+            L.append(f"| {r['target']} | {_fmt_time(r['step'])} | {peer} |")
+        peers = [r for r in results["cnn"] if r["target"] in PEERS and r["peer"] is not None]
+        for r in peers:
+            L.append(f"| {r['target']} eager (peer) | {_fmt_time(r['peer'])} | — |")
     if results["sweep"]:
         batches = sorted({r["batch"] for r in results["sweep"]})
         series = sorted({(r["target"], r["kernel"]) for r in results["sweep"]})
@@ -543,6 +680,7 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None,
                    help="dtypes and precision policies (default: all; --quick: float32 mixed_bfloat16 tf32)")
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
+    p.add_argument("--no-conv", action="store_true", help="skip the convolution kernels and the CNN step")
     p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
                    "uncompiled targets, shapes S and M, three batch sizes (numbers are noisy)")
     args = p.parse_args(argv)
@@ -555,6 +693,9 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
                          sweep=() if args.no_sweep else (QUICK["sweep"] if quick else SWEEP),
                          seconds=0.05 if quick else 1.0,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not args.no_conv:
+        results.update(run_conv_report(results["targets"], seconds=0.05 if quick else 1.0,
+                                       log=lambda m: print(m, file=sys.stderr, flush=True)))
     plot_name = None
     if results["sweep"]:
         try:

@@ -67,6 +67,10 @@ def _parser():
                    help="dropout probability after each hidden activation (default 0: none)")
     m.add_argument("--norm", choices=("batch", "layer"), default=None,
                    help="BatchNorm or LayerNorm after each hidden Dense (default: none)")
+    m.add_argument("--conv", type=int, nargs="+", default=None, metavar="C",
+                   help="convolution channels, e.g. --conv 16 32: a CNN (3×3 convolutions, ReLU, 2×2 max-pooling) "
+                        "before the --hidden layers; a table of n = s² features is read as s×s images (the digits "
+                        "as 8×8), otherwise as signals of length n")
     m.add_argument("--residual", action="store_true",
                    help="residual connections Y = X + f(X) around hidden layers of unchanged width")
     o = t.add_argument_group("training")
@@ -194,9 +198,16 @@ def cmd_train(args):
         validation = (prepared(validation[0]), validation[1])
     n_out = 1 if regression else len(classes)
     try:
-        model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
-                                     dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
-                                     residual=args.residual, precision=args.precision)
+        if args.conv:
+            if any(c < 1 for c in args.conv):
+                raise CLIError(f"--conv channels must be positive integers, got {' '.join(map(str, args.conv))}")
+            model = nnkit.Sequential.cnn(X.shape[1], args.conv, hidden=args.hidden, n_outputs=n_out,
+                                         activation=args.activation, backend=args.backend, dtype=args.dtype,
+                                         seed=args.seed, precision=args.precision)
+        else:
+            model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
+                                         dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
+                                         residual=args.residual, precision=args.precision)
     except (RuntimeError, ValueError) as exc:  # backend not installed / no device / a precision it cannot run
         raise CLIError(str(exc)) from None
     model.preprocessing = pre

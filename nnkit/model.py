@@ -1,6 +1,8 @@
 """``Sequential``: a stack of layers with a hand-written backward pass."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import array_api_compat
 
@@ -146,6 +148,49 @@ class Sequential:
                 + ([Dropout(dropout)] if dropout else [])
             layers += [Residual(block)] if residual and a == b else block
         return cls(layers, **kwargs)
+
+    @classmethod
+    def cnn(cls, input_shape, channels, hidden=(), n_outputs=10, kernel_size=3, pool=2, activation="relu",
+            **kwargs):
+        """A small convolutional network: for every entry of ``channels`` a convolution (``kernel_size``,
+        padding that keeps the size), the activation and a max-pool of ``pool`` (while the positions allow),
+        then Flatten, ``hidden`` Dense layers with the activation, and a Dense to ``n_outputs``.
+
+        ``input_shape`` (without the batch): (C, L) signals, (C, H, W) images, or a table width n, which is
+        read as a square one-channel image when n is a square (64 → 1×8×8, the bundled digits) and as a
+        one-channel signal otherwise (40 → 1×40, MNIST-1D); a ``Reshape`` does that in the model.  Other
+        keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to :class:`Sequential`.
+        """
+        from .layers import Conv1D, Conv2D, Flatten, MaxPool1D, MaxPool2D, Reshape, get_activation
+
+        table = isinstance(input_shape, int) or len(tuple(input_shape)) == 1
+        shape = (int(input_shape) if isinstance(input_shape, int) else tuple(input_shape)[0],) if table \
+            else tuple(input_shape)
+        layers = []
+        if table:
+            side = int(round(shape[0] ** 0.5))
+            spatial = (1, side, side) if side * side == shape[0] else (1, shape[0])
+            layers.append(Reshape(spatial))
+        else:
+            spatial = shape
+        conv, pooling = (Conv2D, MaxPool2D) if len(spatial) == 3 else (Conv1D, MaxPool1D)
+        new_act = (lambda: get_activation(activation)) if isinstance(activation, str) else activation
+        c, size = spatial[0], list(spatial[1:])
+        for out in channels:
+            layers += [conv(c, out, kernel_size, padding=kernel_size // 2), new_act()]
+            if kernel_size % 2 == 0:
+                size = [n + 1 for n in size]
+            if pool and all(n >= pool for n in size):
+                layers.append(pooling(pool))
+                size = [n // pool for n in size]
+            c = out
+        layers.append(Flatten())
+        width = c * math.prod(size)
+        for h in hidden:
+            layers += [Dense(width, h), new_act()]
+            width = h
+        layers.append(Dense(width, n_outputs))
+        return cls(layers, input_shape=shape, **kwargs)
 
     def __getstate__(self):
         """Pickling: compiled steps (a backend's traced functions) stay behind; they are rebuilt on use."""

@@ -4,7 +4,7 @@ Trains a float64 MLP with Adam, an L2 penalty, validation data and an uneven las
 (233 rows, global batch 50), and writes rank 0's weights and history to an .npz.
 Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]; the backend is NNKIT_TEST_BACKEND
 (default numpy; tests/test_gpu.py runs it with cupy), the precision policy NNKIT_TEST_PRECISION (none:
-float64; a policy: float32 master weights).
+float64; a policy: float32 master weights), NNKIT_TEST_CONV=1 for a small CNN instead of the MLP.
 """
 import os
 import sys
@@ -28,7 +28,11 @@ def run(comm, out, epochs, checkpoint=None):
     rank = 0 if comm is None else comm.rank
     # the other ranks start from other weights on purpose: fit must broadcast rank 0's
     precision = os.environ.get("NNKIT_TEST_PRECISION") or None  # a mixed policy keeps float32 master weights
-    model = nnkit.Sequential([nnkit.Dense(6, 16), nnkit.Tanh(), nnkit.Dense(16, 3)],
+    layers = [nnkit.Dense(6, 16), nnkit.Tanh(), nnkit.Dense(16, 3)]
+    if os.environ.get("NNKIT_TEST_CONV"):  # the rows as 1×6 signals through a convolution and a pool
+        layers = [nnkit.Reshape((1, 6)), nnkit.Conv1D(1, 4, 3, padding=1), nnkit.Tanh(), nnkit.MaxPool1D(2),
+                  nnkit.Flatten(), nnkit.Dense(12, 16), nnkit.Tanh(), nnkit.Dense(16, 3)]
+    model = nnkit.Sequential(layers, input_shape=(6,),
                              dtype="float32" if precision else "float64", precision=precision,
                              seed=0 if rank == 0 else 100 + rank,
                              backend=os.environ.get("NNKIT_TEST_BACKEND", "numpy"))

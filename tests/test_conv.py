@@ -315,3 +315,19 @@ def test_conv_compiled_and_mixed_precision_fits(backend, compile):
                   verbose=0, compile=compile)
     assert h["loss"][-1] < h["loss"][0]
     assert mixed.layers[0]._cache is None or mixed.layers[0]._cache[1].dtype == mixed.xp.bfloat16
+
+
+def test_data_parallel_conv_fit_equals_one_process(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_distributed import _assert_same, _launch
+    import mpi_worker
+
+    monkeypatch.setenv("NNKIT_TEST_CONV", "1")
+    mpi_worker.run(None, tmp_path / "one.npz", 3)
+    _launch(2, tmp_path / "two.npz", 3)
+    two = np.load(tmp_path / "two.npz")
+    assert two["param/1.W"].shape == (4, 1, 3)  # the ranks trained the CNN
+    _assert_same(two, np.load(tmp_path / "one.npz"))

@@ -10,7 +10,8 @@ Run them on a GPU machine with::
 * a one-rank NCCL ``fit``; the MPI path with CuPy buffers (two ranks sharing the GPU, equal to one process);
 * ``nnkit bench`` writing its GPU rows (float32, mixed_bfloat16, mixed_float16 and tf32);
 * mixed precision: torch-CUDA ``mixed_bfloat16``/``mixed_float16``/``tf32`` steps under the sync debug mode,
-  CuPy float16 (and bfloat16 where CuPy has it, else the clear error) and tf32 fits.
+  CuPy float16 (and bfloat16 where CuPy has it, else the clear error) and tf32 fits;
+* convolution: a CuPy and a torch-CUDA CNN fit (the digits as 8×8 images), equal to NumPy's.
 """
 import os
 import shutil
@@ -209,3 +210,26 @@ def test_bench_gpu_precision_rows(tmp_path):
     text = out.read_text()
     for d in ("mixed_bfloat16", "mixed_float16", "tf32"):
         assert f"| {d} | torch-cuda |" in text
+
+
+# -- convolution on the GPU ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
+def test_cnn_fit_on_the_gpu_equals_numpy(target):
+    if target == "cupy":
+        _cupy()
+        be = nnkit.get_backend("cupy", dtype="float64")
+    else:
+        torch = _torch_cuda()
+        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    (X, y), (Xt, yt) = nnkit.datasets.load_digits()
+    runs = []
+    for backend in (be, nnkit.get_backend("numpy", dtype="float64")):
+        model = nnkit.Sequential.cnn(64, [8, 16], hidden=[32], backend=backend, dtype="float64", seed=0)
+        model.fit(X[:512], y[:512], loss="cross_entropy", optimizer="adam", epochs=2, batch_size=64, verbose=0)
+        runs.append(model)
+    a, b = runs[0].state_dict(), runs[1].state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-8, atol=1e-10, err_msg=k)
+    if target == "torch-cuda":
+        assert all(p.is_cuda for p in runs[0].params().values())
+        del torch

@@ -50,6 +50,11 @@ def _ints(name, value, n, low):
     return tuple(int(v) for v in vals)
 
 
+def _short(values):
+    """An n-tuple as one int when its entries agree (for reprs): (3, 3) → 3, (2, 3) → (2, 3)."""
+    return values[0] if len(set(values)) == 1 else values
+
+
 def conv_output_size(n, kernel, stride, padding, dilation=1):
     """Output length along one axis: ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1 (None for an unknown n)."""
     if n is None:
@@ -207,11 +212,9 @@ class _Conv(Layer):
         return cfg
 
     def __repr__(self):
-        cfg = self.config()
-        extra = "".join(f", {k}={cfg[k]!r}" for k, default in (("stride", 1), ("padding", 0), ("dilation", 1))
-                        if cfg[k] not in (default, [default] * self.n))
-        k = cfg["kernel_size"]
-        return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {k!r}{extra})"
+        extra = "".join(f", {name}={_short(getattr(self, name))!r}" for name, default in
+                        (("stride", 1), ("padding", 0), ("dilation", 1)) if set(getattr(self, name)) != {default})
+        return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"
 
 
 class Conv1D(_Conv):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .convolutional import _ints, conv_output_size, fold, unfold
+from .convolutional import _ints, _short, conv_output_size, fold, unfold
 from .core import Layer, ShapeError
 
 __all__ = ["MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool"]
@@ -54,6 +54,11 @@ class _Pool(Layer):
         one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
         return {"type": type(self).__name__, "kernel_size": one(self.kernel_size), "stride": one(self.stride),
                 "padding": one(self.padding)}
+
+    def __repr__(self):
+        extra = "" if self.stride == self.kernel_size else f", stride={_short(self.stride)!r}"
+        extra += "" if set(self.padding) == {0} else f", padding={_short(self.padding)!r}"
+        return f"{type(self).__name__}({_short(self.kernel_size)!r}{extra})"
 
 
 class _MaxPool(_Pool):

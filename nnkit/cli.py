@@ -119,6 +119,19 @@ def _parser():
     da.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     da.add_argument("--no-label", action="store_true", help="leave out the label column")
 
+    xp_ = sub.add_parser("explain", help="one training step with its numbers: forward, loss, backward, update",
+                         description="Print one training step of a network, every formula with its numbers: the "
+                                     "tutorial's worked example (--example worked) or a saved model on the first "
+                                     "rows of a CSV with its label column.")
+    xp_.add_argument("model", nargs="?", help="a saved model (.npz)")
+    xp_.add_argument("data", nargs="?", help="a .csv with the feature columns and the label column")
+    xp_.add_argument("--example", choices=("worked",), default=None,
+                     help="the tutorial's 2-2-2 sigmoid network (inputs 0.95, 0.06; targets 0.05, 0.82)")
+    xp_.add_argument("--rows", type=int, default=4, help="how many rows of DATA make the batch (default 4)")
+    xp_.add_argument("--label", default=None, metavar="COLUMN", help="the label column (default: the training label)")
+    xp_.add_argument("--lr", type=float, default=0.01, help="learning rate of the SGD step shown (default 0.01)")
+    xp_.add_argument("--markdown", action="store_true", help="Markdown instead of plain text")
+
     ex = sub.add_parser("export", help="write a saved model as ONNX, for ONNX Runtime and other runtimes",
                         description="Write the inference graph of a saved model (its preprocessing included) "
                                     "as an ONNX file; ONNX Runtime's outputs equal 'nnkit predict''s.")
@@ -404,6 +417,50 @@ def _write_text(path, text):
         raise CLIError(f"cannot write {path!r}: {exc.strerror}") from None
 
 
+def cmd_explain(args):
+    """``nnkit explain --example worked`` or ``nnkit explain MODEL.npz DATA.csv --rows 4``."""
+    from .explain import worked_example
+    from .optim import SGD
+
+    if args.example == "worked":
+        if args.model or args.data:
+            raise CLIError("give either --example worked or MODEL.npz DATA.csv, not both")
+        _, report = worked_example()
+    else:
+        from . import load
+        from .datasets import load_csv
+
+        if not args.model or not args.data:
+            raise CLIError("give MODEL.npz DATA.csv (a saved model and rows with their label), or --example worked")
+        for path in (args.model, args.data):
+            if not os.path.isfile(path):
+                raise CLIError(f"no such file: {path!r}")
+        if isinstance(args.rows, bool) or args.rows < 1:
+            raise CLIError(f"--rows must be a positive integer, got {args.rows}")
+        if not args.lr > 0:
+            raise CLIError(f"--lr must be a positive number, got {args.lr}")
+        model = load(args.model, precision=None)
+        pre = model.preprocessing
+        label = args.label if args.label is not None else ((pre.label if pre else None) or "label")
+        table = load_csv(args.data, label=label, require_label=True,
+                         missing="keep" if pre is not None and pre.fill is not None else "error")
+        X = pre.transform(table)[:args.rows] if pre is not None else table.X[:args.rows]
+        regression = pre is not None and pre.task == "regression"
+        if regression:
+            y = np.asarray(table.y, dtype=np.float64)[:args.rows]
+        else:
+            names = [str(c) for c in (pre.classes if pre is not None and pre.classes is not None
+                                      else range(model.n_outputs))]
+            given = [str(table.classes[j]) if table.classes is not None else str(j) for j in table.y[:args.rows]]
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise CLIError(f"{args.data}: labels {unknown} are not among the model's classes {names}")
+            y = np.array([names.index(v) for v in given])
+        report = model.explain(X, y, "mse" if regression else "cross_entropy", optimizer=SGD(args.lr))
+    print(report.to_markdown() if args.markdown else report)
+    return 0
+
+
 def cmd_export(args):
     """``nnkit export MODEL.npz MODEL.onnx``: the saved model's inference graph as ONNX."""
     if not os.path.isfile(args.model):
@@ -425,7 +482,8 @@ def main(argv=None):
 
         return bench_main(argv[1:], prog="nnkit bench")
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "predict": cmd_predict, "data": cmd_data, "export": cmd_export}[args.command]
+    command = {"train": cmd_train, "predict": cmd_predict, "data": cmd_data, "export": cmd_export,
+               "explain": cmd_explain}[args.command]
     try:
         return command(args)
     except (CLIError, OSError, ValueError, TypeError, RuntimeError) as exc:

@@ -674,6 +674,14 @@ class Sequential:
                           precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
 
+    def explain(self, X, y, loss, optimizer=None, max_numbers=64):
+        """One training step on (X, y) explained with its numbers — forward formulas, the loss, the backward
+        pass layer by layer and the update — without changing the model (see :mod:`nnkit.explain`).
+        ``str(report)`` is plain text; ``report.to_markdown()`` and Jupyter render it."""
+        from .explain import explain
+
+        return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers)
+
     # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------
     def export(self, path, *, classifier=None, opset=17):
         """Write the inference graph to ``path`` as ONNX (see :mod:`nnkit.export.onnx`); returns the

@@ -1,0 +1,251 @@
+"""The learner's view: one training step of *your* network on *your* batch, with its numbers.
+
+``model.explain(X, y, loss, optimizer=None)`` runs one step on a copy of the model — the same forward,
+loss, backward and update code the real step runs — and returns an :class:`Explanation`: for every layer the
+forward formula with the actual numbers (Z = X·W + b, A = σ(Z)), the loss and ∂L/∂output, then the backward
+pass layer by layer (δ = ∂L/∂Z, dW = Xᵀ·δ, db = Σ δ, dX = δ·Wᵀ, each activation's derivative as used), and the
+update (θ − η·∂L/∂θ: descent *subtracts* the gradient).  Shapes are always given; every number for small
+arrays (up to ``max_numbers`` entries), a summary (shape, mean, norm, min, max) for larger ones.
+
+``str(report)`` is plain text, ``report.to_markdown()`` Markdown (Jupyter shows it through
+``_repr_markdown_``).  The model itself is not changed: the copy's parameters, buffers and optimizer state are
+its own.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .backend import host_copy
+from .losses import get_loss
+from .optim import SGD
+
+__all__ = ["Explanation", "explain", "worked_example"]
+
+_ELEMENTWISE = {"Sigmoid": "σ(Z)", "Tanh": "tanh(Z)", "ReLU": "max(Z, 0)", "LeakyReLU": "max(Z, αZ)",
+                "GELU": "½Z(1 + tanh(c(Z + 0.044715Z³)))", "SiLU": "Z·σ(Z)", "ELU": "Z if Z > 0 else α(e^Z − 1)",
+                "Softplus": "log(1 + e^Z)", "Identity": "Z"}
+_DERIVATIVE = {"Sigmoid": "σ'(Z) = A ⊙ (1 − A)", "Tanh": "tanh'(Z) = 1 − A²", "ReLU": "[Z > 0]",
+               "LeakyReLU": "α + (1 − α)[Z > 0]", "GELU": "½(1 + t) + ½Z(1 − t²)c(1 + 0.134145Z²)",
+               "SiLU": "σ(Z)(1 + Z(1 − σ(Z)))", "ELU": "1 if Z > 0 else A + α", "Softplus": "σ(Z)",
+               "Identity": "1"}
+
+
+class Explanation:
+    """One training step, explained: ``sections`` is a list of ``(title, [(formula, value), ...])`` with
+    values as NumPy arrays or Python floats; ``values`` maps short names (``"Z0"``, ``"dW0"``, ``"loss"``,
+    ``"W0_new"`` ...) to the same numbers, for checks and for learners who want to compute with them."""
+
+    def __init__(self, title, max_numbers=64, digits=9):
+        self.title, self.sections, self.values = title, [], {}
+        self.max_numbers, self.digits = max_numbers, digits
+
+    def section(self, title):
+        self.sections.append((title, []))
+
+    def add(self, formula, value=None, name=None, note=None):
+        if value is not None and not isinstance(value, float):
+            value = np.asarray(value, dtype=np.float64)
+        self.sections[-1][1].append((formula, value, note))
+        if name is not None:
+            self.values[name] = value
+
+    # -- rendering -----------------------------------------------------------------------------------
+    def _number(self, v):
+        return f"{v:.{self.digits}g}"
+
+    def _render(self, v, indent):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return " = " + self._number(v)
+        shape = "×".join(map(str, v.shape)) if v.ndim else "scalar"
+        if v.size <= self.max_numbers:
+            if v.ndim == 0:
+                return " = " + self._number(float(v))
+            body = np.array2string(v, separator=", ", formatter={"float_kind": self._number},
+                                   max_line_width=100)
+            body = body.replace("\n", "\n" + " " * indent)
+            return f"  ({shape}) =\n{' ' * indent}{body}"
+        return (f"  ({shape}): mean {self._number(float(v.mean()))}, norm {self._number(float(np.linalg.norm(v)))}, "
+                f"min {self._number(float(v.min()))}, max {self._number(float(v.max()))}")
+
+    def __str__(self):
+        out = [self.title, "=" * len(self.title)]
+        for title, items in self.sections:
+            out += ["", title, "-" * len(title)]
+            for formula, value, note in items:
+                out.append(f"  {formula}{self._render(value, 6)}")
+                if note:
+                    out.append(f"      ({note})")
+        return "\n".join(out)
+
+    def to_markdown(self):
+        """The report as Markdown: formulas in code spans, numbers in code blocks."""
+        out = [f"## {self.title}"]
+        for title, items in self.sections:
+            out += ["", f"### {title}", ""]
+            for formula, value, note in items:
+                text = self._render(value, 0)
+                if text.startswith(" = ") or not text:
+                    out.append(f"- `{formula}{text}`" + (f" — {note}" if note else ""))
+                elif "\n" in text:
+                    head, _, body = text.partition("\n")
+                    out.append(f"- `{formula}`{head.strip() and ' ' + head.strip()}" + (f" — {note}" if note else ""))
+                    out += ["", "```", body, "```", ""]
+                else:
+                    out.append(f"- `{formula}`{text}" + (f" — {note}" if note else ""))
+        return "\n".join(out) + "\n"
+
+    def _repr_markdown_(self):
+        return self.to_markdown()
+
+    def __repr__(self):
+        return f"<Explanation: {self.title} ({sum(len(i) for _, i in self.sections)} lines)>"
+
+
+def _host(a):
+    return np.asarray(host_copy(a), dtype=np.float64)
+
+
+def _tag(i, layer):
+    return f"layer {i}: {layer!r}"
+
+
+def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None):
+    """The :class:`Explanation` of one training step of ``model`` on (X, y) — see the module docstring.
+
+    ``optimizer``: the update to show (default: the model's own optimizer, else ``SGD(0.01)``); its state is
+    copied, so neither the model nor the optimizer changes.  ``names`` maps ``"{layer}.{param}[i, j]"`` to a
+    tutorial's names (``{"2.W[0, 0]": "w5"}``) to print beside the numbers.
+    """
+    loss = get_loss(loss)
+    opt = optimizer if optimizer is not None else (model.optimizer or SGD(0.01))
+    opt = copy.deepcopy(opt)
+    twin = model.clone()
+    twin._random_key = model._random_key
+    Xd = twin._as_input(X)
+    T = twin._as_target(y, Xd.shape[0], loss)
+    rep = Explanation(f"One training step of {len(model.layers)} layers on a batch of {Xd.shape[0]}",
+                      max_numbers=max_numbers)
+    names = dict(names or {})
+    rep.section("Input")
+    rep.add(f"X  (batch {Xd.shape[0]}, features/shape {tuple(Xd.shape[1:])})", _host(Xd), "X")
+    rep.add("T  (targets)", _host(T), "T")
+
+    # forward: the model's own pass, layer by layer (what Sequential._forward does)
+    A = twin.policy.cast_input(Xd)
+    inputs = []
+    rep.section("Forward")
+    for i, layer in enumerate(twin.layers):
+        inputs.append(A)
+        out = layer.forward(A, train=True)
+        kind = type(layer).__name__
+        if kind == "Dense":
+            a = f"A{i - 1}" if i else "X"
+            rep.add(f"Z{i} = {a}·W{i} + b{i}   [{_tag(i, layer)}]", _host(out), f"Z{i}")
+        elif kind in _ELEMENTWISE:
+            rep.add(f"A{i} = {_ELEMENTWISE[kind]} of Z{i - 1}   [{_tag(i, layer)}]", _host(out), f"A{i}")
+        else:
+            rep.add(f"Y{i} = {kind}(…)   [{_tag(i, layer)}: {(type(layer).__doc__ or '').strip().splitlines()[0]}]",
+                    _host(out), f"A{i}")
+        A = out
+    out = twin.policy.cast_output(A)
+    value, d_out = loss.value_and_grad(out, T)
+    rep.section(f"Loss: {type(loss).__name__}")
+    doc = (type(loss).__doc__ or "").strip().splitlines()[0]
+    rep.add(f"L  [{doc}]", float(_host(value)), "loss")
+    rep.add("∂L/∂output", _host(d_out), "d_out")
+
+    # backward: the model's own pass, last layer first (what Sequential.backward does)
+    rep.section("Backward (the chain rule, last layer first)")
+    first = twin._first_param_layer
+    dY = twin.policy.cast_grad_out(d_out, twin._scaler)
+    for i in range(len(twin.layers) - 1, first - 1, -1):
+        layer = twin.layers[i]
+        kind = type(layer).__name__
+        if kind in _ELEMENTWISE:
+            deriv = layer.backward(twin.xp.ones_like(dY), need_dX=True)
+            rep.add(f"f'(Z) of layer {i}: {_DERIVATIVE[kind]}", _host(deriv), f"fprime{i}")
+        dX = layer.backward(dY, need_dX=i > first)
+        if kind == "Dense":
+            a = f"A{i - 1}" if i else "X"
+            rep.add(f"δ{i} = ∂L/∂Z{i}", _host(dY), f"delta{i}")
+            rep.add(f"dW{i} = {a}ᵀ·δ{i}", _host(layer.grads["W"]), f"dW{i}", note=_named(names, f"{i}.W", layer.grads["W"], "∂L/∂"))
+            rep.add(f"db{i} = Σ_batch δ{i}", _host(layer.grads["b"]), f"db{i}")
+            if dX is not None:
+                rep.add(f"d{a} = δ{i}·W{i}ᵀ", _host(dX), f"dA{i - 1}")
+        elif kind in _ELEMENTWISE:
+            rep.add(f"dZ{i - 1} = dA{i} ⊙ f'(Z)   [{_tag(i, layer)}]", _host(dX), f"dZ{i - 1}")
+        else:
+            for pname, g in layer.grads.items():
+                rep.add(f"d{pname} of layer {i}", _host(g), f"d{pname}{i}")
+            if dX is not None:
+                rep.add(f"dX of layer {i} = J{i}ᵀ·dY   [{_tag(i, layer)}]", _host(dX), f"dX{i}")
+        dY = dX
+    grads = twin.policy.unscale({k: l.grads[n] for k, (l, n) in twin._slots.items()}, twin._scaler)
+
+    # the update: the optimizer's own pure step, on copies
+    rep.section(f"Update: {opt!r}")
+    before = {k: _host(p) for k, p in twin.params().items()}
+    if type(opt) is SGD and not opt.momentum and not opt.weight_decay and opt.clip_norm is None:
+        rep.add(f"θ ← θ − η·∂L/∂θ with η = {opt.lr:g}", None, note="descent subtracts the gradient: the step goes "
+                "downhill, against the slope")
+    else:
+        rep.add(f"θ ← {type(opt).__name__}(θ, ∂L/∂θ), learning rate {opt.lr:g}", None,
+                note=(type(opt).__doc__ or "").strip().splitlines()[0])
+    state = copy.deepcopy(opt.state)
+    new, _ = opt.apply(twin.params(), {k: twin.xp.asarray(g, copy=True) for k, g in grads.items()}, state, opt.lr)
+    for key, p in new.items():
+        i, _, pname = key.partition(".")
+        rep.add(f"{pname}{i} ← {pname}{i} − η·d{pname}{i}" if type(opt) is SGD else f"{pname}{i} (new)",
+                _host(p), f"{pname}{i}_new", note=_named(names, key, p, "", before[key]))
+    return rep
+
+
+def _named(names, key, array, prefix, before=None):
+    """"w5 = 0.18 → 0.179270…" notes for the entries a tutorial names."""
+    notes = []
+    a = _host(array)
+    for spec, label in names.items():
+        k, _, idx = spec.partition("[")
+        if k != key:
+            continue
+        index = tuple(int(v) for v in idx.rstrip("]").split(",")) if idx else ()
+        v = float(a[index])
+        if before is None:
+            notes.append(f"{prefix}{label} = {v:.9g}")
+        else:
+            notes.append(f"{label}: {float(before[index]):.9g} → {v:.9g}")
+    return "; ".join(notes) or None
+
+
+# -- the tutorial's worked example (seed 003) -------------------------------------------------------------------
+WORKED_STATE = {
+    "0.W": [[0.10, 0.03], [0.15, 0.08]],  # column j feeds hidden unit j: H1 = w1·x1 + w2·x2 + b1
+    "0.b": [0.05, 0.05],
+    "2.W": [[0.18, 0.11], [0.06, 0.26]],  # Y1 = w5·H1 + w6·H2 + b2
+    "2.b": [0.42, 0.42],
+}
+WORKED_NAMES = {"0.W[0, 0]": "w1", "0.W[1, 0]": "w2", "0.W[0, 1]": "w3", "0.W[1, 1]": "w4",
+                "2.W[0, 0]": "w5", "2.W[1, 0]": "w6", "2.W[0, 1]": "w7", "2.W[1, 1]": "w8"}
+
+
+def worked_example():
+    """The tutorial's 2-2-2 network (inputs 0.95, 0.06; targets 0.05, 0.82; sigmoid; E = ½‖t − o‖²; η = 0.01)
+    explained: ``(model, report)``."""
+    from .layers import Dense, Sigmoid
+    from .model import Sequential
+
+    model = Sequential([Dense(2, 2), Sigmoid(), Dense(2, 2), Sigmoid()], dtype="float64", seed=0)
+    model.load_state_dict({k: np.array(v) for k, v in WORKED_STATE.items()})
+    report = explain(model, np.array([[0.95, 0.06]]), np.array([[0.05, 0.82]]), "mse", SGD(0.01),
+                     names=WORKED_NAMES)
+    report.title = "The tutorial's worked example: a 2-2-2 sigmoid network, E = ½‖t − o‖², η = 0.01"
+    report.sections[0][1].append(("weights as the tutorial lays them out: H1 = w1·x1 + w2·x2 + b1, "
+                                  "Y1 = w5·H1 + w6·H2 + b2 (w1 = W0[0, 0], w2 = W0[1, 0], w5 = W2[0, 0], "
+                                  "w6 = W2[1, 0])", None, None))
+    report.sections[-1][1].append(("the tutorial rounds ∂E/∂w5 to 0.07289 and *adds* it (0.18 + 0.01·0.07289); "
+                                   "descent subtracts it: w5 = 0.18 − 0.01·0.0729519972 = 0.179270480", None, None))
+    return model, report

@@ -13,6 +13,7 @@ from .callbacks import History, Callback, EarlyStopping, ModelCheckpoint, Progba
 from .training import TrainingDivergedError
 from .checkpoint import CheckpointError
 from .preprocessing import Preprocessing
+from .perceptron import Perceptron
 from . import init, optim, functional, datasets, callbacks, precision
 
 __version__ = "0.1.0"
@@ -23,5 +24,5 @@ __all__ = [
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing", "precision",
+    "TrainingDivergedError", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron",
 ]

@@ -9,12 +9,13 @@ from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigm
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
-from .callbacks import History, Callback, EarlyStopping, ModelCheckpoint, ProgbarLogger, LearningRateScheduler
+from .callbacks import (History, Callback, EarlyStopping, ModelCheckpoint, ProgbarLogger, LearningRateScheduler,
+                        GradientStats)
 from .training import TrainingDivergedError
 from .checkpoint import CheckpointError
 from .preprocessing import Preprocessing
 from .perceptron import Perceptron
-from . import init, optim, functional, datasets, callbacks, precision
+from . import init, optim, functional, datasets, callbacks, precision, plots
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,5 @@ __all__ = [
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron",
+    "TrainingDivergedError", "GradientStats", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron", "plots",
 ]

@@ -5,8 +5,11 @@
 * ``on_train_begin()``, ``on_epoch_begin(epoch)``, ``on_batch_end()`` (no data: nothing may be read
   inside an epoch), ``on_epoch_end(epoch, logs)`` — returning True stops training — and
   ``on_train_end()``;
-* before training ``fit`` sets ``self.model``, ``self.optimizer`` and ``self.comm`` (None, or the
-  data-parallel communicator).
+* before training ``fit`` sets ``self.model``, ``self.optimizer``, ``self.comm`` (None, or the
+  data-parallel communicator) and ``self.history`` (the :class:`History` being filled);
+* a callback with ``on_gradients(grads, params)`` is called inside every step with the gradients (float32,
+  after the all-reduce) and the parameters before the update — device arrays: compute on them, read
+  nothing (:class:`GradientStats` does).
 
 Built in: :class:`ProgbarLogger` (``verbose=``), :class:`ModelCheckpoint` (``checkpoint=``),
 :class:`EarlyStopping` (``early_stopping=``), :class:`LearningRateScheduler` (and the schedules of
@@ -22,14 +25,15 @@ import time
 from . import checkpoint as ckpt
 from .optim import check_hyper, check_int
 
-__all__ = ["Callback", "History", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler"]
+__all__ = ["Callback", "History", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
+           "GradientStats"]
 
 
 class Callback:
     """Hooks called by ``fit`` (all optional).  ``self.model``, ``self.optimizer`` and ``self.comm`` are
     set before training.  ``on_epoch_end(epoch, logs)`` returning True stops training."""
 
-    model = optimizer = comm = None
+    model = optimizer = comm = history = None
 
     def on_train_begin(self):
         """Called once before the first epoch."""
@@ -228,3 +232,77 @@ class _Progress:
         elif self.text_bar and self.done:
             sys.stderr.write("\n")
             self.done = 0
+
+
+class GradientStats(Callback):
+    """Gradients you can watch: per layer and epoch, into ``history`` (one list per key):
+
+    * ``grad_norm/{key}``    — ‖∂L/∂W‖, the mean over the epoch's steps;
+    * ``weight_norm/{key}``  — ‖W‖ at the end of the epoch;
+    * ``update_ratio/{key}`` — ‖ΔW‖/‖W‖ of a step (the update's size against the weights'), mean over steps;
+    * ``relu_inactive/{i}``  — for every ReLU layer i, the fraction of its units at 0 (Z ≤ 0), mean over steps;
+
+    ``key`` is the weight's state-dict key (``"0.W"``, ``"3.0.W"`` inside a Residual).  Everything is summed on
+    the device inside the epoch and read once at its end, with the loss (no host read per step).  Vanishing
+    gradients show as ``grad_norm`` falling layer by layer towards the input; dead ReLUs as
+    ``relu_inactive`` near 1.  ``nnkit.plots.gradient_diagnostics(history, path)`` draws them
+    (``nnkit train --plot-diagnostics FILE.png``).  Needs ``fit(compile=False)``: a compiled step has no
+    gradients to show.
+    """
+
+    def on_train_begin(self):
+        from .layers import ReLU
+
+        self._weights = [k for k in self.model.params() if k.endswith(".W")]
+        self._relus = [(str(i), layer) for i, layer in enumerate(self.model.layers) if isinstance(layer, ReLU)]
+        self._sums = None
+
+    def on_epoch_begin(self, epoch):
+        self._sums, self._steps, self._before = None, 0, None
+
+    def on_gradients(self, grads, params):
+        """Inside the step: ‖g‖ and the active ReLU fractions added up on the device; θ kept for ‖Δθ‖."""
+        xp = self.model.xp
+        row = [xp.sqrt(xp.sum(grads[k] * grads[k])) for k in self._weights]
+        row += [1.0 - xp.mean(layer._cache) for _, layer in self._relus]  # the cache is [Z > 0]
+        self._before = {k: xp.asarray(params[k], copy=True) for k in self._weights}
+        self._add(row)
+
+    def on_batch_end(self):
+        if self._before is None:
+            return
+        xp, params = self.model.xp, self.model.params()
+        ratios = []
+        for k in self._weights:
+            d = params[k] - self._before[k]
+            ratios.append(xp.sqrt(xp.sum(d * d)) / (xp.sqrt(xp.sum(params[k] * params[k])) + 1e-30))
+        self._add(ratios, offset=len(self._weights) + len(self._relus))
+        self._before = None
+        self._steps += 1
+
+    def _add(self, values, offset=0):
+        xp = self.model.xp
+        n = 2 * len(self._weights) + len(self._relus)
+        if self._sums is None:
+            self._sums = [xp.zeros((), dtype=self.model.backend.dtype, device=self.model.backend.device)] * n
+        for j, v in enumerate(values):
+            self._sums[offset + j] = self._sums[offset + j] + v
+
+    def on_epoch_end(self, epoch, logs):
+        if self._sums is None:
+            return False
+        xp, be = self.model.xp, self.model.backend
+        params = self.model.params()
+        norms = [xp.sqrt(xp.sum(params[k] * params[k])) for k in self._weights]
+        host = be.to_numpy(xp.stack(self._sums + norms))  # the epoch's one read of these numbers
+        steps, nw, nr = max(self._steps, 1), len(self._weights), len(self._relus)
+        out = {}
+        for j, k in enumerate(self._weights):
+            out[f"grad_norm/{k}"] = float(host[j]) / steps
+            out[f"update_ratio/{k}"] = float(host[nw + nr + j]) / steps
+            out[f"weight_norm/{k}"] = float(host[2 * nw + nr + j])
+        for j, (i, _) in enumerate(self._relus):
+            out[f"relu_inactive/{i}"] = float(host[nw + j]) / steps
+        if self.history is not None:
+            self.history.append(out)
+        return False

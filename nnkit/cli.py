@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from . import plots as plots_
 from .files import atomic_write
 
 __all__ = ["main"]
@@ -94,6 +95,11 @@ def _parser():
     out.add_argument("--save", default=None, metavar="MODEL.npz", help="save the trained model (atomic write)")
     out.add_argument("--plot", default=None, metavar="CURVES.png",
                      help="plot loss and accuracy curves (needs matplotlib: pip install 'nnkit[plot]')")
+    out.add_argument("--plot-diagnostics", default=None, metavar="DIAG.png",
+                     help="record per-layer gradient norms, weight norms, update ratios and inactive ReLUs "
+                          "(GradientStats) and draw them")
+    out.add_argument("--plot-boundary", default=None, metavar="REGIONS.png",
+                     help="draw the class regions and the training points (two-feature data)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only the result")
 
     pr = sub.add_parser("predict", help="predict with a saved model",
@@ -191,14 +197,19 @@ def cmd_train(args):
         raise CLIError(f"--validation-split must be a fraction in [0, 1), got {args.validation_split}")
     if args.early_stopping and args.validation_split == 0.0:
         raise CLIError("--early-stopping watches the validation loss: give a --validation-split > 0")
-    if args.plot:
+    plots = (("--save", args.save), ("--plot", args.plot), ("--plot-diagnostics", args.plot_diagnostics),
+             ("--plot-boundary", args.plot_boundary))
+    if any(path for flag, path in plots[1:]):
         _check_matplotlib()
-    for flag, path in (("--save", args.save), ("--plot", args.plot)):
+    for flag, path in plots:
         if path:
             _check_output(flag, path)
 
     X, y, classes, features, label_name, source = _load_data(args)
     regression = args.task == "regression"
+    if args.plot_boundary and (X.shape[1] != 2 or regression):
+        raise CLIError(f"--plot-boundary draws two-feature classification data; {source} has {X.shape[1]} features"
+                       + (" and a regression target" if regression else ""))
     (Xtr, ytr), (Xte, yte) = _split(X, y, args.test_size, args.seed, regression, "test")
     validation = None
     if args.validation_split:  # shuffled, and stratified by class: a class-sorted file validates on every class
@@ -233,9 +244,14 @@ def cmd_train(args):
     say(f"data: {source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features"
         + ("" if regression else f", {len(classes)} classes"))
     say(model.summary())
+    # the held-out side of the curves: the validation part, or (for the picture only) the test part, which
+    # nothing is tuned on — early stopping needs --validation-split
+    held_out = "validation" if validation is not None else "held-out test"
+    watch = validation if validation is not None else ((Xte, yte) if args.plot else None)
+    callbacks = [nnkit.GradientStats()] if args.plot_diagnostics else []
     t0 = time.perf_counter()
     history = model.fit(Xtr, ytr, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=validation,
+                        validation_data=watch, callbacks=callbacks,
                         early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
                                         if args.early_stopping else None),
                         metrics=metrics, verbose=0 if args.quiet else 1)
@@ -253,9 +269,17 @@ def cmd_train(args):
     if args.save:
         model.save(args.save)
         print(f"saved the model to {args.save}")
+    shape = f"{source}: {'-'.join(map(str, [X.shape[1], *args.hidden, n_out]))} {args.activation}"
     if args.plot:
-        write_curves(history, args.plot, title=f"{source}: {'-'.join(map(str, [X.shape[1], *args.hidden, n_out]))}")
+        plots_.training_curves(history, args.plot, title=shape, held_out=held_out)
         print(f"wrote {args.plot}")
+    if args.plot_diagnostics:
+        plots_.gradient_diagnostics(history, args.plot_diagnostics, title=shape)
+        print(f"wrote {args.plot_diagnostics}")
+    if args.plot_boundary:
+        labels = np.asarray(classes, dtype=object)[y] if classes is not None else y
+        plots_.decision_boundary(model, X, labels, args.plot_boundary, title=shape, class_names=classes)
+        print(f"wrote {args.plot_boundary}")
     return 0
 
 
@@ -379,35 +403,8 @@ def _check_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CLIError("--plot needs matplotlib, which is not installed: pip install 'nnkit[plot]'") from None
-
-
-def write_curves(history, path, title=""):
-    """Loss (left) and accuracy (right, when recorded) per epoch, training and validation; atomic PNG."""
-    _check_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = next((k for k in ("accuracy", "mae", "mse") if k in history), None)
-    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    for ax, key in zip(axes[0], ["loss"] + ([metric] if metric else [])):
-        ax.plot(epochs, history[key], label=f"train {key}")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+        raise CLIError("--plot, --plot-diagnostics and --plot-boundary need matplotlib, which is not installed: "
+                       "pip install 'nnkit[plot]'") from None
 
 
 def _write_text(path, text):

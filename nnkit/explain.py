@@ -42,9 +42,12 @@ class Explanation:
         self.max_numbers, self.digits = max_numbers, digits
 
     def section(self, title):
+        """Start a new section (Forward, Backward, ...)."""
         self.sections.append((title, []))
 
     def add(self, formula, value=None, name=None, note=None):
+        """Add a line: a formula, its value (an array or a float; None for prose), a short ``name`` for
+        ``values`` and a ``note`` printed under it."""
         if value is not None and not isinstance(value, float):
             value = np.asarray(value, dtype=np.float64)
         self.sections[-1][1].append((formula, value, note))
@@ -235,8 +238,8 @@ WORKED_NAMES = {"0.W[0, 0]": "w1", "0.W[1, 0]": "w2", "0.W[0, 1]": "w3", "0.W[1,
 def worked_example():
     """The tutorial's 2-2-2 network (inputs 0.95, 0.06; targets 0.05, 0.82; sigmoid; E = ½‖t − o‖²; η = 0.01)
     explained: ``(model, report)``."""
+    from . import Sequential  # the package's name, not the model module: explain is imported by the model
     from .layers import Dense, Sigmoid
-    from .model import Sequential
 
     model = Sequential([Dense(2, 2), Sigmoid(), Dense(2, 2), Sigmoid()], dtype="float64", seed=0)
     model.load_state_dict({k: np.array(v) for k, v in WORKED_STATE.items()})

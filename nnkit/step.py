@@ -47,7 +47,7 @@ class StepState:
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
-               share=1.0, w=None):
+               share=1.0, w=None, grad_hooks=()):
     """One training step: ``(value, sums, new_state)``.
 
     The model's layers must hold ``state.params`` (``make_step``'s compiled form puts them there).
@@ -82,6 +82,8 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
                 sums = [value * model.xp.sum(w)] + [fn(out, T, loss, w) for _, fn in metric_fns]
     if comm is not None:
         grads = allreduce_grads(comm, grads, share)
+    for hook in grad_hooks:  # watchers (GradientStats): the gradients and the parameters before the update
+        hook(grads, state.params)
     scaler = state.scaler
     if scaler is None:
         params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
@@ -98,7 +100,7 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     return value, sums, StepState(params, opt, state.buffers, state.key, scaler)
 
 
-def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False):
+def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=()):
     """A ``run(X, T, share, w) -> sums`` for ``fit``: one step on the model and its optimizer.
 
     ``compile=True`` compiles the step where the backend can (``Backend.compile``; JAX's ``jax.jit``)
@@ -109,7 +111,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     def eager(X, T, share=1.0, w=None):
         _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
-                                    comm=comm, share=share, w=w)
+                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks)
         optimizer.state = state.opt
         model._scaler = state.scaler
         return sums
@@ -120,6 +122,9 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     if comm is not None:
         raise ValueError("compile=True with a communicator (data-parallel fit) is not supported: the "
                          "all-reduce runs outside the compiled step; use compile=False with comm")
+    if grad_hooks:
+        raise ValueError("compile=True with a callback that watches gradients (GradientStats) is not supported: "
+                         "a compiled step has no gradients to show; use compile=False")
 
     def pure(params, opt, buffers, key, scaler, X, T, lr, w):
         run.traces += 1  # runs only while the backend traces the function

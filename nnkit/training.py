@@ -123,6 +123,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
     per_batch = [cb for cb in hooks if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
     for cb in hooks:
+        cb.history = history
+    for cb in hooks:
         cb.on_train_begin()
     with _StopFlag() as stop, model.policy.activate():
         for epoch in range(run.start, run.end):
@@ -246,8 +248,9 @@ class _Run:
         model.optimizer = self.optimizer = optimizer
         if self.parallel:
             dist.sync_model(comm, model)  # rank 0's weights and shuffle generator everywhere
+        watchers = [cb.on_gradients for cb in callbacks if callable(getattr(cb, "on_gradients", None))]
         self.step = make_step(model, loss, optimizer, regularizer=regularizer, metric_fns=self.metric_fns,
-                              comm=comm if self.parallel else None, compile=compile)
+                              comm=comm if self.parallel else None, compile=compile, grad_hooks=watchers)
 
         own = [cb for cb in callbacks if isinstance(cb, ProgbarLogger)]  # a user's bar replaces fit's
         progress = own[0] if own else ProgbarLogger(int(verbose) if lead else 0)

@@ -11,9 +11,13 @@ import nnkit.export.onnx
 import nnkit.export.pytorch
 import nnkit.layers
 import nnkit.precision
+import nnkit.plots
+import nnkit.explain
+import nnkit.perceptron
 
 MODULES = [nnkit, nnkit.optim, nnkit.datasets, nnkit.init, nnkit.functional, nnkit.metrics, nnkit.precision,
-           nnkit.layers, nnkit.export.onnx, nnkit.export.pytorch]
+           nnkit.layers, nnkit.export.onnx, nnkit.export.pytorch, nnkit.plots, nnkit.explain, nnkit.perceptron,
+           nnkit.callbacks]
 
 
 def _public():

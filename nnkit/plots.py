@@ -1,0 +1,122 @@
+"""Pictures for learners: training curves with the held-out side, gradient diagnostics, decision boundaries.
+
+Each function draws with matplotlib (``pip install 'nnkit[plot]'``) and writes a PNG atomically.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .files import atomic_write
+
+__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("plots need matplotlib: pip install 'nnkit[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path, plt):
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def training_curves(history, path, title="", held_out="validation"):
+    """Loss (left) and accuracy or error (right, when recorded) per epoch: the training curves and the
+    held-out ones (``val_*`` in the history, named ``held_out`` in the legend) side by side, so that
+    overfitting — training loss falling while the held-out loss turns up — shows."""
+    plt = _pyplot()
+    metric = next((k for k in ("accuracy", "mae", "mse") if k in history), None)
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, key in zip(axes[0], ["loss"] + ([metric] if metric else [])):
+        ax.plot(epochs, history[key], label=f"training {key}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label=f"{held_out} {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        if key == "loss":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def gradient_diagnostics(history, path, title=""):
+    """Four panels from :class:`nnkit.callbacks.GradientStats`' history: per layer and epoch the gradient
+    norm, the weight norm, the update-to-weight ratio (log scales) and the fraction of inactive ReLU units."""
+    plt = _pyplot()
+    panels = [("grad_norm", "‖∂L/∂W‖ (mean per step)", True), ("weight_norm", "‖W‖", True),
+              ("update_ratio", "‖ΔW‖ / ‖W‖ (mean per step)", True), ("relu_inactive", "inactive ReLU units", False)]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, (prefix, label, log) in zip(axes.flat, panels):
+        keys = sorted((k for k in history if k.startswith(prefix + "/")), key=_layer_order)
+        for i, k in enumerate(keys):
+            ax.plot(np.arange(1, len(history[k]) + 1), history[k], label=k.split("/", 1)[1],
+                    color=plt.cm.viridis(i / max(len(keys) - 1, 1)))
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        if log and keys:
+            ax.set_yscale("log")
+        if not keys:
+            ax.text(0.5, 0.5, "no ReLU layers" if prefix == "relu_inactive" else "not recorded",
+                    ha="center", va="center", transform=ax.transAxes)
+        elif len(keys) <= 12:
+            ax.legend(fontsize=7, title="layer (first = dark)", title_fontsize=7)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def _layer_order(key):
+    parts = key.split("/", 1)[1].split(".")
+    return [int(p) if p.isdigit() else 0 for p in parts]
+
+
+def decision_boundary(model, X, y, path, title="", resolution=300, class_names=None):
+    """The class regions of a two-feature classifier over the data's range, with the points on top.
+
+    ``X`` are the model's *raw* two features (the model's preprocessing, when it carries one, is applied
+    to the grid as to new data; otherwise X goes to the model as it is), ``y`` their labels (names or
+    integers)."""
+    plt = _pyplot()
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"a decision boundary needs two features, got X of shape {X.shape}")
+    pad = 0.05 * (X.max(axis=0) - X.min(axis=0) + 1e-12)
+    lo, hi = X.min(axis=0) - pad, X.max(axis=0) + pad
+    g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution))
+    grid = np.column_stack([g0.ravel(), g1.ravel()])
+    labels = np.asarray(model.predict_labels(grid))
+    y = np.asarray(y)
+    names = list(class_names) if class_names is not None else sorted(set(labels.tolist()) | set(y.tolist()),
+                                                                      key=str)
+    index = {str(c): i for i, c in enumerate(names)}
+    region = np.array([index[str(v)] for v in labels]).reshape(g0.shape)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    cmap = plt.get_cmap("tab10")
+    ax.contourf(g0, g1, region, levels=np.arange(len(names) + 1) - 0.5, cmap=cmap, vmin=0, vmax=9, alpha=0.3)
+    for c in names:
+        mask = np.array([str(v) == str(c) for v in y])
+        if mask.any():
+            ax.scatter(X[mask, 0], X[mask, 1], s=12, color=cmap(index[str(c)]), edgecolor="k", linewidth=0.3,
+                       label=str(c))
+    ax.set_xlabel("feature 0")
+    ax.set_ylabel("feature 1")
+    ax.legend(title="class", fontsize=8)
+    ax.set_title(title or "decision regions and training points")
+    fig.tight_layout()
+    _save(fig, path, plt)

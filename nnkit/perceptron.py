@@ -28,34 +28,14 @@ from .backend import get_backend, host_copy
 
 __all__ = ["Perceptron", "NotSeparableWarning"]
 
-try:  # scikit-learn's base classes when it is installed (clone, pipelines, estimator checks), else the same API
-    from sklearn.base import BaseEstimator as _Base, ClassifierMixin as _Classifier
-except ImportError:  # pragma: no cover - scikit-learn is an optional extra
-    class _Base:
-        def get_params(self, deep=True):
-            """The constructor arguments."""
-            return {k: getattr(self, k) for k in ("eta0", "max_iter", "shuffle", "fit_intercept", "random_state",
-                                                  "backend", "dtype")}
-
-        def set_params(self, **params):
-            """Set constructor arguments; returns self."""
-            for k, v in params.items():
-                setattr(self, k, v)
-            return self
-
-    class _Classifier:
-        _estimator_type = "classifier"
-
-        def score(self, X, y):
-            """Mean accuracy of ``predict(X)`` against y."""
-            return float(np.mean(self.predict(X) == np.asarray(y)))
+_PARAMS = ("eta0", "max_iter", "shuffle", "fit_intercept", "random_state", "backend", "dtype")
 
 
 class NotSeparableWarning(UserWarning):
     """The perceptron made mistakes in every epoch it was given: the data is probably not linearly separable."""
 
 
-class Perceptron(_Classifier, _Base):
+class Perceptron:
     """Rosenblatt's perceptron, binary and one-vs-rest multiclass, on any nnkit backend (see the module
     docstring for the rule and how it matches scikit-learn's ``Perceptron``).
 
@@ -74,6 +54,36 @@ class Perceptron(_Classifier, _Base):
         self.random_state = random_state
         self.backend = backend
         self.dtype = dtype
+
+    # -- scikit-learn's estimator protocol (duck-typed: importing nnkit does not import scikit-learn) ----------
+    _estimator_type = "classifier"
+
+    def get_params(self, deep=True):
+        """The constructor arguments (scikit-learn's ``clone``, grid searches)."""
+        return {k: getattr(self, k) for k in _PARAMS}
+
+    def set_params(self, **params):
+        """Set constructor arguments; returns self."""
+        for k, v in params.items():
+            if k not in _PARAMS:
+                raise ValueError(f"invalid parameter {k!r} for Perceptron: expected one of {', '.join(_PARAMS)}")
+            setattr(self, k, v)
+        return self
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: a classifier that needs y."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), input_tags=InputTags())
+
+    def __repr__(self):
+        changed = {k: v for k, v in self.get_params().items() if v != Perceptron.__init__.__defaults__[_PARAMS.index(k)]}
+        return "Perceptron(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
+    def score(self, X, y):
+        """The mean accuracy of ``predict(X)`` against y."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
 
     def _check(self, X, fit=True):
         X = np.asarray(host_copy(X) if not isinstance(X, (np.ndarray, list, tuple)) else X)

@@ -460,8 +460,10 @@ def cmd_explain(args):
 
 def cmd_export(args):
     """``nnkit export MODEL.npz MODEL.onnx``: the saved model's inference graph as ONNX."""
-    if not os.path.isfile(args.model):
+    if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model!r}")
+    if not os.path.isfile(args.model):
+        raise CLIError(f"{args.model!r} is not a file: give the saved model (.npz)")
     _check_output("MODEL.onnx", args.out)
     from . import load
 

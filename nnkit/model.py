@@ -482,7 +482,7 @@ class Sequential:
         self._scaler = state.scaler
         return value
 
-    def fit(self, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
+    def fit(self, X, y=None, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
             validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
             verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False,
             sample_weight=None):
@@ -515,6 +515,13 @@ class Sequential:
           gradient); epoch losses and metrics are weighted means too.  ``validation_data`` may then be a
           triple ``(X_val, y_val, w_val)``.  X may be a SciPy sparse matrix: it stays on the host and
           each batch is densified on its way to the device.
+        * Data beyond memory (:mod:`nnkit.data`): X may be a memory-mapped array (``np.load(path,
+          mmap_mode="r")``, with y an array or another memory-mapped file), read a batch at a time; or, with
+          y omitted, a dataset (``len(ds)``, ``ds[indices] -> (X, y[, w])``), a re-iterable of batches
+          ``(X, y[, w])`` (a torch DataLoader, a list of batches) or a function returning a generator.  The next
+          batch is prepared in a background thread; a bad batch is an error naming it, and the model keeps
+          the weights and optimizer state of the epoch's start.  ``validation_data`` may be streamed too,
+          and ``validation_split`` on a memory-mapped array takes its last rows without copying them.
         * ``compile=True`` compiles the training step where the backend can (``jax.jit`` on JAX; the
           learning rate is passed in as a value, so schedules act; full and last batches are traced once
           each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
@@ -547,7 +554,13 @@ class Sequential:
                 layer.params[name] = value
 
     def predict(self, X, batch_size=None):
-        """The last layer's output for X, as an array of the model's backend (inference only)."""
+        """The last layer's output for X, as an array of the model's backend (inference only).  X may be
+        streamed (a memory-mapped array, a dataset, batches: :mod:`nnkit.data`): read a batch at a time
+        (``batch_size``, default 4096 rows), the outputs joined."""
+        from . import data
+
+        if data.is_stream(X):
+            return self._predict_stream(X, 4096 if batch_size is None else batch_size)
         X = self._as_input(X)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
@@ -562,6 +575,26 @@ class Sequential:
             parts = [self._forward(self._rows(X, s, min(s + batch_size, n)), train=False)
                      for s in range(0, n, batch_size)]
             return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+
+    def _predict_stream(self, X, batch_size):
+        """predict() of streamed data: each batch's rows (its X for a dataset or batches), in order."""
+        from . import data
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if isinstance(X, np.ndarray):
+            stream = data.MappedRows(X, np.zeros(X.shape[0], dtype=np.int8))
+        else:
+            stream = data.make_stream(X)
+        parts = []
+        with self.policy.activate():
+            for i, ((s, e), (xb, _, _)) in enumerate(stream.epoch_batches(batch_size)):
+                try:
+                    xb = self._as_input(data.host_if_foreign(self.backend, xb))
+                except (TypeError, ValueError) as exc:
+                    raise data.BatchError(f"batch {i} (rows {s} to {e - 1}): {exc}") from None
+                parts.append(self._forward(xb, train=False))
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
     # -- tables: raw rows in, class names out -------------------------------------------------
     @property

@@ -8,6 +8,7 @@ Progress, checkpoints, early stopping and schedules are callbacks (:mod:`nnkit.c
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt
+from . import data
 from . import distributed as dist
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress  # noqa: F401
 from .backend import is_sparse
@@ -81,6 +83,13 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     when given: one host read."""
     loss = get_loss(loss)
     metric_fns = get_metrics(metrics, loss)
+    if data.is_stream(X, y):  # read a batch at a time, in order
+        bs = 4096 if batch_size is None else check_int("batch_size", batch_size, 1)
+        run = _Reader(model, loss, metric_fns, bs)
+        with model.policy.activate():
+            sums = run._stream_sums(data.make_stream(X, y, sample_weight))
+            host = model.backend.to_numpy(model.xp.stack(sums))
+        return {name: float(v) / run.total_v for name, v in zip(["loss"] + [m for m, _ in metric_fns], host)}
     X = model._as_input(X)
     T = model._as_target(y, X.shape[0], loss)
     W, w_host = _weights(model, sample_weight, X.shape[0])
@@ -133,14 +142,19 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             for cb in hooks:
                 cb.on_epoch_begin(epoch)
             sums, seen = None, 0
-            for xb, tb, wb, share, seen in run.batches():
-                batch = run.step(xb, tb, share, wb)
-                sums = batch if sums is None else sums if batch is None else [a + b for a, b in zip(sums, batch)]
-                for cb in per_batch:
-                    cb.on_batch_end()
-                if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
-                    break
-            if stop.raised and seen < run.n:
+            try:
+                for xb, tb, wb, share, seen in run.batches():
+                    batch = run.step(xb, tb, share, wb)
+                    sums = batch if sums is None else sums if batch is None else [a + b for a, b in zip(sums, batch)]
+                    for cb in per_batch:
+                        cb.on_batch_end()
+                    if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
+                        break
+            except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
+                model._assign(safe[0])
+                run.optimizer.state, model._scaler = safe[1], safe[2]
+                raise
+            if stop.raised and (run.n is None or seen < run.n):
                 history.interrupted = True
                 break
             logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
@@ -164,7 +178,62 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     return history
 
 
-class _Run:
+class _Reader:
+    """The part of a run that reads streams: for ``evaluate`` and ``predict`` on streamed data."""
+
+    parallel, rank, size, shuffle = False, 0, 1, False
+
+    def __init__(self, model, loss, metric_fns, batch_size):
+        self.model, self.be, self.xp, self.loss = model, model.backend, model.xp, loss
+        self.metric_fns, self.batch_size = metric_fns, batch_size
+        self.total = self.total_v = 0.0
+
+    def _prepared(self, stream, order, total, batch_size=None):
+        """A stream's batches as checked device batches (this rank's slice), the rows (or Σ w) of the global
+        batches added to ``self.<total>`` on the host; a batch that cannot be used is a BatchError naming it."""
+        model, loss, be = self.model, self.loss, self.be
+        it = stream.epoch_batches(batch_size or self.batch_size, order)
+        with be.activate():  # device context is per thread (CUDA)
+            for i in itertools.count():
+                try:
+                    (s, e), (xb, yb, wb) = next(it)
+                except StopIteration:
+                    return
+                except data.BatchError:
+                    raise
+                except Exception as exc:  # the user's dataset or loader raised
+                    raise data.BatchError(f"batch {i} of the stream could not be read: {type(exc).__name__}: "
+                                          f"{exc}") from exc
+                try:
+                    xb, yb = data.host_if_foreign(be, xb), data.host_if_foreign(be, yb)
+                    rows = int(xb.shape[0])
+                    w_host = None
+                    if wb is not None:
+                        _, w_host = _weights(model, data.host_if_foreign(be, wb), rows)
+                    setattr(self, total, getattr(self, total) + (rows if w_host is None else float(w_host.sum())))
+                    a, b = dist.rank_slice(0, rows, self.rank, self.size) if self.parallel else (0, rows)
+                    if b <= a:
+                        yield None, None, None, 0.0, e
+                        continue
+                    X = model._as_input(xb[a:b] if (a, b) != (0, rows) else xb)
+                    T = model._as_target(yb[a:b] if (a, b) != (0, rows) else yb, b - a, loss)
+                    W = None if w_host is None else be.asarray(w_host[a:b], dtype=be.dtype)
+                except (TypeError, ValueError) as exc:
+                    raise data.BatchError(f"batch {i} (rows {s} to {e - 1}) of the stream: {exc}") from None
+                yield X, T, W, (b - a) / rows, e
+
+    def _stream_sums(self, stream):
+        """Validation sums over a stream (inference, in order), its rows (or Σ w) counted in ``total_v``."""
+        self.total_v, sums = 0.0, None
+        for X, T, W, _, _ in self._prepared(stream, None, "total_v", max(self.batch_size, 1024)):
+            if X is None:
+                continue
+            part = _sums(self.model, X, T, self.loss, self.metric_fns, max(self.batch_size, 1024), W)
+            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+        return sums
+
+
+class _Run(_Reader):
     """One ``fit`` call's settings, checked before anything changes, and its data on the device."""
 
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
@@ -205,8 +274,18 @@ class _Run:
         lead = self.rank == 0  # the rank that prints and writes checkpoints
         if checkpoint is not None and lead:
             check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
-        self.shuffle = shuffle
+        self.shuffle, self.epochs = shuffle, epochs
+        self.stream = self.val_stream = None
+        if data.is_stream(X, y):
+            self._setup_stream(X, y, sample_weight, validation_data, validation_split)
+        else:
+            self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
+        self._setup_rest(model, optimizer, by_name, early_stopping, callbacks, verbose, checkpoint, resume,
+                         regularizer, comm, compile, lead, epochs)
 
+    def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split):
+        """In-memory data: validated once, sent to the device once."""
+        model, loss = self.model, self.loss
         X = model._as_input(X)
         T = model._as_target(y, X.shape[0], loss)
         W, w_host = _weights(model, sample_weight, X.shape[0])
@@ -237,6 +316,35 @@ class _Run:
         self.total_v = None if self.Xv is None else (float(self.Xv.shape[0]) if self.Wv is None
                                                       else float(wv_host.sum()))
 
+    def _setup_stream(self, X, y, sample_weight, validation_data, validation_split):
+        """Streamed data (:mod:`nnkit.data`): checked batch by batch on the host as it is read."""
+        stream = data.make_stream(X, y, sample_weight)
+        if validation_split:
+            if not isinstance(stream, data.MappedRows) or isinstance(stream, data.DatasetRows):
+                raise ValueError("validation_split needs rows it can count: with a dataset or batches pass "
+                                 "validation_data=")
+            split = int(stream.n * (1.0 - validation_split))
+            if split < 1:
+                raise ValueError(f"validation_split={validation_split} leaves no training rows out of {stream.n}")
+            self.val_stream, stream = stream.tail(split), stream.head(split)  # views of the file: no copy
+        elif validation_data is not None:
+            if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+                vx, vy = validation_data[0], validation_data[1]
+                vw = validation_data[2] if len(validation_data) == 3 else None
+                self.val_stream = data.make_stream(np.asarray(vx) if not isinstance(vx, np.ndarray) else vx, vy, vw)
+            else:
+                self.val_stream = data.make_stream(validation_data)
+        if stream.one_shot and self.epochs > 1:
+            raise ValueError("X is a one-shot generator, which can feed one epoch only, and fit was asked for "
+                             f"{self.epochs}: pass a function that returns a new generator (fit(lambda: "
+                             "make_batches(), ...)) or a re-iterable (a list of batches, a torch DataLoader)")
+        self.stream, self.n = stream, stream.n
+        self.X = self.T = self.W = self.Xv = self.Tv = self.Wv = None
+        self.total = self.total_v = None  # counted while the epoch runs
+
+    def _setup_rest(self, model, optimizer, by_name, early_stopping, callbacks, verbose, checkpoint, resume,
+                    regularizer, comm, compile, lead, epochs):
+        loss = self.loss
         if resume and os.path.exists(os.fspath(checkpoint)):
             # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
             # hyperparameters and takes the saved moments and step counts
@@ -256,7 +364,9 @@ class _Run:
         progress = own[0] if own else ProgbarLogger(int(verbose) if lead else 0)
         if not lead:
             progress.verbose = 0
-        progress.setup(len(_batches(self.n, self.batch_size)), self.end, self.start)
+        n_batches = len(_batches(self.n, self.batch_size)) if self.stream is None else \
+            (self.stream.n_batches(self.batch_size) or 0)
+        progress.setup(n_batches, self.end, self.start)
         self.hooks = ([] if own else [progress]) + ([ModelCheckpoint(checkpoint)] if checkpoint is not None else []) \
             + callbacks + ([early_stopping] if early_stopping is not None else [])
         for cb in self.hooks:
@@ -268,7 +378,13 @@ class _Run:
     def batches(self):
         """(X_b, T_b, W_b, share, end) for this rank's slice of every global batch of an epoch (X_b None
         when the slice is empty; W_b None without sample weights); one shuffle per epoch, drawn on the
-        host from the model's generator.  A sparse X (host CSR) is densified one batch at a time."""
+        host from the model's generator.  A sparse X (host CSR) is densified one batch at a time; a
+        stream's batches are read, checked and copied to the device ahead, in a background thread."""
+        if self.stream is not None:
+            self.total = 0.0
+            order = self.model.rng.permutation(self.n) if self.shuffle and self.n is not None else None
+            yield from data.prefetch(self._prepared(self.stream, order, "total"))
+            return
         xp, model, W = self.xp, self.model, self.W
         sparse = is_sparse(self.X)
         order = None
@@ -293,6 +409,9 @@ class _Run:
         xp, be, names = self.xp, self.be, ["loss"] + [m for m, _ in self.metric_fns]
         nothing = [xp.zeros((), dtype=be.dtype, device=be.device)] * len(names)
         sums = nothing if sums is None else sums  # None: this rank had no rows all epoch
+        if self.val_stream is not None:
+            vs = self._stream_sums(self.val_stream)
+            sums = sums + (nothing if vs is None else vs)
         if self.Xv is not None:
             va, vb = dist.rank_slice(0, self.Xv.shape[0], self.rank, self.size) if self.parallel \
                 else (0, self.Xv.shape[0])
@@ -306,6 +425,6 @@ class _Run:
         else:
             host = be.to_numpy(xp.stack(sums))
         logs = {k: float(v) / self.total for k, v in zip(names, host[:len(names)])}
-        if self.Xv is not None:
+        if self.Xv is not None or self.val_stream is not None:
             logs.update({f"val_{k}": float(v) / self.total_v for k, v in zip(names, host[len(names):])})
         return logs

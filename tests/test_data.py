@@ -198,3 +198,11 @@ def test_streamed_jax_fit_reads_the_device_once_per_epoch(files, jax_reads):
     jax_reads.clear()
     model.fit(Xm, ym, loss="cross_entropy", epochs=3, batch_size=64, verbose=0)
     assert len(jax_reads) == 3
+
+
+def test_the_stream_benchmark_runs_small(tmp_path, capsys):
+    import benchmarks.run_stream as rs
+
+    assert rs.main(["--gb", "0.02", "--backends", "numpy", "--out", str(tmp_path / "s.md")]) == 0
+    text = (tmp_path / "s.md").read_text()
+    assert "| numpy | small |" in text and "ratio" in text

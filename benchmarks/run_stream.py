@@ -109,8 +109,9 @@ def main(argv=None):
         results = {}
         for backend in args.backends:
             for name, path in (("small", small), (f"{os.path.getsize(big) / 1e9:.2f} GB", big)):
+                root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                 out = subprocess.run([sys.executable, "-m", "benchmarks.run_stream", "--child", path, backend],
-                                     capture_output=True, text=True, check=True).stdout
+                                     capture_output=True, text=True, check=True, cwd=root).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 results[(backend, name)] = r
                 lines.append(f"| {backend} | {name} | {r['rows']:,} | {r['peak'] / 2**20:.0f} MiB | "

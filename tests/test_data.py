@@ -201,6 +201,10 @@ def test_streamed_jax_fit_reads_the_device_once_per_epoch(files, jax_reads):
 
 
 def test_the_stream_benchmark_runs_small(tmp_path, capsys):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import benchmarks.run_stream as rs
 
     assert rs.main(["--gb", "0.02", "--backends", "numpy", "--out", str(tmp_path / "s.md")]) == 0

@@ -275,14 +275,19 @@ class Case:
 
             return step
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(X), y)
-            loss.backward()
-            opt.step()
-            return loss
+        return _eager_step(torch, net, opt, X, y)
 
-        return step
+
+def _eager_step(torch, net, opt, X, y):
+    """A plain PyTorch eager training step: zero the gradients, cross-entropy, autograd, the optimizer."""
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(X), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
 
 
 # -- convolution: the conv kernels against their im2col GEMMs, and a CNN step against PyTorch eager ----------
@@ -365,15 +370,7 @@ class ConvCase:
                             nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10)).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=1e-2)
         X, y = torch.as_tensor(self.X40, device=dev), torch.as_tensor(self.y40, device=dev)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(X), y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return step
+        return _eager_step(torch, net, opt, X, y)
 
 
 def run_conv_report(targets, seconds=1.0, log=print):

@@ -11,12 +11,15 @@ Run them on a GPU machine with::
 * ``nnkit bench`` writing its GPU rows (float32, mixed_bfloat16, mixed_float16 and tf32);
 * mixed precision: torch-CUDA ``mixed_bfloat16``/``mixed_float16``/``tf32`` steps under the sync debug mode,
   CuPy float16 (and bfloat16 where CuPy has it, else the clear error) and tf32 fits;
-* convolution: a CuPy and a torch-CUDA CNN fit (the digits as 8×8 images), equal to NumPy's.
+* convolution: a CuPy and a torch-CUDA CNN fit (the digits as 8×8 images), equal to NumPy's;
+* streaming: a CuPy and a torch-CUDA fit from a memory-mapped file equal to the in-memory fit, and on
+  torch-CUDA no synchronisation inside the streamed epoch (sync debug mode "error").
 """
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -233,3 +236,36 @@ def test_cnn_fit_on_the_gpu_equals_numpy(target):
     if target == "torch-cuda":
         assert all(p.is_cuda for p in runs[0].params().values())
         del torch
+
+
+# -- streamed data on the GPU -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
+def test_streamed_fit_from_a_memory_mapped_file_on_the_gpu(target, tmp_path):
+    X, y = _data(n=1024)
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    if target == "cupy":
+        _cupy()
+        be = nnkit.get_backend("cupy")
+    else:
+        torch = _torch_cuda()
+        be = nnkit.get_backend("torch", device="cuda")
+    model = nnkit.Sequential.mlp([20, 64, 3], backend=be, seed=0)
+    ref = nnkit.Sequential.mlp([20, 64, 3], backend=be, seed=0)
+    model.fit(Xm, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=64, verbose=0)
+    ref.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=64, verbose=0)
+    for k, v in ref.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    if target == "torch-cuda":  # inside an epoch only host-to-device copies: the epoch's read is the first sync
+
+        class SyncsAreErrors(nnkit.Callback):
+            def on_train_begin(self):
+                torch.cuda.set_sync_debug_mode("error")
+
+        t0 = time.perf_counter()
+        try:
+            with pytest.raises(RuntimeError, match="synchroniz"):
+                model.fit(Xm, y, loss="cross_entropy", epochs=1, batch_size=64, verbose=0, callbacks=[SyncsAreErrors()])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        print(f"streamed epoch with prefetch: {time.perf_counter() - t0:.3f} s")

@@ -29,9 +29,12 @@ import threading
 import numpy as np
 import array_api_compat
 
-from .backend import host_copy
+from .backend import host_copy, is_sparse
+from .functional import namespace_of
+from .layers import fmt_shape
 
-__all__ = ["host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
+__all__ = ["as_input", "as_target", "rows", "dense", "check_range", "host_or_native", "numeric_host",
+           "host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
            "BatchError"]
 
 
@@ -236,3 +239,108 @@ def prefetch(items, depth=2):
             except queue.Empty:
                 pass
             thread.join(timeout=0.05)
+
+
+# -- in-memory data: checked once, converted once (the model's _as_input/_as_target call these) -------------
+def as_input(model, X, check_values=True):
+    """Validate X and return it as a (B, *input_shape) array of the model's dtype and device.
+
+    A SciPy sparse matrix (a table) is checked and kept on the host as CSR: it is densified one batch
+    at a time on its way to the device (``_rows``), never whole."""
+    if is_sparse(X):
+        return _as_sparse_input(model, X, check_values)
+    if not check_values and model.backend.ready(X) and X.ndim >= 2 and X.shape[0] \
+            and tuple(X.shape[1:]) in model._batch_shapes:
+        return X  # the hot path: already a batch of this backend, of a checked shape: nothing to convert
+    arr = host_or_native(model, X, "X")
+    xp = namespace_of(arr)
+    want = "(batch, features)" if model.input_shape is None else fmt_shape(model.input_shape)
+    if arr.ndim < 2:
+        hint = " (use X.reshape(1, -1) for a single example)" if arr.ndim == 1 else ""
+        if model.n_features_in is not None:
+            want = f"2-D (batch, features) with {model.n_features_in} features"
+        raise ValueError(f"X must be {want}, got shape {tuple(arr.shape)}{hint}")
+    if arr.shape[0] == 0:
+        what = f"row of {model.n_features_in} features" if model.n_features_in is not None else f"example {want}"
+        raise ValueError(f"X is empty: expected at least one {what}")
+    model._check_batch_shape(tuple(int(d) for d in arr.shape[1:]))
+    if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
+        raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
+    if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
+        raise ValueError("X contains NaN or infinity: clean or impute the data first")
+    if check_values:
+        check_range(model, arr, "X")
+    return model.backend.asarray(arr, dtype=model.backend.dtype)
+
+def _as_sparse_input(model, X, check_values):
+    if len(X.shape) != 2 or X.shape[0] == 0 or model.input_shape is not None and X.shape[1] != model.n_features_in:
+        raise ValueError(f"X has shape {tuple(X.shape)} but the model expects (rows, {model.n_features_in})")
+    model._check_batch_shape((int(X.shape[1]),))
+    X = X.tocsr()
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must be numeric (float or int), got dtype {X.dtype}")
+    if check_values and X.dtype.kind == "f":
+        if not np.all(np.isfinite(X.data)):
+            raise ValueError("X contains NaN or infinity: clean or impute the data first")
+        check_range(model, X.data.reshape(-1, 1), "X")
+    return X
+
+def dense(model, rows):
+    """Host sparse rows as a dense device batch of the model's dtype."""
+    return model.backend.asarray(rows.toarray(), dtype=model.backend.dtype)
+
+def rows(model, X, start, stop):
+    """Rows [start, stop) of a prepared input: a slice of a device array, or a densified sparse slice."""
+    if is_sparse(X):
+        return dense(model, X[start:stop])
+    return X[start:stop, ...]
+
+def check_range(model, arr, name):
+    """Values that would overflow the model's dtype (float64 data for a float32 model) are refused."""
+    xp = namespace_of(arr)
+    if model.dtype == "float64" or arr.dtype != xp.float64 or arr.shape[0] == 0:
+        return
+    limit = float(np.finfo(model.dtype).max)
+    big = float(xp.max(xp.abs(arr)))
+    if big > limit:
+        raise ValueError(
+            f"{name} holds values up to {big:.3g}, beyond the range of the model's {model.dtype} "
+            f"(±{limit:.3g}): rescale the data or use dtype='float64'"
+        )
+
+def as_target(model, y, n_rows, loss, check_values=True):
+    if model.n_outputs is None:
+        out = "not known yet" if model._out_shape is None else fmt_shape(model._out_shape)
+        raise ValueError(f"the losses compare (B, K) outputs with targets, but the model's output is {out}: "
+                         "end the model in Flatten() and Dense(..., K), or GlobalAvgPool()")
+    if not check_values and model.backend.ready(y) and tuple(y.shape) == (n_rows, model.n_outputs):
+        return y  # a (B, K) float target of this backend fits every loss; values are not checked
+    arr = host_or_native(model, y, "y")
+    arr = loss.check_target(arr, model.n_outputs, n_rows, check_values)
+    if check_values and arr.ndim == 2:
+        check_range(model, arr, "y")
+    return loss.prepare_target(arr, model.n_outputs, model.backend)
+
+def host_or_native(model, a, name):
+    """``a`` as this backend's array, or as a NumPy array on the host; other libraries are refused."""
+    be = model.backend
+    if be.owns(a):
+        return a
+    if not isinstance(a, np.ndarray) and array_api_compat.is_array_api_obj(a):
+        raise TypeError(
+            f"{name} is a {type(a).__module__}.{type(a).__name__} but the model runs on backend "
+            f"'{be.name}': pass a NumPy array or a {be.name} array, or move the model with "
+            f"model.to(...)"
+        )
+    return numeric_host(a, name)
+
+
+def numeric_host(a, name):
+    """``a`` as a numeric (bool, int or float) NumPy array, else a TypeError naming ``name``."""
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
+    return arr

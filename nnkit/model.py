@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import array_api_compat
 
 from .backend import get_backend, is_sparse
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, ShapeError, check_input_shape,
@@ -14,7 +13,7 @@ from .layers import activations
 from .losses import get_loss
 from .optim import Optimizer
 from .precision import LossScaler, get_policy
-from . import checkpoint, step, training
+from . import checkpoint, data, step, training
 from .functional import namespace_of
 
 _NP = namespace_of(np.empty(0))
@@ -294,98 +293,22 @@ class Sequential:
             self._out_shape = out
         self._batch_shapes[shape] = out
 
-    # -- input handling -----------------------------------------------------------
+    # -- input handling: the data path's (nnkit.data), for this model -------------------------------------
     def _as_input(self, X, check_values=True):
-        """Validate X and return it as a (B, *input_shape) array of the model's dtype and device.
-
-        A SciPy sparse matrix (a table) is checked and kept on the host as CSR: it is densified one batch
-        at a time on its way to the device (``_rows``), never whole."""
-        if is_sparse(X):
-            return self._as_sparse_input(X, check_values)
-        if not check_values and self.backend.ready(X) and X.ndim >= 2 and X.shape[0] \
-                and tuple(X.shape[1:]) in self._batch_shapes:
-            return X  # the hot path: already a batch of this backend, of a checked shape: nothing to convert
-        arr = self._host_or_native(X, "X")
-        xp = namespace_of(arr)
-        want = "(batch, features)" if self.input_shape is None else fmt_shape(self.input_shape)
-        if arr.ndim < 2:
-            hint = " (use X.reshape(1, -1) for a single example)" if arr.ndim == 1 else ""
-            if self.n_features_in is not None:
-                want = f"2-D (batch, features) with {self.n_features_in} features"
-            raise ValueError(f"X must be {want}, got shape {tuple(arr.shape)}{hint}")
-        if arr.shape[0] == 0:
-            what = f"row of {self.n_features_in} features" if self.n_features_in is not None else f"example {want}"
-            raise ValueError(f"X is empty: expected at least one {what}")
-        self._check_batch_shape(tuple(int(d) for d in arr.shape[1:]))
-        if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
-            raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
-        if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
-            raise ValueError("X contains NaN or infinity: clean or impute the data first")
-        if check_values:
-            self._check_range(arr, "X")
-        return self.backend.asarray(arr, dtype=self.backend.dtype)
-
-    def _as_sparse_input(self, X, check_values):
-        if len(X.shape) != 2 or X.shape[0] == 0 or self.input_shape is not None and X.shape[1] != self.n_features_in:
-            raise ValueError(f"X has shape {tuple(X.shape)} but the model expects (rows, {self.n_features_in})")
-        self._check_batch_shape((int(X.shape[1]),))
-        X = X.tocsr()
-        if X.dtype.kind not in "biuf":
-            raise TypeError(f"X must be numeric (float or int), got dtype {X.dtype}")
-        if check_values and X.dtype.kind == "f":
-            if not np.all(np.isfinite(X.data)):
-                raise ValueError("X contains NaN or infinity: clean or impute the data first")
-            self._check_range(X.data.reshape(-1, 1), "X")
-        return X
-
-    def _dense(self, rows):
-        """Host sparse rows as a dense device batch of the model's dtype."""
-        return self.backend.asarray(rows.toarray(), dtype=self.backend.dtype)
-
-    def _rows(self, X, start, stop):
-        """Rows [start, stop) of a prepared input: a slice of a device array, or a densified sparse slice."""
-        if is_sparse(X):
-            return self._dense(X[start:stop])
-        return X[start:stop, ...]
-
-    def _check_range(self, arr, name):
-        """Values that would overflow the model's dtype (float64 data for a float32 model) are refused."""
-        xp = namespace_of(arr)
-        if self.dtype == "float64" or arr.dtype != xp.float64 or arr.shape[0] == 0:
-            return
-        limit = float(np.finfo(self.dtype).max)
-        big = float(xp.max(xp.abs(arr)))
-        if big > limit:
-            raise ValueError(
-                f"{name} holds values up to {big:.3g}, beyond the range of the model's {self.dtype} "
-                f"(±{limit:.3g}): rescale the data or use dtype='float64'"
-            )
+        """X checked and converted for this model (:func:`nnkit.data.as_input`)."""
+        return data.as_input(self, X, check_values)
 
     def _as_target(self, y, n_rows, loss, check_values=True):
-        if self.n_outputs is None:
-            out = "not known yet" if self._out_shape is None else fmt_shape(self._out_shape)
-            raise ValueError(f"the losses compare (B, K) outputs with targets, but the model's output is {out}: "
-                             "end the model in Flatten() and Dense(..., K), or GlobalAvgPool()")
-        if not check_values and self.backend.ready(y) and tuple(y.shape) == (n_rows, self.n_outputs):
-            return y  # a (B, K) float target of this backend fits every loss; values are not checked
-        arr = self._host_or_native(y, "y")
-        arr = loss.check_target(arr, self.n_outputs, n_rows, check_values)
-        if check_values and arr.ndim == 2:
-            self._check_range(arr, "y")
-        return loss.prepare_target(arr, self.n_outputs, self.backend)
+        """y checked and prepared for ``loss`` (:func:`nnkit.data.as_target`)."""
+        return data.as_target(self, y, n_rows, loss, check_values)
 
-    def _host_or_native(self, a, name):
-        """``a`` as this backend's array, or as a NumPy array on the host; other libraries are refused."""
-        be = self.backend
-        if be.owns(a):
-            return a
-        if not isinstance(a, np.ndarray) and array_api_compat.is_array_api_obj(a):
-            raise TypeError(
-                f"{name} is a {type(a).__module__}.{type(a).__name__} but the model runs on backend "
-                f"'{be.name}': pass a NumPy array or a {be.name} array, or move the model with "
-                f"model.to(...)"
-            )
-        return _numeric_host(a, name)
+    def _rows(self, X, start, stop):
+        """Rows [start, stop) of a prepared input (:func:`nnkit.data.rows`)."""
+        return data.rows(self, X, start, stop)
+
+    def _dense(self, rows):
+        """Host sparse rows as a dense device batch (:func:`nnkit.data.dense`)."""
+        return data.dense(self, rows)
 
     # -- passes -------------------------------------------------------------------
     def _forward(self, X, train):
@@ -663,7 +586,7 @@ class Sequential:
             value = state[key]
             if self.backend.owns(value):
                 value = self.backend.to_numpy(value)
-            value = _numeric_host(value, f"state dict entry {key!r}")
+            value = data.numeric_host(value, f"state dict entry {key!r}")
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(
                     f"state dict entry {key!r} has shape {tuple(value.shape)}, expected {tuple(p.shape)}"
@@ -771,17 +694,6 @@ class Sequential:
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         prec = "" if self.precision is None else f", precision={self.precision}"
         return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}{prec}, params={self.n_params:,}"
-
-
-def _numeric_host(a, name):
-    """``a`` as a numeric (bool, int or float) NumPy array, else a TypeError naming ``name``."""
-    try:
-        arr = np.asarray(a)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({exc})") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
-    return arr
 
 
 def load(path, backend=None, precision=_KEEP):

@@ -1,4 +1,5 @@
-"""Data beyond memory: batches streamed from memory-mapped files, datasets and loaders, one door for all.
+"""The data path, one door for all data: checks and conversions (``as_input``, ``as_target``), in-memory and
+streamed batches (:class:`FitData`), and data beyond memory — memory-mapped files, datasets and loaders.
 
 ``fit``, ``evaluate`` and ``predict`` take, besides in-memory arrays (validated once and sent to the device
 once), three kinds of *streams*:
@@ -22,6 +23,7 @@ prefetch of two batches (``Backend.to_device`` copies without blocking where the
 from __future__ import annotations
 
 import inspect
+import itertools
 import mmap
 import queue
 import threading
@@ -30,10 +32,12 @@ import numpy as np
 import array_api_compat
 
 from .backend import host_copy, is_sparse
+from .distributed import rank_slice
 from .functional import namespace_of
 from .layers import fmt_shape
 
-__all__ = ["as_input", "as_target", "rows", "dense", "check_range", "host_or_native", "numeric_host",
+__all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
+           "dense", "check_range", "host_or_native", "numeric_host",
            "host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
            "BatchError"]
 
@@ -344,3 +348,225 @@ def numeric_host(a, name):
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
     return arr
+
+
+# -- one run's data: batches for the loop, sums for the logs ---------------------------------------------------
+def batch_ranges(n, batch_size):
+    """[(start, stop)] of the batches of n rows."""
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None):
+    """[Σ w·loss, Σ w·metric...] over (X, T) (weights W, or 1) as 0-d device arrays (inference, no host
+    read).  A sparse X is densified one batch at a time."""
+    sums = None
+    for s, e in batch_ranges(X.shape[0], batch_size):
+        out, tb = model._forward(model._rows(X, s, e), train=False), T[s:e, ...]
+        if W is None:
+            batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
+        else:
+            wb = W[s:e]
+            batch = [loss.value(out, tb, wb) * model.xp.sum(wb)] + [fn(out, tb, loss, wb) for _, fn in metric_fns]
+        sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
+    return sums
+
+
+def slice_rows(X, start, stop):
+    """Rows [start, stop) of a device array or of a host sparse matrix (which takes no ``...``)."""
+    return X[start:stop] if is_sparse(X) else X[start:stop, ...]
+
+
+def check_weights(model, sample_weight, n):
+    """(W on the device, the same on the host) — or (None, None): sample weights checked once, on the host."""
+    if sample_weight is None:
+        return None, None
+    w = model.backend.to_numpy(sample_weight) if model.backend.owns(sample_weight) else sample_weight
+    try:
+        w = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"sample_weight must be numbers, got {type(sample_weight).__name__}") from None
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"sample_weight must have shape ({n},) (one weight per row), got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError("sample_weight must be finite, non-negative and not all zero")
+    return model.backend.asarray(w, dtype=model.backend.dtype), w
+
+
+class FitData:
+    """One run's data: in memory (validated once, sent to the device once) or streamed (read, checked and
+    copied a batch at a time, prefetched); its batches for this rank, and the validation sums.
+
+    ``total`` / ``total_v`` are the rows (or Σ sample weights) of the training / validation data — counted
+    on the host while a stream is read.
+    """
+
+    def __init__(self, model, loss, metric_fns, batch_size, shuffle=False, epochs=1, rank=0, size=1):
+        self.model, self.be, self.xp, self.loss = model, model.backend, model.xp, loss
+        self.metric_fns, self.batch_size, self.shuffle, self.epochs = metric_fns, batch_size, shuffle, epochs
+        self.rank, self.size, self.parallel = rank, size, size > 1
+        self.total = self.total_v = 0.0
+        self.stream = self.val_stream = None
+        self.X = self.T = self.W = self.Xv = self.Tv = self.Wv = None
+        self.n = None
+
+    def load(self, X, y, sample_weight=None, validation_data=None, validation_split=0.0):
+        """Take the data (arrays, or a stream: :func:`is_stream`) and the validation part; returns self."""
+        if is_stream(X, y):
+            self._setup_stream(X, y, sample_weight, validation_data, validation_split)
+        else:
+            self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
+        return self
+
+    @property
+    def has_validation(self):
+        return self.Xv is not None or self.val_stream is not None
+
+    def n_batches(self):
+        """Batches per epoch (0 when a stream does not say)."""
+        if self.stream is None:
+            return len(batch_ranges(self.n, self.batch_size))
+        return self.stream.n_batches(self.batch_size) or 0
+
+    def _prepared(self, stream, order, total, batch_size=None):
+        """A stream's batches as checked device batches (this rank's slice), the rows (or Σ w) of the global
+        batches added to ``self.<total>`` on the host; a batch that cannot be used is a BatchError naming it."""
+        model, loss, be = self.model, self.loss, self.be
+        it = stream.epoch_batches(batch_size or self.batch_size, order)
+        with be.activate():  # device context is per thread (CUDA)
+            for i in itertools.count():
+                try:
+                    (s, e), (xb, yb, wb) = next(it)
+                except StopIteration:
+                    return
+                except BatchError:
+                    raise
+                except Exception as exc:  # the user's dataset or loader raised
+                    raise BatchError(f"batch {i} of the stream could not be read: {type(exc).__name__}: "
+                                          f"{exc}") from exc
+                try:
+                    xb, yb = host_if_foreign(be, xb), host_if_foreign(be, yb)
+                    rows = int(xb.shape[0])
+                    w_host = None
+                    if wb is not None:
+                        _, w_host = check_weights(model, host_if_foreign(be, wb), rows)
+                    setattr(self, total, getattr(self, total) + (rows if w_host is None else float(w_host.sum())))
+                    a, b = rank_slice(0, rows, self.rank, self.size) if self.parallel else (0, rows)
+                    if b <= a:
+                        yield None, None, None, 0.0, e
+                        continue
+                    X = model._as_input(xb[a:b] if (a, b) != (0, rows) else xb)
+                    T = model._as_target(yb[a:b] if (a, b) != (0, rows) else yb, b - a, loss)
+                    W = None if w_host is None else be.asarray(w_host[a:b], dtype=be.dtype)
+                except (TypeError, ValueError) as exc:
+                    raise BatchError(f"batch {i} (rows {s} to {e - 1}) of the stream: {exc}") from None
+                yield X, T, W, (b - a) / rows, e
+
+    def stream_sums(self, stream):
+        """Validation sums over a stream (inference, in order), its rows (or Σ w) counted in ``total_v``."""
+        self.total_v, sums = 0.0, None
+        for X, T, W, _, _ in self._prepared(stream, None, "total_v", max(self.batch_size, 1024)):
+            if X is None:
+                continue
+            part = batch_sums(self.model, X, T, self.loss, self.metric_fns, max(self.batch_size, 1024), W)
+            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+        return sums
+
+    def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split):
+        """In-memory data: validated once, sent to the device once."""
+        model, loss = self.model, self.loss
+        X = model._as_input(X)
+        T = model._as_target(y, X.shape[0], loss)
+        W, w_host = check_weights(model, sample_weight, X.shape[0])
+        self.Wv, wv_host = None, None
+        if validation_split:
+            split = int(X.shape[0] * (1.0 - validation_split))
+            if split < 1:
+                raise ValueError(f"validation_split={validation_split} leaves no training rows out of {X.shape[0]}")
+            self.Xv, self.Tv, X, T = slice_rows(X, split, None), T[split:, ...], slice_rows(X, 0, split), T[:split, ...]
+            if W is not None:
+                self.Wv, W, wv_host, w_host = W[split:], W[:split], w_host[split:], w_host[:split]
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
+                                 "sample_weight_val)")
+            try:
+                self.Xv = model._as_input(validation_data[0])
+                self.Tv = model._as_target(validation_data[1], self.Xv.shape[0], loss)
+                if len(validation_data) == 3 and validation_data[2] is not None:
+                    self.Wv, wv_host = check_weights(model, validation_data[2], self.Xv.shape[0])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
+                                 f"sample_weight_val) of arrays that fit the model: {exc}") from None
+        else:
+            self.Xv = self.Tv = None
+        self.X, self.T, self.W, self.n = X, T, W, X.shape[0]
+        self.total = float(self.n) if W is None else float(w_host.sum())
+        self.total_v = None if self.Xv is None else (float(self.Xv.shape[0]) if self.Wv is None
+                                                      else float(wv_host.sum()))
+
+    def _setup_stream(self, X, y, sample_weight, validation_data, validation_split):
+        """Streamed data (:mod:`nnkit.data`): checked batch by batch on the host as it is read."""
+        stream = make_stream(X, y, sample_weight)
+        if validation_split:
+            if not isinstance(stream, MappedRows) or isinstance(stream, DatasetRows):
+                raise ValueError("validation_split needs rows it can count: with a dataset or batches pass "
+                                 "validation_data=")
+            split = int(stream.n * (1.0 - validation_split))
+            if split < 1:
+                raise ValueError(f"validation_split={validation_split} leaves no training rows out of {stream.n}")
+            self.val_stream, stream = stream.tail(split), stream.head(split)  # views of the file: no copy
+        elif validation_data is not None:
+            if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+                vx, vy = validation_data[0], validation_data[1]
+                vw = validation_data[2] if len(validation_data) == 3 else None
+                self.val_stream = make_stream(np.asarray(vx) if not isinstance(vx, np.ndarray) else vx, vy, vw)
+            else:
+                self.val_stream = make_stream(validation_data)
+        if stream.one_shot and self.epochs > 1:
+            raise ValueError("X is a one-shot generator, which can feed one epoch only, and fit was asked for "
+                             f"{self.epochs}: pass a function that returns a new generator (fit(lambda: "
+                             "make_batches(), ...)) or a re-iterable (a list of batches, a torch DataLoader)")
+        self.stream, self.n = stream, stream.n
+        self.X = self.T = self.W = self.Xv = self.Tv = self.Wv = None
+        self.total = self.total_v = None  # counted while the epoch runs
+
+    def batches(self):
+        """(X_b, T_b, W_b, share, end) for this rank's slice of every global batch of an epoch (X_b None
+        when the slice is empty; W_b None without sample weights); one shuffle per epoch, drawn on the
+        host from the model's generator.  A sparse X (host CSR) is densified one batch at a time; a
+        stream's batches are read, checked and copied to the device ahead, in a background thread."""
+        if self.stream is not None:
+            self.total = 0.0
+            order = self.model.rng.permutation(self.n) if self.shuffle and self.n is not None else None
+            yield from prefetch(self._prepared(self.stream, order, "total"))
+            return
+        xp, model, W = self.xp, self.model, self.W
+        sparse = is_sparse(self.X)
+        order = None
+        if self.shuffle:
+            perm = model.rng.permutation(self.n)
+            order = (perm, self.be.asarray(perm)) if sparse else (None, self.be.asarray(perm))
+        for s, e in batch_ranges(self.n, self.batch_size):
+            a, b = rank_slice(s, e, self.rank, self.size) if self.parallel else (s, e)
+            if b <= a:  # a global batch smaller than the number of ranks: nothing here this step
+                yield None, None, None, 0.0, e
+            elif order is None:
+                yield (model._rows(self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b],
+                       (b - a) / (e - s), e)
+            else:
+                idx = order[1][a:b]
+                xb = model._dense(self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
+                yield (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
+                       (b - a) / (e - s), e)
+
+    def validation_sums(self, nothing):
+        """[Σ w·loss, Σ w·metric...] over this rank's share of the validation data (``nothing`` when it has no
+        rows), as 0-d device arrays."""
+        if self.val_stream is not None:
+            vs = self.stream_sums(self.val_stream)
+            return nothing if vs is None else vs
+        va, vb = rank_slice(0, self.Xv.shape[0], self.rank, self.size) if self.parallel else (0, self.Xv.shape[0])
+        if vb <= va:
+            return nothing
+        return batch_sums(self.model, slice_rows(self.Xv, va, vb), self.Tv[va:vb, ...], self.loss, self.metric_fns,
+                          max(self.batch_size, 1024), None if self.Wv is None else self.Wv[va:vb])

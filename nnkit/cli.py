@@ -46,6 +46,9 @@ def _parser():
     d = t.add_argument_group("data")
     d.add_argument("--data", default="digits", metavar="NAME|PATH",
                    help="digits (bundled, default), spirals, moons, xor, or a .csv / .npz file")
+    d.add_argument("--label-file", default=None, metavar="LABELS.npy",
+                   help="with --data FILE.npy: the labels, one per row (default: the last column of FILE.npy); "
+                        "a .npy is memory-mapped and streamed, a batch at a time")
     d.add_argument("--label", default=None, metavar="COLUMN",
                    help="label column of a CSV (name or 0-based index; default 'label') or array of an NPZ (default 'y')")
     d.add_argument("--delimiter", default=None, metavar="CHAR",
@@ -115,6 +118,8 @@ def _parser():
     pr.add_argument("--delimiter", default=None, metavar="CHAR", help="CSV delimiter (default: detected)")
     pr.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default UTF-8)")
     pr.add_argument("--backend", default="numpy")
+    pr.add_argument("--chunk-rows", type=int, default=65536, metavar="N",
+                    help="rows read and predicted at a time, for files larger than memory (default 65536)")
 
     da = sub.add_parser("data", help="write a bundled or synthetic data set as CSV",
                         description="Write digits, spirals, moons or xor as a CSV file (a header row, "
@@ -205,6 +210,8 @@ def cmd_train(args):
         if path:
             _check_output(flag, path)
 
+    if args.data.lower().endswith(".npy"):
+        return _train_streamed(args)
     X, y, classes, features, label_name, source = _load_data(args)
     regression = args.task == "regression"
     if args.plot_boundary and (X.shape[1] != 2 or regression):
@@ -283,16 +290,146 @@ def cmd_train(args):
     return 0
 
 
+class _ScaledRows:
+    """A dataset over memory-mapped rows: ``ds[idx]`` reads those rows, scales them (x − mean)/std and returns
+    (X float32, targets) — the training pipeline of ``nnkit train`` without the file in memory."""
+
+    def __init__(self, X, y, mean, std, start, stop):
+        self.X, self.y, self.mean, self.std, self.start, self.stop = X, y, mean, std, start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, idx):
+        rows = np.asarray(idx) + self.start
+        order = np.argsort(rows, kind="stable")  # the file read in order, handed back in the asked order
+        X = np.empty((len(rows), self.X.shape[1]), dtype=np.float64)
+        X[order] = self.X[rows[order]]
+        return ((X - self.mean) / self.std).astype(np.float32), self.y[rows]
+
+
+def _train_streamed(args):
+    """``nnkit train --data FILE.npy [--label-file LABELS.npy]``: trained from the memory-mapped file, a batch
+    at a time; the test part is the last rows, the scaling is computed in chunks (two passes)."""
+    import nnkit
+    from .optim import get_optimizer
+    from .preprocessing import Preprocessing
+
+    path = os.path.expanduser(args.data)
+    if not os.path.isfile(path):
+        raise CLIError(f"no such data file: {args.data!r}")
+    if args.conv or args.impute:
+        raise CLIError("--conv and --impute are not offered for streamed .npy data")
+    X = _open_npy(path)
+    if args.label_file:
+        if not os.path.isfile(args.label_file):
+            raise CLIError(f"no such label file: {args.label_file!r}")
+        y_all = _open_npy_1d(args.label_file, X.shape[0])
+    else:
+        if X.shape[1] < 2:
+            raise CLIError(f"{path}: the last column is the label, and nothing is left for features")
+        X, y_all = X[:, :-1], X[:, -1]  # views of the file
+    n = X.shape[0]
+    regression = args.task == "regression"
+    y_host = np.asarray(y_all, dtype=np.float64)  # one number a row: the labels are read whole
+    if not np.all(np.isfinite(y_host)):
+        raise CLIError(f"{args.label_file or path}: the labels hold NaN or infinity")
+    if regression:
+        classes, targets = None, y_host.astype(np.float32)
+    else:
+        values, targets = np.unique(y_host, return_inverse=True)
+        if len(values) < 2:
+            raise CLIError(f"{args.label_file or path}: only one class ({values[0]:g}) among the labels")
+        classes = [int(v) if float(v).is_integer() else float(v) for v in values]
+    n_test = max(1, int(round(n * args.test_size)))
+    n_train = n - n_test
+    n_val = int(round(n_train * args.validation_split))
+    n_fit = n_train - n_val
+    if n_fit < 2:
+        raise CLIError(f"{path}: {n} rows leave no training rows after the test and validation parts")
+    mean, std = _chunked_moments(X, n_fit)
+    pre = Preprocessing(feature_names=[f"x{j}" for j in range(X.shape[1])], mean=mean, std=std, classes=classes,
+                        task=args.task, label=None)
+    part = lambda a, b: _ScaledRows(X, targets, mean, std, a, b)  # noqa: E731
+    n_out = 1 if regression else len(classes)
+    try:
+        model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
+                                     dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
+                                     residual=args.residual, precision=args.precision)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    model.preprocessing = pre
+    model.info["source"] = path
+    loss = "mse" if regression else "cross_entropy"
+    metrics = ["mae"] if regression else ["accuracy"]
+    optimizer = get_optimizer(args.optimizer, **({} if args.lr is None else {"lr": args.lr}))
+    say = (lambda *a: None) if args.quiet else print
+    say(f"data: {path} (memory-mapped, streamed): {n_fit} train / {n_val} validation / {n_test} test rows, "
+        f"{X.shape[1]} features" + ("" if regression else f", {n_out} classes"))
+    t0 = time.perf_counter()
+    history = model.fit(part(0, n_fit), loss=loss, optimizer=optimizer, epochs=args.epochs,
+                        batch_size=args.batch_size, validation_data=part(n_fit, n_train) if n_val else None,
+                        early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
+                                        if args.early_stopping else None),
+                        metrics=metrics, verbose=0 if args.quiet else 1)
+    seconds = time.perf_counter() - t0
+    result = model.evaluate(part(n_train, n), None, loss, metrics=metrics)
+    epochs = len(history["loss"])
+    if regression:
+        print(f"test MSE: {2 * result['loss']:.6g}   test MAE: {result['mae']:.6g}   ({epochs} epochs in "
+              f"{seconds:.1f} s on {model.backend.name})")
+    else:
+        print(f"test accuracy: {100 * result['accuracy']:.2f}%   test loss: {result['loss']:.4f}   ({epochs} epochs "
+              f"in {seconds:.1f} s on {model.backend.name})")
+    if args.save:
+        model.save(args.save)
+        print(f"saved the model to {args.save}")
+    return 0
+
+
+def _chunked_moments(X, n, chunk=65536):
+    """Column means and standard deviations of the first n rows, read a chunk at a time (two passes, float64);
+    a constant column gets 1."""
+    total = np.zeros(X.shape[1])
+    for s in range(0, n, chunk):
+        block = np.asarray(X[s:min(s + chunk, n)], dtype=np.float64)
+        if not np.all(np.isfinite(block)):
+            raise CLIError(f"rows {s} to {min(s + chunk, n) - 1} of the data hold NaN or infinity")
+        total += block.sum(axis=0)
+    mean = total / n
+    sq = np.zeros(X.shape[1])
+    for s in range(0, n, chunk):
+        d = np.asarray(X[s:min(s + chunk, n)], dtype=np.float64) - mean
+        sq += (d * d).sum(axis=0)
+    std = np.sqrt(sq / n)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def _open_npy_1d(path, rows):
+    try:
+        y = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
+    if y.ndim != 1 or y.shape[0] != rows or y.dtype.kind not in "biuf":
+        raise CLIError(f"{path}: expected {rows} numeric labels (one per row of the data), got {y.shape} {y.dtype}")
+    return y
+
+
 def cmd_predict(args):
+    """``nnkit predict MODEL.npz DATA``: a CSV read in chunks (``--chunk-rows``), a memory-mapped .npy or an
+    .npz; the predictions written as they are made (an --out file atomically, at the end)."""
     from . import load
-    from .datasets import load_csv, load_npz
+    from .datasets import Table, iter_csv, load_npz
 
     if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model!r}")
     if not os.path.exists(args.data):
         raise CLIError(f"no such data file: {args.data!r}")
     if os.path.isdir(args.data):
-        raise CLIError(f"{args.data!r} is a directory: give a .csv or .npz file")
+        raise CLIError(f"{args.data!r} is a directory: give a .csv, .npy or .npz file")
+    if args.chunk_rows < 1:
+        raise CLIError(f"--chunk-rows must be a positive integer, got {args.chunk_rows}")
     if args.out:
         _check_output("--out", args.out)
     try:
@@ -301,44 +438,80 @@ def cmd_predict(args):
         raise CLIError(str(exc)) from None
     pre = model.preprocessing
     label = args.label if args.label is not None else ((pre.label if pre else None) or None)
-    if args.data.lower().endswith(".npz"):
-        table = load_npz(args.data, label=label or "y", require_label=False)
+    lower = args.data.lower()
+    if lower.endswith(".npz"):
+        tables = iter([load_npz(args.data, label=label or "y", require_label=False)])
+    elif lower.endswith(".npy"):
+        X = _open_npy(args.data)
+        tables = (Table(X[s:s + args.chunk_rows], None, None, None, None, args.data)
+                  for s in range(0, X.shape[0], args.chunk_rows))
     else:
-        table = load_csv(args.data, label=label or "label", require_label=args.label is not None,
-                         delimiter=args.delimiter, encoding=args.encoding,
-                         missing="keep" if pre is not None and pre.fill is not None else "error")
-    if not table.header:  # no column names: the columns are taken in the training order
-        table.feature_names = None
-    if pre is None and table.X.shape[1] != model.n_features_in:
-        raise CLIError(f"{args.data}: {table.X.shape[1]} feature columns, but the model expects {model.n_features_in}")
-    try:
-        result = model.predict_labels(table, proba=True)
-    except ValueError as exc:
-        raise CLIError(f"{args.data}: {exc}") from None
-    lines = []
-    if pre is not None and pre.task == "regression":
-        values = np.asarray(result[0]).reshape(len(table.X), -1)
-        lines.append("prediction" if values.shape[1] == 1 else ",".join(f"prediction_{j}" for j in range(values.shape[1])))
-        lines += [",".join(f"{v:.9g}" for v in row) for row in values]
-    else:
-        pred, proba = result
-        names = pre.classes if pre is not None and pre.classes is not None else list(range(proba.shape[1]))
-        header = ["prediction"] + ([f"p_{c}" for c in names] if args.proba else [])
-        lines.append(",".join(_csv_cell(h) for h in header))
-        for i, k in enumerate(pred):
-            row = [_csv_cell(k)] + ([f"{p:.6f}" for p in proba[i]] if args.proba else [])
-            lines.append(",".join(row))
-        if table.y is not None and table.classes is not None:
-            truth = np.array([str(table.classes[j]) for j in table.y])
-            acc = float(np.mean(truth == np.array([str(k) for k in pred])))
-            print(f"accuracy against the file's {table.label_name!r} column: {100 * acc:.2f}%", file=sys.stderr)
-    text = "\n".join(lines) + "\n"
+        tables = iter_csv(args.data, label=label or "label", delimiter=args.delimiter, encoding=args.encoding,
+                          missing="keep" if pre is not None and pre.fill is not None else "error",
+                          chunk_rows=args.chunk_rows)
+    score = {"right": 0, "rows": 0, "label": None, "lines": 0}
+
+    def lines():
+        regression = pre is not None and pre.task == "regression"
+        for n, table in enumerate(tables):
+            if not getattr(table, "header", True):  # no column names: the columns are taken in the training order
+                table.feature_names = None
+            if pre is None and table.X.shape[1] != model.n_features_in:
+                raise CLIError(f"{args.data}: {table.X.shape[1]} feature columns, but the model expects "
+                               f"{model.n_features_in}")
+            try:
+                result = model.predict_labels(table, proba=True)
+            except ValueError as exc:
+                raise CLIError(f"{args.data}: {exc}") from None
+            if regression:
+                values = np.asarray(result[0]).reshape(len(table.X), -1)
+                if n == 0:
+                    yield "prediction" if values.shape[1] == 1 else \
+                        ",".join(f"prediction_{j}" for j in range(values.shape[1]))
+                for row in values:
+                    yield ",".join(f"{v:.9g}" for v in row)
+                continue
+            pred, proba = result
+            if n == 0:
+                names = pre.classes if pre is not None and pre.classes is not None else list(range(proba.shape[1]))
+                yield ",".join(_csv_cell(h) for h in ["prediction"] + ([f"p_{c}" for c in names] if args.proba
+                                                                        else []))
+            for i, k in enumerate(pred):
+                yield ",".join([_csv_cell(k)] + ([f"{p:.6f}" for p in proba[i]] if args.proba else []))
+            if table.y is not None and table.classes is not None:
+                truth = np.array([str(table.classes[j]) for j in table.y])
+                score["right"] += int(np.sum(truth == np.array([str(k) for k in pred])))
+                score["rows"] += len(truth)
+                score["label"] = table.label_name
+
+    def write(f):
+        for line in lines():
+            f.write((line + "\n").encode())
+            score["lines"] += 1
+
     if args.out:
-        _write_text(args.out, text)
-        print(f"wrote {len(lines) - 1} predictions to {args.out}", file=sys.stderr)
+        atomic_write(args.out, write)  # rows written as they come, into a temporary file renamed at the end
     else:
-        sys.stdout.write(text)
+        for line in lines():
+            sys.stdout.write(line + "\n")
+            score["lines"] += 1
+    if score["rows"]:
+        print(f"accuracy against the file's {score['label']!r} column: {100 * score['right'] / score['rows']:.2f}%",
+              file=sys.stderr)
+    if args.out:
+        print(f"wrote {score['lines'] - 1} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _open_npy(path):
+    """A .npy file memory-mapped (rows read as needed), 2-D and numeric, else a CLIError naming it."""
+    try:
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
+    if X.ndim != 2 or X.dtype.kind not in "biuf" or X.shape[0] == 0:
+        raise CLIError(f"{path}: expected a non-empty 2-D numeric array (rows, columns), got {X.shape} {X.dtype}")
+    return X
 
 
 def _csv_cell(value):

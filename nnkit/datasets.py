@@ -242,10 +242,15 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
     if not body:
         raise ValueError(f"{path}: no data rows after the header")
     first = 1 + bool(header)  # the file line of body[0] (blank lines aside)
-    for i, r in enumerate(body):
-        if len(r) != width:
-            raise ValueError(f"{path}: row {i + first} has {len(r)} cells, expected {width} "
-                             f"(delimiter {delimiter!r})")
+    col, feat = _columns(path, names, width, label, require_label)
+    table = _parse_rows(path, body, names, width, first, col, feat, missing, regression, 2 if require_label else 1,
+                        delimiter)
+    table.header = bool(header)
+    return table
+
+
+def _columns(path, names, width, label, require_label):
+    """(label column or None, feature columns) of a file with these column names."""
     col = None
     if label is not None:
         try:
@@ -256,6 +261,16 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
     feat = [j for j in range(width) if j != col]
     if not feat:
         raise ValueError(f"{path}: no feature columns besides the label column")
+    return col, feat
+
+
+def _parse_rows(path, body, names, width, first, col, feat, missing, regression, min_classes, delimiter):
+    """The rows of a CSV body (``first``: the file line of body[0]) → :class:`Table`, with the errors that
+    name the column and row."""
+    for i, r in enumerate(body):
+        if len(r) != width:
+            raise ValueError(f"{path}: row {i + first} has {len(r)} cells, expected {width} "
+                             f"(delimiter {delimiter!r})")
     X = np.empty((len(body), len(feat)), dtype=np.float64)
     for i, r in enumerate(body):
         for k, j in enumerate(feat):
@@ -284,8 +299,62 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
         if gaps:
             raise ValueError(f"{path}: the label column {names[col]!r} has a missing value in row {gaps[0] + first}")
         raw = np.array([float(v) for v in raw]) if all(_is_number(v) for v in raw) else np.array(raw)
-        y, classes = _labels(raw, regression, 2 if require_label else 1)
-    table = Table(X, y, classes, [names[j] for j in feat], None if col is None else names[col], path)
+        y, classes = _labels(raw, regression, min_classes)
+    return Table(X, y, classes, [names[j] for j in feat], None if col is None else names[col], path)
+
+
+def iter_csv(path, label="label", header=None, delimiter=None, encoding="utf-8-sig", missing="error",
+             chunk_rows=65536):
+    """A CSV file as :class:`Table` chunks of at most ``chunk_rows`` rows, read one chunk at a time — for files
+    larger than memory.  Each chunk is parsed and checked as :func:`load_csv` does (errors name the file's
+    row); labels are optional (each chunk's ``classes`` are its own)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a CSV file")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    try:
+        with open(path, newline="", encoding=encoding) as f:
+            sample = f.read(1 << 16)
+            if delimiter is None:
+                try:
+                    delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+                except csv.Error:
+                    delimiter = ","
+            f.seek(0)
+            rows = (r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r))
+            top = next(rows, None)
+            if top is None:
+                raise ValueError(f"{path}: the file is empty")
+            width = len(top)
+            if header is None:
+                header = not all(_is_number(c) or c.strip().lower() in MISSING for c in top)
+            names = [c.strip() for c in top] if header else [str(i) for i in range(width)]
+            col, feat = _columns(path, names, width, label, False)
+            first, chunk = 1 + bool(header), ([] if header else [top])
+            seen = 0
+            for r in rows:
+                chunk.append(r)
+                if len(chunk) == chunk_rows:
+                    yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
+                    first, chunk, seen = first + len(chunk), [], seen + len(chunk)
+            if chunk:
+                yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
+            elif not seen:
+                raise ValueError(f"{path}: no data rows after the header")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                         f"position {exc.start}): give the file's encoding (CLI: --encoding latin-1)") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}") from None
+
+
+def _chunk(path, body, names, width, first, col, feat, missing, delimiter, header):
+    table = _parse_rows(path, body, names, width, first, col, feat, missing, False, 1, delimiter)
     table.header = bool(header)
     return table
 

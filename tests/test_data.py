@@ -210,3 +210,60 @@ def test_the_stream_benchmark_runs_small(tmp_path, capsys):
     assert rs.main(["--gb", "0.02", "--backends", "numpy", "--out", str(tmp_path / "s.md")]) == 0
     text = (tmp_path / "s.md").read_text()
     assert "| numpy | small |" in text and "ratio" in text
+
+
+# -- the command line streams too ---------------------------------------------------------------------------------
+def test_cli_trains_from_a_memory_mapped_npy_and_predicts_in_chunks(tmp_path, capsys):
+    from nnkit.cli import main
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 5)).astype(np.float32)
+    y = (X[:, 0] - X[:, 1] > 0).astype(np.int64)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "Xy.npy", np.column_stack([X, y]).astype(np.float32))
+    model_path = tmp_path / "m.npz"
+    assert main(["train", "--data", str(tmp_path / "X.npy"), "--label-file", str(tmp_path / "y.npy"), "--hidden", "16",
+                 "--epochs", "5", "--lr", "0.01", "--validation-split", "0.1", "--save", str(model_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("test accuracy: ")[1].split("%")[0])
+    assert acc > 90
+    assert main(["train", "--data", str(tmp_path / "Xy.npy"), "--hidden", "8", "--epochs", "1", "--quiet"]) == 0
+    model = nnkit.load(model_path)
+    # predictions from the .npy, in chunks, equal the model's on the whole array
+    assert main(["predict", str(model_path), str(tmp_path / "X.npy"), "--out", str(tmp_path / "p.csv"),
+                 "--chunk-rows", "300"]) == 0
+    got = np.loadtxt(tmp_path / "p.csv", skiprows=1, dtype=int)
+    np.testing.assert_array_equal(got, model.predict_labels(X))
+    # a CSV read in chunks of 7 rows writes what one read of the whole file writes, the accuracy line too
+    csv = tmp_path / "d.csv"
+    csv.write_text("x0,x1,x2,x3,x4,label\n" + "\n".join(",".join(f"{v:.6g}" for v in row) + f",{t}"
+                                                         for row, t in zip(X[:100], y[:100])) + "\n")
+    capsys.readouterr()
+    for chunk in ("7", "65536"):
+        assert main(["predict", str(model_path), str(csv), "--chunk-rows", chunk, "--proba"]) == 0
+        captured = capsys.readouterr()
+        if chunk == "7":
+            first = captured
+    assert first.out == captured.out and first.err == captured.err and "accuracy against" in captured.err
+
+
+@pytest.mark.parametrize("bad,match", [("short", "expected 2000 numeric labels"), ("1d", "2-D numeric"),
+                                       ("nan", "NaN or infinity")])
+def test_cli_streaming_mistakes_are_one_line(tmp_path, capsys, bad, match):
+    from nnkit.cli import main
+
+    X = np.random.default_rng(0).normal(size=(2000, 4)).astype(np.float32)
+    labels = np.zeros(2000)
+    labels[::2] = 1
+    if bad == "short":
+        labels = labels[:10]
+    if bad == "1d":
+        X = X[:, 0]
+    if bad == "nan":
+        labels[5] = np.nan
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", labels)
+    assert main(["train", "--data", str(tmp_path / "X.npy"), "--label-file", str(tmp_path / "y.npy"),
+                 "--epochs", "1", "--quiet"]) == 2
+    assert match in capsys.readouterr().err

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import types
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES", "host_copy"
 BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict", "jax")
 DTYPE_NAMES = ("float32", "float64")
 _NO_CONTEXT = contextlib.nullcontext()
+_THREAD = threading.local()  # per thread: the backend whose copies go through copy_stream()
 
 
 class Backend:
@@ -131,6 +133,11 @@ class Backend:
             x = np.ascontiguousarray(x)
             if not x.flags.writeable:
                 x = x.copy()
+            if getattr(_THREAD, "pinned", None) is self and isinstance(x, np.ndarray):  # in copy_stream(): async
+                import torch
+
+                t = torch.from_numpy(x).pin_memory()
+                return t.to(device=self.device, dtype=dtype, non_blocking=True)
         with self.activate():
             return xp.asarray(x, dtype=dtype, device=self.device)
 
@@ -258,6 +265,41 @@ class Backend:
 
             return call
         return None
+
+    @contextlib.contextmanager
+    def copy_stream(self):
+        """Host-to-device copies for a background thread that prepares batches ahead (``nnkit.data.prefetch``):
+        inside, this backend's copies go on a side stream — torch-CUDA copies from pinned host memory with
+        ``non_blocking=True``, CuPy copies on a stream of their own — and ``done()`` waits for them in *that*
+        thread, so the batch handed over is complete while the main thread's step ran on.  JAX's
+        ``device_put`` is asynchronous by itself; on the CPU this is a no-op."""
+        class Copies:
+            def __init__(self, stream):
+                self.stream = stream
+
+            def done(self):
+                if self.stream is not None:
+                    self.stream.synchronize()
+
+        if self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            stream = torch.cuda.Stream(device=self.device)
+            _THREAD.pinned = self  # this thread's copies to this backend: pinned, non-blocking
+            try:
+                with torch.cuda.stream(stream):
+                    yield Copies(stream)
+            finally:
+                _THREAD.pinned = None
+        elif self.name == "cupy":
+            import cupy
+
+            with self.device:
+                stream = cupy.cuda.Stream(non_blocking=True)
+                with stream:
+                    yield Copies(stream)
+        else:
+            yield Copies(None)
 
     def synchronize(self, *arrays):
         """Block until the work queued on this backend's device (and producing ``arrays``) is done.

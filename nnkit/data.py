@@ -18,7 +18,8 @@ Each streamed batch is checked on the host the way in-memory data is checked onc
 values, labels) before it goes to the device, and a bad batch is a ``ValueError`` naming the batch;
 ``fit`` then restores the weights and optimizer state of the epoch's start.  The next batch is prepared
 (read, checked and copied to the device) in a background thread while the current step runs: a bounded
-prefetch of two batches (``Backend.to_device`` copies without blocking where the library can).
+prefetch of two batches, its copies on a side stream (``Backend.copy_stream``: pinned memory and
+non-blocking copies on torch-CUDA, a stream of its own on CuPy; JAX's ``device_put`` is asynchronous).
 """
 from __future__ import annotations
 
@@ -432,7 +433,7 @@ class FitData:
         batches added to ``self.<total>`` on the host; a batch that cannot be used is a BatchError naming it."""
         model, loss, be = self.model, self.loss, self.be
         it = stream.epoch_batches(batch_size or self.batch_size, order)
-        with be.activate():  # device context is per thread (CUDA)
+        with be.activate(), be.copy_stream() as copies:  # the device context is per thread (CUDA)
             for i in itertools.count():
                 try:
                     (s, e), (xb, yb, wb) = next(it)
@@ -459,6 +460,7 @@ class FitData:
                     W = None if w_host is None else be.asarray(w_host[a:b], dtype=be.dtype)
                 except (TypeError, ValueError) as exc:
                     raise BatchError(f"batch {i} (rows {s} to {e - 1}) of the stream: {exc}") from None
+                copies.done()  # this batch's copies are complete before it is handed to the step
                 yield X, T, W, (b - a) / rows, e
 
     def stream_sums(self, stream):

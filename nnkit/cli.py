@@ -263,19 +263,7 @@ def cmd_train(args):
                                         if args.early_stopping else None),
                         metrics=metrics, verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - t0
-    result = model.evaluate(Xte, yte, loss, metrics=metrics)
-    epochs = len(history["loss"])
-    note = " (interrupted)" if history.interrupted else (
-        f" (early stop, best epoch kept)" if history.stopped_epoch is not None else "")
-    if regression:
-        print(f"test MSE: {2 * result['loss']:.6g}   test MAE: {result['mae']:.6g}   "
-              f"({epochs} epochs in {seconds:.1f} s on {model.backend.name}{note})")
-    else:
-        print(f"test accuracy: {100 * result['accuracy']:.2f}%   test loss: {result['loss']:.4f}   "
-              f"({epochs} epochs in {seconds:.1f} s on {model.backend.name}{note})")
-    if args.save:
-        model.save(args.save)
-        print(f"saved the model to {args.save}")
+    _report_test(model, model.evaluate(Xte, yte, loss, metrics=metrics), history, seconds, regression, args.save)
     shape = f"{source}: {'-'.join(map(str, [X.shape[1], *args.hidden, n_out]))} {args.activation}"
     if args.plot:
         plots_.training_curves(history, args.plot, title=shape, held_out=held_out)
@@ -373,18 +361,24 @@ def _train_streamed(args):
                                         if args.early_stopping else None),
                         metrics=metrics, verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - t0
-    result = model.evaluate(part(n_train, n), None, loss, metrics=metrics)
-    epochs = len(history["loss"])
-    if regression:
-        print(f"test MSE: {2 * result['loss']:.6g}   test MAE: {result['mae']:.6g}   ({epochs} epochs in "
-              f"{seconds:.1f} s on {model.backend.name})")
-    else:
-        print(f"test accuracy: {100 * result['accuracy']:.2f}%   test loss: {result['loss']:.4f}   ({epochs} epochs "
-              f"in {seconds:.1f} s on {model.backend.name})")
-    if args.save:
-        model.save(args.save)
-        print(f"saved the model to {args.save}")
+    _report_test(model, model.evaluate(part(n_train, n), None, loss, metrics=metrics), history, seconds,
+                 regression, args.save)
     return 0
+
+
+def _report_test(model, result, history, seconds, regression, save):
+    """The test line of ``nnkit train`` (and the model saved, when asked)."""
+    epochs = len(history["loss"])
+    note = " (interrupted)" if history.interrupted else (
+        " (early stop, best epoch kept)" if history.stopped_epoch is not None else "")
+    where = f"({epochs} epochs in {seconds:.1f} s on {model.backend.name}{note})"
+    if regression:
+        print(f"test MSE: {2 * result['loss']:.6g}   test MAE: {result['mae']:.6g}   {where}")
+    else:
+        print(f"test accuracy: {100 * result['accuracy']:.2f}%   test loss: {result['loss']:.4f}   {where}")
+    if save:
+        model.save(save)
+        print(f"saved the model to {save}")
 
 
 def _chunked_moments(X, n, chunk=65536):

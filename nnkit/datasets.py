@@ -186,27 +186,44 @@ def _column_index(names, label, path):
 MISSING = ("", "na", "nan", "n/a", "null", "none", "?", "-")  # cells read as a missing value (any case)
 
 
-def _read_rows(path, delimiter, encoding):
-    """(rows, delimiter) of a CSV file: the delimiter detected from the first 64 kB unless given;
-    quoting as the csv module does it; a clear error for a wrong encoding or a binary file."""
+def _csv_rows(path, delimiter, encoding):
+    """(delimiter, rows): the delimiter detected from the first 64 kB unless given, and an iterator over the
+    non-blank rows, read lazily (quoting as the csv module does it); a wrong encoding or a binary file is a
+    clear ValueError while iterating."""
+    def rows(f):
+        try:
+            yield from (r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                             f"position {exc.start}): give the file's encoding (CLI: --encoding latin-1)") from None
+        except csv.Error as exc:
+            raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+        finally:
+            f.close()
+
     try:
-        with open(path, newline="", encoding=encoding) as f:
-            sample = f.read(1 << 16)
-            if delimiter is None:
-                try:
-                    delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-                except csv.Error:
-                    delimiter = ","
-            f.seek(0)
-            rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at "
-                         f"position {exc.start}): give the file's encoding (CLI: --encoding latin-1)") from None
-    except csv.Error as exc:
-        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+        f = open(path, newline="", encoding=encoding)
     except LookupError:
         raise ValueError(f"unknown encoding {encoding!r}") from None
-    return rows, delimiter
+    try:
+        sample = f.read(1 << 16)
+    except UnicodeDecodeError as exc:
+        f.close()
+        raise ValueError(f"{path}: not {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                         f"position {exc.start}): give the file's encoding (CLI: --encoding latin-1)") from None
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+        except csv.Error:
+            delimiter = ","
+    f.seek(0)
+    return delimiter, rows(f)
+
+
+def _read_rows(path, delimiter, encoding):
+    """(rows, delimiter) of a whole CSV file (see :func:`_csv_rows`)."""
+    delimiter, rows = _csv_rows(path, delimiter, encoding)
+    return list(rows), delimiter
 
 
 def load_csv(path, label="label", header=None, delimiter=None, regression=False, require_label=True,
@@ -315,42 +332,25 @@ def iter_csv(path, label="label", header=None, delimiter=None, encoding="utf-8-s
         raise ValueError(f"{path!r} is a directory, not a CSV file")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-    try:
-        with open(path, newline="", encoding=encoding) as f:
-            sample = f.read(1 << 16)
-            if delimiter is None:
-                try:
-                    delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-                except csv.Error:
-                    delimiter = ","
-            f.seek(0)
-            rows = (r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r))
-            top = next(rows, None)
-            if top is None:
-                raise ValueError(f"{path}: the file is empty")
-            width = len(top)
-            if header is None:
-                header = not all(_is_number(c) or c.strip().lower() in MISSING for c in top)
-            names = [c.strip() for c in top] if header else [str(i) for i in range(width)]
-            col, feat = _columns(path, names, width, label, False)
-            first, chunk = 1 + bool(header), ([] if header else [top])
-            seen = 0
-            for r in rows:
-                chunk.append(r)
-                if len(chunk) == chunk_rows:
-                    yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
-                    first, chunk, seen = first + len(chunk), [], seen + len(chunk)
-            if chunk:
-                yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
-            elif not seen:
-                raise ValueError(f"{path}: no data rows after the header")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at "
-                         f"position {exc.start}): give the file's encoding (CLI: --encoding latin-1)") from None
-    except csv.Error as exc:
-        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
-    except LookupError:
-        raise ValueError(f"unknown encoding {encoding!r}") from None
+    delimiter, rows = _csv_rows(path, delimiter, encoding)
+    top = next(rows, None)
+    if top is None:
+        raise ValueError(f"{path}: the file is empty")
+    width = len(top)
+    if header is None:
+        header = not all(_is_number(c) or c.strip().lower() in MISSING for c in top)
+    names = [c.strip() for c in top] if header else [str(i) for i in range(width)]
+    col, feat = _columns(path, names, width, label, False)
+    first, chunk, seen = 1 + bool(header), ([] if header else [top]), 0
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) == chunk_rows:
+            yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
+            first, chunk, seen = first + len(chunk), [], seen + len(chunk)
+    if chunk:
+        yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
+    elif not seen:
+        raise ValueError(f"{path}: no data rows after the header")
 
 
 def _chunk(path, body, names, width, first, col, feat, missing, delimiter, header):

@@ -104,7 +104,16 @@ class Stream:
         return None if self.n is None else -(-self.n // batch_size)
 
 
-class MappedRows(Stream):
+class _Rows(Stream):
+    """n rows read by index (``rows(idx)``), a batch at a time, in order or in a given order."""
+
+    def epoch_batches(self, batch_size, order=None):
+        for s in range(0, self.n, batch_size):
+            e = min(s + batch_size, self.n)
+            yield (s, e), self.rows(slice(s, e) if order is None else order[s:e])
+
+
+class MappedRows(_Rows):
     """Rows of (memory-mapped) host arrays: X (n, ...), y (n, ...) and optional weights, read per batch."""
 
     def __init__(self, X, y, w=None):
@@ -127,15 +136,11 @@ class MappedRows(Stream):
         return MappedRows(self.X[start:], self.y[start:], None if self.w is None else self.w[start:])
 
     def head(self, stop):
+        """Rows [0, stop) as another MappedRows (views)."""
         return MappedRows(self.X[:stop], self.y[:stop], None if self.w is None else self.w[:stop])
 
-    def epoch_batches(self, batch_size, order=None):
-        for s in range(0, self.n, batch_size):
-            e = min(s + batch_size, self.n)
-            yield (s, e), self.rows(slice(s, e) if order is None else order[s:e])
 
-
-class DatasetRows(MappedRows):
+class DatasetRows(_Rows):
     """A dataset: ``len(ds)`` rows, ``ds[indices]`` → ``(X, y)`` or ``(X, y, w)`` for an index array."""
 
     def __init__(self, dataset):
@@ -151,9 +156,6 @@ class DatasetRows(MappedRows):
             raise ValueError(f"dataset[indices] must return (X, y) or (X, y, sample_weight), got "
                              f"{type(got).__name__}")
         return tuple(got) if len(got) == 3 else (got[0], got[1], None)
-
-    def tail(self, start):
-        raise ValueError("validation_split needs arrays; with a dataset pass validation_data=another dataset")
 
 
 class BatchIterable(Stream):
@@ -510,7 +512,7 @@ class FitData:
         """Streamed data (:mod:`nnkit.data`): checked batch by batch on the host as it is read."""
         stream = make_stream(X, y, sample_weight)
         if validation_split:
-            if not isinstance(stream, MappedRows) or isinstance(stream, DatasetRows):
+            if not isinstance(stream, MappedRows):
                 raise ValueError("validation_split needs rows it can count: with a dataset or batches pass "
                                  "validation_data=")
             split = int(stream.n * (1.0 - validation_split))

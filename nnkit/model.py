@@ -480,8 +480,6 @@ class Sequential:
         """The last layer's output for X, as an array of the model's backend (inference only).  X may be
         streamed (a memory-mapped array, a dataset, batches: :mod:`nnkit.data`): read a batch at a time
         (``batch_size``, default 4096 rows), the outputs joined."""
-        from . import data
-
         if data.is_stream(X):
             return self._predict_stream(X, 4096 if batch_size is None else batch_size)
         X = self._as_input(X)
@@ -501,8 +499,6 @@ class Sequential:
 
     def _predict_stream(self, X, batch_size):
         """predict() of streamed data: each batch's rows (its X for a dataset or batches), in order."""
-        from . import data
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if isinstance(X, np.ndarray):

@@ -182,12 +182,7 @@ class _Run:
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
                                  self.size).load(X, y, sample_weight, validation_data, validation_split)
         self.n, self.batches = self.data.n, self.data.batches
-        self._setup_rest(model, optimizer, by_name, early_stopping, callbacks, verbose, checkpoint, resume,
-                         regularizer, comm, compile, lead, epochs)
 
-    def _setup_rest(self, model, optimizer, by_name, early_stopping, callbacks, verbose, checkpoint, resume,
-                    regularizer, comm, compile, lead, epochs):
-        loss = self.loss
         if resume and os.path.exists(os.fspath(checkpoint)):
             # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
             # hyperparameters and takes the saved moments and step counts

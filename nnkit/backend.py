@@ -237,6 +237,17 @@ class Backend:
         return _NO_CONTEXT
 
     @property
+    def on_cuda(self):
+        """True when this backend's arrays live on an NVIDIA GPU (CuPy, torch-CUDA, JAX on a GPU)."""
+        if self.name == "cupy":
+            return True
+        if self.name == "torch":
+            return self.device.type == "cuda"
+        if self.name == "jax":
+            return getattr(self.device, "platform", "") == "gpu"
+        return False
+
+    @property
     def compiles(self):
         """True where :meth:`compile` compiles (JAX, torch); elsewhere steps run eagerly."""
         return self.name in ("jax", "torch")

@@ -173,16 +173,6 @@ def _can(backend, dtype_name):
     return True
 
 
-def _on_cuda(backend):
-    if backend.name == "cupy":
-        return True
-    if backend.name == "torch":
-        return backend.device.type == "cuda"
-    if backend.name == "jax":
-        return getattr(backend.device, "platform", "") == "gpu"
-    return False
-
-
 def get_policy(precision, backend):
     """The :class:`Policy` for ``precision`` (None, ``"mixed_bfloat16"``, ``"mixed_float16"``, ``"tf32"``) on
     ``backend``; a precision the backend cannot honour is a ValueError naming backends that can."""
@@ -197,7 +187,7 @@ def get_policy(precision, backend):
         raise ValueError(f"precision={precision!r} keeps float32 master weights: use dtype='float32' "
                          f"(got dtype={backend.dtype_name!r})")
     if precision == "tf32":
-        if not _on_cuda(backend):
+        if not backend.on_cuda:
             raise ValueError(f"precision='tf32' needs an NVIDIA GPU (TF32 tensor cores), but backend "
                              f"'{backend.name}' runs on {backend.device_spec!r}: use backend='torch' with "
                              f"device='cuda', backend='cupy', or JAX on a GPU; on a CPU use "

@@ -312,6 +312,43 @@ class Backend:
         else:
             yield Copies(None)
 
+    # -- the fused descent update -------------------------------------------------------------
+    def descent_update(self, lr):
+        """``update(P, A, B) -> bool``: P ← P − lr·A·B in place, the product never stored, or None where the
+        library has no in-place matrix product.
+
+        Plain SGD's step on a weight whose gradient is a product (Dense: ∂L/∂W = Xᵀ·dZ) is one GEMM in
+        BLAS's form C ← α·A·B + β·C with α = −lr, β = 1, instead of a GEMM that writes dW and two passes
+        over it (lr·dW, then W − lr·dW).  ``update`` returns False, leaving P as it was, for arrays it
+        cannot take (another dtype or library, a layout BLAS cannot read); the caller then forms A·B.
+
+        * NumPy: the ``?gemm`` of the BLAS NumPy itself calls (OpenBLAS in NumPy's wheels: its ILP64
+          ``cblas_sgemm64_``/``cblas_dgemm64_`` by ctypes; the same library, so the same thread pool —
+          a second BLAS, SciPy's, would fight it for the cores), found and checked once against
+          ``matmul`` (:func:`_numpy_gemm`); None where NumPy links another BLAS.
+        * torch: ``P.addmm_(A, B, alpha=-lr)``; under a mixed policy (P float32, A and B bfloat16 or
+          float16) the product in the compute dtype, cast to float32 and added: ``P.add_(A·B, alpha=-lr)``.
+        * JAX, array-api-strict (immutable arrays), CuPy (not yet measured on a GPU) and other libraries: None.
+        """
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            return None  # a traced or device learning rate: the plain update
+        alpha = -float(lr)
+        if self.name == "numpy":
+            gemm = _numpy_gemm()
+            if gemm is None:
+                return None
+            return lambda P, A, B: gemm(P, A, B, alpha)
+        if self.name == "torch":
+            def update(P, A, B):
+                if A.dtype == P.dtype and B.dtype == P.dtype:
+                    P.addmm_(A, B, alpha=alpha)
+                else:  # mixed: the product in the compute dtype, cast, added (a mixed-dtype add_ is slower)
+                    P.add_((A @ B).to(P.dtype), alpha=alpha)
+                return True
+
+            return update
+        return None
+
     def synchronize(self, *arrays):
         """Block until the work queued on this backend's device (and producing ``arrays``) is done.
 
@@ -363,6 +400,108 @@ def _tf32(backend):
                 yield
         else:
             yield
+
+
+# -- NumPy's own BLAS, for the fused descent update ---------------------------------------------------
+_UNSET = object()
+_GEMM = _UNSET
+
+
+class _Gemm:
+    """C ← C + α·A·B in place with a BLAS's row-major ``cblas_?gemm`` (ILP64: 64-bit sizes), for float32 and
+    float64 NumPy arrays; False (nothing done) for anything it cannot pass to BLAS as it is."""
+
+    ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+    def __init__(self, sgemm, dgemm):
+        import ctypes
+
+        size, ptr = ctypes.c_int64, ctypes.c_void_p
+        for fn, real in ((sgemm, ctypes.c_float), (dgemm, ctypes.c_double)):
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, size, size, size, real, ptr, size, ptr, size,
+                           real, ptr, size]
+        self.fns = {np.dtype(np.float32): sgemm, np.dtype(np.float64): dgemm}
+
+    def _operand(self, a):
+        """(transpose flag, leading dimension) of a row-major view of ``a``, or None."""
+        if a.flags.c_contiguous:
+            return self.NO_TRANS, max(a.shape[1], 1)
+        if a.flags.f_contiguous:  # a is the transpose of a C-contiguous array
+            return self.TRANS, max(a.shape[0], 1)
+        return None
+
+    def __call__(self, C, A, B, alpha):
+        if not (type(C) is np.ndarray and type(A) is np.ndarray and type(B) is np.ndarray):
+            return False
+        fn = self.fns.get(C.dtype)
+        if fn is None or A.dtype != C.dtype or B.dtype != C.dtype or C.ndim != 2 or A.ndim != 2 or B.ndim != 2:
+            return False
+        (m, n), k = C.shape, A.shape[1]
+        if A.shape[0] != m or B.shape != (k, n):
+            return False
+        if not (C.flags.c_contiguous and C.flags.writeable and C.flags.aligned and A.flags.aligned
+                and B.flags.aligned):
+            return False
+        if m == 0 or n == 0 or k == 0:
+            return True  # nothing to add
+        a, b = self._operand(A), self._operand(B)
+        if a is None or b is None or np.may_share_memory(C, A) or np.may_share_memory(C, B):
+            return False
+        fn(self.ROW_MAJOR, a[0], b[0], m, n, k, alpha, A.ctypes.data, a[1], B.ctypes.data, b[1], 1.0,
+           C.ctypes.data, max(n, 1))
+        return True
+
+    def works(self):
+        """Checked against NumPy's matmul on every operand layout, in both dtypes."""
+        rng = np.random.default_rng(0)
+        for dt in (np.float32, np.float64):
+            A0, B0, C0 = (rng.standard_normal(s).astype(dt) for s in ((3, 5), (5, 4), (3, 4)))
+            for A in (A0, np.asfortranarray(A0)):
+                for B in (B0, np.asfortranarray(B0)):
+                    C = C0.copy()
+                    if not self(C, A, B, -0.5) or not np.allclose(C, C0 - 0.5 * (A0 @ B0), rtol=1e-5, atol=1e-5):
+                        return False
+        return True
+
+
+def _loaded_libraries():
+    """Paths of the shared libraries loaded in this process (Linux), else None."""
+    try:
+        with open("/proc/self/maps") as f:
+            return {os.path.realpath(line.split(None, 5)[5].strip()) for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+
+
+def _numpy_gemm():
+    """The :class:`_Gemm` of the OpenBLAS NumPy's wheels bundle (and NumPy has loaded), or None."""
+    global _GEMM
+    if _GEMM is _UNSET:
+        _GEMM = None
+        try:
+            import ctypes
+            import glob
+
+            root = os.path.dirname(np.__file__)
+            paths = sorted(glob.glob(os.path.join(os.path.dirname(root), "numpy.libs", "*openblas*")) +
+                           glob.glob(os.path.join(root, ".dylibs", "*openblas*")))
+            loaded = _loaded_libraries()
+            for path in paths:
+                if loaded is not None and os.path.realpath(path) not in loaded:
+                    continue  # not the library this NumPy uses: loading it would start a second thread pool
+                lib = ctypes.CDLL(path)
+                for prefix in ("scipy_cblas_", "cblas_"):
+                    sgemm = getattr(lib, prefix + "sgemm64_", None)
+                    dgemm = getattr(lib, prefix + "dgemm64_", None)
+                    if sgemm is not None and dgemm is not None:
+                        gemm = _Gemm(sgemm, dgemm)
+                        if gemm.works():
+                            _GEMM = gemm
+                            return _GEMM
+        except (OSError, AttributeError, ValueError, TypeError):
+            _GEMM = None
+    return _GEMM
 
 
 # -- host <-> device, for any library ---------------------------------------------------------------

@@ -264,7 +264,7 @@ class GradientStats(Callback):
         """Inside the step: ‖g‖ and the active ReLU fractions added up on the device; θ kept for ‖Δθ‖."""
         xp = self.model.xp
         row = [xp.sqrt(xp.sum(grads[k] * grads[k])) for k in self._weights]
-        row += [1.0 - xp.mean(layer._cache) for _, layer in self._relus]  # the cache is [Z > 0]
+        row += [1.0 - xp.mean(layer.active()) for _, layer in self._relus]
         self._before = {k: xp.asarray(params[k], copy=True) for k in self._weights}
         self._add(row)
 

@@ -323,26 +323,41 @@ class Sequential:
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
         return self._forward(self._as_input(X, check_input), train=True)
 
-    def backward(self, dY):
+    def backward(self, dY, fused_update=None):
         """Backpropagate ∂L/∂(output) (B, out) through the layers of the last ``forward``.
 
         Layer by layer, from the last: each receives ∂L/∂(its output) and hands
         ∂L/∂(its input) to the one before.  The first layer with parameters does
         not compute the ∂L/∂X nobody needs.  Returns the gradients keyed like
         ``state_dict()``.
+
+        ``fused_update`` (a fused SGD step, :mod:`nnkit.step`): layers may apply θ ← θ − lr·A·B for a
+        gradient that is a product on the way (``Layer.fused_update``); those θ are missing from the result.
         """
         first, layers = self._first_param_layer, self.layers
-        for i in range(len(layers) - 1, first - 1, -1):
-            dY = layers[i].backward(dY, need_dX=i > first)
-        return {key: layer.grads[name] for key, (layer, name) in self._slots.items()}
+        owners = {layer for layer, _ in self._slots.values()} if fused_update is not None else ()
+        for layer in owners:
+            layer.fused_update = fused_update
+        try:
+            for i in range(len(layers) - 1, first - 1, -1):
+                dY = layers[i].backward(dY, need_dX=i > first)
+        finally:
+            for layer in owners:
+                del layer.fused_update  # back to the class's None
+        grads = {}
+        for key, (layer, name) in self._slots.items():
+            g = layer.grads.get(name)
+            if g is not None:
+                grads[key] = g
+        return grads
 
-    def _backward(self, d_out, scaler=None):
+    def _backward(self, d_out, scaler=None, fused_update=None):
         """∂L/∂θ in float32 from ∂L/∂out: into the compute dtype (times the loss scale S), backward, and
         back to float32 divided by S (:mod:`nnkit.precision`); plain ``backward`` without a policy."""
         p = self.policy
         if not p.casts and scaler is None:
-            return self.backward(d_out)
-        return p.unscale(self.backward(p.cast_grad_out(d_out, scaler)), scaler)
+            return self.backward(d_out, fused_update)
+        return p.unscale(self.backward(p.cast_grad_out(d_out, scaler), fused_update), scaler)
 
     def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
@@ -361,12 +376,13 @@ class Sequential:
         value, _, grads = self._loss_out_grads(X, T, loss, regularizer, scaler=self._scaler)
         return value, grads
 
-    def _loss_out_grads(self, X, T, loss, regularizer=None, w=None, scaler=None):
+    def _loss_out_grads(self, X, T, loss, regularizer=None, w=None, scaler=None, fused_update=None):
         """(L, output, ∂L/∂θ) for a prepared batch: forward, loss (weighted by ``w``), backward, penalty.
-        ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under."""
+        ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under; ``fused_update``: see
+        :meth:`backward`."""
         out = self._forward(X, train=True)
         value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
-        grads = self._backward(d_out, scaler)
+        grads = self._backward(d_out, scaler, fused_update)
         if regularizer is not None:
             scale = None
             if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
@@ -400,7 +416,7 @@ class Sequential:
         T = self._as_target(y, X.shape[0], loss, check_input)
         with self.policy.activate():
             value, _, state = step.train_step(self, step.StepState.of(self, optimizer), X, T, optimizer.lr,
-                                              loss=loss, optimizer=optimizer, regularizer=regularizer)
+                                              loss=loss, optimizer=optimizer, regularizer=regularizer, fused=True)
         optimizer.state = state.opt
         self._scaler = state.scaler
         return value

@@ -67,7 +67,11 @@ class Optimizer:
         optimizer's own ``state`` and learning rate ``lr`` (see :meth:`apply`)."""
         return self.apply(params, grads, self.state, self.lr, scratch_grads)[0]
 
-    def apply(self, params, grads, state, lr, scratch_grads=False):
+    # True where the update is θ ← θ − lr·g and nothing else reads g (a training step may then fuse it
+    # into the backward pass: nnkit.step)
+    plain_descent = False
+
+    def apply(self, params, grads, state, lr, scratch_grads=False, done=()):
         """``(new_params, state)``: one update of every parameter in ``grads`` — the pure form.
 
         ``state`` maps each key to its per-parameter state (moments and the step count ``t``, a
@@ -78,16 +82,18 @@ class Optimizer:
         training step passes gradients it computed and will not read again); it saves one
         parameter-sized temporary per update where an optimizer can use it.  On NumPy, CuPy and torch
         the parameters and moments are updated in place; on immutable arrays new ones are returned.
+        ``done``: keys whose update a fused step already made in place (only their step count advances).
         """
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
         new, update = {}, self.update
-        for key, g in grads.items():
+        keys = [k for k in params if k in grads or k in done] if done else grads
+        for key in keys:
             s = state.get(key)
             if s is None:
                 s = state[key] = self.init_state(params[key])
             s["t"] += 1
-            new[key] = update(params[key], g, s, lr, scratch_grads)
+            new[key] = params[key] if key in done else update(params[key], grads[key], s, lr, scratch_grads)
         return new, state
 
     def init_state(self, p):
@@ -160,6 +166,10 @@ class SGD(Optimizer):
             g = g + self.momentum * v if self.nesterov else v
         p -= lr * g
         return p
+
+    @property
+    def plain_descent(self):
+        return not self.momentum and not self.weight_decay and self.clip_norm is None
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov,

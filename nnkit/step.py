@@ -47,7 +47,7 @@ class StepState:
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
-               share=1.0, w=None, grad_hooks=()):
+               share=1.0, w=None, grad_hooks=(), fused=False):
     """One training step: ``(value, sums, new_state)``.
 
     The model's layers must hold ``state.params`` (``make_step``'s compiled form puts them there).
@@ -65,6 +65,12 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     the update is undone on the device — parameters, moments and step counts keep their values —
     and S halves (``LossScaler``); no host read decides it.
 
+    ``fused=True`` (the eager steps) lets plain SGD — θ ← θ − lr·g, nothing else reading g: no momentum,
+    decay, clipping, penalty, all-reduce, loss scaling or gradient watcher — update a weight whose gradient
+    is a product (Dense: Xᵀ·dZ) in the backward pass, on one GEMM that never stores the gradient
+    (``Backend.descent_update``; NumPy and torch).  The values are those of steps 1–5 up to the rounding of
+    lr·g (one rounding fewer).
+
     ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
     ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
     ``(name, fn)``) is given, else None.  Nothing is read from the device.
@@ -74,7 +80,11 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         xp = model.xp
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
-        value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w, state.scaler)
+        descend = None
+        if fused and optimizer.plain_descent and regularizer is None and comm is None and not grad_hooks \
+                and state.scaler is None:
+            descend = model.backend.descent_update(lr)
+        value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w, state.scaler, descend)
         if metric_fns is not None:
             if w is None:
                 sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
@@ -86,7 +96,8 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         hook(grads, state.params)
     scaler = state.scaler
     if scaler is None:
-        params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
+        done = state.params.keys() - grads.keys()  # updated in the backward pass (fused)
+        params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True, done=done)
     else:  # a step with inf/NaN gradients is undone on the device (after the all-reduce: every rank agrees)
         xp = model.xp
         optimizer.init_states(state.opt, state.params, model.backend)
@@ -111,7 +122,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     def eager(X, T, share=1.0, w=None):
         _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
-                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks)
+                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks, fused=True)
         optimizer.state = state.opt
         model._scaler = state.scaler
         return sums

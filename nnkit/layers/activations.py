@@ -52,20 +52,29 @@ class Tanh(Layer):
 class ReLU(Layer):
     """A = max(Z, 0).  Backward: dZ = dA ⊙ [Z > 0] (the subgradient 0 at Z = 0).
 
-    The indicator [Z > 0] is kept as a 0/1 array of Z's dtype: the backward pass is one
-    multiplication (``where`` is ~20× slower on NumPy).
+    The forward pass keeps only its output A: since A ≥ 0, the indicator is [Z > 0] = [A > 0] =
+    ⌈min(A, 1)⌉ — 1 for every positive A (a subnormal's ceiling is 1 too), 0 for A = 0 — formed in A's
+    dtype by two standard calls in the backward pass.  Measured in the M training step (784-1024-1024-10,
+    batch 256, ``benchmarks``) this beats keeping ``astype(Z > 0)`` from the forward pass on NumPy (~2%)
+    and torch (~5%, where comparisons that produce booleans are slow): one activation-sized array fewer
+    is written and kept, and no comparison runs.  (``xp.where`` is ~20× slower on NumPy.)
     """
 
     def forward(self, Z, train=True):
-        """A = max(Z, 0); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
-        xp = self.xp
+        """A = max(Z, 0); shapes (B, n).  Keeps A when ``train``."""
+        A = self.xp.maximum(Z, 0.0)
         if train:
-            self._cache = xp.astype(Z > 0, Z.dtype)
-        return xp.maximum(Z, 0.0)
+            self._cache = A
+        return A
+
+    def active(self):
+        """[Z > 0] = ⌈min(A, 1)⌉ of the last training forward pass, as 0/1 in A's dtype; shape (B, n)."""
+        xp = self.xp
+        return xp.ceil(xp.minimum(self._cache, 1.0))
 
     def backward(self, dA, need_dX=True):
         """dZ = dA ⊙ [Z > 0]; shapes (B, n)."""
-        return dA * self._cache
+        return dA * self.active()
 
 
 class LeakyReLU(Layer):

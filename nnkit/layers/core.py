@@ -59,6 +59,10 @@ class Layer:
     param_names: tuple = ()
     buffer_names: tuple = ()
     needs_random = False
+    # set only while a fused training step runs its backward pass (nnkit.step): ``fused_update(P, A, B)``
+    # applies P ← P − lr·A·B in place and returns True, or returns False and leaves P alone.  A layer whose
+    # gradient for P is the product A·B may hand it over instead of forming it (see Dense.backward).
+    fused_update = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -223,10 +227,19 @@ class Dense(Layer):
     def backward(self, dZ, need_dX=True):
         """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·W_cᵀ (B×in) or None.  Under a
         mixed policy these are computed in the compute dtype (the libraries accumulate 16-bit products and
-        sums in float32 and round once); the model casts dW and db to float32 before anything reads them."""
+        sums in float32 and round once); the model casts dW and db to float32 before anything reads them.
+
+        In a fused step (plain SGD, ``fused_update`` set) W ← W − lr·Xᵀ·dZ happens here, on one GEMM, and
+        ``grads`` holds only db: dX is formed first, from the W of the forward pass."""
         X, W = self._cache
-        self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
-        return dZ @ W.T if need_dX else None
+        dX = dZ @ W.T if need_dX else None
+        db = self.xp.sum(dZ, axis=0)
+        fused = self.fused_update
+        if fused is not None and fused(self.params["W"], X.T, dZ):
+            self.grads = {"b": db}
+        else:
+            self.grads = {"W": X.T @ dZ, "b": db}
+        return dX
 
     def __repr__(self):
         init = "" if self.init == "glorot_uniform" else f", init={self.init!r}"

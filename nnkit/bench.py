@@ -661,6 +661,20 @@ def _jax_64_bit():
     jax.config.update("jax_enable_x64", True)
 
 
+def _positive_seconds(text):
+    """``--seconds``: a finite number of seconds in (0, 600]."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 600):
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 600], got {text!r}")
+    return value
+
+
 def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     """Command line: run the report and write the Markdown table and the PNG plot."""
     import argparse
@@ -678,20 +692,23 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
                    help="dtypes and precision policies (default: all; --quick: float32 mixed_bfloat16 tf32)")
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
     p.add_argument("--no-conv", action="store_true", help="skip the convolution kernels and the CNN step")
+    p.add_argument("--seconds", type=_positive_seconds, default=None,
+                   help="timing per callable, in seconds (default: 1; --quick: 0.05); more gives steadier ratios")
     p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
                    "uncompiled targets, shapes S and M, three batch sizes (numbers are noisy)")
     args = p.parse_args(argv)
     _jax_64_bit()
     quick = args.quick
+    seconds = args.seconds or (0.05 if quick else 1.0)
     plot = args.plot or os.path.splitext(args.out)[0] + ".png"
     results = run_report(targets=args.targets or (QUICK["targets"] if quick else None),
                          shapes=args.shapes or (QUICK["shapes"] if quick else list(SHAPES)),
                          dtypes=args.dtypes or (("float32", "mixed_bfloat16", "tf32") if quick else DTYPES),
                          sweep=() if args.no_sweep else (QUICK["sweep"] if quick else SWEEP),
-                         seconds=0.05 if quick else 1.0,
+                         seconds=seconds,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     if not args.no_conv:
-        results.update(run_conv_report(results["targets"], seconds=0.05 if quick else 1.0,
+        results.update(run_conv_report(results["targets"], seconds=seconds,
                                        log=lambda m: print(m, file=sys.stderr, flush=True)))
     plot_name = None
     if results["sweep"]:

@@ -133,6 +133,14 @@ def test_bench_writes_a_report(capsys, tmp_path):
     assert "| S 64-128-64-10 ×64 | float32 | numpy |" in text and "BLAS" in text
 
 
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "1e9", "fast"])
+def test_bench_refuses_bad_seconds(capsys, bad):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick", "--seconds", bad])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --seconds: expected" in err and repr(bad) in err
+
+
 def test_python_dash_m_help():
     res = subprocess.run([sys.executable, "-m", "nnkit", "train", "--help"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(nnkit.__file__)))

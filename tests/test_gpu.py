@@ -13,7 +13,8 @@ Run them on a GPU machine with::
   CuPy float16 (and bfloat16 where CuPy has it, else the clear error) and tf32 fits;
 * convolution: a CuPy and a torch-CUDA CNN fit (the digits as 8×8 images), equal to NumPy's;
 * streaming: a CuPy and a torch-CUDA fit from a memory-mapped file equal to the in-memory fit, and on
-  torch-CUDA no synchronisation inside the streamed epoch (sync debug mode "error").
+  torch-CUDA no synchronisation inside the streamed epoch (sync debug mode "error");
+* the fused SGD step on torch-CUDA (float32, mixed_bfloat16, tf32): no synchronisation, equal to the plain step.
 """
 import os
 import shutil
@@ -269,3 +270,41 @@ def test_streamed_fit_from_a_memory_mapped_file_on_the_gpu(target, tmp_path):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         print(f"streamed epoch with prefetch: {time.perf_counter() - t0:.3f} s")
+
+
+# -- the fused SGD step on the GPU (nnkit.step, Backend.descent_update) ----------------------------------------
+@pytest.mark.parametrize("precision", [None, "mixed_bfloat16", "tf32"])
+def test_torch_cuda_fused_sgd_step_never_synchronises_and_matches_the_plain_step(precision):
+    torch = _torch_cuda()
+    from nnkit import step
+
+    X, y = _data()
+
+    def model_and_batch():
+        model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0,
+                                     precision=precision)
+        be = model.backend
+        return model, be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+
+    def steps(fused, model, Xd, Td):
+        opt = nnkit.optim.SGD(0.1)
+        for _ in range(5):
+            with model.policy.activate():
+                _, _, state = step.train_step(model, step.StepState.of(model, opt), Xd, Td, opt.lr,
+                                              loss=nnkit.CrossEntropy(), optimizer=opt, fused=fused)
+            opt.state = state.opt
+        return model
+
+    plain = steps(False, *model_and_batch())
+    ready = model_and_batch()  # built (host-to-device copies) before syncs become errors
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused = steps(True, *ready)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert "W" not in fused.layers[0].grads and "W" in plain.layers[0].grads  # updated in the backward pass
+    for key, p in plain.params().items():
+        assert fused.params()[key].dtype == torch.float32 and fused.params()[key].is_cuda
+        np.testing.assert_allclose(fused.params()[key].cpu().numpy(), p.cpu().numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=key)

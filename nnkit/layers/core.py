@@ -48,7 +48,8 @@ class Layer:
     Subclasses set ``param_names`` (trained) and ``buffer_names`` (carried, saved and moved with the
     model, never trained: running statistics) and implement ``forward``/``backward``.
     ``params``, ``buffers`` and ``grads`` map a name to its array; ``grads`` are those of the last
-    ``backward`` (a training step reuses them as scratch space for the update).
+    ``backward`` (a training step reuses them as scratch space for the update; a fused SGD step leaves out
+    the weights it updated in the backward pass, see ``fused_update``).
 
     Training and inference are told apart by ``forward(X, train=...)``: ``fit`` and ``train_step`` pass
     True, ``predict``, ``evaluate`` and validation pass False.  A layer that draws random numbers in

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -404,7 +405,9 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
     """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: s}``.
 
     Within a group (one library) the callables alternate call by call — the step and its floor see
-    the same machine state, each call running after other work as in a real program.  Groups (the
+    the same machine state, each call running after other work as in a real program — in a new order
+    every round (a seeded shuffle): in a fixed order each callable would always follow the same one, and
+    what runs before a call moves its time by a few percent on a small machine (its caches).  Groups (the
     libraries) alternate in *blocks* with a pause of ``settle`` seconds before each block: BLAS
     thread pools keep spinning for a while after a call (OpenBLAS for ~0.1 s), and on a machine
     with few cores one library's spinning threads would slow the next library's calls.  Each block
@@ -423,6 +426,7 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
             fn()
         per_round[g] = max(time.perf_counter() - t0, 1e-7) / len(fns)
     samples = {name: [] for fns in groups.values() for name in fns}
+    order = random.Random(0)
     for _ in range(blocks):
         for g, fns in groups.items():
             rounds = max(2, int(seconds / blocks / per_round[g]))
@@ -430,8 +434,11 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
             for _ in range(warmup):
                 for fn in fns.values():
                     fn()
+            names = list(fns)
             for _ in range(rounds):
-                for name, fn in fns.items():
+                order.shuffle(names)
+                for name in names:
+                    fn = fns[name]
                     t0 = time.perf_counter()
                     fn()
                     samples[name].append(time.perf_counter() - t0)

@@ -313,37 +313,55 @@ class Backend:
             yield Copies(None)
 
     # -- the fused descent update -------------------------------------------------------------
-    def descent_update(self, lr):
-        """``update(P, A, B) -> bool``: P ← P − lr·A·B in place, the product never stored, or None where the
-        library has no in-place matrix product.
+    def descent_update(self, lr, momentum=0.0):
+        """``update(P, A, B, V=None) -> bool``: P ← P − lr·A·B in place, the product never stored — or with
+        momentum μ and the velocity V: V ← μ·V + A·B, then P ← P − lr·V — or None where the library has no
+        in-place matrix product.
 
-        Plain SGD's step on a weight whose gradient is a product (Dense: ∂L/∂W = Xᵀ·dZ) is one GEMM in
-        BLAS's form C ← α·A·B + β·C with α = −lr, β = 1, instead of a GEMM that writes dW and two passes
-        over it (lr·dW, then W − lr·dW).  ``update`` returns False, leaving P as it was, for arrays it
-        cannot take (another dtype or library, a layout BLAS cannot read); the caller then forms A·B.
+        SGD's step on a weight whose gradient is a product (Dense: ∂L/∂W = Xᵀ·dZ) is one GEMM in BLAS's
+        form C ← α·A·B + β·C — α = −lr, β = 1 into P; with momentum α = 1, β = μ into V — instead of a GEMM
+        that writes dW and the passes over it (lr·dW, W − lr·dW; μv, v + dW).  ``update`` returns False,
+        leaving P and V as they were, for arrays it cannot take (another dtype or library, a layout BLAS
+        cannot read); the caller then forms A·B.
 
-        * NumPy: the ``?gemm`` of the BLAS NumPy itself calls (OpenBLAS in NumPy's wheels: its ILP64
-          ``cblas_sgemm64_``/``cblas_dgemm64_`` by ctypes; the same library, so the same thread pool —
-          a second BLAS, SciPy's, would fight it for the cores), found and checked once against
-          ``matmul`` (:func:`_numpy_gemm`); None where NumPy links another BLAS.
-        * torch: ``P.addmm_(A, B, alpha=-lr)``; under a mixed policy (P float32, A and B bfloat16 or
-          float16) the product in the compute dtype, cast to float32 and added: ``P.add_(A·B, alpha=-lr)``.
+        * NumPy: the ``?gemm`` (and for P ← P − lr·V the ``?axpy``) of the BLAS NumPy itself calls (OpenBLAS
+          in NumPy's wheels, ILP64, by ctypes; the same library, so the same thread pool — a second BLAS,
+          SciPy's, would fight it for the cores), found and checked once against ``matmul``
+          (:func:`_numpy_gemm`); None where NumPy links another BLAS.
+        * torch: ``P.addmm_(A, B, alpha=-lr)`` / ``V.addmm_(A, B, beta=μ)``; under a mixed policy (P and V
+          float32, A and B bfloat16 or float16) the product in the compute dtype, cast to float32 and added.
         * JAX, array-api-strict (immutable arrays), CuPy (not yet measured on a GPU) and other libraries: None.
         """
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
             return None  # a traced or device learning rate: the plain update
-        alpha = -float(lr)
+        lr, mu = float(lr), float(momentum)
         if self.name == "numpy":
             gemm = _numpy_gemm()
             if gemm is None:
                 return None
-            return lambda P, A, B: gemm(P, A, B, alpha)
+
+            def update(P, A, B, V=None):
+                if V is None:
+                    return gemm(P, A, B, -lr)
+                if type(P) is not np.ndarray or P.dtype != V.dtype or P.shape != V.shape or not gemm(V, A, B, 1.0, mu):
+                    return False
+                if not gemm.axpy(P, V, -lr):
+                    P -= lr * V
+                return True
+
+            return update
         if self.name == "torch":
-            def update(P, A, B):
-                if A.dtype == P.dtype and B.dtype == P.dtype:
-                    P.addmm_(A, B, alpha=alpha)
+            def update(P, A, B, V=None):
+                C = P if V is None else V
+                alpha, beta = (-lr, 1.0) if V is None else (1.0, mu)
+                if A.dtype == C.dtype and B.dtype == C.dtype:
+                    C.addmm_(A, B, beta=beta, alpha=alpha)
                 else:  # mixed: the product in the compute dtype, cast, added (a mixed-dtype add_ is slower)
-                    P.add_((A @ B).to(P.dtype), alpha=alpha)
+                    if beta != 1.0:
+                        C.mul_(beta)
+                    C.add_((A @ B).to(C.dtype), alpha=alpha)
+                if V is not None:
+                    P.add_(V, alpha=-lr)
                 return True
 
             return update
@@ -408,12 +426,12 @@ _GEMM = _UNSET
 
 
 class _Gemm:
-    """C ← C + α·A·B in place with a BLAS's row-major ``cblas_?gemm`` (ILP64: 64-bit sizes), for float32 and
+    """C ← β·C + α·A·B in place with a BLAS's row-major ``cblas_?gemm`` (ILP64: 64-bit sizes), for float32 and
     float64 NumPy arrays; False (nothing done) for anything it cannot pass to BLAS as it is."""
 
     ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
-    def __init__(self, sgemm, dgemm):
+    def __init__(self, sgemm, dgemm, saxpy, daxpy):
         import ctypes
 
         size, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -421,7 +439,24 @@ class _Gemm:
             fn.restype = None
             fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, size, size, size, real, ptr, size, ptr, size,
                            real, ptr, size]
+        for fn, real in ((saxpy, ctypes.c_float), (daxpy, ctypes.c_double)):
+            fn.restype = None
+            fn.argtypes = [size, real, ptr, size, ptr, size]
         self.fns = {np.dtype(np.float32): sgemm, np.dtype(np.float64): dgemm}
+        self.axpys = {np.dtype(np.float32): saxpy, np.dtype(np.float64): daxpy}
+
+    def axpy(self, Y, X, alpha):
+        """Y ← Y + α·X in place, one pass and no temporary (BLAS ``?axpy``); False (nothing done) unless both
+        are C-contiguous arrays of one float dtype and shape, Y writable, not overlapping."""
+        if not (type(Y) is np.ndarray and type(X) is np.ndarray) or Y.dtype != X.dtype or Y.shape != X.shape:
+            return False
+        fn = self.axpys.get(Y.dtype)
+        if fn is None or not (Y.flags.c_contiguous and X.flags.c_contiguous and Y.flags.writeable
+                              and Y.flags.aligned and X.flags.aligned) or np.may_share_memory(Y, X):
+            return False
+        if Y.size:
+            fn(Y.size, alpha, X.ctypes.data, 1, Y.ctypes.data, 1)
+        return True
 
     def _operand(self, a):
         """(transpose flag, leading dimension) of a row-major view of ``a``, or None."""
@@ -431,7 +466,7 @@ class _Gemm:
             return self.TRANS, max(a.shape[0], 1)
         return None
 
-    def __call__(self, C, A, B, alpha):
+    def __call__(self, C, A, B, alpha, beta=1.0):
         if not (type(C) is np.ndarray and type(A) is np.ndarray and type(B) is np.ndarray):
             return False
         fn = self.fns.get(C.dtype)
@@ -443,12 +478,15 @@ class _Gemm:
         if not (C.flags.c_contiguous and C.flags.writeable and C.flags.aligned and A.flags.aligned
                 and B.flags.aligned):
             return False
-        if m == 0 or n == 0 or k == 0:
-            return True  # nothing to add
+        if m == 0 or n == 0:
+            return True  # nothing to write
+        if k == 0:  # an empty product: C ← β·C
+            C *= beta
+            return True
         a, b = self._operand(A), self._operand(B)
         if a is None or b is None or np.may_share_memory(C, A) or np.may_share_memory(C, B):
             return False
-        fn(self.ROW_MAJOR, a[0], b[0], m, n, k, alpha, A.ctypes.data, a[1], B.ctypes.data, b[1], 1.0,
+        fn(self.ROW_MAJOR, a[0], b[0], m, n, k, alpha, A.ctypes.data, a[1], B.ctypes.data, b[1], beta,
            C.ctypes.data, max(n, 1))
         return True
 
@@ -460,8 +498,12 @@ class _Gemm:
             for A in (A0, np.asfortranarray(A0)):
                 for B in (B0, np.asfortranarray(B0)):
                     C = C0.copy()
-                    if not self(C, A, B, -0.5) or not np.allclose(C, C0 - 0.5 * (A0 @ B0), rtol=1e-5, atol=1e-5):
+                    if not self(C, A, B, -0.5, 0.25) or not np.allclose(C, 0.25 * C0 - 0.5 * (A0 @ B0), rtol=1e-5,
+                                                                        atol=1e-5):
                         return False
+            Y, X = C0.copy(), np.ascontiguousarray(A0[:, :4])
+            if not self.axpy(Y, X, -0.5) or not np.allclose(Y, C0 - 0.5 * X, rtol=1e-6, atol=1e-6):
+                return False
         return True
 
 
@@ -492,10 +534,9 @@ def _numpy_gemm():
                     continue  # not the library this NumPy uses: loading it would start a second thread pool
                 lib = ctypes.CDLL(path)
                 for prefix in ("scipy_cblas_", "cblas_"):
-                    sgemm = getattr(lib, prefix + "sgemm64_", None)
-                    dgemm = getattr(lib, prefix + "dgemm64_", None)
-                    if sgemm is not None and dgemm is not None:
-                        gemm = _Gemm(sgemm, dgemm)
+                    fns = [getattr(lib, f"{prefix}{name}64_", None) for name in ("sgemm", "dgemm", "saxpy", "daxpy")]
+                    if all(fn is not None for fn in fns):
+                        gemm = _Gemm(*fns)
                         if gemm.works():
                             _GEMM = gemm
                             return _GEMM

@@ -67,9 +67,9 @@ class Optimizer:
         optimizer's own ``state`` and learning rate ``lr`` (see :meth:`apply`)."""
         return self.apply(params, grads, self.state, self.lr, scratch_grads)[0]
 
-    # True where the update is θ ← θ − lr·g and nothing else reads g (a training step may then fuse it
-    # into the backward pass: nnkit.step)
-    plain_descent = False
+    # the momentum μ where the update is v ← μv + g, θ ← θ − lr·v (μ = 0: θ ← θ − lr·g) and nothing else
+    # reads g, so a training step may fuse it into the backward pass (nnkit.step); None elsewhere
+    fused_momentum = None
 
     def apply(self, params, grads, state, lr, scratch_grads=False, done=()):
         """``(new_params, state)``: one update of every parameter in ``grads`` — the pure form.
@@ -168,8 +168,10 @@ class SGD(Optimizer):
         return p
 
     @property
-    def plain_descent(self):
-        return not self.momentum and not self.weight_decay and self.clip_norm is None
+    def fused_momentum(self):
+        if self.weight_decay or self.nesterov or self.clip_norm is not None:
+            return None
+        return self.momentum
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov,

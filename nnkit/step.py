@@ -65,11 +65,11 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     the update is undone on the device — parameters, moments and step counts keep their values —
     and S halves (``LossScaler``); no host read decides it.
 
-    ``fused=True`` (the eager steps) lets plain SGD — θ ← θ − lr·g, nothing else reading g: no momentum,
-    decay, clipping, penalty, all-reduce, loss scaling or gradient watcher — update a weight whose gradient
-    is a product (Dense: Xᵀ·dZ) in the backward pass, on one GEMM that never stores the gradient
-    (``Backend.descent_update``; NumPy and torch).  The values are those of steps 1–5 up to the rounding of
-    lr·g (one rounding fewer).
+    ``fused=True`` (the eager steps) lets SGD — θ ← θ − lr·g, or with momentum v ← μv + g, θ ← θ − lr·v;
+    nothing else reading g: no Nesterov, decay, clipping, penalty, all-reduce, loss scaling or gradient
+    watcher — update a weight whose gradient is a product (Dense: Xᵀ·dZ) in the backward pass, on one GEMM
+    that never stores the gradient (``Backend.descent_update``; NumPy and torch).  The values are those of
+    steps 1–5 up to the rounding of lr·g (one rounding fewer).
 
     ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
     ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
@@ -81,9 +81,10 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
         descend = None
-        if fused and optimizer.plain_descent and regularizer is None and comm is None and not grad_hooks \
+        momentum = optimizer.fused_momentum
+        if fused and momentum is not None and regularizer is None and comm is None and not grad_hooks \
                 and state.scaler is None:
-            descend = model.backend.descent_update(lr)
+            descend = _fused_update(model, optimizer, state, lr, momentum)
         value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w, state.scaler, descend)
         if metric_fns is not None:
             if w is None:
@@ -109,6 +110,22 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         scaler = LossScaler.update(xp, scaler, ok)
     model._assign(params)
     return value, sums, StepState(params, opt, state.buffers, state.key, scaler)
+
+
+def _fused_update(model, optimizer, state, lr, momentum):
+    """The layers' ``fused_update(P, A, B)`` for this step (see ``Layer.fused_update``), or None where the
+    backend has none.  With momentum each weight's velocity v (created here on the first step) is the
+    GEMM's accumulator: v ← μv + A·B, then P ← P − lr·v."""
+    update = model.backend.descent_update(lr, momentum)
+    if update is None or not momentum:
+        return update
+    velocity = {}
+    for key, p in state.params.items():
+        s = state.opt.get(key)
+        if s is None:
+            s = state.opt[key] = optimizer.init_state(p)
+        velocity[id(p)] = s["v"]
+    return lambda P, A, B: update(P, A, B, velocity[id(P)])
 
 
 def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=()):

@@ -1,5 +1,6 @@
-"""The fused SGD step: plain SGD updates a Dense weight in the backward pass, W ← W − lr·Xᵀ·dZ on one GEMM
-(``Backend.descent_update``), and must end where the plain step (dW formed, then the update) ends."""
+"""The fused SGD step: SGD updates a Dense weight in the backward pass — W ← W − lr·Xᵀ·dZ on one GEMM, or with
+momentum v ← μv + Xᵀ·dZ on one GEMM, then W ← W − lr·v (``Backend.descent_update``) — and must end where the
+plain step (dW formed, then the update) ends."""
 import numpy as np
 import pytest
 
@@ -42,13 +43,13 @@ def _spy(monkeypatch, backend):
     calls = []
     make = type(backend).descent_update
 
-    def descent_update(self, lr):
-        update = make(self, lr)
+    def descent_update(self, lr, momentum=0.0):
+        update = make(self, lr, momentum)
         if update is None:
             return None
 
-        def counted(P, A, B):
-            done = update(P, A, B)
+        def counted(P, A, B, V=None):
+            done = update(P, A, B, V)
             calls.append(done)
             return done
 
@@ -58,57 +59,70 @@ def _spy(monkeypatch, backend):
     return calls
 
 
-def test_fused_step_ends_where_the_plain_step_ends(make_backend, monkeypatch):
+def _assert_same(fused, plain, rtol, atol):
+    for key, p in plain.params().items():
+        np.testing.assert_allclose(to_np(fused.params()[key]), to_np(p), rtol=rtol, atol=atol, err_msg=key)
+    for key, b in plain.buffers().items():
+        np.testing.assert_allclose(to_np(fused.buffers()[key]), to_np(b), rtol=rtol, atol=atol, err_msg=key)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_step_ends_where_the_plain_step_ends(make_backend, monkeypatch, momentum):
     be = make_backend("float64")
     calls = _spy(monkeypatch, be)
-    fused = _steps(_net(be), SGD(0.1), fused=True)
+    fused_opt = SGD(0.1, momentum=momentum)
+    fused = _steps(_net(be), fused_opt, fused=True)
     assert calls == ([True] * 9 if be.name in FUSES else []), "three Dense weights, three steps"
-    plain_opt = SGD(0.1)
+    plain_opt = SGD(0.1, momentum=momentum)
     plain = _steps(_net(be), plain_opt, fused=False)
     assert len(calls) == (9 if be.name in FUSES else 0), "fused=False never fuses"
-    for key, p in plain.params().items():
-        np.testing.assert_allclose(to_np(fused.params()[key]), to_np(p), rtol=1e-12, atol=1e-14, err_msg=key)
-    for key, b in plain.buffers().items():
-        np.testing.assert_allclose(to_np(fused.buffers()[key]), to_np(b), rtol=1e-12, atol=1e-14, err_msg=key)
+    _assert_same(fused, plain, 1e-12, 1e-14)
+    if momentum:  # the velocities too: a resumed run continues from them
+        for key, s in plain_opt.state.items():
+            np.testing.assert_allclose(to_np(fused_opt.state[key]["v"]), to_np(s["v"]), rtol=1e-12, atol=1e-14)
 
 
-def test_fused_step_keeps_step_counts_and_state_order():
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_step_keeps_step_counts_and_state_order(momentum):
     be = nnkit.get_backend("numpy", dtype="float64")
-    a, b = SGD(0.05), SGD(0.05)
+    a, b = SGD(0.05, momentum=momentum), SGD(0.05, momentum=momentum)
     _steps(_net(be), a, fused=True)
     _steps(_net(be), b, fused=False)
     assert list(a.state) == list(b.state)
     assert all(a.state[k]["t"] == b.state[k]["t"] == 3 for k in a.state)
+    assert all(sorted(a.state[k]) == sorted(b.state[k]) for k in a.state)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("name", FUSES)
-def test_fused_step_in_float32(name):
+def test_fused_step_in_float32(name, momentum):
     pytest.importorskip(name)
     be = nnkit.get_backend(name, dtype="float32")
-    fused = _steps(_net(be), SGD(0.1), fused=True)
-    plain = _steps(_net(be), SGD(0.1), fused=False)
-    for key, p in plain.params().items():  # one rounding of lr·g fewer: float32 ulps, not more
-        np.testing.assert_allclose(to_np(fused.params()[key]), to_np(p), rtol=1e-5, atol=1e-6, err_msg=key)
+    fused = _steps(_net(be), SGD(0.1, momentum=momentum), fused=True)
+    plain = _steps(_net(be), SGD(0.1, momentum=momentum), fused=False)
+    _assert_same(fused, plain, 1e-5, 1e-6)  # one rounding of lr·g fewer: float32 ulps, not more
 
 
-def test_fused_step_under_mixed_bfloat16(monkeypatch):
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_step_under_mixed_bfloat16(monkeypatch, momentum):
     pytest.importorskip("torch")
     be = nnkit.get_backend("torch", dtype="float32")
     calls = _spy(monkeypatch, be)
-    fused = _steps(_net(be, "mixed_bfloat16"), SGD(0.1), fused=True)
+    opt = SGD(0.1, momentum=momentum)
+    fused = _steps(_net(be, "mixed_bfloat16"), opt, fused=True)
     assert calls == [True] * 9
-    plain = _steps(_net(be, "mixed_bfloat16"), SGD(0.1), fused=False)
-    for key, p in plain.params().items():
-        f = fused.params()[key]
-        assert str(f.dtype) == "torch.float32", "master weights stay float32"
-        np.testing.assert_allclose(to_np(f), to_np(p), rtol=1e-5, atol=1e-6, err_msg=key)
+    plain = _steps(_net(be, "mixed_bfloat16"), SGD(0.1, momentum=momentum), fused=False)
+    _assert_same(fused, plain, 1e-5, 1e-6)
+    assert all(str(p.dtype) == "torch.float32" for p in fused.params().values()), "master weights stay float32"
+    if momentum:
+        assert all(str(s["v"].dtype) == "torch.float32" for s in opt.state.values()), "velocities too"
 
 
-@pytest.mark.parametrize("case", ["momentum", "weight_decay", "clip_norm", "regularizer", "watcher", "fused=False"])
+@pytest.mark.parametrize("case", ["nesterov", "weight_decay", "clip_norm", "regularizer", "watcher", "fused=False"])
 def test_no_fusion_where_the_gradient_itself_is_read(monkeypatch, case):
     be = nnkit.get_backend("numpy", dtype="float64")
     calls = _spy(monkeypatch, be)
-    opt = {"momentum": SGD(0.1, momentum=0.9), "weight_decay": SGD(0.1, weight_decay=1e-3),
+    opt = {"nesterov": SGD(0.1, momentum=0.9, nesterov=True), "weight_decay": SGD(0.1, weight_decay=1e-3),
            "clip_norm": SGD(0.1, clip_norm=1.0)}.get(case, SGD(0.1))
     kw = {"regularizer": nnkit.optim.L2(1e-3)} if case == "regularizer" else {}
     if case == "watcher":
@@ -132,8 +146,16 @@ def test_fit_and_train_step_use_the_fused_step(monkeypatch):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
     model.fit(X, y, loss="cross_entropy", optimizer=SGD(0.1), epochs=1, batch_size=20, verbose=0)
-    model.train_step(X, y, "cross_entropy", SGD(0.1))
+    model.train_step(X, y, "cross_entropy", SGD(0.1, momentum=0.5))
     assert calls == [True] * 9
+
+
+def test_other_optimizers_are_not_fused(monkeypatch):
+    be = nnkit.get_backend("numpy", dtype="float64")
+    calls = _spy(monkeypatch, be)
+    for opt in (nnkit.optim.Adam(1e-3), nnkit.optim.AdamW(1e-3), nnkit.optim.RMSprop(1e-3, momentum=0.9)):
+        _steps(_net(be), opt, fused=True, n=1)
+    assert calls == []
 
 
 # -- the BLAS call behind NumPy's fused update ------------------------------------------------------------
@@ -149,12 +171,13 @@ def test_gemm_adds_the_scaled_product_in_place(dtype, a_order, b_order):
     rng = np.random.default_rng(0)
     A = np.asarray(rng.standard_normal((7, 5)), dtype=dtype, order=a_order)
     B = np.asarray(rng.standard_normal((5, 3)), dtype=dtype, order=b_order)
-    C = rng.standard_normal((7, 3)).astype(dtype)
-    want = C.astype(np.float64) - 0.25 * (A.astype(np.float64) @ B.astype(np.float64))
-    before = C.ctypes.data
-    assert gemm(C, A, B, -0.25) is True
-    assert C.ctypes.data == before
-    np.testing.assert_allclose(C, want, rtol=1e-5 if dtype == np.float32 else 1e-13)
+    for beta in (1.0, 0.9):
+        C = rng.standard_normal((7, 3)).astype(dtype)
+        want = beta * C.astype(np.float64) - 0.25 * (A.astype(np.float64) @ B.astype(np.float64))
+        before = C.ctypes.data
+        assert gemm(C, A, B, -0.25, beta) is True
+        assert C.ctypes.data == before
+        np.testing.assert_allclose(C, want, rtol=1e-5 if dtype == np.float32 else 1e-13)
 
 
 @needs_gemm
@@ -182,3 +205,38 @@ def test_gemm_refuses_what_blas_cannot_read_and_leaves_it_alone():
     assert gemm(ro, A, B, -1.0) is False
     assert gemm(C, np.zeros((6, 0)), np.zeros((0, 3)), -1.0) is True  # an empty sum: C unchanged
     np.testing.assert_array_equal(C, kept)
+    assert gemm(C, np.zeros((6, 0)), np.zeros((0, 3)), -1.0, 0.5) is True  # … or β·C
+    np.testing.assert_array_equal(C, 0.5 * kept)
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_axpy_adds_in_place_and_refuses_what_it_cannot_take(dtype):
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((2, 5, 4)).astype(dtype)
+    want = Y.astype(np.float64) - 0.3 * X.astype(np.float64)
+    assert gemm.axpy(Y, X, -0.3) is True
+    np.testing.assert_allclose(Y, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    kept = Y.copy()
+    big = rng.standard_normal((5, 8)).astype(dtype)
+    for args in [(Y, X.astype(np.float16)), (Y, X[:, :3]), (Y, big[:, ::2]), (Y, Y), (np.asfortranarray(Y), X)]:
+        assert gemm.axpy(*args, 1.0) is False
+    ro = Y.copy()
+    ro.flags.writeable = False
+    assert gemm.axpy(ro, X, 1.0) is False
+    np.testing.assert_array_equal(Y, kept)
+
+
+def test_the_fused_step_benchmark_runs_small(tmp_path, capsys):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import benchmarks.run_fused as rf
+
+    out = tmp_path / "fused.md"
+    assert rf.main(["--targets", "numpy", "--precisions", "none", "mixed_bfloat16", "--shape", "S",
+                    "--seconds", "0.02", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| numpy | none | SGD |" in text and "| numpy | none | SGD momentum 0.9 |" in text
+    assert "mixed_bfloat16 | SGD" not in text and "skipped" in capsys.readouterr().err  # NumPy has no bfloat16

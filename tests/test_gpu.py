@@ -273,8 +273,9 @@ def test_streamed_fit_from_a_memory_mapped_file_on_the_gpu(target, tmp_path):
 
 
 # -- the fused SGD step on the GPU (nnkit.step, Backend.descent_update) ----------------------------------------
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("precision", [None, "mixed_bfloat16", "tf32"])
-def test_torch_cuda_fused_sgd_step_never_synchronises_and_matches_the_plain_step(precision):
+def test_torch_cuda_fused_sgd_step_never_synchronises_and_matches_the_plain_step(precision, momentum):
     torch = _torch_cuda()
     from nnkit import step
 
@@ -287,7 +288,7 @@ def test_torch_cuda_fused_sgd_step_never_synchronises_and_matches_the_plain_step
         return model, be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
 
     def steps(fused, model, Xd, Td):
-        opt = nnkit.optim.SGD(0.1)
+        opt = nnkit.optim.SGD(0.1, momentum=momentum)
         for _ in range(5):
             with model.policy.activate():
                 _, _, state = step.train_step(model, step.StepState.of(model, opt), Xd, Td, opt.lr,

@@ -331,8 +331,8 @@ class Sequential:
         not compute the ∂L/∂X nobody needs.  Returns the gradients keyed like
         ``state_dict()``.
 
-        ``fused_update`` (a fused SGD step, :mod:`nnkit.step`): layers may apply θ ← θ − lr·A·B for a
-        gradient that is a product on the way (``Layer.fused_update``); those θ are missing from the result.
+        ``fused_update`` (a fused SGD step, :mod:`nnkit.step`): layers may apply the SGD update of a θ whose
+        gradient is a product A·B on the way (``Layer.fused_update``); those θ are missing from the result.
         """
         first, layers = self._first_param_layer, self.layers
         owners = {layer for layer, _ in self._slots.values()} if fused_update is not None else ()

@@ -61,8 +61,9 @@ class Layer:
     buffer_names: tuple = ()
     needs_random = False
     # set only while a fused training step runs its backward pass (nnkit.step): ``fused_update(P, A, B)``
-    # applies P ← P − lr·A·B in place and returns True, or returns False and leaves P alone.  A layer whose
-    # gradient for P is the product A·B may hand it over instead of forming it (see Dense.backward).
+    # applies the SGD update for the gradient A·B of P in place (P ← P − lr·A·B; with momentum v ← μv + A·B,
+    # P ← P − lr·v) and returns True, or returns False and leaves everything alone.  A layer whose gradient
+    # for P is the product A·B may hand it over instead of forming it (see Dense.backward).
     fused_update = None
 
     def __init_subclass__(cls, **kwargs):
@@ -230,7 +231,7 @@ class Dense(Layer):
         mixed policy these are computed in the compute dtype (the libraries accumulate 16-bit products and
         sums in float32 and round once); the model casts dW and db to float32 before anything reads them.
 
-        In a fused step (plain SGD, ``fused_update`` set) W ← W − lr·Xᵀ·dZ happens here, on one GEMM, and
+        In a fused step (SGD, ``fused_update`` set) W's update for Xᵀ·dZ happens here, on one GEMM, and
         ``grads`` holds only db: dX is formed first, from the W of the forward pass."""
         X, W = self._cache
         dX = dZ @ W.T if need_dX else None

@@ -15,7 +15,7 @@ import sys
 
 import nnkit
 from nnkit import step
-from nnkit.bench import SHAPES, Case, measure
+from nnkit.bench import SHAPES, Case, measure, positive_seconds
 from nnkit.files import atomic_write
 from nnkit.optim import SGD
 
@@ -50,7 +50,7 @@ def main(argv=None):
     p.add_argument("--precisions", nargs="+", default=["none", "mixed_bfloat16"],
                    choices=["none", "mixed_bfloat16", "mixed_float16", "tf32"])
     p.add_argument("--shape", default="M", choices=list(SHAPES))
-    p.add_argument("--seconds", type=float, default=4.0, help="timing per callable (default: %(default)s)")
+    p.add_argument("--seconds", type=positive_seconds, default=4.0, help="timing per callable (default: %(default)s)")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = p.parse_args(argv)
     sizes, batch = SHAPES[args.shape]

@@ -510,10 +510,11 @@ class _Gemm:
 def _loaded_libraries():
     """Paths of the shared libraries loaded in this process (Linux), else None."""
     try:
-        with open("/proc/self/maps") as f:
-            return {os.path.realpath(line.split(None, 5)[5].strip()) for line in f if len(line.split(None, 5)) == 6}
+        with open("/proc/self/maps") as f:  # address perms offset dev inode [path]
+            fields = [line.split(None, 5) for line in f]
     except OSError:
         return None
+    return {os.path.realpath(parts[5].strip()) for parts in fields if len(parts) == 6}
 
 
 def _numpy_gemm():

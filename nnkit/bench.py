@@ -668,8 +668,8 @@ def _jax_64_bit():
     jax.config.update("jax_enable_x64", True)
 
 
-def _positive_seconds(text):
-    """``--seconds``: a finite number of seconds in (0, 600]."""
+def positive_seconds(text):
+    """An argparse ``type`` for ``--seconds``: a finite number of seconds in (0, 600]."""
     import argparse
     import math
 
@@ -699,7 +699,7 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
                    help="dtypes and precision policies (default: all; --quick: float32 mixed_bfloat16 tf32)")
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
     p.add_argument("--no-conv", action="store_true", help="skip the convolution kernels and the CNN step")
-    p.add_argument("--seconds", type=_positive_seconds, default=None,
+    p.add_argument("--seconds", type=positive_seconds, default=None,
                    help="timing per callable, in seconds (default: 1; --quick: 0.05); more gives steadier ratios")
     p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
                    "uncompiled targets, shapes S and M, three batch sizes (numbers are noisy)")

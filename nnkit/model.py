@@ -615,7 +615,14 @@ class Sequential:
         ``mixed_bfloat16`` model cannot go to NumPy); ``precision=`` sets another (None: none)."""
         state = self.state_dict()
         new = get_backend(backend, device=device, dtype=self.dtype)
-        policy = get_policy(self.precision if precision is _KEEP else precision, new)
+        if precision is _KEEP:
+            try:
+                policy = get_policy(self.precision, new)
+            except ValueError as exc:  # the kept policy: say how to move without it
+                raise ValueError(f"{exc} (to move this {self.precision} model anyway, set another policy: "
+                                 f".to({new.name!r}, precision=None))") from None
+        else:
+            policy = get_policy(precision, new)
         scale = None if self._scaler is None else [self.backend.to_float(v) for v in self._scaler.values()]
         self.policy = policy
         self._scaler = None if not policy.loss_scaling else LossScaler.init(new, *(scale or ()))

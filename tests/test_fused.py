@@ -240,3 +240,25 @@ def test_the_fused_step_benchmark_runs_small(tmp_path, capsys):
     text = out.read_text()
     assert "| numpy | none | SGD |" in text and "| numpy | none | SGD momentum 0.9 |" in text
     assert "mixed_bfloat16 | SGD" not in text and "skipped" in capsys.readouterr().err  # NumPy has no bfloat16
+
+
+def test_the_step_budget_benchmark_runs_small(tmp_path):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import benchmarks.run_step_budget as sb
+
+    # every hidden layer of a width runs each piece once per step; the pieces do what their names say
+    work = sb.pieces((8, 16, 16, 5, 3), 4, np.random.default_rng(0))
+    assert {name: calls for name, (_, calls) in work.items() if name.startswith("bias")} == {
+        "bias fill (B, 5)": 1, "bias fill (B, 16)": 2}
+    relu = work["ReLU max(Z, 0) in place (B, 16)"][0]
+    A = relu()
+    assert A.shape == (4, 16) and A.min() >= 0 and (A == 0).any()
+    out = tmp_path / "budget.md"
+    assert sb.main(["--shape", "S", "--seconds", "0.02", "--out", str(out)]) == 0
+    text = out.read_text()
+    for h in (128, 64):
+        assert f"| db = Σ dZ (B, {h}) | 1 |" in text
+    assert "| SGD step / tight floor |" in text and "| 1 + pieces / tight floor |" in text

@@ -12,6 +12,14 @@ from nnkit.optim import SGD
 from helpers import to_np
 
 FUSES = ("numpy", "torch")  # the libraries with an in-place matrix product
+NUMPY_FUSE_MIN = (nnkit.backend._FUSE_MIN_ENTRIES, nnkit.backend._FUSE_MIN_MACS)
+
+
+@pytest.fixture(autouse=True)
+def fuse_small_products(monkeypatch):
+    """These nets are small: NumPy fuses every product here (by default only large ones, see the last tests)."""
+    monkeypatch.setattr(nnkit.backend, "_FUSE_MIN_ENTRIES", 0)
+    monkeypatch.setattr(nnkit.backend, "_FUSE_MIN_MACS", 0)
 
 
 def _net(backend, precision=None, seed=0):
@@ -43,8 +51,8 @@ def _spy(monkeypatch, backend):
     calls = []
     make = type(backend).descent_update
 
-    def descent_update(self, lr, momentum=0.0):
-        update = make(self, lr, momentum)
+    def descent_update(self, lr, momentum=0.0, largest=None):
+        update = make(self, lr, momentum, largest)
         if update is None:
             return None
 
@@ -262,3 +270,40 @@ def test_the_step_budget_benchmark_runs_small(tmp_path):
     for h in (128, 64):
         assert f"| db = Σ dZ (B, {h}) | 1 |" in text
     assert "| SGD step / tight floor |" in text and "| 1 + pieces / tight floor |" in text
+
+
+def test_numpy_fuses_only_products_large_enough_to_gain(monkeypatch):
+    """Below 2¹⁴ entries of W or 2²⁰ multiply-adds the ctypes call costs more than it saves: the plain update."""
+    monkeypatch.setattr(nnkit.backend, "_FUSE_MIN_ENTRIES", NUMPY_FUSE_MIN[0])
+    monkeypatch.setattr(nnkit.backend, "_FUSE_MIN_MACS", NUMPY_FUSE_MIN[1])
+    be = nnkit.get_backend("numpy", dtype="float32")
+    update = be.descent_update(0.1)
+    if _numpy_gemm() is None:
+        assert update is None
+        return
+    rng = np.random.default_rng(0)
+
+    def case(batch, n_in, n_out):
+        W = rng.standard_normal((n_in, n_out)).astype(np.float32)
+        X = rng.standard_normal((batch, n_in)).astype(np.float32)
+        dZ = rng.standard_normal((batch, n_out)).astype(np.float32)
+        return W, X.T, dZ
+
+    for shape, fuses in [((256, 64, 128), False),   # 8192 entries
+                         ((256, 1024, 10), False),  # 10240 entries
+                         ((16, 128, 128), False),   # 16384 entries, 2.6e5 multiply-adds
+                         ((64, 128, 128), True),    # 16384 entries, 2²⁰ multiply-adds
+                         ((16, 256, 256), True)]:   # 65536 entries, 2²⁰ multiply-adds
+        W, A, B = case(*shape)
+        want = W - np.float32(0.1) * (A @ B)
+        kept = W.copy()
+        assert update(W, A, B) is fuses, shape
+        np.testing.assert_allclose(W, want if fuses else kept, rtol=1e-5, atol=1e-5)
+        if not fuses:
+            np.testing.assert_array_equal(W, kept)  # untouched: the caller forms A·B
+    assert be.descent_update(0.1, 0.9, largest=2 ** 14 - 1) is None  # no weight large enough: no machinery
+    assert be.descent_update(0.1, 0.9, largest=2 ** 14) is not None
+    with_momentum = be.descent_update(0.1, 0.9)
+    W, A, B = case(256, 64, 128)
+    V = np.ones_like(W)
+    assert with_momentum(W, A, B, V) is False and (V == 1).all()

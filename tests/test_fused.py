@@ -307,3 +307,13 @@ def test_numpy_fuses_only_products_large_enough_to_gain(monkeypatch):
     W, A, B = case(256, 64, 128)
     V = np.ones_like(W)
     assert with_momentum(W, A, B, V) is False and (V == 1).all()
+
+
+def test_torch_on_the_cpu_runs_small_nets_plain(monkeypatch):
+    """torch on the CPU: a net without a weight of 2¹⁴ entries gets no fused update (its op calls cost more)."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(nnkit.backend, "_FUSE_MIN_ENTRIES", NUMPY_FUSE_MIN[0])
+    be = nnkit.get_backend("torch", dtype="float32")
+    assert be.descent_update(0.1, 0.9, largest=2 ** 14 - 1) is None
+    assert be.descent_update(0.1, 0.9, largest=2 ** 14) is not None
+    assert be.descent_update(0.1) is not None  # no size given: the caller decides

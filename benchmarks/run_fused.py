@@ -15,7 +15,7 @@ import sys
 
 import nnkit
 from nnkit import step
-from nnkit.bench import SHAPES, Case, measure, positive_seconds
+from nnkit.bench import SHAPES, Case, measure, output_file, positive_seconds
 from nnkit.files import atomic_write
 from nnkit.optim import SGD
 
@@ -51,7 +51,7 @@ def main(argv=None):
                    choices=["none", "mixed_bfloat16", "mixed_float16", "tf32"])
     p.add_argument("--shape", default="M", choices=list(SHAPES))
     p.add_argument("--seconds", type=positive_seconds, default=4.0, help="timing per callable (default: %(default)s)")
-    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--out", type=output_file, default=None, help="also write the table to this Markdown file")
     args = p.parse_args(argv)
     sizes, batch = SHAPES[args.shape]
     lines = [f"Shape {args.shape} {'-'.join(map(str, sizes))} ×{batch}; one run; `python -m benchmarks.run_fused "

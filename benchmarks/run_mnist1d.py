@@ -19,6 +19,8 @@ import time
 import numpy as np
 
 import nnkit
+from nnkit.bench import output_file
+from nnkit.precision import get_policy
 
 VARIANTS = {
     "paper MLP (ReLU, residual)": dict(activation="relu", residual=True),
@@ -99,11 +101,26 @@ def run(data, kwargs, seed, epochs, hidden=100, backend="numpy", precision=None)
     return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
 
 
+def _int_in(low, high, what):
+    """An argparse ``type``: an integer in [low, high]."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} in [{low}, {high}], got {text!r}")
+        return value
+
+    return parse
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_mnist1d", description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=150, help="epochs (150 = the paper's 6,000 steps of 100)")
-    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--seeds", type=_int_in(0, 2**32 - 1, "a seed"), nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=_int_in(1, 100_000, "a number of epochs"), default=150,
+                   help="epochs (150 = the paper's 6,000 steps of 100)")
+    p.add_argument("--out", type=output_file, default=None, help="also write the table to this Markdown file")
     p.add_argument("--backend", default="numpy", help="nnkit backend (default numpy)")
     p.add_argument("--precisions", nargs="+", default=["none"],
                    choices=["none", "mixed_bfloat16", "mixed_float16", "tf32"],
@@ -113,6 +130,12 @@ def main(argv=None):
                         "in the same run, when PyTorch is installed)")
     p.add_argument("--data", nargs="+", choices=["mnist1d", "digits"], default=["mnist1d", "digits"])
     args = p.parse_args(argv)
+    try:  # the backend and every precision asked for, checked before any data is made or model trained
+        backend = nnkit.get_backend(args.backend)
+        for prec in args.precisions:
+            get_policy(None if prec == "none" else prec, backend)
+    except (ValueError, ImportError, RuntimeError) as exc:
+        p.error(str(exc))
     sets = {"MNIST-1D": mnist1d_data} if "mnist1d" in args.data else {}
     if "digits" in args.data:
         sets["digits (bundled)"] = digits_data

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 import nnkit
-from nnkit.bench import SHAPES, Case, measure, positive_seconds
+from nnkit.bench import SHAPES, Case, measure, output_file, positive_seconds
 from nnkit.files import atomic_write
 
 
@@ -74,7 +74,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_step_budget", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="M", choices=list(SHAPES))
     p.add_argument("--seconds", type=positive_seconds, default=3.0, help="timing per callable (default: %(default)s)")
-    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--out", type=output_file, default=None, help="also write the table to this Markdown file")
     args = p.parse_args(argv)
     sizes, batch = SHAPES[args.shape]
     rows, t = run(args.shape, args.seconds)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,16 +92,45 @@ def throughput(path, rows=65536):
     return {k: rows / v for k, v in best.items()}
 
 
+def _output_file(text):
+    """``--out``, checked at once (nnkit is imported here, not at the top: a child measures its own import)."""
+    from nnkit.bench import output_file
+
+    return output_file(text)
+
+
+def _gigabytes(text):
+    """An argparse ``type`` for ``--gb``: a finite size in (0, 1024] GB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in GB, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1024):
+        raise argparse.ArgumentTypeError(f"expected a size in GB in (0, 1024], got {text!r}")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_stream", description=__doc__.splitlines()[0])
-    p.add_argument("--gb", type=float, default=2.0, help="size of the big file in GB (default 2)")
+    p.add_argument("--gb", type=_gigabytes, default=2.0, help="size of the big file in GB (default 2)")
     p.add_argument("--backends", nargs="+", default=["numpy", "torch"])
-    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--out", type=_output_file, default=None, help="also write the table to this Markdown file")
     p.add_argument("--child", nargs=2, metavar=("PATH", "BACKEND"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(*args.child)
         return 0
+    import nnkit
+
+    for name in args.backends:  # each backend asked for, checked before gigabytes are written
+        try:
+            nnkit.get_backend(name)
+        except (ValueError, ImportError, RuntimeError) as exc:
+            p.error(f"--backends {name}: {exc}")
+    need, free = args.gb * 1e9 * 1.05 + 64e6, shutil.disk_usage(tempfile.gettempdir()).free
+    if free < need:
+        p.error(f"--gb {args.gb:g} needs about {need / 1e9:.1f} GB free in {tempfile.gettempdir()}, which has "
+                f"{free / 1e9:.1f} GB: a smaller --gb, or TMPDIR on a larger disk")
     lines = ["| backend | file | rows | peak private memory over the start | epoch |", "|---|---|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as d:
         big, small = os.path.join(d, "big.npy"), os.path.join(d, "small.npy")

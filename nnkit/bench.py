@@ -668,6 +668,19 @@ def _jax_64_bit():
     jax.config.update("jax_enable_x64", True)
 
 
+def output_file(text):
+    """An argparse ``type`` for an output file (``--out``, ``--plot``): refused at once — not after minutes of
+    timing — when it is a folder, its folder is missing or it cannot be written."""
+    import argparse
+
+    from .files import check_writable
+
+    try:
+        return check_writable(text)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_seconds(text):
     """An argparse ``type`` for ``--seconds``: a finite number of seconds in (0, 600]."""
     import argparse
@@ -690,8 +703,9 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
         "Time nnkit's train step and kernels on every backend this machine has (NumPy, PyTorch CPU, "
         "and CuPy / PyTorch CUDA when a GPU is usable), next to the raw-matmul floor and a PyTorch eager "
         "step, and write a Markdown report with a samples/s plot."))
-    p.add_argument("--out", default=default_out, help="Markdown report to write (default: %(default)s)")
-    p.add_argument("--plot", default=None, help="PNG plot to write (default: next to --out, .png)")
+    p.add_argument("--out", type=output_file, default=default_out,
+                   help="Markdown report to write (default: %(default)s)")
+    p.add_argument("--plot", type=output_file, default=None, help="PNG plot to write (default: next to --out, .png)")
     p.add_argument("--targets", nargs="+", choices=TARGETS, default=None,
                    help="only these targets (default: all; with --quick: the uncompiled ones)")
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help="default: all; --quick: S M")

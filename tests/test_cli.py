@@ -141,6 +141,44 @@ def test_bench_refuses_bad_seconds(capsys, bad):
     assert exit_.value.code == 2 and "argument --seconds: expected" in err and repr(bad) in err
 
 
+@pytest.mark.parametrize("flag", ["--out", "--plot"])
+def test_bench_refuses_an_output_it_cannot_write_before_timing(capsys, tmp_path, flag):
+    for bad, says in ((tmp_path / "missing" / "r.md", "does not exist"), (tmp_path, "is a directory")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", "--quick", flag, str(bad)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"argument {flag}:" in err and says in err
+
+
+@pytest.mark.parametrize("script,args,says", [
+    ("run_fused", ["--out", "{missing}"], "argument --out: output file"),
+    ("run_step_budget", ["--out", "{tmp}"], "is a directory"),
+    ("run_mnist1d", ["--out", "{missing}"], "does not exist"),
+    ("run_mnist1d", ["--epochs", "0"], "argument --epochs: expected a number of epochs in [1, 100000]"),
+    ("run_mnist1d", ["--seeds", "0", "-3"], "argument --seeds: expected a seed"),
+    ("run_mnist1d", ["--backend", "nope"], "unknown backend 'nope'"),
+    ("run_mnist1d", ["--precisions", "mixed_bfloat16"], "backend 'numpy' cannot"),
+    ("run_stream", ["--gb", "nan"], "argument --gb: expected a size in GB in (0, 1024]"),
+    ("run_stream", ["--gb", "1024"], "free in"),
+    ("run_stream", ["--backends", "numpy", "nope"], "--backends nope: unknown backend"),
+    ("run_stream", ["--out", "{missing}"], "does not exist"),
+])
+def test_benchmark_scripts_refuse_bad_arguments_before_any_work(capsys, tmp_path, monkeypatch, script, args, says):
+    import importlib
+
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if script == "run_stream":  # a disk far smaller than 1 TB, whatever this machine has
+        import shutil
+
+        monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**11, 10**11 - 10**9, 10**9))
+    mod = importlib.import_module(f"benchmarks.{script}")
+    argv = [a.format(missing=tmp_path / "missing" / "t.md", tmp=tmp_path) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err, err
+
+
 def test_python_dash_m_help():
     res = subprocess.run([sys.executable, "-m", "nnkit", "train", "--help"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(nnkit.__file__)))

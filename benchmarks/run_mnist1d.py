@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import output_file
+from nnkit.bench import number_in, output_file
 from nnkit.precision import get_policy
 
 VARIANTS = {
@@ -101,24 +101,10 @@ def run(data, kwargs, seed, epochs, hidden=100, backend="numpy", precision=None)
     return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
 
 
-def _int_in(low, high, what):
-    """An argparse ``type``: an integer in [low, high]."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {what} in [{low}, {high}], got {text!r}")
-        return value
-
-    return parse
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_mnist1d", description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=_int_in(0, 2**32 - 1, "a seed"), nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=_int_in(1, 100_000, "a number of epochs"), default=150,
+    p.add_argument("--seeds", type=number_in("a seed", 0, 2**32 - 1, kind=int), nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=number_in("a number of epochs", 1, 100_000, kind=int), default=150,
                    help="epochs (150 = the paper's 6,000 steps of 100)")
     p.add_argument("--out", type=output_file, default=None, help="also write the table to this Markdown file")
     p.add_argument("--backend", default="numpy", help="nnkit backend (default numpy)")

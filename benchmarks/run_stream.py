@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -100,14 +99,10 @@ def _output_file(text):
 
 
 def _gigabytes(text):
-    """An argparse ``type`` for ``--gb``: a finite size in (0, 1024] GB."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in GB, got {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= 1024):
-        raise argparse.ArgumentTypeError(f"expected a size in GB in (0, 1024], got {text!r}")
-    return value
+    """``--gb``: a finite size in (0, 1024] GB."""
+    from nnkit.bench import number_in
+
+    return number_in("a size in GB", 0, 1024, low_open=True)(text)
 
 
 def main(argv=None):

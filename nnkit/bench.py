@@ -681,18 +681,27 @@ def output_file(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def positive_seconds(text):
-    """An argparse ``type`` for ``--seconds``: a finite number of seconds in (0, 600]."""
+def number_in(what, low, high, kind=float, low_open=False):
+    """An argparse ``type``: a finite ``kind`` (float or int) in [low, high] — (low, high] with ``low_open`` —
+    and otherwise argparse's clear error naming ``what`` and the range."""
     import argparse
     import math
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= 600):
-        raise argparse.ArgumentTypeError(f"expected seconds in (0, 600], got {text!r}")
-    return value
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (low < value if low_open else low <= value) and value <= high):
+            raise argparse.ArgumentTypeError(f"expected {what} in {'(' if low_open else '['}{low}, {high}], "
+                                             f"got {text!r}")
+        return value
+
+    return parse
+
+
+# ``--seconds``: a finite number of seconds in (0, 600]
+positive_seconds = number_in("seconds", 0, 600, low_open=True)
 
 
 def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):

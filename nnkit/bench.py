@@ -685,7 +685,6 @@ def number_in(what, low, high, kind=float, low_open=False):
     """An argparse ``type``: a finite ``kind`` (float or int) in [low, high] — (low, high] with ``low_open`` —
     and otherwise argparse's clear error naming ``what`` and the range."""
     import argparse
-    import math
 
     def parse(text):
         try:

@@ -1,6 +1,7 @@
 """``Sequential``: a stack of layers with a hand-written backward pass."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -231,6 +232,12 @@ class Sequential:
     def params(self):
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
         return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
+
+    @functools.cached_property
+    def _largest_matrix(self):
+        """Entries of the largest 2-D parameter: fixed by the architecture, so counted once (the fused SGD step
+        asks the backend whether a weight this large gains from fusing, ``Backend.descent_update``)."""
+        return max((math.prod(p.shape) for p in self.params().values() if len(p.shape) == 2), default=0)
 
     def buffers(self):
         """Live buffer arrays (running statistics: saved and moved, never trained), keyed like ``params()``."""

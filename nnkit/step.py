@@ -16,8 +16,6 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 """
 from __future__ import annotations
 
-import math
-
 from .distributed import allreduce_grads
 from .precision import LossScaler
 
@@ -118,11 +116,7 @@ def _fused_update(model, optimizer, state, lr, momentum):
     """The layers' ``fused_update(P, A, B)`` for this step (see ``Layer.fused_update``), or None where the
     backend has none.  With momentum each weight's velocity v (created here on the first step) is the
     GEMM's accumulator: v ← μv + A·B, then P ← P − lr·v."""
-    largest = model.__dict__.get("_largest_matrix")  # the weights' shapes are fixed: counted once per model
-    if largest is None:
-        largest = model._largest_matrix = max(
-            (math.prod(p.shape) for p in state.params.values() if len(p.shape) == 2), default=0)
-    update = model.backend.descent_update(lr, momentum, largest)
+    update = model.backend.descent_update(lr, momentum, model._largest_matrix)
     if update is None or not momentum:
         return update
     velocity = {}

@@ -355,8 +355,8 @@ class ConvCase:
 
     def _k_cnn_step(self):
         model, opt = self.cnn, nnkit.optim.Adam(1e-2)
-        X = model._as_input(self.X40)
-        T = model._as_target(self.y40, 100, nnkit.CrossEntropy())
+        X = nnkit.data.as_input(model, self.X40)
+        T = nnkit.data.as_target(model, self.y40, 100, nnkit.CrossEntropy())
         return lambda: (model.train_step(X, T, "cross_entropy", opt, check_input=False), model.params())
 
     def _k_cnn_torch_eager_step(self):

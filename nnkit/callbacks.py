@@ -12,8 +12,9 @@
   nothing (:class:`GradientStats` does).
 
 Built in: :class:`ProgbarLogger` (``verbose=``), :class:`ModelCheckpoint` (``checkpoint=``),
-:class:`EarlyStopping` (``early_stopping=``), :class:`LearningRateScheduler` (and the schedules of
-:mod:`nnkit.optim`, which are callbacks too).  Pass your own, or these with other settings, in
+:class:`EarlyStopping` (``early_stopping=``), :class:`LearningRateScheduler` and the schedules
+:class:`StepLR`, :class:`ExponentialLR`, :class:`CosineLR`, :class:`ReduceLROnPlateau` (also reached as
+``nnkit.optim.CosineLR`` ...).  Pass your own, or these with other settings, in
 ``callbacks=``.
 """
 from __future__ import annotations
@@ -22,10 +23,10 @@ import math
 import sys
 import time
 
-from . import checkpoint as ckpt
-from .optim import check_hyper, check_int
+from .checks import check_hyper, check_int
 
 __all__ = ["Callback", "History", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
+           "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau",
            "GradientStats"]
 
 
@@ -104,7 +105,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self):
         if self.restore_best and self.best_weights is not None:
-            self.model._assign(self.best_weights)
+            self.model.assign(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
@@ -118,7 +119,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs):
         if self.comm is None or self.comm.rank == 0:
-            ckpt.save(self.model, self.path)
+            self.model.save(self.path)
         if self.comm is not None and self.comm.size > 1:
             self.comm.barrier()  # the file is complete before any rank may read it
         return False
@@ -306,3 +307,91 @@ class GradientStats(Callback):
         if self.history is not None:
             self.history.append(out)
         return False
+
+
+# -- learning-rate schedules: callbacks that set optimizer.lr once per epoch ---------------------------
+class _Schedule(Callback):
+    """Base: remembers the optimizer's initial lr and sets ``optimizer.lr`` after each epoch."""
+
+    model = optimizer = None
+
+    def on_train_begin(self):
+        """Remember the optimizer's learning rate as lr₀ (once, so a resumed run keeps it)."""
+        if not hasattr(self, "base_lr"):
+            self.base_lr = self.optimizer.lr
+
+    def on_epoch_end(self, epoch, logs):
+        """Set the learning rate for the next epoch."""
+        self.optimizer.lr = self.lr_at(epoch + 1)
+
+    def on_train_end(self):
+        """Nothing to do."""
+
+    def lr_at(self, epoch):
+        """The learning rate for (0-based) ``epoch``."""
+        raise NotImplementedError
+
+
+class StepLR(_Schedule):
+    """lr = lr₀ · γ^⌊epoch / step_size⌋."""
+
+    def __init__(self, step_size, gamma=0.1):
+        self.step_size, self.gamma = check_int("step_size", step_size, 1), check_hyper("gamma", gamma, low_open=True)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(_Schedule):
+    """lr = lr₀ · γ^epoch."""
+
+    def __init__(self, gamma):
+        self.gamma = check_hyper("gamma", gamma, low_open=True)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** epoch
+
+
+class CosineLR(_Schedule):
+    """Linear warm-up for ``warmup`` epochs, then cosine decay to ``min_lr`` at ``total`` epochs.
+
+    lr = lr₀·(e+1)/warmup for e < warmup, else
+    min_lr + ½(lr₀ − min_lr)(1 + cos(π·(e − warmup)/(total − warmup))).
+    """
+
+    def __init__(self, total, warmup=0, min_lr=0.0):
+        total = check_int("total (epochs)", total, 1)
+        if check_int("warmup", warmup, 0) >= total:
+            raise ValueError(f"warmup must be an integer in [0, total), got {warmup!r}")
+        self.total, self.warmup, self.min_lr = total, warmup, check_hyper("min_lr", min_lr)
+
+    def on_train_begin(self):
+        super().on_train_begin()
+        self.optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        if epoch < self.warmup:
+            return self.base_lr * (epoch + 1) / self.warmup
+        frac = min(1.0, (epoch - self.warmup) / (self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * frac))
+
+
+class ReduceLROnPlateau(_Schedule):
+    """Multiply lr by ``factor`` when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0):
+        self.monitor = monitor
+        self.factor = check_hyper("factor", factor, low_open=True, high=1.0)
+        self.patience, self.min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
+        self.min_lr = check_hyper("min_lr", min_lr)
+        self.best, self.wait = math.inf, 0
+
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor, logs.get("loss"))
+        if value < self.best - self.min_delta:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                self.optimizer.lr = max(self.min_lr, self.optimizer.lr * self.factor)
+                self.wait = 0

@@ -40,7 +40,7 @@ from .layers import fmt_shape
 __all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
            "dense", "check_range", "host_or_native", "numeric_host",
            "host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
-           "BatchError"]
+           "BatchError", "predict"]
 
 
 class BatchError(ValueError):
@@ -364,7 +364,7 @@ def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None):
     read).  A sparse X is densified one batch at a time."""
     sums = None
     for s, e in batch_ranges(X.shape[0], batch_size):
-        out, tb = model._forward(model._rows(X, s, e), train=False), T[s:e, ...]
+        out, tb = model._forward(rows(model, X, s, e), train=False), T[s:e, ...]
         if W is None:
             batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
         else:
@@ -457,8 +457,8 @@ class FitData:
                     if b <= a:
                         yield None, None, None, 0.0, e
                         continue
-                    X = model._as_input(xb[a:b] if (a, b) != (0, rows) else xb)
-                    T = model._as_target(yb[a:b] if (a, b) != (0, rows) else yb, b - a, loss)
+                    X = as_input(model, xb[a:b] if (a, b) != (0, rows) else xb)
+                    T = as_target(model, yb[a:b] if (a, b) != (0, rows) else yb, b - a, loss)
                     W = None if w_host is None else be.asarray(w_host[a:b], dtype=be.dtype)
                 except (TypeError, ValueError) as exc:
                     raise BatchError(f"batch {i} (rows {s} to {e - 1}) of the stream: {exc}") from None
@@ -478,8 +478,8 @@ class FitData:
     def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split):
         """In-memory data: validated once, sent to the device once."""
         model, loss = self.model, self.loss
-        X = model._as_input(X)
-        T = model._as_target(y, X.shape[0], loss)
+        X = as_input(model, X)
+        T = as_target(model, y, X.shape[0], loss)
         W, w_host = check_weights(model, sample_weight, X.shape[0])
         self.Wv, wv_host = None, None
         if validation_split:
@@ -494,8 +494,8 @@ class FitData:
                 raise ValueError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
                                  "sample_weight_val)")
             try:
-                self.Xv = model._as_input(validation_data[0])
-                self.Tv = model._as_target(validation_data[1], self.Xv.shape[0], loss)
+                self.Xv = as_input(model, validation_data[0])
+                self.Tv = as_target(model, validation_data[1], self.Xv.shape[0], loss)
                 if len(validation_data) == 3 and validation_data[2] is not None:
                     self.Wv, wv_host = check_weights(model, validation_data[2], self.Xv.shape[0])
             except (TypeError, ValueError) as exc:
@@ -555,11 +555,11 @@ class FitData:
             if b <= a:  # a global batch smaller than the number of ranks: nothing here this step
                 yield None, None, None, 0.0, e
             elif order is None:
-                yield (model._rows(self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b],
+                yield (rows(model, self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b],
                        (b - a) / (e - s), e)
             else:
                 idx = order[1][a:b]
-                xb = model._dense(self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
+                xb = dense(model, self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
                 yield (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
                        (b - a) / (e - s), e)
 
@@ -574,3 +574,44 @@ class FitData:
             return nothing
         return batch_sums(self.model, slice_rows(self.Xv, va, vb), self.Tv[va:vb, ...], self.loss, self.metric_fns,
                           max(self.batch_size, 1024), None if self.Wv is None else self.Wv[va:vb])
+
+
+# -- prediction: in memory, in batches, or streamed ----------------------------------------------------
+def predict(model, X, batch_size=None):
+    """``model``'s output for X (inference mode), as an array of its backend: in memory at once, or in
+    batches of ``batch_size`` rows (sparse input: 4096 by default, densified a batch at a time), or — X
+    streamed (a memory-mapped array, a dataset, batches) — a batch at a time (default 4096 rows), the
+    outputs joined in order.  A bad streamed batch is a :class:`BatchError` naming it."""
+    stream = is_stream(X)
+    if stream and batch_size is None:
+        batch_size = 4096
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if stream:
+        return _predict_stream(model, X, batch_size)
+    X = as_input(model, X)
+    n = X.shape[0]
+    sparse = is_sparse(X)
+    if batch_size is None and sparse:
+        batch_size = 4096  # sparse input: densified a batch at a time
+    with model.policy.activate():
+        if batch_size is None or batch_size >= n and not sparse:
+            return model._forward(X, train=False)
+        parts = [model._forward(rows(model, X, s, min(s + batch_size, n)), train=False)
+                 for s in range(0, n, batch_size)]
+        return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
+
+
+def _predict_stream(model, X, batch_size):
+    """predict() of streamed data: each batch's rows (its X for a dataset or batches), in order."""
+    stream = MappedRows(X, np.zeros(X.shape[0], dtype=np.int8)) if isinstance(X, np.ndarray) else make_stream(X)
+    parts = []
+    with model.policy.activate():
+        for i, ((s, e), (xb, _, _)) in enumerate(stream.epoch_batches(batch_size)):
+            try:
+                xb = as_input(model, host_if_foreign(model.backend, xb))
+            except (TypeError, ValueError) as exc:
+                raise BatchError(f"batch {i} (rows {s} to {e - 1}): {exc}") from None
+            parts.append(model._forward(xb, train=False))
+    return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)

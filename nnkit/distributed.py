@@ -221,7 +221,7 @@ def sync_model(comm, model):
     """
     be = model.backend
     new = {k: comm.broadcast(model.xp.asarray(p, copy=True)) for k, p in {**model.params(), **model.buffers()}.items()}
-    model._assign(new)
+    model.assign(new)
     state = np.frombuffer(json.dumps(model.rng.bit_generator.state).encode(), dtype=np.uint8)
     length = int(be.to_numpy(comm.broadcast(be.asarray(np.array([state.size], dtype=np.int64))))[0])
     buf = np.zeros(length, dtype=np.uint8)

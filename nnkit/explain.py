@@ -18,6 +18,7 @@ import copy
 import numpy as np
 
 from .backend import host_copy
+from . import data
 from .losses import get_loss
 from .optim import SGD
 
@@ -128,8 +129,8 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None):
     opt = copy.deepcopy(opt)
     twin = model.clone()
     twin._random_key = model._random_key
-    Xd = twin._as_input(X)
-    T = twin._as_target(y, Xd.shape[0], loss)
+    Xd = data.as_input(twin, X)
+    T = data.as_target(twin, y, Xd.shape[0], loss)
     rep = Explanation(f"One training step of {len(model.layers)} layers on a batch of {Xd.shape[0]}",
                       max_numbers=max_numbers)
     names = dict(names or {})

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from . import data
 from .losses import get_loss
 
 __all__ = ["gradcheck"]
@@ -31,14 +32,14 @@ def gradcheck(model, X, y, loss, eps=1e-6):
     loss = get_loss(loss)
     twin = model.clone(dtype="float64", precision=None)  # finite differences need float64, whatever the policy
     be = twin.backend
-    Xd = twin._as_input(X)
-    T = twin._as_target(y, Xd.shape[0], loss)
+    Xd = data.as_input(twin, X)
+    T = data.as_target(twin, y, Xd.shape[0], loss)
 
     def same_draws():  # random layers (Dropout) draw the same masks in every evaluation
         twin._random_key = be.random_key(12345) if twin.needs_random else None
 
     same_draws()
-    _, grads = twin._value_and_grad(Xd, T, loss)
+    _, _, grads = twin.loss_and_grads(Xd, T, loss)
     analytic = {k: be.to_numpy(g).astype(np.float64) for k, g in grads.items()}
 
     def loss_at(state):

@@ -1,23 +1,16 @@
 """``Sequential``: a stack of layers with a hand-written backward pass."""
 from __future__ import annotations
 
-import functools
-import math
-
 import numpy as np
 
-from .backend import get_backend, is_sparse
-from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, ShapeError, check_input_shape,
-                     fmt_shape, infer_shapes, layer_from_config)
+from .backends import get_backend
+from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
 from .preprocessing import Preprocessing
-from .layers import activations
+from . import preprocessing as preprocessing_module
 from .losses import get_loss
 from .optim import Optimizer
 from .precision import LossScaler, get_policy
-from . import checkpoint, data, step, training
-from .functional import namespace_of
-
-_NP = namespace_of(np.empty(0))
+from . import architectures, checkpoint, data, step, training
 _KEEP = object()  # "the model's own precision policy" (a default that None cannot be: None means none)
 
 __all__ = ["Sequential", "load"]
@@ -116,81 +109,17 @@ class Sequential:
     @classmethod
     def mlp(cls, sizes, activation="relu", init=None, output_init="glorot_uniform", dropout=0.0, norm=None,
             residual=False, **kwargs):
-        """A multi-layer perceptron: ``Dense`` between consecutive widths, then (for every hidden layer)
-        ``norm``, ``activation`` and ``Dropout(dropout)``; the last Dense's output is the logits / linear
-        output.
-
-        ``sizes`` = (in, hidden..., out); ``activation`` is a name (``"relu"``, ``"gelu"``, ``"tanh"``, ...)
-        or a Layer class; ``init`` is the hidden layers' initialiser (default He uniform after ReLU/leaky
-        ReLU, Glorot uniform otherwise), ``output_init`` the last layer's.  ``norm`` is ``"batch"``
-        (BatchNorm) or ``"layer"`` (LayerNorm) after each hidden Dense; ``dropout`` the probability of
-        a Dropout after each hidden activation (0: none); ``residual=True`` wraps every hidden block whose
-        width does not change (Dense(h, h) and what follows it) in a ``Residual`` — Y = X + f(X), as in the
-        MNIST-1D paper's MLP.  Other keyword arguments (``backend``, ``dtype``, ``seed``) go to
-        :class:`Sequential`.
-        """
-        sizes = list(sizes)
-        if len(sizes) < 2:
-            raise ValueError(f"sizes must give at least an input and an output width, got {sizes!r}")
-        norms = {None: None, "batch": BatchNorm, "layer": LayerNorm}
-        if norm not in norms:
-            raise ValueError(f"norm must be 'batch', 'layer' or None, got {norm!r}")
-        if init is None:
-            init = "he_uniform" if activation in ("relu", "leaky_relu", activations.ReLU,
-                                                  activations.LeakyReLU) else "glorot_uniform"
-        new_act = (lambda: activations.get_activation(activation)) if isinstance(activation, str) else activation
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            if i == len(sizes) - 2:
-                layers.append(Dense(a, b, init=output_init))
-                break
-            block = [Dense(a, b, init=init)] + ([norms[norm](b)] if norm else []) + [new_act()] \
-                + ([Dropout(dropout)] if dropout else [])
-            layers += [Residual(block)] if residual and a == b else block
-        return cls(layers, **kwargs)
+        """A multi-layer perceptron of :func:`nnkit.architectures.mlp` (which documents the arguments); other
+        keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
+        return cls(architectures.mlp(sizes, activation, init, output_init, dropout, norm, residual), **kwargs)
 
     @classmethod
     def cnn(cls, input_shape, channels, hidden=(), n_outputs=10, kernel_size=3, pool=2, activation="relu",
             **kwargs):
-        """A small convolutional network: for every entry of ``channels`` a convolution (``kernel_size``,
-        padding that keeps the size), the activation and a max-pool of ``pool`` (while the positions allow),
-        then Flatten, ``hidden`` Dense layers with the activation, and a Dense to ``n_outputs``.
-
-        ``input_shape`` (without the batch): (C, L) signals, (C, H, W) images, or a table width n, which is
-        read as a square one-channel image when n is a square (64 → 1×8×8, the bundled digits) and as a
-        one-channel signal otherwise (40 → 1×40, MNIST-1D); a ``Reshape`` does that in the model.  Other
-        keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to :class:`Sequential`.
-        """
-        from .layers import Conv1D, Conv2D, Flatten, MaxPool1D, MaxPool2D, Reshape, get_activation
-
-        table = isinstance(input_shape, int) or len(tuple(input_shape)) == 1
-        shape = (int(input_shape) if isinstance(input_shape, int) else tuple(input_shape)[0],) if table \
-            else tuple(input_shape)
-        layers = []
-        if table:
-            side = int(round(shape[0] ** 0.5))
-            spatial = (1, side, side) if side * side == shape[0] else (1, shape[0])
-            layers.append(Reshape(spatial))
-        else:
-            spatial = shape
-        conv, pooling = (Conv2D, MaxPool2D) if len(spatial) == 3 else (Conv1D, MaxPool1D)
-        new_act = (lambda: get_activation(activation)) if isinstance(activation, str) else activation
-        c, size = spatial[0], list(spatial[1:])
-        for out in channels:
-            layers += [conv(c, out, kernel_size, padding=kernel_size // 2), new_act()]
-            if kernel_size % 2 == 0:
-                size = [n + 1 for n in size]
-            if pool and all(n >= pool for n in size):
-                layers.append(pooling(pool))
-                size = [n // pool for n in size]
-            c = out
-        layers.append(Flatten())
-        width = c * math.prod(size)
-        for h in hidden:
-            layers += [Dense(width, h), new_act()]
-            width = h
-        layers.append(Dense(width, n_outputs))
-        return cls(layers, input_shape=shape, **kwargs)
+        """A small convolutional network of :func:`nnkit.architectures.cnn` (which documents the arguments);
+        other keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
+        layers = architectures.cnn(input_shape, channels, hidden, n_outputs, kernel_size, pool, activation)
+        return cls(layers, input_shape=architectures.cnn_input_shape(input_shape), **kwargs)
 
     def __getstate__(self):
         """Pickling: compiled steps (a backend's traced functions) stay behind; they are rebuilt on use."""
@@ -232,12 +161,6 @@ class Sequential:
     def params(self):
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
         return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
-
-    @functools.cached_property
-    def _largest_matrix(self):
-        """Entries of the largest 2-D parameter: fixed by the architecture, so counted once (the fused SGD step
-        asks the backend whether a weight this large gains from fusing, ``Backend.descent_update``)."""
-        return max((math.prod(p.shape) for p in self.params().values() if len(p.shape) == 2), default=0)
 
     def buffers(self):
         """Live buffer arrays (running statistics: saved and moved, never trained), keyed like ``params()``."""
@@ -300,23 +223,6 @@ class Sequential:
             self._out_shape = out
         self._batch_shapes[shape] = out
 
-    # -- input handling: the data path's (nnkit.data), for this model -------------------------------------
-    def _as_input(self, X, check_values=True):
-        """X checked and converted for this model (:func:`nnkit.data.as_input`)."""
-        return data.as_input(self, X, check_values)
-
-    def _as_target(self, y, n_rows, loss, check_values=True):
-        """y checked and prepared for ``loss`` (:func:`nnkit.data.as_target`)."""
-        return data.as_target(self, y, n_rows, loss, check_values)
-
-    def _rows(self, X, start, stop):
-        """Rows [start, stop) of a prepared input (:func:`nnkit.data.rows`)."""
-        return data.rows(self, X, start, stop)
-
-    def _dense(self, rows):
-        """Host sparse rows as a dense device batch (:func:`nnkit.data.dense`)."""
-        return data.dense(self, rows)
-
     # -- passes -------------------------------------------------------------------
     def _forward(self, X, train):
         """The layers applied in order; under a mixed policy X enters in the compute dtype and the
@@ -328,29 +234,20 @@ class Sequential:
 
     def forward(self, X, *, check_input=True):
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
-        return self._forward(self._as_input(X, check_input), train=True)
+        return self._forward(data.as_input(self, X, check_input), train=True)
 
-    def backward(self, dY, fused_update=None):
+    def backward(self, dY):
         """Backpropagate ∂L/∂(output) (B, out) through the layers of the last ``forward``.
 
         Layer by layer, from the last: each receives ∂L/∂(its output) and hands
         ∂L/∂(its input) to the one before.  The first layer with parameters does
         not compute the ∂L/∂X nobody needs.  Returns the gradients keyed like
-        ``state_dict()``.
-
-        ``fused_update`` (a fused SGD step, :mod:`nnkit.step`): layers may apply the SGD update of a θ whose
-        gradient is a product A·B on the way (``Layer.fused_update``); those θ are missing from the result.
+        ``state_dict()``.  A parameter a layer uses more than once (a tied or recurrent weight) receives
+        the sum of its gradients: that is the layer's to form, before it stores ``grads``.
         """
         first, layers = self._first_param_layer, self.layers
-        owners = {layer for layer, _ in self._slots.values()} if fused_update is not None else ()
-        for layer in owners:
-            layer.fused_update = fused_update
-        try:
-            for i in range(len(layers) - 1, first - 1, -1):
-                dY = layers[i].backward(dY, need_dX=i > first)
-        finally:
-            for layer in owners:
-                del layer.fused_update  # back to the class's None
+        for i in range(len(layers) - 1, first - 1, -1):
+            dY = layers[i].backward(dY, need_dX=i > first)
         grads = {}
         for key, (layer, name) in self._slots.items():
             g = layer.grads.get(name)
@@ -358,13 +255,13 @@ class Sequential:
                 grads[key] = g
         return grads
 
-    def _backward(self, d_out, scaler=None, fused_update=None):
+    def _backward(self, d_out, scaler=None):
         """∂L/∂θ in float32 from ∂L/∂out: into the compute dtype (times the loss scale S), backward, and
         back to float32 divided by S (:mod:`nnkit.precision`); plain ``backward`` without a policy."""
         p = self.policy
         if not p.casts and scaler is None:
-            return self.backward(d_out, fused_update)
-        return p.unscale(self.backward(p.cast_grad_out(d_out, scaler), fused_update), scaler)
+            return self.backward(d_out)
+        return p.unscale(self.backward(p.cast_grad_out(d_out, scaler)), scaler)
 
     def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
@@ -375,40 +272,25 @@ class Sequential:
         adds its penalty Ω(W) to the loss and ∂Ω/∂W to the weight gradients.
         """
         loss = get_loss(loss)
-        X = self._as_input(X, check_input)
-        T = self._as_target(y, X.shape[0], loss, check_input)
-        return self._value_and_grad(X, T, loss, regularizer)
-
-    def _value_and_grad(self, X, T, loss, regularizer=None):
-        value, _, grads = self._loss_out_grads(X, T, loss, regularizer, scaler=self._scaler)
+        X = data.as_input(self, X, check_input)
+        T = data.as_target(self, y, X.shape[0], loss, check_input)
+        value, _, grads = self.loss_and_grads(X, T, loss, regularizer=regularizer, scaler=self._scaler)
         return value, grads
 
-    def _loss_out_grads(self, X, T, loss, regularizer=None, w=None, scaler=None, fused_update=None):
-        """(L, output, ∂L/∂θ) for a prepared batch: forward, loss (weighted by ``w``), backward, penalty.
-        ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under; ``fused_update``: see
-        :meth:`backward`."""
+    def loss_and_grads(self, X, T, loss, *, regularizer=None, w=None, scaler=None):
+        """``(L, output, ∂L/∂θ)`` for a batch the data path prepared (``nnkit.data.as_input``/``as_target``):
+        forward, the loss (weighted by ``w`` (B,)), backward, and the penalty Ω of ``regularizer``.  Nothing
+        is read from the device.  ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under.
+        """
         out = self._forward(X, train=True)
         value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
-        grads = self._backward(d_out, scaler, fused_update)
+        grads = self._backward(d_out, scaler)
         if regularizer is not None:
             scale = None
             if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
                 scale = 1.0 / X.shape[0] if w is None else 1.0 / self.xp.sum(w)
-            value, grads = self._add_penalty(value, grads, regularizer, scale)
+            value, grads = regularizer.add_to(self.params(), value, grads, scale)
         return value, out, grads
-
-    def _add_penalty(self, value, grads, regularizer, scale=None):
-        """L + Ω(W) and ∂L/∂W + ∂Ω/∂W for every weight matrix (keys ending in ".W"), times ``scale``."""
-        params = self.params()
-        grads = dict(grads)
-        for key in grads:
-            if key.endswith(".W"):
-                omega, d_omega = regularizer.value_and_grad(params[key])
-                if scale is not None:
-                    omega, d_omega = omega * scale, d_omega * scale
-                value = value + omega
-                grads[key] = grads[key] + d_omega
-        return value, grads
 
     def train_step(self, X, y, loss, optimizer, *, check_input=True, regularizer=None):
         """One forward, backward and optimizer update; returns the 0-d loss (no host sync).
@@ -419,11 +301,11 @@ class Sequential:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an nnkit.optim.Optimizer (e.g. SGD(0.1)), got {optimizer!r}")
         loss = get_loss(loss)
-        X = self._as_input(X, check_input)
-        T = self._as_target(y, X.shape[0], loss, check_input)
+        X = data.as_input(self, X, check_input)
+        T = data.as_target(self, y, X.shape[0], loss, check_input)
         with self.policy.activate():
             value, _, state = step.train_step(self, step.StepState.of(self, optimizer), X, T, optimizer.lr,
-                                              loss=loss, optimizer=optimizer, regularizer=regularizer, fused=True)
+                                              loss=loss, optimizer=optimizer, regularizer=regularizer)
         optimizer.state = state.opt
         self._scaler = state.scaler
         return value
@@ -487,8 +369,9 @@ class Sequential:
         """Write architecture, weights, optimizer state, epoch and RNG state to one ``.npz`` (atomic)."""
         return checkpoint.save(self, path)
 
-    def _assign(self, new_params):
-        """The one place where parameter (and buffer) values are written back into the layers."""
+    def assign(self, new_params):
+        """The one place where parameter (and buffer) values are written back into the layers: ``new_params``
+        maps keys of :meth:`params`/:meth:`buffers` to arrays of the model's backend (used as they are)."""
         slots = self._slots
         for key, value in new_params.items():
             slot = slots.get(key)
@@ -502,41 +385,8 @@ class Sequential:
     def predict(self, X, batch_size=None):
         """The last layer's output for X, as an array of the model's backend (inference only).  X may be
         streamed (a memory-mapped array, a dataset, batches: :mod:`nnkit.data`): read a batch at a time
-        (``batch_size``, default 4096 rows), the outputs joined."""
-        if data.is_stream(X):
-            return self._predict_stream(X, 4096 if batch_size is None else batch_size)
-        X = self._as_input(X)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        n = X.shape[0]
-        sparse = is_sparse(X)
-        if batch_size is None and sparse:
-            batch_size = 4096  # sparse input: densified a batch at a time
-        with self.policy.activate():
-            if batch_size is None or batch_size >= n and not sparse:
-                return self._forward(X, train=False)
-            parts = [self._forward(self._rows(X, s, min(s + batch_size, n)), train=False)
-                     for s in range(0, n, batch_size)]
-            return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
-
-    def _predict_stream(self, X, batch_size):
-        """predict() of streamed data: each batch's rows (its X for a dataset or batches), in order."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if isinstance(X, np.ndarray):
-            stream = data.MappedRows(X, np.zeros(X.shape[0], dtype=np.int8))
-        else:
-            stream = data.make_stream(X)
-        parts = []
-        with self.policy.activate():
-            for i, ((s, e), (xb, _, _)) in enumerate(stream.epoch_batches(batch_size)):
-                try:
-                    xb = self._as_input(data.host_if_foreign(self.backend, xb))
-                except (TypeError, ValueError) as exc:
-                    raise data.BatchError(f"batch {i} (rows {s} to {e - 1}): {exc}") from None
-                parts.append(self._forward(xb, train=False))
-        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+        (``batch_size``, default 4096 rows), the outputs joined (:func:`nnkit.data.predict`)."""
+        return data.predict(self, X, batch_size)
 
     # -- tables: raw rows in, class names out -------------------------------------------------
     @property
@@ -556,28 +406,11 @@ class Sequential:
                              f"{self.n_features_in}")
         self.info.update(pre.to_info())
 
-    def predict_labels(self, data, proba=False, batch_size=4096):
-        """Predictions for raw rows in one call: a Table, a pandas DataFrame (columns matched by name) or
-        an array of raw features, through the saved :attr:`preprocessing` (fills, scaling) to class
-        names (NumPy), or to values for a regression model.  ``proba=True`` also returns the class
-        probabilities (softmax of the outputs, or σ for one output)."""
-        from .functional import sigmoid, softmax
-
-        pre = self.preprocessing
-        X = pre.transform(data) if pre is not None else getattr(data, "X", data)
-        out = self.backend.to_numpy(self.predict(np.asarray(X, dtype=np.float64), batch_size=batch_size))
-        out = np.asarray(out, dtype=np.float64)
-        if pre is not None and pre.task == "regression":
-            values = out[:, 0] if out.shape[1] == 1 else out
-            return (values, None) if proba else values
-        if pre is not None:
-            labels = pre.labels(out)
-        else:
-            labels = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
-        if not proba:
-            return labels
-        P = sigmoid(_NP, out) if out.shape[1] == 1 else softmax(_NP, out, axis=1)
-        return labels, (np.concatenate([1.0 - P, P], axis=1) if out.shape[1] == 1 else P)
+    def predict_labels(self, X, proba=False, batch_size=4096):
+        """Predictions for raw rows in one call — class names (or values for a regression model), and with
+        ``proba=True`` the class probabilities — through the saved :attr:`preprocessing`
+        (:func:`nnkit.preprocessing.predict_labels`, which documents the forms X may take)."""
+        return preprocessing_module.predict_labels(self, X, proba=proba, batch_size=batch_size)
 
     # -- state ----------------------------------------------------------------------
     def state_dict(self):
@@ -612,7 +445,7 @@ class Sequential:
                 )
             new[key] = value
         # np.array copies: the model owns its parameters (optimizers update them in place)
-        self._assign({k: self.backend.asarray(np.array(v), dtype=self.backend.dtype) for k, v in new.items()})
+        self.assign({k: self.backend.asarray(np.array(v), dtype=self.backend.dtype) for k, v in new.items()})
         return self
 
     def to(self, backend, device=None, precision=_KEEP):

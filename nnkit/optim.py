@@ -1,4 +1,5 @@
-"""Optimizers, gradient clipping, penalties and learning-rate schedules.
+"""Optimizers, gradient clipping and penalties (the learning-rate schedules, callbacks, live in
+:mod:`nnkit.callbacks`; ``nnkit.optim.CosineLR`` and the others are the same classes).
 
 An optimizer never writes into the model: ``step(params, grads)`` returns the
 new values keyed like ``model.state_dict()``, and the model writes them back in
@@ -9,27 +10,12 @@ Notation: θ a parameter, g = ∂L/∂θ, lr the learning rate, λ the weight de
 """
 from __future__ import annotations
 
+from .checks import check_hyper, check_int
 from .functional import namespace_of
-
-import math
-import numbers
+from .callbacks import StepLR, ExponentialLR, CosineLR, ReduceLROnPlateau  # noqa: F401 (their old address)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer", "OPTIMIZERS",
            "clip_by_global_norm", "L1", "L2", "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau"]
-
-
-def check_hyper(name, value, low=0.0, high=None, low_open=False, high_open=True):
-    """A real hyperparameter within [low, high) (bounds configurable), else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    bad_low = value <= low if low_open else value < low
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high or not math.isfinite(value):
-        lo = "(" if low_open else "["
-        hi = ("inf)" if high is None else (f"{high})" if high_open else f"{high}]"))
-        raise ValueError(f"{name} must lie in {lo}{low}, {hi} and be finite, got {value!r}")
-    return value
 
 
 def clip_by_global_norm(grads, max_norm):
@@ -42,13 +28,6 @@ def clip_by_global_norm(grads, max_norm):
     total = xp.sqrt(sum(xp.sum(g * g) for g in gs))
     scale = xp.minimum(max_norm / (total + 1e-12), 1.0)
     return {k: g * scale for k, g in grads.items()}
-
-
-def check_int(name, value, low):
-    """An integer hyperparameter >= ``low``, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class Optimizer:
@@ -67,11 +46,7 @@ class Optimizer:
         optimizer's own ``state`` and learning rate ``lr`` (see :meth:`apply`)."""
         return self.apply(params, grads, self.state, self.lr, scratch_grads)[0]
 
-    # the momentum μ where the update is v ← μv + g, θ ← θ − lr·v (μ = 0: θ ← θ − lr·g) and nothing else
-    # reads g, so a training step may fuse it into the backward pass (nnkit.step); None elsewhere
-    fused_momentum = None
-
-    def apply(self, params, grads, state, lr, scratch_grads=False, done=()):
+    def apply(self, params, grads, state, lr, scratch_grads=False):
         """``(new_params, state)``: one update of every parameter in ``grads`` — the pure form.
 
         ``state`` maps each key to its per-parameter state (moments and the step count ``t``, a
@@ -82,18 +57,16 @@ class Optimizer:
         training step passes gradients it computed and will not read again); it saves one
         parameter-sized temporary per update where an optimizer can use it.  On NumPy, CuPy and torch
         the parameters and moments are updated in place; on immutable arrays new ones are returned.
-        ``done``: keys whose update a fused step already made in place (only their step count advances).
         """
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
         new, update = {}, self.update
-        keys = [k for k in params if k in grads or k in done] if done else grads
-        for key in keys:
+        for key in grads:
             s = state.get(key)
             if s is None:
                 s = state[key] = self.init_state(params[key])
             s["t"] += 1
-            new[key] = params[key] if key in done else update(params[key], grads[key], s, lr, scratch_grads)
+            new[key] = update(params[key], grads[key], s, lr, scratch_grads)
         return new, state
 
     def init_state(self, p):
@@ -166,12 +139,6 @@ class SGD(Optimizer):
             g = g + self.momentum * v if self.nesterov else v
         p -= lr * g
         return p
-
-    @property
-    def fused_momentum(self):
-        if self.weight_decay or self.nesterov or self.clip_norm is not None:
-            return None
-        return self.momentum
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov,
@@ -320,6 +287,19 @@ class L2:
         xp = namespace_of(W)
         return (0.5 * self.lam) * xp.sum(W * W), self.lam * W
 
+    def add_to(self, params, value, grads, scale=None):
+        """``(L + Ω, grads + ∂Ω/∂W)``: the penalty of every weight matrix (keys ending in ``".W"``) added to
+        the loss ``value`` and to its gradient in ``grads`` (a new dict), each times ``scale`` when given."""
+        grads = dict(grads)
+        for key in grads:
+            if key.endswith(".W"):
+                omega, d_omega = self.value_and_grad(params[key])
+                if scale is not None:
+                    omega, d_omega = omega * scale, d_omega * scale
+                value = value + omega
+                grads[key] = grads[key] + d_omega
+        return value, grads
+
     def __repr__(self):
         return f"{type(self).__name__}({self.lam!r}" + (", per_batch=True)" if self.per_batch else ")")
 
@@ -331,91 +311,3 @@ class L1(L2):
         """(Ω(W), ∂Ω/∂W) for one weight matrix: (λΣ|W|, λ·sign(W))."""
         xp = namespace_of(W)
         return self.lam * xp.sum(xp.abs(W)), self.lam * xp.sign(W)
-
-
-# -- learning-rate schedules (callbacks that set optimizer.lr once per epoch) ----------
-class _Schedule:
-    """Base: remembers the optimizer's initial lr and sets ``optimizer.lr`` after each epoch."""
-
-    model = optimizer = None
-
-    def on_train_begin(self):
-        """Remember the optimizer's learning rate as lr₀ (once, so a resumed run keeps it)."""
-        if not hasattr(self, "base_lr"):
-            self.base_lr = self.optimizer.lr
-
-    def on_epoch_end(self, epoch, logs):
-        """Set the learning rate for the next epoch."""
-        self.optimizer.lr = self.lr_at(epoch + 1)
-
-    def on_train_end(self):
-        """Nothing to do."""
-
-    def lr_at(self, epoch):
-        """The learning rate for (0-based) ``epoch``."""
-        raise NotImplementedError
-
-
-class StepLR(_Schedule):
-    """lr = lr₀ · γ^⌊epoch / step_size⌋."""
-
-    def __init__(self, step_size, gamma=0.1):
-        self.step_size, self.gamma = check_int("step_size", step_size, 1), check_hyper("gamma", gamma, low_open=True)
-
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** (epoch // self.step_size)
-
-
-class ExponentialLR(_Schedule):
-    """lr = lr₀ · γ^epoch."""
-
-    def __init__(self, gamma):
-        self.gamma = check_hyper("gamma", gamma, low_open=True)
-
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** epoch
-
-
-class CosineLR(_Schedule):
-    """Linear warm-up for ``warmup`` epochs, then cosine decay to ``min_lr`` at ``total`` epochs.
-
-    lr = lr₀·(e+1)/warmup for e < warmup, else
-    min_lr + ½(lr₀ − min_lr)(1 + cos(π·(e − warmup)/(total − warmup))).
-    """
-
-    def __init__(self, total, warmup=0, min_lr=0.0):
-        total = check_int("total (epochs)", total, 1)
-        if check_int("warmup", warmup, 0) >= total:
-            raise ValueError(f"warmup must be an integer in [0, total), got {warmup!r}")
-        self.total, self.warmup, self.min_lr = total, warmup, check_hyper("min_lr", min_lr)
-
-    def on_train_begin(self):
-        super().on_train_begin()
-        self.optimizer.lr = self.lr_at(0)
-
-    def lr_at(self, epoch):
-        if epoch < self.warmup:
-            return self.base_lr * (epoch + 1) / self.warmup
-        frac = min(1.0, (epoch - self.warmup) / (self.total - self.warmup))
-        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * frac))
-
-
-class ReduceLROnPlateau(_Schedule):
-    """Multiply lr by ``factor`` when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
-
-    def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0):
-        self.monitor = monitor
-        self.factor = check_hyper("factor", factor, low_open=True, high=1.0)
-        self.patience, self.min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
-        self.min_lr = check_hyper("min_lr", min_lr)
-        self.best, self.wait = math.inf, 0
-
-    def on_epoch_end(self, epoch, logs):
-        value = logs.get(self.monitor, logs.get("loss"))
-        if value < self.best - self.min_delta:
-            self.best, self.wait = value, 0
-        else:
-            self.wait += 1
-            if self.wait > self.patience:
-                self.optimizer.lr = max(self.min_lr, self.optimizer.lr * self.factor)
-                self.wait = 0

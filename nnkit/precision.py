@@ -158,21 +158,6 @@ class LossScaler:
         return out
 
 
-def _can(backend, dtype_name):
-    """True when ``backend`` has ``dtype_name`` and multiplies two small matrices in it."""
-    xp = backend.xp
-    dt = getattr(xp, dtype_name, None)
-    if dt is None:
-        return False
-    try:
-        with backend.activate():
-            a = xp.ones((2, 2), dtype=dt, device=backend.device)
-            a @ a
-    except Exception:  # the library has the dtype but no matmul for it
-        return False
-    return True
-
-
 def get_policy(precision, backend):
     """The :class:`Policy` for ``precision`` (None, ``"mixed_bfloat16"``, ``"mixed_float16"``, ``"tf32"``) on
     ``backend``; a precision the backend cannot honour is a ValueError naming backends that can."""
@@ -194,11 +179,9 @@ def get_policy(precision, backend):
                              f"precision='mixed_bfloat16' (backend='torch' or 'jax')")
         return Policy(precision, backend)
     compute = _COMPUTE[precision]
-    if backend.name in ("numpy", "array_api_strict") or not _can(backend, compute):
+    why = backend.low_precision_refusal(compute)
+    if why is not None:
         who = "backend='torch' or 'jax'" if compute == "bfloat16" else "backend='torch', 'jax' or 'cupy'"
-        why = {"numpy": "NumPy has no bfloat16 dtype and no BLAS matmul for float16",
-               "array_api_strict": "the Array API standard has no 16-bit floats"}.get(
-            backend.name, f"{backend.name} has no {compute} matrix product")
         raise ValueError(f"precision={precision!r} computes in {compute}, which backend '{backend.name}' "
                          f"cannot: {why}. Use {who}")
     return Policy(precision, backend)

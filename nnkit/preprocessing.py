@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Preprocessing", "IMPUTE"]
+from .functional import namespace_of, sigmoid, softmax
+
+__all__ = ["Preprocessing", "IMPUTE", "predict_labels"]
 
 IMPUTE = ("mean", "median", "most_frequent")
 
@@ -167,3 +169,26 @@ def _fill_value(col, strategy):
         return float(np.median(present))
     values, counts = np.unique(present, return_counts=True)
     return float(values[np.argmax(counts)])  # the smallest of the most frequent values
+
+
+def predict_labels(model, data, proba=False, batch_size=4096):
+    """Predictions of ``model`` for raw rows in one call: a Table, a pandas DataFrame (columns matched by name)
+    or an array of raw features, through the model's saved :class:`Preprocessing` (fills, scaling) to class
+    names (NumPy), or to values for a regression model.  ``proba=True`` also returns the class
+    probabilities (softmax of the outputs, or σ for one output; ``(values, None)`` for regression)."""
+    pre = model.preprocessing
+    X = pre.transform(data) if pre is not None else getattr(data, "X", data)
+    out = model.backend.to_numpy(model.predict(np.asarray(X, dtype=np.float64), batch_size=batch_size))
+    out = np.asarray(out, dtype=np.float64)
+    if pre is not None and pre.task == "regression":
+        values = out[:, 0] if out.shape[1] == 1 else out
+        return (values, None) if proba else values
+    if pre is not None:
+        labels = pre.labels(out)
+    else:
+        labels = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+    if not proba:
+        return labels
+    xp = namespace_of(out)
+    P = sigmoid(xp, out) if out.shape[1] == 1 else softmax(xp, out, axis=1)
+    return labels, (np.concatenate([1.0 - P, P], axis=1) if out.shape[1] == 1 else P)

@@ -56,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 import array_api_compat
 
 from . import optim
+from . import data
 from .layers import Identity, ReLU, Sigmoid, Tanh
 from .backend import get_backend, host_copy, is_sparse
 from .callbacks import Callback
@@ -331,7 +332,7 @@ class _BaseMLP(BaseEstimator):
                     raise ValueError(f"{'coefs_' if kind == 'W' else 'intercepts_'}[{j}] has shape {value.shape}, "
                                      f"expected {want}")
                 new[f"{i}.{kind}"] = be.asarray(value, dtype=be.dtype)
-        model._assign(new)
+        model.assign(new)
 
     # -- fitting --------------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight=None, incremental=False):
@@ -451,7 +452,7 @@ class _BaseMLP(BaseEstimator):
         loss = self._loss()
         keys = list(model.params())
         shapes = {k: tuple(p.shape) for k, p in model.params().items()}
-        Xd, Td = model._as_input(X), model._as_target(Y, X.shape[0], loss)
+        Xd, Td = data.as_input(model, X), data.as_target(model, Y, X.shape[0], loss)
         total = float(X.shape[0]) if sample_weight is None else float(np.sum(sample_weight))
         W = None if sample_weight is None else be.asarray(sample_weight, dtype=be.dtype)
         alpha = float(self.alpha)
@@ -463,7 +464,7 @@ class _BaseMLP(BaseEstimator):
                 size = math.prod(shapes[k])
                 new[k] = be.asarray(theta[offset:offset + size].reshape(shapes[k]), dtype=be.dtype)
                 offset += size
-            model._assign(new)
+            model.assign(new)
 
         def fun(theta):
             assign(theta)
@@ -472,12 +473,12 @@ class _BaseMLP(BaseEstimator):
                 e = min(s + _CHUNK, X.shape[0])
                 wc = None if W is None else W[s:e]
                 share = (e - s) / total if W is None else xp.sum(wc) / total
-                v, _, g = model._loss_out_grads(model._rows(Xd, s, e), Td[s:e, ...], loss, None, wc)
+                v, _, g = model.loss_and_grads(data.rows(model, Xd, s, e), Td[s:e, ...], loss, w=wc)
                 value = v * share if value is None else value + v * share
                 grads = {k: g[k] * share for k in keys} if grads is None else {k: grads[k] + g[k] * share for k in keys}
             if alpha > 0:  # scikit-learn: (α/2Σw)Σ‖W‖² and (α/Σw)W
                 penalty = optim.L2(alpha / total)
-                value, grads = model._add_penalty(value, grads, penalty)
+                value, grads = penalty.add_to(model.params(), value, grads)
             flat = xp.concat([xp.reshape(value, (1,))] + [xp.reshape(grads[k], (-1,)) for k in keys])
             host = be.to_numpy(flat).astype(np.float64)  # the evaluation's one device -> host transfer
             return float(host[0]), host[1:]

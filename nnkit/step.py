@@ -47,7 +47,7 @@ class StepState:
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
-               share=1.0, w=None, grad_hooks=(), fused=False):
+               share=1.0, w=None, grad_hooks=()):
     """One training step: ``(value, sums, new_state)``.
 
     The model's layers must hold ``state.params`` (``make_step``'s compiled form puts them there).
@@ -65,12 +65,6 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     the update is undone on the device — parameters, moments and step counts keep their values —
     and S halves (``LossScaler``); no host read decides it.
 
-    ``fused=True`` (the eager steps) lets SGD — θ ← θ − lr·g, or with momentum v ← μv + g, θ ← θ − lr·v;
-    nothing else reading g: no Nesterov, decay, clipping, penalty, all-reduce, loss scaling or gradient
-    watcher — update a weight whose gradient is a product (Dense: Xᵀ·dZ) in the backward pass, on one GEMM
-    that never stores the gradient (``Backend.descent_update``; NumPy and torch).  The values are those of
-    steps 1–5 up to the rounding of lr·g (one rounding fewer).
-
     ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
     ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
     ``(name, fn)``) is given, else None.  Nothing is read from the device.
@@ -80,12 +74,7 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         xp = model.xp
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
-        descend = None
-        momentum = optimizer.fused_momentum
-        if fused and momentum is not None and regularizer is None and comm is None and not grad_hooks \
-                and state.scaler is None:
-            descend = _fused_update(model, optimizer, state, lr, momentum)
-        value, out, grads = model._loss_out_grads(X, T, loss, regularizer, w, state.scaler, descend)
+        value, out, grads = model.loss_and_grads(X, T, loss, regularizer=regularizer, w=w, scaler=state.scaler)
         if metric_fns is not None:
             if w is None:
                 sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
@@ -97,8 +86,7 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         hook(grads, state.params)
     scaler = state.scaler
     if scaler is None:
-        done = state.params.keys() - grads.keys()  # updated in the backward pass (fused)
-        params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True, done=done)
+        params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
     else:  # a step with inf/NaN gradients is undone on the device (after the all-reduce: every rank agrees)
         xp = model.xp
         optimizer.init_states(state.opt, state.params, model.backend)
@@ -108,24 +96,8 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         params = LossScaler.keep_if(xp, ok, params, before["p"])
         opt = LossScaler.keep_if(xp, ok, opt, before["o"])
         scaler = LossScaler.update(xp, scaler, ok)
-    model._assign(params)
+    model.assign(params)
     return value, sums, StepState(params, opt, state.buffers, state.key, scaler)
-
-
-def _fused_update(model, optimizer, state, lr, momentum):
-    """The layers' ``fused_update(P, A, B)`` for this step (see ``Layer.fused_update``), or None where the
-    backend has none.  With momentum each weight's velocity v (created here on the first step) is the
-    GEMM's accumulator: v ← μv + A·B, then P ← P − lr·v."""
-    update = model.backend.descent_update(lr, momentum, model._largest_matrix)
-    if update is None or not momentum:
-        return update
-    velocity = {}
-    for key, p in state.params.items():
-        s = state.opt.get(key)
-        if s is None:
-            s = state.opt[key] = optimizer.init_state(p)
-        velocity[id(p)] = s["v"]
-    return lambda P, A, B: update(P, A, B, velocity[id(P)])
 
 
 def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=()):
@@ -139,7 +111,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     def eager(X, T, share=1.0, w=None):
         _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
-                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks, fused=True)
+                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks)
         optimizer.state = state.opt
         model._scaler = state.scaler
         return sums
@@ -156,7 +128,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
 
     def pure(params, opt, buffers, key, scaler, X, T, lr, w):
         run.traces += 1  # runs only while the backend traces the function
-        model._assign({**params, **buffers})
+        model.assign({**params, **buffers})
         model._random_key = key
         _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w)
@@ -179,7 +151,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
             model.reseed()
         sums, params, opt, buffers, key, scaler = compiled(model.params(), optimizer.state, model.buffers(),
                                                            model._random_key, model._scaler, X, T, optimizer.lr, w)
-        model._assign({**params, **buffers})
+        model.assign({**params, **buffers})
         model._random_key = key
         model._scaler = scaler
         optimizer.state = opt

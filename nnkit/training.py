@@ -71,8 +71,8 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
             sums = reader.stream_sums(data.make_stream(X, y, sample_weight))
             host = model.backend.to_numpy(model.xp.stack(sums))
         return {name: float(v) / reader.total_v for name, v in zip(names, host)}
-    X = model._as_input(X)
-    T = model._as_target(y, X.shape[0], loss)
+    X = data.as_input(model, X)
+    T = data.as_target(model, y, X.shape[0], loss)
     W, w_host = data.check_weights(model, sample_weight, X.shape[0])
     total = float(X.shape[0]) if W is None else float(w_host.sum())
     default = X.shape[0] if not is_sparse(X) else 4096
@@ -111,7 +111,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                     if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
                         break
             except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
-                model._assign(safe[0])
+                model.assign(safe[0])
                 run.optimizer.state, model._scaler = safe[1], safe[2]
                 raise
             if stop.raised and (run.n is None or seen < run.n):
@@ -119,7 +119,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 break
             logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
             if not all(math.isfinite(v) for v in logs.values()):
-                model._assign(safe[0])
+                model.assign(safe[0])
                 run.optimizer.state, model._scaler = safe[1], safe[2]
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "

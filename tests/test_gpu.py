@@ -60,7 +60,7 @@ def test_torch_cuda_fit_never_synchronises_inside_an_epoch():
     X, y = _data()
     model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0)
     be = model.backend
-    Xd, Td = be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+    Xd, Td = be.asarray(X, dtype=be.dtype), nnkit.data.as_target(model, y, X.shape[0], nnkit.CrossEntropy())
     opt = nnkit.optim.Adam(1e-3, clip_norm=1.0)
     model.train_step(Xd, Td, "cross_entropy", opt, check_input=False)  # warm-up: lazy CUDA initialisation
     torch.cuda.synchronize()
@@ -170,7 +170,7 @@ def test_torch_cuda_mixed_precision_fit_never_synchronises_inside_an_epoch(preci
     model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0,
                                  precision=precision, norm="layer")
     be = model.backend
-    Xd, Td = be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+    Xd, Td = be.asarray(X, dtype=be.dtype), nnkit.data.as_target(model, y, X.shape[0], nnkit.CrossEntropy())
     opt = nnkit.optim.Adam(1e-3)
     model.train_step(Xd, Td, "cross_entropy", opt, check_input=False)  # warm-up
     torch.cuda.synchronize()
@@ -285,7 +285,7 @@ def test_torch_cuda_fused_sgd_step_never_synchronises_and_matches_the_plain_step
         model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0,
                                      precision=precision)
         be = model.backend
-        return model, be.asarray(X, dtype=be.dtype), model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+        return model, be.asarray(X, dtype=be.dtype), nnkit.data.as_target(model, y, X.shape[0], nnkit.CrossEntropy())
 
     def steps(fused, model, Xd, Td):
         opt = nnkit.optim.SGD(0.1, momentum=momentum)

@@ -106,7 +106,7 @@ def test_torch_step_builds_no_tensor_from_a_python_scalar():
         ("binary_cross_entropy", [nnkit.Dense(5, 8), nnkit.LeakyReLU(0.1), nnkit.Dense(8, 1)], "bce"),
     ):
         model = nnkit.Sequential(layers, backend=be, seed=0)
-        T = model._as_target(y if target is None else (y > 0).astype(np.float32), X.shape[0], nnkit.get_loss(loss))
+        T = nnkit.data.as_target(model, y if target is None else (y > 0).astype(np.float32), X.shape[0], nnkit.get_loss(loss))
         opt = nnkit.optim.Adam(1e-2, clip_norm=1.0)
         model.train_step(Xt, T, loss, opt, check_input=False, regularizer=nnkit.optim.L2(1e-3))  # warm-up
         with Record() as rec:
@@ -122,7 +122,7 @@ def test_train_step_and_fit_epoch_steps_run_on_the_meta_device():
     be = nnkit.get_backend("torch", device="meta", dtype="float32")
     model = nnkit.Sequential.mlp([5, 16, 3], backend=be, seed=0)
     Xm = be.asarray(X, dtype=be.dtype)
-    T = model._as_target(y, X.shape[0], nnkit.CrossEntropy())
+    T = nnkit.data.as_target(model, y, X.shape[0], nnkit.CrossEntropy())
     opt = nnkit.optim.Adam(1e-2, clip_norm=5.0)
     for _ in range(3):
         value = model.train_step(Xm, T, "cross_entropy", opt, check_input=False)

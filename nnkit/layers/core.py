@@ -48,8 +48,7 @@ class Layer:
     Subclasses set ``param_names`` (trained) and ``buffer_names`` (carried, saved and moved with the
     model, never trained: running statistics) and implement ``forward``/``backward``.
     ``params``, ``buffers`` and ``grads`` map a name to its array; ``grads`` are those of the last
-    ``backward`` (a training step reuses them as scratch space for the update; a fused SGD step leaves out
-    the weights it updated in the backward pass, see ``fused_update``).
+    ``backward`` (a training step reuses them as scratch space for the update).
 
     Training and inference are told apart by ``forward(X, train=...)``: ``fit`` and ``train_step`` pass
     True, ``predict``, ``evaluate`` and validation pass False.  A layer that draws random numbers in
@@ -60,11 +59,6 @@ class Layer:
     param_names: tuple = ()
     buffer_names: tuple = ()
     needs_random = False
-    # set only while a fused training step runs its backward pass (nnkit.step): ``fused_update(P, A, B)``
-    # applies the SGD update for the gradient A·B of P in place (P ← P − lr·A·B; with momentum v ← μv + A·B,
-    # P ← P − lr·v) and returns True, or returns False and leaves everything alone.  A layer whose gradient
-    # for P is the product A·B may hand it over instead of forming it (see Dense.backward).
-    fused_update = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -229,19 +223,10 @@ class Dense(Layer):
     def backward(self, dZ, need_dX=True):
         """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·W_cᵀ (B×in) or None.  Under a
         mixed policy these are computed in the compute dtype (the libraries accumulate 16-bit products and
-        sums in float32 and round once); the model casts dW and db to float32 before anything reads them.
-
-        In a fused step (SGD, ``fused_update`` set) W's update for Xᵀ·dZ happens here, on one GEMM, and
-        ``grads`` holds only db: dX is formed first, from the W of the forward pass."""
+        sums in float32 and round once); the model casts dW and db to float32 before anything reads them."""
         X, W = self._cache
-        dX = dZ @ W.T if need_dX else None
-        db = self.xp.sum(dZ, axis=0)
-        fused = self.fused_update
-        if fused is not None and fused(self.params["W"], X.T, dZ):
-            self.grads = {"b": db}
-        else:
-            self.grads = {"W": X.T @ dZ, "b": db}
-        return dX
+        self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
+        return dZ @ W.T if need_dX else None
 
     def __repr__(self):
         init = "" if self.init == "glorot_uniform" else f", init={self.init!r}"

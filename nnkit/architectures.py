@@ -1,0 +1,90 @@
+"""Architectures: the layer lists of whole networks from a few widths — ``mlp`` and ``cnn`` — which
+``Sequential.mlp`` and ``Sequential.cnn`` turn into models."""
+from __future__ import annotations
+
+import math
+
+from .layers import (BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, LayerNorm, LeakyReLU, MaxPool1D, MaxPool2D,
+                     ReLU, Reshape, Residual, get_activation)
+
+__all__ = ["mlp", "cnn", "cnn_input_shape"]
+
+
+def mlp(sizes, activation="relu", init=None, output_init="glorot_uniform", dropout=0.0, norm=None, residual=False):
+    """A multi-layer perceptron: ``Dense`` between consecutive widths, then (for every hidden layer)
+    ``norm``, ``activation`` and ``Dropout(dropout)``; the last Dense's output is the logits / linear
+    output.
+
+    ``sizes`` = (in, hidden..., out); ``activation`` is a name (``"relu"``, ``"gelu"``, ``"tanh"``, ...)
+    or a Layer class; ``init`` is the hidden layers' initialiser (default He uniform after ReLU/leaky
+    ReLU, Glorot uniform otherwise), ``output_init`` the last layer's.  ``norm`` is ``"batch"``
+    (BatchNorm) or ``"layer"`` (LayerNorm) after each hidden Dense; ``dropout`` the probability of
+    a Dropout after each hidden activation (0: none); ``residual=True`` wraps every hidden block whose
+    width does not change (Dense(h, h) and what follows it) in a ``Residual`` — Y = X + f(X), as in the
+    MNIST-1D paper's MLP.  Returns the list of layers.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes must give at least an input and an output width, got {sizes!r}")
+    norms = {None: None, "batch": BatchNorm, "layer": LayerNorm}
+    if norm not in norms:
+        raise ValueError(f"norm must be 'batch', 'layer' or None, got {norm!r}")
+    if init is None:
+        init = "he_uniform" if activation in ("relu", "leaky_relu", ReLU, LeakyReLU) else "glorot_uniform"
+    new_act = (lambda: get_activation(activation)) if isinstance(activation, str) else activation
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i == len(sizes) - 2:
+            layers.append(Dense(a, b, init=output_init))
+            break
+        block = [Dense(a, b, init=init)] + ([norms[norm](b)] if norm else []) + [new_act()] \
+            + ([Dropout(dropout)] if dropout else [])
+        layers += [Residual(block)] if residual and a == b else block
+    return layers
+
+
+def cnn(input_shape, channels, hidden=(), n_outputs=10, kernel_size=3, pool=2, activation="relu"):
+    """A small convolutional network: for every entry of ``channels`` a convolution (``kernel_size``,
+    padding that keeps the size), the activation and a max-pool of ``pool`` (while the positions allow),
+    then Flatten, ``hidden`` Dense layers with the activation, and a Dense to ``n_outputs``.
+
+    ``input_shape`` (without the batch): (C, L) signals, (C, H, W) images, or a table width n, which is
+    read as a square one-channel image when n is a square (64 → 1×8×8, the bundled digits) and as a
+    one-channel signal otherwise (40 → 1×40, MNIST-1D); a ``Reshape`` does that in the model.  Returns the
+    list of layers; the model's input shape is :func:`cnn_input_shape` of ``input_shape``.
+    """
+    shape = cnn_input_shape(input_shape)
+    table = len(shape) == 1
+    layers = []
+    if table:
+        side = int(round(shape[0] ** 0.5))
+        spatial = (1, side, side) if side * side == shape[0] else (1, shape[0])
+        layers.append(Reshape(spatial))
+    else:
+        spatial = shape
+    conv, pooling = (Conv2D, MaxPool2D) if len(spatial) == 3 else (Conv1D, MaxPool1D)
+    new_act = (lambda: get_activation(activation)) if isinstance(activation, str) else activation
+    c, size = spatial[0], list(spatial[1:])
+    for out in channels:
+        layers += [conv(c, out, kernel_size, padding=kernel_size // 2), new_act()]
+        if kernel_size % 2 == 0:
+            size = [n + 1 for n in size]
+        if pool and all(n >= pool for n in size):
+            layers.append(pooling(pool))
+            size = [n // pool for n in size]
+        c = out
+    layers.append(Flatten())
+    width = c * math.prod(size)
+    for h in hidden:
+        layers += [Dense(width, h), new_act()]
+        width = h
+    layers.append(Dense(width, n_outputs))
+    return layers
+
+
+def cnn_input_shape(input_shape):
+    """The model's input shape (without the batch) for :func:`cnn`'s ``input_shape``: (n,) for a table width
+    n, the tuple itself for (C, L) signals and (C, H, W) images."""
+    table = isinstance(input_shape, int) or len(tuple(input_shape)) == 1
+    return (int(input_shape) if isinstance(input_shape, int) else tuple(input_shape)[0],) if table \
+        else tuple(input_shape)

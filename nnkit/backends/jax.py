@@ -1,0 +1,123 @@
+"""JAX: CPU and GPU devices, ``jax.random`` keys carried as state, ``jax.jit`` for the compiled step."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from .base import Backend
+
+__all__ = ["JaxBackend"]
+
+
+def _load():
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as exc:
+        raise RuntimeError("backend 'jax' needs JAX, which is not installed: pip install 'jax[cpu]' "
+                           "(or 'jax[cuda12]' for NVIDIA GPUs)") from exc
+    return jax, jnp
+
+
+def jax_device(spec, jax):
+    """The ``jax.Device`` for None (the default device), ``"cpu"``, ``"gpu:N"``/``"cuda:N"`` or a Device."""
+    if spec is None:
+        default = jax.config.jax_default_device
+        if default is not None and not isinstance(default, str):
+            return default
+        return jax.devices(default)[0] if isinstance(default, str) else jax.devices()[0]
+    if isinstance(spec, jax.Device):
+        return spec
+    if isinstance(spec, str):
+        platform, _, num = spec.strip().lower().partition(":")
+        platform = {"cuda": "gpu"}.get(platform, platform)
+        try:
+            devices = jax.devices(platform)
+        except RuntimeError as exc:
+            raise RuntimeError(f"backend 'jax': no {platform!r} devices ({exc})") from None
+        if num.isdigit() and int(num) < len(devices):
+            return devices[int(num)]
+    raise ValueError(f"backend 'jax': {spec!r} is not a device: expected 'cpu', 'gpu:N' or a jax.Device")
+
+
+class JaxBackend(Backend):
+    """jax.numpy arrays on a ``jax.Device``: immutable arrays, asynchronous dispatch, ``jax.jit``."""
+
+    name = "jax"
+    listed = 4  # its place in BACKEND_NAMES
+    compiles = True
+
+    @classmethod
+    def matches(cls, module):
+        import array_api_compat
+
+        return getattr(module, "__name__", None) == "jax" or array_api_compat.is_jax_namespace(module)
+
+    @classmethod
+    def load(cls, device, dtype):
+        jax, jnp = _load()
+        dev = jax_device(device, jax)
+        spec = f"{dev.platform}:{jax.devices(dev.platform).index(dev)}"  # picklable; jax_device turns it back
+        return cls(jnp, dev, dtype, spec)
+
+    def check_dtype(self, dtype_name):
+        """float64 needs JAX's 64-bit mode (otherwise JAX silently computes in float32)."""
+        import jax
+
+        if dtype_name == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError(
+                "dtype='float64' on JAX needs JAX's 64-bit mode, which is off (JAX would silently compute "
+                "in float32): call jax.config.update('jax_enable_x64', True) before creating any array, or "
+                "set JAX_ENABLE_X64=1 in the environment; or use dtype='float32'")
+
+    @classmethod
+    def holds(cls, x):
+        import array_api_compat
+
+        return array_api_compat.is_jax_array(x)
+
+    @staticmethod
+    def host_copy_of(x):
+        import jax
+
+        return np.array(jax.device_get(x), copy=True)  # an explicit transfer (transfer guards allow it)
+
+    @staticmethod
+    def finish_array(x):
+        x.block_until_ready()
+
+    def random_key(self, seed):
+        """A ``jax.random`` key, which :meth:`uniform` splits (so a compiled step carries it as state)."""
+        import jax
+
+        return jax.random.key(int(seed) % 2**32)
+
+    def uniform(self, key, shape, dtype):
+        import jax
+
+        key, sub = jax.random.split(key)
+        return jax.random.uniform(sub, tuple(int(n) for n in shape), dtype=dtype), key
+
+    @contextlib.contextmanager
+    def tf32(self):
+        import jax
+
+        with jax.default_matmul_precision("tensorfloat32"):
+            yield
+
+    @property
+    def on_cuda(self):
+        return getattr(self.device, "platform", "") == "gpu"
+
+    def compile(self, fn):
+        """``jax.jit(fn)`` (Python floats are traced, not frozen)."""
+        import jax
+
+        return jax.jit(fn)
+
+    def synchronize(self, *arrays):
+        """Asynchronous dispatch on every platform: wait for the given arrays."""
+        import jax
+
+        jax.block_until_ready(arrays)

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import plots as plots_
 from .files import atomic_write
+from .preprocessing import Preprocessing
 
 __all__ = ["main"]
 
@@ -185,9 +186,9 @@ def _load_data(args):
 
 # -- commands --------------------------------------------------------------------------------------
 def cmd_train(args):
+    """``nnkit train``: one path for every source — a table in memory or a memory-mapped file streamed."""
     import nnkit
     from .optim import get_optimizer
-    from .preprocessing import Preprocessing
 
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
@@ -210,8 +211,72 @@ def cmd_train(args):
         if path:
             _check_output(flag, path)
 
-    if args.data.lower().endswith(".npy"):
-        return _train_streamed(args)
+    data = _streamed_data(args) if args.data.lower().endswith(".npy") else _memory_data(args)
+    try:
+        if args.conv:
+            if any(c < 1 for c in args.conv):
+                raise CLIError(f"--conv channels must be positive integers, got {' '.join(map(str, args.conv))}")
+            model = nnkit.Sequential.cnn(data.n_features, args.conv, hidden=args.hidden, n_outputs=data.n_out,
+                                         activation=args.activation, backend=args.backend, dtype=args.dtype,
+                                         seed=args.seed, precision=args.precision)
+        else:
+            model = nnkit.Sequential.mlp([data.n_features, *args.hidden, data.n_out], args.activation,
+                                         backend=args.backend, dtype=args.dtype, seed=args.seed, dropout=args.dropout,
+                                         norm=args.norm, residual=args.residual, precision=args.precision)
+    except (RuntimeError, ValueError) as exc:  # backend not installed / no device / a precision it cannot run
+        raise CLIError(str(exc)) from None
+    model.preprocessing = data.pre
+    model.info["source"] = data.source
+    regression = data.regression
+    loss = "mse" if regression else "cross_entropy"
+    metrics = ["mae"] if regression else ["accuracy"]
+    optimizer = get_optimizer(args.optimizer, **({} if args.lr is None else {"lr": args.lr}))
+    say = (lambda *a: None) if args.quiet else print
+    say(f"data: {data.description}")
+    say(model.summary())
+    # the held-out side of the curves: the validation part, or (for the picture only) the test part, which
+    # nothing is tuned on — early stopping needs --validation-split
+    held_out = "validation" if data.validation is not None else "held-out test"
+    watch = data.validation if data.validation is not None else (data.test if args.plot else None)
+    callbacks = [nnkit.GradientStats()] if args.plot_diagnostics else []
+    t0 = time.perf_counter()
+    history = model.fit(*data.train, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=watch, callbacks=callbacks,
+                        early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
+                                        if args.early_stopping else None),
+                        metrics=metrics, verbose=0 if args.quiet else 1)
+    seconds = time.perf_counter() - t0
+    _report_test(model, model.evaluate(*data.test, loss, metrics=metrics), history, seconds, regression, args.save)
+    shape = f"{data.source}: {'-'.join(map(str, [data.n_features, *args.hidden, data.n_out]))} {args.activation}"
+    if args.plot:
+        plots_.training_curves(history, args.plot, title=shape, held_out=held_out)
+        print(f"wrote {args.plot}")
+    if args.plot_diagnostics:
+        plots_.gradient_diagnostics(history, args.plot_diagnostics, title=shape)
+        print(f"wrote {args.plot_diagnostics}")
+    if args.plot_boundary:
+        X, y, classes = data.boundary
+        labels = np.asarray(classes, dtype=object)[y] if classes is not None else y
+        plots_.decision_boundary(model, X, labels, args.plot_boundary, title=shape, class_names=classes)
+        print(f"wrote {args.plot_boundary}")
+    return 0
+
+
+class _TrainingData:
+    """What ``nnkit train`` trains on, wherever it came from: ``train`` (the arguments of ``fit``),
+    ``validation`` and ``test`` (None or what ``fit``/``evaluate`` take), the fitted :class:`Preprocessing`
+    ``pre``, the sizes, a one-line ``description`` and, for ``--plot-boundary``, the raw rows."""
+
+    def __init__(self, train, validation, test, pre, n_features, n_out, regression, source, description,
+                 boundary=None):
+        self.train, self.validation, self.test, self.pre = train, validation, test, pre
+        self.n_features, self.n_out, self.regression = n_features, n_out, regression
+        self.source, self.description, self.boundary = source, description, boundary
+
+
+def _memory_data(args):
+    """A table in memory (a bundled or synthetic set, a CSV, an .npz): split into train / validation / test
+    parts, the preprocessing fitted on the training part and applied to every part."""
     X, y, classes, features, label_name, source = _load_data(args)
     regression = args.task == "regression"
     if args.plot_boundary and (X.shape[1] != 2 or regression):
@@ -224,66 +289,20 @@ def cmd_train(args):
     pre = Preprocessing.fit(Xtr, feature_names=features, impute=args.impute, classes=classes,
                             task=args.task, label=label_name)
     prepared = lambda A: pre.transform(A).astype(np.float32)  # noqa: E731  fills and scaling of the training part
-    Xtr, Xte = prepared(Xtr), prepared(Xte)
     if validation is not None:
         validation = (prepared(validation[0]), validation[1])
-    n_out = 1 if regression else len(classes)
-    try:
-        if args.conv:
-            if any(c < 1 for c in args.conv):
-                raise CLIError(f"--conv channels must be positive integers, got {' '.join(map(str, args.conv))}")
-            model = nnkit.Sequential.cnn(X.shape[1], args.conv, hidden=args.hidden, n_outputs=n_out,
-                                         activation=args.activation, backend=args.backend, dtype=args.dtype,
-                                         seed=args.seed, precision=args.precision)
-        else:
-            model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
-                                         dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
-                                         residual=args.residual, precision=args.precision)
-    except (RuntimeError, ValueError) as exc:  # backend not installed / no device / a precision it cannot run
-        raise CLIError(str(exc)) from None
-    model.preprocessing = pre
-    model.info["source"] = source
-    loss = "mse" if regression else "cross_entropy"
-    metrics = ["mae"] if regression else ["accuracy"]
-    kwargs = {} if args.lr is None else {"lr": args.lr}
-    optimizer = get_optimizer(args.optimizer, **kwargs)
-    say = (lambda *a: None) if args.quiet else print
-    say(f"data: {source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features"
-        + ("" if regression else f", {len(classes)} classes"))
-    say(model.summary())
-    # the held-out side of the curves: the validation part, or (for the picture only) the test part, which
-    # nothing is tuned on — early stopping needs --validation-split
-    held_out = "validation" if validation is not None else "held-out test"
-    watch = validation if validation is not None else ((Xte, yte) if args.plot else None)
-    callbacks = [nnkit.GradientStats()] if args.plot_diagnostics else []
-    t0 = time.perf_counter()
-    history = model.fit(Xtr, ytr, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=watch, callbacks=callbacks,
-                        early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
-                                        if args.early_stopping else None),
-                        metrics=metrics, verbose=0 if args.quiet else 1)
-    seconds = time.perf_counter() - t0
-    _report_test(model, model.evaluate(Xte, yte, loss, metrics=metrics), history, seconds, regression, args.save)
-    shape = f"{source}: {'-'.join(map(str, [X.shape[1], *args.hidden, n_out]))} {args.activation}"
-    if args.plot:
-        plots_.training_curves(history, args.plot, title=shape, held_out=held_out)
-        print(f"wrote {args.plot}")
-    if args.plot_diagnostics:
-        plots_.gradient_diagnostics(history, args.plot_diagnostics, title=shape)
-        print(f"wrote {args.plot_diagnostics}")
-    if args.plot_boundary:
-        labels = np.asarray(classes, dtype=object)[y] if classes is not None else y
-        plots_.decision_boundary(model, X, labels, args.plot_boundary, title=shape, class_names=classes)
-        print(f"wrote {args.plot_boundary}")
-    return 0
+    description = (f"{source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features"
+                   + ("" if regression else f", {len(classes)} classes"))
+    return _TrainingData((prepared(Xtr), ytr), validation, (prepared(Xte), yte), pre, X.shape[1],
+                         1 if regression else len(classes), regression, source, description, (X, y, classes))
 
 
 class _ScaledRows:
-    """A dataset over memory-mapped rows: ``ds[idx]`` reads those rows, scales them (x − mean)/std and returns
-    (X float32, targets) — the training pipeline of ``nnkit train`` without the file in memory."""
+    """A dataset over memory-mapped rows [start, stop): ``ds[idx]`` reads those rows and returns them through
+    the preprocessing (float32) with their targets — ``nnkit train``'s pipeline without the file in memory."""
 
-    def __init__(self, X, y, mean, std, start, stop):
-        self.X, self.y, self.mean, self.std, self.start, self.stop = X, y, mean, std, start, stop
+    def __init__(self, X, y, pre, start, stop):
+        self.X, self.y, self.pre, self.start, self.stop = X, y, pre, start, stop
 
     def __len__(self):
         return self.stop - self.start
@@ -293,21 +312,20 @@ class _ScaledRows:
         order = np.argsort(rows, kind="stable")  # the file read in order, handed back in the asked order
         X = np.empty((len(rows), self.X.shape[1]), dtype=np.float64)
         X[order] = self.X[rows[order]]
-        return ((X - self.mean) / self.std).astype(np.float32), self.y[rows]
+        return self.pre.transform(X).astype(np.float32), self.y[rows]
 
 
-def _train_streamed(args):
-    """``nnkit train --data FILE.npy [--label-file LABELS.npy]``: trained from the memory-mapped file, a batch
-    at a time; the test part is the last rows, the scaling is computed in chunks (two passes)."""
-    import nnkit
-    from .optim import get_optimizer
-    from .preprocessing import Preprocessing
-
+def _streamed_data(args):
+    """``nnkit train --data FILE.npy [--label-file LABELS.npy]``: the memory-mapped file read a batch at a time;
+    the test part is the last rows, the validation part the rows before it, and the scaling is fitted in
+    chunks of the training rows (``Preprocessing.fit(..., chunk=)``)."""
     path = os.path.expanduser(args.data)
     if not os.path.isfile(path):
         raise CLIError(f"no such data file: {args.data!r}")
-    if args.conv or args.impute:
-        raise CLIError("--conv and --impute are not offered for streamed .npy data")
+    if args.impute:
+        raise CLIError("--impute is not offered for streamed .npy data (imputing needs every value in memory)")
+    if args.plot_boundary:
+        raise CLIError("--plot-boundary draws two-feature data held in memory, not a streamed .npy file")
     X = _open_npy(path)
     if args.label_file:
         if not os.path.isfile(args.label_file):
@@ -335,35 +353,17 @@ def _train_streamed(args):
     n_fit = n_train - n_val
     if n_fit < 2:
         raise CLIError(f"{path}: {n} rows leave no training rows after the test and validation parts")
-    mean, std = _chunked_moments(X, n_fit)
-    pre = Preprocessing(feature_names=[f"x{j}" for j in range(X.shape[1])], mean=mean, std=std, classes=classes,
-                        task=args.task, label=None)
-    part = lambda a, b: _ScaledRows(X, targets, mean, std, a, b)  # noqa: E731
-    n_out = 1 if regression else len(classes)
     try:
-        model = nnkit.Sequential.mlp([X.shape[1], *args.hidden, n_out], args.activation, backend=args.backend,
-                                     dtype=args.dtype, seed=args.seed, dropout=args.dropout, norm=args.norm,
-                                     residual=args.residual, precision=args.precision)
-    except (RuntimeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    model.preprocessing = pre
-    model.info["source"] = path
-    loss = "mse" if regression else "cross_entropy"
-    metrics = ["mae"] if regression else ["accuracy"]
-    optimizer = get_optimizer(args.optimizer, **({} if args.lr is None else {"lr": args.lr}))
-    say = (lambda *a: None) if args.quiet else print
-    say(f"data: {path} (memory-mapped, streamed): {n_fit} train / {n_val} validation / {n_test} test rows, "
-        f"{X.shape[1]} features" + ("" if regression else f", {n_out} classes"))
-    t0 = time.perf_counter()
-    history = model.fit(part(0, n_fit), loss=loss, optimizer=optimizer, epochs=args.epochs,
-                        batch_size=args.batch_size, validation_data=part(n_fit, n_train) if n_val else None,
-                        early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
-                                        if args.early_stopping else None),
-                        metrics=metrics, verbose=0 if args.quiet else 1)
-    seconds = time.perf_counter() - t0
-    _report_test(model, model.evaluate(part(n_train, n), None, loss, metrics=metrics), history, seconds,
-                 regression, args.save)
-    return 0
+        pre = Preprocessing.fit(X, feature_names=[f"x{j}" for j in range(X.shape[1])], classes=classes,
+                                task=args.task, rows=n_fit, chunk=65536)
+    except ValueError as exc:
+        raise CLIError(f"{path}: {exc}") from None
+    part = lambda a, b: _ScaledRows(X, targets, pre, a, b)  # noqa: E731
+    n_out = 1 if regression else len(classes)
+    description = (f"{path} (memory-mapped, streamed): {n_fit} train / {n_val} validation / {n_test} test rows, "
+                   f"{X.shape[1]} features" + ("" if regression else f", {n_out} classes"))
+    return _TrainingData((part(0, n_fit),), part(n_fit, n_train) if n_val else None, (part(n_train, n), None), pre,
+                         X.shape[1], n_out, regression, path, description)
 
 
 def _report_test(model, result, history, seconds, regression, save):
@@ -379,25 +379,6 @@ def _report_test(model, result, history, seconds, regression, save):
     if save:
         model.save(save)
         print(f"saved the model to {save}")
-
-
-def _chunked_moments(X, n, chunk=65536):
-    """Column means and standard deviations of the first n rows, read a chunk at a time (two passes, float64);
-    a constant column gets 1."""
-    total = np.zeros(X.shape[1])
-    for s in range(0, n, chunk):
-        block = np.asarray(X[s:min(s + chunk, n)], dtype=np.float64)
-        if not np.all(np.isfinite(block)):
-            raise CLIError(f"rows {s} to {min(s + chunk, n) - 1} of the data hold NaN or infinity")
-        total += block.sum(axis=0)
-    mean = total / n
-    sq = np.zeros(X.shape[1])
-    for s in range(0, n, chunk):
-        d = np.asarray(X[s:min(s + chunk, n)], dtype=np.float64) - mean
-        sq += (d * d).sum(axis=0)
-    std = np.sqrt(sq / n)
-    std[std == 0] = 1.0
-    return mean, std
 
 
 def _open_npy_1d(path, rows):

@@ -24,36 +24,37 @@ from .optim import SGD
 
 __all__ = ["Explanation", "explain", "worked_example"]
 
-_ELEMENTWISE = {"Sigmoid": "σ(Z)", "Tanh": "tanh(Z)", "ReLU": "max(Z, 0)", "LeakyReLU": "max(Z, αZ)",
-                "GELU": "½Z(1 + tanh(c(Z + 0.044715Z³)))", "SiLU": "Z·σ(Z)", "ELU": "Z if Z > 0 else α(e^Z − 1)",
-                "Softplus": "log(1 + e^Z)", "Identity": "Z"}
-_DERIVATIVE = {"Sigmoid": "σ'(Z) = A ⊙ (1 − A)", "Tanh": "tanh'(Z) = 1 − A²", "ReLU": "[Z > 0]",
-               "LeakyReLU": "α + (1 − α)[Z > 0]", "GELU": "½(1 + t) + ½Z(1 − t²)c(1 + 0.134145Z²)",
-               "SiLU": "σ(Z)(1 + Z(1 − σ(Z)))", "ELU": "1 if Z > 0 else A + α", "Softplus": "σ(Z)",
-               "Identity": "1"}
-
-
 class Explanation:
     """One training step, explained: ``sections`` is a list of ``(title, [(formula, value), ...])`` with
     values as NumPy arrays or Python floats; ``values`` maps short names (``"Z0"``, ``"dW0"``, ``"loss"``,
     ``"W0_new"`` ...) to the same numbers, for checks and for learners who want to compute with them."""
 
-    def __init__(self, title, max_numbers=64, digits=9):
+    def __init__(self, title, max_numbers=64, digits=9, names=None):
         self.title, self.sections, self.values = title, [], {}
         self.max_numbers, self.digits = max_numbers, digits
+        self.names = dict(names or {})  # "{layer}.{param}[i, j]" -> a tutorial's name for that entry
 
     def section(self, title):
         """Start a new section (Forward, Backward, ...)."""
         self.sections.append((title, []))
 
     def add(self, formula, value=None, name=None, note=None):
-        """Add a line: a formula, its value (an array or a float; None for prose), a short ``name`` for
-        ``values`` and a ``note`` printed under it."""
+        """Add a line: a formula, its value (an array of any backend, copied to the host, or a float; None for
+        prose), a short ``name`` for ``values`` and a ``note`` printed under it."""
         if value is not None and not isinstance(value, float):
-            value = np.asarray(value, dtype=np.float64)
+            value = _host(value)
         self.sections[-1][1].append((formula, value, note))
         if name is not None:
             self.values[name] = value
+
+    @staticmethod
+    def tag(i, layer):
+        """``layer 3: Dense(4, 8)``: how a line names the layer it comes from."""
+        return f"layer {i}: {layer!r}"
+
+    def named(self, key, array, prefix, before=None):
+        """"w5 = 0.18 → 0.179270…" notes for the entries of parameter ``key`` a tutorial names (``names``)."""
+        return _named(self.names, key, array, prefix, before)
 
     # -- rendering -----------------------------------------------------------------------------------
     def _number(self, v):
@@ -113,10 +114,6 @@ def _host(a):
     return np.asarray(host_copy(a), dtype=np.float64)
 
 
-def _tag(i, layer):
-    return f"layer {i}: {layer!r}"
-
-
 def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None):
     """The :class:`Explanation` of one training step of ``model`` on (X, y) — see the module docstring.
 
@@ -132,62 +129,32 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None):
     Xd = data.as_input(twin, X)
     T = data.as_target(twin, y, Xd.shape[0], loss)
     rep = Explanation(f"One training step of {len(model.layers)} layers on a batch of {Xd.shape[0]}",
-                      max_numbers=max_numbers)
-    names = dict(names or {})
+                      max_numbers=max_numbers, names=names)
     rep.section("Input")
-    rep.add(f"X  (batch {Xd.shape[0]}, features/shape {tuple(Xd.shape[1:])})", _host(Xd), "X")
-    rep.add("T  (targets)", _host(T), "T")
+    rep.add(f"X  (batch {Xd.shape[0]}, features/shape {tuple(Xd.shape[1:])})", Xd, "X")
+    rep.add("T  (targets)", T, "T")
 
-    # forward: the model's own pass, layer by layer (what Sequential._forward does)
+    # forward: the model's own pass, layer by layer (what Sequential._forward does); each layer says its lines
     A = twin.policy.cast_input(Xd)
-    inputs = []
     rep.section("Forward")
     for i, layer in enumerate(twin.layers):
-        inputs.append(A)
         out = layer.forward(A, train=True)
-        kind = type(layer).__name__
-        if kind == "Dense":
-            a = f"A{i - 1}" if i else "X"
-            rep.add(f"Z{i} = {a}·W{i} + b{i}   [{_tag(i, layer)}]", _host(out), f"Z{i}")
-        elif kind in _ELEMENTWISE:
-            rep.add(f"A{i} = {_ELEMENTWISE[kind]} of Z{i - 1}   [{_tag(i, layer)}]", _host(out), f"A{i}")
-        else:
-            rep.add(f"Y{i} = {kind}(…)   [{_tag(i, layer)}: {(type(layer).__doc__ or '').strip().splitlines()[0]}]",
-                    _host(out), f"A{i}")
+        layer.explain_forward(rep, i, A, out)
         A = out
     out = twin.policy.cast_output(A)
     value, d_out = loss.value_and_grad(out, T)
     rep.section(f"Loss: {type(loss).__name__}")
     doc = (type(loss).__doc__ or "").strip().splitlines()[0]
     rep.add(f"L  [{doc}]", float(_host(value)), "loss")
-    rep.add("∂L/∂output", _host(d_out), "d_out")
+    rep.add("∂L/∂output", d_out, "d_out")
 
-    # backward: the model's own pass, last layer first (what Sequential.backward does)
+    # backward: the model's own pass, last layer first (what Sequential.backward does); each layer runs its
+    # own backward and says its lines
     rep.section("Backward (the chain rule, last layer first)")
     first = twin._first_param_layer
     dY = twin.policy.cast_grad_out(d_out, twin._scaler)
     for i in range(len(twin.layers) - 1, first - 1, -1):
-        layer = twin.layers[i]
-        kind = type(layer).__name__
-        if kind in _ELEMENTWISE:
-            deriv = layer.backward(twin.xp.ones_like(dY), need_dX=True)
-            rep.add(f"f'(Z) of layer {i}: {_DERIVATIVE[kind]}", _host(deriv), f"fprime{i}")
-        dX = layer.backward(dY, need_dX=i > first)
-        if kind == "Dense":
-            a = f"A{i - 1}" if i else "X"
-            rep.add(f"δ{i} = ∂L/∂Z{i}", _host(dY), f"delta{i}")
-            rep.add(f"dW{i} = {a}ᵀ·δ{i}", _host(layer.grads["W"]), f"dW{i}", note=_named(names, f"{i}.W", layer.grads["W"], "∂L/∂"))
-            rep.add(f"db{i} = Σ_batch δ{i}", _host(layer.grads["b"]), f"db{i}")
-            if dX is not None:
-                rep.add(f"d{a} = δ{i}·W{i}ᵀ", _host(dX), f"dA{i - 1}")
-        elif kind in _ELEMENTWISE:
-            rep.add(f"dZ{i - 1} = dA{i} ⊙ f'(Z)   [{_tag(i, layer)}]", _host(dX), f"dZ{i - 1}")
-        else:
-            for pname, g in layer.grads.items():
-                rep.add(f"d{pname} of layer {i}", _host(g), f"d{pname}{i}")
-            if dX is not None:
-                rep.add(f"dX of layer {i} = J{i}ᵀ·dY   [{_tag(i, layer)}]", _host(dX), f"dX{i}")
-        dY = dX
+        dY = twin.layers[i].explain_backward(rep, i, dY, i > first)
     grads = twin.policy.unscale({k: l.grads[n] for k, (l, n) in twin._slots.items()}, twin._scaler)
 
     # the update: the optimizer's own pure step, on copies
@@ -204,7 +171,7 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None):
     for key, p in new.items():
         i, _, pname = key.partition(".")
         rep.add(f"{pname}{i} ← {pname}{i} − η·d{pname}{i}" if type(opt) is SGD else f"{pname}{i} (new)",
-                _host(p), f"{pname}{i}_new", note=_named(names, key, p, "", before[key]))
+                _host(p), f"{pname}{i}_new", note=rep.named(key, p, "", before[key]))
     return rep
 
 

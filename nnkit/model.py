@@ -189,6 +189,15 @@ class Sequential:
         out = self._out_shape
         return out[0] if out is not None and len(out) == 1 else None
 
+    @property
+    def known_input_shape(self):
+        """The input shape (without the batch) as far as it is known: ``input_shape``, or the first batch's
+        when the data decided it (None before any)."""
+        shape = self.input_shape
+        if (shape is None or None in shape) and self._batch_shapes:
+            return next(iter(self._batch_shapes))
+        return shape
+
     def output_shape(self, in_shape=None):
         """The output shape (without the batch) for ``in_shape`` (default: the model's ``input_shape``)."""
         shape = self.input_shape if in_shape is None else tuple(in_shape)
@@ -532,9 +541,7 @@ class Sequential:
     # -- display --------------------------------------------------------------------
     def summary(self):
         """A table of layers, output shapes (without the batch B) and parameter counts."""
-        shape = self.input_shape
-        if (shape is None or None in shape) and self._batch_shapes:
-            shape = next(iter(self._batch_shapes))  # the first batch decided it
+        shape = self.known_input_shape
         shapes = infer_shapes(self.layers, shape)[1:] if shape is not None else [None] * len(self.layers)
         rows = [("#", "layer", "output", "params")]
         if shape is not None:

@@ -51,9 +51,20 @@ class Preprocessing:
         return None
 
     @classmethod
-    def fit(cls, X, feature_names=None, impute=None, scale=True, classes=None, task="classification", label=None):
-        """Fit on the training rows ``X`` (n, d) (NaN marks a missing value)."""
-        X = np.asarray(X, dtype=np.float64)
+    def fit(cls, X, feature_names=None, impute=None, scale=True, classes=None, task="classification", label=None,
+            rows=None, chunk=None):
+        """Fit on the training rows ``X`` (n, d) (NaN marks a missing value).
+
+        ``rows`` (default: all) fits on the first ``rows`` rows only; ``chunk`` reads them ``chunk`` rows at a
+        time (two passes in float64: the means, then the deviations), so a memory-mapped file far larger than
+        memory is scaled without being loaded — then NaN and infinity are refused (imputing needs every
+        value in memory)."""
+        n = X.shape[0] if rows is None else int(rows)
+        if chunk is not None:
+            if impute is not None:
+                raise ValueError("impute needs the training rows in memory: fit without chunk=")
+            return cls._fit_chunked(X, n, int(chunk), feature_names, scale, classes, task, label)
+        X = np.asarray(X[:n], dtype=np.float64)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (rows, features), got shape {X.shape}")
         if np.isinf(X).any():
@@ -69,6 +80,29 @@ class Preprocessing:
         if scale:
             pre.mean, pre.std = X.mean(axis=0), X.std(axis=0)
             pre.std[pre.std == 0] = 1.0
+        return pre
+
+    @classmethod
+    def _fit_chunked(cls, X, n, chunk, feature_names, scale, classes, task, label):
+        """:meth:`fit` on rows [0, n) of X read ``chunk`` rows at a time: Σx, then Σ(x − mean)² (float64)."""
+        if len(X.shape) != 2 or n < 1 or chunk < 1:
+            raise ValueError(f"X must be a non-empty 2-D array (rows, features), got shape {tuple(X.shape)}")
+        pre = cls(feature_names, classes=classes, task=task, label=label)
+        if not scale:
+            return pre
+
+        def blocks():
+            for s in range(0, n, chunk):
+                e = min(s + chunk, n)
+                block = np.asarray(X[s:e], dtype=np.float64)
+                if not np.all(np.isfinite(block)):
+                    raise ValueError(f"rows {s} to {e - 1} of the data hold NaN or infinity")
+                yield block
+
+        mean = sum(block.sum(axis=0) for block in blocks()) / n
+        std = np.sqrt(sum(((block - mean) ** 2).sum(axis=0) for block in blocks()) / n)
+        std[std == 0] = 1.0
+        pre.mean, pre.std = mean, std
         return pre
 
     # -- applying it ----------------------------------------------------------------------------------

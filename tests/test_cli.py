@@ -151,7 +151,6 @@ def test_bench_refuses_an_output_it_cannot_write_before_timing(capsys, tmp_path,
 
 
 @pytest.mark.parametrize("script,args,says", [
-    ("run_fused", ["--out", "{missing}"], "argument --out: output file"),
     ("run_step_budget", ["--out", "{tmp}"], "is a directory"),
     ("run_mnist1d", ["--out", "{missing}"], "does not exist"),
     ("run_mnist1d", ["--epochs", "0"], "argument --epochs: expected a number of epochs in [1, 100000]"),

@@ -1,8 +1,10 @@
 """ONNX export: the inference graph of a :class:`nnkit.Sequential`, layer by layer, in ONNX's own operators.
 
+Each layer declares its own nodes (``Layer.to_onnx(g, x)``, in the layer's file); this module walks the model
+and asks each one through a :class:`Graph`.  A layer of your own exports the same way once it declares them.
 The graph computes exactly what ``model.predict`` computes (inference mode: BatchNorm with its running
 statistics, Dropout as the identity), in the model's storage dtype (a mixed-precision model exports its
-float32 master weights):
+float32 master weights).  The built-in forms:
 
 ==================  ==============================================================================
 nnkit               ONNX (opset 17)
@@ -35,7 +37,6 @@ x)``) and its scaling ``(x − mean)/std`` runs as nodes before the first layer.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -43,98 +44,67 @@ import numpy as np
 from ..backend import host_copy
 from ..files import atomic_write
 
-__all__ = ["to_onnx", "OPSET"]
+__all__ = ["to_onnx", "OPSET", "Graph"]
 
 OPSET = 17
 
 
-class _Graph:
-    """Nodes and initializers of one graph, with fresh names."""
+class Graph:
+    """The ONNX graph being written: nodes and initializers with fresh names, in the model's dtype.  Each layer's
+    ``to_onnx(g, x)`` emits its nodes through these methods and returns its output's name."""
 
     def __init__(self, helper, numpy_helper, dtype):
         self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
         self.nodes, self.inits, self.n = [], [], 0
+        self.where = ""  # the layer being emitted ("3", "3.0" inside a Residual), for the error naming it
 
     def name(self, hint):
+        """A fresh tensor or node name."""
         self.n += 1
         return f"{hint}_{self.n}"
 
     def const(self, value, hint="c"):
+        """An initializer holding ``value`` (host data) in the model's dtype; its name."""
         name = self.name(hint)
         self.inits.append(self.numpy_helper.from_array(np.asarray(value, dtype=self.dtype), name))
         return name
 
+    def ints(self, values, hint="shape"):
+        """An int64 initializer (shapes, axes); its name."""
+        name = self.name(hint)
+        self.inits.append(self.numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        return name
+
+    def param(self, layer, name):
+        """An initializer holding ``layer.params[name]`` (copied to the host); its name."""
+        return self.const(host_copy(layer.params[name]), name)
+
+    def buffer(self, layer, name):
+        """An initializer holding ``layer.buffers[name]`` (running statistics); its name."""
+        return self.const(host_copy(layer.buffers[name]), name)
+
     def op(self, kind, inputs, hint=None, **attrs):
+        """A node of operator ``kind`` on the named ``inputs``; its output's name."""
         out = self.name(hint or kind.lower())
         self.nodes.append(self.helper.make_node(kind, list(inputs), [out], name=self.name(kind), **attrs))
         return out
 
+    def layer(self, layer, x, where):
+        """``layer`` applied to tensor ``x`` (its own ``to_onnx``); ``where`` names it ("3", or "0" inside the
+        layer being emitted).  A layer without an ONNX form is a ValueError naming it and the layers that have
+        one."""
+        outer = self.where
+        self.where = f"{outer}.{where}" if outer else where
+        try:
+            if layer.to_onnx is None:
+                from ..layers import LAYER_TYPES
 
-def _layer(g, layer, x, where):
-    """Emit ``layer`` applied to tensor ``x``; return the output tensor's name."""
-    kind = type(layer).__name__
-
-    def p(name):  # the layer's arrays, copied to the host as NumPy
-        return np.asarray(host_copy(layer.params[name]), dtype=g.dtype)
-
-    def buf(name):
-        return np.asarray(host_copy(layer.buffers[name]), dtype=g.dtype)
-
-    if kind == "Dense":
-        return g.op("Add", [g.op("MatMul", [x, g.const(p("W"), "W")]), g.const(p("b"), "b")], "dense")
-    simple = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "Identity": "Identity", "Dropout": "Identity"}
-    if kind in simple:
-        return g.op(simple[kind], [x])
-    if kind == "LeakyReLU":
-        return g.op("LeakyRelu", [x], alpha=float(layer.alpha))
-    if kind == "ELU":
-        return g.op("Elu", [x], alpha=float(layer.alpha))
-    if kind == "Softmax":
-        return g.op("Softmax", [x], axis=-1)
-    if kind == "SiLU":
-        return g.op("Mul", [x, g.op("Sigmoid", [x])], "silu")
-    if kind == "Softplus":
-        e = g.op("Exp", [g.op("Neg", [g.op("Abs", [x])])])
-        return g.op("Add", [g.op("Relu", [x]), g.op("Log", [g.op("Add", [e, g.const(1.0, "one")])])], "softplus")
-    if kind == "GELU":  # A = ½·Z·(1 + t), t = tanh(c·(Z + k·Z³)): nnkit's own order of operations
-        z3 = g.op("Mul", [g.op("Mul", [x, x]), x])
-        u = g.op("Mul", [g.const(math.sqrt(2.0 / math.pi), "c"),
-                         g.op("Add", [x, g.op("Mul", [g.const(0.044715, "k"), z3])])])
-        t = g.op("Tanh", [u])
-        return g.op("Mul", [g.op("Mul", [g.const(0.5, "half"), x]), g.op("Add", [g.const(1.0, "one"), t])], "gelu")
-    if kind == "BatchNorm":
-        return g.op("BatchNormalization", [x, g.const(p("gamma"), "gamma"), g.const(p("beta"), "beta"),
-                                           g.const(buf("running_mean"), "mean"), g.const(buf("running_var"), "var")],
-                    "batchnorm", epsilon=float(layer.eps))
-    if kind == "LayerNorm":
-        return g.op("LayerNormalization", [x, g.const(p("gamma"), "gamma"), g.const(p("beta"), "beta")],
-                    "layernorm", axis=-1, epsilon=float(layer.eps))
-    if kind in ("Conv1D", "Conv2D"):  # ONNX's Conv takes W as (O, C, *k), nnkit's (and PyTorch's) layout
-        return g.op("Conv", [x, g.const(p("W"), "W"), g.const(p("b"), "b")], "conv",
-                    kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                    pads=list(layer.padding) * 2, dilations=list(layer.dilation))
-    if kind in ("MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D"):
-        attrs = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=list(layer.padding) * 2)
-        if kind.startswith("Avg"):
-            return g.op("AveragePool", [x], "avgpool", count_include_pad=1, **attrs)
-        return g.op("MaxPool", [x], "maxpool", **attrs)
-    if kind == "GlobalAvgPool":
-        return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "globalavgpool", axis=1)
-    if kind == "Flatten":
-        return g.op("Flatten", [x], "flatten", axis=1)
-    if kind == "Reshape":  # 0 keeps the batch size
-        shape = np.asarray([0, *layer.shape], dtype=np.int64)
-        name = g.name("shape")
-        g.inits.append(g.numpy_helper.from_array(shape, name))
-        return g.op("Reshape", [x, name], "reshape")
-    if kind == "Residual":
-        f = x
-        for j, inner in enumerate(layer.layers):
-            f = _layer(g, inner, f, f"{where}.{j}")
-        return g.op("Add", [x, f], "residual")
-    raise ValueError(f"layer {where} {layer!r} cannot be exported to ONNX: nnkit knows no ONNX form for "
-                     f"{kind} (exportable: Dense, the activations, BatchNorm, LayerNorm, Dropout, Residual, "
-                     f"Conv1D/2D, MaxPool1D/2D, AvgPool1D/2D, GlobalAvgPool, Flatten, Reshape)")
+                known = ", ".join(n for n, c in LAYER_TYPES.items() if c.to_onnx is not None)
+                raise ValueError(f"layer {self.where} {layer!r} cannot be exported to ONNX: {type(layer).__name__} "
+                                 f"declares no ONNX form (a to_onnx method; exportable: {known})")
+            return layer.to_onnx(self, x)
+        finally:
+            self.where = outer
 
 
 def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input", output_name="output"):
@@ -153,7 +123,7 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         raise ValueError(f"opset must be an integer >= {OPSET} (LayerNormalization), got {opset!r}")
     dtype = np.float64 if model.dtype == "float64" else np.float32
     elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
-    g = _Graph(helper, numpy_helper, dtype)
+    g = Graph(helper, numpy_helper, dtype)
     x = input_name
     pre = model.preprocessing
     if pre is not None and pre.fill is not None:
@@ -161,7 +131,7 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     if pre is not None and pre.mean is not None:
         x = g.op("Div", [g.op("Sub", [x, g.const(pre.mean, "mean")]), g.const(pre.std, "std")], "scaled")
     for i, layer in enumerate(model.layers):
-        x = _layer(g, layer, x, str(i))
+        x = g.layer(layer, x, str(i))
     g.nodes.append(helper.make_node("Identity", [x], [output_name], name="output"))
     out_dims = ["batch", model.n_outputs if model.n_outputs is not None else "outputs"]
     outputs = [helper.make_tensor_value_info(output_name, elem, out_dims)]
@@ -172,7 +142,7 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         g.nodes.append(helper.make_node(kind, [output_name], ["probabilities"], name="probabilities",
                                         **({"axis": -1} if kind == "Softmax" else {})))
         outputs.append(helper.make_tensor_value_info("probabilities", elem, out_dims))
-    in_shape = model.input_shape if model.input_shape is not None else next(iter(model._batch_shapes), None)
+    in_shape = model.input_shape if model.input_shape is not None else model.known_input_shape
     if in_shape is None:
         raise ValueError("the model's input shape is not known: pass input_shape= to Sequential (or give it "
                          "data) before exporting")

@@ -17,8 +17,46 @@ __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU"
            "ACTIVATIONS", "get_activation"]
 
 
-class Sigmoid(Layer):
+class _Elementwise(Layer):
+    """An element-wise activation A = f(Z): its formula and derivative as text (for ``explain``), its ONNX
+    operator and its PyTorch module by name; subclasses with settings (α) override the ways out."""
+
+    formula = derivative = None  # "σ(Z)", "σ'(Z) = A ⊙ (1 − A)": what explain prints
+    onnx_op = None               # the ONNX operator computing f, when one does
+    torch_name = None            # the torch.nn module computing f, when one does
+
+    def to_onnx(self, g, x):
+        return g.op(self.onnx_op, [x])
+
+    def to_torch(self, ctx):
+        return getattr(ctx.nn, self.torch_name)()
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (getattr(nn, cls.torch_name),) if cls.torch_name else ()
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(), {}, {}
+
+    def explain_forward(self, report, i, X, Y):
+        report.add(f"A{i} = {self.formula} of Z{i - 1}   [{report.tag(i, self)}]", Y, f"A{i}")
+
+    def explain_backward(self, report, i, dY, need_dX):
+        """f'(Z) as this backward pass forms it (the backward of ones), then dZ = dA ⊙ f'(Z)."""
+        report.add(f"f'(Z) of layer {i}: {self.derivative}", self.backward(self.xp.ones_like(dY), need_dX=True),
+                   f"fprime{i}")
+        dX = self.backward(dY, need_dX=need_dX)
+        report.add(f"dZ{i - 1} = dA{i} ⊙ f'(Z)   [{report.tag(i, self)}]", dX, f"dZ{i - 1}")
+        return dX
+
+
+class Sigmoid(_Elementwise):
     """A = σ(Z) = 1/(1+e^{−Z}) (stable for any Z).  Backward: dZ = dA ⊙ A ⊙ (1 − A)."""
+
+    formula, derivative = "σ(Z)", "σ'(Z) = A ⊙ (1 − A)"
+    onnx_op = "Sigmoid"
+    torch_name = "Sigmoid"
 
     def forward(self, Z, train=True):
         """A = σ(Z); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
@@ -33,8 +71,12 @@ class Sigmoid(Layer):
         return dA * (A * (1.0 - A))
 
 
-class Tanh(Layer):
+class Tanh(_Elementwise):
     """A = tanh(Z).  Backward: dZ = dA ⊙ (1 − A²)."""
+
+    formula, derivative = "tanh(Z)", "tanh'(Z) = 1 − A²"
+    onnx_op = "Tanh"
+    torch_name = "Tanh"
 
     def forward(self, Z, train=True):
         """A = tanh(Z); shapes (B, n).  Keeps what the backward pass needs when ``train``."""
@@ -49,7 +91,7 @@ class Tanh(Layer):
         return dA * (1.0 - A * A)
 
 
-class ReLU(Layer):
+class ReLU(_Elementwise):
     """A = max(Z, 0).  Backward: dZ = dA ⊙ [Z > 0] (the subgradient 0 at Z = 0).
 
     The forward pass keeps only its output A; since A = max(Z, 0), [Z > 0] = [A > 0], formed as 0/1 in A's
@@ -58,6 +100,10 @@ class ReLU(Layer):
     torch than keeping ``astype(Z > 0)`` from the forward pass and forming dA ⊙ mask in a new array: one
     activation-sized array fewer is written, kept and allocated.  (``xp.where`` is ~20× slower on NumPy.)
     """
+
+    formula, derivative = "max(Z, 0)", "[Z > 0]"
+    onnx_op = "Relu"
+    torch_name = "ReLU"
 
     def forward(self, Z, train=True):
         """A = max(Z, 0); shapes (B, n).  Keeps A when ``train``."""
@@ -78,11 +124,13 @@ class ReLU(Layer):
         return dZ
 
 
-class LeakyReLU(Layer):
+class LeakyReLU(_Elementwise):
     """A = Z for Z > 0, α·Z otherwise, i.e. max(Z, α·Z) for 0 ≤ α < 1.
 
     Backward: dZ = dA ⊙ s with the slope s = α + (1 − α)·[Z > 0] (1 where Z > 0, else α).
     """
+
+    formula, derivative = "max(Z, αZ)", "α + (1 − α)[Z > 0]"
 
     def __init__(self, alpha=0.01):
         super().__init__()
@@ -101,6 +149,20 @@ class LeakyReLU(Layer):
         """dZ = dA ⊙ s, s = α + (1 − α)·[Z > 0]; shapes (B, n)."""
         return dA * self._cache
 
+    def to_onnx(self, g, x):
+        return g.op("LeakyRelu", [x], alpha=self.alpha)
+
+    def to_torch(self, ctx):
+        return ctx.nn.LeakyReLU(self.alpha)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (nn.LeakyReLU,)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(m.negative_slope), {}, {}
+
     def config(self):
         return {"type": "LeakyReLU", "alpha": self.alpha}
 
@@ -117,6 +179,20 @@ class Softmax(Layer):
     model in Softmax: the pair's gradient is simply softmax(Z) − y.
     """
 
+    def to_onnx(self, g, x):
+        return g.op("Softmax", [x], axis=-1)
+
+    def to_torch(self, ctx):
+        return ctx.nn.Softmax(dim=-1)
+
+    torch_modules = ("Softmax",)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.dim not in (1, -1):
+            raise ctx.refuse(f"Softmax over dim={m.dim} (nnkit's is over the features, dim=1)")
+        return cls(), {}, {}
+
     def forward(self, Z, train=True):
         """A = softmax(Z) per row; shapes (B, n), computed in float32 under a mixed policy.  Keeps what the
         backward pass needs when ``train``."""
@@ -131,8 +207,12 @@ class Softmax(Layer):
         return self.compute(A * (dA - self.xp.sum(dA * A, axis=-1, keepdims=True)))
 
 
-class Identity(Layer):
+class Identity(_Elementwise):
     """A = Z.  Backward: dZ = dA."""
+
+    formula, derivative = "Z", "1"
+    onnx_op = "Identity"
+    torch_name = "Identity"
 
     def forward(self, Z, train=True):
         """A = Z; shapes (B, n).  Keeps what the backward pass needs when ``train``."""
@@ -143,7 +223,7 @@ class Identity(Layer):
         return dA
 
 
-class GELU(Layer):
+class GELU(_Elementwise):
     r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016), in its tanh form:
 
         A = ½·Z·(1 + t),   t = tanh(u),   u = c·(Z + 0.044715·Z³),   c = √(2/π).
@@ -154,6 +234,8 @@ class GELU(Layer):
     standard lacks, and an erf written in array-API code would not be exact to float64 round-off
     over the whole line (1 − erf cancels for negative Z), so nnkit does not pretend it is.
     """
+
+    formula, derivative = "½Z(1 + tanh(c(Z + 0.044715Z³)))", "½(1 + t) + ½Z(1 − t²)c(1 + 0.134145Z²)"
 
     _C, _K = math.sqrt(2.0 / math.pi), 0.044715
 
@@ -176,12 +258,39 @@ class GELU(Layer):
         Z, t = self._cache
         return dA * (0.5 * (1.0 + t) + (0.5 * self._C) * Z * (1.0 - t * t) * (1.0 + (3.0 * self._K) * (Z * Z)))
 
+    def to_onnx(self, g, x):
+        """½·x·(1 + tanh(c·(x + 0.044715·x³))): the same operations in the same order as the forward pass."""
+        z3 = g.op("Mul", [g.op("Mul", [x, x]), x])
+        u = g.op("Mul", [g.const(self._C, "c"), g.op("Add", [x, g.op("Mul", [g.const(self._K, "k"), z3])])])
+        t = g.op("Tanh", [u])
+        return g.op("Mul", [g.op("Mul", [g.const(0.5, "half"), x]), g.op("Add", [g.const(1.0, "one"), t])], "gelu")
+
+    def to_torch(self, ctx):
+        return ctx.nn.GELU(approximate="tanh")
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (nn.GELU,)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.approximate != "tanh":
+            raise ctx.refuse("GELU(approximate='none') needs erf; nnkit offers GELU(approximate='tanh') only")
+        return cls(), {}, {}
+
     def config(self):
         return {"type": "GELU", "approximate": self.approximate}
 
 
-class SiLU(Layer):
+class SiLU(_Elementwise):
     """Sigmoid linear unit (swish): A = Z·σ(Z).  Backward: dZ = dA ⊙ σ(Z)·(1 + Z·(1 − σ(Z)))."""
+
+    formula, derivative = "Z·σ(Z)", "σ(Z)(1 + Z(1 − σ(Z)))"
+    torch_name = "SiLU"
+
+    def to_onnx(self, g, x):
+        """x·Sigmoid(x)."""
+        return g.op("Mul", [x, g.op("Sigmoid", [x])], "silu")
 
     def forward(self, Z, train=True):
         """A = Z·σ(Z); shapes (B, n).  Keeps Z and σ(Z) when ``train``."""
@@ -196,11 +305,13 @@ class SiLU(Layer):
         return dA * (sig * (1.0 + Z * (1.0 - sig)))
 
 
-class ELU(Layer):
+class ELU(_Elementwise):
     """Exponential linear unit (Clevert et al., 2016): A = Z for Z > 0, α·(e^Z − 1) otherwise.
 
     Backward: dZ = dA ⊙ (1 for Z > 0, α·e^Z otherwise); e^Z − 1 is computed as expm1 (exact near 0).
     """
+
+    formula, derivative = "Z if Z > 0 else α(e^Z − 1)", "1 if Z > 0 else A + α"
 
     def __init__(self, alpha=1.0):
         super().__init__()
@@ -222,12 +333,48 @@ class ELU(Layer):
         """dZ = dA ⊙ (1 where Z > 0, α·e^Z = A + α elsewhere); shapes (B, n)."""
         return dA * self._cache
 
+    def to_onnx(self, g, x):
+        return g.op("Elu", [x], alpha=self.alpha)
+
+    def to_torch(self, ctx):
+        return ctx.nn.ELU(self.alpha)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (nn.ELU,)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(m.alpha), {}, {}
+
     def config(self):
         return {"type": "ELU", "alpha": self.alpha}
 
 
-class Softplus(Layer):
+class Softplus(_Elementwise):
     """A = log(1 + e^Z) (stable for any Z).  Backward: dZ = dA ⊙ σ(Z)."""
+
+    formula, derivative = "log(1 + e^Z)", "σ(Z)"
+
+    def to_onnx(self, g, x):
+        """Relu(x) + Log(1 + Exp(−|x|)): the stable form the forward pass uses."""
+        e = g.op("Exp", [g.op("Neg", [g.op("Abs", [x])])])
+        return g.op("Add", [g.op("Relu", [x]), g.op("Log", [g.op("Add", [e, g.const(1.0, "one")])])], "softplus")
+
+    def to_torch(self, ctx):
+        """``nn.Softplus()`` (β = 1; PyTorch switches to x above its threshold 20, where the two differ by
+        less than 2·10⁻⁹)."""
+        return ctx.nn.Softplus()
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (nn.Softplus,)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.beta != 1:
+            raise ctx.refuse(f"Softplus with beta={m.beta} (nnkit's Softplus has β = 1)")
+        return cls(), {}, {}
 
     def forward(self, Z, train=True):
         """A = softplus(Z) = max(Z, 0) + log1p(e^{−|Z|}); shapes (B, n)."""

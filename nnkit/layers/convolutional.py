@@ -202,6 +202,31 @@ class _Conv(Layer):
         dcols = xp.reshape(W2.T @ dZ3, (B, self.in_channels, math.prod(self.kernel_size)) + out)
         return fold(xp, dcols, in_shape, self.kernel_size, self.stride, self.padding, self.dilation)
 
+    def to_onnx(self, g, x):
+        """``Conv`` (W in the same (O, C, *k) layout, pads, strides, dilations)."""
+        return g.op("Conv", [x, g.param(self, "W"), g.param(self, "b")], "conv", kernel_shape=list(self.kernel_size),
+                    strides=list(self.stride), pads=list(self.padding) * 2, dilations=list(self.dilation))
+
+    def to_torch(self, ctx):
+        """``nn.Conv1d``/``nn.Conv2d`` (W in the same (O, C, *k) layout)."""
+        m = getattr(ctx.nn, f"Conv{self.n}d")(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+                                             padding=self.padding, dilation=self.dilation, dtype=ctx.dtype)
+        ctx.load(m.weight, self.params["W"])
+        ctx.load(m.bias, self.params["b"])
+        return m
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (getattr(nn, f"Conv{cls.n}d"),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.bias is None or m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ctx.refuse("nnkit's convolutions have a bias, one group, zero padding given as numbers")
+        layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride),
+                    padding=tuple(m.padding), dilation=tuple(m.dilation))
+        return layer, {"W": ctx.array(m.weight), "b": ctx.array(m.bias)}, {}
+
     def config(self):
         one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
         cfg = {"type": type(self).__name__, "in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -62,7 +62,8 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYER_TYPES.setdefault(cls.__name__, cls)  # checkpoints rebuild layers by this name
+        if not cls.__name__.startswith("_"):  # shared bases (_Conv, _Pool, ...) are not layers of their own
+            LAYER_TYPES.setdefault(cls.__name__, cls)  # checkpoints rebuild layers by this name
 
     def __init__(self):
         self.params = {}
@@ -132,6 +133,49 @@ class Layer:
         """Given dY = ∂L/∂Y (B, *out_shape): store ∂L/∂param in ``grads``, return ∂L/∂X (B, *in_shape)
         (or None)."""
         raise NotImplementedError
+
+    # -- the ways out: each layer declares its ONNX nodes, its PyTorch module (both directions) and what
+    # ``explain`` prints for it; nnkit.export and nnkit.explain walk the model and ask each layer ------------
+    to_onnx = None
+    # ``to_onnx(self, g, x) -> name``: emit this layer applied to the ONNX tensor named ``x`` into the graph ``g``
+    # (``nnkit.export.onnx.Graph``: ``g.op``, ``g.const``, ``g.param``, ``g.buffer``, ``g.layer`` for inner
+    # layers) and return the output tensor's name.  None: the layer has no ONNX form (export refuses the model).
+
+    to_torch = None
+    # ``to_torch(self, ctx) -> torch.nn.Module``: PyTorch's module computing this layer, with its weights
+    # (``nnkit.export.pytorch.ToTorch``: ``ctx.nn``, ``ctx.dtype``, ``ctx.rank`` (the input's rank without
+    # the batch), ``ctx.load(tensor, array)``, ``ctx.module`` for inner layers).  None: no PyTorch counterpart.
+
+    torch_modules = ()  # the names in ``torch.nn`` that ``from_torch`` takes into this layer
+
+    @classmethod
+    def torch_classes(cls, nn):
+        """The PyTorch module classes :meth:`from_torch` takes (default: ``torch_modules`` looked up in ``nn``)."""
+        return tuple(getattr(nn, name) for name in cls.torch_modules)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        """``(layer, params, buffers)`` for the PyTorch module ``m`` (one of :meth:`torch_classes`): the layer
+        without weights and its host arrays keyed by parameter and buffer name.  ``ctx``
+        (``nnkit.export.pytorch.FromTorch``): ``ctx.nn``, ``ctx.array(tensor)``, ``ctx.refuse(why)`` for a
+        setting nnkit cannot express, ``ctx.layer(child)`` for inner modules."""
+        raise NotImplementedError
+
+    def explain_forward(self, report, i, X, Y):
+        """Add this layer's forward lines to the explanation ``report`` (``report.add(formula, value, name)``):
+        layer ``i`` took X and gave Y.  By default the first line of the class's docstring and Y."""
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        report.add(f"Y{i} = {type(self).__name__}(…)   [{report.tag(i, self)}: {doc[0] if doc else ''}]", Y, f"A{i}")
+
+    def explain_backward(self, report, i, dY, need_dX):
+        """Run this layer's backward pass on dY = ∂L/∂Y for the explanation ``report``, add its lines and
+        return dX.  By default every parameter gradient and dX = Jᵀ·dY."""
+        dX = self.backward(dY, need_dX=need_dX)
+        for name, g in self.grads.items():
+            report.add(f"d{name} of layer {i}", g, f"d{name}{i}")
+        if dX is not None:
+            report.add(f"dX of layer {i} = J{i}ᵀ·dY   [{report.tag(i, self)}]", dX, f"dX{i}")
+        return dX
 
     def config(self):
         """Everything needed to rebuild the layer (without its weights)."""
@@ -228,6 +272,39 @@ class Dense(Layer):
         self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
         return dZ @ W.T if need_dX else None
 
+    def to_onnx(self, g, x):
+        """``MatMul(X, W) + b`` (W is (in, out), as nnkit stores it)."""
+        return g.op("Add", [g.op("MatMul", [x, g.param(self, "W")]), g.param(self, "b")], "dense")
+
+    def to_torch(self, ctx):
+        """``nn.Linear(in, out)`` with ``weight`` = Wᵀ (PyTorch stores (out, in))."""
+        m = ctx.nn.Linear(self.in_features, self.out_features, dtype=ctx.dtype)
+        ctx.load(m.weight, self.params["W"], transpose=True)
+        ctx.load(m.bias, self.params["b"])
+        return m
+
+    torch_modules = ("Linear",)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.bias is None:
+            raise ctx.refuse("a Linear without bias (nnkit's Dense always has one)")
+        return cls(m.in_features, m.out_features), {"W": ctx.array(m.weight).T, "b": ctx.array(m.bias)}, {}
+
+    def explain_forward(self, report, i, X, Y):
+        a = f"A{i - 1}" if i else "X"
+        report.add(f"Z{i} = {a}·W{i} + b{i}   [{report.tag(i, self)}]", Y, f"Z{i}")
+
+    def explain_backward(self, report, i, dY, need_dX):
+        dX = self.backward(dY, need_dX=need_dX)
+        a = f"A{i - 1}" if i else "X"
+        report.add(f"δ{i} = ∂L/∂Z{i}", dY, f"delta{i}")
+        report.add(f"dW{i} = {a}ᵀ·δ{i}", self.grads["W"], f"dW{i}", note=report.named(f"{i}.W", self.grads["W"], "∂L/∂"))
+        report.add(f"db{i} = Σ_batch δ{i}", self.grads["b"], f"db{i}")
+        if dX is not None:
+            report.add(f"d{a} = δ{i}·W{i}ᵀ", dX, f"dA{i - 1}")
+        return dX
+
     def __repr__(self):
         init = "" if self.init == "glorot_uniform" else f", init={self.init!r}"
         return f"Dense({self.in_features}, {self.out_features}{init})"
@@ -301,6 +378,50 @@ class Residual(Layer):
             dF = layer.backward(dF, need_dX=True)
         return dY + dF
 
+    def to_onnx(self, g, x):
+        """The inner layers, then ``Add(X, f(X))``."""
+        f = x
+        for j, inner in enumerate(self.layers):
+            f = g.layer(inner, f, str(j))
+        return g.op("Add", [x, f], "residual")
+
+    @classmethod
+    def torch_module(cls, nn):
+        """PyTorch has no residual container: ``nnkit.export.pytorch.Residual``, y = x + f(x) with f an
+        ``nn.Sequential`` of the inner layers' modules (built once, on first use)."""
+        if "_torch_class" not in cls.__dict__:
+            class Residual(nn.Module):
+                """y = x + f(x), f an ``nn.Sequential`` (nnkit's Residual block)."""
+
+                def __init__(self, *layers):
+                    super().__init__()
+                    self.body = nn.Sequential(*layers)
+
+                def forward(self, x):
+                    """x + f(x)."""
+                    return x + self.body(x)
+
+            Residual.__module__, Residual.__qualname__ = "nnkit.export.pytorch", "Residual"  # picklable by name
+            cls._torch_class = Residual
+        return cls._torch_class
+
+    def to_torch(self, ctx):
+        inner = []
+        for j, layer in enumerate(self.layers):
+            inner.append(ctx.module(layer, str(j)))
+        return self.torch_module(ctx.nn)(*inner)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (cls.torch_module(nn),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        inner = [ctx.layer(c, str(j)) for j, c in enumerate(m.body)]
+        params = {f"{j}.{k}": v for j, (_, p, _) in enumerate(inner) for k, v in p.items()}
+        buffers = {f"{j}.{k}": v for j, (_, _, b) in enumerate(inner) for k, v in b.items()}
+        return cls([layer for layer, _, _ in inner]), params, buffers
+
     def config(self):
         return {"type": "Residual", "layers": [layer.config() for layer in self.layers]}
 
@@ -345,6 +466,20 @@ class Dropout(Layer):
     def backward(self, dY, need_dX=True):
         """dX = dY ⊙ M/(1−p) (the forward pass's mask); shapes (B, n)."""
         return dY if self._cache is None else dY * self._cache
+
+    def to_onnx(self, g, x):
+        """``Identity`` (inference)."""
+        return g.op("Identity", [x])
+
+    def to_torch(self, ctx):
+        """``nn.Dropout(p)``."""
+        return ctx.nn.Dropout(self.p)
+
+    torch_modules = ("Dropout",)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(m.p), {}, {}
 
     def config(self):
         return {"type": "Dropout", "p": self.p}

@@ -149,6 +149,33 @@ class BatchNorm(_Norm):
         axes = (0,) + tuple(range(2, dY.ndim))
         return self._backward(dY, need_dX, axes, axes)
 
+    def to_onnx(self, g, x):
+        """``BatchNormalization`` with the running mean and variance (the inference form)."""
+        return g.op("BatchNormalization", [x, g.param(self, "gamma"), g.param(self, "beta"),
+                                           g.buffer(self, "running_mean"), g.buffer(self, "running_var")],
+                    "batchnorm", epsilon=self.eps)
+
+    def to_torch(self, ctx):
+        """``nn.BatchNorm2d`` on (B, C, H, W) images, ``nn.BatchNorm1d`` on tables and signals (the same
+        momentum convention), with the running statistics."""
+        bn = ctx.nn.BatchNorm2d if ctx.rank == 3 else ctx.nn.BatchNorm1d
+        m = bn(self.num_features, eps=self.eps, momentum=self.momentum, dtype=ctx.dtype)
+        ctx.load(m.weight, self.params["gamma"])
+        ctx.load(m.bias, self.params["beta"])
+        ctx.load(m.running_mean, self.buffers["running_mean"])
+        ctx.load(m.running_var, self.buffers["running_var"])
+        return m
+
+    torch_modules = ("BatchNorm1d", "BatchNorm2d")
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if not m.affine or not m.track_running_stats or m.momentum is None:
+            raise ctx.refuse(f"{type(m).__name__} needs affine=True, track_running_stats=True and a momentum")
+        return (cls(m.num_features, momentum=m.momentum, eps=m.eps),
+                {"gamma": ctx.array(m.weight), "beta": ctx.array(m.bias)},
+                {"running_mean": ctx.array(m.running_mean), "running_var": ctx.array(m.running_var)})
+
     def config(self):
         return {**super().config(), "momentum": self.momentum}
 
@@ -190,3 +217,23 @@ class LayerNorm(_Norm):
     def backward(self, dY, need_dX=True):
         """dβ = Σ_rows dY, dγ = Σ_rows dY⊙x̂, dX = (s/n)(n·g − Σ_j g − x̂ ⊙ Σ_j g⊙x̂) with g = dY⊙γ."""
         return self._backward(dY, need_dX, (dY.ndim - 1,), tuple(range(dY.ndim - 1)))
+
+    def to_onnx(self, g, x):
+        """``LayerNormalization(axis=−1)``."""
+        return g.op("LayerNormalization", [x, g.param(self, "gamma"), g.param(self, "beta")], "layernorm", axis=-1,
+                    epsilon=self.eps)
+
+    def to_torch(self, ctx):
+        """``nn.LayerNorm(n)``."""
+        m = ctx.nn.LayerNorm(self.num_features, eps=self.eps, dtype=ctx.dtype)
+        ctx.load(m.weight, self.params["gamma"])
+        ctx.load(m.bias, self.params["beta"])
+        return m
+
+    torch_modules = ("LayerNorm",)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if len(m.normalized_shape) != 1 or not m.elementwise_affine or m.bias is None:
+            raise ctx.refuse("LayerNorm needs one normalised dimension with weight and bias")
+        return cls(m.normalized_shape[0], eps=m.eps), {"gamma": ctx.array(m.weight), "beta": ctx.array(m.bias)}, {}

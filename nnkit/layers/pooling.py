@@ -50,6 +50,32 @@ class _Pool(Layer):
     def _fold(self, dcols, in_shape):
         return fold(self.xp, dcols, in_shape, self.kernel_size, self.stride, self.padding, self._ones)
 
+    torch_kind = None  # "Max" or "Avg": nn.MaxPool1d, nn.AvgPool2d, ...
+
+    def to_onnx(self, g, x):
+        """``MaxPool``, or ``AveragePool(count_include_pad=1)``."""
+        attrs = dict(kernel_shape=list(self.kernel_size), strides=list(self.stride), pads=list(self.padding) * 2)
+        if self.torch_kind == "Avg":
+            return g.op("AveragePool", [x], "avgpool", count_include_pad=1, **attrs)
+        return g.op("MaxPool", [x], "maxpool", **attrs)
+
+    def to_torch(self, ctx):
+        """``nn.MaxPool1d/2d``, ``nn.AvgPool1d/2d(count_include_pad=True)``."""
+        extra = {"count_include_pad": True} if self.torch_kind == "Avg" else {}
+        return getattr(ctx.nn, f"{self.torch_kind}Pool{self.n}d")(self.kernel_size, stride=self.stride,
+                                                                  padding=self.padding, **extra)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (getattr(nn, f"{cls.torch_kind}Pool{cls.n}d"),) if cls.torch_kind else ()
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.ceil_mode or getattr(m, "dilation", 1) not in (1, (1, 1)) or getattr(m, "return_indices", False) \
+                or not getattr(m, "count_include_pad", True) or getattr(m, "divisor_override", None):
+            raise ctx.refuse("nnkit's pools use floor mode, no dilation and (average) count_include_pad=True")
+        return cls(m.kernel_size, stride=m.stride, padding=m.padding), {}, {}
+
     def config(self):
         one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
         return {"type": type(self).__name__, "kernel_size": one(self.kernel_size), "stride": one(self.stride),
@@ -62,6 +88,8 @@ class _Pool(Layer):
 
 
 class _MaxPool(_Pool):
+    torch_kind = "Max"
+
     def forward(self, X, train=True):
         """Y = max over each window (padding −∞); (B, C, *n) → (B, C, *out).  Keeps the argmax when training."""
         xp = self.xp
@@ -79,6 +107,8 @@ class _MaxPool(_Pool):
 
 
 class _AvgPool(_Pool):
+    torch_kind = "Avg"
+
     def forward(self, X, train=True):
         """Y = (1/K) Σ over each window, zero padding counted; (B, C, *n) → (B, C, *out)."""
         cols = self._cols(X, 0.0)
@@ -142,3 +172,33 @@ class GlobalAvgPool(Layer):
         xp, shape = self.xp, self._cache
         P = math.prod(shape[2:])
         return xp.broadcast_to(xp.reshape(dY * (1.0 / P), tuple(dY.shape) + (1,) * (len(shape) - 2)), shape)
+
+    def to_onnx(self, g, x):
+        """``GlobalAveragePool`` then ``Flatten``."""
+        return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "globalavgpool", axis=1)
+
+    @classmethod
+    def torch_module(cls, nn):
+        """``nnkit.export.pytorch.GlobalAvgPool``: the mean over every position (PyTorch has no such module)."""
+        if "_torch_class" not in cls.__dict__:
+            class GlobalAvgPool(nn.Module):
+                """y = mean over every position: (B, C, *n) → (B, C) (nnkit's GlobalAvgPool)."""
+
+                def forward(self, x):
+                    """The mean over the positions."""
+                    return x.mean(dim=tuple(range(2, x.dim())))
+
+            GlobalAvgPool.__module__, GlobalAvgPool.__qualname__ = "nnkit.export.pytorch", "GlobalAvgPool"
+            cls._torch_class = GlobalAvgPool
+        return cls._torch_class
+
+    def to_torch(self, ctx):
+        return self.torch_module(ctx.nn)()
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (cls.torch_module(nn),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(), {}, {}

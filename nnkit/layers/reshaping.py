@@ -19,6 +19,21 @@ class Flatten(Layer):
         in_shape = tuple(in_shape)
         return (None if any(d is None for d in in_shape) else math.prod(in_shape),)
 
+    def to_onnx(self, g, x):
+        """``Flatten(axis=1)``."""
+        return g.op("Flatten", [x], "flatten", axis=1)
+
+    def to_torch(self, ctx):
+        return ctx.nn.Flatten()
+
+    torch_modules = ("Flatten",)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise ctx.refuse("nnkit's Flatten flattens everything after the batch (start_dim=1, end_dim=-1)")
+        return cls(), {}, {}
+
     def forward(self, X, train=True):
         """Y = reshape(X, (B, -1)); keeps X's shape when training."""
         if train:
@@ -66,6 +81,45 @@ class Reshape(Layer):
     def backward(self, dY, need_dX=True):
         """dX = reshape(dY, X's shape)."""
         return self.xp.reshape(dY, self._cache)
+
+    def to_onnx(self, g, x):
+        """``Reshape([0, *shape])`` (0 keeps the batch size)."""
+        return g.op("Reshape", [x, g.ints([0, *self.shape], "shape")], "reshape")
+
+    @classmethod
+    def torch_module(cls, nn):
+        """``nnkit.export.pytorch.Reshape``: x as (B, *shape) with a −1 allowed (``nn.Unflatten`` takes none)."""
+        if "_torch_class" not in cls.__dict__:
+            class Reshape(nn.Module):
+                """y = x reshaped to (B, *shape), one entry may be −1 (nnkit's Reshape; ``Unflatten`` where no −1)."""
+
+                def __init__(self, shape):
+                    super().__init__()
+                    self.shape = tuple(shape)
+
+                def forward(self, x):
+                    """x as (B, *shape)."""
+                    return x.reshape((x.shape[0],) + self.shape)
+
+            Reshape.__module__, Reshape.__qualname__ = "nnkit.export.pytorch", "Reshape"
+            cls._torch_class = Reshape
+        return cls._torch_class
+
+    def to_torch(self, ctx):
+        """``nn.Unflatten(1, shape)``, or :meth:`torch_module` when the shape has a −1."""
+        return ctx.nn.Unflatten(1, self.shape) if -1 not in self.shape else self.torch_module(ctx.nn)(self.shape)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (nn.Unflatten, cls.torch_module(nn))
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if isinstance(m, ctx.nn.Unflatten):
+            if m.dim != 1:
+                raise ctx.refuse("nnkit's Reshape reshapes everything after the batch (Unflatten(1, shape))")
+            return cls(tuple(m.unflattened_size)), {}, {}
+        return cls(m.shape), {}, {}
 
     def config(self):
         return {"type": "Reshape", "shape": list(self.shape)}

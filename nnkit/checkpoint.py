@@ -180,12 +180,24 @@ def _finite(a, path, what):
     return a
 
 
+def _rebuild_optimizer(opt):
+    """The saved optimizer from its type and hyperparameters.  Its learning rate may be 0 — where a schedule
+    (CosineLR to min_lr=0) left it, which the constructor refuses from a user — but not negative or infinite."""
+    hp = dict(opt["hyperparameters"])
+    lr = hp.get("lr")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr == 0:
+        optimizer = OPTIMIZERS[opt["type"]](**{**hp, "lr": 1.0})
+        optimizer.lr = 0.0
+        return optimizer
+    return OPTIMIZERS[opt["type"]](**hp)
+
+
 def _optimizer_fields(opt, expected, z, path):
     """The (key, field) moment members the saved optimizer needs, checked; its type and hyperparameters too."""
     if not isinstance(opt, dict) or opt.get("type") not in OPTIMIZERS:
         raise _fail(path, f"the optimizer state is damaged (type {opt.get('type') if isinstance(opt, dict) else opt!r})")
     try:
-        optimizer = OPTIMIZERS[opt["type"]](**opt["hyperparameters"])
+        optimizer = _rebuild_optimizer(opt)
     except (KeyError, TypeError, ValueError) as exc:
         raise _fail(path, f"the optimizer state is damaged ({exc})") from None
     steps = opt.get("steps")
@@ -214,7 +226,7 @@ def _build_optimizer(meta, moments, backend):
     opt = meta.get("optimizer")
     if opt is None:
         return None
-    optimizer = OPTIMIZERS[opt["type"]](**opt["hyperparameters"])
+    optimizer = _rebuild_optimizer(opt)
     state = {}
     for (key, field), value in moments.items():
         state.setdefault(key, {})[field] = backend.asarray(np.array(value), dtype=backend.dtype)

@@ -54,6 +54,7 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
+        _check_distinct(layers)
         self.layers = layers
         self.input_shape = check_input_shape(input_shape, layers)
         self._batch_shapes = {}  # input shape (without B) -> output shape, for the shapes already checked
@@ -560,6 +561,24 @@ class Sequential:
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         prec = "" if self.precision is None else f", precision={self.precision}"
         return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}{prec}, params={self.n_params:,}"
+
+
+def _check_distinct(layers):
+    """Each layer object once in the model: a layer keeps its own forward cache and gradients, so an object used
+    twice would silently give its weights the second use's gradient only."""
+    seen = {}
+
+    def walk(layer, where):
+        if id(layer) in seen:
+            raise ValueError(f"layer {where} is the same {type(layer).__name__} object as layer {seen[id(layer)]}: "
+                             "each place in a model needs its own layer object (build another, e.g. Dense(4, 4) "
+                             "again; weights shared between places are a layer's own to declare)")
+        seen[id(layer)] = where
+        for j, inner in enumerate(getattr(layer, "layers", ())):
+            walk(inner, f"{where}.{j}")
+
+    for i, layer in enumerate(layers):
+        walk(layer, str(i))
 
 
 def load(path, backend=None, precision=_KEEP):

@@ -16,7 +16,7 @@ module             library
 :func:`get_backend` is the one factory that picks the class: by ``backend=`` name, or by asking each class
 whether an imported module is its library.  Adding a library is one new file here with a ``Backend``
 subclass that names itself (``name``) and says how to load it (``load``) and recognise it (``matches``,
-``holds``); it is found by the folder.  The helpers below (:func:`host_copy`, :func:`like`, :func:`finish`)
+``holds``); it is found by the folder (a subclass defined in your own code is found too).  The helpers below (:func:`host_copy`, :func:`like`, :func:`finish`)
 ask the class that holds the array.
 """
 from __future__ import annotations
@@ -34,10 +34,15 @@ __all__ = ["Backend", "get_backend", "BACKEND_NAMES", "DTYPE_NAMES", "host_copy"
            "is_sparse", "cuda_index", "backend_classes"]
 
 
-def _discover():
-    """Every named Backend subclass in this folder's modules, in their ``listed`` order."""
+def _import_folder():
+    """Import every module of this folder, so that each library's class exists."""
     for info in pkgutil.iter_modules([os.path.dirname(__file__)]):
         importlib.import_module(f"{__name__}.{info.name}")
+
+
+def _classes():
+    """Every named Backend subclass — this folder's, and any defined elsewhere (a library of your own: a
+    subclass with ``name``, ``load`` and ``matches``) — in their ``listed`` order."""
     found, todo = [], list(Backend.__subclasses__())
     while todo:
         cls = todo.pop()
@@ -47,13 +52,13 @@ def _discover():
     return tuple(sorted(found, key=lambda c: (getattr(c, "listed", 99), c.name)))
 
 
-_CLASSES = _discover()
-BACKEND_NAMES = tuple(c.name for c in _CLASSES)
+_import_folder()
+BACKEND_NAMES = tuple(c.name for c in _classes())  # the libraries nnkit has a file for
 
 
 def backend_classes():
-    """``{name: Backend subclass}`` for every library nnkit has a file for."""
-    return {c.name: c for c in _CLASSES}
+    """``{name: Backend subclass}`` for every library nnkit knows now (its own files and your subclasses)."""
+    return {c.name: c for c in _classes()}
 
 
 def get_backend(name="numpy", device=None, dtype=None):
@@ -74,13 +79,13 @@ def get_backend(name="numpy", device=None, dtype=None):
     if dtype is None:
         dtype = "float32"
     if isinstance(name, str):
-        cls = backend_classes().get(name)
-        if cls is None:
-            raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(repr(n) for n in BACKEND_NAMES)}, "
+        classes = backend_classes()
+        if name not in classes:
+            raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(repr(n) for n in classes)}, "
                              "or an imported array module")
-        return cls.load(device, dtype)
+        return classes[name].load(device, dtype)
     module = name
-    for cls in _CLASSES:
+    for cls in _classes():
         if cls.matches(module):
             return cls.load(device, dtype)
     backend = GenericBackend.load_module(module, device, dtype)
@@ -93,7 +98,7 @@ def get_backend(name="numpy", device=None, dtype=None):
 
 def _holder(x):
     """The Backend class whose library ``x`` is an array of (the generic one for any other)."""
-    for cls in _CLASSES:
+    for cls in _classes():
         if cls.holds(x):
             return cls
     return GenericBackend

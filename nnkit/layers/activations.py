@@ -164,7 +164,7 @@ class LeakyReLU(_Elementwise):
         return cls(m.negative_slope), {}, {}
 
     def config(self):
-        return {"type": "LeakyReLU", "alpha": self.alpha}
+        return {"type": type(self).__name__, "alpha": self.alpha}
 
 
 class Softmax(Layer):
@@ -279,7 +279,7 @@ class GELU(_Elementwise):
         return cls(), {}, {}
 
     def config(self):
-        return {"type": "GELU", "approximate": self.approximate}
+        return {"type": type(self).__name__, "approximate": self.approximate}
 
 
 class SiLU(_Elementwise):
@@ -348,7 +348,7 @@ class ELU(_Elementwise):
         return cls(m.alpha), {}, {}
 
     def config(self):
-        return {"type": "ELU", "alpha": self.alpha}
+        return {"type": type(self).__name__, "alpha": self.alpha}
 
 
 class Softplus(_Elementwise):

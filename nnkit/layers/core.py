@@ -310,7 +310,7 @@ class Dense(Layer):
         return f"Dense({self.in_features}, {self.out_features}{init})"
 
     def config(self):
-        cfg = {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features}
+        cfg = {"type": type(self).__name__, "in_features": self.in_features, "out_features": self.out_features}
         if isinstance(self.init, str):
             cfg["init"] = self.init
         return cfg
@@ -423,7 +423,7 @@ class Residual(Layer):
         return cls([layer for layer, _, _ in inner]), params, buffers
 
     def config(self):
-        return {"type": "Residual", "layers": [layer.config() for layer in self.layers]}
+        return {"type": type(self).__name__, "layers": [layer.config() for layer in self.layers]}
 
     def __repr__(self):
         return f"Residual([{', '.join(map(repr, self.layers))}])"
@@ -482,7 +482,7 @@ class Dropout(Layer):
         return cls(m.p), {}, {}
 
     def config(self):
-        return {"type": "Dropout", "p": self.p}
+        return {"type": type(self).__name__, "p": self.p}
 
 
 def infer_shapes(layers, in_shape, where="layer "):

@@ -122,7 +122,7 @@ class Reshape(Layer):
         return cls(m.shape), {}, {}
 
     def config(self):
-        return {"type": "Reshape", "shape": list(self.shape)}
+        return {"type": type(self).__name__, "shape": list(self.shape)}
 
     def __repr__(self):
         return f"Reshape({self.shape!r})"

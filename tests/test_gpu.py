@@ -14,7 +14,8 @@ Run them on a GPU machine with::
 * convolution: a CuPy and a torch-CUDA CNN fit (the digits as 8×8 images), equal to NumPy's;
 * streaming: a CuPy and a torch-CUDA fit from a memory-mapped file equal to the in-memory fit, and on
   torch-CUDA no synchronisation inside the streamed epoch (sync debug mode "error");
-* the fused SGD step on torch-CUDA (float32, mixed_bfloat16, tf32): no synchronisation, equal to the plain step.
+* the backend classes on CUDA: TorchBackend pickled by class and device, its TF32 switch restored, side-stream
+  copies complete; a CUDA model's ``to_torch()`` and ``explain()``.
 """
 import os
 import shutil
@@ -272,40 +273,28 @@ def test_streamed_fit_from_a_memory_mapped_file_on_the_gpu(target, tmp_path):
         print(f"streamed epoch with prefetch: {time.perf_counter() - t0:.3f} s")
 
 
-# -- the fused SGD step on the GPU (nnkit.step, Backend.descent_update) ----------------------------------------
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("precision", [None, "mixed_bfloat16", "tf32"])
-def test_torch_cuda_fused_sgd_step_never_synchronises_and_matches_the_plain_step(precision, momentum):
+# -- the backend classes on the GPU (nnkit.backends) ---------------------------------------------------------
+def test_torch_cuda_backend_class_round_trips_and_its_model_exports():
+    """TorchBackend on CUDA: pickled by class and device, its TF32 switch restored, a side-stream copy
+    complete after done(); a CUDA model's to_torch() and explain() read its weights off the GPU."""
+    import pickle
+
     torch = _torch_cuda()
-    from nnkit import step
-
+    be = nnkit.get_backend("torch", device="cuda")
+    assert type(be).__name__ == "TorchBackend" and be.on_cuda
+    again = pickle.loads(pickle.dumps(be))
+    assert type(again) is type(be) and again.device == be.device
+    before = torch.backends.cuda.matmul.allow_tf32
+    with be.activate(tf32=True):
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    with be.copy_stream() as copies:
+        x = be.asarray(np.arange(12.0).reshape(3, 4), dtype=be.dtype)
+        copies.done()
+    assert x.is_cuda and float(x.sum()) == 66.0
     X, y = _data()
-
-    def model_and_batch():
-        model = nnkit.Sequential.mlp([20, 64, 64, 3], backend=nnkit.get_backend("torch", device="cuda"), seed=0,
-                                     precision=precision)
-        be = model.backend
-        return model, be.asarray(X, dtype=be.dtype), nnkit.data.as_target(model, y, X.shape[0], nnkit.CrossEntropy())
-
-    def steps(fused, model, Xd, Td):
-        opt = nnkit.optim.SGD(0.1, momentum=momentum)
-        for _ in range(5):
-            with model.policy.activate():
-                _, _, state = step.train_step(model, step.StepState.of(model, opt), Xd, Td, opt.lr,
-                                              loss=nnkit.CrossEntropy(), optimizer=opt, fused=fused)
-            opt.state = state.opt
-        return model
-
-    plain = steps(False, *model_and_batch())
-    ready = model_and_batch()  # built (host-to-device copies) before syncs become errors
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        fused = steps(True, *ready)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert "W" not in fused.layers[0].grads and "W" in plain.layers[0].grads  # updated in the backward pass
-    for key, p in plain.params().items():
-        assert fused.params()[key].dtype == torch.float32 and fused.params()[key].is_cuda
-        np.testing.assert_allclose(fused.params()[key].cpu().numpy(), p.cpu().numpy(), rtol=1e-4, atol=1e-5,
-                                   err_msg=key)
+    model = nnkit.Sequential.mlp([20, 16, 3], backend=be, seed=0)
+    net = model.to_torch()
+    np.testing.assert_allclose(net(torch.from_numpy(X.astype(np.float32))).detach().numpy(),
+                               model.predict(X).cpu().numpy(), rtol=1e-4, atol=1e-5)
+    assert "dW0" in model.explain(X[:4], y[:4], "cross_entropy").values

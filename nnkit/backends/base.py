@@ -69,10 +69,19 @@ class Backend:
         self._array_type, self._array_dtype = type(probe), probe.dtype  # for ready(): no conversions
 
     # -- what a library's subclass provides --------------------------------------------------------
+    namespace_test = None  # the name of array-api-compat's ``is_<library>_namespace`` test
+
     @classmethod
     def matches(cls, module):
-        """True when the imported module ``module`` (raw or array-api-compat's) is this class's library."""
-        return False
+        """True when the imported module ``module`` (raw or array-api-compat's) is this class's library:
+        array-api-compat's ``namespace_test`` says so, or it is the namespace this class made."""
+        test = getattr(array_api_compat, cls.namespace_test) if cls.namespace_test else None
+        return (test is not None and test(module)) or (module is not None and module is cls.own_namespace())
+
+    @classmethod
+    def own_namespace(cls):
+        """The namespace this class derived from array-api-compat's (with the library's fixes), once made."""
+        return None
 
     @classmethod
     def load(cls, device, dtype):

@@ -61,12 +61,11 @@ class CupyBackend(Backend):
 
     name = "cupy"
     listed = 1  # its place in BACKEND_NAMES
+    namespace_test = "is_cupy_namespace"
 
     @classmethod
-    def matches(cls, module):
-        import array_api_compat
-
-        return module is _NAMESPACE or array_api_compat.is_cupy_namespace(module)
+    def own_namespace(cls):
+        return _NAMESPACE
 
     @classmethod
     def load(cls, device, dtype):

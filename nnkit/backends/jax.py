@@ -48,11 +48,11 @@ class JaxBackend(Backend):
     listed = 4  # its place in BACKEND_NAMES
     compiles = True
 
+    namespace_test = "is_jax_namespace"
+
     @classmethod
     def matches(cls, module):
-        import array_api_compat
-
-        return getattr(module, "__name__", None) == "jax" or array_api_compat.is_jax_namespace(module)
+        return getattr(module, "__name__", None) == "jax" or super().matches(module)
 
     @classmethod
     def load(cls, device, dtype):

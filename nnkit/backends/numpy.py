@@ -50,13 +50,13 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     listed = 0  # its place in BACKEND_NAMES
+    namespace_test = "is_numpy_namespace"
+
     one_device = True
 
     @classmethod
-    def matches(cls, module):
-        import array_api_compat
-
-        return module is NAMESPACE or array_api_compat.is_numpy_namespace(module)
+    def own_namespace(cls):
+        return NAMESPACE
 
     @classmethod
     def load(cls, device, dtype):

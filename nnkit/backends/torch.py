@@ -73,13 +73,13 @@ class TorchBackend(Backend):
 
     name = "torch"
     listed = 2  # its place in BACKEND_NAMES
+    namespace_test = "is_torch_namespace"
+
     compiles = True
 
     @classmethod
-    def matches(cls, module):
-        import array_api_compat
-
-        return module is _NAMESPACE or array_api_compat.is_torch_namespace(module)
+    def own_namespace(cls):
+        return _NAMESPACE
 
     @classmethod
     def load(cls, device, dtype):

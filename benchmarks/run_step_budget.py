@@ -14,9 +14,8 @@ to the tight floor and the SGD step, all in one run:
   (``nnkit.bench.measure``, as the report times the step), so each piece finds its arrays where other work
   left them — what the same pieces cost when their data is not in cache.
 
-The hot sum is the least this work can cost a step.  A step's GEMMs can take less than the floor's (the fused
-SGD update writes no dW array), so the sum bounds ``step − GEMMs``, not ``step − floor``; and in a step each
-piece reads what a GEMM has just written on every core, so it costs nearer its *between other work* time.
+The hot sum is the least this work can cost a step: it bounds ``step − GEMMs``; and in a step each piece reads
+what a GEMM has just written on every core, so it costs nearer its *between other work* time.
 """
 from __future__ import annotations
 

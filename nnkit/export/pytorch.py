@@ -97,6 +97,7 @@ class FromTorch:
         return t.detach().cpu().numpy()
 
     def refuse(self, why):
+        """The ValueError to raise for a module setting nnkit cannot express, naming the module and ``why``."""
         return ValueError(f"module {self.where} ({self.m!r}) cannot be taken into nnkit: {why}")
 
     def layer(self, m, where):

@@ -26,9 +26,11 @@ class _Elementwise(Layer):
     torch_name = None            # the torch.nn module computing f, when one does
 
     def to_onnx(self, g, x):
+        """The operator ``onnx_op`` on x."""
         return g.op(self.onnx_op, [x])
 
     def to_torch(self, ctx):
+        """The ``torch.nn`` module ``torch_name``."""
         return getattr(ctx.nn, self.torch_name)()
 
     @classmethod
@@ -150,9 +152,11 @@ class LeakyReLU(_Elementwise):
         return dA * self._cache
 
     def to_onnx(self, g, x):
+        """``LeakyRelu(alpha)``."""
         return g.op("LeakyRelu", [x], alpha=self.alpha)
 
     def to_torch(self, ctx):
+        """``nn.LeakyReLU(α)``."""
         return ctx.nn.LeakyReLU(self.alpha)
 
     @classmethod
@@ -180,9 +184,11 @@ class Softmax(Layer):
     """
 
     def to_onnx(self, g, x):
+        """``Softmax(axis=−1)``."""
         return g.op("Softmax", [x], axis=-1)
 
     def to_torch(self, ctx):
+        """``nn.Softmax(dim=−1)``."""
         return ctx.nn.Softmax(dim=-1)
 
     torch_modules = ("Softmax",)
@@ -266,6 +272,7 @@ class GELU(_Elementwise):
         return g.op("Mul", [g.op("Mul", [g.const(0.5, "half"), x]), g.op("Add", [g.const(1.0, "one"), t])], "gelu")
 
     def to_torch(self, ctx):
+        """``nn.GELU(approximate="tanh")``."""
         return ctx.nn.GELU(approximate="tanh")
 
     @classmethod
@@ -334,9 +341,11 @@ class ELU(_Elementwise):
         return dA * self._cache
 
     def to_onnx(self, g, x):
+        """``Elu(alpha)``."""
         return g.op("Elu", [x], alpha=self.alpha)
 
     def to_torch(self, ctx):
+        """``nn.ELU(α)``."""
         return ctx.nn.ELU(self.alpha)
 
     @classmethod

@@ -406,6 +406,7 @@ class Residual(Layer):
         return cls._torch_class
 
     def to_torch(self, ctx):
+        """The inner layers' modules inside :meth:`torch_module` (x + f(x))."""
         inner = []
         for j, layer in enumerate(self.layers):
             inner.append(ctx.module(layer, str(j)))

@@ -193,6 +193,7 @@ class GlobalAvgPool(Layer):
         return cls._torch_class
 
     def to_torch(self, ctx):
+        """An instance of :meth:`torch_module`."""
         return self.torch_module(ctx.nn)()
 
     @classmethod

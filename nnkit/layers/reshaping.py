@@ -24,6 +24,7 @@ class Flatten(Layer):
         return g.op("Flatten", [x], "flatten", axis=1)
 
     def to_torch(self, ctx):
+        """``nn.Flatten()``."""
         return ctx.nn.Flatten()
 
     torch_modules = ("Flatten",)

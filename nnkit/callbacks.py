@@ -25,7 +25,7 @@ import time
 
 from .checks import check_hyper, check_int
 
-__all__ = ["Callback", "History", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
+__all__ = ["Callback", "History", "Monitor", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
            "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau",
            "GradientStats"]
 
@@ -73,29 +73,61 @@ class History(dict):
             self.setdefault(k, []).append(v)
 
 
+class Monitor:
+    """A watched log value (``"val_loss"``, ``"val_accuracy"``, ...) and which way is better.
+
+    ``mode="auto"`` takes the direction from the name: larger is better for accuracies, AUC, F1, precision,
+    recall and R² (names containing ``acc``, ``auc``, ``f1``, ``precision``, ``recall``, ``r2``), smaller for
+    everything else (losses, errors).  A name the logs do not hold is a ValueError naming the logs that exist
+    — at the start of training where ``fit`` says which logs it will report, else at the first epoch's end."""
+
+    LARGER_IS_BETTER = ("acc", "auc", "f1", "precision", "recall", "r2")
+
+    def __init__(self, who, monitor, mode="auto", min_delta=0.0):
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"{who}: monitor must be the name of a log such as 'val_loss', got {monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.who, self.monitor, self.min_delta = who, monitor, check_hyper("min_delta", min_delta)
+        larger = mode == "max" or (mode == "auto" and any(w in monitor for w in self.LARGER_IS_BETTER))
+        self.mode = "max" if larger else "min"
+        self.sign = -1.0 if larger else 1.0
+
+    def check(self, names):
+        """Refuse a monitor that is not among the log ``names`` fit will report."""
+        if names is not None and self.monitor not in names:
+            hint = "; pass validation data (validation_data= or validation_split=)" \
+                if self.monitor.startswith("val_") and not any(n.startswith("val_") for n in names) else ""
+            raise ValueError(f"{self.who} monitors {self.monitor!r}, which fit does not report (it reports "
+                             f"{', '.join(sorted(names))}){hint}")
+
+    def value(self, logs):
+        """The monitored value of this epoch's logs, signed so that smaller is better."""
+        self.check(logs)
+        return self.sign * logs[self.monitor]
+
+    def improves(self, value, best):
+        """True when the signed ``value`` beats ``best`` by more than ``min_delta``."""
+        return value < best - self.min_delta
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs,
-    and (``restore_best``) put back the weights of the best epoch."""
+    and (``restore_best``) put back the weights of the best epoch.  ``mode``: see :class:`Monitor`."""
 
     def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto"):
-        patience, min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.watch = Monitor("EarlyStopping", monitor, mode, min_delta)
+        self.monitor, self.patience, self.min_delta = monitor, check_int("patience", patience, 0), float(min_delta)
         self.restore_best = bool(restore_best)
-        self.sign = -1.0 if mode == "max" or (mode == "auto" and "acc" in monitor) else 1.0
+        self.sign = self.watch.sign
 
     def on_train_begin(self):
+        self.watch.check(getattr(self, "log_names", None))
         self.best, self.best_epoch, self.wait, self.best_weights = math.inf, None, 0, None
 
     def on_epoch_end(self, epoch, logs):
-        if self.monitor not in logs:
-            raise ValueError(
-                f"EarlyStopping monitors {self.monitor!r}, which fit does not report "
-                f"(it reports {', '.join(sorted(logs))}); pass validation data or monitor 'loss'"
-            )
-        value = self.sign * logs[self.monitor]
-        if value < self.best - self.min_delta:
+        value = self.watch.value(logs)
+        if self.watch.improves(value, self.best):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
                 self.best_weights = self.model.snapshot()
@@ -109,20 +141,49 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the model (weights, optimizer state, epoch, RNG) to ``path`` after every epoch, atomically.
+    """Save the model (weights, optimizer state, epoch, RNG) to ``path``, atomically.
+
+    * ``save_best_only=False`` (the default, what ``fit(checkpoint=path)`` uses): after every epoch, so a run
+      can be resumed where it stopped; and when a callback ends the run early (``EarlyStopping`` restoring the
+      best weights), once more at the end, so that the file holds the model ``fit`` leaves in memory.
+    * ``save_best_only=True``: only after an epoch whose ``monitor`` (default ``"val_loss"``; ``mode``: see
+      :class:`Monitor`) beats every earlier one, so the file holds the best model of the run.
 
     In data-parallel training only rank 0 writes, and every rank waits until the file is complete.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=False):
         self.path = path
+        self.save_best_only = bool(save_best_only)
+        self.watch = Monitor("ModelCheckpoint", monitor, mode) if self.save_best_only else None
+        self.best = math.inf
 
-    def on_epoch_end(self, epoch, logs):
+    def on_train_begin(self):
+        if self.watch is not None:
+            self.watch.check(getattr(self, "log_names", None))
+        self.best = math.inf
+
+    def _save(self):
         if self.comm is None or self.comm.rank == 0:
             self.model.save(self.path)
         if self.comm is not None and self.comm.size > 1:
             self.comm.barrier()  # the file is complete before any rank may read it
+
+    def on_epoch_end(self, epoch, logs):
+        if self.watch is None:
+            self._save()
+        else:
+            value = self.watch.value(logs)
+            if self.watch.improves(value, self.best):
+                self.best = value
+                self._save()
         return False
+
+    def on_train_end(self):
+        history = self.history
+        if self.watch is None and history is not None and history.stopped_epoch is not None \
+                and not history.interrupted:
+            self._save()  # after EarlyStopping put the best weights back: the file holds what fit leaves
 
 
 class LearningRateScheduler(Callback):
@@ -377,21 +438,34 @@ class CosineLR(_Schedule):
 
 
 class ReduceLROnPlateau(_Schedule):
-    """Multiply lr by ``factor`` when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+    """Multiply lr by ``factor`` when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs, then
+    wait ``cooldown`` epochs before watching again; never below ``min_lr``.  ``mode``: see :class:`Monitor`
+    (``"auto"``: an accuracy must rise, a loss fall)."""
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0):
+    def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0, mode="auto",
+                 cooldown=0):
+        self.watch = Monitor("ReduceLROnPlateau", monitor, mode, min_delta)
         self.monitor = monitor
         self.factor = check_hyper("factor", factor, low_open=True, high=1.0)
         self.patience, self.min_delta = check_int("patience", patience, 0), check_hyper("min_delta", min_delta)
+        self.cooldown = check_int("cooldown", cooldown, 0)
         self.min_lr = check_hyper("min_lr", min_lr)
-        self.best, self.wait = math.inf, 0
+        self.best, self.wait, self.cooling = math.inf, 0, 0
+
+    def on_train_begin(self):
+        super().on_train_begin()
+        self.watch.check(getattr(self, "log_names", None))
 
     def on_epoch_end(self, epoch, logs):
-        value = logs.get(self.monitor, logs.get("loss"))
-        if value < self.best - self.min_delta:
+        """PyTorch's rule: an epoch without improvement counts, except in the ``cooldown`` epochs after a cut."""
+        value = self.watch.value(logs)
+        if self.watch.improves(value, self.best):
             self.best, self.wait = value, 0
         else:
             self.wait += 1
-            if self.wait > self.patience:
-                self.optimizer.lr = max(self.min_lr, self.optimizer.lr * self.factor)
-                self.wait = 0
+        if self.cooling:
+            self.cooling -= 1
+            self.wait = 0
+        if self.wait > self.patience:
+            self.optimizer.lr = max(self.min_lr, self.optimizer.lr * self.factor)
+            self.wait, self.cooling = 0, self.cooldown

@@ -84,6 +84,7 @@ def save(model, path):
         "rng": model.rng.bit_generator.state,
         "optimizer": opt_meta,
         "info": _jsonable_info(getattr(model, "info", {})),
+        "frozen": _frozen_paths(model.layers),
     }
     to_numpy = be.to_numpy
     arrays.update({f"param/{k}": np.array(to_numpy(v), copy=True) for k, v in model.params().items()})
@@ -142,6 +143,7 @@ def read(path):
         _check_precision(path, meta)
         try:
             layers = [layer_from_config(c) for c in meta["layers"]]
+            _freeze(layers, meta.get("frozen", []), path)
             in_shape = check_input_shape(meta.get("input_shape"), layers)  # absent in older files: the first layer's
             if in_shape is not None:
                 infer_shapes(layers, in_shape)
@@ -172,6 +174,33 @@ def read(path):
                                          f"optimizer state {key!r}/{field!r}")
                    for key, field in fields}
     return meta, layers, params, moments
+
+
+def _frozen_paths(layers, prefix=""):
+    """``["0", "3.1"]``: where the frozen layers (``trainable = False``) sit in the model."""
+    out = []
+    for i, layer in enumerate(layers):
+        where = f"{prefix}{i}"
+        if not layer.trainable:
+            out.append(where)
+        out += _frozen_paths(getattr(layer, "layers", ()), f"{where}.")
+    return out
+
+
+def _freeze(layers, paths, path):
+    """Mark the layers at ``paths`` (as :func:`_frozen_paths` wrote them) frozen; a path that names no layer
+    of the architecture is a damaged checkpoint."""
+    if not isinstance(paths, list) or len(paths) > 100_000:
+        raise _fail(path, "the list of frozen layers is damaged")
+    for where in paths:
+        parts = where.split(".") if isinstance(where, str) and len(where) < 1000 else None
+        found, inner = None, layers
+        for part in parts or [None]:
+            if part is None or not part.isdigit() or int(part) >= len(inner):
+                raise _fail(path, f"the frozen layer {where!r} is not a layer of the architecture")
+            found = inner[int(part)]
+            inner = getattr(found, "layers", [])
+        found.trainable = False
 
 
 def _finite(a, path, what):

@@ -174,7 +174,51 @@ class Sequential:
 
     @property
     def n_params(self):
+        """All the trained numbers of the model (frozen ones included)."""
         return sum(l.n_params for l in self.layers)
+
+    # -- frozen layers: no update, no optimizer moments ------------------------------------------------
+    def frozen_keys(self):
+        """The parameter keys (``"0.W"``, ``"3.1.b"``) that get no update: those of frozen layers
+        (``layer.trainable = False``, :meth:`freeze`)."""
+        return {f"{i}.{n}" for i, layer in enumerate(self.layers) for n in layer.frozen_names()}
+
+    @property
+    def n_trainable(self):
+        """The numbers training updates (the model's parameters less the frozen layers')."""
+        params, frozen = self.params(), self.frozen_keys()
+        return sum(_size(p) for k, p in params.items() if k not in frozen)
+
+    def freeze(self, *layers):
+        """Freeze ``layers`` (indices into ``model.layers`` or Layer objects; none given: every layer): their
+        parameters keep their values in training and get no optimizer moments.  Returns self."""
+        for layer in self._pick(layers):
+            layer.trainable = False
+        return self
+
+    def unfreeze(self, *layers):
+        """Undo :meth:`freeze` for ``layers`` (none given: every layer, nested ones included).  Returns self."""
+        for layer in self._pick(layers):
+            for sub in layer.sublayers() if not layers else [layer]:
+                sub.trainable = True
+        return self
+
+    def _pick(self, layers):
+        if not layers:
+            return list(self.layers)
+        own = {id(s): s for layer in self.layers for s in layer.sublayers()}
+        picked = []
+        for which in layers:
+            if isinstance(which, Layer):
+                if id(which) not in own:
+                    raise ValueError(f"{which!r} is not a layer of this model")
+                picked.append(which)
+            elif isinstance(which, int) and not isinstance(which, bool) and -len(self.layers) <= which < len(self.layers):
+                picked.append(self.layers[which])
+            else:
+                raise ValueError(f"freeze/unfreeze take layer indices in [0, {len(self.layers)}) or the model's Layer "
+                                 f"objects, got {which!r}")
+        return picked
 
     # -- shapes ---------------------------------------------------------------------
     @property
@@ -494,7 +538,10 @@ class Sequential:
         """A new model with the same architecture and weights (optionally another backend, dtype or
         precision policy; by default the same policy)."""
         be = self.backend if backend is None else get_backend(backend, dtype=self.dtype)
-        twin = Sequential([layer_from_config(c) for c in self.config()],
+        layers = [layer_from_config(c) for c in self.config()]
+        for mine, theirs in zip((s for l in self.layers for s in l.sublayers()), (s for l in layers for s in l.sublayers())):
+            theirs.trainable = mine.trainable
+        twin = Sequential(layers,
                           backend=be, dtype=dtype or self.dtype, seed=0, input_shape=self.input_shape,
                           precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
@@ -548,11 +595,17 @@ class Sequential:
         if shape is not None:
             rows.append(("", "input", fmt_shape(shape), ""))
         for i, (layer, out) in enumerate(zip(self.layers, shapes)):
-            rows.append((str(i), repr(layer), "(B, ...)" if out is None else fmt_shape(out), f"{layer.n_params:,}"))
+            frozen = " (frozen)" if layer.frozen_names() and layer.n_params else ""
+            rows.append((str(i), repr(layer) + frozen, "(B, ...)" if out is None else fmt_shape(out),
+                         f"{layer.n_params:,}"))
         w = [max(len(r[c]) for r in rows) for c in range(4)]
         lines = ["  ".join(r[c].ljust(w[c]) if c < 3 else r[c].rjust(w[c]) for c in range(4)) for r in rows]
         rule = "-" * len(lines[0])
+        trainable = self.n_trainable
         foot = f"total params: {self.n_params:,}   backend: {self.backend.name}   dtype: {self.dtype}"
+        if trainable != self.n_params:
+            foot = (f"total params: {self.n_params:,} (trainable {trainable:,}, frozen {self.n_params - trainable:,})"
+                    f"   backend: {self.backend.name}   dtype: {self.dtype}")
         if self.precision is not None:
             foot += f"   precision: {self.precision} (compute {self.compute_dtype})"
         return "\n".join([lines[0], rule, *lines[1:], rule, foot])
@@ -561,6 +614,13 @@ class Sequential:
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         prec = "" if self.precision is None else f", precision={self.precision}"
         return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}{prec}, params={self.n_params:,}"
+
+
+def _size(a):
+    n = 1
+    for d in a.shape:
+        n *= int(d)
+    return n
 
 
 def _check_distinct(layers):

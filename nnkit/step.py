@@ -80,6 +80,9 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
                 sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
             else:
                 sums = [value * model.xp.sum(w)] + [fn(out, T, loss, w) for _, fn in metric_fns]
+    frozen = model.frozen_keys()
+    if frozen:  # frozen layers: no update, no moments (their gradients are not used)
+        grads = {k: g for k, g in grads.items() if k not in frozen}
     if comm is not None:
         grads = allreduce_grads(comm, grads, share)
     for hook in grad_hooks:  # watchers (GradientStats): the gradients and the parameters before the update
@@ -89,9 +92,10 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
     else:  # a step with inf/NaN gradients is undone on the device (after the all-reduce: every rank agrees)
         xp = model.xp
-        optimizer.init_states(state.opt, state.params, model.backend)
+        trained = {k: state.params[k] for k in grads}
+        optimizer.init_states(state.opt, trained, model.backend)
         ok = LossScaler.all_finite(xp, grads)
-        before = LossScaler.copy(xp, {"p": state.params, "o": state.opt})
+        before = LossScaler.copy(xp, {"p": trained, "o": state.opt})
         params, opt = optimizer.apply(state.params, grads, state.opt, lr, scratch_grads=True)
         params = LossScaler.keep_if(xp, ok, params, before["p"])
         opt = LossScaler.keep_if(xp, ok, opt, before["o"])
@@ -132,14 +136,16 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         model._random_key = key
         _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w)
-        return sums, state.params, state.opt, model.buffers(), model._random_key, state.scaler
+        return sums, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
 
     be = model.backend
     if not be.compiles:
         eager.compiled, eager.traces = False, 0
         return eager
-    optimizer.init_states(optimizer.state, model.params(), be)  # every moment exists, t arrays: one trace
-    key = (id(be), model.precision, type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
+    frozen = model.frozen_keys()
+    trained = {k: p for k, p in model.params().items() if k not in frozen}
+    optimizer.init_states(optimizer.state, trained, be)  # every moment exists, t arrays: one trace
+    key = (id(be), tuple(sorted(frozen)), model.precision, type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
            tuple(sorted((k, repr(v)) for k, v in optimizer.hyperparameters().items() if k != "lr")))
     cache = model.__dict__.setdefault("_compiled_steps", {})  # fit after fit reuses the traces
     if key in cache:

@@ -133,7 +133,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             if stop.raised:
                 history.interrupted = True
                 break
-    for cb in hooks:
+    for cb in sorted(hooks, key=lambda cb: not isinstance(cb, EarlyStopping)):  # weights restored, then saved
         cb.on_train_end()
     return history
 
@@ -205,8 +205,11 @@ class _Run:
         progress.setup(self.data.n_batches(), self.end, self.start)
         self.hooks = ([] if own else [progress]) + ([ModelCheckpoint(checkpoint)] if checkpoint is not None else []) \
             + callbacks + ([early_stopping] if early_stopping is not None else [])
+        names = ["loss"] + [m for m, _ in self.metric_fns]
+        log_names = names + ([f"val_{n}" for n in names] if self.data.has_validation else [])
         for cb in self.hooks:
             cb.model, cb.optimizer, cb.comm = model, optimizer, comm if self.parallel else None
+            cb.log_names = log_names  # what the epoch logs will hold: callbacks that monitor one check it now
             for hook in ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_train_end"):
                 if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
                     setattr(cb, hook, getattr(Callback(), hook))

@@ -59,6 +59,7 @@ class Layer:
     param_names: tuple = ()
     buffer_names: tuple = ()
     needs_random = False
+    trainable = True  # False (on an instance): its parameters get no update and no optimizer moments
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -99,6 +100,11 @@ class Layer:
     def sublayers(self):
         """This layer and every layer inside it."""
         return [self]
+
+    def frozen_names(self):
+        """The names (as in :meth:`slots`) of the parameters that get no update: all of them when this layer
+        is frozen (``trainable = False``), else none."""
+        return set() if self.trainable else {n for n, _, kind, _ in self.slots() if kind == "params"}
 
     def reset(self, xp):
         """Forget the training scratch (cache, gradients) and use namespace ``xp`` (after a move or unpickling)."""
@@ -343,6 +349,11 @@ class Residual(Layer):
 
     def sublayers(self):
         return [self] + [s for layer in self.layers for s in layer.sublayers()]
+
+    def frozen_names(self):
+        if not self.trainable:
+            return super().frozen_names()
+        return {f"{j}.{n}" for j, layer in enumerate(self.layers) for n in layer.frozen_names()}
 
     def build(self, backend, rng):
         super().build(backend, rng)

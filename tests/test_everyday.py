@@ -1,0 +1,155 @@
+"""What users reach for every day: best checkpoints, honest schedules, monitors that refuse a typo, frozen
+layers."""
+import numpy as np
+import pytest
+
+import nnkit
+from tests.helpers import to_np
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((200, 6))
+Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+Xv, Yv = X[150:], Y[150:]
+
+
+def _model(seed=0):
+    return nnkit.Sequential.mlp([6, 16, 2], seed=seed, dtype="float64")
+
+
+# -- best checkpoints -------------------------------------------------------------------------------------
+def test_save_best_only_keeps_the_best_epoch_in_the_file(tmp_path):
+    path = tmp_path / "best.npz"
+    model = _model()
+    ckpt = nnkit.ModelCheckpoint(path, monitor="val_loss", save_best_only=True)
+    hist = model.fit(X[:150], Y[:150], loss="cross_entropy", optimizer=nnkit.optim.SGD(2.0), epochs=12,
+                     validation_data=(Xv, Yv), callbacks=[ckpt], verbose=0)
+    best = int(np.argmin(hist["val_loss"]))
+    loaded = nnkit.load(path)
+    assert loaded.epoch == best + 1
+    assert loaded.evaluate(Xv, Yv, "cross_entropy")["loss"] == pytest.approx(hist["val_loss"][best], rel=1e-9)
+
+
+def test_a_checkpoint_after_early_stopping_holds_the_model_fit_leaves(tmp_path):
+    path = tmp_path / "m.npz"
+    model = _model()
+    hist = model.fit(X[:150], Y[:150], loss="cross_entropy", optimizer=nnkit.optim.SGD(3.0), epochs=40,
+                     validation_data=(Xv, Yv), early_stopping=nnkit.EarlyStopping(patience=2), checkpoint=path,
+                     verbose=0)
+    assert hist.stopped_epoch is not None
+    in_memory = model.evaluate(Xv, Yv, "cross_entropy")["loss"]
+    assert in_memory == pytest.approx(min(hist["val_loss"]), rel=1e-9)
+    assert nnkit.load(path).evaluate(Xv, Yv, "cross_entropy")["loss"] == pytest.approx(in_memory, rel=1e-12)
+
+
+def test_max_mode_for_accuracy(tmp_path):
+    ckpt = nnkit.ModelCheckpoint(tmp_path / "acc.npz", monitor="val_accuracy", save_best_only=True)
+    assert ckpt.watch.mode == "max"
+    assert nnkit.ModelCheckpoint(tmp_path / "l.npz", monitor="val_loss", save_best_only=True).watch.mode == "min"
+    assert nnkit.EarlyStopping(monitor="val_auc").watch.mode == "max"
+
+
+# -- honest schedules ------------------------------------------------------------------------------------------
+def _plateau_run(schedule, values, key="val_accuracy"):
+    opt = nnkit.optim.SGD(1.0)
+    schedule.optimizer = opt
+    schedule.on_train_begin()
+    seen = []
+    for e, v in enumerate(values):
+        schedule.on_epoch_end(e, {"loss": 1.0, key: v})
+        seen.append(opt.lr)
+    return seen
+
+
+def test_reduce_on_plateau_knows_an_accuracy_rises():
+    rising = [0.31, 0.40, 0.48, 0.55, 0.60, 0.64]
+    assert _plateau_run(nnkit.optim.ReduceLROnPlateau(monitor="val_accuracy", patience=0, factor=0.5),
+                        rising) == [1.0] * 6
+    flat = [0.5, 0.5, 0.5, 0.5]
+    assert _plateau_run(nnkit.optim.ReduceLROnPlateau(monitor="val_accuracy", patience=0, factor=0.5),
+                        flat) == [1.0, 0.5, 0.25, 0.125]
+    # mode="min" on an accuracy is what the user said: every rise is "no improvement"
+    assert _plateau_run(nnkit.optim.ReduceLROnPlateau(monitor="val_accuracy", patience=0, factor=0.5, mode="min"),
+                        rising)[-1] == 0.5 ** 5
+
+
+def test_reduce_on_plateau_cools_down():
+    flat = [1.0] * 7
+    seen = _plateau_run(nnkit.optim.ReduceLROnPlateau(monitor="val_loss", patience=0, factor=0.5, cooldown=2),
+                        flat, key="val_loss")
+    assert seen == [1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nnkit.optim.ReduceLROnPlateau(monitor="val_los"),
+    lambda: nnkit.EarlyStopping(monitor="val_los"),
+    lambda: nnkit.ModelCheckpoint("unused.npz", monitor="val_los", save_best_only=True),
+], ids=["ReduceLROnPlateau", "EarlyStopping", "ModelCheckpoint"])
+def test_a_mistyped_monitor_is_refused_before_training_naming_the_logs(make):
+    model = _model()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"monitors 'val_los', which fit does not report \(it reports accuracy, "
+                                         r"loss, val_accuracy, val_loss\)"):
+        model.fit(X[:150], Y[:150], loss="cross_entropy", epochs=2, validation_data=(Xv, Yv), verbose=0,
+                  callbacks=[make()])
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])  # refused before the first step
+
+
+def test_bad_modes_are_refused():
+    for make in (lambda: nnkit.optim.ReduceLROnPlateau(mode="up"), lambda: nnkit.EarlyStopping(mode="up"),
+                 lambda: nnkit.ModelCheckpoint("x.npz", save_best_only=True, mode="up")):
+        with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
+            make()
+
+
+# -- frozen layers ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_a_frozen_layer_gets_no_update_and_no_moments(make_backend, optimizer):
+    model = nnkit.Sequential.mlp([6, 8, 8, 2], backend=make_backend("float64"), seed=0)
+    model.layers[0].trainable = False
+    before = model.state_dict()
+    model.fit(X, Y, loss="cross_entropy", optimizer=optimizer, epochs=2, verbose=0)
+    after = model.state_dict()
+    np.testing.assert_array_equal(after["0.W"], before["0.W"])
+    np.testing.assert_array_equal(after["0.b"], before["0.b"])
+    assert not np.allclose(after["2.W"], before["2.W"])
+    assert "0.W" not in model.optimizer.state and "2.W" in model.optimizer.state
+
+
+def test_freeze_nested_and_summary_counts(tmp_path):
+    model = nnkit.Sequential([nnkit.Dense(6, 8), nnkit.Residual([nnkit.Dense(8, 8), nnkit.Tanh()]),
+                              nnkit.Dense(8, 2)], seed=0, dtype="float64")
+    model.freeze(1)
+    assert model.frozen_keys() == {"1.0.W", "1.0.b"}
+    assert model.n_trainable == model.n_params - 72
+    text = model.summary()
+    assert "total params: 146 (trainable 74, frozen 72)" in text and "(frozen)" in text
+    before = model.state_dict()
+    model.fit(X, Y, loss="cross_entropy", epochs=1, verbose=0, checkpoint=tmp_path / "m.npz")
+    np.testing.assert_array_equal(model.state_dict()["1.0.W"], before["1.0.W"])
+    loaded = nnkit.load(tmp_path / "m.npz")
+    assert loaded.frozen_keys() == {"1.0.W", "1.0.b"}  # the state is saved with the model
+    loaded.unfreeze()
+    assert loaded.frozen_keys() == set()
+    with pytest.raises(ValueError, match="freeze/unfreeze take layer indices"):
+        model.freeze(7)
+
+
+def test_a_frozen_layer_stays_frozen_under_compile_and_loss_scaling():
+    pytest.importorskip("jax")
+    model = nnkit.Sequential.mlp([6, 8, 2], backend="jax", seed=0)
+    model.freeze(0)
+    before = model.state_dict()
+    model.fit(X.astype(np.float32), Y, loss="cross_entropy", epochs=2, verbose=0, compile=True)
+    np.testing.assert_array_equal(model.state_dict()["0.W"], before["0.W"])
+    assert not np.allclose(model.state_dict()["2.W"], before["2.W"])
+
+
+def test_pickled_and_cloned_models_keep_their_frozen_layers():
+    import pickle
+
+    model = _model().freeze(0)
+    assert pickle.loads(pickle.dumps(model)).frozen_keys() == {"0.W", "0.b"}
+    assert model.clone().frozen_keys() == {"0.W", "0.b"}
+    twin = to_np(model.clone().predict(X))
+    np.testing.assert_allclose(twin, to_np(model.predict(X)))

@@ -36,6 +36,7 @@ from .backend import host_copy, is_sparse
 from .distributed import rank_slice
 from .functional import namespace_of
 from .layers import fmt_shape
+from .metrics import add_sums
 
 __all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
            "dense", "check_range", "host_or_native", "numeric_host",
@@ -370,8 +371,13 @@ def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None):
         else:
             wb = W[s:e]
             batch = [loss.value(out, tb, wb) * model.xp.sum(wb)] + [fn(out, tb, loss, wb) for _, fn in metric_fns]
-        sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
+        sums = add_sums(sums, batch, metric_fns)
     return sums
+
+
+def _join_sums(a, b):
+    """Two runs' sums together: arrays added, collected lists joined."""
+    return [x + y for x, y in zip(a, b)]
 
 
 def slice_rows(X, start, stop):
@@ -472,7 +478,7 @@ class FitData:
             if X is None:
                 continue
             part = batch_sums(self.model, X, T, self.loss, self.metric_fns, max(self.batch_size, 1024), W)
-            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+            sums = part if sums is None else _join_sums(sums, part)
         return sums
 
     def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split):

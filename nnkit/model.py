@@ -376,8 +376,11 @@ class Sequential:
           batch is used, and the epoch loss weights each batch by its size.
         * ``validation_split`` holds out the last fraction of rows (before shuffling);
           ``validation_data=(X_val, y_val)`` gives them explicitly.
-        * ``metrics``: names among ``"accuracy"``, ``"mse"``, ``"mae"`` (default: accuracy for
-          classification losses).  ``history["val_..."]`` for the validation data.
+        * ``metrics``: names — ``"accuracy"``, ``"top_k_accuracy"`` (``"top_3_accuracy"``), ``"precision"``,
+          ``"recall"``, ``"f1"`` (with ``_macro``, ``_micro``, ``_weighted``), ``"auc"``, ``"r2"``, ``"mse"``,
+          ``"mae"`` — :class:`nnkit.metrics.Metric` objects or functions ``(out, T, w) -> value``
+          (:mod:`nnkit.metrics`; default: accuracy for classification losses).  ``history["val_..."]`` for the
+          validation data.
         * ``early_stopping``: an :class:`nnkit.EarlyStopping` (or True for the defaults).
         * ``callbacks``: :class:`nnkit.Callback` objects (``on_train_begin()``, ``on_epoch_begin(epoch)``,
           ``on_batch_end()``, ``on_epoch_end(epoch, logs)`` — True stops — and ``on_train_end()``);

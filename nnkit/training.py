@@ -16,6 +16,8 @@ import signal
 import threading
 import time
 
+import numpy as np
+
 
 from . import checkpoint as ckpt
 from . import data
@@ -24,7 +26,7 @@ from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, Progba
 from .backend import is_sparse
 from .files import check_writable
 from .losses import get_loss
-from .metrics import get_metrics
+from .metrics import add_sums, get_metrics, read_sums
 from .optim import check_int, get_optimizer
 from .step import make_step
 
@@ -63,14 +65,13 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     when given: one host read."""
     loss = get_loss(loss)
     metric_fns = get_metrics(metrics, loss)
-    names = ["loss"] + [m for m, _ in metric_fns]
     if data.is_stream(X, y):  # read a batch at a time, in order
         bs = 4096 if batch_size is None else check_int("batch_size", batch_size, 1)
         reader = data.FitData(model, loss, metric_fns, bs)
         with model.policy.activate():
             sums = reader.stream_sums(data.make_stream(X, y, sample_weight))
-            host = model.backend.to_numpy(model.xp.stack(sums))
-        return {name: float(v) / reader.total_v for name, v in zip(names, host)}
+            host = read_sums(model.backend, sums)
+        return _logs(host, metric_fns, reader.total_v)
     X = data.as_input(model, X)
     T = data.as_target(model, y, X.shape[0], loss)
     W, w_host = data.check_weights(model, sample_weight, X.shape[0])
@@ -78,8 +79,16 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     default = X.shape[0] if not is_sparse(X) else 4096
     bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
     with model.policy.activate():
-        host = model.backend.to_numpy(model.xp.stack(data.batch_sums(model, X, T, loss, metric_fns, bs, W)))
-    return {name: float(v) / total for name, v in zip(names, host)}
+        host = read_sums(model.backend, data.batch_sums(model, X, T, loss, metric_fns, bs, W))
+    return _logs(host, metric_fns, total)
+
+
+def _logs(host, metric_fns, total, prefix=""):
+    """``{"loss": ..., metric: ...}`` from the host sums (the loss's first, then each metric's) and Σw."""
+    logs = {f"{prefix}loss": float(host[0]) / total}
+    for (name, metric), value in zip(metric_fns, host[1:]):
+        logs[f"{prefix}{name}"] = metric.value(value, total)
+    return logs
 
 
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
@@ -105,7 +114,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             try:
                 for xb, tb, wb, share, seen in run.batches():
                     batch = run.step(xb, tb, share, wb)
-                    sums = batch if sums is None else sums if batch is None else [a + b for a, b in zip(sums, batch)]
+                    sums = sums if batch is None else add_sums(sums, batch, run.metric_fns)
                     for cb in per_batch:
                         cb.on_batch_end()
                     if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
@@ -175,6 +184,10 @@ class _Run:
                             f"got {regularizer!r}")
         self.comm = comm = dist.check_comm(comm)
         self.parallel = comm is not None and comm.size > 1
+        collected = [name for name, m in self.metric_fns if m.collect]
+        if collected and self.parallel:
+            raise ValueError(f"metric(s) {', '.join(collected)} need every score of the epoch, which data-parallel "
+                             "fit keeps on each rank apart: evaluate them after training (model.evaluate)")
         self.rank, self.size = (comm.rank, comm.size) if self.parallel else (0, 1)
         lead = self.rank == 0  # the rank that prints and writes checkpoints
         if checkpoint is not None and lead:
@@ -216,18 +229,34 @@ class _Run:
 
     def epoch_logs(self, sums, stop):
         """The epoch's logs as Python floats: its training sums (and the validation sums), in one read."""
-        xp, be, names = self.xp, self.be, ["loss"] + [m for m, _ in self.metric_fns]
-        nothing = [xp.zeros((), dtype=be.dtype, device=be.device)] * len(names)
+        xp, be = self.xp, self.be
+        nothing = self.nothing()
         sums = nothing if sums is None else sums  # None: this rank had no rows all epoch
+        n_train = len(sums)
         if self.data.has_validation:
             sums = sums + self.data.validation_sums(nothing)
         if self.parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
             flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
-            host = be.to_numpy(self.comm.allreduce(xp.stack(sums + [flag])))
+            shapes = [tuple(s.shape) for s in sums]
+            flat = xp.concat([xp.reshape(s, (-1,)) for s in sums] + [xp.reshape(flag, (1,))])
+            host = be.to_numpy(self.comm.allreduce(flat))
             stop.raised = stop.raised or bool(host[-1] > 0)
+            parts, at = [], 0
+            for shape in shapes:
+                size = int(np.prod(shape)) if shape else 1
+                parts.append(np.asarray(host[at:at + size], dtype=np.float64).reshape(shape))
+                at += size
         else:
-            host = be.to_numpy(xp.stack(sums))
-        logs = {k: float(v) / self.data.total for k, v in zip(names, host[:len(names)])}
+            parts = read_sums(be, sums)
+        logs = _logs(parts[:n_train], self.metric_fns, self.data.total)
         if self.data.has_validation:
-            logs.update({f"val_{k}": float(v) / self.data.total_v for k, v in zip(names, host[len(names):])})
+            logs.update(_logs(parts[n_train:], self.metric_fns, self.data.total_v, "val_"))
         return logs
+
+    def nothing(self):
+        """Zero sums of the loss and every metric (a rank or a validation part with no rows), of their shapes."""
+        xp, be = self.xp, self.be
+        k = self.model.n_outputs or 1
+        zeros = [xp.zeros(m.shape(k), dtype=be.dtype, device=be.device) for _, m in self.metric_fns]
+        return [xp.zeros((), dtype=be.dtype, device=be.device)] + \
+            [[z] if m.collect else z for z, (_, m) in zip(zeros, self.metric_fns)]

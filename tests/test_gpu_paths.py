@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit import backend as backend_module
+from nnkit.backends import torch as torch_backend
 from nnkit import distributed
 from nnkit.backend import cuda_index, host_copy, local_rank
 
@@ -249,11 +249,11 @@ def test_torch_cuda_device_gets_its_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert backend_module._torch_device("cuda") == torch.device("cuda:0")
-    assert backend_module._torch_device(1) == torch.device("cuda:1")
-    assert backend_module._torch_device("cpu") == torch.device("cpu")
+    assert torch_backend.torch_device("cuda") == torch.device("cuda:0")
+    assert torch_backend.torch_device(1) == torch.device("cuda:1")
+    assert torch_backend.torch_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="does not exist"):
-        backend_module._torch_device("cuda:5")
+        torch_backend.torch_device("cuda:5")
 
 
 def test_node_local_rank_comes_from_the_launcher():

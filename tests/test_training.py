@@ -323,7 +323,7 @@ def test_no_host_sync_inside_an_epoch(monkeypatch):
     (dict(validation_split=1.0), ValueError, "validation_split must be a number in"),
     (dict(validation_split=0.999), ValueError, "leaves no training rows"),
     (dict(optimizer="adagrad"), ValueError, "unknown optimizer 'adagrad'"),
-    (dict(metrics=["f1"]), ValueError, "unknown metric 'f1'"),
+    (dict(metrics=["f1_sometimes"]), ValueError, "unknown metric 'f1_sometimes'"),
     (dict(resume=True), ValueError, "needs checkpoint"),
     (dict(early_stopping="yes"), TypeError, "EarlyStopping"),
     (dict(validation_data=(1, 2, 3)), ValueError, "pair"),

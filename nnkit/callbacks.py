@@ -26,7 +26,7 @@ import time
 from .checks import check_hyper, check_int
 
 __all__ = ["Callback", "History", "Monitor", "ProgbarLogger", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
-           "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau",
+           "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau", "CSVLogger", "TensorBoard",
            "GradientStats"]
 
 
@@ -42,8 +42,10 @@ class Callback:
     def on_epoch_begin(self, epoch):
         """Called before each epoch (0-based ``epoch``)."""
 
-    def on_batch_end(self):
-        """Called after each step (no logs: the step's values stay on the device)."""
+    def on_batch_end(self, batch=None, logs=None):
+        """Called after each step: ``batch`` its index in the epoch, ``logs`` the step's loss and metrics (Python
+        floats) on every ``log_every_n_steps``-th step and None in between (read from the device only on those
+        steps).  A callback written for ``on_batch_end(self)`` is still called without arguments."""
 
     def on_epoch_end(self, epoch, logs):
         """Called after each epoch with its logs (Python floats); return True to stop training."""
@@ -218,7 +220,7 @@ class ProgbarLogger(Callback):
         self.t0 = time.perf_counter()
         self.bar.start(epoch)
 
-    def on_batch_end(self):
+    def on_batch_end(self, batch=None, logs=None):
         self.bar.step()
 
     def on_epoch_end(self, epoch, logs):
@@ -330,7 +332,7 @@ class GradientStats(Callback):
         self._before = {k: xp.asarray(params[k], copy=True) for k in self._weights}
         self._add(row)
 
-    def on_batch_end(self):
+    def on_batch_end(self, batch=None, logs=None):
         if self._before is None:
             return
         xp, params = self.model.xp, self.model.params()
@@ -368,6 +370,120 @@ class GradientStats(Callback):
         if self.history is not None:
             self.history.append(out)
         return False
+
+
+# -- run records: a CSV file, TensorBoard event files ----------------------------------------------------------
+class CSVLogger(Callback):
+    """One row per epoch — ``epoch`` and every log (loss, metrics, validation, learning rate) — in a CSV file,
+    flushed at every epoch so an interrupted run keeps its rows.  ``append=True`` adds to an existing file
+    (a resumed run), whose header must name the same columns."""
+
+    def __init__(self, path, append=False, separator=","):
+        import os
+
+        self.path, self.append, self.sep = os.fspath(path), bool(append), str(separator)
+        self.file, self.columns = None, None
+
+    def on_train_begin(self):
+        import os
+
+        from .files import check_writable
+
+        check_writable(self.path, "CSVLogger")
+        self.columns = None
+        if self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, encoding="utf-8") as f:
+                header = f.readline().rstrip("\n")
+            self.columns = header.split(self.sep)[1:]
+            self.file = open(self.path, "a", encoding="utf-8")
+        else:
+            self.file = open(self.path, "w", encoding="utf-8")
+
+    def on_epoch_end(self, epoch, logs):
+        row = {**logs, "lr": float(self.optimizer.lr)} if self.optimizer is not None else dict(logs)
+        if self.columns is None:
+            self.columns = list(row)
+            self.file.write(self.sep.join(["epoch", *self.columns]) + "\n")
+        elif set(row) != set(self.columns):
+            raise ValueError(f"CSVLogger: {self.path!r} has the columns {', '.join(self.columns)}, but this run logs "
+                             f"{', '.join(row)}: append to a file of the same run, or use another path")
+        self.file.write(self.sep.join([str(epoch + 1)] + [repr(float(row[c])) for c in self.columns]) + "\n")
+        self.file.flush()
+        return False
+
+    def on_train_end(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in ``log_dir``, written by tensorboardX (``pip install tensorboardX``;
+    ``tensorboard --logdir DIR`` shows them):
+
+    * every epoch's logs as scalars (``epoch/loss``, ``epoch/val_accuracy``, ...) and the learning rate, and
+      what a :class:`GradientStats` before this callback recorded (``grad_norm/0.W``, ...);
+    * with ``every_n_steps=N``, the step's loss and metrics every N steps (``step/loss``; ``fit`` reads them
+      from the device on those steps only);
+    * with ``histograms=True``, each weight's values at every epoch's end and the gradient of the epoch's
+      last step (kept on the device, read at the epoch's end; needs ``compile=False``).
+    """
+
+    def __init__(self, log_dir, every_n_steps=None, histograms=False):
+        import os
+
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise RuntimeError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
+        if every_n_steps is not None:
+            every_n_steps = check_int("every_n_steps", every_n_steps, 1)
+        self.log_dir, self.log_every_n_steps, self.histograms = os.fspath(log_dir), every_n_steps, bool(histograms)
+        self.writer, self.step, self._grads = None, 0, None
+        if self.histograms:
+            self.on_gradients = self._keep_gradients
+
+    def on_train_begin(self):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(self.log_dir)
+        self.step = 0
+
+    def _keep_gradients(self, grads, params):
+        """Inside the step: the gradients of the weights, kept (device arrays: nothing is read)."""
+        self._grads = {k: g for k, g in grads.items() if k.endswith(".W")}
+
+    def on_batch_end(self, batch=None, logs=None):
+        self.step += 1
+        if logs:
+            for k, v in logs.items():
+                self.writer.add_scalar(f"step/{k}", v, self.step)
+
+    def on_epoch_end(self, epoch, logs):
+        step = epoch + 1
+        for k, v in logs.items():
+            self.writer.add_scalar(f"epoch/{k}", v, step)
+        if self.optimizer is not None:
+            self.writer.add_scalar("epoch/lr", float(self.optimizer.lr), step)
+        if self.history is not None:
+            for k, values in self.history.items():
+                if "/" in k and values:  # GradientStats' keys, this epoch's value
+                    self.writer.add_scalar(k, values[-1], step)
+        if self.histograms:
+            from .backends import host_copy
+
+            for k, p in self.model.params().items():
+                self.writer.add_histogram(f"weights/{k}", host_copy(p), step)
+            for k, g in (self._grads or {}).items():
+                self.writer.add_histogram(f"gradients/{k}", host_copy(g), step)
+            self._grads = None
+        self.writer.flush()
+        return False
+
+    def on_train_end(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 # -- learning-rate schedules: callbacks that set optimizer.lr once per epoch ---------------------------

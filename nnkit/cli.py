@@ -104,6 +104,9 @@ def _parser():
                           "(GradientStats) and draw them")
     out.add_argument("--plot-boundary", default=None, metavar="REGIONS.png",
                      help="draw the class regions and the training points (two-feature data)")
+    out.add_argument("--log-dir", default=None, metavar="DIR",
+                     help="record the run in DIR: metrics.csv (a row per epoch) and TensorBoard event files "
+                          "(needs tensorboardX: pip install 'nnkit[tensorboard]'; view with tensorboard --logdir DIR)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only the result")
 
     pr = sub.add_parser("predict", help="predict with a saved model",
@@ -239,6 +242,7 @@ def cmd_train(args):
     held_out = "validation" if data.validation is not None else "held-out test"
     watch = data.validation if data.validation is not None else (data.test if args.plot else None)
     callbacks = [nnkit.GradientStats()] if args.plot_diagnostics else []
+    callbacks += _run_records(args.log_dir)
     t0 = time.perf_counter()
     history = model.fit(*data.train, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=watch, callbacks=callbacks,
@@ -260,6 +264,27 @@ def cmd_train(args):
         plots_.decision_boundary(model, X, labels, args.plot_boundary, title=shape, class_names=classes)
         print(f"wrote {args.plot_boundary}")
     return 0
+
+
+def _run_records(log_dir):
+    """``--log-dir DIR``: a CSVLogger (DIR/metrics.csv) and, with tensorboardX installed, TensorBoard event
+    files every 50 steps and epoch; the folder is made and checked writable before training."""
+    if log_dir is None:
+        return []
+    from .callbacks import CSVLogger, TensorBoard
+
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--log-dir {log_dir!r}: cannot make the folder ({exc.strerror or exc})") from None
+    if not os.access(log_dir, os.W_OK):
+        raise CLIError(f"--log-dir {log_dir!r}: the folder is not writable")
+    records = [CSVLogger(os.path.join(log_dir, "metrics.csv"))]
+    try:
+        records.append(TensorBoard(log_dir, every_n_steps=50))
+    except RuntimeError as exc:
+        raise CLIError(f"--log-dir {log_dir!r}: {exc}") from None
+    return records
 
 
 class _TrainingData:

@@ -367,7 +367,7 @@ class Sequential:
     def fit(self, X, y=None, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
             validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
             verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False,
-            sample_weight=None):
+            sample_weight=None, log_every_n_steps=None):
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -383,7 +383,10 @@ class Sequential:
           validation data.
         * ``early_stopping``: an :class:`nnkit.EarlyStopping` (or True for the defaults).
         * ``callbacks``: :class:`nnkit.Callback` objects (``on_train_begin()``, ``on_epoch_begin(epoch)``,
-          ``on_batch_end()``, ``on_epoch_end(epoch, logs)`` — True stops — and ``on_train_end()``);
+          ``on_batch_end(batch, logs)``, ``on_epoch_end(epoch, logs)`` — True stops — and ``on_train_end()``);
+          ``logs`` reach ``on_batch_end`` every ``log_every_n_steps`` steps (default: the finest a callback
+          asks for, e.g. ``TensorBoard(every_n_steps=N)``; else never), read from the device on those steps only
+          and None in between;
           learning-rate schedules from ``nnkit.optim`` and :class:`nnkit.callbacks.LearningRateScheduler`
           are callbacks too.
         * ``verbose``: 0 silent, 1 a progress bar per epoch (tqdm, if installed), 2 a line per epoch.
@@ -415,7 +418,7 @@ class Sequential:
                    shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
                    checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile,
-                   sample_weight=sample_weight)
+                   sample_weight=sample_weight, log_every_n_steps=log_every_n_steps)
 
     def evaluate(self, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read); means weighted by

@@ -93,13 +93,16 @@ def _logs(host, metric_fns, total, prefix=""):
 
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None):
+        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None,
+        log_every_n_steps=None):
     """See :meth:`nnkit.Sequential.fit`."""
     run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
-               sample_weight)
+               sample_weight, log_every_n_steps)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
-    per_batch = [cb for cb in hooks if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
+    per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
+                 if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
+    every, steps = run.log_every_n_steps, 0  # steps: counted over the whole fit, for the logging steps
     for cb in hooks:
         cb.history = history
     for cb in hooks:
@@ -112,11 +115,14 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 cb.on_epoch_begin(epoch)
             sums, seen = None, 0
             try:
-                for xb, tb, wb, share, seen in run.batches():
+                for i, (xb, tb, wb, share, seen) in enumerate(run.batches()):
                     batch = run.step(xb, tb, share, wb)
                     sums = sums if batch is None else add_sums(sums, batch, run.metric_fns)
-                    for cb in per_batch:
-                        cb.on_batch_end()
+                    steps += 1
+                    if per_batch:
+                        logs = run.step_logs(batch, xb, wb) if every and steps % every == 0 else None
+                        for hook, takes_logs in per_batch:
+                            hook(i, logs) if takes_logs else hook()
                     if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
                         break
             except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
@@ -147,12 +153,24 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     return history
 
 
+def _takes_logs(hook):
+    """True when a callback's ``on_batch_end`` takes (batch, logs); False for one written as ``on_batch_end()``."""
+    import inspect
+
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 class _Run:
     """One ``fit`` call's settings, checked before anything changes; its data is a :class:`nnkit.data.FitData`."""
 
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
-                 regularizer, comm, compile, sample_weight=None):
+                 regularizer, comm, compile, sample_weight=None, log_every_n_steps=None):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
         epochs = check_int("epochs", epochs, 1)
@@ -208,6 +226,10 @@ class _Run:
         if self.parallel:
             dist.sync_model(comm, model)  # rank 0's weights and shuffle generator everywhere
         watchers = [cb.on_gradients for cb in callbacks if callable(getattr(cb, "on_gradients", None))]
+        if log_every_n_steps is None:  # the finest a callback asks for (TensorBoard(every_n_steps=N))
+            asked = [cb.log_every_n_steps for cb in callbacks if getattr(cb, "log_every_n_steps", None)]
+            log_every_n_steps = min(asked) if asked else 0
+        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 0)
         self.step = make_step(model, loss, optimizer, regularizer=regularizer, metric_fns=self.metric_fns,
                               comm=comm if self.parallel else None, compile=compile, grad_hooks=watchers)
 
@@ -226,6 +248,16 @@ class _Run:
             for hook in ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_train_end"):
                 if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
                     setattr(cb, hook, getattr(Callback(), hook))
+
+    def step_logs(self, batch, xb, wb):
+        """A step's loss and metrics as Python floats (this rank's batch): the one read of a logging step."""
+        if batch is None or xb is None:
+            return None
+        xp = self.xp
+        weight = xp.asarray(float(xb.shape[0]), dtype=self.be.dtype, device=self.be.device) if wb is None \
+            else xp.sum(wb)
+        host = read_sums(self.be, [weight] + [s if not isinstance(s, list) else s for s in batch])
+        return _logs(host[1:], self.metric_fns, float(host[0]))
 
     def epoch_logs(self, sums, stop):
         """The epoch's logs as Python floats: its training sums (and the validation sums), in one read."""

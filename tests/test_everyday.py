@@ -153,3 +153,83 @@ def test_pickled_and_cloned_models_keep_their_frozen_layers():
     assert model.clone().frozen_keys() == {"0.W", "0.b"}
     twin = to_np(model.clone().predict(X))
     np.testing.assert_allclose(twin, to_np(model.predict(X)))
+
+
+# -- run records ---------------------------------------------------------------------------------------------
+def test_csv_logger_writes_one_row_per_epoch_and_appends_on_resume(tmp_path):
+    import csv
+
+    path, ckpt = tmp_path / "log.csv", tmp_path / "m.npz"
+    model = _model()
+    model.fit(X, Y, loss="cross_entropy", epochs=2, verbose=0, validation_split=0.2, checkpoint=ckpt,
+              callbacks=[nnkit.callbacks.CSVLogger(path)])
+    rows = list(csv.DictReader(open(path)))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    hist = model.fit(X, Y, loss="cross_entropy", epochs=3, verbose=0, validation_split=0.2, checkpoint=ckpt,
+                     resume=True, callbacks=[nnkit.callbacks.CSVLogger(path, append=True)])
+    rows = list(csv.DictReader(open(path)))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert float(rows[-1]["val_loss"]) == pytest.approx(hist["val_loss"][-1], rel=1e-12)
+    with pytest.raises(ValueError, match="has the columns"):
+        model.fit(X, Y, loss="cross_entropy", epochs=1, verbose=0, callbacks=[nnkit.callbacks.CSVLogger(path, append=True)])
+
+
+def test_batch_logs_every_n_steps_and_none_between():
+    seen = []
+
+    class Watch(nnkit.Callback):
+        def on_batch_end(self, batch, logs):
+            seen.append((batch, logs))
+
+    model = _model()
+    be = model.backend
+    model.fit(X, Y, loss="cross_entropy", epochs=1, batch_size=20, verbose=0, callbacks=[Watch()],
+              log_every_n_steps=4, metrics=["accuracy"])
+    assert [b for b, _ in seen] == list(range(10))
+    logged = [(b, logs) for b, logs in seen if logs is not None]
+    assert [b for b, _ in logged] == [3, 7]
+    assert set(logged[0][1]) == {"loss", "accuracy"} and 0.0 <= logged[0][1]["accuracy"] <= 1.0
+    reads = be.host_transfers
+    model.fit(X, Y, loss="cross_entropy", epochs=1, batch_size=20, verbose=0, callbacks=[Watch()])
+    assert be.host_transfers - reads <= 2  # without logging steps: the epoch's read only
+
+    class Old(nnkit.Callback):  # written for on_batch_end(self): still called
+        calls = 0
+
+        def on_batch_end(self):
+            Old.calls += 1
+
+    model.fit(X, Y, loss="cross_entropy", epochs=1, batch_size=50, verbose=0, callbacks=[Old()], log_every_n_steps=1)
+    assert Old.calls == 4
+
+
+def test_tensorboard_event_files_are_read_back(tmp_path):
+    pytest.importorskip("tensorboardX")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    model = _model()
+    tb = nnkit.callbacks.TensorBoard(tmp_path / "tb", every_n_steps=5, histograms=True)
+    model.fit(X, Y, loss="cross_entropy", epochs=3, batch_size=20, verbose=0, validation_split=0.2,
+              callbacks=[nnkit.GradientStats(), tb])
+    acc = ea.EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"epoch/loss", "epoch/val_loss", "epoch/accuracy", "epoch/lr", "step/loss", "grad_norm/0.W"} <= \
+        set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("epoch/loss")] == [1, 2, 3]
+    assert [e.step for e in acc.Scalars("step/loss")] == [5, 10, 15, 20]  # 8 steps an epoch, 24 in all
+    assert {"weights/0.W", "gradients/0.W", "weights/2.W"} <= set(tags["histograms"])
+    loss = [e.value for e in acc.Scalars("epoch/val_loss")]
+    assert len(loss) == 3 and all(np.isfinite(loss))
+
+
+def test_cli_log_dir(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    from nnkit.cli import main
+
+    assert main(["train", "--data", "moons", "--epochs", "2", "--quiet", "--log-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].startswith("epoch,loss")
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run").iterdir())
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--data", "moons", "--epochs", "1", "--quiet", "--log-dir", str(tmp_path / "file")]) == 2
+    assert "--log-dir" in capsys.readouterr().err

@@ -41,7 +41,7 @@ from .metrics import add_sums
 __all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
            "dense", "check_range", "host_or_native", "numeric_host",
            "host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
-           "BatchError", "predict"]
+           "BatchError", "predict", "class_weights"]
 
 
 class BatchError(ValueError):
@@ -401,6 +401,42 @@ def check_weights(model, sample_weight, n):
     return model.backend.asarray(w, dtype=model.backend.dtype), w
 
 
+def class_weights(labels, class_weight, n_classes=None):
+    """Per-example weights (host float64) from the class ``labels`` (integers 0..K−1): ``class_weight`` a dict
+    {class: weight} (classes not in it weigh 1) or ``"balanced"`` — n / (K·count(class)) over the K classes
+    present, scikit-learn's ``compute_class_weight``."""
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+        present, counts = np.unique(labels, return_counts=True)
+        table = np.zeros(int(labels.max()) + 1 if labels.size else 0)
+        table[present] = labels.size / (len(present) * counts)
+        return table[labels]
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+    k = int(n_classes) if n_classes is not None else int(labels.max()) + 1
+    table = np.ones(max(k, int(labels.max()) + 1 if labels.size else 0))
+    for c, wc in class_weight.items():
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(table):
+            raise ValueError(f"class_weight names class {c!r}, but the classes are 0..{len(table) - 1}")
+        if isinstance(wc, bool) or not isinstance(wc, (int, float, np.floating, np.integer)) or not np.isfinite(wc) \
+                or wc < 0:
+            raise ValueError(f"class_weight[{c!r}] must be a finite non-negative number, got {wc!r}")
+        table[int(c)] = float(wc)
+    return table[labels]
+
+
+def _labels_of(model, T, loss):
+    """The class index of each row of prepared targets T (host), for class weights."""
+    t = np.asarray(host_copy(T), dtype=np.float64)
+    if t.ndim != 2 or loss.name not in ("cross_entropy", "binary_cross_entropy") or \
+            (loss.name == "binary_cross_entropy" and t.shape[1] != 1):
+        raise ValueError("class_weight needs one class label per example (a cross-entropy loss with one label, "
+                         "not multi-label or regression targets)")
+    return (t[:, 0] > 0.5).astype(np.int64) if t.shape[1] == 1 else t.argmax(axis=1), max(t.shape[1], 2)
+
+
 class FitData:
     """One run's data: in memory (validated once, sent to the device once) or streamed (read, checked and
     copied a batch at a time, prefetched); its batches for this rank, and the validation sums.
@@ -418,12 +454,16 @@ class FitData:
         self.X = self.T = self.W = self.Xv = self.Tv = self.Wv = None
         self.n = None
 
-    def load(self, X, y, sample_weight=None, validation_data=None, validation_split=0.0):
-        """Take the data (arrays, or a stream: :func:`is_stream`) and the validation part; returns self."""
+    def load(self, X, y, sample_weight=None, validation_data=None, validation_split=0.0, class_weight=None):
+        """Take the data (arrays, or a stream: :func:`is_stream`) and the validation part; returns self.
+        ``class_weight`` (arrays only) multiplies the training rows' weights (not the validation part's)."""
         if is_stream(X, y):
+            if class_weight is not None:
+                raise ValueError("class_weight takes arrays held in memory; for a stream, give each batch its "
+                                 "weights (X, y, w)")
             self._setup_stream(X, y, sample_weight, validation_data, validation_split)
         else:
-            self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
+            self._setup_arrays(X, y, sample_weight, validation_data, validation_split, class_weight)
         return self
 
     @property
@@ -481,7 +521,7 @@ class FitData:
             sums = part if sums is None else _join_sums(sums, part)
         return sums
 
-    def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split):
+    def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split, class_weight=None):
         """In-memory data: validated once, sent to the device once."""
         model, loss = self.model, self.loss
         X = as_input(model, X)
@@ -509,6 +549,13 @@ class FitData:
                                  f"sample_weight_val) of arrays that fit the model: {exc}") from None
         else:
             self.Xv = self.Tv = None
+        if class_weight is not None:  # the training rows' weights times their class's
+            labels, k = _labels_of(model, T, loss)
+            cw = class_weights(labels, class_weight, k)
+            w_host = cw if w_host is None else w_host * cw
+            if not w_host.sum() > 0:
+                raise ValueError("class_weight leaves every training row with weight 0")
+            W = model.backend.asarray(w_host, dtype=model.backend.dtype)
         self.X, self.T, self.W, self.n = X, T, W, X.shape[0]
         self.total = float(self.n) if W is None else float(w_host.sum())
         self.total_v = None if self.Xv is None else (float(self.Xv.shape[0]) if self.Wv is None

@@ -367,7 +367,7 @@ class Sequential:
     def fit(self, X, y=None, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
             validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
             verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False,
-            sample_weight=None, log_every_n_steps=None):
+            sample_weight=None, log_every_n_steps=None, class_weight=None, accumulate=1):
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -401,7 +401,11 @@ class Sequential:
           slice and the gradients are summed in one all-reduce per step (see :mod:`nnkit.distributed`).
         * ``sample_weight`` (n,): each batch's loss is the weighted mean Σ w ℓ / Σ w (and so is its
           gradient); epoch losses and metrics are weighted means too.  ``validation_data`` may then be a
-          triple ``(X_val, y_val, w_val)``.  X may be a SciPy sparse matrix: it stays on the host and
+          triple ``(X_val, y_val, w_val)``.  ``class_weight`` (a dict {class: weight}, or ``"balanced"`` as
+          scikit-learn computes it) multiplies the training rows' weights by their class's (arrays in memory).
+        * ``accumulate=N``: one optimizer update every N batches, with their joined gradient — the same as one
+          step on an N-times larger batch (to round-off, for every optimizer); the epoch's last group may be
+          shorter.  Eager only (no ``compile``, communicator or ``mixed_float16``).  X may be a SciPy sparse matrix: it stays on the host and
           each batch is densified on its way to the device.
         * Data beyond memory (:mod:`nnkit.data`): X may be a memory-mapped array (``np.load(path,
           mmap_mode="r")``, with y an array or another memory-mapped file), read a batch at a time; or, with
@@ -418,7 +422,8 @@ class Sequential:
                    shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
                    checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile,
-                   sample_weight=sample_weight, log_every_n_steps=log_every_n_steps)
+                   sample_weight=sample_weight, log_every_n_steps=log_every_n_steps, class_weight=class_weight,
+                   accumulate=accumulate)
 
     def evaluate(self, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read); means weighted by

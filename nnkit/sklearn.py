@@ -351,6 +351,8 @@ class _BaseMLP(BaseEstimator):
         if sample_weight is not None:
             w = host_copy(sample_weight) if self._is_native(sample_weight) else sample_weight
             sample_weight = _check_sample_weight(w, np.empty((X.shape[0], 0)), dtype=np.float64)
+        if hasattr(self, "_class_sample_weight"):
+            sample_weight = self._class_sample_weight(y, sample_weight)
         n_out = Y.shape[1]
         # weights assigned to coefs_/intercepts_ before the first partial_fit start it (scikit-learn's worked
         # example sets them by hand): kept and pushed into the new network instead of drawn ones
@@ -570,6 +572,40 @@ class MLPClassifier(_HostScore, ClassifierMixin, _BaseMLP):
     """
 
     _metric = staticmethod(accuracy_score)
+    class_weight = None  # estimators pickled before class_weight existed unpickle with none
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, backend="numpy",
+                 dtype=None, callbacks=(), precision=None, class_weight=None):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+                         warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+                         early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+                         backend=backend, dtype=dtype, callbacks=callbacks, precision=precision)
+        self.class_weight = class_weight
+
+    def _class_sample_weight(self, y, sample_weight):
+        """``sample_weight`` times each row's class weight (``class_weight``: a dict {class label: weight} or
+        ``"balanced"``, as scikit-learn's estimators take it)."""
+        cw = self.class_weight
+        if cw is None:
+            return sample_weight
+        if getattr(self, "_label_binarizer", None) is not None and self._label_binarizer.y_type_ == "multilabel-indicator":
+            raise ValueError("class_weight takes one class label per example, not multilabel targets")
+        labels = np.searchsorted(self.classes_, np.asarray(host_copy(y) if self._is_native(y) else y).ravel())
+        if isinstance(cw, dict):
+            unknown = [c for c in cw if c not in set(self.classes_.tolist())]
+            if unknown:
+                raise ValueError(f"class_weight names {unknown!r}, which are not among the classes {list(self.classes_)}")
+            cw = {int(np.searchsorted(self.classes_, c)): v for c, v in cw.items()}
+        w = data.class_weights(labels, cw, len(self.classes_))
+        return w if sample_weight is None else np.asarray(sample_weight, dtype=np.float64) * w
+
 
     def _encode_targets(self, y, n_rows, native, first, incremental):
         if y is None:

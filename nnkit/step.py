@@ -19,7 +19,7 @@ from __future__ import annotations
 from .distributed import allreduce_grads
 from .precision import LossScaler
 
-__all__ = ["StepState", "train_step", "make_step"]
+__all__ = ["StepState", "train_step", "batch_grads", "update", "make_step"]
 
 
 class StepState:
@@ -69,6 +69,15 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
     ``(name, fn)``) is given, else None.  Nothing is read from the device.
     """
+    value, sums, grads = batch_grads(model, state, X, T, loss=loss, regularizer=regularizer, metric_fns=metric_fns,
+                                     w=w)
+    return (value, sums) + (update(model, state, grads, lr, optimizer=optimizer, comm=comm, share=share,
+                                   grad_hooks=grad_hooks),)
+
+
+def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, w=None):
+    """Steps 1–3 of :func:`train_step`: ``(value, sums, grads)`` for one batch, the frozen layers' gradients
+    left out (they get no update).  Nothing is written."""
     sums = value = None
     if X is None:
         xp = model.xp
@@ -83,6 +92,12 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     frozen = model.frozen_keys()
     if frozen:  # frozen layers: no update, no moments (their gradients are not used)
         grads = {k: g for k, g in grads.items() if k not in frozen}
+    return value, sums, grads
+
+
+def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hooks=()):
+    """Steps 4–5 of :func:`train_step`: the all-reduce, the gradient watchers and the optimizer's update written
+    back into the model (undone on the device when loss scaling finds inf/NaN); the new :class:`StepState`."""
     if comm is not None:
         grads = allreduce_grads(comm, grads, share)
     for hook in grad_hooks:  # watchers (GradientStats): the gradients and the parameters before the update
@@ -101,16 +116,76 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
         opt = LossScaler.keep_if(xp, ok, opt, before["o"])
         scaler = LossScaler.update(xp, scaler, ok)
     model.assign(params)
-    return value, sums, StepState(params, opt, state.buffers, state.key, scaler)
+    return StepState(params, opt, state.buffers, state.key, scaler)
 
 
-def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=()):
+class _Accumulator:
+    """Gradient accumulation: ``accumulate`` batches' gradients summed as Σ_b W_b·g_b (W_b the batch's rows or
+    Σw), then one update with Σ_b W_b·g_b / Σ_b W_b — the mean gradient of the batches taken together, i.e.
+    one step on a batch ``accumulate`` times larger (to round-off, for every optimizer: clipping, moments and
+    decay see the joined gradient).  The penalty Ω is added once per update, as on the larger batch."""
+
+    def __init__(self, model, loss, optimizer, regularizer, metric_fns, grad_hooks, every):
+        self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
+        self.metric_fns, self.grad_hooks, self.every = metric_fns, grad_hooks, every
+        self.sum, self.weight, self.count = None, None, 0
+
+    def __call__(self, X, T, share=1.0, w=None):
+        model, xp = self.model, self.model.xp
+        state = StepState.of(model, self.optimizer)
+        _, sums, grads = batch_grads(model, state, X, T, loss=self.loss, metric_fns=self.metric_fns, w=w)
+        if X is not None:
+            weight = xp.asarray(float(T.shape[0]), dtype=model.backend.dtype, device=model.backend.device) \
+                if w is None else xp.sum(w)
+            scaled = {k: g * weight for k, g in grads.items()}
+            if self.sum is None:
+                self.sum, self.weight = scaled, weight
+            else:
+                self.sum = {k: self.sum[k] + g for k, g in scaled.items()}
+                self.weight = self.weight + weight
+        self.count += 1
+        if self.count >= self.every:
+            self.flush()
+        return sums
+
+    def reset(self):
+        """Drop what was accumulated (an epoch undone after a bad batch)."""
+        self.sum, self.weight, self.count = None, None, 0
+
+    def flush(self):
+        """The update of the batches accumulated so far (the epoch's last, shorter group too)."""
+        if self.sum is None:
+            self.count = 0
+            return
+        model, opt = self.model, self.optimizer
+        grads = {k: g / self.weight for k, g in self.sum.items()}
+        if self.regularizer is not None:
+            scale = (1.0 / self.weight) if getattr(self.regularizer, "per_batch", False) else None
+            _, grads = self.regularizer.add_to(model.params(), self.weight * 0.0, grads, scale)
+        state = update(model, StepState.of(model, opt), grads, opt.lr, optimizer=opt, grad_hooks=self.grad_hooks)
+        opt.state, model._scaler = state.opt, state.scaler
+        self.sum, self.weight, self.count = None, None, 0
+
+
+def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=(),
+              accumulate=1):
     """A ``run(X, T, share, w) -> sums`` for ``fit``: one step on the model and its optimizer.
 
     ``compile=True`` compiles the step where the backend can (``Backend.compile``; JAX's ``jax.jit``)
     and runs it eagerly elsewhere; ``run.compiled`` says which, ``run.traces`` counts the traces.
+    ``accumulate=N`` updates every N batches with their joined gradient (:class:`_Accumulator`); ``run.flush()``
+    updates with what is left at an epoch's end.
     """
     metric_fns = list(metric_fns)
+    if accumulate > 1:
+        if comm is not None or compile:
+            raise ValueError("accumulate > 1 runs eagerly on one process: use compile=False and no communicator")
+        if model._scaler is not None:
+            raise ValueError("accumulate > 1 with mixed_float16's loss scaling is not supported: use "
+                             "mixed_bfloat16, or accumulate=1")
+        run = _Accumulator(model, loss, optimizer, regularizer, metric_fns, grad_hooks, accumulate)
+        run.compiled, run.traces = False, 0
+        return run
 
     def eager(X, T, share=1.0, w=None):
         _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
@@ -120,6 +195,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         model._scaler = state.scaler
         return sums
 
+    eager.flush = eager.reset = lambda: None
     if not compile:
         eager.compiled, eager.traces = False, 0
         return eager
@@ -164,5 +240,6 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         return sums
 
     run.compiled, run.traces = True, 0
+    run.flush = run.reset = lambda: None
     cache[key] = run
     return run

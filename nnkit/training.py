@@ -94,11 +94,11 @@ def _logs(host, metric_fns, total, prefix=""):
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
         verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None,
-        log_every_n_steps=None):
+        log_every_n_steps=None, class_weight=None, accumulate=1):
     """See :meth:`nnkit.Sequential.fit`."""
     run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
-               sample_weight, log_every_n_steps)
+               sample_weight, log_every_n_steps, class_weight, accumulate)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
     per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
                  if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
@@ -125,7 +125,9 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                             hook(i, logs) if takes_logs else hook()
                     if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
                         break
+                run.step.flush()  # accumulate=N: the epoch's last, shorter group of batches
             except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
+                run.step.reset()
                 model.assign(safe[0])
                 run.optimizer.state, model._scaler = safe[1], safe[2]
                 raise
@@ -170,7 +172,8 @@ class _Run:
 
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
-                 regularizer, comm, compile, sample_weight=None, log_every_n_steps=None):
+                 regularizer, comm, compile, sample_weight=None, log_every_n_steps=None, class_weight=None,
+                 accumulate=1):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
         epochs = check_int("epochs", epochs, 1)
@@ -211,7 +214,8 @@ class _Run:
         if checkpoint is not None and lead:
             check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
-                                 self.size).load(X, y, sample_weight, validation_data, validation_split)
+                                 self.size).load(X, y, sample_weight, validation_data, validation_split,
+                                                 class_weight)
         self.n, self.batches = self.data.n, self.data.batches
 
         if resume and os.path.exists(os.fspath(checkpoint)):
@@ -231,7 +235,8 @@ class _Run:
             log_every_n_steps = min(asked) if asked else 0
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 0)
         self.step = make_step(model, loss, optimizer, regularizer=regularizer, metric_fns=self.metric_fns,
-                              comm=comm if self.parallel else None, compile=compile, grad_hooks=watchers)
+                              comm=comm if self.parallel else None, compile=compile, grad_hooks=watchers,
+                              accumulate=check_int("accumulate", accumulate, 1))
 
         own = [cb for cb in callbacks if isinstance(cb, ProgbarLogger)]  # a user's bar replaces fit's
         progress = own[0] if own else ProgbarLogger(int(verbose) if lead else 0)

@@ -233,3 +233,63 @@ def test_cli_log_dir(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["train", "--data", "moons", "--epochs", "1", "--quiet", "--log-dir", str(tmp_path / "file")]) == 2
     assert "--log-dir" in capsys.readouterr().err
+
+
+# -- training controls ---------------------------------------------------------------------------------------------
+def test_class_weight_equals_the_same_sample_weights():
+    y3 = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1).astype(int)
+    cw = {0: 0.5, 2: 3.0}
+    a = nnkit.Sequential.mlp([6, 8, 3], seed=0, dtype="float64")
+    b = nnkit.Sequential.mlp([6, 8, 3], seed=0, dtype="float64")
+    a.fit(X, y3, loss="cross_entropy", epochs=2, verbose=0, class_weight=cw, shuffle=False)
+    b.fit(X, y3, loss="cross_entropy", epochs=2, verbose=0, sample_weight=np.array([cw.get(c, 1.0) for c in y3]),
+          shuffle=False)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(v, b.state_dict()[k], rtol=1e-12)
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    np.testing.assert_allclose(nnkit.data.class_weights(y3, "balanced"), compute_sample_weight("balanced", y3))
+    with pytest.raises(ValueError, match="class_weight names class 7"):
+        a.fit(X, y3, loss="cross_entropy", epochs=1, verbose=0, class_weight={7: 1.0})
+    with pytest.raises(ValueError, match="one class label per example"):
+        a.fit(X, np.c_[X[:, :3]], loss="mse", epochs=1, verbose=0, class_weight="balanced")
+
+
+def test_class_weight_balanced_in_the_classifier_estimator():
+    from nnkit.sklearn import MLPClassifier
+
+    ys = np.where(X[:, 0] > 0.8, "rare", "common")
+    w = nnkit.data.class_weights((ys == "rare").astype(int), "balanced")
+    a = MLPClassifier((5,), max_iter=3, random_state=0, class_weight="balanced", shuffle=False).fit(X, ys)
+    b = MLPClassifier((5,), max_iter=3, random_state=0, shuffle=False).fit(X, ys, sample_weight=w)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-10)
+    assert a.get_params()["class_weight"] == "balanced"
+    c = MLPClassifier((5,), max_iter=3, random_state=0, class_weight={"rare": 4.0}, shuffle=False).fit(X, ys)
+    d = MLPClassifier((5,), max_iter=3, random_state=0, shuffle=False).fit(X, ys, sample_weight=np.where(ys == "rare", 4.0, 1.0))
+    np.testing.assert_allclose(c.predict_proba(X), d.predict_proba(X), rtol=1e-10)
+
+
+@pytest.mark.parametrize("optimizer", [lambda: nnkit.optim.SGD(0.1, momentum=0.9, weight_decay=1e-3),
+                                       lambda: nnkit.optim.Adam(1e-2, clip_norm=0.5), lambda: nnkit.optim.AdamW(1e-2),
+                                       lambda: nnkit.optim.RMSprop(1e-2)], ids=["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_accumulating_n_batches_is_one_step_on_an_n_times_batch(make_backend, optimizer, weighted):
+    be = make_backend("float64")
+    w = rng.uniform(0.2, 2.0, size=len(Y)) if weighted else None
+    small = nnkit.Sequential.mlp([6, 8, 2], backend=be, seed=0, norm="layer")
+    large = nnkit.Sequential.mlp([6, 8, 2], backend=be, seed=0, norm="layer")
+    small.fit(X, Y, loss="cross_entropy", optimizer=optimizer(), epochs=2, batch_size=16, accumulate=4, shuffle=False,
+              verbose=0, sample_weight=w, regularizer=nnkit.optim.L2(1e-3))
+    large.fit(X, Y, loss="cross_entropy", optimizer=optimizer(), epochs=2, batch_size=64, shuffle=False, verbose=0,
+              sample_weight=w, regularizer=nnkit.optim.L2(1e-3))
+    for k, v in small.state_dict().items():  # 200 rows: three groups of 64 and a last one of 8, each epoch
+        np.testing.assert_allclose(v, large.state_dict()[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_accumulate_is_refused_where_it_cannot_run():
+    with pytest.raises(ValueError, match="accumulate must be an integer >= 1"):
+        _model().fit(X, Y, loss="cross_entropy", epochs=1, verbose=0, accumulate=0)
+    pytest.importorskip("jax")
+    m = nnkit.Sequential.mlp([6, 8, 2], backend="jax", seed=0)
+    with pytest.raises(ValueError, match="accumulate > 1 runs eagerly"):
+        m.fit(X.astype(np.float32), Y, loss="cross_entropy", epochs=1, verbose=0, accumulate=2, compile=True)

@@ -15,7 +15,8 @@ from .training import TrainingDivergedError
 from .checkpoint import CheckpointError
 from .preprocessing import Preprocessing
 from .perceptron import Perceptron
-from . import init, optim, functional, datasets, callbacks, precision, plots
+from .lr_finder import lr_find
+from . import init, optim, functional, datasets, callbacks, precision, plots, metrics
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,5 @@ __all__ = [
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "GradientStats", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron", "plots",
+    "TrainingDivergedError", "GradientStats", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "lr_find", "metrics", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron", "plots",
 ]

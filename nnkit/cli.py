@@ -81,6 +81,9 @@ def _parser():
     o = t.add_argument_group("training")
     o.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
     o.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's; adam 1e-3)")
+    o.add_argument("--lr-find", action="store_true",
+                   help="instead of training, run the learning-rate range test (100 steps from 1e-7 to 10 on a copy "
+                        "of the model), print the suggested rate, and draw the curve with --plot")
     o.add_argument("--epochs", type=int, default=60)
     o.add_argument("--batch-size", type=int, default=64)
     o.add_argument("--validation-split", type=float, default=0.0, metavar="F",
@@ -237,6 +240,8 @@ def cmd_train(args):
     say = (lambda *a: None) if args.quiet else print
     say(f"data: {data.description}")
     say(model.summary())
+    if args.lr_find:
+        return _lr_find(model, data, loss, args)
     # the held-out side of the curves: the validation part, or (for the picture only) the test part, which
     # nothing is tuned on — early stopping needs --validation-split
     held_out = "validation" if data.validation is not None else "held-out test"
@@ -263,6 +268,24 @@ def cmd_train(args):
         labels = np.asarray(classes, dtype=object)[y] if classes is not None else y
         plots_.decision_boundary(model, X, labels, args.plot_boundary, title=shape, class_names=classes)
         print(f"wrote {args.plot_boundary}")
+    return 0
+
+
+def _lr_find(model, data, loss, args):
+    """``nnkit train --lr-find``: the range test on the training part, its suggestion, and the curve (--plot)."""
+    from .lr_finder import lr_find
+
+    if len(data.train) != 2:
+        raise CLIError("--lr-find takes data held in memory (a table), not a streamed .npy file")
+    result = lr_find(model, *data.train, loss, optimizer=args.optimizer, batch_size=args.batch_size)
+    if result.suggestion is None:
+        print("lr-find: the loss did not fall over 1e-7 .. 10; try another optimizer or scaled inputs")
+    else:
+        print(f"lr-find: suggested learning rate {result.suggestion:.3g} (--optimizer {args.optimizer}; "
+              f"train with --lr {result.suggestion:.3g})")
+    if args.plot:
+        result.plot(args.plot, title=f"{data.source}: learning-rate range test ({args.optimizer})")
+        print(f"wrote {args.plot}")
     return 0
 
 

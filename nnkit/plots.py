@@ -1,6 +1,9 @@
-"""Pictures for learners: training curves with the held-out side, gradient diagnostics, decision boundaries.
+"""Pictures for learners: training curves with the held-out side, gradient diagnostics, decision boundaries, the
+learning-rate range test.
 
-Each function draws with matplotlib (``pip install 'nnkit[plot]'``) and writes a PNG atomically.
+Each function draws with matplotlib (``pip install 'nnkit[plot]'``) on a ``matplotlib.figure.Figure`` of its
+own — never through pyplot, so matplotlib's global backend and open figures are left as they were — and
+returns it (a notebook shows it); given a ``path``, it also writes the PNG there, atomically.
 """
 from __future__ import annotations
 
@@ -8,34 +11,38 @@ import numpy as np
 
 from .files import atomic_write
 
-__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary"]
+__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary", "lr_curve"]
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A new Figure of its own (no pyplot: nothing global changes)."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise RuntimeError("plots need matplotlib: pip install 'nnkit[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
-def _save(fig, path, plt):
-    try:
+def _cmap(name):
+    import matplotlib
+
+    return matplotlib.colormaps[name]
+
+
+def _save(fig, path):
+    """Write ``fig`` as a PNG to ``path`` (atomically) when one is given; the figure, either way."""
+    if path is not None:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return fig
 
 
-def training_curves(history, path, title="", held_out="validation"):
+def training_curves(history, path=None, title="", held_out="validation"):
     """Loss (left) and accuracy or error (right, when recorded) per epoch: the training curves and the
     held-out ones (``val_*`` in the history, named ``held_out`` in the legend) side by side, so that
     overfitting — training loss falling while the held-out loss turns up — shows."""
-    plt = _pyplot()
     metric = next((k for k in ("accuracy", "mae", "mse") if k in history), None)
-    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
+    fig = _figure(figsize=(10 if metric else 5, 4))
+    axes = fig.subplots(1, 2 if metric else 1, squeeze=False)
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, key in zip(axes[0], ["loss"] + ([metric] if metric else [])):
         ax.plot(epochs, history[key], label=f"training {key}")
@@ -50,21 +57,22 @@ def training_curves(history, path, title="", held_out="validation"):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path, plt)
+    return _save(fig, path)
 
 
-def gradient_diagnostics(history, path, title=""):
+def gradient_diagnostics(history, path=None, title=""):
     """Four panels from :class:`nnkit.callbacks.GradientStats`' history: per layer and epoch the gradient
     norm, the weight norm, the update-to-weight ratio (log scales) and the fraction of inactive ReLU units."""
-    plt = _pyplot()
     panels = [("grad_norm", "‖∂L/∂W‖ (mean per step)", True), ("weight_norm", "‖W‖", True),
               ("update_ratio", "‖ΔW‖ / ‖W‖ (mean per step)", True), ("relu_inactive", "inactive ReLU units", False)]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig = _figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
+    viridis = _cmap("viridis")
     for ax, (prefix, label, log) in zip(axes.flat, panels):
         keys = sorted((k for k in history if k.startswith(prefix + "/")), key=_layer_order)
         for i, k in enumerate(keys):
             ax.plot(np.arange(1, len(history[k]) + 1), history[k], label=k.split("/", 1)[1],
-                    color=plt.cm.viridis(i / max(len(keys) - 1, 1)))
+                    color=viridis(i / max(len(keys) - 1, 1)))
         ax.set_title(label)
         ax.set_xlabel("epoch")
         if log and keys:
@@ -78,7 +86,7 @@ def gradient_diagnostics(history, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path, plt)
+    return _save(fig, path)
 
 
 def _layer_order(key):
@@ -86,13 +94,12 @@ def _layer_order(key):
     return [int(p) if p.isdigit() else 0 for p in parts]
 
 
-def decision_boundary(model, X, y, path, title="", resolution=300, class_names=None):
+def decision_boundary(model, X, y, path=None, title="", resolution=300, class_names=None):
     """The class regions of a two-feature classifier over the data's range, with the points on top.
 
     ``X`` are the model's *raw* two features (the model's preprocessing, when it carries one, is applied
     to the grid as to new data; otherwise X goes to the model as it is), ``y`` their labels (names or
     integers)."""
-    plt = _pyplot()
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != 2:
         raise ValueError(f"a decision boundary needs two features, got X of shape {X.shape}")
@@ -106,8 +113,9 @@ def decision_boundary(model, X, y, path, title="", resolution=300, class_names=N
                                                                       key=str)
     index = {str(c): i for i, c in enumerate(names)}
     region = np.array([index[str(v)] for v in labels]).reshape(g0.shape)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    cmap = plt.get_cmap("tab10")
+    fig = _figure(figsize=(6, 5.5))
+    ax = fig.subplots()
+    cmap = _cmap("tab10")
     ax.contourf(g0, g1, region, levels=np.arange(len(names) + 1) - 0.5, cmap=cmap, vmin=0, vmax=9, alpha=0.3)
     for c in names:
         mask = np.array([str(v) == str(c) for v in y])
@@ -119,4 +127,27 @@ def decision_boundary(model, X, y, path, title="", resolution=300, class_names=N
     ax.legend(title="class", fontsize=8)
     ax.set_title(title or "decision regions and training points")
     fig.tight_layout()
-    _save(fig, path, plt)
+    return _save(fig, path)
+
+
+def lr_curve(result, path=None, title=""):
+    """The learning-rate range test of :func:`nnkit.lr_find`: the (smoothed) loss against the learning rate on a
+    log scale, the suggested rate marked."""
+    fig = _figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    ax.plot(result.lrs, result.losses, alpha=0.3, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, label="smoothed")
+    if result.suggestion is not None:
+        ax.axvline(result.suggestion, color="k", linestyle="--", linewidth=1,
+                   label=f"suggested lr {result.suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    finite = np.asarray(result.smoothed)[np.isfinite(result.smoothed)]
+    if finite.size:
+        ax.set_ylim(finite.min() - 0.05 * abs(finite.min()), min(finite.max(), 4 * finite.min() + 1e-12))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "learning-rate range test")
+    fig.tight_layout()
+    return _save(fig, path)

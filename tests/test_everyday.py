@@ -293,3 +293,53 @@ def test_accumulate_is_refused_where_it_cannot_run():
     m = nnkit.Sequential.mlp([6, 8, 2], backend="jax", seed=0)
     with pytest.raises(ValueError, match="accumulate > 1 runs eagerly"):
         m.fit(X.astype(np.float32), Y, loss="cross_entropy", epochs=1, verbose=0, accumulate=2, compile=True)
+
+
+def test_lr_find_leaves_the_model_alone_and_reads_once(tmp_path):
+    model = _model()
+    before, be = model.state_dict(), model.backend
+    reads = be.host_transfers
+    nnkit.lr_find(model, X, Y, "cross_entropy", steps=10, batch_size=16)
+    few = be.host_transfers - reads
+    result = nnkit.lr_find(model, X, Y, "cross_entropy", steps=60, batch_size=16)
+    assert be.host_transfers - reads - few == few  # no read per step: the same reads for 10 steps and 60
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert len(result.lrs) == len(result.losses) == 60 and result.lrs[0] == pytest.approx(1e-7)
+    assert result.lrs[-1] == pytest.approx(10.0) and np.all(np.diff(result.lrs) > 0)
+    assert result.suggestion is None or 1e-7 <= result.suggestion <= 10.0
+    fig = result.plot(tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").stat().st_size > 1000 and fig.axes
+    with pytest.raises(ValueError, match="end_lr must be larger"):
+        nnkit.lr_find(model, X, Y, "cross_entropy", start_lr=1.0, end_lr=0.1)
+
+
+def test_lr_find_suggests_where_a_known_curve_falls():
+    from nnkit.lr_finder import _suggest
+
+    lrs = np.logspace(-6, 1, 50)
+    curve = np.r_[np.full(20, 1.0), np.linspace(1.0, 0.2, 20), np.linspace(0.2, 5.0, 10)]
+    s = _suggest(lrs, curve, 4.0)
+    assert lrs[20] <= s <= lrs[39]  # inside the falling stretch
+    assert _suggest(lrs, np.linspace(1, 2, 50), 4.0) is None  # never falls
+
+
+def test_plots_return_figures_and_leave_matplotlib_alone(tmp_path):
+    mpl = pytest.importorskip("matplotlib")
+    backend = mpl.get_backend()
+    model = _model()
+    hist = model.fit(X, Y, loss="cross_entropy", epochs=2, verbose=0, validation_split=0.2)
+    fig = nnkit.plots.training_curves(hist)  # no path: nothing written
+    assert isinstance(fig, mpl.figure.Figure) and not list(tmp_path.iterdir())
+    nnkit.plots.training_curves(hist, tmp_path / "c.png")
+    assert (tmp_path / "c.png").exists() and mpl.get_backend() == backend
+
+
+def test_cli_lr_find(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from nnkit.cli import main
+
+    assert main(["train", "--data", "moons", "--lr-find", "--optimizer", "sgd", "--plot", str(tmp_path / "lr.png"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "lr-find:" in out and (tmp_path / "lr.png").exists()

@@ -74,6 +74,16 @@ class History(dict):
         for k, v in logs.items():
             self.setdefault(k, []).append(v)
 
+    def to_dataframe(self):
+        """The history as a pandas DataFrame, one row per epoch (index ``epoch`` from 1), one column per log."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise RuntimeError("History.to_dataframe needs pandas: pip install pandas") from None
+        n = self.epochs
+        columns = {k: v for k, v in self.items() if len(v) == n}
+        return pd.DataFrame(columns, index=pd.RangeIndex(1, n + 1, name="epoch"))
+
 
 class Monitor:
     """A watched log value (``"val_loss"``, ``"val_accuracy"``, ...) and which way is better.
@@ -238,21 +248,47 @@ def _isatty(stream):
         return False
 
 
+def _in_notebook():
+    """True inside a Jupyter kernel (IPython's ZMQ shell; a terminal IPython is a terminal)."""
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # an IPython without a running shell
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _tqdm(notebook):
+    """tqdm's bar class — the notebook widget in a notebook when ipywidgets is there — or None without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    if notebook:
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook draws with it)
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            return notebook_tqdm
+        except ImportError:
+            return tqdm
+    return tqdm
+
+
 class _Progress:
     """Progress of a ``fit``: with ``verbose=1`` on a terminal one bar over all of training — tqdm's
     when tqdm is installed, else nnkit's own one-line bar — showing the epoch and the last epoch's
-    logs; with ``verbose=2``, or ``verbose=1`` when standard error is not a terminal (a log file),
-    one line per epoch; nothing when quiet."""
+    logs; in a Jupyter notebook tqdm's notebook bar (a widget, where ipywidgets is installed; tqdm's text bar
+    in the cell otherwise); with ``verbose=2``, or ``verbose=1`` when standard error is not a terminal (a log
+    file), one line per epoch; nothing when quiet."""
 
     def __init__(self, verbose, n_batches, epochs, first_epoch=0):
         self.verbose, self.epochs, self.bar = verbose, epochs, None
         self.total = n_batches * max(epochs - first_epoch, 0)
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            tqdm = None
+        notebook = _in_notebook()
+        tqdm = _tqdm(notebook) if verbose == 1 else None
         tty = _isatty(sys.stderr)  # a bar in a redirected log is a wall of carriage returns: lines instead
-        self.tqdm = tqdm if verbose == 1 and tty else None
+        self.tqdm = tqdm if verbose == 1 and (tty or notebook) else None
         self.text_bar = verbose == 1 and tqdm is None and tty
         self.done, self.last_draw, self.epoch, self.logs = 0, 0.0, 0, ""
 

@@ -343,3 +343,33 @@ def test_cli_lr_find(tmp_path, capsys):
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "lr-find:" in out and (tmp_path / "lr.png").exists()
+
+
+# -- notebooks ------------------------------------------------------------------------------------------------------
+def test_history_to_dataframe():
+    pd = pytest.importorskip("pandas")
+    hist = _model().fit(X, Y, loss="cross_entropy", epochs=3, verbose=0, validation_split=0.2)
+    df = hist.to_dataframe()
+    assert isinstance(df, pd.DataFrame) and list(df.index) == [1, 2, 3]
+    assert {"loss", "val_loss", "accuracy", "time"} <= set(df.columns)
+    assert df["val_loss"].tolist() == hist["val_loss"]
+
+
+def test_progress_bar_in_a_notebook_is_tqdms(monkeypatch):
+    pytest.importorskip("tqdm")
+    import sys
+    import types
+
+    from nnkit import callbacks as cb
+
+    class ZMQInteractiveShell:  # what IPython's get_ipython() returns inside a Jupyter kernel
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: ZMQInteractiveShell()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert cb._in_notebook()
+    bar = cb._Progress(1, 10, 2)
+    assert bar.tqdm is not None and not bar.text_bar  # a bar although stderr is no terminal
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    assert not cb._in_notebook()

@@ -9,10 +9,12 @@ Progress, checkpoints, early stopping and schedules are callbacks (:mod:`nnkit.c
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -30,7 +32,7 @@ from .metrics import add_sums, get_metrics, read_sums
 from .optim import check_int, get_optimizer
 from .step import make_step
 
-__all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError"]
+__all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError", "Terminated"]
 
 
 class TrainingDivergedError(ValueError):
@@ -38,26 +40,36 @@ class TrainingDivergedError(ValueError):
 
 
 class _StopFlag:
-    """Ctrl-C during fit sets a flag; the loop stops after the current step (a second Ctrl-C aborts)."""
+    """Ctrl-C or SIGTERM during fit sets a flag; the loop stops after the current step (a second Ctrl-C
+    aborts).  SIGTERM — what SLURM and Kubernetes send before a kill — also sets ``terminated``."""
 
     def __init__(self):
-        self.raised = False
-        self._previous = None
+        self.raised = self.terminated = False
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGTERM:
+            self.terminated = self.raised = True
+            return
         if self.raised:
             raise KeyboardInterrupt
         self.raised = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
+
+
+class Terminated(SystemExit):
+    """``fit`` ended by SIGTERM: the checkpoint holds the state at the start of the epoch that was running (a
+    ``SystemExit`` with status 143, 128 + SIGTERM, so the process ends as a terminated one does)."""
 
 
 def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
@@ -109,7 +121,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         cb.on_train_begin()
     with _StopFlag() as stop, model.policy.activate():
         for epoch in range(run.start, run.end):
-            t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state(), model._scaler)
+            t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state(), model._scaler,
+                                             copy.deepcopy(model.rng.bit_generator.state))
             model.reseed()  # random layers: this epoch's device generator, from the model's seed
             for cb in hooks:
                 cb.on_epoch_begin(epoch)
@@ -131,6 +144,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 model.assign(safe[0])
                 run.optimizer.state, model._scaler = safe[1], safe[2]
                 raise
+            if stop.terminated and not run.parallel and (run.n is None or seen < run.n):
+                _terminate(run, model, safe, epoch, hooks)  # raises Terminated
             if stop.raised and (run.n is None or seen < run.n):
                 history.interrupted = True
                 break
@@ -147,12 +162,34 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             if any([bool(cb.on_epoch_end(epoch, dict(logs))) for cb in hooks]):
                 history.stopped_epoch = epoch
                 break
+            if stop.terminated:  # at an epoch's end (or data-parallel): the checkpoint was just written
+                _terminate(run, model, None, epoch + 1, hooks)
             if stop.raised:
                 history.interrupted = True
                 break
     for cb in sorted(hooks, key=lambda cb: not isinstance(cb, EarlyStopping)):  # weights restored, then saved
         cb.on_train_end()
     return history
+
+
+def _terminate(run, model, safe, epoch, hooks):
+    """SIGTERM: the epoch in progress rolled back to its start (weights, optimizer, loss scale, the shuffle
+    generator) — so that ``resume=True`` redoes it exactly as an uninterrupted run does — the checkpoint written
+    atomically, a line on standard error, and the process ended (:class:`Terminated`)."""
+    if safe is not None:
+        model.assign(safe[0])
+        run.optimizer.state, model._scaler = safe[1], safe[2]
+        model.rng.bit_generator.state = safe[3]
+    path = run.checkpoint
+    if path is not None and run.rank == 0:
+        ckpt.save(model, path)
+    for cb in hooks:
+        cb.on_train_end()
+    where = f"the checkpoint {os.fspath(path)!r} holds epoch {epoch}; resume=True continues from there" \
+        if path is not None else "no checkpoint= was given, so the progress is not kept"
+    sys.stderr.write(f"nnkit: SIGTERM: training stopped after the current step; {where}\n")
+    sys.stderr.flush()
+    raise Terminated(143)
 
 
 def _takes_logs(hook):
@@ -213,6 +250,7 @@ class _Run:
         lead = self.rank == 0  # the rank that prints and writes checkpoints
         if checkpoint is not None and lead:
             check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
+        self.checkpoint = checkpoint
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
                                  self.size).load(X, y, sample_weight, validation_data, validation_split,
                                                  class_weight)

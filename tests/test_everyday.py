@@ -373,3 +373,52 @@ def test_progress_bar_in_a_notebook_is_tqdms(monkeypatch):
     assert bar.tqdm is not None and not bar.text_bar  # a bar although stderr is no terminal
     monkeypatch.setitem(sys.modules, "IPython", None)
     assert not cb._in_notebook()
+
+
+# -- cluster-friendly -----------------------------------------------------------------------------------------------
+_SIGTERM_SCRIPT = r'''
+import os, signal, sys
+import numpy as np
+import nnkit
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((200, 6)); Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+mode, path = sys.argv[1], sys.argv[2]
+
+class Term(nnkit.Callback):  # SLURM's SIGTERM, mid-epoch: epoch 2, batch 4
+    def on_epoch_begin(self, epoch):
+        self.epoch = epoch
+    def on_batch_end(self, batch, logs):
+        if self.epoch == 2 and batch == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+model = nnkit.Sequential.mlp([6, 16, 16, 2], dropout=0.2, seed=3, dtype="float64")
+callbacks = [Term()] if mode == "term" else []
+model.fit(X, Y, loss="cross_entropy", optimizer="adam", epochs=5, batch_size=16, verbose=0,
+          checkpoint=None if mode == "plain" else path, resume=mode == "resume", callbacks=callbacks)
+np.save(path + "." + mode + ".npy", np.concatenate([v.ravel() for v in model.state_dict().values()]))
+'''
+
+
+def test_sigterm_checkpoints_and_resume_continues_bit_identically(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(_SIGTERM_SCRIPT)
+    path = str(tmp_path / "run.npz")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode, path], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    term = run("term")
+    assert term.returncode == 143, term.stderr
+    assert "SIGTERM" in term.stderr and "holds epoch 2" in term.stderr and "resume=True" in term.stderr
+    assert nnkit.load(path).epoch == 2
+    assert run("resume").returncode == 0
+    assert run("plain").returncode == 0
+    resumed, plain = np.load(path + ".resume.npy"), np.load(path + ".plain.npy")
+    np.testing.assert_array_equal(resumed, plain)

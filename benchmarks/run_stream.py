@@ -2,6 +2,8 @@
 
     python -m benchmarks.run_stream [--gb 2.0] [--backends numpy torch] [--out FILE.md]
 
+(``--backends`` defaults to numpy, and torch where PyTorch is installed.)
+
 1. Memory: a float32 .npy of at least ``--gb`` GB (the M network's 784 features; made at run time in a
    temporary folder, deleted after) is trained for one epoch (batch 256, SGD) from ``np.load(mmap_mode="r")``
    with each backend, in a fresh process, and so is a small file (16,384 rows); the peak private (anonymous)
@@ -108,7 +110,8 @@ def _gigabytes(text):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_stream", description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=_gigabytes, default=2.0, help="size of the big file in GB (default 2)")
-    p.add_argument("--backends", nargs="+", default=["numpy", "torch"])
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="backends to stream to (default: numpy, and torch when PyTorch is installed)")
     p.add_argument("--out", type=_output_file, default=None, help="also write the table to this Markdown file")
     p.add_argument("--child", nargs=2, metavar=("PATH", "BACKEND"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -117,6 +120,10 @@ def main(argv=None):
         return 0
     import nnkit
 
+    if args.backends is None:
+        import importlib.util
+
+        args.backends = ["numpy"] + (["torch"] if importlib.util.find_spec("torch") is not None else [])
     for name in args.backends:  # each backend asked for, checked before gigabytes are written
         try:
             nnkit.get_backend(name)

@@ -38,7 +38,10 @@ def _parser():
         prog="nnkit",
         description="nnkit: train small neural networks with hand-derived backprop on NumPy, CuPy or PyTorch.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,predict,data,bench}")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"nnkit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,data,explain,export,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train an MLP classifier (default: on the bundled digits)",

@@ -559,6 +559,23 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
             "skipped": {d: sorted(set(ts)) for d, ts in skipped.items()}}
 
 
+def precision_against_float32(steps):
+    """Lines comparing each mixed-precision step with the same target's float32 step of the same run, a policy
+    that is slower than float32 on this machine said so (a CPU without 16-bit matrix units emulates them)."""
+    base = {(r["shape"], r["target"]): r["step"] for r in steps if r["dtype"] == "float32"}
+    rows = [(r, base[(r["shape"], r["target"])]) for r in steps
+            if r["dtype"] in nnkit.precision.PRECISIONS and (r["shape"], r["target"]) in base]
+    if not rows:
+        return []
+    L = ["", "Mixed precision against float32 (the same target and shape, this run):", "",
+         "| shape | target | precision | step / float32 step | |", "|---|---|---|---:|---|"]
+    for r, f32 in rows:
+        ratio = r["step"] / f32
+        note = "**slower than float32 here**" if ratio > 1.05 else ("faster" if ratio < 0.95 else "about the same")
+        L.append(f"| {r['shape']} | {r['target']} | {r['dtype']} | {ratio:.2f} | {note} |")
+    return L
+
+
 def write_markdown(results, path, plot_name=None, command="python -m benchmarks.report"):
     """RESULTS.md: machine, the train-step table, the kernel table for M and the sweep (written atomically)."""
     L = ["# nnkit benchmark results", "",
@@ -585,6 +602,7 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
         L.append(f"| {r['shape']} {'-'.join(map(str, r['sizes']))} ×{r['batch']} | {r['dtype']} | {r['target']} | "
                  f"{_fmt_time(r['step'])} | {r['batch'] / r['step']:,.0f} | {r['flops'] / r['step'] / 1e9:.1f} | "
                  f"{r['step'] / r['floor']:.2f} | {r['step'] / r['tight']:.2f} | {peer} |")
+    L += precision_against_float32(results["steps"])
     if results["kernels"]:
         names = [k for k in results["kernels"][0] if k != "target"]
         L += ["", "## Kernels, shape M (784-1024-1024-10, batch 256), float32, median", "",

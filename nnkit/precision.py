@@ -38,7 +38,15 @@ The semantics (the same on every backend; the casts sit in the places named here
 """
 from __future__ import annotations
 
-__all__ = ["Policy", "PRECISIONS", "get_policy", "LossScaler"]
+import time
+import warnings
+
+__all__ = ["Policy", "PRECISIONS", "get_policy", "LossScaler", "SlowPrecisionWarning", "matmul_speeds"]
+
+
+class SlowPrecisionWarning(UserWarning):
+    """A 16-bit policy whose matmuls run slower than float32 on this device (a CPU without bfloat16 or float16
+    matrix units runs them emulated, often tens of times slower)."""
 
 PRECISIONS = ("mixed_bfloat16", "mixed_float16", "tf32")
 _COMPUTE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16", "tf32": "float32"}
@@ -184,4 +192,38 @@ def get_policy(precision, backend):
         who = "backend='torch' or 'jax'" if compute == "bfloat16" else "backend='torch', 'jax' or 'cupy'"
         raise ValueError(f"precision={precision!r} computes in {compute}, which backend '{backend.name}' "
                          f"cannot: {why}. Use {who}")
+    fast, slow = matmul_speeds(backend, compute)
+    if slow < fast / SLOWER:
+        warnings.warn(SlowPrecisionWarning(
+            f"precision={precision!r} on {backend!r}: {compute} matmuls run at {slow:.3g} GFLOP/s on this device "
+            f"against {fast:.3g} GFLOP/s in float32 ({fast / slow:.1f}× slower; this CPU has no {compute} matrix "
+            f"unit): use precision=None (float32) here, or {precision!r} on a GPU or a CPU with {compute} matrix "
+            "instructions (AVX512-BF16/AMX)"), stacklevel=3)
     return Policy(precision, backend)
+
+
+SLOWER = 1.2  # a 16-bit matmul this much slower than float32 is worth a warning (timing noise stays below it)
+_SPEEDS = {}  # (backend class, device, compute dtype) -> (float32 GFLOP/s, compute-dtype GFLOP/s)
+
+
+def matmul_speeds(backend, compute, n=192):
+    """``(float32, compute)`` GFLOP/s of an n×n matmul on ``backend``'s device, timed once per device and dtype
+    (best of a few runs after a warm-up, synchronised) and cached for the process."""
+    key = (type(backend).__name__, str(backend.device_spec), compute)
+    if key not in _SPEEDS:
+        _SPEEDS[key] = tuple(_gflops(backend, dt, n) for dt in ("float32", compute))
+    return _SPEEDS[key]
+
+
+def _gflops(backend, dtype_name, n):
+    xp = backend.xp
+    with backend.activate():
+        a = xp.ones((n, n), dtype=getattr(xp, dtype_name), device=backend.device)
+        best = float("inf")
+        for i in range(4):
+            t0 = time.perf_counter()
+            c = a @ a
+            backend.synchronize(c)
+            if i:  # the first run warms up
+                best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / max(best, 1e-9) / 1e9

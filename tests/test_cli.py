@@ -205,3 +205,16 @@ def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
     bar.close()
     text = fake.getvalue()
     assert "epoch 2/2 [" + "#" * 30 + "] 8/8  loss=0.25" in text and text.endswith("\n")
+
+
+def test_version_and_help_list_every_command(capsys):
+    import nnkit
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"nnkit {nnkit.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("train", "predict", "data", "explain", "export", "bench"):
+        assert command in out

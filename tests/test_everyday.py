@@ -422,3 +422,32 @@ def test_sigterm_checkpoints_and_resume_continues_bit_identically(tmp_path):
     assert run("plain").returncode == 0
     resumed, plain = np.load(path + ".resume.npy"), np.load(path + ".plain.npy")
     np.testing.assert_array_equal(resumed, plain)
+
+
+# -- precision on the wrong CPU --------------------------------------------------------------------------------------
+def test_a_16_bit_policy_slower_than_float32_warns_once_naming_both_speeds(monkeypatch):
+    pytest.importorskip("torch")
+    from nnkit import precision as P
+
+    calls = []
+
+    def fake(backend, dtype_name, n):
+        calls.append(dtype_name)
+        return {"float32": 77.0, "bfloat16": 0.9}[dtype_name]
+
+    monkeypatch.setattr(P, "_gflops", fake)
+    monkeypatch.setattr(P, "_SPEEDS", {})
+    with pytest.warns(P.SlowPrecisionWarning, match=r"bfloat16 matmuls run at 0\.9 GFLOP/s .* against 77 GFLOP/s in "
+                                                     r"float32 .*use precision=None"):
+        nnkit.Sequential.mlp([4, 8, 2], backend="torch", precision="mixed_bfloat16")
+    nnkit.Sequential.mlp([4, 8, 2], backend="torch", precision="mixed_bfloat16")
+    assert calls == ["float32", "bfloat16"]  # timed once per device and dtype, then cached
+
+
+def test_the_report_says_a_precision_is_slower_than_float32():
+    from nnkit.bench import precision_against_float32
+
+    steps = [{"shape": "M", "target": "torch", "dtype": "float32", "step": 0.010},
+             {"shape": "M", "target": "torch", "dtype": "mixed_bfloat16", "step": 0.480}]
+    text = "\n".join(precision_against_float32(steps))
+    assert "| M | torch | mixed_bfloat16 | 48.00 | **slower than float32 here** |" in text

@@ -60,7 +60,7 @@ class History(dict):
     (seconds per epoch).  ``interrupted`` is True when Ctrl-C ended training, ``stopped_epoch`` is
     the epoch a callback or early stopping ended it at (else None)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.interrupted = False
         self.stopped_epoch = None
@@ -95,7 +95,7 @@ class Monitor:
 
     LARGER_IS_BETTER = ("acc", "auc", "f1", "precision", "recall", "r2")
 
-    def __init__(self, who, monitor, mode="auto", min_delta=0.0):
+    def __init__(self, who, monitor, mode="auto", min_delta=0.0) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"{who}: monitor must be the name of a log such as 'val_loss', got {monitor!r}")
         if mode not in ("auto", "min", "max"):
@@ -127,7 +127,7 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs,
     and (``restore_best``) put back the weights of the best epoch.  ``mode``: see :class:`Monitor`."""
 
-    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto"):
+    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, restore_best=True, mode="auto") -> None:
         self.watch = Monitor("EarlyStopping", monitor, mode, min_delta)
         self.monitor, self.patience, self.min_delta = monitor, check_int("patience", patience, 0), float(min_delta)
         self.restore_best = bool(restore_best)
@@ -164,7 +164,7 @@ class ModelCheckpoint(Callback):
     In data-parallel training only rank 0 writes, and every rank waits until the file is complete.
     """
 
-    def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=False):
+    def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=False) -> None:
         self.path = path
         self.save_best_only = bool(save_best_only)
         self.watch = Monitor("ModelCheckpoint", monitor, mode) if self.save_best_only else None
@@ -204,7 +204,7 @@ class LearningRateScheduler(Callback):
     The rate reaches a compiled step as a value, so the schedule acts there too.
     """
 
-    def __init__(self, schedule):
+    def __init__(self, schedule) -> None:
         if not callable(schedule):
             raise TypeError(f"schedule must be a function (epoch, lr) -> lr, got {schedule!r}")
         self.schedule = schedule
@@ -218,7 +218,7 @@ class ProgbarLogger(Callback):
     """Progress of a ``fit`` (``verbose=1``: a bar on a terminal, else a line per epoch; ``verbose=2``:
     a line per epoch)."""
 
-    def __init__(self, verbose=1):
+    def __init__(self, verbose=1) -> None:
         self.verbose = int(verbose)
         self.bar = None
 
@@ -282,7 +282,7 @@ class _Progress:
     in the cell otherwise); with ``verbose=2``, or ``verbose=1`` when standard error is not a terminal (a log
     file), one line per epoch; nothing when quiet."""
 
-    def __init__(self, verbose, n_batches, epochs, first_epoch=0):
+    def __init__(self, verbose, n_batches, epochs, first_epoch=0) -> None:
         self.verbose, self.epochs, self.bar = verbose, epochs, None
         self.total = n_batches * max(epochs - first_epoch, 0)
         notebook = _in_notebook()
@@ -414,7 +414,7 @@ class CSVLogger(Callback):
     flushed at every epoch so an interrupted run keeps its rows.  ``append=True`` adds to an existing file
     (a resumed run), whose header must name the same columns."""
 
-    def __init__(self, path, append=False, separator=","):
+    def __init__(self, path, append=False, separator=",") -> None:
         import os
 
         self.path, self.append, self.sep = os.fspath(path), bool(append), str(separator)
@@ -465,7 +465,7 @@ class TensorBoard(Callback):
       last step (kept on the device, read at the epoch's end; needs ``compile=False``).
     """
 
-    def __init__(self, log_dir, every_n_steps=None, histograms=False):
+    def __init__(self, log_dir, every_n_steps=None, histograms=False) -> None:
         import os
 
         try:
@@ -548,7 +548,7 @@ class _Schedule(Callback):
 class StepLR(_Schedule):
     """lr = lr₀ · γ^⌊epoch / step_size⌋."""
 
-    def __init__(self, step_size, gamma=0.1):
+    def __init__(self, step_size, gamma=0.1) -> None:
         self.step_size, self.gamma = check_int("step_size", step_size, 1), check_hyper("gamma", gamma, low_open=True)
 
     def lr_at(self, epoch):
@@ -558,7 +558,7 @@ class StepLR(_Schedule):
 class ExponentialLR(_Schedule):
     """lr = lr₀ · γ^epoch."""
 
-    def __init__(self, gamma):
+    def __init__(self, gamma) -> None:
         self.gamma = check_hyper("gamma", gamma, low_open=True)
 
     def lr_at(self, epoch):
@@ -572,7 +572,7 @@ class CosineLR(_Schedule):
     min_lr + ½(lr₀ − min_lr)(1 + cos(π·(e − warmup)/(total − warmup))).
     """
 
-    def __init__(self, total, warmup=0, min_lr=0.0):
+    def __init__(self, total, warmup=0, min_lr=0.0) -> None:
         total = check_int("total (epochs)", total, 1)
         if check_int("warmup", warmup, 0) >= total:
             raise ValueError(f"warmup must be an integer in [0, total), got {warmup!r}")
@@ -595,7 +595,7 @@ class ReduceLROnPlateau(_Schedule):
     (``"auto"``: an accuracy must rise, a loss fall)."""
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=5, min_delta=0.0, min_lr=0.0, mode="auto",
-                 cooldown=0):
+                 cooldown=0) -> None:
         self.watch = Monitor("ReduceLROnPlateau", monitor, mode, min_delta)
         self.monitor = monitor
         self.factor = check_hyper("factor", factor, low_open=True, high=1.0)

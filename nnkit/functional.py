@@ -7,11 +7,15 @@ warnings in float32 and float64.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import array_api_compat
 
-__all__ = ["namespace_of", "sigmoid", "softmax", "logsumexp", "softplus"]
+__all__ = ["Array", "namespace_of", "sigmoid", "softmax", "logsumexp", "softplus"]
 
-_NAMESPACES = {}
+Array = Any  # an array of any array-API library (NumPy, CuPy, torch, JAX, ...): the type hints' name for one
+
+_NAMESPACES: dict[type, object] = {}
 
 
 def namespace_of(x):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class GradcheckReport(float):
         return (GradcheckReport, (self.errors, self.tol))
 
 
-def gradcheck(model, X, y, loss, eps=1e-6):
+def gradcheck(model: Any, X: Any, y: Any, loss: Any, eps: float = 1e-6) -> GradcheckReport:
     """The relative error between the backward pass's gradients and central differences, per parameter: a
     :class:`GradcheckReport` — the largest error as a float, each parameter's in ``report.errors``.
 

@@ -12,6 +12,7 @@ command line.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class LRFindResult:
     """``lrs``, ``losses`` (per step, NumPy), ``smoothed`` and ``suggestion`` (a learning rate, or None when the
     loss never fell) of a range test; ``plot(path=None)`` draws it."""
 
-    def __init__(self, lrs, losses, smoothed, suggestion):
+    def __init__(self, lrs, losses, smoothed, suggestion) -> None:
         self.lrs, self.losses, self.smoothed, self.suggestion = lrs, losses, smoothed, suggestion
 
     def plot(self, path=None, title=""):
@@ -41,8 +42,9 @@ class LRFindResult:
         return f"LRFindResult({len(self.lrs)} steps from {self.lrs[0]:.2g} to {self.lrs[-1]:.2g}, suggestion={s})"
 
 
-def lr_find(model, X, y, loss, optimizer="sgd", start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32,
-            smooth=0.98, diverge=4.0):
+def lr_find(model: Any, X: Any, y: Any, loss: Any, optimizer: Any = "sgd", start_lr: float = 1e-7,
+            end_lr: float = 10.0, steps: int = 100, batch_size: int = 32, smooth: float = 0.98,
+            diverge: float = 4.0) -> LRFindResult:
     """The range test on (X, y) in memory: ``steps`` training steps of ``batch_size`` rows (shuffled from the
     model's seed, cycling through the data) with lr_i = start·(end/start)^(i/(steps − 1)), on a clone of
     ``model`` with a fresh ``optimizer`` (a name or an instance, whose state is left alone).  See the module

@@ -28,6 +28,7 @@ Every value equals scikit-learn's on the same predictions, with sample weights (
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +101,7 @@ class Metric:
         return ()
 
     def value(self, total, n):
+        """The reported number from the epoch's host sum ``total`` (float64, of :meth:`shape`) and its Σw ``n``."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -109,13 +111,14 @@ class Metric:
 class Mean(Metric):
     """The weighted mean of a per-example score ``fn(out, T, loss, w) -> Σ_n w_n·score_n``."""
 
-    def __init__(self, name, fn):
+    def __init__(self, name, fn) -> None:
         self.name, self.fn = name, fn
 
     def __call__(self, out, T, loss, w=None):
         return self.fn(out, T, loss, w)
 
     def value(self, total, n):
+        """See :meth:`Metric.value`."""
         return float(total) / n
 
 
@@ -124,7 +127,7 @@ class TopKAccuracy(Metric):
     to the tie: the classes ranked above the target are those scored higher, and those scored the same with a
     higher index (its stable sort, reversed)."""
 
-    def __init__(self, k=5):
+    def __init__(self, k=5) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"top_k_accuracy needs k >= 1, got {k!r}")
         self.k, self.name = k, "top_k_accuracy" if k == 5 else f"top_{k}_accuracy"
@@ -144,6 +147,7 @@ class TopKAccuracy(Metric):
         return xp.sum(hit) if w is None else _total(xp, hit, w)
 
     def value(self, total, n):
+        """See :meth:`Metric.value`."""
         return float(total) / n
 
 
@@ -179,9 +183,9 @@ class _FromConfusion(Metric):
     """Precision, recall or F1 from the epoch's confusion matrix, averaged as scikit-learn averages them."""
 
     AVERAGES = ("binary", "macro", "micro", "weighted")
-    kind = None
+    kind: str = ""
 
-    def __init__(self, average=None):
+    def __init__(self, average=None) -> None:
         if average is not None and average not in self.AVERAGES:
             raise ValueError(f"{self.kind}: average must be one of {', '.join(self.AVERAGES)} or None (binary for "
                              f"two classes, else macro), got {average!r}")
@@ -195,6 +199,7 @@ class _FromConfusion(Metric):
         return (max(k, 2), max(k, 2))
 
     def value(self, total, n):
+        """See :meth:`Metric.value`."""
         C = np.asarray(total, dtype=np.float64)
         k = C.shape[0]
         average = self.average or ("binary" if k == 2 else "macro")
@@ -258,6 +263,7 @@ class R2(Metric):
                          xp.sum(wc * (T - pred) ** 2, axis=0)])
 
     def value(self, total, n):
+        """See :meth:`Metric.value`."""
         sw, swy, swy2, sse = np.asarray(total, dtype=np.float64)
         sst = swy2 - swy * swy / np.where(sw > 0, sw, 1.0)
         scale = np.maximum(np.abs(swy2), 1.0)
@@ -274,7 +280,7 @@ class AUC(Metric):
 
     collect = True
 
-    def __init__(self, average="macro"):
+    def __init__(self, average="macro") -> None:
         if average not in ("macro", "weighted"):
             raise ValueError(f"auc: average must be 'macro' or 'weighted', got {average!r}")
         self.average = average
@@ -295,6 +301,7 @@ class AUC(Metric):
         return xp.concat([scores, onehot, wc], axis=1)
 
     def value(self, total, n):
+        """See :meth:`Metric.value`."""
         rows = np.asarray(total, dtype=np.float64)
         k = (rows.shape[1] - 1) // 2
         scores, onehot, w = rows[:, :k], rows[:, k:2 * k], rows[:, -1]
@@ -328,7 +335,7 @@ class UserMetric(Metric):
     """``fn(out, T, w) -> value`` of yours: the batch's (weighted) mean on the device; the epoch's value is the
     batches' values weighted by their Σw (B without weights) — exact for any per-example mean."""
 
-    def __init__(self, fn, name=None):
+    def __init__(self, fn, name=None) -> None:
         self.fn, self.name = fn, name or getattr(fn, "__name__", "metric")
 
     def __call__(self, out, T, loss, w=None):
@@ -340,6 +347,7 @@ class UserMetric(Metric):
         return value * _weight_sum(xp, out, w)
 
     def value(self, total, n):
+        """See :meth:`Metric.value`."""
         return float(total) / n
 
 
@@ -369,14 +377,14 @@ def _metric(spec):
                      "a Metric, or a function (out, T, w) -> value")
 
 
-def get_metrics(metrics, loss):
+def get_metrics(metrics: Any, loss: Any) -> list[tuple[str, Metric]]:
     """``[(name, metric)]`` for a list of names, :class:`Metric` objects or functions; ``None`` means accuracy
     for classification losses, else none."""
     if metrics is None:
         metrics = ["accuracy"] if loss.name in ("cross_entropy", "binary_cross_entropy") else []
     if isinstance(metrics, str) or callable(metrics):
         metrics = [metrics]
-    out = []
+    out: list[tuple[str, Metric]] = []
     for spec in metrics:
         metric = _metric(spec)
         if metric.name not in dict(out):
@@ -411,7 +419,8 @@ def read_sums(be, sums):
     return out
 
 
-def confusion_matrix(y_true, y_pred, num_classes=None, sample_weight=None):
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None,
+                     sample_weight: Any = None) -> np.ndarray:
     """The K×K confusion matrix C[i, j] = Σ w·[true = i][predicted = j] of integer labels (arrays of any library,
     copied to the host once; a NumPy array), as scikit-learn's ``confusion_matrix`` with labels 0..K−1
     (K = ``num_classes``, default the largest label + 1).  For a model's predictions of (X, y):

@@ -1,9 +1,13 @@
 """``Sequential``: a stack of layers with a hand-written backward pass."""
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import numpy as np
 
-from .backends import get_backend
+from .backends import Backend, get_backend
+from .callbacks import History
+from .functional import Array
 from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
 from .preprocessing import Preprocessing
 from . import preprocessing as preprocessing_module
@@ -47,7 +51,9 @@ class Sequential:
     backend, arrays of the backend are used as they are.
     """
 
-    def __init__(self, layers, backend="numpy", dtype=None, seed=None, precision=None, input_shape=None):
+    def __init__(self, layers: Layer | Iterable[Layer], backend: str | Any = "numpy", dtype: str | None = None,
+                 seed: int | None = None, precision: str | None = None,
+                 input_shape: int | tuple[int | None, ...] | None = None) -> None:
         layers = list(layers) if not isinstance(layers, Layer) else [layers]
         if not layers:
             raise ValueError("Sequential needs at least one layer")
@@ -57,7 +63,7 @@ class Sequential:
         _check_distinct(layers)
         self.layers = layers
         self.input_shape = check_input_shape(input_shape, layers)
-        self._batch_shapes = {}  # input shape (without B) -> output shape, for the shapes already checked
+        self._batch_shapes: dict[tuple, tuple] = {}  # input shape (without B) -> output shape, for the shapes already checked
         self._out_shape = None if self.input_shape is None else infer_shapes(layers, self.input_shape)[-1]
         self.backend = get_backend(backend, dtype=dtype)
         self.policy = get_policy(precision, self.backend)
@@ -67,14 +73,15 @@ class Sequential:
         for layer in layers:
             layer.build(self.backend, self.rng)
         self.epoch = 0  # completed training epochs (saved in checkpoints)
-        self.optimizer = None  # set by fit; saved with the model
-        self.info = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
+        self.optimizer: Optimizer | None = None  # set by fit; saved with the model
+        self.info: dict[str, Any] = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
         # backward stops at the first layer with parameters: nothing before it needs a gradient
         self._first_param_layer = next((i for i, l in enumerate(layers)
                                         if any(kind == "params" for _, _, kind, _ in l.slots())), 0)
         # "{layer index}.{name}" -> (owning layer, name) for every parameter (nested layers: "3.0.W") and
         # buffer, in order; built once, not per step
-        self._slots, self._buffer_slots = {}, {}
+        self._slots: dict[str, tuple[Layer, str]] = {}
+        self._buffer_slots: dict[str, tuple[Layer, str]] = {}
         for i, layer in enumerate(layers):
             for name, owner, kind, key in layer.slots():
                 (self._slots if kind == "params" else self._buffer_slots)[f"{i}.{name}"] = (owner, key)
@@ -94,7 +101,7 @@ class Sequential:
         """True when a layer draws random numbers in training (Dropout)."""
         return any(sub.needs_random for layer in self.layers for sub in layer.sublayers())
 
-    def reseed(self):
+    def reseed(self) -> None:
         """A new device generator for the random layers, seeded from the model's host generator (``fit``
         does this at the start of every epoch, so a resumed run draws what the uninterrupted run drew)."""
         if self.needs_random:
@@ -108,15 +115,17 @@ class Sequential:
         return u
 
     @classmethod
-    def mlp(cls, sizes, activation="relu", init=None, output_init="glorot_uniform", dropout=0.0, norm=None,
-            residual=False, **kwargs):
+    def mlp(cls, sizes: Iterable[int], activation: str | type = "relu", init: str | None = None,
+            output_init: str = "glorot_uniform", dropout: float = 0.0, norm: str | None = None,
+            residual: bool = False, **kwargs: Any) -> Sequential:
         """A multi-layer perceptron of :func:`nnkit.architectures.mlp` (which documents the arguments); other
         keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
         return cls(architectures.mlp(sizes, activation, init, output_init, dropout, norm, residual), **kwargs)
 
     @classmethod
-    def cnn(cls, input_shape, channels, hidden=(), n_outputs=10, kernel_size=3, pool=2, activation="relu",
-            **kwargs):
+    def cnn(cls, input_shape: int | tuple[int, ...], channels: Iterable[int], hidden: Iterable[int] = (),
+            n_outputs: int = 10, kernel_size: int = 3, pool: int = 2, activation: str | type = "relu",
+            **kwargs: Any) -> Sequential:
         """A small convolutional network of :func:`nnkit.architectures.cnn` (which documents the arguments);
         other keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
         layers = architectures.cnn(input_shape, channels, hidden, n_outputs, kernel_size, pool, activation)
@@ -159,44 +168,44 @@ class Sequential:
         """The current dynamic loss scale S (``mixed_float16``; one host read), else None."""
         return None if self._scaler is None else self.backend.to_float(self._scaler["scale"])
 
-    def params(self):
+    def params(self) -> dict[str, Array]:
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
         return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
 
-    def buffers(self):
+    def buffers(self) -> dict[str, Array]:
         """Live buffer arrays (running statistics: saved and moved, never trained), keyed like ``params()``."""
         return {key: layer.buffers[name] for key, (layer, name) in self._buffer_slots.items()}
 
-    def snapshot(self):
+    def snapshot(self) -> dict[str, Array]:
         """Device copies of the parameters and buffers, for ``_assign`` to put back later."""
         xp = self.xp
         return {k: xp.asarray(p, copy=True) for k, p in {**self.params(), **self.buffers()}.items()}
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """All the trained numbers of the model (frozen ones included)."""
         return sum(l.n_params for l in self.layers)
 
     # -- frozen layers: no update, no optimizer moments ------------------------------------------------
-    def frozen_keys(self):
+    def frozen_keys(self) -> set[str]:
         """The parameter keys (``"0.W"``, ``"3.1.b"``) that get no update: those of frozen layers
         (``layer.trainable = False``, :meth:`freeze`)."""
         return {f"{i}.{n}" for i, layer in enumerate(self.layers) for n in layer.frozen_names()}
 
     @property
-    def n_trainable(self):
+    def n_trainable(self) -> int:
         """The numbers training updates (the model's parameters less the frozen layers')."""
         params, frozen = self.params(), self.frozen_keys()
         return sum(_size(p) for k, p in params.items() if k not in frozen)
 
-    def freeze(self, *layers):
+    def freeze(self, *layers: int | Layer) -> Sequential:
         """Freeze ``layers`` (indices into ``model.layers`` or Layer objects; none given: every layer): their
         parameters keep their values in training and get no optimizer moments.  Returns self."""
         for layer in self._pick(layers):
             layer.trainable = False
         return self
 
-    def unfreeze(self, *layers):
+    def unfreeze(self, *layers: int | Layer) -> Sequential:
         """Undo :meth:`freeze` for ``layers`` (none given: every layer, nested ones included).  Returns self."""
         for layer in self._pick(layers):
             for sub in layer.sublayers() if not layers else [layer]:
@@ -243,7 +252,7 @@ class Sequential:
             return next(iter(self._batch_shapes))
         return shape
 
-    def output_shape(self, in_shape=None):
+    def output_shape(self, in_shape: tuple[int | None, ...] | None = None) -> tuple[int | None, ...]:
         """The output shape (without the batch) for ``in_shape`` (default: the model's ``input_shape``)."""
         shape = self.input_shape if in_shape is None else tuple(in_shape)
         if shape is None:
@@ -286,11 +295,11 @@ class Sequential:
             X = layer.forward(X, train=train)
         return self.policy.cast_output(X)
 
-    def forward(self, X, *, check_input=True):
+    def forward(self, X: Any, *, check_input: bool = True) -> Array:
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
         return self._forward(data.as_input(self, X, check_input), train=True)
 
-    def backward(self, dY):
+    def backward(self, dY: Array) -> dict[str, Array]:
         """Backpropagate ∂L/∂(output) (B, out) through the layers of the last ``forward``.
 
         Layer by layer, from the last: each receives ∂L/∂(its output) and hands
@@ -317,7 +326,8 @@ class Sequential:
             return self.backward(d_out)
         return p.unscale(self.backward(p.cast_grad_out(d_out, scaler)), scaler)
 
-    def value_and_grad(self, X, y, loss, *, check_input=True, regularizer=None):
+    def value_and_grad(self, X: Any, y: Any, loss: Any, *, check_input: bool = True,
+                       regularizer: Any = None) -> tuple[Array, dict[str, Array]]:
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
 
         ``grads`` maps ``"{layer}.{param}"`` to ∂L/∂param, shaped like the parameter.
@@ -331,7 +341,8 @@ class Sequential:
         value, _, grads = self.loss_and_grads(X, T, loss, regularizer=regularizer, scaler=self._scaler)
         return value, grads
 
-    def loss_and_grads(self, X, T, loss, *, regularizer=None, w=None, scaler=None):
+    def loss_and_grads(self, X: Array, T: Array, loss: Any, *, regularizer: Any = None, w: Array | None = None,
+                       scaler: Any = None) -> tuple[Array, Array, dict[str, Array]]:
         """``(L, output, ∂L/∂θ)`` for a batch the data path prepared (``nnkit.data.as_input``/``as_target``):
         forward, the loss (weighted by ``w`` (B,)), backward, and the penalty Ω of ``regularizer``.  Nothing
         is read from the device.  ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under.
@@ -346,7 +357,8 @@ class Sequential:
             value, grads = regularizer.add_to(self.params(), value, grads, scale)
         return value, out, grads
 
-    def train_step(self, X, y, loss, optimizer, *, check_input=True, regularizer=None):
+    def train_step(self, X: Any, y: Any, loss: Any, optimizer: Optimizer, *, check_input: bool = True,
+                   regularizer: Any = None) -> Array:
         """One forward, backward and optimizer update; returns the 0-d loss (no host sync).
 
         The gradients are consumed by the update (used as scratch space); read gradients with
@@ -364,10 +376,12 @@ class Sequential:
         self._scaler = state.scaler
         return value
 
-    def fit(self, X, y=None, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
-            validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-            verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False,
-            sample_weight=None, log_every_n_steps=None, class_weight=None, accumulate=1):
+    def fit(self, X: Any, y: Any = None, *, loss: Any, optimizer: str | Optimizer = "adam", epochs: int = 10,
+            batch_size: int = 32, shuffle: bool = True, validation_data: Any = None, validation_split: float = 0.0,
+            early_stopping: Any = None, callbacks: Iterable[Any] = (), metrics: Any = None, verbose: int = 1,
+            checkpoint: Any = None, resume: bool = False, regularizer: Any = None, comm: Any = None,
+            compile: bool = False, sample_weight: Any = None, log_every_n_steps: int | None = None,
+            class_weight: dict[int, float] | str | None = None, accumulate: int = 1) -> History:
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -425,16 +439,17 @@ class Sequential:
                    sample_weight=sample_weight, log_every_n_steps=log_every_n_steps, class_weight=class_weight,
                    accumulate=accumulate)
 
-    def evaluate(self, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
+    def evaluate(self, X: Any, y: Any, loss: Any, metrics: Any = None, batch_size: int | None = None,
+                 sample_weight: Any = None) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read); means weighted by
         ``sample_weight`` (n,) when given."""
         return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight)
 
-    def save(self, path):
+    def save(self, path: Any) -> None:
         """Write architecture, weights, optimizer state, epoch and RNG state to one ``.npz`` (atomic)."""
         return checkpoint.save(self, path)
 
-    def assign(self, new_params):
+    def assign(self, new_params: dict[str, Array]) -> None:
         """The one place where parameter (and buffer) values are written back into the layers: ``new_params``
         maps keys of :meth:`params`/:meth:`buffers` to arrays of the model's backend (used as they are)."""
         slots = self._slots
@@ -447,7 +462,7 @@ class Sequential:
                 layer, name = slot
                 layer.params[name] = value
 
-    def predict(self, X, batch_size=None):
+    def predict(self, X: Any, batch_size: int | None = None) -> Array:
         """The last layer's output for X, as an array of the model's backend (inference only).  X may be
         streamed (a memory-mapped array, a dataset, batches: :mod:`nnkit.data`): read a batch at a time
         (``batch_size``, default 4096 rows), the outputs joined (:func:`nnkit.data.predict`)."""
@@ -471,20 +486,20 @@ class Sequential:
                              f"{self.n_features_in}")
         self.info.update(pre.to_info())
 
-    def predict_labels(self, X, proba=False, batch_size=4096):
+    def predict_labels(self, X: Any, proba: bool = False, batch_size: int = 4096) -> Any:
         """Predictions for raw rows in one call — class names (or values for a regression model), and with
         ``proba=True`` the class probabilities — through the saved :attr:`preprocessing`
         (:func:`nnkit.preprocessing.predict_labels`, which documents the forms X may take)."""
         return preprocessing_module.predict_labels(self, X, proba=proba, batch_size=batch_size)
 
     # -- state ----------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """``{"0.W": ndarray, "0.b": ndarray, ...}``: copies of the parameters (and buffers, e.g.
         ``"2.running_mean"``) as NumPy arrays on the host."""
         to_np = self.backend.to_numpy
         return {k: np.array(to_np(p), copy=True) for k, p in {**self.params(), **self.buffers()}.items()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> Sequential:
         """Load parameters from a dict like ``state_dict()``'s; every entry is checked before any is used."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict like model.state_dict(), got {type(state).__name__}")
@@ -513,7 +528,7 @@ class Sequential:
         self.assign({k: self.backend.asarray(np.array(v), dtype=self.backend.dtype) for k, v in new.items()})
         return self
 
-    def to(self, backend, device=None, precision=_KEEP):
+    def to(self, backend: Any, device: Any = None, precision: Any = _KEEP) -> Sequential:
         """Move the parameters to another backend (name, module or Backend); returns self.
 
         The precision policy goes along (checked on the new backend before anything moves: a
@@ -545,7 +560,7 @@ class Sequential:
         self.load_state_dict(state)
         return self
 
-    def clone(self, backend=None, dtype=None, precision=_KEEP):
+    def clone(self, backend: Any = None, dtype: str | None = None, precision: Any = _KEEP) -> Sequential:
         """A new model with the same architecture and weights (optionally another backend, dtype or
         precision policy; by default the same policy)."""
         be = self.backend if backend is None else get_backend(backend, dtype=self.dtype)
@@ -557,7 +572,7 @@ class Sequential:
                           precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
 
-    def explain(self, X, y, loss, optimizer=None, max_numbers=64):
+    def explain(self, X: Any, y: Any, loss: Any, optimizer: Optimizer | None = None, max_numbers: int = 64) -> Any:
         """One training step on (X, y) explained with its numbers — forward formulas, the loss, the backward
         pass layer by layer and the update — without changing the model (see :mod:`nnkit.explain`).
         ``str(report)`` is plain text; ``report.to_markdown()`` and Jupyter render it."""
@@ -566,7 +581,7 @@ class Sequential:
         return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers)
 
     # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------
-    def export(self, path, *, classifier=None, opset=17):
+    def export(self, path: Any, *, classifier: bool | None = None, opset: int = 17) -> Any:
         """Write the inference graph to ``path`` as ONNX (see :mod:`nnkit.export.onnx`); returns the
         ``onnx.ModelProto``.  ONNX Runtime's outputs equal ``predict``'s; the model's preprocessing (fill
         values, scaling) runs as nodes on raw features, and a classifier also outputs ``probabilities``."""
@@ -574,7 +589,7 @@ class Sequential:
 
         return to_onnx(self, path, classifier=classifier, opset=opset)
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """A ``torch.nn.Sequential`` of PyTorch's own layers with this model's weights, in eval mode (see
         :mod:`nnkit.export.pytorch`)."""
         from .export.pytorch import to_torch
@@ -582,7 +597,8 @@ class Sequential:
         return to_torch(self)
 
     @classmethod
-    def from_torch(cls, module, backend="numpy", dtype=None, seed=None, precision=None, input_shape=None):
+    def from_torch(cls, module: Any, backend: Any = "numpy", dtype: str | None = None, seed: int | None = None,
+                   precision: str | None = None, input_shape: Any = None) -> Sequential:
         """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
         Dropout, ...) with its weights and running statistics; other modules are refused by name.
         ``dtype`` defaults to the module's parameter dtype."""
@@ -593,12 +609,12 @@ class Sequential:
                     input_shape=input_shape)
         return model.load_state_dict(state)
 
-    def config(self):
+    def config(self) -> list[dict[str, Any]]:
         """The architecture as plain data: ``[{"type": "Dense", "in_features": 2, ...}, ...]``."""
         return [layer.config() for layer in self.layers]
 
     # -- display --------------------------------------------------------------------
-    def summary(self):
+    def summary(self) -> str:
         """A table of layers, output shapes (without the batch B) and parameter counts."""
         shape = self.known_input_shape
         shapes = infer_shapes(self.layers, shape)[1:] if shape is not None else [None] * len(self.layers)
@@ -652,7 +668,7 @@ def _check_distinct(layers):
         walk(layer, str(i))
 
 
-def load(path, backend=None, precision=_KEEP):
+def load(path: Any, backend: Any = None, precision: Any = _KEEP) -> Sequential:
     """Rebuild the model saved at ``path`` on ``backend`` (default ``"numpy"``).
 
     Weights, optimizer (as ``model.optimizer``), epoch counter, RNG state, precision policy and loss

@@ -10,6 +10,8 @@ Notation: θ a parameter, g = ∂L/∂θ, lr the learning rate, λ the weight de
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .checks import check_hyper, check_int
 from .functional import namespace_of
 from .callbacks import StepLR, ExponentialLR, CosineLR, ReduceLROnPlateau  # noqa: F401 (their old address)
@@ -36,10 +38,10 @@ class Optimizer:
     ``clip_norm`` (optional) clips the gradients by their global norm first.
     """
 
-    def __init__(self, lr, clip_norm=None):
+    def __init__(self, lr, clip_norm=None) -> None:
         self.lr = check_hyper("lr", lr, low=0.0, low_open=True)
         self.clip_norm = None if clip_norm is None else check_hyper("clip_norm", clip_norm, low_open=True)
-        self.state = {}
+        self.state: dict[str, dict[str, Any]] = {}
 
     def step(self, params, grads, *, scratch_grads=False):
         """New values for every parameter in ``grads`` (dicts keyed ``"{layer}.{name}"``), with this
@@ -110,7 +112,8 @@ class SGD(Optimizer):
     With μ = 0 this is θ ← θ − lr·g: descent subtracts the gradient.
     """
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 clip_norm: float | None = None) -> None:
         super().__init__(lr, clip_norm)
         self.momentum = check_hyper("momentum", momentum, high=1.0)
         self.nesterov = bool(nesterov)
@@ -214,7 +217,8 @@ class RMSprop(Optimizer):
     g ← g + λθ;  s ← αs + (1−α)g²;  u = g/(√s + ε);  with momentum μ: b ← μb + u, u = b;  θ ← θ − lr·u.
     """
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0, clip_norm=None):
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0, clip_norm: float | None = None) -> None:
         super().__init__(lr, clip_norm)
         self.alpha = check_hyper("alpha", alpha, high=1.0)
         self.eps = check_hyper("eps", eps, low_open=True)
@@ -278,7 +282,7 @@ class L2:
     size (or sum of sample weights), as scikit-learn's MLP does with ``alpha``: Ω_b = (λ/2B) Σ‖W‖².
     """
 
-    def __init__(self, lam, per_batch=False):
+    def __init__(self, lam, per_batch=False) -> None:
         self.lam = check_hyper("lam", lam)
         self.per_batch = bool(per_batch)
 

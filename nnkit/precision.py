@@ -196,14 +196,14 @@ def get_policy(precision, backend):
     if slow < fast / SLOWER:
         warnings.warn(SlowPrecisionWarning(
             f"precision={precision!r} on {backend!r}: {compute} matmuls run at {slow:.3g} GFLOP/s on this device "
-            f"against {fast:.3g} GFLOP/s in float32 ({fast / slow:.1f}× slower; this CPU has no {compute} matrix "
-            f"unit): use precision=None (float32) here, or {precision!r} on a GPU or a CPU with {compute} matrix "
-            "instructions (AVX512-BF16/AMX)"), stacklevel=3)
+            f"against {fast:.3g} GFLOP/s in float32 ({fast / slow:.1f}× slower: this device has no fast {compute} "
+            f"matrix unit): use precision=None (float32) here, or {precision!r} on a GPU or a CPU with {compute} "
+            "matrix instructions (AVX512-BF16 or AMX for bfloat16)"), stacklevel=3)
     return Policy(precision, backend)
 
 
 SLOWER = 1.2  # a 16-bit matmul this much slower than float32 is worth a warning (timing noise stays below it)
-_SPEEDS = {}  # (backend class, device, compute dtype) -> (float32 GFLOP/s, compute-dtype GFLOP/s)
+_SPEEDS: dict[tuple[str, str, str], tuple[float, float]] = {}  # (backend class, device, compute dtype) -> (float32 GFLOP/s, compute-dtype GFLOP/s)
 
 
 def matmul_speeds(backend, compute, n=192):

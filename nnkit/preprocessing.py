@@ -29,7 +29,7 @@ class Preprocessing:
     """
 
     def __init__(self, feature_names=None, mean=None, std=None, fill=None, impute=None, classes=None,
-                 task="classification", label=None):
+                 task="classification", label=None) -> None:
         self.feature_names = None if feature_names is None else [str(n) for n in feature_names]
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
         self.std = None if std is None else np.asarray(std, dtype=np.float64)

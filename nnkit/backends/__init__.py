@@ -25,6 +25,8 @@ import importlib
 import os
 import pkgutil
 
+from typing import Any
+
 import numpy as np
 
 from .base import Backend, DTYPE_NAMES, cuda_index
@@ -61,7 +63,7 @@ def backend_classes():
     return {c.name: c for c in _classes()}
 
 
-def get_backend(name="numpy", device=None, dtype=None):
+def get_backend(name: Any = "numpy", device: Any = None, dtype: str | None = None) -> Backend:
     """Return the :class:`Backend` for ``name``.
 
     ``name`` is one of ``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"``, an
@@ -105,7 +107,7 @@ def _holder(x):
 
 
 # -- host <-> device, for an array of any library -----------------------------------------------------
-def host_copy(x):
+def host_copy(x: Any) -> np.ndarray:
     """A writable NumPy copy of an array of any supported library (a device → host transfer for GPU arrays;
     it waits for the array's pending work by itself)."""
     return _holder(x).host_copy_of(x)
@@ -139,5 +141,3 @@ def local_rank(rank, n_devices, environ=None):
             return int(value)
     return rank % max(int(n_devices), 1)
 
-
-del np

@@ -47,9 +47,9 @@ class Backend:
     factory picks the class by these and by nothing else.
     """
 
-    name = None            # the backend= string; None for the generic backend (named after its module)
-    one_device = False     # True where every array lives on one device (NumPy): no device checks
-    compiles = False       # True where compile() compiles a step
+    name: str | None = None  # the backend= string; None for the generic backend (named after its module)
+    one_device = False       # True where every array lives on one device (NumPy): no device checks
+    compiles = False         # True where compile() compiles a step
 
     def __init__(self, xp, device=None, dtype="float32", device_spec=None, name=None):
         if name is not None:
@@ -69,7 +69,7 @@ class Backend:
         self._array_type, self._array_dtype = type(probe), probe.dtype  # for ready(): no conversions
 
     # -- what a library's subclass provides --------------------------------------------------------
-    namespace_test = None  # the name of array-api-compat's ``is_<library>_namespace`` test
+    namespace_test: str | None = None  # the name of array-api-compat's ``is_<library>_namespace`` test
 
     @classmethod
     def matches(cls, module):

@@ -39,7 +39,7 @@ import numpy as np
 from ..backends import host_copy
 from ..layers import LAYER_TYPES, infer_shapes
 
-__all__ = ["to_torch", "layers_from_torch", "ToTorch", "FromTorch", "Residual", "GlobalAvgPool", "Reshape"]
+__all__ = ["to_torch", "layers_from_torch", "ToTorch", "FromTorch"]  # and Residual, GlobalAvgPool, Reshape (lazily)
 
 _OWN_MODULES = ("Residual", "GlobalAvgPool", "Reshape")  # PyTorch has none: the layers build their own
 

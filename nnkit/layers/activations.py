@@ -21,9 +21,10 @@ class _Elementwise(Layer):
     """An element-wise activation A = f(Z): its formula and derivative as text (for ``explain``), its ONNX
     operator and its PyTorch module by name; subclasses with settings (α) override the ways out."""
 
-    formula = derivative = None  # "σ(Z)", "σ'(Z) = A ⊙ (1 − A)": what explain prints
-    onnx_op = None               # the ONNX operator computing f, when one does
-    torch_name = None            # the torch.nn module computing f, when one does
+    formula: str | None = None     # "σ(Z)": what explain prints for the forward pass
+    derivative: str | None = None  # "σ'(Z) = A ⊙ (1 − A)": and for the backward pass
+    onnx_op: str | None = None     # the ONNX operator computing f, when one does
+    torch_name: str | None = None  # the torch.nn module computing f, when one does
 
     def to_onnx(self, g, x):
         """The operator ``onnx_op`` on x."""

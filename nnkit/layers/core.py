@@ -14,7 +14,9 @@ kernel), never by the data: ``param_shapes()`` and ``build`` need no input shape
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
+from ..functional import Array
 from ..init import get_initializer
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "infer_shapes",
@@ -30,7 +32,7 @@ def check_size(name, value):
     return int(value)
 
 
-LAYER_TYPES = {}  # name -> Layer subclass: every subclass registers itself (see Layer.__init_subclass__)
+LAYER_TYPES: dict[str, type] = {}  # name -> Layer subclass: every subclass registers itself (see Layer.__init_subclass__)
 
 
 class ShapeError(ValueError):
@@ -56,8 +58,8 @@ class Layer:
     to its device generator.
     """
 
-    param_names: tuple = ()
-    buffer_names: tuple = ()
+    param_names: tuple[str, ...] = ()
+    buffer_names: tuple[str, ...] = ()
     needs_random = False
     trainable = True  # False (on an instance): its parameters get no update and no optimizer moments
 
@@ -121,7 +123,7 @@ class Layer:
         ``(C, None)`` for a Conv1D on C channels — or None when they fix nothing (element-wise layers)."""
         return None
 
-    def output_shape(self, in_shape):
+    def output_shape(self, in_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """The output shape (without the batch) for input shape ``in_shape`` (a tuple; None for a size not
         known yet); a ShapeError when this layer cannot take it.  Creates nothing."""
         return tuple(in_shape)
@@ -130,12 +132,12 @@ class Layer:
         """``{name: shape}`` of the parameters and buffers ``build`` creates (fixed by the arguments)."""
         return {}
 
-    def forward(self, X, train=True):
+    def forward(self, X: Array, train: bool = True) -> Array:
         """The layer's output Y (B, *out_shape) for X (B, *in_shape); with ``train`` it keeps what
         ``backward`` needs."""
         raise NotImplementedError
 
-    def backward(self, dY, need_dX=True):
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
         """Given dY = ∂L/∂Y (B, *out_shape): store ∂L/∂param in ``grads``, return ∂L/∂X (B, *in_shape)
         (or None)."""
         raise NotImplementedError
@@ -152,7 +154,7 @@ class Layer:
     # (``nnkit.export.pytorch.ToTorch``: ``ctx.nn``, ``ctx.dtype``, ``ctx.rank`` (the input's rank without
     # the batch), ``ctx.load(tensor, array)``, ``ctx.module`` for inner layers).  None: no PyTorch counterpart.
 
-    torch_modules = ()  # the names in ``torch.nn`` that ``from_torch`` takes into this layer
+    torch_modules: tuple[str, ...] = ()  # the names in ``torch.nn`` that ``from_torch`` takes into this layer
 
     @classmethod
     def torch_classes(cls, nn):
@@ -183,7 +185,7 @@ class Layer:
             report.add(f"dX of layer {i} = J{i}ᵀ·dY   [{report.tag(i, self)}]", dX, f"dX{i}")
         return dX
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         """Everything needed to rebuild the layer (without its weights)."""
         return {"type": type(self).__name__}
 

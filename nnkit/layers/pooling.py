@@ -50,7 +50,7 @@ class _Pool(Layer):
     def _fold(self, dcols, in_shape):
         return fold(self.xp, dcols, in_shape, self.kernel_size, self.stride, self.padding, self._ones)
 
-    torch_kind = None  # "Max" or "Avg": nn.MaxPool1d, nn.AvgPool2d, ...
+    torch_kind: str | None = None  # "Max" or "Avg": nn.MaxPool1d, nn.AvgPool2d, ...
 
     def to_onnx(self, g, x):
         """``MaxPool``, or ``AveragePool(count_include_pad=1)``."""

@@ -25,6 +25,7 @@ Conv1D/2D           ``Conv`` (W in the same (O, C, *k) layout, pads, strides, di
 MaxPool1D/2D        ``MaxPool``;  AvgPool1D/2D: ``AveragePool(count_include_pad=1)``
 GlobalAvgPool       ``GlobalAveragePool`` then ``Flatten``
 Flatten, Reshape    ``Flatten(axis=1)``, ``Reshape([0, *shape])``
+RNN, GRU, LSTM      ``RNN``/``GRU`` (``linear_before_reset=1``)/``LSTM`` with the gate rows reordered (z r h; i o f c)
 ==================  ==============================================================================
 
 Inputs and outputs: ``input`` (batch, *input_shape) with a dynamic batch dimension (and dynamic sizes where
@@ -83,11 +84,12 @@ class Graph:
         """An initializer holding ``layer.buffers[name]`` (running statistics); its name."""
         return self.const(host_copy(layer.buffers[name]), name)
 
-    def op(self, kind, inputs, hint=None, **attrs):
-        """A node of operator ``kind`` on the named ``inputs``; its output's name."""
-        out = self.name(hint or kind.lower())
-        self.nodes.append(self.helper.make_node(kind, list(inputs), [out], name=self.name(kind), **attrs))
-        return out
+    def op(self, kind, inputs, hint=None, outputs=1, **attrs):
+        """A node of operator ``kind`` on the named ``inputs``; its output's name (a list of ``outputs`` names
+        when it has more than one)."""
+        outs = [self.name(hint or kind.lower()) for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(kind, list(inputs), outs, name=self.name(kind), **attrs))
+        return outs[0] if outputs == 1 else outs
 
     def layer(self, layer, x, where):
         """``layer`` applied to tensor ``x`` (its own ``to_onnx``); ``where`` names it ("3", or "0" inside the
@@ -133,7 +135,9 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     for i, layer in enumerate(model.layers):
         x = g.layer(layer, x, str(i))
     g.nodes.append(helper.make_node("Identity", [x], [output_name], name="output"))
-    out_dims = ["batch", model.n_outputs if model.n_outputs is not None else "outputs"]
+    in_shape = model.input_shape if model.input_shape is not None else model.known_input_shape
+    out_shape = model.output_shape(in_shape) if in_shape is not None else (model.n_outputs,)
+    out_dims = ["batch"] + [f"out{i + 1}" if d is None else d for i, d in enumerate(out_shape)]
     outputs = [helper.make_tensor_value_info(output_name, elem, out_dims)]
     if classifier is None:
         classifier = pre is not None and pre.task == "classification"
@@ -142,7 +146,6 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         g.nodes.append(helper.make_node(kind, [output_name], ["probabilities"], name="probabilities",
                                         **({"axis": -1} if kind == "Softmax" else {})))
         outputs.append(helper.make_tensor_value_info("probabilities", elem, out_dims))
-    in_shape = model.input_shape if model.input_shape is not None else model.known_input_shape
     if in_shape is None:
         raise ValueError("the model's input shape is not known: pass input_shape= to Sequential (or give it "
                          "data) before exporting")

@@ -1,0 +1,404 @@
+"""Recurrent layers — ``RNN``, ``GRU``, ``LSTM`` — with backprop through time derived by hand.
+
+Batch-first, as PyTorch's ``batch_first=True``: X (B, T, F) → Y (B, T, H·directions), or with
+``return_sequences=False`` the final states (B, H·directions) as PyTorch's ``h_n`` holds them (the forward
+direction's after the last step, the reverse direction's after its last step, which is the sequence's first).
+Parameters are stored, named, laid out and initialised as PyTorch's, so they map one to one:
+``weight_ih`` (G·H, F), ``weight_hh`` (G·H, H), ``bias_ih`` (G·H,), ``bias_hh`` (G·H,), and the same with
+``_reverse`` for the backward direction of a bidirectional layer; G = 1 (RNN), 3 (GRU: r, z, n), 4 (LSTM: i, f,
+g, o); every entry drawn from U(−1/√H, 1/√H).  The initial state is zero.
+
+The forward pass projects every time step's input at once — XW = X·W_ihᵀ + b_ih, one GEMM over B·T rows —
+and then runs the recurrence over t, keeping what each step's backward needs.  The backward pass runs t from
+the last step to the first, carrying dh (and dc for the LSTM) backwards: at each step the gate Jacobians turn
+dh into the gates' pre-activation gradients d(gates) (B, G·H), which give dW_hh += d(gates)ᵀ·h_{t−1},
+db_hh += Σ_B d(gates) and dh_{t−1} = d(gates)·W_hh + (the direct path); the input side is summed over all
+steps at the end: dW_ih = Σ_t d(gates_in)_tᵀ·x_t (one GEMM over B·T rows), db_ih = Σ d(gates_in), dX = d(gates_in)·W_ih.
+Each direction of a bidirectional layer is this on the reversed sequence, with its own weights.
+
+Variable lengths (masks) and the sequence data path (token ids, per-position targets) are not here yet (issue
+"Sequences in"); sequences are (B, T, F) floats of one length.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import functional as F
+from ..functional import Array
+from .core import Layer, ShapeError, check_size
+
+__all__ = ["RNN", "GRU", "LSTM"]
+
+
+class _Recurrent(Layer):
+    """The shared machinery: parameters per direction, the input projection, direction reversal, the output
+    form.  A subclass states ``gates`` and implements ``_step``/``_step_back`` for one time step."""
+
+    gates = 1
+    torch_name = ""  # the torch.nn class: "RNN", "GRU", "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = False,
+                 return_sequences: bool = True) -> None:
+        super().__init__()
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.bidirectional, self.return_sequences = bool(bidirectional), bool(return_sequences)
+        suffixes = ("", "_reverse") if self.bidirectional else ("",)
+        self.param_names = tuple(f"{n}{s}" for s in suffixes for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
+    def param_shapes(self):
+        G, H, Fi = self.gates * self.hidden_size, self.hidden_size, self.input_size
+        shapes = {"weight_ih": (G, Fi), "weight_hh": (G, H), "bias_ih": (G,), "bias_hh": (G,)}
+        return {f"{n}{s}": shape for s in (("", "_reverse") if self.bidirectional else ("",))
+                for n, shape in shapes.items()}
+
+    def build(self, backend, rng):
+        super().build(backend, rng)
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        self.params = {name: backend.asarray(rng.uniform(-bound, bound, size=shape), dtype=backend.dtype)
+                       for name, shape in self.param_shapes().items()}
+
+    def input_shape(self):
+        return (None, self.input_size)
+
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 2 or in_shape[1] not in (None, self.input_size):
+            raise ShapeError(f"expects (B, T, {self.input_size}) sequences")
+        width = self.hidden_size * self.directions
+        return (in_shape[0], width) if self.return_sequences else (width,)
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(self, X: Array, train: bool = True) -> Array:
+        """Y (B, T, H·dirs) — or the final states (B, H·dirs) — for X (B, T, F); keeps every step's values
+        when ``train``."""
+        xp = self.xp
+        outs, finals, caches = [], [], []
+        for d, suffix in enumerate(("", "_reverse")[:self.directions]):
+            p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            Xd = xp.flip(X, axis=1) if d else X
+            B, T = X.shape[0], X.shape[1]
+            XW = xp.reshape(xp.reshape(Xd, (B * T, self.input_size)) @ p["weight_ih"].T + p["bias_ih"],
+                            (B, T, self.gates * self.hidden_size))
+            state = self._zero_state(xp, B, X.dtype)
+            hs, steps = [], []
+            for t in range(T):
+                state, keep = self._step(xp, XW[:, t, :], state, p)
+                hs.append(state[0])
+                steps.append(keep)
+            H = xp.stack(hs, axis=1)  # (B, T, H)
+            outs.append(xp.flip(H, axis=1) if d else H)
+            finals.append(hs[-1])
+            caches.append((Xd, steps))
+        if train:
+            self._cache = caches
+        if self.return_sequences:
+            return outs[0] if self.directions == 1 else xp.concat(outs, axis=2)
+        return finals[0] if self.directions == 1 else xp.concat(finals, axis=1)
+
+    def _zero_state(self, xp, B, dtype):
+        h = xp.zeros((B, self.hidden_size), dtype=dtype, device=_device(self, xp))
+        return (h,)
+
+    def _step(self, xp, xw, state, p):
+        """One time step: ``(new state, what its backward needs)`` from the input projection ``xw`` (B, G·H),
+        the state (h, or (h, c)) and the direction's parameters ``p``."""
+        raise NotImplementedError
+
+    def _step_back(self, xp, dstate, keep, p):
+        """One step back: ``(d input gates, d hidden gates, the state's direct gradient, h_{t−1})`` from the
+        state's gradient and what :meth:`_step` kept."""
+        raise NotImplementedError
+
+    # -- backward ----------------------------------------------------------------------------------------
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        """Backprop through time, per direction: dh carried from the last step to the first (see the module
+        docstring); dW_ih, db_ih and dX from the steps' input-gate gradients in one GEMM each."""
+        xp, H = self.xp, self.hidden_size
+        grads, dX = {}, None
+        for d, suffix in enumerate(("", "_reverse")[:self.directions]):
+            p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            Xd, steps = self._cache[d]
+            B, T = Xd.shape[0], Xd.shape[1]
+            if self.return_sequences:
+                dH = dY[:, :, d * H:(d + 1) * H]  # (B, T, H) for this direction, in its own time order
+                if d:
+                    dH = xp.flip(dH, axis=1)
+                dfinal = None
+            else:
+                dH, dfinal = None, dY[:, d * H:(d + 1) * H]
+            dW_hh = xp.zeros_like(p["weight_hh"])
+            db_hh = xp.zeros_like(p["bias_hh"])
+            dstate = self._zero_state(xp, B, dY.dtype)
+            if dfinal is not None:
+                dstate = (dfinal,) + dstate[1:]
+            dgates_in = [None] * T
+            for t in range(T - 1, -1, -1):
+                dh = dstate[0] if dH is None else dstate[0] + dH[:, t, :]
+                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, (dh,) + dstate[1:], steps[t], p)
+                dW_hh = dW_hh + dgh.T @ h_prev
+                db_hh = db_hh + xp.sum(dgh, axis=0)
+                dh_prev = dstate_prev_direct[0] + dgh @ p["weight_hh"]
+                dstate = (dh_prev,) + dstate_prev_direct[1:]
+                dgates_in[t] = dgi
+            dG = xp.reshape(xp.stack(dgates_in, axis=1), (B * T, self.gates * H))  # (B·T, G·H)
+            grads["weight_ih" + suffix] = dG.T @ xp.reshape(Xd, (B * T, self.input_size))
+            grads["bias_ih" + suffix] = xp.sum(dG, axis=0)
+            grads["weight_hh" + suffix] = dW_hh
+            grads["bias_hh" + suffix] = db_hh
+            if need_dX:
+                dXd = xp.reshape(dG @ p["weight_ih"], (B, T, self.input_size))
+                dXd = xp.flip(dXd, axis=1) if d else dXd
+                dX = dXd if dX is None else dX + dXd
+        self.grads = grads
+        return dX
+
+    # -- the ways out ------------------------------------------------------------------------------------------
+    onnx_gate_order: tuple[int, ...] = (0,)  # which of PyTorch's gate blocks ONNX's operator takes in turn
+
+    def _onnx_stacked(self, g, name):
+        """The weights of both directions as ONNX wants them: (dirs, G·H, ·), gate blocks in ONNX's order."""
+        import numpy as np
+
+        from ..backends import host_copy
+
+        H = self.hidden_size
+        out = []
+        for suffix in ("", "_reverse")[:self.directions]:
+            a = np.asarray(host_copy(self.params[name + suffix]))
+            out.append(np.concatenate([a[k * H:(k + 1) * H] for k in self.onnx_gate_order], axis=0))
+        return np.stack(out)
+
+    def to_onnx(self, g, x):
+        """ONNX's ``RNN``/``GRU``/``LSTM`` operator (time-major: the batch and time axes swapped around it), PyTorch's
+        gate blocks reordered to ONNX's, B = [b_ih, b_hh]; the outputs (T, dirs, B, H) brought back to
+        (B, T, dirs·H), or Y_h (dirs, B, H) to (B, dirs·H)."""
+        import numpy as np
+
+        W, R = self._onnx_stacked(g, "weight_ih"), self._onnx_stacked(g, "weight_hh")
+        bias = np.concatenate([self._onnx_stacked(g, "bias_ih"), self._onnx_stacked(g, "bias_hh")], axis=1)
+        attrs = dict(hidden_size=self.hidden_size, direction="bidirectional" if self.bidirectional else "forward")
+        attrs.update(self._onnx_attrs())
+        xt = g.op("Transpose", [x], "time_major", perm=[1, 0, 2])
+        y, y_h = g.op(self.torch_name, [xt, g.const(W, "W"), g.const(R, "R"), g.const(bias, "B")],
+                      self.torch_name.lower(), outputs=2, **attrs)[:2]
+        if self.return_sequences:
+            yb = g.op("Transpose", [y], "batch_major", perm=[2, 0, 1, 3])
+            return g.op("Reshape", [yb, g.ints([0, 0, -1])], "sequences")
+        hb = g.op("Transpose", [y_h], "batch_major", perm=[1, 0, 2])
+        return g.op("Reshape", [hb, g.ints([0, -1])], "final_states")
+
+    def _onnx_attrs(self):
+        return {}
+
+    @classmethod
+    def torch_module(cls, nn):
+        """``nnkit.export.pytorch.Recurrent``: PyTorch's ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (batch-first) inside a
+        module that returns what the nnkit layer returns — the outputs, or h_n's directions side by side —
+        since PyTorch's return a tuple (built once, on first use)."""
+        if "_torch_class" not in _Recurrent.__dict__:
+            class Recurrent(nn.Module):
+                """x (B, T, F) → the recurrent module's outputs (B, T, H·dirs), or its final states (B, H·dirs)."""
+
+                def __init__(self, rnn, return_sequences=True):
+                    super().__init__()
+                    self.rnn, self.return_sequences = rnn, bool(return_sequences)
+
+                def forward(self, x):
+                    """The outputs, or h_n's directions concatenated (the LSTM's h, not c)."""
+                    out, state = self.rnn(x)
+                    if self.return_sequences:
+                        return out
+                    h = state[0] if isinstance(state, tuple) else state
+                    return h.transpose(0, 1).reshape(x.shape[0], -1)
+
+            Recurrent.__module__, Recurrent.__qualname__ = "nnkit.export.pytorch", "Recurrent"
+            _Recurrent._torch_class = Recurrent
+        return _Recurrent._torch_class
+
+    def _torch_kwargs(self):
+        return {}
+
+    def to_torch(self, ctx):
+        """PyTorch's module of the same name (``batch_first=True``) with these weights (``weight_ih_l0``, ...,
+        ``_reverse`` for the backward direction), in :meth:`torch_module`."""
+        rnn = getattr(ctx.nn, self.torch_name)(self.input_size, self.hidden_size, batch_first=True,
+                                                bidirectional=self.bidirectional, dtype=ctx.dtype,
+                                                **self._torch_kwargs())
+        for name in self.param_names:
+            base, _, rev = name.partition("_reverse")
+            ctx.load(getattr(rnn, f"{base}_l0{'_reverse' if name.endswith('_reverse') else ''}"), self.params[name])
+        return self.torch_module(ctx.nn)(rnn, self.return_sequences)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        """The wrapper of :meth:`torch_module`, one for the three kinds: ``from_torch`` builds the layer of the
+        inner module's kind, whichever of the three the registry finds first."""
+        return (cls.torch_module(nn),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        rnn = m.rnn
+        kinds = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}
+        layer_cls = kinds.get(type(rnn).__name__)
+        if layer_cls is None or type(rnn) is not getattr(ctx.nn, type(rnn).__name__, None):
+            raise ctx.refuse(f"the recurrent module is {type(rnn).__name__}, not nn.RNN, nn.GRU or nn.LSTM")
+        if rnn.num_layers != 1 or not rnn.bias or not rnn.batch_first or getattr(rnn, "proj_size", 0) \
+                or (rnn.dropout and rnn.num_layers > 1):
+            raise ctx.refuse("nnkit's recurrent layers are one layer each (stack them in a Sequential), with biases, "
+                             "batch_first=True and no projection")
+        extra = {"nonlinearity": rnn.nonlinearity} if layer_cls is RNN else {}
+        layer = layer_cls(rnn.input_size, rnn.hidden_size, bidirectional=rnn.bidirectional,
+                          return_sequences=m.return_sequences, **extra)
+        params = {name: ctx.array(getattr(rnn, f"{name.replace('_reverse', '')}_l0"
+                                               f"{'_reverse' if name.endswith('_reverse') else ''}"))
+                  for name in layer.param_names}
+        return layer, params, {}
+
+    def config(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "input_size": self.input_size, "hidden_size": self.hidden_size,
+                "bidirectional": self.bidirectional, "return_sequences": self.return_sequences}
+
+    def __repr__(self):
+        extra = (", bidirectional=True" if self.bidirectional else "") + \
+            ("" if self.return_sequences else ", return_sequences=False")
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
+
+
+def _device(layer, xp):
+    p = layer.params["weight_hh"]
+    import array_api_compat
+
+    return array_api_compat.device(p)
+
+
+class RNN(_Recurrent):
+    r"""Elman RNN: h_t = f(x_t·W_ihᵀ + b_ih + h_{t−1}·W_hhᵀ + b_hh), f = tanh (or ``nonlinearity="relu"``).
+
+    Backward at step t, with dh = ∂L/∂h_t (B, H) (from the output at t and from step t+1):
+    da = dh ⊙ f'(a) — (1 − h_t²) for tanh, [a > 0] for ReLU — (B, H); dW_hh += daᵀ·h_{t−1} (H, H);
+    dh_{t−1} = da·W_hh (B, H); the input side da → dW_ih, db_ih, dX (see the module docstring).
+    """
+
+    gates = 1
+    torch_name = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bidirectional: bool = False,
+                 return_sequences: bool = True) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bidirectional, return_sequences)
+        self.nonlinearity = nonlinearity
+
+    def _step(self, xp, xw, state, p):
+        h_prev = state[0]
+        a = xw + h_prev @ p["weight_hh"].T + p["bias_hh"]
+        h = xp.tanh(a) if self.nonlinearity == "tanh" else xp.maximum(a, 0.0)
+        return (h,), (h_prev, h)
+
+    def _step_back(self, xp, dstate, keep, p):
+        h_prev, h = keep
+        dh = dstate[0]
+        da = dh * (1.0 - h * h) if self.nonlinearity == "tanh" else dh * xp.astype(h > 0, h.dtype)
+        return da, da, (xp.zeros_like(dh),), h_prev
+
+    def _torch_kwargs(self):
+        return {"nonlinearity": self.nonlinearity}
+
+    def _onnx_attrs(self):
+        act = "Tanh" if self.nonlinearity == "tanh" else "Relu"
+        return {"activations": [act] * self.directions}
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "nonlinearity": self.nonlinearity}
+
+
+class GRU(_Recurrent):
+    r"""Gated recurrent unit, PyTorch's gates r, z, n (rows of W in that order), b_hn inside r ⊙ (·):
+
+        r = σ(i_r + h_r),  z = σ(i_z + h_z),  n = tanh(i_n + r ⊙ h_n),  h_t = (1 − z) ⊙ n + z ⊙ h_{t−1},
+
+    with (i_r, i_z, i_n) = x_t·W_ihᵀ + b_ih and (h_r, h_z, h_n) = h_{t−1}·W_hhᵀ + b_hh, each (B, H).
+
+    Backward at step t, dh = ∂L/∂h_t (B, H):
+    dn = dh ⊙ (1 − z), dz = dh ⊙ (h_{t−1} − n), direct dh_{t−1} = dh ⊙ z;
+    dn̄ = dn ⊙ (1 − n²) (n's pre-activation), dr = dn̄ ⊙ h_n, dz̄ = dz ⊙ z(1 − z), dr̄ = dr ⊙ r(1 − r);
+    the input gates' gradient [dr̄, dz̄, dn̄] and the hidden gates' [dr̄, dz̄, dn̄ ⊙ r] (B, 3H): dW_hh += (·)ᵀ·h_{t−1},
+    dh_{t−1} = dh ⊙ z + [dr̄, dz̄, dn̄ ⊙ r]·W_hh.
+    """
+
+    gates = 3
+    torch_name = "GRU"
+    onnx_gate_order = (1, 0, 2)  # ONNX: z, r, h
+
+    def _onnx_attrs(self):
+        return {"linear_before_reset": 1}  # PyTorch's n = tanh(i_n + r ⊙ (W_hn·h + b_hn))
+
+    def _step(self, xp, xw, state, p):
+        H = self.hidden_size
+        h_prev = state[0]
+        gh = h_prev @ p["weight_hh"].T + p["bias_hh"]
+        r = F.sigmoid(xp, xw[:, :H] + gh[:, :H])
+        z = F.sigmoid(xp, xw[:, H:2 * H] + gh[:, H:2 * H])
+        hn = gh[:, 2 * H:]
+        n = xp.tanh(xw[:, 2 * H:] + r * hn)
+        h = (1.0 - z) * n + z * h_prev
+        return (h,), (h_prev, r, z, n, hn)
+
+    def _step_back(self, xp, dstate, keep, p):
+        h_prev, r, z, n, hn = keep
+        dh = dstate[0]
+        dn_bar = dh * (1.0 - z) * (1.0 - n * n)
+        dz_bar = dh * (h_prev - n) * (z * (1.0 - z))
+        dr_bar = dn_bar * hn * (r * (1.0 - r))
+        dgi = xp.concat([dr_bar, dz_bar, dn_bar], axis=1)
+        dgh = xp.concat([dr_bar, dz_bar, dn_bar * r], axis=1)
+        return dgi, dgh, (dh * z,), h_prev
+
+
+class LSTM(_Recurrent):
+    r"""Long short-term memory, PyTorch's gates i, f, g, o (rows of W in that order):
+
+        (a_i, a_f, a_g, a_o) = x_t·W_ihᵀ + b_ih + h_{t−1}·W_hhᵀ + b_hh,
+        i, f, o = σ(a_i), σ(a_f), σ(a_o),  g = tanh(a_g),  c_t = f ⊙ c_{t−1} + i ⊙ g,  h_t = o ⊙ tanh(c_t).
+
+    Backward at step t with dh = ∂L/∂h_t and dc = ∂L/∂c_t from step t+1 (B, H):
+    dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t); the gates' pre-activation gradient
+    [dc ⊙ g ⊙ i(1 − i), dc ⊙ c_{t−1} ⊙ f(1 − f), dc ⊙ i ⊙ (1 − g²), dh ⊙ tanh(c_t) ⊙ o(1 − o)] (B, 4H), shared by the
+    input and hidden sides; dW_hh += (·)ᵀ·h_{t−1}, dh_{t−1} = (·)·W_hh, dc_{t−1} = dc ⊙ f.
+    With ``return_sequences=False`` the output is h_n (not c_n), as ``nn.LSTM``'s h_n.
+    """
+
+    gates = 4
+    torch_name = "LSTM"
+    onnx_gate_order = (0, 3, 1, 2)  # ONNX: i, o, f, c
+
+    def _zero_state(self, xp, B, dtype):
+        h = xp.zeros((B, self.hidden_size), dtype=dtype, device=_device(self, xp))
+        return (h, xp.zeros_like(h))
+
+    def _step(self, xp, xw, state, p):
+        H = self.hidden_size
+        h_prev, c_prev = state
+        a = xw + h_prev @ p["weight_hh"].T + p["bias_hh"]
+        i = F.sigmoid(xp, a[:, :H])
+        f = F.sigmoid(xp, a[:, H:2 * H])
+        g = xp.tanh(a[:, 2 * H:3 * H])
+        o = F.sigmoid(xp, a[:, 3 * H:])
+        c = f * c_prev + i * g
+        tc = xp.tanh(c)
+        h = o * tc
+        return (h, c), (h_prev, c_prev, i, f, g, o, tc)
+
+    def _step_back(self, xp, dstate, keep, p):
+        h_prev, c_prev, i, f, g, o, tc = keep
+        dh, dc = dstate
+        dc = dc + dh * o * (1.0 - tc * tc)
+        da = xp.concat([dc * g * (i * (1.0 - i)), dc * c_prev * (f * (1.0 - f)), dc * i * (1.0 - g * g),
+                        dh * tc * (o * (1.0 - o))], axis=1)
+        return da, da, (xp.zeros_like(dh), dc * f), h_prev

@@ -1,0 +1,127 @@
+"""RNN, GRU and LSTM: outputs and every gradient equal PyTorch autograd (float64) over a grid; gradcheck on every
+backend; a wrong derivation fails; they save, move, pickle, train and go to PyTorch and back."""
+import importlib.util
+import pickle
+
+import numpy as np
+import pytest
+
+import nnkit
+from tests.helpers import to_np
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+rng = np.random.default_rng(0)
+
+
+def _torch_name(name):
+    return name.replace("_reverse", "") + "_l0" + ("_reverse" if name.endswith("_reverse") else "")
+
+
+GRID = [(kind, bi, rs, shape) for kind in ("RNN", "RNN-relu", "GRU", "LSTM") for bi in (False, True)
+        for rs in (True, False) for shape in ((3, 5, 4, 6), (1, 1, 2, 1), (2, 7, 1, 3))]
+
+
+@needs_torch
+@pytest.mark.parametrize("kind,bi,rs,shape", GRID, ids=[f"{k}-bi{int(b)}-seq{int(r)}-{'x'.join(map(str, s))}"
+                                                       for k, b, r, s in GRID])
+def test_outputs_and_gradients_equal_pytorch(kind, bi, rs, shape):
+    import torch
+
+    B, T, Fi, H = shape
+    extra = {"nonlinearity": "relu"} if kind == "RNN-relu" else {}
+    layer = getattr(nnkit, kind.split("-")[0])(Fi, H, bidirectional=bi, return_sequences=rs, **extra)
+    model = nnkit.Sequential([layer], dtype="float64", seed=1)
+    net = model.to_torch()
+    X = rng.standard_normal((B, T, Fi))
+    xt = torch.from_numpy(X).requires_grad_(True)
+    yt = net(xt)
+    G = rng.standard_normal(tuple(yt.shape))
+    (yt * torch.from_numpy(G)).sum().backward()
+    Y = model.forward(X)
+    dX = layer.backward(G, need_dX=True)
+    np.testing.assert_allclose(Y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dX, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    rnn = net[0].rnn
+    for name in layer.param_names:
+        np.testing.assert_allclose(layer.grads[name], getattr(rnn, _torch_name(name)).grad.numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_gradcheck_on_every_backend(make_backend, kind):
+    layer = getattr(nnkit, kind)(3, 4, bidirectional=True)
+    model = nnkit.Sequential([layer, nnkit.Flatten(), nnkit.Dense(4 * 2 * 4, 3)], backend=make_backend("float64"),
+                             seed=0)
+    X = rng.standard_normal((2, 4, 3))
+    y = np.array([0, 2])
+    report = nnkit.gradcheck(model, X, y, "cross_entropy")
+    assert report < 1e-6, str(report)
+    assert {"0.weight_ih", "0.weight_hh_reverse", "0.bias_hh"} <= set(report.errors)
+
+
+def test_a_wrong_derivation_fails(monkeypatch):
+    from nnkit.layers import recurrent
+
+    def wrong(self, xp, dstate, keep, p):  # forgets the direct path dh ⊙ z of the GRU
+        dgi, dgh, direct, h_prev = right(self, xp, dstate, keep, p)
+        return dgi, dgh, (direct[0] * 0.0,), h_prev
+
+    right = recurrent.GRU._step_back
+    monkeypatch.setattr(recurrent.GRU, "_step_back", wrong)
+    model = nnkit.Sequential([nnkit.GRU(2, 3), nnkit.Flatten(), nnkit.Dense(12, 2)], dtype="float64", seed=0)
+    report = nnkit.gradcheck(model, rng.standard_normal((2, 4, 2)), np.array([0, 1]), "cross_entropy")
+    assert report > 1e-3 and report.failing()
+
+
+def test_gru_base_of_mnist1d_trains_saves_and_moves(tmp_path):
+    """MNIST-1D's GRUBase shape: a signal of 40 samples as 40 steps of one feature, a bidirectional GRU of
+    hidden size 6, all 40 outputs flattened into Dense(480, 10)."""
+    X = rng.standard_normal((64, 40)).astype(np.float32)
+    y = (X[:, :20].sum(axis=1) > 0).astype(int) + 2 * (X[:, 20:].sum(axis=1) > 0)
+    model = nnkit.Sequential([nnkit.Reshape((40, 1)), nnkit.GRU(1, 6, bidirectional=True), nnkit.Flatten(),
+                              nnkit.Dense(480, 10)], seed=0)
+    assert model.n_params == 2 * (3 * 6 * 1 + 3 * 6 * 6 + 2 * 18) + 480 * 10 + 10
+    hist = model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=8, batch_size=16, verbose=0)
+    assert hist["loss"][-1] < hist["loss"][0]
+    model.save(tmp_path / "gru.npz")
+    loaded = nnkit.load(tmp_path / "gru.npz")
+    np.testing.assert_allclose(to_np(loaded.predict(X)), to_np(model.predict(X)), rtol=1e-6)
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(to_np(again.predict(X)), to_np(model.predict(X)), rtol=1e-6)
+    strict = model.clone(backend="array_api_strict")
+    np.testing.assert_allclose(to_np(strict.predict(X)), to_np(model.predict(X)), rtol=1e-5, atol=1e-6)
+    assert "GRU(1, 6, bidirectional=True)" in model.summary()
+
+
+@needs_torch
+def test_to_pytorch_and_back_with_every_setting():
+    for layer in (nnkit.RNN(3, 2, nonlinearity="relu"), nnkit.GRU(3, 2, bidirectional=True, return_sequences=False),
+                  nnkit.LSTM(3, 2, bidirectional=True)):
+        model = nnkit.Sequential([layer], dtype="float64", seed=0)
+        back = nnkit.Sequential.from_torch(model.to_torch(), dtype="float64")
+        assert back.layers[0].config() == layer.config()
+        X = rng.standard_normal((2, 5, 3))
+        np.testing.assert_allclose(to_np(back.predict(X)), to_np(model.predict(X)), rtol=1e-12)
+
+
+def test_bad_settings_and_shapes_are_refused():
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
+        nnkit.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match=r"X has shape \(B, 5, 2\) but the model expects \(B, \?, 3\)"):
+        nnkit.Sequential([nnkit.GRU(3, 4)]).predict(np.zeros((2, 5, 2)))
+    with pytest.raises(ValueError, match=r"expects \(B, T, 3\) sequences"):
+        nnkit.Sequential([nnkit.Dense(4, 3), nnkit.GRU(3, 4)])
+
+
+@pytest.mark.parametrize("kind,bi,rs", [(k, b, r) for k in ("RNN", "RNN-relu", "GRU", "LSTM") for b in (False, True)
+                                        for r in (True, False)])
+def test_onnx_runtime_equals_predict(kind, bi, rs):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    extra = {"nonlinearity": "relu"} if kind == "RNN-relu" else {}
+    layer = getattr(nnkit, kind.split("-")[0])(3, 4, bidirectional=bi, return_sequences=rs, **extra)
+    model = nnkit.Sequential([layer], seed=0, input_shape=(None, 3))
+    X = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    sess = ort.InferenceSession(model.export(None).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": X})[0], to_np(model.predict(X)), rtol=1e-5, atol=1e-6)

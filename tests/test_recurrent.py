@@ -125,3 +125,23 @@ def test_onnx_runtime_equals_predict(kind, bi, rs):
     X = rng.standard_normal((2, 6, 3)).astype(np.float32)
     sess = ort.InferenceSession(model.export(None).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"input": X})[0], to_np(model.predict(X)), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_layernorm_and_activations_act_on_the_last_axis_of_sequences(make_backend):
+    model = nnkit.Sequential([nnkit.LSTM(3, 4), nnkit.Dense(4, 5), nnkit.GELU(), nnkit.LayerNorm(5), nnkit.Dropout(0.2),
+                              nnkit.Flatten(), nnkit.Dense(6 * 5, 2)], backend=make_backend("float64"), seed=0)
+    assert model.output_shape((6, 3)) == (2,)
+    X = rng.standard_normal((3, 6, 3))
+    assert nnkit.gradcheck(model, X, np.array([0, 1, 1]), "cross_entropy") < 1e-6
+    with pytest.raises(ValueError, match=r"expects 7 input features on its last axis, \(B, \.\.\., 7\)"):
+        nnkit.Sequential([nnkit.GRU(3, 4), nnkit.Dense(7, 2)])
+
+
+@needs_torch
+def test_dense_on_sequences_equals_torch_linear():
+    import torch
+
+    model = nnkit.Sequential([nnkit.Dense(4, 3)], dtype="float64", seed=0, input_shape=(None, 4))
+    X = rng.standard_normal((2, 5, 4))
+    lin = model.to_torch()
+    np.testing.assert_allclose(to_np(model.predict(X)), lin(torch.from_numpy(X)).detach().numpy(), rtol=1e-12)

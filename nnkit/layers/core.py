@@ -216,7 +216,8 @@ def _size(a):
 class Dense(Layer):
     r"""Fully connected layer: Z = X·W + b.
 
-    Shapes: X (B, in), W (in, out), b (out,), Z (B, out).
+    Shapes: X (B, in), W (in, out), b (out,), Z (B, out); on sequences X (B, T, in) → Z (B, T, out), the
+    same map at every position (the rows of dW's product are then all B·T positions).
 
     Backward, for dZ = ∂L/∂Z of shape (B, out) — the batched chain rule
     ∂L/∂W_ij = Σ_n X_ni ∂L/∂Z_nj, written as matrix products:
@@ -254,17 +255,19 @@ class Dense(Layer):
 
     def output_shape(self, in_shape):
         in_shape = tuple(in_shape)
-        if len(in_shape) != 1 or in_shape[0] not in (None, self.in_features):
-            hint = " (a Flatten() before it makes (B, C, L) rows)" if len(in_shape) > 1 else ""
+        if not in_shape or in_shape[-1] not in (None, self.in_features):
+            hint = (f" on its last axis, (B, ..., {self.in_features}) (a Flatten() before it makes rows of all the "
+                    "features)") if len(in_shape) > 1 else ""
             raise ShapeError(f"expects {self.in_features} input features{hint}")
-        return (self.out_features,)
+        return in_shape[:-1] + (self.out_features,)
 
     def param_shapes(self):
         return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
 
     def forward(self, X, train=True):
-        """Z = X·W_c + b_c; X (B, in) -> Z (B, out), W_c, b_c the weights in the compute dtype (one cast
-        per step under a mixed policy, kept for the backward pass).  Keeps X and W_c when training."""
+        """Z = X·W_c + b_c; X (B, in) -> Z (B, out) — or (B, ..., in) -> (B, ..., out) on the last axis, every
+        position alike — W_c, b_c the weights in the compute dtype (one cast per step under a mixed policy,
+        kept for the backward pass).  Keeps X and W_c when training."""
         W = self.compute(self.params["W"])
         if train:
             self._cache = (X, W)
@@ -277,8 +280,11 @@ class Dense(Layer):
         mixed policy these are computed in the compute dtype (the libraries accumulate 16-bit products and
         sums in float32 and round once); the model casts dW and db to float32 before anything reads them."""
         X, W = self._cache
+        dX = dZ @ W.T if need_dX else None
+        if X.ndim > 2:  # (B, ..., in): every position is a row of the product, dW = Σ_rows xᵀ·dz
+            X, dZ = self.xp.reshape(X, (-1, self.in_features)), self.xp.reshape(dZ, (-1, self.out_features))
         self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
-        return dZ @ W.T if need_dX else None
+        return dX
 
     def to_onnx(self, g, x):
         """``MatMul(X, W) + b`` (W is (in, out), as nnkit stores it)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from .layers import (BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, LayerNorm, LeakyReLU, MaxPool1D, MaxPool2D,
-                     ReLU, Reshape, Residual, get_activation)
+from .layers import (GRU, LSTM, RNN, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, LayerNorm, LeakyReLU,
+                     MaxPool1D, MaxPool2D, ReLU, Reshape, Residual, get_activation)
 
-__all__ = ["mlp", "cnn", "cnn_input_shape"]
+__all__ = ["mlp", "cnn", "cnn_input_shape", "rnn", "rnn_input_shape"]
 
 
 def mlp(sizes, activation="relu", init=None, output_init="glorot_uniform", dropout=0.0, norm=None, residual=False):
@@ -88,3 +88,32 @@ def cnn_input_shape(input_shape):
     table = isinstance(input_shape, int) or len(tuple(input_shape)) == 1
     return (int(input_shape) if isinstance(input_shape, int) else tuple(input_shape)[0],) if table \
         else tuple(input_shape)
+
+
+def rnn(input_shape, kind="gru", hidden=(32,), n_outputs=10, bidirectional=False):
+    """A recurrent network: one ``kind`` layer (``"rnn"``, ``"gru"``, ``"lstm"``) per width in ``hidden``, the
+    inner ones passing every step on, the last one its final state (B, H·directions), then a Dense to
+    ``n_outputs``.  ``input_shape``: (T, F) sequences, or a table width n, read as a signal of n steps of one
+    feature (a ``Reshape`` does that in the model).  Returns the list of layers; the model's input shape is
+    :func:`rnn_input_shape` of ``input_shape``."""
+    kinds = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
+    if kind not in kinds:
+        raise ValueError(f"kind must be 'rnn', 'gru' or 'lstm', got {kind!r}")
+    hidden = list(hidden)
+    if not hidden:
+        raise ValueError("rnn needs at least one hidden width")
+    shape = rnn_input_shape(input_shape)
+    layers = [Reshape((shape[0], 1))] if len(shape) == 1 else []
+    width = 1 if len(shape) == 1 else shape[1]
+    for j, h in enumerate(hidden):
+        layers.append(kinds[kind](width, h, bidirectional=bidirectional, return_sequences=j < len(hidden) - 1))
+        width = h * (2 if bidirectional else 1)
+    layers.append(Dense(width, n_outputs))
+    return layers
+
+
+def rnn_input_shape(input_shape):
+    """The model's input shape for :func:`rnn`: (n,) for a table width n, the (T, F) of sequences as given."""
+    if isinstance(input_shape, int) or len(tuple(input_shape)) == 1:
+        return (int(input_shape) if isinstance(input_shape, int) else tuple(input_shape)[0],)
+    return tuple(input_shape)

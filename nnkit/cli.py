@@ -79,6 +79,11 @@ def _parser():
                    help="convolution channels, e.g. --conv 16 32: a CNN (3×3 convolutions, ReLU, 2×2 max-pooling) "
                         "before the --hidden layers; a table of n = s² features is read as s×s images (the digits "
                         "as 8×8), otherwise as signals of length n")
+    m.add_argument("--rnn", choices=("rnn", "gru", "lstm"), default=None,
+                   help="a recurrent network: a table of n features is read as a signal of n steps of one feature, "
+                        "one recurrent layer per --hidden width (e.g. --rnn gru --hidden 32), its final state into "
+                        "a Dense to the outputs")
+    m.add_argument("--bidirectional", action="store_true", help="with --rnn: each recurrent layer runs both ways")
     m.add_argument("--residual", action="store_true",
                    help="residual connections Y = X + f(X) around hidden layers of unchanged width")
     o = t.add_argument_group("training")
@@ -222,7 +227,13 @@ def cmd_train(args):
 
     data = _streamed_data(args) if args.data.lower().endswith(".npy") else _memory_data(args)
     try:
-        if args.conv:
+        if args.rnn and args.conv:
+            raise CLIError("--rnn and --conv build different networks: give one of them")
+        if args.rnn:
+            model = nnkit.Sequential.rnn(data.n_features, args.rnn, args.hidden, n_outputs=data.n_out,
+                                         bidirectional=args.bidirectional, backend=args.backend, dtype=args.dtype,
+                                         seed=args.seed, precision=args.precision)
+        elif args.conv:
             if any(c < 1 for c in args.conv):
                 raise CLIError(f"--conv channels must be positive integers, got {' '.join(map(str, args.conv))}")
             model = nnkit.Sequential.cnn(data.n_features, args.conv, hidden=args.hidden, n_outputs=data.n_out,

@@ -131,6 +131,14 @@ class Sequential:
         layers = architectures.cnn(input_shape, channels, hidden, n_outputs, kernel_size, pool, activation)
         return cls(layers, input_shape=architectures.cnn_input_shape(input_shape), **kwargs)
 
+    @classmethod
+    def rnn(cls, input_shape: int | tuple[int | None, ...], kind: str = "gru", hidden: Iterable[int] = (32,),
+            n_outputs: int = 10, bidirectional: bool = False, **kwargs: Any) -> Sequential:
+        """A recurrent network of :func:`nnkit.architectures.rnn` (which documents the arguments); other keyword
+        arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
+        layers = architectures.rnn(input_shape, kind, hidden, n_outputs, bidirectional)
+        return cls(layers, input_shape=architectures.rnn_input_shape(input_shape), **kwargs)
+
     def __getstate__(self):
         """Pickling: compiled steps (a backend's traced functions) stay behind; they are rebuilt on use."""
         state = dict(self.__dict__)

@@ -145,3 +145,59 @@ def test_dense_on_sequences_equals_torch_linear():
     X = rng.standard_normal((2, 5, 4))
     lin = model.to_torch()
     np.testing.assert_allclose(to_np(model.predict(X)), lin(torch.from_numpy(X)).detach().numpy(), rtol=1e-12)
+
+
+def test_cli_trains_a_recurrent_network_on_signals(tmp_path, capsys):
+    from nnkit.cli import main
+
+    assert main(["train", "--data", "xor", "--rnn", "gru", "--hidden", "8", "--bidirectional", "--epochs", "3",
+                 "--quiet", "--save", str(tmp_path / "gru.npz")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    model = nnkit.load(tmp_path / "gru.npz")
+    assert [type(l).__name__ for l in model.layers] == ["Reshape", "GRU", "Dense"]
+    assert model.layers[1].bidirectional and not model.layers[1].return_sequences
+    assert main(["train", "--data", "xor", "--rnn", "lstm", "--conv", "4", "--quiet"]) == 2
+
+
+def test_stacked_rnn_factory():
+    model = nnkit.Sequential.rnn((7, 3), "lstm", (5, 4), n_outputs=2, seed=0)
+    assert [l.return_sequences for l in model.layers[:2]] == [True, False]
+    assert model.output_shape() == (2,)
+    with pytest.raises(ValueError, match="kind must be"):
+        nnkit.Sequential.rnn(7, "transformer")
+
+
+def test_compiled_and_mixed_precision_recurrent_fits():
+    pytest.importorskip("jax")
+    X = rng.standard_normal((32, 6, 2)).astype(np.float32)
+    y = (X[:, :, 0].sum(axis=1) > 0).astype(int)
+    eager = nnkit.Sequential.rnn((6, 2), "gru", (4,), n_outputs=2, backend="jax", seed=0)
+    jit = nnkit.Sequential.rnn((6, 2), "gru", (4,), n_outputs=2, backend="jax", seed=0)
+    he = eager.fit(X, y, loss="cross_entropy", epochs=2, batch_size=8, verbose=0)
+    hj = jit.fit(X, y, loss="cross_entropy", epochs=2, batch_size=8, verbose=0, compile=True)
+    np.testing.assert_allclose(hj["loss"], he["loss"], rtol=1e-4)
+    if HAS_TORCH:
+        mixed = nnkit.Sequential.rnn((6, 2), "lstm", (4,), n_outputs=2, backend="torch", seed=0,
+                                     precision="mixed_bfloat16")
+        hist = mixed.fit(X, y, loss="cross_entropy", epochs=2, batch_size=8, verbose=0)
+        assert np.all(np.isfinite(hist["loss"]))
+
+
+def test_a_checkpoint_claiming_a_huge_hidden_size_is_refused_before_any_allocation(tmp_path):
+    import tracemalloc
+    import zipfile
+
+    model = nnkit.Sequential([nnkit.GRU(2, 3), nnkit.Flatten(), nnkit.Dense(12, 2)], input_shape=(4, 2), seed=0)
+    model.save(tmp_path / "ok.npz")
+    with zipfile.ZipFile(tmp_path / "ok.npz") as zin, zipfile.ZipFile(tmp_path / "huge.npz", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "__nnkit__.npy":
+                data = data.decode("latin-1").replace('"hidden_size": 3', '"hidden_size": 3000000000').encode("latin-1")
+            zout.writestr(item, data)
+    tracemalloc.start()
+    with pytest.raises(nnkit.CheckpointError):
+        nnkit.load(tmp_path / "huge.npz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 30 * 2**20

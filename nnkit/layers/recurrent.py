@@ -16,6 +16,11 @@ db_hh += Σ_B d(gates) and dh_{t−1} = d(gates)·W_hh + (the direct path); the 
 steps at the end: dW_ih = Σ_t d(gates_in)_tᵀ·x_t (one GEMM over B·T rows), db_ih = Σ d(gates_in), dX = d(gates_in)·W_ih.
 Each direction of a bidirectional layer is this on the reversed sequence, with its own weights.
 
+Under a mixed precision policy the input projection and the input side of the backward pass (dW_ih, dX: the
+large GEMMs over B·T rows) run in the compute dtype; the recurrence itself — the hidden-to-hidden products, the
+gate sums and nonlinearities, the states h and c and their gradients — stays in float32, where a long sequence
+would otherwise lose digits step after step.
+
 Variable lengths (masks) and the sequence data path (token ids, per-position targets) are not here yet (issue
 "Sequences in"); sequences are (B, T, F) floats of one length.
 """
@@ -83,9 +88,10 @@ class _Recurrent(Layer):
             p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             Xd = xp.flip(X, axis=1) if d else X
             B, T = X.shape[0], X.shape[1]
-            XW = xp.reshape(xp.reshape(Xd, (B * T, self.input_size)) @ p["weight_ih"].T + p["bias_ih"],
-                            (B, T, self.gates * self.hidden_size))
-            state = self._zero_state(xp, B, X.dtype)
+            rows = xp.reshape(self.compute(Xd), (B * T, self.input_size))
+            XW = xp.reshape(self.storage(rows @ self.compute(p["weight_ih"]).T) + p["bias_ih"],
+                            (B, T, self.gates * self.hidden_size))  # the one big GEMM, in the compute dtype
+            state = self._zero_state(xp, B, XW.dtype)  # the recurrence in the storage dtype (float32)
             hs, steps = [], []
             for t in range(T):
                 state, keep = self._step(xp, XW[:, t, :], state, p)
@@ -98,8 +104,8 @@ class _Recurrent(Layer):
         if train:
             self._cache = caches
         if self.return_sequences:
-            return outs[0] if self.directions == 1 else xp.concat(outs, axis=2)
-        return finals[0] if self.directions == 1 else xp.concat(finals, axis=1)
+            return self.compute(outs[0] if self.directions == 1 else xp.concat(outs, axis=2))
+        return self.compute(finals[0] if self.directions == 1 else xp.concat(finals, axis=1))
 
     def _zero_state(self, xp, B, dtype):
         h = xp.zeros((B, self.hidden_size), dtype=dtype, device=_device(self, xp))
@@ -120,6 +126,7 @@ class _Recurrent(Layer):
         """Backprop through time, per direction: dh carried from the last step to the first (see the module
         docstring); dW_ih, db_ih and dX from the steps' input-gate gradients in one GEMM each."""
         xp, H = self.xp, self.hidden_size
+        dY = self.storage(dY)  # the recurrence's gradients in float32 under a mixed policy
         grads, dX = {}, None
         for d, suffix in enumerate(("", "_reverse")[:self.directions]):
             p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
@@ -147,12 +154,13 @@ class _Recurrent(Layer):
                 dstate = (dh_prev,) + dstate_prev_direct[1:]
                 dgates_in[t] = dgi
             dG = xp.reshape(xp.stack(dgates_in, axis=1), (B * T, self.gates * H))  # (B·T, G·H)
-            grads["weight_ih" + suffix] = dG.T @ xp.reshape(Xd, (B * T, self.input_size))
+            grads["weight_ih" + suffix] = self.storage(self.compute(dG).T @ xp.reshape(self.compute(Xd),
+                                                                                    (B * T, self.input_size)))
             grads["bias_ih" + suffix] = xp.sum(dG, axis=0)
             grads["weight_hh" + suffix] = dW_hh
             grads["bias_hh" + suffix] = db_hh
             if need_dX:
-                dXd = xp.reshape(dG @ p["weight_ih"], (B, T, self.input_size))
+                dXd = xp.reshape(self.compute(dG) @ self.compute(p["weight_ih"]), (B, T, self.input_size))
                 dXd = xp.flip(dXd, axis=1) if d else dXd
                 dX = dXd if dX is None else dX + dXd
         self.grads = grads

@@ -12,6 +12,7 @@ Run them on a GPU machine with::
 * mixed precision: torch-CUDA ``mixed_bfloat16``/``mixed_float16``/``tf32`` steps under the sync debug mode,
   CuPy float16 (and bfloat16 where CuPy has it, else the clear error) and tf32 fits;
 * convolution: a CuPy and a torch-CUDA CNN fit (the digits as 8×8 images), equal to NumPy's;
+* recurrent layers: CuPy and torch-CUDA bidirectional GRU and LSTM fits equal to NumPy's;
 * streaming: a CuPy and a torch-CUDA fit from a memory-mapped file equal to the in-memory fit, and on
   torch-CUDA no synchronisation inside the streamed epoch (sync debug mode "error");
 * the backend classes on CUDA: TorchBackend pickled by class and device, its TF32 switch restored, side-stream
@@ -238,6 +239,27 @@ def test_cnn_fit_on_the_gpu_equals_numpy(target):
     if target == "torch-cuda":
         assert all(p.is_cuda for p in runs[0].params().values())
         del torch
+
+
+# -- recurrent layers on the GPU ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_recurrent_fit_on_the_gpu_equals_numpy(target, kind):
+    if target == "cupy":
+        _cupy()
+        be = nnkit.get_backend("cupy", dtype="float64")
+    else:
+        _torch_cuda()
+        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    X, y = _data(n=256)
+    runs = []
+    for backend in (be, nnkit.get_backend("numpy", dtype="float64")):
+        model = nnkit.Sequential.rnn(20, kind, (6,), n_outputs=3, bidirectional=True, backend=backend, seed=0)
+        model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=64, verbose=0)
+        runs.append(model)
+    a, b = runs[0].state_dict(), runs[1].state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-8, atol=1e-10, err_msg=k)
 
 
 # -- streamed data on the GPU -----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ PyTorch or any array library array-api-compat wraps (``backend=``).
 from .backend import Backend, get_backend
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D,
-                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM)
+                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding)
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D",
-    "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Sigmoid",
+    "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "Sigmoid",
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",

@@ -276,9 +276,30 @@ def as_input(model, X, check_values=True):
         raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
     if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
         raise ValueError("X contains NaN or infinity: clean or impute the data first")
+    if getattr(model.layers[0], "takes_ids", False):  # token ids: integers, kept integers, in range
+        return _as_ids(model, arr, xp, check_values)
     if check_values:
         check_range(model, arr, "X")
     return model.backend.asarray(arr, dtype=model.backend.dtype)
+
+
+def _as_ids(model, arr, xp, check_values):
+    """Integer token ids for a model whose first layer takes them (``Embedding``): never cast to a float, every id
+    in [0, num_embeddings) — an id outside is a ValueError naming the example and the position."""
+    first = model.layers[0]
+    if not xp.isdtype(arr.dtype, "integral"):
+        raise TypeError(f"{first!r} takes integer token ids, got X of dtype {arr.dtype}: pass the ids as integers "
+                        "(e.g. X.astype(np.int64))")
+    if check_values and arr.shape[0]:
+        host = np.asarray(host_copy(arr))
+        bad = np.argwhere((host < 0) | (host >= first.num_embeddings))
+        if bad.size:
+            where = tuple(int(i) for i in bad[0])
+            raise ValueError(f"X[{', '.join(map(str, where))}] = {int(host[where])} is not a token id of {first!r}: "
+                             f"ids must lie in [0, {first.num_embeddings}) (example {where[0]}, position "
+                             f"{where[1:] if len(where) > 2 else where[1] if len(where) > 1 else 0})")
+    be = model.backend
+    return be.asarray(arr, dtype=be.xp.int64)
 
 def _as_sparse_input(model, X, check_values):
     if len(X.shape) != 2 or X.shape[0] == 0 or model.input_shape is not None and X.shape[1] != model.n_features_in:

@@ -78,8 +78,11 @@ class Policy:
 
     # -- the casts, in the one place the model makes them ----------------------------------------
     def cast_input(self, X):
-        """The model's input in the compute dtype (once per forward pass)."""
-        return self.backend.xp.astype(X, self.compute_dtype) if self.casts and X.dtype != self.compute_dtype else X
+        """The model's input in the compute dtype (once per forward pass); integer token ids stay integers."""
+        xp = self.backend.xp
+        if not self.casts or X.dtype == self.compute_dtype or xp.isdtype(X.dtype, "integral"):
+            return X
+        return xp.astype(X, self.compute_dtype)
 
     def cast_output(self, out):
         """The model's output in float32 (storage) for the loss, softmax and the caller."""

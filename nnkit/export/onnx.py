@@ -150,7 +150,8 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         raise ValueError("the model's input shape is not known: pass input_shape= to Sequential (or give it "
                          "data) before exporting")
     in_dims = ["batch"] + [f"dim{i + 1}" if d is None else d for i, d in enumerate(in_shape)]
-    graph = helper.make_graph(g.nodes, "nnkit", [helper.make_tensor_value_info(input_name, elem, in_dims)],
+    graph = helper.make_graph(g.nodes, "nnkit", [helper.make_tensor_value_info(
+        input_name, TensorProto.INT64 if getattr(model.layers[0], "takes_ids", False) else elem, in_dims)],
                               outputs, initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="nnkit", producer_version=_version())

@@ -201,3 +201,9 @@ def test_a_checkpoint_claiming_a_huge_hidden_size_is_refused_before_any_allocati
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 30 * 2**20
+
+
+def test_explain_goes_through_a_recurrent_layer():
+    model = nnkit.Sequential([nnkit.GRU(2, 3, return_sequences=False), nnkit.Dense(3, 2)], dtype="float64", seed=0)
+    report = model.explain(rng.standard_normal((2, 4, 2)), np.array([0, 1]), "cross_entropy")
+    assert "dweight_ih of layer 0" in str(report) and report.values["dweight_hh0"].shape == (9, 3)

@@ -1,0 +1,70 @@
+"""Recurrent kernels: the GRU forward and backward passes, and MNIST-1D's GRU baseline training step (a signal of
+40 samples as 40 steps of one feature, a bidirectional GRU of hidden size 6, all 40 outputs flattened into
+Dense(480, 10); Adam, batch 100) — nnkit on every CPU backend here against PyTorch's ``nn.GRU`` step.
+
+Run:  pytest benchmarks/bench_recurrent.py --benchmark-enable
+Times are reported, never asserted; CI runs each once (``--benchmark-disable``) so they cannot rot.
+"""
+import importlib.util
+
+import numpy as np
+import pytest
+
+import nnkit
+
+BATCH, STEPS, HIDDEN = 100, 40, 6
+BACKENDS = ["numpy"] + (["torch"] if importlib.util.find_spec("torch") else [])
+
+
+def gru_base(backend):
+    return nnkit.Sequential([nnkit.Reshape((STEPS, 1)), nnkit.GRU(1, HIDDEN, bidirectional=True), nnkit.Flatten(),
+                             nnkit.Dense(STEPS * 2 * HIDDEN, 10)], backend=backend, seed=0)
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((BATCH, STEPS)).astype(np.float32), rng.integers(0, 10, BATCH)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", ["gru_forward", "gru_backward", "train_step"])
+def test_gru_kernels(benchmark, backend, kernel):
+    X, y = _data()
+    model = gru_base(backend)
+    loss, opt = nnkit.CrossEntropy(), nnkit.optim.Adam(1e-2)
+    Xd, Td = nnkit.data.as_input(model, X), nnkit.data.as_target(model, y, BATCH, loss)
+    gru = model.layers[1]
+    seq = model.xp.reshape(Xd, (BATCH, STEPS, 1))
+    dY = model.xp.ones((BATCH, STEPS, 2 * HIDDEN), dtype=model.backend.dtype, device=model.backend.device)
+    gru.forward(seq, train=True)
+    fns = {"gru_forward": lambda: gru.forward(seq, train=True),
+           "gru_backward": lambda: gru.backward(dY, need_dX=False),
+           "train_step": lambda: model.train_step(Xd, Td, loss, opt, check_input=False)}
+    benchmark(fns[kernel])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_torch_gru_base_step(benchmark):
+    import torch
+
+    X, y = _data()
+
+    class GRUBase(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(1, HIDDEN, batch_first=True, bidirectional=True)
+            self.out = torch.nn.Linear(STEPS * 2 * HIDDEN, 10)
+
+        def forward(self, x):
+            return self.out(self.gru(x.reshape(-1, STEPS, 1))[0].reshape(x.shape[0], -1))
+
+    net = GRUBase()
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+
+    benchmark(step)

@@ -11,7 +11,7 @@ from typing import Any
 
 import array_api_compat
 
-__all__ = ["Array", "namespace_of", "sigmoid", "softmax", "logsumexp", "softplus"]
+__all__ = ["Array", "namespace_of", "device_of", "sigmoid", "softmax", "logsumexp", "softplus"]
 
 Array = Any  # an array of any array-API library (NumPy, CuPy, torch, JAX, ...): the type hints' name for one
 
@@ -29,6 +29,11 @@ def namespace_of(x):
     if xp is None:
         xp = _NAMESPACES[kind] = array_api_compat.array_namespace(x)
     return xp
+
+
+def device_of(x):
+    """The device ``x`` lives on (array-api-compat's ``device``): for creating arrays beside it."""
+    return array_api_compat.device(x)
 
 
 def register_namespace(kind, xp):

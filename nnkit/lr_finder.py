@@ -11,6 +11,7 @@ command line.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -61,7 +62,7 @@ def lr_find(model: Any, X: Any, y: Any, loss: Any, optimizer: Any = "sgd", start
     opt = get_optimizer(optimizer)
     opt = type(opt)(**{**opt.hyperparameters(), "lr": start})  # fresh moments, the given settings
     twin = model.clone()
-    twin.rng = np.random.default_rng(model.rng.integers(0, 2**63 - 1))  # the model's own generator is not drawn
+    twin.rng = copy.deepcopy(model.rng)  # the model's shuffles, from a copy: its own generator is not drawn
     Xd = data.as_input(twin, X)
     Td = data.as_target(twin, y, Xd.shape[0], loss)
     n, xp, be = Xd.shape[0], twin.xp, twin.backend

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .functional import namespace_of
+from .functional import device_of, namespace_of
 
 __all__ = ["Metric", "Mean", "TopKAccuracy", "Precision", "Recall", "F1", "R2", "AUC", "UserMetric", "METRICS",
            "get_metrics", "accuracy", "mse", "mae", "confusion_matrix", "add_sums", "read_sums"]
@@ -43,13 +43,7 @@ def _total(xp, per_example, w):
 
 
 def _weight_sum(xp, out, w):
-    return xp.asarray(float(out.shape[0]), dtype=out.dtype, device=_device(out)) if w is None else xp.sum(w)
-
-
-def _device(x):
-    import array_api_compat
-
-    return array_api_compat.device(x)
+    return xp.asarray(float(out.shape[0]), dtype=out.dtype, device=device_of(out)) if w is None else xp.sum(w)
 
 
 # -- the per-example means --------------------------------------------------------------------------------
@@ -101,8 +95,9 @@ class Metric:
         return ()
 
     def value(self, total, n):
-        """The reported number from the epoch's host sum ``total`` (float64, of :meth:`shape`) and its Σw ``n``."""
-        raise NotImplementedError
+        """The reported number from the epoch's host sum ``total`` (float64, of :meth:`shape`) and its Σw ``n``:
+        by default the weighted mean total / n (a metric whose batch statistic is Σ w·score)."""
+        return float(total) / n
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"
@@ -116,10 +111,6 @@ class Mean(Metric):
 
     def __call__(self, out, T, loss, w=None):
         return self.fn(out, T, loss, w)
-
-    def value(self, total, n):
-        """See :meth:`Metric.value`."""
-        return float(total) / n
 
 
 class TopKAccuracy(Metric):
@@ -139,16 +130,12 @@ class TopKAccuracy(Metric):
         target = xp.sum(out * T, axis=1, keepdims=True) if T.shape == out.shape else None
         if target is None:
             raise ValueError("top_k_accuracy needs class targets (labels or one-hot rows)")
-        dev = _device(out)
+        dev = device_of(out)
         label = xp.argmax(T, axis=1)
         later = xp.arange(out.shape[1], device=dev)[None, :] > label[:, None]
         above = (out > target) | ((out == target) & later)  # ranked above the target, as scikit-learn ranks
         hit = xp.astype(xp.sum(xp.astype(above, out.dtype), axis=1) < self.k, out.dtype)
         return xp.sum(hit) if w is None else _total(xp, hit, w)
-
-    def value(self, total, n):
-        """See :meth:`Metric.value`."""
-        return float(total) / n
 
 
 # -- from the confusion matrix ----------------------------------------------------------------------------
@@ -172,7 +159,7 @@ def _confusion(out, T, loss, w):
     """C (K×K) with C[i, j] = Σ w·[true = i][predicted = j]: one small matrix product on the device."""
     xp = namespace_of(out)
     true, pred, k = _labels(out, T, loss)
-    dev = _device(out)
+    dev = device_of(out)
     A, B = _one_hot(xp, true, k, out.dtype, dev), _one_hot(xp, pred, k, out.dtype, dev)
     if w is not None:
         A = A * w[:, None]
@@ -257,7 +244,7 @@ class R2(Metric):
     def __call__(self, out, T, loss, w=None):
         xp = namespace_of(out)
         pred = loss.predict(out)
-        wc = xp.ones((out.shape[0], 1), dtype=out.dtype, device=_device(out)) if w is None else w[:, None]
+        wc = xp.ones((out.shape[0], 1), dtype=out.dtype, device=device_of(out)) if w is None else w[:, None]
         ones = xp.ones_like(T)
         return xp.stack([xp.sum(wc * ones, axis=0), xp.sum(wc * T, axis=0), xp.sum(wc * T * T, axis=0),
                          xp.sum(wc * (T - pred) ** 2, axis=0)])
@@ -292,7 +279,7 @@ class AUC(Metric):
     def __call__(self, out, T, loss, w=None):
         xp = namespace_of(out)
         true, _, k = _labels(out, T, loss)
-        dev = _device(out)
+        dev = device_of(out)
         # K classes: the probabilities (one-vs-rest ranks each column of softmax, not of the logits); one output:
         # the logit itself (σ is monotone, and ranks are all AUC sees)
         scores = loss.predict(out) if out.shape[1] > 1 else xp.concat([-out, out], axis=1)
@@ -345,10 +332,6 @@ class UserMetric(Metric):
             raise ValueError(f"metric {self.name!r} must return one number for the batch (a 0-d array), "
                              f"got shape {tuple(value.shape)}")
         return value * _weight_sum(xp, out, w)
-
-    def value(self, total, n):
-        """See :meth:`Metric.value`."""
-        return float(total) / n
 
 
 METRICS = {"accuracy": lambda: Mean("accuracy", accuracy), "mse": lambda: Mean("mse", mse),
@@ -403,13 +386,15 @@ def add_sums(sums, batch, metric_fns):
     return [a + [b] if c else a + b for a, b, c in zip(sums, batch, collect)]
 
 
-def read_sums(be, sums):
+def read_sums(be, sums, reduce=None):
     """One device → host read of every entry of ``sums`` (arrays, or lists of arrays to join): NumPy arrays
-    of their shapes."""
+    of their shapes.  ``reduce`` (a communicator's all-reduce) is applied to the joined vector before the read."""
     xp = be.xp
     joined = [xp.concat(s, axis=0) if isinstance(s, list) else s for s in sums]
     shapes = [tuple(a.shape) for a in joined]
     flat = xp.concat([xp.reshape(xp.astype(a, be.dtype), (-1,)) for a in joined]) if joined else None
+    if flat is not None and reduce is not None:
+        flat = reduce(flat)
     host = be.to_numpy(flat) if flat is not None else np.zeros(0)
     out, at = [], 0
     for shape in shapes:

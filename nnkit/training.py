@@ -18,8 +18,6 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 
 from . import checkpoint as ckpt
 from . import data
@@ -299,7 +297,7 @@ class _Run:
         xp = self.xp
         weight = xp.asarray(float(xb.shape[0]), dtype=self.be.dtype, device=self.be.device) if wb is None \
             else xp.sum(wb)
-        host = read_sums(self.be, [weight] + [s if not isinstance(s, list) else s for s in batch])
+        host = read_sums(self.be, [weight] + list(batch))
         return _logs(host[1:], self.metric_fns, float(host[0]))
 
     def epoch_logs(self, sums, stop):
@@ -312,15 +310,8 @@ class _Run:
             sums = sums + self.data.validation_sums(nothing)
         if self.parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
             flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
-            shapes = [tuple(s.shape) for s in sums]
-            flat = xp.concat([xp.reshape(s, (-1,)) for s in sums] + [xp.reshape(flag, (1,))])
-            host = be.to_numpy(self.comm.allreduce(flat))
-            stop.raised = stop.raised or bool(host[-1] > 0)
-            parts, at = [], 0
-            for shape in shapes:
-                size = int(np.prod(shape)) if shape else 1
-                parts.append(np.asarray(host[at:at + size], dtype=np.float64).reshape(shape))
-                at += size
+            parts = read_sums(be, sums + [flag], reduce=self.comm.allreduce)
+            stop.raised = stop.raised or bool(parts.pop() > 0)
         else:
             parts = read_sums(be, sums)
         logs = _logs(parts[:n_train], self.metric_fns, self.data.total)

@@ -305,6 +305,9 @@ def test_lr_find_leaves_the_model_alone_and_reads_once(tmp_path):
     assert be.host_transfers - reads - few == few  # no read per step: the same reads for 10 steps and 60
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+    rng_state = model.rng.bit_generator.state
+    nnkit.lr_find(model, X, Y, "cross_entropy", steps=5, batch_size=16)
+    assert model.rng.bit_generator.state == rng_state  # the model's shuffles are not drawn either
     assert len(result.lrs) == len(result.losses) == 60 and result.lrs[0] == pytest.approx(1e-7)
     assert result.lrs[-1] == pytest.approx(10.0) and np.all(np.diff(result.lrs) > 0)
     assert result.suggestion is None or 1e-7 <= result.suggestion <= 10.0

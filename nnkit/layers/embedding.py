@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional import Array
+from ..functional import Array, device_of
 from .core import Layer, ShapeError, check_size
 
 __all__ = ["Embedding"]
@@ -71,7 +71,7 @@ class Embedding(Layer):
         xp = self.xp
         flat, shape = self._cache
         dY2 = xp.reshape(self.storage(dY), (-1, self.embedding_dim))
-        rows = xp.arange(self.num_embeddings, device=_device(flat))
+        rows = xp.arange(self.num_embeddings, device=device_of(flat))
         onehot = xp.astype(flat[:, None] == rows[None, :], dY2.dtype)  # (B·T, num)
         dW = onehot.T @ dY2
         if self.padding_idx is not None:
@@ -105,9 +105,3 @@ class Embedding(Layer):
     def __repr__(self):
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"Embedding({self.num_embeddings}, {self.embedding_dim}{pad})"
-
-
-def _device(x):
-    import array_api_compat
-
-    return array_api_compat.device(x)

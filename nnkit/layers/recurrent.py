@@ -30,7 +30,7 @@ import math
 from typing import Any
 
 from .. import functional as F
-from ..functional import Array
+from ..functional import Array, device_of
 from .core import Layer, ShapeError, check_size
 
 __all__ = ["RNN", "GRU", "LSTM"]
@@ -108,7 +108,7 @@ class _Recurrent(Layer):
         return self.compute(finals[0] if self.directions == 1 else xp.concat(finals, axis=1))
 
     def _zero_state(self, xp, B, dtype):
-        h = xp.zeros((B, self.hidden_size), dtype=dtype, device=_device(self, xp))
+        h = xp.zeros((B, self.hidden_size), dtype=dtype, device=device_of(self.params["weight_hh"]))
         return (h,)
 
     def _step(self, xp, xw, state, p):
@@ -169,7 +169,7 @@ class _Recurrent(Layer):
     # -- the ways out ------------------------------------------------------------------------------------------
     onnx_gate_order: tuple[int, ...] = (0,)  # which of PyTorch's gate blocks ONNX's operator takes in turn
 
-    def _onnx_stacked(self, g, name):
+    def _onnx_stacked(self, name):
         """The weights of both directions as ONNX wants them: (dirs, G·H, ·), gate blocks in ONNX's order."""
         import numpy as np
 
@@ -188,8 +188,8 @@ class _Recurrent(Layer):
         (B, T, dirs·H), or Y_h (dirs, B, H) to (B, dirs·H)."""
         import numpy as np
 
-        W, R = self._onnx_stacked(g, "weight_ih"), self._onnx_stacked(g, "weight_hh")
-        bias = np.concatenate([self._onnx_stacked(g, "bias_ih"), self._onnx_stacked(g, "bias_hh")], axis=1)
+        W, R = self._onnx_stacked("weight_ih"), self._onnx_stacked("weight_hh")
+        bias = np.concatenate([self._onnx_stacked("bias_ih"), self._onnx_stacked("bias_hh")], axis=1)
         attrs = dict(hidden_size=self.hidden_size, direction="bidirectional" if self.bidirectional else "forward")
         attrs.update(self._onnx_attrs())
         xt = g.op("Transpose", [x], "time_major", perm=[1, 0, 2])
@@ -239,8 +239,7 @@ class _Recurrent(Layer):
                                                 bidirectional=self.bidirectional, dtype=ctx.dtype,
                                                 **self._torch_kwargs())
         for name in self.param_names:
-            base, _, rev = name.partition("_reverse")
-            ctx.load(getattr(rnn, f"{base}_l0{'_reverse' if name.endswith('_reverse') else ''}"), self.params[name])
+            ctx.load(getattr(rnn, _torch_name(name)), self.params[name])
         return self.torch_module(ctx.nn)(rnn, self.return_sequences)
 
     @classmethod
@@ -263,9 +262,7 @@ class _Recurrent(Layer):
         extra = {"nonlinearity": rnn.nonlinearity} if layer_cls is RNN else {}
         layer = layer_cls(rnn.input_size, rnn.hidden_size, bidirectional=rnn.bidirectional,
                           return_sequences=m.return_sequences, **extra)
-        params = {name: ctx.array(getattr(rnn, f"{name.replace('_reverse', '')}_l0"
-                                               f"{'_reverse' if name.endswith('_reverse') else ''}"))
-                  for name in layer.param_names}
+        params = {name: ctx.array(getattr(rnn, _torch_name(name))) for name in layer.param_names}
         return layer, params, {}
 
     def config(self) -> dict[str, Any]:
@@ -278,11 +275,10 @@ class _Recurrent(Layer):
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
 
-def _device(layer, xp):
-    p = layer.params["weight_hh"]
-    import array_api_compat
-
-    return array_api_compat.device(p)
+def _torch_name(name):
+    """PyTorch's name of a parameter: ``weight_ih`` → ``weight_ih_l0``, ``weight_ih_reverse`` → ``weight_ih_l0_reverse``."""
+    base, reverse = (name[:-len("_reverse")], "_reverse") if name.endswith("_reverse") else (name, "")
+    return f"{base}_l0{reverse}"
 
 
 class RNN(_Recurrent):
@@ -387,7 +383,7 @@ class LSTM(_Recurrent):
     onnx_gate_order = (0, 3, 1, 2)  # ONNX: i, o, f, c
 
     def _zero_state(self, xp, B, dtype):
-        h = xp.zeros((B, self.hidden_size), dtype=dtype, device=_device(self, xp))
+        h = xp.zeros((B, self.hidden_size), dtype=dtype, device=device_of(self.params["weight_hh"]))
         return (h, xp.zeros_like(h))
 
     def _step(self, xp, xw, state, p):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import array_api_compat
 
 from ..backend import host_copy
 from ..files import atomic_write
@@ -65,9 +66,11 @@ class Graph:
         return f"{hint}_{self.n}"
 
     def const(self, value, hint="c"):
-        """An initializer holding ``value`` (host data) in the model's dtype; its name."""
+        """An initializer holding ``value`` (host data, or an array of any backend: copied to the host) in the
+        model's dtype; its name."""
         name = self.name(hint)
-        self.inits.append(self.numpy_helper.from_array(np.asarray(value, dtype=self.dtype), name))
+        host = host_copy(value) if array_api_compat.is_array_api_obj(value) else value
+        self.inits.append(self.numpy_helper.from_array(np.asarray(host, dtype=self.dtype), name))
         return name
 
     def ints(self, values, hint="shape"):
@@ -78,11 +81,11 @@ class Graph:
 
     def param(self, layer, name):
         """An initializer holding ``layer.params[name]`` (copied to the host); its name."""
-        return self.const(host_copy(layer.params[name]), name)
+        return self.const(layer.params[name], name)
 
     def buffer(self, layer, name):
         """An initializer holding ``layer.buffers[name]`` (running statistics); its name."""
-        return self.const(host_copy(layer.buffers[name]), name)
+        return self.const(layer.buffers[name], name)
 
     def op(self, kind, inputs, hint=None, outputs=1, **attrs):
         """A node of operator ``kind`` on the named ``inputs``; its output's name (a list of ``outputs`` names

@@ -170,26 +170,18 @@ class _Recurrent(Layer):
     onnx_gate_order: tuple[int, ...] = (0,)  # which of PyTorch's gate blocks ONNX's operator takes in turn
 
     def _onnx_stacked(self, name):
-        """The weights of both directions as ONNX wants them: (dirs, G·H, ·), gate blocks in ONNX's order."""
-        import numpy as np
-
-        from ..backends import host_copy
-
-        H = self.hidden_size
-        out = []
-        for suffix in ("", "_reverse")[:self.directions]:
-            a = np.asarray(host_copy(self.params[name + suffix]))
-            out.append(np.concatenate([a[k * H:(k + 1) * H] for k in self.onnx_gate_order], axis=0))
-        return np.stack(out)
+        """The weights of both directions as ONNX wants them: (dirs, G·H, ·), gate blocks in ONNX's order (an array
+        of the model's backend; the graph copies it to the host)."""
+        xp, H = self.xp, self.hidden_size
+        return xp.stack([xp.concat([self.params[name + suffix][k * H:(k + 1) * H] for k in self.onnx_gate_order],
+                                   axis=0) for suffix in ("", "_reverse")[:self.directions]])
 
     def to_onnx(self, g, x):
         """ONNX's ``RNN``/``GRU``/``LSTM`` operator (time-major: the batch and time axes swapped around it), PyTorch's
         gate blocks reordered to ONNX's, B = [b_ih, b_hh]; the outputs (T, dirs, B, H) brought back to
         (B, T, dirs·H), or Y_h (dirs, B, H) to (B, dirs·H)."""
-        import numpy as np
-
         W, R = self._onnx_stacked("weight_ih"), self._onnx_stacked("weight_hh")
-        bias = np.concatenate([self._onnx_stacked("bias_ih"), self._onnx_stacked("bias_hh")], axis=1)
+        bias = self.xp.concat([self._onnx_stacked("bias_ih"), self._onnx_stacked("bias_hh")], axis=1)
         attrs = dict(hidden_size=self.hidden_size, direction="bidirectional" if self.bidirectional else "forward")
         attrs.update(self._onnx_attrs())
         xt = g.op("Transpose", [x], "time_major", perm=[1, 0, 2])

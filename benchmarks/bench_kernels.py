@@ -41,9 +41,12 @@ def _run(benchmark, c, kernel, rounds, warmup):
 COMPILED_KERNELS = ("train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight")
 
 
-def _marks(target, dtype):
-    """Skip with the reason where the target is missing or cannot run the dtype / precision policy."""
+def _marks(target, dtype, shape="S"):
+    """Skip with the reason where the target is missing or cannot run the dtype / precision policy, or — beyond
+    the S shape — where the policy is only emulated on this device (:func:`nnkit.bench.why_emulated`)."""
     why = H.why_not(target, dtype)
+    if why is None and shape != "S":
+        why = H.why_emulated(target, dtype)
     return [pytest.mark.skipif(why is not None, reason=why or "")]
 
 
@@ -51,8 +54,8 @@ def _cases():
     for t in _targets():
         target = t.values[0]
         for dtype in H.DTYPES:
-            marks = _marks(target, dtype)
             for shape in (["S"] if target == "torch-compile" else H.SHAPES):
+                marks = _marks(target, dtype, shape)
                 for kernel in H.KERNELS:
                     if kernel == "torch_eager_step" or (target in H.COMPILED and kernel not in COMPILED_KERNELS):
                         continue
@@ -65,7 +68,7 @@ def _peers():
         if t.values[0] in H.PEERS:
             for dtype in H.DTYPES:
                 for shape in H.SHAPES:
-                    yield pytest.param(t.values[0], dtype, shape, marks=_marks(t.values[0], dtype),
+                    yield pytest.param(t.values[0], dtype, shape, marks=_marks(t.values[0], dtype, shape),
                                        id=f"{t.values[0]}-{dtype}-{shape}")
 
 

@@ -27,7 +27,8 @@ def _data():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kernel", ["gru_forward", "gru_backward", "train_step"])
+@pytest.mark.parametrize("kernel", ["gru_forward", "gru_backward", "gru_forward_masked", "gru_backward_masked",
+                                    "train_step"])
 def test_gru_kernels(benchmark, backend, kernel):
     X, y = _data()
     model = gru_base(backend)
@@ -36,9 +37,13 @@ def test_gru_kernels(benchmark, backend, kernel):
     gru = model.layers[1]
     seq = model.xp.reshape(Xd, (BATCH, STEPS, 1))
     dY = model.xp.ones((BATCH, STEPS, 2 * HIDDEN), dtype=model.backend.dtype, device=model.backend.device)
-    gru.forward(seq, train=True)
+    lengths = np.random.default_rng(1).integers(1, STEPS + 1, BATCH)  # variable lengths: the padding mask
+    mask = nnkit.data.mask_of(model, lengths, STEPS)
+    gru.forward(seq, train=True, mask=mask if kernel.endswith("_masked") else None)
     fns = {"gru_forward": lambda: gru.forward(seq, train=True),
            "gru_backward": lambda: gru.backward(dY, need_dX=False),
+           "gru_forward_masked": lambda: gru.forward(seq, train=True, mask=mask),
+           "gru_backward_masked": lambda: gru.backward(dY, need_dX=False),
            "train_step": lambda: model.train_step(Xd, Td, loss, opt, check_input=False)}
     benchmark(fns[kernel])
 

@@ -1,11 +1,13 @@
 """MNIST-1D and the bundled digits: the MNIST-1D paper's MLP against a modern variant, three seeds each.
 
     pip install mnist1d && python -m benchmarks.run_mnist1d [--seeds 0 1 2] [--epochs 150] [--out FILE.md]
-        [--backend torch --precisions none mixed_bfloat16] [--variants paper] [--data mnist1d]
+        [--backend torch --precisions none mixed_bfloat16] [--variants paper modern cnn gru] [--data mnist1d]
 
 MNIST-1D (Greydanus & Kobak, 2024) is generated offline by its package (4,000 training and 1,000 test
 sequences of 40 values, 10 classes).  The paper's MLP: 40-100-100-10, ReLU, the second hidden layer
-residual, Adam (lr 1e-2), batch 100, 6,000 steps (150 epochs).  The modern variant keeps the widths and
+residual, Adam (lr 1e-2), batch 100, 6,000 steps (150 epochs); ``cnn`` and ``gru`` add the paper's ConvBase and
+the reference GRUBase (a bidirectional GRU of hidden size 6 over the 40 samples, Dense(480, 10)), each beside
+PyTorch's same network trained in the same run.  The modern variant keeps the widths and
 the optimizer and adds LayerNorm, GELU and dropout 0.1 (``Sequential.mlp(..., norm="layer",
 activation="gelu", dropout=0.1, residual=True)``).  Both also train on the bundled 8×8 digits (64 inputs).
 """
@@ -46,15 +48,61 @@ def run_cnn(data, seed, epochs, backend="numpy", precision=None):
     return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
 
 
+def _torch_convbase():
+    nn = __import__("torch").nn
+    return nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, 25, 5, 2, 1), nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1),
+                         nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10))
+
+
 def run_torch_cnn(data, seed, epochs):
-    """The same ConvBase in plain PyTorch (its own initialisation, Adam 1e-2, batch 100, shuffled each epoch)."""
+    """The same ConvBase in plain PyTorch."""
+    return run_torch(_torch_convbase, data, seed, epochs)
+
+
+def grubase():
+    """The MNIST-1D reference GRUBase on a (B, 40) row: the 40 samples as 40 steps of one feature through a
+    bidirectional GRU of hidden size 6, all 40 outputs (40 × 12) flattened into a Dense to 10."""
+    return [nnkit.Reshape((40, 1)), nnkit.GRU(1, 6, bidirectional=True), nnkit.Flatten(), nnkit.Dense(480, 10)]
+
+
+def run_gru(data, seed, epochs, backend="numpy", precision=None):
+    X, y, Xt, yt = data
+    model = nnkit.Sequential(grubase(), seed=seed, backend=backend, precision=precision, input_shape=(40,))
+    t0 = time.perf_counter()
+    model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=epochs, batch_size=100,
+              verbose=0)
+    seconds = time.perf_counter() - t0
+    return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
+
+
+class _TorchGRUBase:
+    """The reference notebook's GRUBase in plain PyTorch: ``nn.GRU(1, 6, batch_first, bidirectional)`` then
+    ``nn.Linear(480, 10)`` on the flattened outputs."""
+
+    def __new__(cls):
+        import torch
+
+        class GRUBase(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gru = torch.nn.GRU(1, 6, batch_first=True, bidirectional=True)
+                self.linear = torch.nn.Linear(480, 10)
+
+            def forward(self, x):
+                out, _ = self.gru(x.unsqueeze(-1))
+                return self.linear(out.flatten(1))
+
+        return GRUBase()
+
+
+def run_torch(net_fn, data, seed, epochs):
+    """A network of ``net_fn()`` trained in plain PyTorch (its own initialisation, Adam 1e-2, batch 100,
+    shuffled each epoch); (test accuracy, seconds)."""
     import torch
 
     X, y, Xt, yt = data
     torch.manual_seed(seed)
-    nn = torch.nn
-    net = nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, 25, 5, 2, 1), nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1),
-                        nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10))
+    net = net_fn()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     tX, ty = torch.from_numpy(X), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
@@ -111,9 +159,10 @@ def main(argv=None):
     p.add_argument("--precisions", nargs="+", default=["none"],
                    choices=["none", "mixed_bfloat16", "mixed_float16", "tf32"],
                    help="precision policies to compare, each on the same seeds (default: none)")
-    p.add_argument("--variants", nargs="+", choices=["paper", "modern", "cnn"], default=["paper", "modern"],
-                   help="the MLPs (paper, modern) and the paper's ConvBase CNN (cnn: with PyTorch's same network "
-                        "in the same run, when PyTorch is installed)")
+    p.add_argument("--variants", nargs="+", choices=["paper", "modern", "cnn", "gru"],
+                   default=["paper", "modern"],
+                   help="the MLPs (paper, modern), the paper's ConvBase CNN (cnn) and the reference GRUBase (gru: "
+                        "with PyTorch's same network in the same run, when PyTorch is installed)")
     p.add_argument("--data", nargs="+", choices=["mnist1d", "digits"], default=["mnist1d", "digits"])
     args = p.parse_args(argv)
     try:  # the backend and every precision asked for, checked before any data is made or model trained
@@ -138,19 +187,23 @@ def main(argv=None):
                          + " | ".join(f"{100 * a:.1f}%" for a in accs)
                          + f" | {100 * statistics.mean(accs):.1f}% | {statistics.mean(secs):.1f} |")
             print(lines[-1], flush=True)
-        if "cnn" in args.variants and data_name == "MNIST-1D":
-            rows = [(f"{prec} ({args.backend})", lambda s, p=prec: run_cnn(data, s, args.epochs, args.backend,
-                                                                      None if p == "none" else p))
+        for variant, label, ours, theirs in (("cnn", "ConvBase CNN", run_cnn, run_torch_cnn),
+                                             ("gru", "GRUBase (bidirectional GRU 6)", run_gru,
+                                              lambda d, s, e: run_torch(_TorchGRUBase, d, s, e))):
+            if variant not in args.variants or data_name != "MNIST-1D":
+                continue
+            rows = [(f"{prec} ({args.backend})", lambda s, p=prec, f=ours: f(data, s, args.epochs, args.backend,
+                                                                             None if p == "none" else p))
                     for prec in args.precisions]
             try:
                 import torch  # noqa: F401
 
-                rows.append(("PyTorch eager, float32 (same run)", lambda s: run_torch_cnn(data, s, args.epochs)))
+                rows.append(("PyTorch eager, float32 (same run)", lambda s, f=theirs: f(data, s, args.epochs)))
             except ImportError:
                 pass
-            for label, fn in rows:
+            for name, fn in rows:
                 accs, secs = zip(*(fn(s) for s in args.seeds))
-                lines.append(f"| {data_name} | ConvBase CNN | {label} | " + " | ".join(f"{100 * a:.1f}%" for a in accs)
+                lines.append(f"| {data_name} | {label} | {name} | " + " | ".join(f"{100 * a:.1f}%" for a in accs)
                              + f" | {100 * statistics.mean(accs):.1f}% | {statistics.mean(secs):.1f} |")
                 print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ PyTorch or any array library array-api-compat wraps (``backend=``).
 from .backend import Backend, get_backend
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D,
-                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding)
+                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding, SequencePool)
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
@@ -16,15 +16,15 @@ from .checkpoint import CheckpointError
 from .preprocessing import Preprocessing
 from .perceptron import Perceptron
 from .lr_finder import lr_find
-from . import init, optim, functional, datasets, callbacks, precision, plots, metrics
+from . import init, optim, functional, datasets, callbacks, precision, plots, metrics, data
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D",
-    "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "Sigmoid",
+    "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "SequencePool", "Sigmoid",
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",
-    "TrainingDivergedError", "GradientStats", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "lr_find", "metrics", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron", "plots",
+    "TrainingDivergedError", "GradientStats", "ModelCheckpoint", "ProgbarLogger", "LearningRateScheduler", "callbacks", "lr_find", "metrics", "load", "CheckpointError", "Preprocessing", "precision", "Perceptron", "plots", "data",
 ]

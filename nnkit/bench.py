@@ -98,6 +98,26 @@ def why_not(target, dtype):
     return None
 
 
+EMULATED = 4.0  # a 16-bit policy whose matmuls run this much slower than float32 is emulated on this device
+
+
+def why_emulated(target, dtype):
+    """None, or why timing ``dtype`` on ``target`` beyond the small shape would say nothing but wait: a 16-bit
+    policy on a device without that dtype's matrix unit (float16 on most CPUs; bfloat16 without AVX512-BF16 or
+    AMX), whose matmuls were measured here more than ``EMULATED`` times slower than float32's (one small probe
+    per device, :func:`nnkit.precision.matmul_speeds`).  On such a CPU PyTorch's float16 step of the L shape
+    takes minutes."""
+    storage, precision = split_dtype(dtype)
+    if precision is None or precision == "tf32" or why_not(target, dtype) is not None:
+        return None
+    compute = nnkit.precision.Policy(precision, target_backend(target, storage)).compute_dtype_name
+    fast, slow = nnkit.precision.matmul_speeds(target_backend(target, storage), compute)
+    if slow * EMULATED < fast:
+        return (f"{precision} on {target} here: {compute} matmuls run at {slow:.3g} GFLOP/s against {fast:.3g} in "
+                f"float32 ({fast / slow:.0f}× slower: no {compute} matrix unit), so only the S shape is timed")
+    return None
+
+
 def host_batch(sizes, batch, dtype, seed=0):
     """(X, labels) on the host: standard-normal features, uniform labels."""
     rng = np.random.default_rng(seed)

@@ -34,14 +34,17 @@ import array_api_compat
 
 from .backend import host_copy, is_sparse
 from .distributed import rank_slice
-from .functional import namespace_of
+from .functional import device_of, namespace_of
 from .layers import fmt_shape
+from .layers.core import reads_padding
 from .metrics import add_sums
+from .losses import position_weights
 
 __all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
            "dense", "check_range", "host_or_native", "numeric_host",
            "host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
-           "BatchError", "predict", "class_weights"]
+           "BatchError", "predict", "class_weights", "pad_sequences", "is_ragged", "Sequences", "sequences",
+           "weight_total"]
 
 
 class BatchError(ValueError):
@@ -70,9 +73,13 @@ def is_memmap(a):
 
 
 def _batch_list(X):
-    """A list or tuple of (X, y[, w]) batches (not a nested list of numbers)."""
+    """A list or tuple of (X, y[, w]) batches (not a nested list of numbers); a batch's X may be a list of
+    variable-length sequences (arrays)."""
+    def _inputs(x):
+        return hasattr(x, "shape") or (isinstance(x, (list, tuple)) and len(x) > 0
+                                       and all(hasattr(s, "shape") for s in x))
     return isinstance(X, (list, tuple)) and len(X) > 0 and all(
-        isinstance(b, (tuple, list)) and len(b) in (2, 3) and hasattr(b[0], "shape") for b in X)
+        isinstance(b, (tuple, list)) and len(b) in (2, 3) and _inputs(b[0]) for b in X)
 
 
 def is_stream(X, y=None):
@@ -249,6 +256,203 @@ def prefetch(items, depth=2):
             thread.join(timeout=0.05)
 
 
+# -- sequences of different lengths: padded, with their lengths -------------------------------------------
+MAX_PADDING = 16  # a padded array may hold at most this many times the sequences' own elements (or 2**24)
+
+
+def _sequence_list(X):
+    """True for a list or tuple of arrays (or nested lists) of one or more dimensions — sequences (T_i, ...) —
+    whose lengths differ (equal lengths stack into one array and need no padding)."""
+    if not isinstance(X, (list, tuple)) or len(X) == 0 or _batch_list(X):
+        return False
+    lengths = set()
+    for x in X:
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            if not isinstance(x, (list, tuple)):
+                return False
+            shape = np.shape(x) if x and not isinstance(x[0], (list, tuple)) else (len(x),)
+        if len(shape) == 0:
+            return False
+        lengths.add(int(shape[0]))
+    return len(lengths) > 1
+
+
+def is_ragged(X):
+    """True for sequences of different lengths: a list of (T_i, F) or (T_i,) arrays (see :func:`pad_sequences`)."""
+    return _sequence_list(X)
+
+
+def pad_sequences(sequences, maxlen=None, value=0, dtype=None):
+    """``(padded, lengths)``: sequences of shapes (T_i, ...) — the same trailing shape and kind — as one array
+    (N, T, ...) padded at the end with ``value`` (T the longest, or ``maxlen``: longer ones are refused, not
+    cut), and their lengths (N,) int64.  As PyTorch's ``pad_sequence(batch_first=True)``; give ``lengths`` to
+    ``fit``/``evaluate``/``predict`` with the padded array (a list of sequences is padded for you).
+
+    A sequence must have at least one step.  A padded array larger than 16× the sequences' elements
+    (one very long sequence among short ones) is refused before it is allocated: sort and batch by length."""
+    if not isinstance(sequences, (list, tuple)) or len(sequences) == 0:
+        raise TypeError(f"pad_sequences takes a non-empty list of arrays of shape (T_i, ...), got "
+                        f"{type(sequences).__name__}")
+    arrays = []
+    for i, x in enumerate(sequences):
+        a = numeric_host(x, f"sequence {i}")
+        if a.ndim == 0:
+            raise ValueError(f"sequence {i} is a single number: each sequence is an array (T_i,) or (T_i, F)")
+        if a.shape[0] == 0:
+            raise ValueError(f"sequence {i} is empty: every sequence needs at least one step")
+        if arrays and a.shape[1:] != arrays[0].shape[1:]:
+            raise ValueError(f"sequence {i} has steps of shape {a.shape[1:]} but sequence 0 has "
+                             f"{arrays[0].shape[1:]}: every step of every sequence must have the same shape")
+        arrays.append(a)
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    longest = int(lengths.max())
+    if maxlen is not None:
+        if isinstance(maxlen, bool) or not isinstance(maxlen, (int, np.integer)) or maxlen < 1:
+            raise ValueError(f"maxlen must be a positive integer or None, got {maxlen!r}")
+        if longest > maxlen:
+            raise ValueError(f"sequence {int(np.argmax(lengths))} has {longest} steps, more than maxlen={maxlen}")
+        longest = int(maxlen)
+    step = int(np.prod(arrays[0].shape[1:], dtype=np.int64))
+    own, padded_size = int(lengths.sum()) * step, len(arrays) * longest * step
+    if padded_size > max(MAX_PADDING * own, 2 ** 24):
+        raise ValueError(f"padding {len(arrays)} sequences to {longest} steps would hold {padded_size:,} numbers for "
+                         f"{own:,} of data: sort the sequences by length and pass them in batches of similar lengths "
+                         "(or cut them to a maxlen)")
+    kinds = {a.dtype.kind for a in arrays}
+    if dtype is None:
+        dtype = np.result_type(*[a.dtype for a in arrays]) if len(kinds) == 1 or "f" in kinds else np.int64
+    out = np.full((len(arrays), longest) + arrays[0].shape[1:], value, dtype=dtype)
+    for i, a in enumerate(arrays):
+        out[i, :a.shape[0]] = a
+    return out, lengths
+
+
+class Sequences:
+    """A batch of padded sequences on the model's device: ``X`` (N, T, ...), the mask ``M`` (N, T) (1 at a real
+    step, 0 at padding) and the host ``lengths``; ``M`` None when every sequence is T long."""
+
+    __slots__ = ("X", "M", "lengths")
+
+    def __init__(self, X, M, lengths):
+        self.X, self.M, self.lengths = X, M, lengths
+
+
+def check_lengths(lengths, n, T):
+    """The host lengths (n,) int64: integers in [1, T], one per sequence."""
+    try:
+        arr = np.asarray(lengths)
+    except (TypeError, ValueError):
+        raise TypeError(f"lengths must be integers, got {type(lengths).__name__}") from None
+    if arr.dtype.kind not in "iu" or arr.shape != (n,):
+        raise ValueError(f"lengths must be {n} integers (one per sequence, each in [1, {T}]), got "
+                         f"{arr.dtype} of shape {arr.shape}")
+    if n and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must lie in [1, {T}] (the padded length), got {int(arr.min())} to {int(arr.max())}")
+    return arr.astype(np.int64)
+
+
+def mask_of(model, lengths, T):
+    """The (n, T) mask of ``lengths`` in the model's dtype on its device (1 at t < length), or None when no
+    sequence is shorter than T."""
+    if lengths is None or bool(np.all(lengths == T)):
+        return None
+    be = model.backend
+    return be.asarray((np.arange(T)[None, :] < lengths[:, None]).astype(np.float64), dtype=be.dtype)
+
+
+def sequences(model, X, lengths=None, check_values=True):
+    """X as the model's input and its padding: a :class:`Sequences` (``X`` checked by :func:`as_input`, the
+    mask ``M``, the host ``lengths``).  X may be a list of (T_i, ...) sequences (padded here), or a padded array
+    with ``lengths`` (n,); else ``M`` and ``lengths`` are None."""
+    lengths_given = lengths
+    if _sequence_list(X):
+        if lengths is not None:
+            raise ValueError("lengths= is for a padded array; a list of sequences brings its own lengths")
+        X, lengths = pad_sequences(X)
+    elif lengths is not None:
+        shape = np.shape(X) if not hasattr(X, "shape") else tuple(X.shape)
+        if len(shape) < 2:
+            raise ValueError(f"lengths= needs padded sequences X of shape (n, T, ...), got shape {tuple(shape)}")
+        lengths = check_lengths(lengths, int(shape[0]), int(shape[1]))
+    ragged = lengths is not None and lengths_given is None
+    Xd = as_input(model, X, check_values)
+    if lengths is None:
+        return Sequences(Xd, None, None)
+    M = mask_of(model, lengths, int(Xd.shape[1]))
+    if M is not None:
+        shape = tuple(int(d) for d in Xd.shape[1:])
+        model._check_batch_shape(shape)
+        bad = reads_padding(model.layers, shape)
+        if bad is not None:
+            what = "X is a list of sequences of different lengths" if ragged else \
+                "X holds padded sequences (lengths=)"
+            msg = (f"{what}, padded to {(len(lengths),) + shape}, but {bad!r} would read the padding "
+                   "as data: sequences go through layers that keep their positions (B, T, F) into one that takes "
+                   "the padding mask (a recurrent layer, SequencePool) or a per-position output; token ids (B, T) "
+                   "start with an Embedding")
+            raise (TypeError if ragged else ValueError)(msg)
+    return Sequences(Xd, M, lengths)
+
+
+def target_sequences(y, lengths):
+    """Targets for sequences of ``lengths`` (host, or None): a list of per-position targets (T_i,) / (T_i, K),
+    one per sequence and of its length, padded (with 0, a valid label that the mask leaves out); anything else
+    (one target per sequence) is returned as it is."""
+    if lengths is None or not isinstance(y, (list, tuple)) or len(y) != len(lengths) or not y \
+            or np.ndim(y[0]) == 0:
+        return y
+    ylen = np.array([np.shape(t)[0] if np.ndim(t) else -1 for t in y])
+    if np.array_equal(ylen, lengths):
+        Y, _ = pad_sequences(y)
+        return Y
+    if len(set(ylen.tolist())) == 1:  # one row per sequence (e.g. one-hot rows)
+        return y
+    raise ValueError("y is a list of per-position targets whose lengths are not those of the input sequences: "
+                     "target i must have X[i]'s length")
+
+
+def positions_of(model):
+    """The positions P each example's output holds — () for a (K,) output, (T,) for a sequence model's (T, K)."""
+    out = model._last_out
+    return tuple(out[:-1]) if out is not None and len(out) >= 2 else ()
+
+
+def row_weights(model, n, w_host=None, m_host=None):
+    """Host float64 (n,): what each example adds to the sums a mean divides by — 1 (or its weight w) for a (B, K)
+    output; for a per-position output the weights of its valid positions (the padding mask ``m_host`` (n, T)
+    times w (n,) or (n, T)).  Call after the batch's shape was checked (``model._last_out``)."""
+    P = positions_of(model)
+    k = int(np.prod(P)) if P else 1
+    w = np.ones((n, 1)) if w_host is None else np.reshape(w_host, (n, -1))
+    if k == 1:
+        return w[:, 0] if w.shape[1] == 1 else w.sum(axis=1)
+    m = np.ones((n, k)) if m_host is None else np.reshape(m_host, (n, -1))
+    return (m * w).sum(axis=1)
+
+
+def weight_total(model, n, w_host=None, m_host=None):
+    """Σ of :func:`row_weights`: the rows n (or Σw), or the weighted valid positions of a per-position output."""
+    return float(row_weights(model, n, w_host, m_host).sum())
+
+
+def device_weight(model, n, W=None, M=None):
+    """The device form of :func:`weight_total` for one batch: the rows or positions (a Python float) or Σ of the
+    position weights (0-d) — no host read."""
+    xp, be = model.xp, model.backend
+    P = positions_of(model)
+    k = int(np.prod(P)) if P else 1
+    if k == 1 or (W is None and M is None):
+        return float(n * k) if W is None else xp.sum(W) * (k if W.ndim == 1 else 1)
+    ww = position_weights(W, M) if M is not None else W
+    return xp.sum(ww) * (k if ww.ndim == 1 else 1)
+
+
+def host_mask(lengths, T):
+    """The host padding mask (n, T) float64 of ``lengths`` (None for None)."""
+    return None if lengths is None else (np.arange(T)[None, :] < lengths[:, None]).astype(np.float64)
+
+
 # -- in-memory data: checked once, converted once (the model's _as_input/_as_target call these) -------------
 def as_input(model, X, check_values=True):
     """Validate X and return it as a (B, *input_shape) array of the model's dtype and device.
@@ -338,6 +542,9 @@ def check_range(model, arr, name):
         )
 
 def as_target(model, y, n_rows, loss, check_values=True):
+    out = model._last_out
+    if model.n_outputs is None and out is not None and len(out) >= 2 and None not in out:
+        return _as_position_target(model, y, n_rows, loss, out, check_values)
     if model.n_outputs is None:
         out = "not known yet" if model._out_shape is None else fmt_shape(model._out_shape)
         raise ValueError(f"the losses compare (B, K) outputs with targets, but the model's output is {out}: "
@@ -349,6 +556,40 @@ def as_target(model, y, n_rows, loss, check_values=True):
     if check_values and arr.ndim == 2:
         check_range(model, arr, "y")
     return loss.prepare_target(arr, model.n_outputs, model.backend)
+
+def _as_position_target(model, y, n_rows, loss, out, check_values):
+    """Per-position targets for outputs (B, *P, K) — a sequence model's (B, T, K): (B, *P) class labels (kept
+    integer labels for a loss that ``keeps_labels``, never a one-hot), or (B, *P, K) values (for K = 1 also
+    (B, *P)); checked as the N = B·prod(P) rows they are scored as (:func:`nnkit.losses.flatten_positions`)."""
+    P, K = tuple(out[:-1]), out[-1]
+    arr = host_or_native(model, y, "y")
+    xp = namespace_of(arr)
+    shape = tuple(int(d) for d in arr.shape)
+    labels_ok = getattr(loss, "keeps_labels", False) or K == 1
+    if shape[1:1 + len(P)] != P or len(shape) not in (1 + len(P) + (0 if labels_ok else 1), 2 + len(P)) \
+            or (len(shape) == 2 + len(P) and shape[-1] != K):
+        per = f"{fmt_shape(P)} class labels or {fmt_shape(P + (K,))} values" if labels_ok else fmt_shape(P + (K,))
+        raise ValueError(f"y has shape {shape} but the model's outputs are {fmt_shape(out)}, one per position: "
+                         f"per-position targets are {per}, for ({n_rows}, ...) rows")
+    _check_rows(arr, n_rows)
+    rows_n = n_rows * int(np.prod(P))
+    flat = xp.reshape(arr, (rows_n,) + tuple(shape[1 + len(P):]))
+    flat = loss.check_target(flat, K, rows_n, check_values)
+    be = model.backend
+    if flat.ndim == 1 and getattr(loss, "keeps_labels", False):
+        if be.owns(flat):
+            flat = namespace_of(flat).astype(flat, be.xp.int64)
+        return be.xp.reshape(be.asarray(flat, dtype=be.xp.int64), (n_rows,) + P)
+    if check_values:
+        check_range(model, flat, "y")
+    T = loss.prepare_target(flat, K, be)
+    return be.xp.reshape(T, (n_rows,) + P + (K,))
+
+
+def _check_rows(y, n_rows):
+    if y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]}: they must have the same length")
+
 
 def host_or_native(model, a, name):
     """``a`` as this backend's array, or as a NumPy array on the host; other libraries are refused."""
@@ -381,16 +622,18 @@ def batch_ranges(n, batch_size):
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None):
-    """[Σ w·loss, Σ w·metric...] over (X, T) (weights W, or 1) as 0-d device arrays (inference, no host
-    read).  A sparse X is densified one batch at a time."""
+def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None, M=None):
+    """[Σ w·loss, Σ w·metric...] over (X, T) (weights W, or 1; the padding mask M of sequences) as 0-d device
+    arrays (inference, no host read); a per-position output is summed over its valid positions.  A sparse X is
+    densified one batch at a time."""
     sums = None
     for s, e in batch_ranges(X.shape[0], batch_size):
-        out, tb = model._forward(rows(model, X, s, e), train=False), T[s:e, ...]
-        if W is None:
+        mb = None if M is None else M[s:e]
+        out = model._forward(rows(model, X, s, e), train=False, mask=mb)
+        out, tb, wb = model.score_rows(out, T[s:e, ...], None if W is None else W[s:e, ...], mb)
+        if wb is None:
             batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
         else:
-            wb = W[s:e]
             batch = [loss.value(out, tb, wb) * model.xp.sum(wb)] + [fn(out, tb, loss, wb) for _, fn in metric_fns]
         sums = add_sums(sums, batch, metric_fns)
     return sums
@@ -415,8 +658,10 @@ def check_weights(model, sample_weight, n):
         w = np.asarray(w, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"sample_weight must be numbers, got {type(sample_weight).__name__}") from None
-    if w.ndim != 1 or w.shape[0] != n:
-        raise ValueError(f"sample_weight must have shape ({n},) (one weight per row), got {w.shape}")
+    P = positions_of(model)
+    if w.shape != (n,) and (not P or w.shape != (n,) + P):
+        per = f" or ({n}, {', '.join(map(str, P))}) (one per position)" if P else ""
+        raise ValueError(f"sample_weight must have shape ({n},) (one weight per row){per}, got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
         raise ValueError("sample_weight must be finite, non-negative and not all zero")
     return model.backend.asarray(w, dtype=model.backend.dtype), w
@@ -449,8 +694,14 @@ def class_weights(labels, class_weight, n_classes=None):
 
 
 def _labels_of(model, T, loss):
-    """The class index of each row of prepared targets T (host), for class weights."""
-    t = np.asarray(host_copy(T), dtype=np.float64)
+    """The class index of each row (or position, flattened) of prepared targets T (host), for class weights."""
+    t = np.asarray(host_copy(T))
+    P = positions_of(model)
+    if P and t.dtype.kind in "iu" and t.ndim == 1 + len(P):  # per-position integer labels
+        return t.ravel().astype(np.int64), max(int(model._last_out[-1]), 2)
+    t = t.astype(np.float64)
+    if P and t.ndim == 2 + len(P):
+        t = t.reshape(-1, t.shape[-1])
     if t.ndim != 2 or loss.name not in ("cross_entropy", "binary_cross_entropy") or \
             (loss.name == "binary_cross_entropy" and t.shape[1] != 1):
         raise ValueError("class_weight needs one class label per example (a cross-entropy loss with one label, "
@@ -472,19 +723,24 @@ class FitData:
         self.rank, self.size, self.parallel = rank, size, size > 1
         self.total = self.total_v = 0.0
         self.stream = self.val_stream = None
-        self.X = self.T = self.W = self.Xv = self.Tv = self.Wv = None
-        self.n = None
+        self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
+        self.n = self.row_w = None
 
-    def load(self, X, y, sample_weight=None, validation_data=None, validation_split=0.0, class_weight=None):
+    def load(self, X, y, sample_weight=None, validation_data=None, validation_split=0.0, class_weight=None,
+             lengths=None):
         """Take the data (arrays, or a stream: :func:`is_stream`) and the validation part; returns self.
-        ``class_weight`` (arrays only) multiplies the training rows' weights (not the validation part's)."""
+        ``class_weight`` (arrays only) multiplies the training rows' weights (not the validation part's).
+        ``lengths`` (n,): the lengths of padded sequences X (a list of sequences brings its own)."""
         if is_stream(X, y):
             if class_weight is not None:
                 raise ValueError("class_weight takes arrays held in memory; for a stream, give each batch its "
                                  "weights (X, y, w)")
+            if lengths is not None:
+                raise ValueError("lengths= is for padded arrays in memory; a stream's batches bring their sequences "
+                                 "as lists of arrays of their own lengths")
             self._setup_stream(X, y, sample_weight, validation_data, validation_split)
         else:
-            self._setup_arrays(X, y, sample_weight, validation_data, validation_split, class_weight)
+            self._setup_arrays(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
         return self
 
     @property
@@ -498,8 +754,10 @@ class FitData:
         return self.stream.n_batches(self.batch_size) or 0
 
     def _prepared(self, stream, order, total, batch_size=None):
-        """A stream's batches as checked device batches (this rank's slice), the rows (or Σ w) of the global
-        batches added to ``self.<total>`` on the host; a batch that cannot be used is a BatchError naming it."""
+        """A stream's batches as checked device batches (this rank's slice), the rows (or Σ w, or the valid
+        positions) of the global batches added to ``self.<total>`` on the host; a batch that cannot be used is a
+        BatchError naming it.  A batch's X may be a list of sequences of different lengths: padded here, with its
+        mask."""
         model, loss, be = self.model, self.loss, self.be
         it = stream.epoch_batches(batch_size or self.batch_size, order)
         with be.activate(), be.copy_stream() as copies:  # the device context is per thread (CUDA)
@@ -514,73 +772,98 @@ class FitData:
                     raise BatchError(f"batch {i} of the stream could not be read: {type(exc).__name__}: "
                                           f"{exc}") from exc
                 try:
+                    lengths = None
+                    if is_ragged(xb):
+                        xb, lengths = pad_sequences(xb)
+                        yb = target_sequences(yb, lengths)
+                        wb = None if wb is None else target_sequences(wb, lengths)
                     xb, yb = host_if_foreign(be, xb), host_if_foreign(be, yb)
                     rows = int(xb.shape[0])
+                    model._check_batch_shape(tuple(int(d) for d in xb.shape[1:]))
                     w_host = None
                     if wb is not None:
                         _, w_host = check_weights(model, host_if_foreign(be, wb), rows)
-                    setattr(self, total, getattr(self, total) + (rows if w_host is None else float(w_host.sum())))
+                    row_w = row_weights(model, rows, w_host, host_mask(lengths, int(xb.shape[1])
+                                                                       if lengths is not None else 0))
+                    setattr(self, total, getattr(self, total) + float(row_w.sum()))
                     a, b = rank_slice(0, rows, self.rank, self.size) if self.parallel else (0, rows)
                     if b <= a:
-                        yield None, None, None, 0.0, e
+                        yield None, None, None, None, 0.0, e
                         continue
-                    X = as_input(model, xb[a:b] if (a, b) != (0, rows) else xb)
-                    T = as_target(model, yb[a:b] if (a, b) != (0, rows) else yb, b - a, loss)
+                    whole = (a, b) == (0, rows)
+                    S = sequences(model, xb if whole else xb[a:b], None if lengths is None else lengths[a:b])
+                    T = as_target(model, yb if whole else yb[a:b], b - a, loss)
                     W = None if w_host is None else be.asarray(w_host[a:b], dtype=be.dtype)
+                    share = float(row_w[a:b].sum() / row_w.sum())
                 except (TypeError, ValueError) as exc:
                     raise BatchError(f"batch {i} (rows {s} to {e - 1}) of the stream: {exc}") from None
                 copies.done()  # this batch's copies are complete before it is handed to the step
-                yield X, T, W, (b - a) / rows, e
+                yield S.X, T, W, S.M, share, e
 
     def stream_sums(self, stream):
         """Validation sums over a stream (inference, in order), its rows (or Σ w) counted in ``total_v``."""
         self.total_v, sums = 0.0, None
-        for X, T, W, _, _ in self._prepared(stream, None, "total_v", max(self.batch_size, 1024)):
+        for X, T, W, M, _, _ in self._prepared(stream, None, "total_v", max(self.batch_size, 1024)):
             if X is None:
                 continue
-            part = batch_sums(self.model, X, T, self.loss, self.metric_fns, max(self.batch_size, 1024), W)
+            part = batch_sums(self.model, X, T, self.loss, self.metric_fns, max(self.batch_size, 1024), W, M)
             sums = part if sums is None else _join_sums(sums, part)
         return sums
 
-    def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split, class_weight=None):
+    def _inputs(self, X, y, sample_weight, lengths, what):
+        """(X, T, W, M, w_host, row weights) of in-memory data: a list of sequences padded (and its per-position
+        targets and weights with it), checked once, on the device once."""
+        model = self.model
+        S = sequences(model, X, lengths)
+        y = target_sequences(y, S.lengths)
+        sample_weight = target_sequences(sample_weight, S.lengths)
+        T = as_target(model, y, S.X.shape[0], self.loss)
+        W, w_host = check_weights(model, sample_weight, S.X.shape[0])
+        m_host = host_mask(S.lengths, int(S.X.shape[1]) if S.lengths is not None else 0)
+        return S.X, T, W, S.M, w_host, row_weights(model, S.X.shape[0], w_host, m_host), m_host
+
+    def _setup_arrays(self, X, y, sample_weight, validation_data, validation_split, class_weight=None, lengths=None):
         """In-memory data: validated once, sent to the device once."""
         model, loss = self.model, self.loss
-        X = as_input(model, X)
-        T = as_target(model, y, X.shape[0], loss)
-        W, w_host = check_weights(model, sample_weight, X.shape[0])
-        self.Wv, wv_host = None, None
+        X, T, W, M, w_host, row_w, m_host = self._inputs(X, y, sample_weight, lengths, "X")
+        self.Wv = self.Mv = None
+        row_wv = None
         if validation_split:
             split = int(X.shape[0] * (1.0 - validation_split))
             if split < 1:
                 raise ValueError(f"validation_split={validation_split} leaves no training rows out of {X.shape[0]}")
             self.Xv, self.Tv, X, T = slice_rows(X, split, None), T[split:, ...], slice_rows(X, 0, split), T[:split, ...]
+            row_wv, row_w = row_w[split:], row_w[:split]
             if W is not None:
-                self.Wv, W, wv_host, w_host = W[split:], W[:split], w_host[split:], w_host[:split]
+                self.Wv, W, w_host = W[split:], W[:split], w_host[:split]
+            if M is not None:
+                self.Mv, M, m_host = M[split:], M[:split], m_host[:split]
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
                                  "sample_weight_val)")
             try:
-                self.Xv = as_input(model, validation_data[0])
-                self.Tv = as_target(model, validation_data[1], self.Xv.shape[0], loss)
-                if len(validation_data) == 3 and validation_data[2] is not None:
-                    self.Wv, wv_host = check_weights(model, validation_data[2], self.Xv.shape[0])
+                wv = validation_data[2] if len(validation_data) == 3 else None
+                self.Xv, self.Tv, self.Wv, self.Mv, _, row_wv, _ = self._inputs(validation_data[0],
+                                                                                validation_data[1], wv, None, "X_val")
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
                                  f"sample_weight_val) of arrays that fit the model: {exc}") from None
+            model._check_batch_shape(tuple(int(d) for d in X.shape[1:]))  # the training data's shape again
         else:
             self.Xv = self.Tv = None
         if class_weight is not None:  # the training rows' weights times their class's
             labels, k = _labels_of(model, T, loss)
-            cw = class_weights(labels, class_weight, k)
-            w_host = cw if w_host is None else w_host * cw
-            if not w_host.sum() > 0:
+            cw = np.reshape(class_weights(labels, class_weight, k), tuple(T.shape[:1 + len(positions_of(model))]))
+            w_host = cw if w_host is None else (w_host[:, None] if w_host.ndim < cw.ndim else w_host) * cw
+            row_w = row_weights(model, X.shape[0], w_host, m_host)
+            if not row_w.sum() > 0:
                 raise ValueError("class_weight leaves every training row with weight 0")
             W = model.backend.asarray(w_host, dtype=model.backend.dtype)
-        self.X, self.T, self.W, self.n = X, T, W, X.shape[0]
-        self.total = float(self.n) if W is None else float(w_host.sum())
-        self.total_v = None if self.Xv is None else (float(self.Xv.shape[0]) if self.Wv is None
-                                                      else float(wv_host.sum()))
+        self.X, self.T, self.W, self.M, self.n = X, T, W, M, X.shape[0]
+        self.row_w = row_w
+        self.total = float(row_w.sum())
+        self.total_v = None if self.Xv is None else float(row_wv.sum())
 
     def _setup_stream(self, X, y, sample_weight, validation_data, validation_split):
         """Streamed data (:mod:`nnkit.data`): checked batch by batch on the host as it is read."""
@@ -605,37 +888,45 @@ class FitData:
                              f"{self.epochs}: pass a function that returns a new generator (fit(lambda: "
                              "make_batches(), ...)) or a re-iterable (a list of batches, a torch DataLoader)")
         self.stream, self.n = stream, stream.n
-        self.X = self.T = self.W = self.Xv = self.Tv = self.Wv = None
+        self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
         self.total = self.total_v = None  # counted while the epoch runs
 
     def batches(self):
-        """(X_b, T_b, W_b, share, end) for this rank's slice of every global batch of an epoch (X_b None
-        when the slice is empty; W_b None without sample weights); one shuffle per epoch, drawn on the
-        host from the model's generator.  A sparse X (host CSR) is densified one batch at a time; a
-        stream's batches are read, checked and copied to the device ahead, in a background thread."""
+        """(X_b, T_b, W_b, M_b, share, end) for this rank's slice of every global batch of an epoch (X_b None
+        when the slice is empty; W_b None without sample weights; M_b the padding mask of variable-length
+        sequences, or None); one shuffle per epoch, drawn on the host from the model's generator.  ``share`` is
+        the slice's part of the global batch's weight (its rows, or its valid positions).  A sparse X (host CSR)
+        is densified one batch at a time; a stream's batches are read, checked and copied to the device ahead,
+        in a background thread."""
         if self.stream is not None:
             self.total = 0.0
             order = self.model.rng.permutation(self.n) if self.shuffle and self.n is not None else None
             yield from prefetch(self._prepared(self.stream, order, "total"))
             return
-        xp, model, W = self.xp, self.model, self.W
+        xp, model, W, M, row_w = self.xp, self.model, self.W, self.M, self.row_w
         sparse = is_sparse(self.X)
         order = None
         if self.shuffle:
             perm = model.rng.permutation(self.n)
-            order = (perm, self.be.asarray(perm)) if sparse else (None, self.be.asarray(perm))
+            order = (perm, self.be.asarray(perm))
         for s, e in batch_ranges(self.n, self.batch_size):
             a, b = rank_slice(s, e, self.rank, self.size) if self.parallel else (s, e)
             if b <= a:  # a global batch smaller than the number of ranks: nothing here this step
-                yield None, None, None, 0.0, e
-            elif order is None:
-                yield (rows(model, self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b],
-                       (b - a) / (e - s), e)
+                yield None, None, None, None, 0.0, e
+                continue
+            if self.parallel:
+                host = np.arange(self.n) if order is None else order[0]
+                share = float(row_w[host[a:b]].sum() / row_w[host[s:e]].sum())
+            else:
+                share = 1.0
+            if order is None:
+                yield (rows(model, self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b, ...],
+                       None if M is None else M[a:b], share, e)
             else:
                 idx = order[1][a:b]
                 xb = dense(model, self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
                 yield (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
-                       (b - a) / (e - s), e)
+                       None if M is None else xp.take(M, idx, axis=0), share, e)
 
     def validation_sums(self, nothing):
         """[Σ w·loss, Σ w·metric...] over this rank's share of the validation data (``nothing`` when it has no
@@ -647,34 +938,54 @@ class FitData:
         if vb <= va:
             return nothing
         return batch_sums(self.model, slice_rows(self.Xv, va, vb), self.Tv[va:vb, ...], self.loss, self.metric_fns,
-                          max(self.batch_size, 1024), None if self.Wv is None else self.Wv[va:vb])
+                          max(self.batch_size, 1024), None if self.Wv is None else self.Wv[va:vb, ...],
+                          None if self.Mv is None else self.Mv[va:vb])
 
 
 # -- prediction: in memory, in batches, or streamed ----------------------------------------------------
-def predict(model, X, batch_size=None):
+def predict(model, X, batch_size=None, lengths=None):
     """``model``'s output for X (inference mode), as an array of its backend: in memory at once, or in
     batches of ``batch_size`` rows (sparse input: 4096 by default, densified a batch at a time), or — X
     streamed (a memory-mapped array, a dataset, batches) — a batch at a time (default 4096 rows), the
-    outputs joined in order.  A bad streamed batch is a :class:`BatchError` naming it."""
-    stream = is_stream(X)
+    outputs joined in order.  A bad streamed batch is a :class:`BatchError` naming it.
+
+    Sequences of different lengths — a list of (T_i, ...) arrays, or a padded array with ``lengths`` — are
+    padded to the longest; a per-position output (n, T, K) is zero at the padded positions."""
+    stream = is_stream(X) and not is_ragged(X)
     if stream and batch_size is None:
         batch_size = 4096
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if stream:
+        if lengths is not None:
+            raise ValueError("lengths= is for padded arrays in memory; a stream's batches bring their sequences as "
+                             "lists of arrays of their own lengths")
         return _predict_stream(model, X, batch_size)
-    X = as_input(model, X)
+    S = sequences(model, X, lengths)
+    X, M = S.X, S.M
     n = X.shape[0]
     sparse = is_sparse(X)
     if batch_size is None and sparse:
         batch_size = 4096  # sparse input: densified a batch at a time
     with model.policy.activate():
         if batch_size is None or batch_size >= n and not sparse:
-            return model._forward(X, train=False)
-        parts = [model._forward(rows(model, X, s, min(s + batch_size, n)), train=False)
+            return _masked_output(model, model._forward(X, train=False, mask=M), M)
+        parts = [_masked_output(model, model._forward(rows(model, X, s, min(s + batch_size, n)), train=False,
+                                                      mask=None if M is None else M[s:s + batch_size]),
+                                None if M is None else M[s:s + batch_size])
                  for s in range(0, n, batch_size)]
         return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
+
+
+def _masked_output(model, out, M):
+    """A per-position output with its padded positions set to zero (as ``pad_packed_sequence`` gives them)."""
+    if M is None or out.ndim < 3:
+        return out
+    om = model.output_mask(M)
+    if om is None:
+        return out
+    return out * model.xp.reshape(model.xp.astype(om, out.dtype), tuple(om.shape) + (1,) * (out.ndim - om.ndim))
 
 
 def _predict_stream(model, X, batch_size):
@@ -684,8 +995,14 @@ def _predict_stream(model, X, batch_size):
     with model.policy.activate():
         for i, ((s, e), (xb, _, _)) in enumerate(stream.epoch_batches(batch_size)):
             try:
-                xb = as_input(model, host_if_foreign(model.backend, xb))
+                S = sequences(model, host_if_foreign(model.backend, xb) if not is_ragged(xb) else xb)
             except (TypeError, ValueError) as exc:
                 raise BatchError(f"batch {i} (rows {s} to {e - 1}): {exc}") from None
-            parts.append(model._forward(xb, train=False))
+            parts.append(_masked_output(model, model._forward(S.X, train=False, mask=S.M), S.M))
+    if len({tuple(p.shape[1:]) for p in parts}) > 1 and all(p.ndim >= 3 for p in parts):
+        longest = max(int(p.shape[1]) for p in parts)  # batches of sequences padded to their own longest: to one
+        xp = model.xp
+        parts = [p if p.shape[1] == longest else
+                 xp.concat([p, xp.zeros((p.shape[0], longest - p.shape[1]) + tuple(p.shape[2:]), dtype=p.dtype,
+                                        device=device_of(p))], axis=1) for p in parts]
     return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)

@@ -46,7 +46,7 @@ class GradcheckReport(float):
         return (GradcheckReport, (self.errors, self.tol))
 
 
-def gradcheck(model: Any, X: Any, y: Any, loss: Any, eps: float = 1e-6) -> GradcheckReport:
+def gradcheck(model: Any, X: Any, y: Any, loss: Any, eps: float = 1e-6, lengths: Any = None) -> GradcheckReport:
     """The relative error between the backward pass's gradients and central differences, per parameter: a
     :class:`GradcheckReport` — the largest error as a float, each parameter's in ``report.errors``.
 
@@ -64,24 +64,28 @@ def gradcheck(model: Any, X: Any, y: Any, loss: Any, eps: float = 1e-6) -> Gradc
     model's scale rather than on its own noise (0 when all are 0).
     Correct gradients give about 1e-8 or less; a wrong derivation gives 1e-2 or more, and
     ``report.worst`` / ``print(report)`` say which parameter it is in and by how much.
+    Sequences of different lengths (a list, or padded X with ``lengths``) are checked through their masks, and
+    a per-position output through its valid positions, as ``fit`` scores them.
     """
     loss = get_loss(loss)
     twin = model.clone(dtype="float64", precision=None)  # finite differences need float64, whatever the policy
     be = twin.backend
-    Xd = data.as_input(twin, X)
-    T = data.as_target(twin, y, Xd.shape[0], loss)
+    S = data.sequences(twin, X, lengths)
+    Xd, M = S.X, S.M
+    T = data.as_target(twin, data.target_sequences(y, S.lengths), Xd.shape[0], loss)
 
     def same_draws():  # random layers (Dropout) draw the same masks in every evaluation
         twin._random_key = be.random_key(12345) if twin.needs_random else None
 
     same_draws()
-    _, _, grads = twin.loss_and_grads(Xd, T, loss)
+    _, _, grads = twin.loss_and_grads(Xd, T, loss, mask=M)
     analytic = {k: be.to_numpy(g).astype(np.float64) for k, g in grads.items()}
 
     def loss_at(state):
         twin.load_state_dict(state)  # buffers (running statistics) back to where they started, too
         same_draws()
-        return be.to_float(loss.value(twin._forward(Xd, train=True), T))
+        rows, t, w = twin.score_rows(twin._forward(Xd, train=True, mask=M), T, None, M)
+        return be.to_float(loss.value(rows, t) if w is None else loss.value(rows, t, w))
 
     base = twin.state_dict()
     # a gradient that is zero in exact arithmetic (a bias right before BatchNorm) is ~1e-17 analytically and

@@ -10,11 +10,41 @@ softmax/sigmoid in, which is both stable and gives the short gradients below.
 """
 from __future__ import annotations
 
-from .functional import namespace_of
+from .functional import device_of, namespace_of
 
 from . import functional as F
 
-__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss"]
+__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "flatten_positions",
+           "position_weights"]
+
+
+def position_weights(w, mask):
+    """The weight of every position: ``w`` (B,) per sequence or (B, T) per position, times the padding ``mask``
+    (B, T) (1 at a real position, 0 at padding); None when both are None (every position counts once)."""
+    if mask is None:
+        return w
+    if w is None:
+        return mask
+    return mask * (w[:, None] if w.ndim == 1 else w)
+
+
+def flatten_positions(out, T, w=None, mask=None):
+    """Per-position outputs as rows: ``(out (N, K), T (N,) or (N, K), w (N,) or None)``.
+
+    A model whose output keeps positions — (B, T, K) for a sequence, (B, ..., K) in general — is scored at each
+    of its N = B·T positions, as PyTorch's ``cross_entropy`` over the flattened tokens: the loss is the mean over
+    the positions (weighted by ``position_weights(w, mask)``, so padding counts for nothing) and its gradient
+    reshaped back is ∂L/∂out (B, T, K).  Targets are (B, T) integer classes — kept integers, (N,) here, O(B·T)
+    memory — or (B, T, K) values.  A (B, K) output is returned as it is."""
+    if out.ndim <= 2:
+        return out, T, w
+    xp = namespace_of(out)
+    K = out.shape[-1]
+    ww = position_weights(w, mask)
+    if ww is not None and ww.ndim == 1:  # a weight per sequence, the same at each of its positions
+        ww = xp.broadcast_to(ww[:, None], tuple(out.shape[:2]))
+    flat_t = xp.reshape(T, (-1,)) if T.ndim == out.ndim - 1 else xp.reshape(T, (-1, K))
+    return xp.reshape(out, (-1, K)), flat_t, None if ww is None else xp.reshape(ww, (-1,))
 
 
 class Loss:
@@ -116,7 +146,13 @@ class CrossEntropy(Loss):
     With log p = Z − logsumexp(Z) (row-wise, stable):
 
     L = −(1/B) Σ_n Σ_k y_nk log p_nk,   ∂L/∂Z = (softmax(Z) − y)/B   (B, K).
+
+    Per-position targets (a sequence model's (B, T, K) logits, :func:`flatten_positions`) stay integer labels
+    T (N,): L = −(1/N) Σ_n log p_{n, T_n} and ∂L/∂Z = (softmax(Z) − [k = T_n])/N; the indicator [k = T_n] is
+    a comparison made inside the expression, never a stored (N, K) one-hot.
     """
+
+    keeps_labels = True  # per-position class targets are kept as integer labels (see flatten_positions)
 
     name = "cross_entropy"
 
@@ -174,6 +210,9 @@ class CrossEntropy(Loss):
             return self._weighted(Z, T, w)
         xp = namespace_of(Z)
         inv_b = 1.0 / Z.shape[0]
+        if T.ndim == 1:  # integer labels (per-position targets)
+            ell, G = self.per_example(Z, T)
+            return inv_b * xp.sum(ell), G * inv_b
         # shift by the row max: exact for the largest logit, so p keeps full precision even at |Z| ~ 1e3
         shifted = Z - xp.max(Z, axis=1, keepdims=True)
         e = xp.exp(shifted)
@@ -186,11 +225,15 @@ class CrossEntropy(Loss):
         return -inv_b * xp.sum(T * log_p), dZ
 
     def per_example(self, Z, T):
-        """ℓ_n = −Σ_k y_nk log p_nk, G = softmax(Z) − y."""
+        """ℓ_n = −Σ_k y_nk log p_nk, G = softmax(Z) − y; for integer labels T (N,) y_nk = [k = T_n], compared
+        on the fly."""
         xp = namespace_of(Z)
         shifted = Z - xp.max(Z, axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = xp.sum(e, axis=1, keepdims=True)
+        if T.ndim == 1:
+            T = xp.astype(xp.reshape(T, (-1, 1)) == xp.arange(Z.shape[1], dtype=T.dtype, device=device_of(Z)),
+                          Z.dtype)
         return -xp.sum(T * (shifted - xp.log(s)), axis=1), e / s - T
 
     def predict(self, Z):

@@ -46,6 +46,20 @@ def _weight_sum(xp, out, w):
     return xp.asarray(float(out.shape[0]), dtype=out.dtype, device=device_of(out)) if w is None else xp.sum(w)
 
 
+def _rows(out, T):
+    """T as (N, K) rows: per-position integer labels T (N,) (a sequence model's targets) as their one-hot rows,
+    made for this batch only (the stored targets stay labels)."""
+    if T.ndim != 1 or out.shape[1] == 1:
+        return T
+    xp = namespace_of(out)
+    return _one_hot(xp, T, out.shape[1], out.dtype, device_of(out))
+
+
+def _index(xp, T):
+    """The class index of each target row: the label itself, or the arg-max of a one-hot/probability row."""
+    return T if T.ndim == 1 else xp.argmax(T, axis=1)
+
+
 # -- the per-example means --------------------------------------------------------------------------------
 def accuracy(out, T, loss, w=None):
     """Σ_n [prediction_n = target_n]: arg-max of the outputs for K > 1 (rows of T are one-hot or
@@ -54,18 +68,19 @@ def accuracy(out, T, loss, w=None):
     xp = namespace_of(out)
     if loss.name == "binary_cross_entropy" or out.shape[1] == 1:
         threshold = 0.0 if loss.name == "binary_cross_entropy" else 0.5
+        T = T if T.ndim == 2 else xp.reshape(T, (-1, 1))
         right = xp.astype((out > threshold) == (T > 0.5), out.dtype)
         if w is None:
             return xp.sum(right) / out.shape[1]
         return _total(xp, xp.sum(right, axis=1), w) / out.shape[1]
-    right = xp.astype(xp.argmax(out, axis=1) == xp.argmax(T, axis=1), out.dtype)
+    right = xp.astype(xp.argmax(out, axis=1) == _index(xp, T), out.dtype)
     return xp.sum(right) if w is None else _total(xp, right, w)
 
 
 def mse(out, T, loss, w=None):
     """Σ_n mean_k (ŷ_nk − y_nk)², with ŷ the loss's prediction (probabilities for cross-entropies)."""
     xp = namespace_of(out)
-    diff = loss.predict(out) - T
+    diff = loss.predict(out) - _rows(out, T)
     if w is None:
         return xp.sum(diff * diff) / out.shape[1]
     return _total(xp, xp.sum(diff * diff, axis=1), w) / out.shape[1]
@@ -74,6 +89,7 @@ def mse(out, T, loss, w=None):
 def mae(out, T, loss, w=None):
     """Σ_n mean_k |ŷ_nk − y_nk|."""
     xp = namespace_of(out)
+    T = _rows(out, T)
     if w is None:
         return xp.sum(xp.abs(loss.predict(out) - T)) / out.shape[1]
     return _total(xp, xp.sum(xp.abs(loss.predict(out) - T), axis=1), w) / out.shape[1]
@@ -127,6 +143,7 @@ class TopKAccuracy(Metric):
         xp = namespace_of(out)
         if out.shape[1] < 2:
             raise ValueError("top_k_accuracy needs one output per class (K >= 2)")
+        T = _rows(out, T)
         target = xp.sum(out * T, axis=1, keepdims=True) if T.shape == out.shape else None
         if target is None:
             raise ValueError("top_k_accuracy needs class targets (labels or one-hot rows)")
@@ -144,11 +161,12 @@ def _labels(out, T, loss):
     xp = namespace_of(out)
     if out.shape[1] == 1:
         threshold = 0.0 if loss.name == "binary_cross_entropy" else 0.5
+        T = T if T.ndim == 2 else xp.reshape(T, (-1, 1))
         return (xp.astype(T[:, 0] > 0.5, xp.int64), xp.astype(out[:, 0] > threshold, xp.int64), 2)
     if loss.name == "binary_cross_entropy":
         raise ValueError("precision, recall, F1 and AUC take one label per example: a multi-label "
                          "BinaryCrossEntropy model has several")
-    return xp.argmax(T, axis=1), xp.argmax(out, axis=1), out.shape[1]
+    return xp.astype(_index(xp, T), xp.int64), xp.argmax(out, axis=1), out.shape[1]
 
 
 def _one_hot(xp, idx, k, dtype, device):
@@ -243,7 +261,7 @@ class R2(Metric):
 
     def __call__(self, out, T, loss, w=None):
         xp = namespace_of(out)
-        pred = loss.predict(out)
+        pred, T = loss.predict(out), _rows(out, T)
         wc = xp.ones((out.shape[0], 1), dtype=out.dtype, device=device_of(out)) if w is None else w[:, None]
         ones = xp.ones_like(T)
         return xp.stack([xp.sum(wc * ones, axis=0), xp.sum(wc * T, axis=0), xp.sum(wc * T * T, axis=0),

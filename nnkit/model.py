@@ -11,7 +11,7 @@ from .functional import Array
 from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
 from .preprocessing import Preprocessing
 from . import preprocessing as preprocessing_module
-from .losses import get_loss
+from .losses import flatten_positions, get_loss
 from .optim import Optimizer
 from .precision import LossScaler, get_policy
 from . import architectures, checkpoint, data, step, training
@@ -50,6 +50,8 @@ class Sequential:
     Input ``X`` is (batch, *input_shape); NumPy input (or lists) is converted to the
     backend, arrays of the backend are used as they are.
     """
+
+    _last_out = None  # the output shape (without B) of the batch shape checked last (per-position targets)
 
     def __init__(self, layers: Layer | Iterable[Layer], backend: str | Any = "numpy", dtype: str | None = None,
                  seed: int | None = None, precision: str | None = None,
@@ -270,6 +272,7 @@ class Sequential:
     def _check_batch_shape(self, shape):
         """Check a batch's shape (without B) against ``input_shape`` and through every layer, once per shape."""
         if shape in self._batch_shapes:
+            self._last_out = self._batch_shapes[shape]
             return
         want = self.input_shape
         if want is not None:
@@ -286,22 +289,55 @@ class Sequential:
             raise ValueError(f"X of shape {fmt_shape(shape)} does not fit the model: {exc}") from None
         if any(d is None for d in out):  # pragma: no cover - a known input gives known outputs
             raise ValueError(f"the model's output shape for {fmt_shape(shape)} is unknown: {fmt_shape(out)}")
-        if self._out_shape is not None and len(self._out_shape) == len(out) and any(
-                a is not None and a != b for a, b in zip(self._out_shape, out)):
+        known = self._out_shape
+        if known is not None and len(known) == len(out) and any(  # positions may vary (sequence lengths), K not
+                a is not None and a != b for a, b in zip(known if len(out) == 1 else known[-1:],
+                                                         out if len(out) == 1 else out[-1:])):
             raise ValueError(f"X of shape {fmt_shape(shape)} gives outputs {fmt_shape(out)}, but the model's "
                              f"outputs are {fmt_shape(self._out_shape)}")
         if self._out_shape is None or any(d is None for d in self._out_shape):
             self._out_shape = out
-        self._batch_shapes[shape] = out
+        self._batch_shapes[shape] = self._last_out = out
 
     # -- passes -------------------------------------------------------------------
-    def _forward(self, X, train):
+    def _forward(self, X, train, mask=None):
         """The layers applied in order; under a mixed policy X enters in the compute dtype and the
-        output leaves in float32 (:mod:`nnkit.precision`)."""
+        output leaves in float32 (:mod:`nnkit.precision`).  ``mask`` (B, T): the padding of variable-length
+        sequences, handed to the layers that take it (``takes_mask``) as each layer passes it on."""
         X = self.policy.cast_input(X)
         for layer in self.layers:
-            X = layer.forward(X, train=train)
+            if mask is not None and layer.takes_mask:
+                X = layer.forward(X, train=train, mask=mask)
+            else:
+                X = layer.forward(X, train=train)
+            if mask is not None:
+                mask = layer.output_mask(mask)
         return self.policy.cast_output(X)
+
+    def output_mask(self, mask):
+        """The padding mask of the model's output for an input mask (B, T): (B, T) when every layer keeps the
+        positions (a per-position output: scored at the valid positions only), None when the output has none
+        (a pooled or final state)."""
+        for layer in self.layers:
+            if mask is None:
+                return None
+            mask = layer.output_mask(mask)
+        return mask
+
+    def score_rows(self, out, T, w=None, mask=None):
+        """``(out (N, K), T, w)``: the output, targets and weights as the rows the loss and metrics score — B rows
+        of a (B, K) output, the N = B·T positions of a per-position output (B, T, K), weighted by the padding mask
+        (:func:`nnkit.losses.flatten_positions`).  A mask the output lost (a layer that moved positions) is an
+        error, not padding scored as data."""
+        if out.ndim <= 2:
+            return out, T, w
+        om = None if mask is None else self.output_mask(mask)
+        if mask is not None and (om is None or tuple(om.shape) != tuple(out.shape[:2])):
+            moved = next((layer for layer in self.layers if layer.output_mask(mask) is None), None)
+            raise ValueError(f"the model's outputs {tuple(out.shape)} are per position, but the padding of the "
+                             f"sequences does not pass through {moved!r}: it cannot tell padded positions from "
+                             "real ones; pad to equal lengths or score a pooled output")
+        return flatten_positions(out, T, w, om)
 
     def forward(self, X: Any, *, check_input: bool = True) -> Array:
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
@@ -335,38 +371,42 @@ class Sequential:
         return p.unscale(self.backward(p.cast_grad_out(d_out, scaler)), scaler)
 
     def value_and_grad(self, X: Any, y: Any, loss: Any, *, check_input: bool = True,
-                       regularizer: Any = None) -> tuple[Array, dict[str, Array]]:
+                       regularizer: Any = None, lengths: Any = None) -> tuple[Array, dict[str, Array]]:
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
 
         ``grads`` maps ``"{layer}.{param}"`` to ∂L/∂param, shaped like the parameter.
         ``check_input=False`` skips the value checks (NaN, label range) that read
         device arrays; shapes are always checked.  ``regularizer`` (``nnkit.optim.L1``/``L2``)
-        adds its penalty Ω(W) to the loss and ∂Ω/∂W to the weight gradients.
+        adds its penalty Ω(W) to the loss and ∂Ω/∂W to the weight gradients.  Sequences of different lengths:
+        a list of (T_i, ...) arrays, or padded X with ``lengths`` (n,) (:func:`nnkit.data.sequences`).
         """
         loss = get_loss(loss)
-        X = data.as_input(self, X, check_input)
-        T = data.as_target(self, y, X.shape[0], loss, check_input)
-        value, _, grads = self.loss_and_grads(X, T, loss, regularizer=regularizer, scaler=self._scaler)
+        S = data.sequences(self, X, lengths, check_input)
+        T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
+        value, _, grads = self.loss_and_grads(S.X, T, loss, regularizer=regularizer, scaler=self._scaler, mask=S.M)
         return value, grads
 
     def loss_and_grads(self, X: Array, T: Array, loss: Any, *, regularizer: Any = None, w: Array | None = None,
-                       scaler: Any = None) -> tuple[Array, Array, dict[str, Array]]:
+                       scaler: Any = None, mask: Array | None = None) -> tuple[Array, Array, dict[str, Array]]:
         """``(L, output, ∂L/∂θ)`` for a batch the data path prepared (``nnkit.data.as_input``/``as_target``):
-        forward, the loss (weighted by ``w`` (B,)), backward, and the penalty Ω of ``regularizer``.  Nothing
-        is read from the device.  ``scaler`` (``mixed_float16``): the loss scale the backward pass runs under.
+        forward, the loss (weighted by ``w`` (B,) or, per position, (B, T)), backward, and the penalty Ω of
+        ``regularizer``.  A per-position output (B, T, K) is scored at each position (:meth:`score_rows`; the
+        padding ``mask`` (B, T) leaves the padded ones out).  Nothing is read from the device.  ``scaler``
+        (``mixed_float16``): the loss scale the backward pass runs under.
         """
-        out = self._forward(X, train=True)
-        value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
-        grads = self._backward(d_out, scaler)
+        out = self._forward(X, train=True, mask=mask)
+        rows, T, w = self.score_rows(out, T, w, mask)
+        value, d_out = loss.value_and_grad(rows, T) if w is None else loss.value_and_grad(rows, T, w)
+        grads = self._backward(d_out if rows is out else self.xp.reshape(d_out, tuple(out.shape)), scaler)
         if regularizer is not None:
             scale = None
             if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
-                scale = 1.0 / X.shape[0] if w is None else 1.0 / self.xp.sum(w)
+                scale = 1.0 / rows.shape[0] if w is None else 1.0 / self.xp.sum(w)
             value, grads = regularizer.add_to(self.params(), value, grads, scale)
         return value, out, grads
 
     def train_step(self, X: Any, y: Any, loss: Any, optimizer: Optimizer, *, check_input: bool = True,
-                   regularizer: Any = None) -> Array:
+                   regularizer: Any = None, lengths: Any = None) -> Array:
         """One forward, backward and optimizer update; returns the 0-d loss (no host sync).
 
         The gradients are consumed by the update (used as scratch space); read gradients with
@@ -375,11 +415,11 @@ class Sequential:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an nnkit.optim.Optimizer (e.g. SGD(0.1)), got {optimizer!r}")
         loss = get_loss(loss)
-        X = data.as_input(self, X, check_input)
-        T = data.as_target(self, y, X.shape[0], loss, check_input)
+        S = data.sequences(self, X, lengths, check_input)
+        T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
         with self.policy.activate():
-            value, _, state = step.train_step(self, step.StepState.of(self, optimizer), X, T, optimizer.lr,
-                                              loss=loss, optimizer=optimizer, regularizer=regularizer)
+            value, _, state = step.train_step(self, step.StepState.of(self, optimizer), S.X, T, optimizer.lr,
+                                              loss=loss, optimizer=optimizer, regularizer=regularizer, mask=S.M)
         optimizer.state = state.opt
         self._scaler = state.scaler
         return value
@@ -389,7 +429,7 @@ class Sequential:
             early_stopping: Any = None, callbacks: Iterable[Any] = (), metrics: Any = None, verbose: int = 1,
             checkpoint: Any = None, resume: bool = False, regularizer: Any = None, comm: Any = None,
             compile: bool = False, sample_weight: Any = None, log_every_n_steps: int | None = None,
-            class_weight: dict[int, float] | str | None = None, accumulate: int = 1) -> History:
+            class_weight: dict[int, float] | str | None = None, accumulate: int = 1, lengths: Any = None) -> History:
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -429,6 +469,13 @@ class Sequential:
           step on an N-times larger batch (to round-off, for every optimizer); the epoch's last group may be
           shorter.  Eager only (no ``compile``, communicator or ``mixed_float16``).  X may be a SciPy sparse matrix: it stays on the host and
           each batch is densified on its way to the device.
+        * Sequences (:mod:`nnkit.layers.recurrent`): X (n, T, F) floats or (n, T) token ids (for an ``Embedding``);
+          of different lengths, a list of (T_i, F) or (T_i,) arrays — padded to the longest, with a mask — or a
+          padded array with ``lengths`` (n,) (:func:`nnkit.data.pad_sequences`).  Recurrent layers stop at each
+          sequence's end; a per-position output (n, T, K) is scored at each valid position, against targets
+          (n, T) of integer classes (a list of (T_i,) arrays for a list of sequences) or (n, T, K) values: the
+          loss is the mean over the batch's valid positions (``sample_weight`` (n,) or (n, T) weighs them), as
+          PyTorch's ``cross_entropy`` over the flattened tokens.
         * Data beyond memory (:mod:`nnkit.data`): X may be a memory-mapped array (``np.load(path,
           mmap_mode="r")``, with y an array or another memory-mapped file), read a batch at a time; or, with
           y omitted, a dataset (``len(ds)``, ``ds[indices] -> (X, y[, w])``), a re-iterable of batches
@@ -445,13 +492,14 @@ class Sequential:
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
                    checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile,
                    sample_weight=sample_weight, log_every_n_steps=log_every_n_steps, class_weight=class_weight,
-                   accumulate=accumulate)
+                   accumulate=accumulate, lengths=lengths)
 
     def evaluate(self, X: Any, y: Any, loss: Any, metrics: Any = None, batch_size: int | None = None,
-                 sample_weight: Any = None) -> dict[str, float]:
+                 sample_weight: Any = None, lengths: Any = None) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read); means weighted by
-        ``sample_weight`` (n,) when given."""
-        return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight)
+        ``sample_weight`` (n,) when given — over the valid positions of a per-position output (sequences as
+        in :meth:`fit`, ``lengths`` for padded ones)."""
+        return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight, lengths)
 
     def save(self, path: Any) -> None:
         """Write architecture, weights, optimizer state, epoch and RNG state to one ``.npz`` (atomic)."""
@@ -470,11 +518,12 @@ class Sequential:
                 layer, name = slot
                 layer.params[name] = value
 
-    def predict(self, X: Any, batch_size: int | None = None) -> Array:
+    def predict(self, X: Any, batch_size: int | None = None, lengths: Any = None) -> Array:
         """The last layer's output for X, as an array of the model's backend (inference only).  X may be
         streamed (a memory-mapped array, a dataset, batches: :mod:`nnkit.data`): read a batch at a time
-        (``batch_size``, default 4096 rows), the outputs joined (:func:`nnkit.data.predict`)."""
-        return data.predict(self, X, batch_size)
+        (``batch_size``, default 4096 rows), the outputs joined (:func:`nnkit.data.predict`).  Sequences of
+        different lengths (a list, or padded with ``lengths``) give a padded output, zero at the padding."""
+        return data.predict(self, X, batch_size, lengths)
 
     # -- tables: raw rows in, class names out -------------------------------------------------
     @property

@@ -47,7 +47,7 @@ class StepState:
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
-               share=1.0, w=None, grad_hooks=()):
+               share=1.0, w=None, grad_hooks=(), mask=None):
     """One training step: ``(value, sums, new_state)``.
 
     The model's layers must hold ``state.params`` (``make_step``'s compiled form puts them there).
@@ -67,32 +67,41 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
 
     ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
     ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
-    ``(name, fn)``) is given, else None.  Nothing is read from the device.
+    ``(name, fn)``) is given, else None.  A per-position output (B, T, K) is scored at its B·T positions
+    (``w`` may be (B, T); ``mask`` (B, T), the padding of variable-length sequences, is 0 at padded positions),
+    so Σw counts the valid positions.  Nothing is read from the device.
     """
-    value, sums, grads = batch_grads(model, state, X, T, loss=loss, regularizer=regularizer, metric_fns=metric_fns,
-                                     w=w)
+    value, sums, grads, _ = batch_grads(model, state, X, T, loss=loss, regularizer=regularizer,
+                                        metric_fns=metric_fns, w=w, mask=mask)
     return (value, sums) + (update(model, state, grads, lr, optimizer=optimizer, comm=comm, share=share,
                                    grad_hooks=grad_hooks),)
 
 
-def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, w=None):
-    """Steps 1–3 of :func:`train_step`: ``(value, sums, grads)`` for one batch, the frozen layers' gradients
-    left out (they get no update).  Nothing is written."""
-    sums = value = None
+def batch_weight(model, out, w):
+    """The weight of a batch's mean — the rows (or positions) ``out`` (N, K) scores, a Python number (no tensor
+    made from a host scalar inside a step), or Σ w, a 0-d array."""
+    return float(out.shape[0]) if w is None else model.xp.sum(w)
+
+
+def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, w=None, mask=None):
+    """Steps 1–3 of :func:`train_step`: ``(value, sums, grads, weight)`` for one batch, the frozen layers'
+    gradients left out (they get no update), ``weight`` the rows (positions) or Σw its mean divides by (None
+    without rows).  Nothing is written."""
+    sums = value = weight = None
     if X is None:
         xp = model.xp
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
-        value, out, grads = model.loss_and_grads(X, T, loss, regularizer=regularizer, w=w, scaler=state.scaler)
+        value, out, grads = model.loss_and_grads(X, T, loss, regularizer=regularizer, w=w, scaler=state.scaler,
+                                                 mask=mask)
+        out, T, w = model.score_rows(out, T, w, mask)
+        weight = batch_weight(model, out, w)
         if metric_fns is not None:
-            if w is None:
-                sums = [value * T.shape[0]] + [fn(out, T, loss) for _, fn in metric_fns]
-            else:
-                sums = [value * model.xp.sum(w)] + [fn(out, T, loss, w) for _, fn in metric_fns]
+            sums = [value * weight] + [fn(out, T, loss) if w is None else fn(out, T, loss, w) for _, fn in metric_fns]
     frozen = model.frozen_keys()
     if frozen:  # frozen layers: no update, no moments (their gradients are not used)
         grads = {k: g for k, g in grads.items() if k not in frozen}
-    return value, sums, grads
+    return value, sums, grads, weight
 
 
 def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hooks=()):
@@ -130,13 +139,14 @@ class _Accumulator:
         self.metric_fns, self.grad_hooks, self.every = metric_fns, grad_hooks, every
         self.sum, self.weight, self.count = None, None, 0
 
-    def __call__(self, X, T, share=1.0, w=None):
-        model, xp = self.model, self.model.xp
+    def __call__(self, X, T, share=1.0, w=None, mask=None):
+        model = self.model
         state = StepState.of(model, self.optimizer)
-        _, sums, grads = batch_grads(model, state, X, T, loss=self.loss, metric_fns=self.metric_fns, w=w)
+        _, sums, grads, weight = batch_grads(model, state, X, T, loss=self.loss, metric_fns=self.metric_fns, w=w,
+                                             mask=mask)
         if X is not None:
-            weight = xp.asarray(float(T.shape[0]), dtype=model.backend.dtype, device=model.backend.device) \
-                if w is None else xp.sum(w)
+            if isinstance(weight, float):  # a 0-d array: the penalty's value is built from it at the flush
+                weight = model.xp.asarray(weight, dtype=model.backend.dtype, device=model.backend.device)
             scaled = {k: g * weight for k, g in grads.items()}
             if self.sum is None:
                 self.sum, self.weight = scaled, weight
@@ -169,7 +179,7 @@ class _Accumulator:
 
 def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=(),
               accumulate=1):
-    """A ``run(X, T, share, w) -> sums`` for ``fit``: one step on the model and its optimizer.
+    """A ``run(X, T, share, w, mask) -> sums`` for ``fit``: one step on the model and its optimizer.
 
     ``compile=True`` compiles the step where the backend can (``Backend.compile``; JAX's ``jax.jit``)
     and runs it eagerly elsewhere; ``run.compiled`` says which, ``run.traces`` counts the traces.
@@ -187,10 +197,10 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         run.compiled, run.traces = False, 0
         return run
 
-    def eager(X, T, share=1.0, w=None):
+    def eager(X, T, share=1.0, w=None, mask=None):
         _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
-                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks)
+                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks, mask=mask)
         optimizer.state = state.opt
         model._scaler = state.scaler
         return sums
@@ -206,12 +216,13 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         raise ValueError("compile=True with a callback that watches gradients (GradientStats) is not supported: "
                          "a compiled step has no gradients to show; use compile=False")
 
-    def pure(params, opt, buffers, key, scaler, X, T, lr, w):
+    def pure(params, opt, buffers, key, scaler, X, T, lr, w, mask):
         run.traces += 1  # runs only while the backend traces the function
         model.assign({**params, **buffers})
         model._random_key = key
         _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr, loss=loss,
-                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w)
+                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w,
+                                    mask=mask)
         return sums, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
 
     be = model.backend
@@ -228,11 +239,12 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         return cache[key]
     compiled = be.compile(pure)
 
-    def run(X, T, share=1.0, w=None):
+    def run(X, T, share=1.0, w=None, mask=None):
         if model._random_key is None and model.needs_random:
             model.reseed()
         sums, params, opt, buffers, key, scaler = compiled(model.params(), optimizer.state, model.buffers(),
-                                                           model._random_key, model._scaler, X, T, optimizer.lr, w)
+                                                           model._random_key, model._scaler, X, T, optimizer.lr, w,
+                                                           mask)
         model.assign({**params, **buffers})
         model._random_key = key
         model._scaler = scaler

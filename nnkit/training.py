@@ -70,27 +70,28 @@ class Terminated(SystemExit):
     ``SystemExit`` with status 143, 128 + SIGTERM, so the process ends as a terminated one does)."""
 
 
-def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=None):
+def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=None, lengths=None):
     """``{"loss": float, metric: float}`` of ``model`` on (X, y) — means weighted by ``sample_weight``
-    when given: one host read."""
+    when given, over the valid positions of a per-position output: one host read."""
     loss = get_loss(loss)
     metric_fns = get_metrics(metrics, loss)
-    if data.is_stream(X, y):  # read a batch at a time, in order
+    if data.is_stream(X, y) and not data.is_ragged(X):  # read a batch at a time, in order
+        if lengths is not None:
+            raise ValueError("lengths= is for padded arrays in memory; a stream's batches bring their sequences "
+                             "as lists of arrays of their own lengths")
         bs = 4096 if batch_size is None else check_int("batch_size", batch_size, 1)
         reader = data.FitData(model, loss, metric_fns, bs)
         with model.policy.activate():
             sums = reader.stream_sums(data.make_stream(X, y, sample_weight))
             host = read_sums(model.backend, sums)
         return _logs(host, metric_fns, reader.total_v)
-    X = data.as_input(model, X)
-    T = data.as_target(model, y, X.shape[0], loss)
-    W, w_host = data.check_weights(model, sample_weight, X.shape[0])
-    total = float(X.shape[0]) if W is None else float(w_host.sum())
+    reader = data.FitData(model, loss, metric_fns, 1)
+    X, T, W, M, _, row_w, _ = reader._inputs(X, y, sample_weight, lengths, "X")
     default = X.shape[0] if not is_sparse(X) else 4096
     bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
     with model.policy.activate():
-        host = read_sums(model.backend, data.batch_sums(model, X, T, loss, metric_fns, bs, W))
-    return _logs(host, metric_fns, total)
+        host = read_sums(model.backend, data.batch_sums(model, X, T, loss, metric_fns, bs, W, M))
+    return _logs(host, metric_fns, float(row_w.sum()))
 
 
 def _logs(host, metric_fns, total, prefix=""):
@@ -104,11 +105,11 @@ def _logs(host, metric_fns, total, prefix=""):
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
         verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None,
-        log_every_n_steps=None, class_weight=None, accumulate=1):
+        log_every_n_steps=None, class_weight=None, accumulate=1, lengths=None):
     """See :meth:`nnkit.Sequential.fit`."""
     run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
-               sample_weight, log_every_n_steps, class_weight, accumulate)
+               sample_weight, log_every_n_steps, class_weight, accumulate, lengths)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
     per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
                  if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
@@ -126,12 +127,12 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 cb.on_epoch_begin(epoch)
             sums, seen = None, 0
             try:
-                for i, (xb, tb, wb, share, seen) in enumerate(run.batches()):
-                    batch = run.step(xb, tb, share, wb)
+                for i, (xb, tb, wb, mb, share, seen) in enumerate(run.batches()):
+                    batch = run.step(xb, tb, share, wb, mb)
                     sums = sums if batch is None else add_sums(sums, batch, run.metric_fns)
                     steps += 1
                     if per_batch:
-                        logs = run.step_logs(batch, xb, wb) if every and steps % every == 0 else None
+                        logs = run.step_logs(batch, xb, wb, mb) if every and steps % every == 0 else None
                         for hook, takes_logs in per_batch:
                             hook(i, logs) if takes_logs else hook()
                     if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
@@ -208,7 +209,7 @@ class _Run:
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
                  regularizer, comm, compile, sample_weight=None, log_every_n_steps=None, class_weight=None,
-                 accumulate=1):
+                 accumulate=1, lengths=None):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
         epochs = check_int("epochs", epochs, 1)
@@ -251,7 +252,7 @@ class _Run:
         self.checkpoint = checkpoint
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
                                  self.size).load(X, y, sample_weight, validation_data, validation_split,
-                                                 class_weight)
+                                                 class_weight, lengths)
         self.n, self.batches = self.data.n, self.data.batches
 
         if resume and os.path.exists(os.fspath(checkpoint)):
@@ -290,13 +291,13 @@ class _Run:
                 if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
                     setattr(cb, hook, getattr(Callback(), hook))
 
-    def step_logs(self, batch, xb, wb):
+    def step_logs(self, batch, xb, wb, mb=None):
         """A step's loss and metrics as Python floats (this rank's batch): the one read of a logging step."""
         if batch is None or xb is None:
             return None
-        xp = self.xp
-        weight = xp.asarray(float(xb.shape[0]), dtype=self.be.dtype, device=self.be.device) if wb is None \
-            else xp.sum(wb)
+        xp, be = self.xp, self.be
+        weight = xp.asarray(data.device_weight(self.model, int(xb.shape[0]), wb, mb), dtype=be.dtype,
+                            device=be.device)
         host = read_sums(self.be, [weight] + list(batch))
         return _logs(host[1:], self.metric_fns, float(host[0]))
 

@@ -40,7 +40,7 @@ def bad_cases():
         ("NaN in y", GOOD_X, np.full((6, 3), np.nan), "mse", ValueError, "NaN"),
         ("string X", np.array([["a"] * 4] * 6), GOOD_Y, "cross_entropy", TypeError, "numeric"),
         ("object X", [[1, 2, 3, "x"]] * 6, GOOD_Y, "cross_entropy", TypeError, "numeric"),
-        ("ragged X", [[1, 2, 3, 4], [1, 2]], GOOD_Y[:2], "cross_entropy", TypeError, "numeric array"),
+        ("ragged X", [[1, 2, 3, 4], [1, 2]], GOOD_Y[:2], "cross_entropy", TypeError, "read the padding as data"),
         ("empty X", np.zeros((0, 4)), np.zeros(0, dtype=int), "cross_entropy", ValueError, "empty"),
         ("unknown loss", GOOD_X, GOOD_Y, "hinge", ValueError, "'mse'"),
         ("mse target shape", GOOD_X, np.zeros((6, 2)), "mse", ValueError, "expected (6, 3)"),

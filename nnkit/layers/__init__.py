@@ -8,7 +8,8 @@
 * :mod:`.pooling` — ``MaxPool1D/2D``, ``AvgPool1D/2D``, ``GlobalAvgPool``;
 * :mod:`.reshaping` — ``Flatten``, ``Reshape``;
 * :mod:`.recurrent` — ``RNN``, ``GRU``, ``LSTM`` (backprop through time);
-* :mod:`.embedding` — ``Embedding`` (token ids to vectors).
+* :mod:`.embedding` — ``Embedding`` (token ids to vectors);
+* :mod:`.sequence` — ``SequencePool`` (a padded sequence's mean or max).
 
 Every name is re-exported here and at ``nnkit`` (``nnkit.Dense``, ``nnkit.ReLU``, ...).
 """
@@ -22,8 +23,10 @@ from .pooling import MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool
 from .reshaping import Flatten, Reshape
 from .recurrent import RNN, GRU, LSTM
 from .embedding import Embedding
+from .sequence import SequencePool
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "ShapeError", "layer_from_config",
            "infer_shapes", "check_input_shape", "check_size", "fmt_shape", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU",
            "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
-           "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding"]
+           "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding",
+           "SequencePool"]

@@ -25,6 +25,7 @@ class _Elementwise(Layer):
     derivative: str | None = None  # "σ'(Z) = A ⊙ (1 − A)": and for the backward pass
     onnx_op: str | None = None     # the ONNX operator computing f, when one does
     torch_name: str | None = None  # the torch.nn module computing f, when one does
+    keeps_positions = True
 
     def to_onnx(self, g, x):
         """The operator ``onnx_op`` on x."""
@@ -183,6 +184,8 @@ class Softmax(Layer):
     For classification, feed logits to ``CrossEntropy`` instead of ending the
     model in Softmax: the pair's gradient is simply softmax(Z) − y.
     """
+
+    keeps_positions = True
 
     def to_onnx(self, g, x):
         """``Softmax(axis=−1)``."""

@@ -62,6 +62,8 @@ class Layer:
     buffer_names: tuple[str, ...] = ()
     needs_random = False
     trainable = True  # False (on an instance): its parameters get no update and no optimizer moments
+    takes_mask = False  # forward(X, train, mask=M) takes the padding mask M (B, T) of variable-length sequences
+    keeps_positions = False  # the output keeps the input's positions (B, T, ...) one to one (last-axis layers)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -131,6 +133,14 @@ class Layer:
     def param_shapes(self):
         """``{name: shape}`` of the parameters and buffers ``build`` creates (fixed by the arguments)."""
         return {}
+
+    def output_mask(self, mask):
+        """The padding mask (B, T) of this layer's output, given its input's: the same for a layer that keeps
+        positions (``keeps_positions``: Dense, the activations, LayerNorm, Dropout, Embedding, a recurrent layer
+        that returns sequences), None when the output has no positions left (a pooled or final state, a flattened
+        sequence).  A layer that moves positions (a convolution over time) also returns None; a per-position
+        loss after it is refused rather than scored on padding."""
+        return mask if self.keeps_positions else None
 
     def forward(self, X: Array, train: bool = True) -> Array:
         """The layer's output Y (B, *out_shape) for X (B, *in_shape); with ``train`` it keeps what
@@ -230,6 +240,7 @@ class Dense(Layer):
     """
 
     param_names = ("W", "b")
+    keeps_positions = True
 
     def __init__(self, in_features, out_features, init="glorot_uniform"):
         super().__init__()
@@ -383,11 +394,25 @@ class Residual(Layer):
     def param_shapes(self):
         return {f"{j}.{n}": s for j, layer in enumerate(self.layers) for n, s in layer.param_shapes().items()}
 
-    def forward(self, X, train=True):
-        """Y = X + f(X); X, Y of the same shape (B, n) or (B, C, *spatial)."""
+    @property
+    def takes_mask(self):
+        return any(layer.takes_mask for layer in self.layers)
+
+    def output_mask(self, mask):
+        """The inner layers' mask: a block keeps positions when each of its layers does."""
+        for layer in self.layers:
+            mask = layer.output_mask(mask)
+        return mask
+
+    def forward(self, X, train=True, mask=None):
+        """Y = X + f(X); X, Y of the same shape (B, n) or (B, C, *spatial); the padding mask, if any, passed to
+        the inner layers that take one."""
         F = X
         for layer in self.layers:
-            F = layer.forward(F, train=train)
+            F = layer.forward(F, train=train, mask=mask) if mask is not None and layer.takes_mask \
+                else layer.forward(F, train=train)
+            if mask is not None:
+                mask = layer.output_mask(mask)
         return X + F
 
     def backward(self, dY, need_dX=True):
@@ -464,6 +489,7 @@ class Dropout(Layer):
     """
 
     needs_random = True
+    keeps_positions = True
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -517,6 +543,29 @@ def infer_shapes(layers, in_shape, where="layer "):
                 f"the input is {fmt_shape(shapes[-1])}"
             raise ShapeError(f"{where}{i} {layer!r} {exc}, but {before}") from None
     return shapes
+
+
+def reads_padding(layers, in_shape):
+    """The first of ``layers`` that would read the padding of variable-length sequences (B, T, ...) as data, or
+    None when the padding mask reaches a layer that takes it (``takes_mask``: a recurrent layer, a pooling) or
+    the output (a per-position output, scored at its valid positions) through layers that keep positions on an
+    axis of their own.  Refused: a layer that moves or mixes positions without the mask (a flatten, a
+    convolution over time), and a last-axis layer whose last axis is the positions ((B, T) floats into
+    ``Dense``; token ids (B, T) go into a layer that ``takes_ids``)."""
+    passed = object()
+    shapes = infer_shapes(layers, in_shape)
+    for layer, shape in zip(layers, shapes):
+        inner = getattr(layer, "layers", None)
+        if inner is not None:  # a block: its own layers, in turn
+            bad = reads_padding(inner, shape)
+            if bad is not None:
+                return bad
+        elif not layer.takes_mask and (layer.output_mask(passed) is None
+                                       or (len(shape) < 2 and not getattr(layer, "takes_ids", False))):
+            return layer
+        if layer.output_mask(passed) is None:  # taken: the padding ends here
+            return None
+    return None
 
 
 def check_input_shape(shape, layers):

@@ -26,6 +26,7 @@ class Embedding(Layer):
 
     param_names = ("weight",)
     takes_ids = True  # the data path keeps the model's input as integer ids for this first layer
+    keeps_positions = True
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
         super().__init__()

@@ -193,6 +193,8 @@ class LayerNorm(_Norm):
         dX = (s/n) ⊙ (n·g − Σ_j g − x̂ ⊙ Σ_j (g ⊙ x̂))      (shape of X)
     """
 
+    keeps_positions = True
+
     def input_shape(self):
         return (self.num_features,)
 

@@ -21,8 +21,20 @@ large GEMMs over B·T rows) run in the compute dtype; the recurrence itself — 
 gate sums and nonlinearities, the states h and c and their gradients — stays in float32, where a long sequence
 would otherwise lose digits step after step.
 
-Variable lengths (masks) and the sequence data path (token ids, per-position targets) are not here yet (issue
-"Sequences in"); sequences are (B, T, F) floats of one length.
+Variable lengths, as PyTorch's packed sequences: with the padding mask m (B, T) (1 at t < length_b, 0 after)
+every step computes the candidate state s̃_t = step(s_{t−1}, x_t) and keeps
+
+    s_t = m_t ⊙ s̃_t + (1 − m_t) ⊙ s_{t−1}     (s = h, or (h, c); m_t (B, 1) broadcast over H),
+
+so a sequence's state is carried unchanged past its end, its outputs y_t = m_t ⊙ h_t are zero there, and the
+final state is the one of its last valid step.  The reverse direction runs on the flipped sequence with the flipped
+mask: its padded steps come first and carry the zero state, so it starts at each sequence's own last step and its
+final state is that of step 0 (PyTorch's ``h_n`` of a packed sequence).  Backward, with ds_t the whole gradient
+of s_t (from step t+1 and, for the h part, m_t ⊙ dY_t):
+
+    ds̃_t = m_t ⊙ ds_t    (into the step's gate Jacobians: zero at padding, so padded steps add nothing to dW, db
+                          or dX),
+    ds_{t−1} = (the step's Jacobian)ᵀ·ds̃_t + (1 − m_t) ⊙ ds_t    (the carried path).
 """
 from __future__ import annotations
 
@@ -79,9 +91,15 @@ class _Recurrent(Layer):
         return (in_shape[0], width) if self.return_sequences else (width,)
 
     # -- forward -------------------------------------------------------------------------------------
-    def forward(self, X: Array, train: bool = True) -> Array:
+    takes_mask = True
+
+    @property
+    def keeps_positions(self):
+        return self.return_sequences
+
+    def forward(self, X: Array, train: bool = True, mask: Array | None = None) -> Array:
         """Y (B, T, H·dirs) — or the final states (B, H·dirs) — for X (B, T, F); keeps every step's values
-        when ``train``."""
+        when ``train``.  ``mask`` (B, T): 1 at a sequence's steps, 0 at its padding (see the module docstring)."""
         xp = self.xp
         outs, finals, caches = [], [], []
         for d, suffix in enumerate(("", "_reverse")[:self.directions]):
@@ -92,15 +110,22 @@ class _Recurrent(Layer):
             XW = xp.reshape(self.storage(rows @ self.compute(p["weight_ih"]).T) + p["bias_ih"],
                             (B, T, self.gates * self.hidden_size))  # the one big GEMM, in the compute dtype
             state = self._zero_state(xp, B, XW.dtype)  # the recurrence in the storage dtype (float32)
+            M = None if mask is None else xp.astype(xp.flip(mask, axis=1) if d else mask, XW.dtype)[:, :, None]
             hs, steps = [], []
             for t in range(T):
-                state, keep = self._step(xp, XW[:, t, :], state, p)
+                new, keep = self._step(xp, XW[:, t, :], state, p)
+                if M is not None:  # s_t = m ⊙ s̃_t + (1 − m) ⊙ s_{t−1}: carried unchanged past the sequence's end
+                    m = M[:, t, :]
+                    new = tuple(m * a + (1.0 - m) * b for a, b in zip(new, state))
+                state = new
                 hs.append(state[0])
                 steps.append(keep)
             H = xp.stack(hs, axis=1)  # (B, T, H)
+            if M is not None:
+                H = H * M  # the outputs are zero at padding
             outs.append(xp.flip(H, axis=1) if d else H)
             finals.append(hs[-1])
-            caches.append((Xd, steps))
+            caches.append((Xd, steps, M))
         if train:
             self._cache = caches
         if self.return_sequences:
@@ -130,12 +155,14 @@ class _Recurrent(Layer):
         grads, dX = {}, None
         for d, suffix in enumerate(("", "_reverse")[:self.directions]):
             p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-            Xd, steps = self._cache[d]
+            Xd, steps, M = self._cache[d]
             B, T = Xd.shape[0], Xd.shape[1]
             if self.return_sequences:
                 dH = dY[:, :, d * H:(d + 1) * H]  # (B, T, H) for this direction, in its own time order
                 if d:
                     dH = xp.flip(dH, axis=1)
+                if M is not None:
+                    dH = dH * M  # y_t = m_t ⊙ h_t
                 dfinal = None
             else:
                 dH, dfinal = None, dY[:, d * H:(d + 1) * H]
@@ -147,11 +174,16 @@ class _Recurrent(Layer):
             dgates_in = [None] * T
             for t in range(T - 1, -1, -1):
                 dh = dstate[0] if dH is None else dstate[0] + dH[:, t, :]
-                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, (dh,) + dstate[1:], steps[t], p)
+                ds = (dh,) + dstate[1:]  # ds_t, the whole gradient of the carried state
+                m = None if M is None else M[:, t, :]
+                step_in = ds if m is None else tuple(m * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
+                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, step_in, steps[t], p)
                 dW_hh = dW_hh + dgh.T @ h_prev
                 db_hh = db_hh + xp.sum(dgh, axis=0)
                 dh_prev = dstate_prev_direct[0] + dgh @ p["weight_hh"]
                 dstate = (dh_prev,) + dstate_prev_direct[1:]
+                if m is not None:  # the carried path: + (1 − m_t) ⊙ ds_t
+                    dstate = tuple(a + (1.0 - m) * b for a, b in zip(dstate, ds))
                 dgates_in[t] = dgi
             dG = xp.reshape(xp.stack(dgates_in, axis=1), (B * T, self.gates * H))  # (B·T, G·H)
             grads["weight_ih" + suffix] = self.storage(self.compute(dG).T @ xp.reshape(self.compute(Xd),

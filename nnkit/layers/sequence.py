@@ -1,0 +1,103 @@
+"""``SequencePool``: a sequence (B, T, d) to one vector (B, d) per sequence, its padding left out."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..functional import Array, device_of
+from .core import Layer, ShapeError
+
+__all__ = ["SequencePool"]
+
+
+class SequencePool(Layer):
+    r"""The mean or the maximum over a sequence's time steps: X (B, T, d) → Y (B, d), over the valid steps only
+    when the sequences are padded (the mask m (B, T) of variable lengths; every step counts without one).
+
+    * ``mode="mean"``: Y_b = Σ_t m_bt X_bt / n_b with n_b = Σ_t m_bt (the sequence's length).  Backward: each
+      valid step receives an equal share, dX_bt = m_bt dY_b / n_b  (B, T, d).
+    * ``mode="max"``: Y_bj = max_{t : m_bt = 1} X_btj (padded steps set to −∞ first).  Backward: the gradient
+      goes to the step that gave the maximum, dX_btj = [t = argmax_t] dY_bj — the first such step on a tie,
+      as ``torch.max(dim=1)`` picks it.
+    """
+
+    takes_mask = True
+
+    def __init__(self, mode: str = "mean") -> None:
+        super().__init__()
+        if mode not in ("mean", "max"):
+            raise ValueError(f"SequencePool mode must be 'mean' or 'max', got {mode!r}")
+        self.mode = mode
+
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 2:
+            raise ShapeError("expects (B, T, d) sequences")
+        return in_shape[1:]
+
+    def forward(self, X: Array, train: bool = True, mask: Array | None = None) -> Array:
+        """Y (B, d): the mean or the max over the valid steps of X (B, T, d); keeps what backward needs."""
+        xp = self.xp
+        M = None if mask is None else xp.astype(mask, X.dtype)[:, :, None]  # (B, T, 1)
+        if self.mode == "mean":
+            n = float(X.shape[1]) if M is None else xp.sum(M, axis=1)  # (B, 1)
+            Y = (xp.sum(X, axis=1) if M is None else xp.sum(X * M, axis=1)) / n
+            if train:
+                self._cache = (tuple(X.shape), M, n)
+            return Y
+        Xm = X if M is None else xp.where(M > 0, X, xp.asarray(-xp.inf, dtype=X.dtype, device=device_of(X)))
+        idx = xp.argmax(Xm, axis=1)  # (B, d): the first step of the maximum
+        if train:
+            self._cache = (tuple(X.shape), idx, None)
+        return xp.max(Xm, axis=1)
+
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        """mean: dX = m ⊙ dY / n; max: dX = onehot_t(argmax) ⊙ dY, both (B, T, d)."""
+        if not need_dX:
+            return None
+        xp = self.xp
+        shape, a, n = self._cache
+        if self.mode == "mean":
+            dX = xp.broadcast_to((dY / n)[:, None, :], shape)
+            return dX if a is None else dX * a
+        steps = xp.arange(shape[1], device=device_of(dY))[None, :, None]
+        return xp.astype(steps == a[:, None, :], dY.dtype) * dY[:, None, :]
+
+    def to_onnx(self, g, x):
+        """``ReduceMean``/``ReduceMax`` over the time axis (sequences of one length: the exported graph has no
+        mask input)."""
+        op = "ReduceMean" if self.mode == "mean" else "ReduceMax"
+        return g.op(op, [x], f"sequence_{self.mode}", axes=[1], keepdims=0)
+
+    @classmethod
+    def torch_module(cls, nn):
+        """``nnkit.export.pytorch.SequencePool``: the mean or max over dim 1 (PyTorch has no such module)."""
+        if "_torch_class" not in cls.__dict__:
+            class SequencePool(nn.Module):
+                """y = mean or max of x (B, T, d) over its T steps (nnkit's SequencePool)."""
+
+                def __init__(self, mode="mean"):
+                    super().__init__()
+                    self.mode = mode
+
+                def forward(self, x):
+                    """The mean or the maximum over dim 1."""
+                    return x.mean(dim=1) if self.mode == "mean" else x.max(dim=1).values
+
+            SequencePool.__module__, SequencePool.__qualname__ = "nnkit.export.pytorch", "SequencePool"
+            cls._torch_class = SequencePool
+        return cls._torch_class
+
+    def to_torch(self, ctx):
+        """An instance of :meth:`torch_module`."""
+        return self.torch_module(ctx.nn)(self.mode)
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (cls.torch_module(nn),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(m.mode), {}, {}
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "SequencePool", "mode": self.mode}

@@ -1,0 +1,362 @@
+"""Sequences in the data path: variable lengths (padding, masks) through RNN/GRU/LSTM equal PyTorch's packed
+sequences; per-position targets, losses, weights and metrics equal PyTorch's cross-entropy over the valid tokens;
+SequencePool; pad_sequences and lengths refuse bad input."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+import nnkit
+from nnkit.data import pad_sequences
+from tests.helpers import to_np
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+
+
+def _torch_name(name):
+    return name.replace("_reverse", "") + "_l0" + ("_reverse" if name.endswith("_reverse") else "")
+
+
+def _packed(torch, rnn, x, lengths, return_sequences):
+    """PyTorch's packed-sequence run of ``rnn`` on padded x: the padded outputs (zero at padding), or h_n's
+    directions side by side."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed = pack_padded_sequence(x, torch.as_tensor(lengths), batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed)
+    if return_sequences:
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+    h = state[0] if isinstance(state, tuple) else state
+    return h.transpose(0, 1).reshape(x.shape[0], -1)
+
+
+GRID = [(kind, bi, rs, case) for kind in ("RNN", "GRU", "LSTM") for bi in (False, True) for rs in (True, False)
+        for case in ("mixed", "one", "hidden1")]
+CASES = {"mixed": ([5, 1, 3, 5], 2, 3), "one": ([1], 3, 2), "hidden1": ([2, 4], 1, 1)}  # lengths, F, H
+
+
+@needs_torch
+@pytest.mark.parametrize("kind,bi,rs,case", GRID, ids=[f"{k}-bi{int(b)}-seq{int(r)}-{c}" for k, b, r, c in GRID])
+def test_masked_recurrence_equals_pytorch_packed_sequences(kind, bi, rs, case):
+    import torch
+
+    lengths, Fi, H = CASES[case]
+    rng = np.random.default_rng(3)
+    B, T = len(lengths), max(lengths) + (1 if case == "one" else 0)  # "one": a padded step after a length-1 sequence
+    layer = getattr(nnkit, kind)(Fi, H, bidirectional=bi, return_sequences=rs)
+    model = nnkit.Sequential([layer], dtype="float64", seed=2)
+    rnn = getattr(torch.nn, kind)(Fi, H, batch_first=True, bidirectional=bi, dtype=torch.float64)
+    with torch.no_grad():
+        for name in layer.param_names:
+            getattr(rnn, _torch_name(name)).copy_(torch.from_numpy(to_np(layer.params[name])))
+    X = rng.standard_normal((B, T, Fi))
+    lens = np.array(lengths)
+    M = (np.arange(T)[None, :] < lens[:, None]).astype(np.float64)
+    X = X * M[:, :, None] + 7.0 * (1 - M[:, :, None])  # padding that would show if it leaked
+    xt = torch.from_numpy(X).requires_grad_(True)
+    yt = _packed(torch, rnn, xt, lens, rs)
+    G = rng.standard_normal(tuple(yt.shape))
+    (yt * torch.from_numpy(G)).sum().backward()
+    Y = model._forward(model.backend.asarray(X), train=True, mask=model.backend.asarray(M))
+    dX = layer.backward(G, need_dX=True)
+    np.testing.assert_allclose(to_np(Y), yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(to_np(dX), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for name in layer.param_names:
+        np.testing.assert_allclose(to_np(layer.grads[name]), getattr(rnn, _torch_name(name)).grad.numpy(),
+                                   rtol=1e-9, atol=1e-12, err_msg=name)
+    if rs:
+        assert np.all(to_np(Y)[M == 0] == 0.0)  # the padded outputs are zero
+
+
+def _lm(V=7, d=4, H=5, bi=False, kind="GRU"):
+    cell = getattr(nnkit, kind)(d, H, bidirectional=bi)
+    return nnkit.Sequential([nnkit.Embedding(V, d), cell, nnkit.Dense(H * (2 if bi else 1), V)], dtype="float64",
+                            seed=0)
+
+
+def _token_data(n=5, V=7, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 7, size=n)
+    lengths[0] = 6
+    X = [rng.integers(0, V, size=t) for t in lengths]
+    y = [rng.integers(0, V, size=t) for t in lengths]
+    return X, y, lengths
+
+
+@needs_torch
+@pytest.mark.parametrize("bi", [False, True])
+def test_per_token_cross_entropy_equals_pytorch_over_the_valid_tokens(bi):
+    import torch
+    import torch.nn.functional as tF
+
+    model = _lm(bi=bi)
+    X, y, lengths = _token_data()
+    value, grads = model.value_and_grad(X, y, "cross_entropy")
+    emb, cell, dense = model.layers
+    W_e = torch.from_numpy(to_np(emb.params["weight"])).requires_grad_(True)
+    rnn = torch.nn.GRU(4, 5, batch_first=True, bidirectional=bi, dtype=torch.float64)
+    with torch.no_grad():
+        for name in cell.param_names:
+            getattr(rnn, _torch_name(name)).copy_(torch.from_numpy(to_np(cell.params[name])))
+    W = torch.from_numpy(to_np(dense.params["W"])).requires_grad_(True)
+    b = torch.from_numpy(to_np(dense.params["b"])).requires_grad_(True)
+    Xp, _ = pad_sequences(X)
+    Yp, _ = pad_sequences(y)
+    h = _packed(torch, rnn, W_e[torch.from_numpy(Xp)], lengths, True)
+    logits = h @ W + b
+    valid = torch.from_numpy(np.arange(Xp.shape[1])[None, :] < lengths[:, None])
+    ref = tF.cross_entropy(logits[valid], torch.from_numpy(Yp)[valid])  # the mean over the valid tokens
+    ref.backward()
+    assert abs(float(to_np(value)) - ref.item()) <= 1e-12 * abs(ref.item())
+    np.testing.assert_allclose(to_np(grads["0.weight"]), W_e.grad.numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(to_np(grads["2.W"]), W.grad.numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(to_np(grads["2.b"]), b.grad.numpy(), rtol=1e-9, atol=1e-13)
+    for name in cell.param_names:
+        np.testing.assert_allclose(to_np(grads["1." + name]), getattr(rnn, _torch_name(name)).grad.numpy(),
+                                   rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def test_a_list_of_sequences_is_the_padded_array_with_its_lengths():
+    X, y, lengths = _token_data()
+    Xp, _ = pad_sequences(X)
+    Yp, _ = pad_sequences(y)
+    a, b = _lm(), _lm()
+    va, ga = a.value_and_grad(X, y, "cross_entropy")
+    vb, gb = b.value_and_grad(Xp, Yp, "cross_entropy", lengths=lengths)
+    assert float(va) == float(vb)
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k])
+    # what padding holds does not matter: other ids and other targets there give the same loss
+    Xo, Yo = Xp.copy(), Yp.copy()
+    pad = np.arange(Xp.shape[1])[None, :] >= lengths[:, None]
+    Xo[pad], Yo[pad] = 3, 5
+    vc, gc = b.value_and_grad(Xo, Yo, "cross_entropy", lengths=lengths)
+    assert float(vc) == pytest.approx(float(va), rel=1e-14)
+    for k in ga:
+        np.testing.assert_allclose(gc[k], ga[k], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_gradcheck_through_masks_on_every_backend(make_backend, kind):
+    cell = getattr(nnkit, kind)(3, 4, bidirectional=True)
+    model = nnkit.Sequential([cell, nnkit.Dense(8, 3)], backend=make_backend("float64"), seed=0)
+    rng = np.random.default_rng(1)
+    X = [rng.standard_normal((t, 3)) for t in (4, 1, 3)]
+    y = [rng.integers(0, 3, size=t) for t in (4, 1, 3)]
+    report = nnkit.gradcheck(model, X, y, "cross_entropy")
+    assert report < 1e-6, str(report)
+
+
+def test_a_wrong_mask_derivation_fails(monkeypatch):
+    """Forgetting the carried path (1 − m) ⊙ ds_t of the backward pass is caught by gradcheck."""
+    from nnkit.layers import recurrent
+
+    right = recurrent._Recurrent.backward
+
+    def wrong(self, dY, need_dX=True):
+        for d, (Xd, steps, M) in enumerate(self._cache):
+            if M is not None:  # the backward pass told every step is valid: the carried path is lost
+                self._cache[d] = (Xd, steps, M * 0.0 + 1.0)
+        return right(self, dY, need_dX)
+
+    monkeypatch.setattr(recurrent._Recurrent, "backward", wrong)
+    model = nnkit.Sequential([nnkit.GRU(2, 3, return_sequences=False), nnkit.Dense(3, 2)], dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((t, 2)) for t in (4, 2)]
+    report = nnkit.gradcheck(model, X, np.array([0, 1]), "cross_entropy")
+    assert report > 1e-3 and report.failing()
+
+
+def test_fit_evaluate_predict_on_sequences_of_different_lengths():
+    rng = np.random.default_rng(0)
+    V = 6
+    X = [rng.integers(0, V, size=t) for t in rng.integers(2, 9, size=40)]
+    y = [np.roll(x, -1) for x in X]  # predict the next id (cyclically): learnable from the current one
+    model = nnkit.Sequential([nnkit.Embedding(V, 8), nnkit.GRU(8, 16), nnkit.Dense(16, V)], seed=0)
+    hist = model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(0.02), epochs=15, batch_size=8,
+                     verbose=0, validation_data=(X[:10], y[:10]))
+    assert hist["loss"][-1] < hist["loss"][0]
+    logs = model.evaluate(X, y, "cross_entropy")
+    out = to_np(model.predict(X))
+    lengths = np.array([len(x) for x in X])
+    assert out.shape == (40, lengths.max(), V)
+    valid = np.arange(out.shape[1])[None, :] < lengths[:, None]
+    assert np.all(out[~valid] == 0.0)  # padded outputs are zero
+    Yp, _ = pad_sequences(y)
+    z = out[valid] - out[valid].max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    ce = -logp[np.arange(valid.sum()), Yp[valid]].mean()  # the mean over the valid positions
+    assert logs["loss"] == pytest.approx(ce, rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(float((out[valid].argmax(1) == Yp[valid]).mean()), abs=1e-9)
+    assert hist["val_loss"][-1] == pytest.approx(model.evaluate(X[:10], y[:10], "cross_entropy")["loss"], rel=1e-5)
+
+
+def test_per_position_weights_act_as_masks():
+    X, y, lengths = _token_data(n=4)
+    Xp, _ = pad_sequences(X)
+    Yp, _ = pad_sequences(y)
+    model = nnkit.Sequential([nnkit.Embedding(7, 4), nnkit.Dense(4, 7)], dtype="float64", seed=0)  # no recurrence
+    full = (np.arange(Xp.shape[1])[None, :] < lengths[:, None]).astype(float)
+    by_weight = model.evaluate(Xp, Yp, "cross_entropy", sample_weight=full)
+    by_length = model.evaluate(Xp, Yp, "cross_entropy", lengths=lengths)
+    assert by_weight["loss"] == pytest.approx(by_length["loss"], rel=1e-13)
+    assert by_weight["accuracy"] == pytest.approx(by_length["accuracy"], rel=1e-13)
+    w = full.copy()
+    w[0, :3] = 0.0  # three of sequence 0's positions left out
+    logs = model.evaluate(Xp, Yp, "cross_entropy", sample_weight=w)
+    out = to_np(model.predict(Xp))
+    z = out - out.max(axis=2, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+    ell = -np.take_along_axis(logp, Yp[:, :, None], axis=2)[:, :, 0]
+    assert logs["loss"] == pytest.approx((ell * w).sum() / w.sum(), rel=1e-12)
+
+
+def test_per_position_targets_stay_labels_and_mse_takes_values():
+    model = nnkit.Sequential([nnkit.Embedding(5, 3), nnkit.Dense(3, 5)], seed=0)
+    ids = np.array([[0, 1, 2], [3, 4, 0]])
+    T = nnkit.data.as_input(model, ids)
+    assert T.dtype == np.int64
+    labels = nnkit.data.as_target(model, np.array([[1, 2, 3], [4, 0, 1]]), 2, nnkit.get_loss("cross_entropy"))
+    assert labels.shape == (2, 3) and labels.dtype == np.int64  # O(B·T) targets, no (B, T, V) one-hot
+    with pytest.raises(ValueError, match="per-position targets"):
+        nnkit.data.as_target(model, np.zeros((2, 4), dtype=np.int64), 2, nnkit.get_loss("cross_entropy"))
+    reg = nnkit.Sequential([nnkit.Embedding(5, 3), nnkit.Dense(3, 2)], dtype="float64", seed=0)
+    Y = np.random.default_rng(0).standard_normal((2, 3, 2))
+    value, _ = reg.value_and_grad(ids, Y, "mse")
+    out = to_np(reg.predict(ids))
+    assert float(value) == pytest.approx(float(((out - Y) ** 2).mean()), rel=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_sequence_pool_leaves_padding_out_and_equals_torch(mode):
+    import torch
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([4, 1, 3])
+    X = rng.standard_normal((3, 4, 5))
+    M = (np.arange(4)[None, :] < lengths[:, None]).astype(np.float64)
+    pool = nnkit.SequencePool(mode)
+    model = nnkit.Sequential([pool], dtype="float64", seed=0)
+    Y = model._forward(X, train=True, mask=M)
+    G = rng.standard_normal((3, 5))
+    dX = pool.backward(G)
+    xt = torch.from_numpy(X).requires_grad_(True)
+    m = torch.from_numpy(M)[:, :, None]
+    if mode == "mean":
+        yt = (xt * m).sum(1) / m.sum(1)
+    else:
+        yt = xt.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    (yt * torch.from_numpy(G)).sum().backward()
+    np.testing.assert_allclose(to_np(Y), yt.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(to_np(dX), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_a_classifier_over_pooled_sequences_trains_and_gradchecks(make_backend):
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((t, 2)) for t in (3, 5, 2)]
+    for mode in ("mean", "max"):
+        model = nnkit.Sequential([nnkit.LSTM(2, 3), nnkit.SequencePool(mode), nnkit.Dense(3, 2)],
+                                 backend=make_backend("float64"), seed=0)
+        report = nnkit.gradcheck(model, X, np.array([0, 1, 1]), "cross_entropy")
+        assert report < 1e-6, (mode, str(report))
+
+
+def test_a_per_position_output_after_a_layer_that_moves_positions_is_refused():
+    model = nnkit.Sequential([nnkit.Reshape((1, 6)), nnkit.Conv1D(1, 2, 3, padding=1), nnkit.Reshape((6, 2))],
+                             seed=0)
+    X = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    with pytest.raises(ValueError):  # lengths on a table that is no sequence: refused, not guessed
+        model.value_and_grad(X, np.zeros((2, 6), dtype=np.int64), "cross_entropy", lengths=[3, 6])
+
+
+def test_a_model_that_would_read_the_padding_as_data_is_refused():
+    seqs = [np.ones((5, 3), np.float32), np.ones((2, 3), np.float32)]
+    flat = nnkit.Sequential([nnkit.GRU(3, 4), nnkit.Flatten(), nnkit.Dense(20, 2)], seed=0)
+    before = flat.state_dict()
+    with pytest.raises(TypeError, match=r"Flatten\(\) would read the padding as data"):
+        flat.fit(seqs, np.array([0, 1]), loss="cross_entropy", epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="padded sequences"):
+        flat.predict(pad_sequences(seqs)[0], lengths=[5, 2])
+    for k, v in before.items():
+        np.testing.assert_array_equal(to_np(v), to_np(flat.state_dict()[k]))
+    dense = nnkit.Sequential([nnkit.Dense(4, 2)], seed=0)  # float (T_i,) sequences: T on the feature axis
+    with pytest.raises(TypeError, match=r"Dense\(4, 2\) would read"):
+        dense.predict([np.ones(4, np.float32), np.ones(2, np.float32)])
+    pooled = nnkit.Sequential([nnkit.Dense(3, 4), nnkit.SequencePool("max"), nnkit.Dense(4, 2)],
+                              input_shape=(None, 3), seed=0)
+    assert to_np(pooled.predict(seqs)).shape == (2, 2)  # Dense keeps positions; the pool takes the mask
+    same = nnkit.Sequential([nnkit.GRU(3, 4), nnkit.Flatten(), nnkit.Dense(20, 2)], seed=0)
+    assert to_np(same.predict([np.ones((5, 3)), np.ones((5, 3))])).shape == (2, 2)  # equal lengths: no padding
+
+
+def test_streamed_batches_of_sequences():
+    rng = np.random.default_rng(1)
+    seqs = [rng.standard_normal((t, 3)).astype(np.float32) for t in rng.integers(1, 8, size=24)]
+    labels = rng.integers(0, 2, size=24)
+    batches = [(seqs[i:i + 8], labels[i:i + 8]) for i in range(0, 24, 8)]  # each batch a list of its sequences
+    model = nnkit.Sequential([nnkit.GRU(3, 4, return_sequences=False), nnkit.Dense(4, 2)], seed=0)
+    twin = model.clone()
+    model.fit(batches, loss="cross_entropy", optimizer="sgd", epochs=2, verbose=0, shuffle=False)
+    for _ in range(2):  # the same steps, one batch at a time
+        for xb, yb in batches:
+            twin.train_step(xb, yb, "cross_entropy", twin.optimizer or _sgd(twin))
+    for k, v in model.params().items():
+        np.testing.assert_allclose(to_np(v), to_np(twin.params()[k]), rtol=1e-5, atol=1e-6)
+    out = to_np(model.predict(batches))
+    assert out.shape == (24, 2)
+    np.testing.assert_allclose(out, to_np(model.predict(seqs)), rtol=1e-5, atol=1e-6)
+
+
+def _sgd(model):
+    model.optimizer = nnkit.optim.get_optimizer("sgd")
+    return model.optimizer
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+def test_pad_sequences_pads_and_refuses_bad_input():
+    X, lengths = pad_sequences([np.array([1, 2, 3]), np.array([4])])
+    np.testing.assert_array_equal(X, [[1, 2, 3], [4, 0, 0]])
+    np.testing.assert_array_equal(lengths, [3, 1])
+    assert X.dtype == np.int64
+    F, _ = pad_sequences([np.ones((2, 3)), np.ones((1, 3))], maxlen=4, value=-1.0)
+    assert F.shape == (2, 4, 3) and F[1, 1, 0] == -1.0
+    with pytest.raises(TypeError, match="non-empty list"):
+        pad_sequences([])
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        pad_sequences([np.ones(2), np.ones(0)])
+    with pytest.raises(ValueError, match="same shape"):
+        pad_sequences([np.ones((2, 3)), np.ones((2, 4))])
+    with pytest.raises(ValueError, match="more than maxlen"):
+        pad_sequences([np.ones(5)], maxlen=3)
+    with pytest.raises(TypeError, match="numeric"):
+        pad_sequences([np.array(["a", "b"])])
+    with pytest.raises(ValueError, match="sort the sequences by length"):  # refused before allocating
+        pad_sequences([np.ones(10_000_000, dtype=np.int8)] + [np.ones(1, dtype=np.int8)] * 2000)
+
+
+def test_bad_lengths_are_refused_and_leave_the_model_unchanged():
+    model = nnkit.Sequential([nnkit.GRU(2, 3), nnkit.Dense(3, 2)], seed=0)
+    before = {k: to_np(v).copy() for k, v in model.params().items()}
+    X = np.zeros((2, 4, 2), dtype=np.float32)
+    y = np.zeros((2, 4), dtype=np.int64)
+    for lengths, match in (([0, 4], r"\[1, 4\]"), ([5, 1], r"\[1, 4\]"), ([1], "2 integers"),
+                           ([1.5, 2.0], "integers")):
+        with pytest.raises(ValueError, match=match):
+            model.fit(X, y, loss="cross_entropy", lengths=lengths, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="lengths"):
+        model.fit([np.zeros((2, 2)), np.zeros((3, 2))], [np.zeros(2, int), np.zeros(3, int)], loss="cross_entropy",
+                  lengths=[2, 3], verbose=0)
+    with pytest.raises(ValueError, match="target i must have"):
+        model.fit([np.zeros((2, 2)), np.zeros((3, 2))], [np.zeros(3, int), np.zeros(2, int)], loss="cross_entropy",
+                  verbose=0)
+    for k, v in model.params().items():
+        np.testing.assert_array_equal(to_np(v), before[k])
+
+
+def test_token_ids_out_of_range_name_the_example_and_position():
+    model = nnkit.Sequential([nnkit.Embedding(5, 3), nnkit.GRU(3, 2), nnkit.Dense(2, 5)], seed=0)
+    X = [np.array([1, 2, 3]), np.array([4, 9])]
+    with pytest.raises(ValueError, match=r"X\[1, 1\] = 9 .*example 1, position 1"):
+        model.fit(X, [np.array([1, 2, 3]), np.array([4, 0])], loss="cross_entropy", verbose=0)

@@ -73,3 +73,15 @@ def test_torch_gru_base_step(benchmark):
         opt.step()
 
     benchmark(step)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_run_char_lm_runs(tmp_path):
+    """``python -m benchmarks.run_char_lm`` end to end on a small text (so the script cannot rot)."""
+    from benchmarks import run_char_lm
+
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40)
+    r = run_char_lm.main(["--data", str(text), "--steps", "3", "--out", str(tmp_path / "t.md")])
+    assert np.isfinite(r["val_nnkit"]) and abs(r["val_nnkit"] - r["val_torch"]) < 1e-3
+    assert "| nnkit, NumPy float32 |" in (tmp_path / "t.md").read_text()

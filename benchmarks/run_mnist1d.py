@@ -38,14 +38,19 @@ def convbase():
             nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(), nnkit.Flatten(), nnkit.Dense(125, 10)]
 
 
-def run_cnn(data, seed, epochs, backend="numpy", precision=None):
+def _run_layers(layers, data, seed, epochs, backend, precision):
+    """(test accuracy, training seconds) of ``layers`` on a (B, 40) row, Adam 1e-2, batch 100."""
     X, y, Xt, yt = data
-    model = nnkit.Sequential(convbase(), seed=seed, backend=backend, precision=precision, input_shape=(40,))
+    model = nnkit.Sequential(layers, seed=seed, backend=backend, precision=precision, input_shape=(40,))
     t0 = time.perf_counter()
     model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=epochs, batch_size=100,
               verbose=0)
     seconds = time.perf_counter() - t0
     return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
+
+
+def run_cnn(data, seed, epochs, backend="numpy", precision=None):
+    return _run_layers(convbase(), data, seed, epochs, backend, precision)
 
 
 def _torch_convbase():
@@ -66,13 +71,7 @@ def grubase():
 
 
 def run_gru(data, seed, epochs, backend="numpy", precision=None):
-    X, y, Xt, yt = data
-    model = nnkit.Sequential(grubase(), seed=seed, backend=backend, precision=precision, input_shape=(40,))
-    t0 = time.perf_counter()
-    model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=epochs, batch_size=100,
-              verbose=0)
-    seconds = time.perf_counter() - t0
-    return model.evaluate(Xt, yt, "cross_entropy")["accuracy"], seconds
+    return _run_layers(grubase(), data, seed, epochs, backend, precision)
 
 
 class _TorchGRUBase:

@@ -37,14 +37,12 @@ from .distributed import rank_slice
 from .functional import device_of, namespace_of
 from .layers import fmt_shape
 from .layers.core import reads_padding
-from .metrics import add_sums
-from .losses import position_weights
+from .metrics import BatchStats
 
 __all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
            "dense", "check_range", "host_or_native", "numeric_host",
            "host_if_foreign", "is_memmap", "is_stream", "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch",
-           "BatchError", "predict", "class_weights", "pad_sequences", "is_ragged", "Sequences", "sequences",
-           "weight_total"]
+           "BatchError", "predict", "class_weights", "pad_sequences", "is_ragged", "Sequences", "sequences"]
 
 
 class BatchError(ValueError):
@@ -431,23 +429,6 @@ def row_weights(model, n, w_host=None, m_host=None):
     return (m * w).sum(axis=1)
 
 
-def weight_total(model, n, w_host=None, m_host=None):
-    """Σ of :func:`row_weights`: the rows n (or Σw), or the weighted valid positions of a per-position output."""
-    return float(row_weights(model, n, w_host, m_host).sum())
-
-
-def device_weight(model, n, W=None, M=None):
-    """The device form of :func:`weight_total` for one batch: the rows or positions (a Python float) or Σ of the
-    position weights (0-d) — no host read."""
-    xp, be = model.xp, model.backend
-    P = positions_of(model)
-    k = int(np.prod(P)) if P else 1
-    if k == 1 or (W is None and M is None):
-        return float(n * k) if W is None else xp.sum(W) * (k if W.ndim == 1 else 1)
-    ww = position_weights(W, M) if M is not None else W
-    return xp.sum(ww) * (k if ww.ndim == 1 else 1)
-
-
 def host_mask(lengths, T):
     """The host padding mask (n, T) float64 of ``lengths`` (None for None)."""
     return None if lengths is None else (np.arange(T)[None, :] < lengths[:, None]).astype(np.float64)
@@ -560,7 +541,7 @@ def as_target(model, y, n_rows, loss, check_values=True):
 def _as_position_target(model, y, n_rows, loss, out, check_values):
     """Per-position targets for outputs (B, *P, K) — a sequence model's (B, T, K): (B, *P) class labels (kept
     integer labels for a loss that ``keeps_labels``, never a one-hot), or (B, *P, K) values (for K = 1 also
-    (B, *P)); checked as the N = B·prod(P) rows they are scored as (:func:`nnkit.losses.flatten_positions`)."""
+    (B, *P)); checked as the N = B·prod(P) rows they are scored as (:func:`nnkit.losses.as_rows`)."""
     P, K = tuple(out[:-1]), out[-1]
     arr = host_or_native(model, y, "y")
     xp = namespace_of(arr)
@@ -572,6 +553,13 @@ def _as_position_target(model, y, n_rows, loss, out, check_values):
         raise ValueError(f"y has shape {shape} but the model's outputs are {fmt_shape(out)}, one per position: "
                          f"per-position targets are {per}, for ({n_rows}, ...) rows")
     _check_rows(arr, n_rows)
+    if check_values and len(shape) == 1 + len(P) and getattr(loss, "keeps_labels", False) and K > 1 \
+            and xp.isdtype(arr.dtype, "integral") and arr.shape[0]:
+        bad = xp.reshape((arr < 0) | (arr >= K), (-1,))
+        if bool(xp.any(bad)):  # name the first label out of range by its position (one read, as the check's)
+            at = np.unravel_index(int(xp.argmax(xp.astype(bad, xp.int8))), shape)
+            raise ValueError(f"y[{', '.join(map(str, at))}] = {int(arr[at])} is not a class of a model with {K} "
+                             f"outputs: per-position class labels must lie in [0, {K - 1}]")
     rows_n = n_rows * int(np.prod(P))
     flat = xp.reshape(arr, (rows_n,) + tuple(shape[1 + len(P):]))
     flat = loss.check_target(flat, K, rows_n, check_values)
@@ -623,25 +611,16 @@ def batch_ranges(n, batch_size):
 
 
 def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None, M=None):
-    """[Σ w·loss, Σ w·metric...] over (X, T) (weights W, or 1; the padding mask M of sequences) as 0-d device
-    arrays (inference, no host read); a per-position output is summed over its valid positions.  A sparse X is
+    """The :class:`nnkit.metrics.BatchStats` of (X, T) (weights W, or 1; the padding mask M of sequences) on the
+    device (inference, no host read); a per-position output is summed over its valid positions.  A sparse X is
     densified one batch at a time."""
     sums = None
     for s, e in batch_ranges(X.shape[0], batch_size):
         mb = None if M is None else M[s:e]
         out = model._forward(rows(model, X, s, e), train=False, mask=mb)
         out, tb, wb = model.score_rows(out, T[s:e, ...], None if W is None else W[s:e, ...], mb)
-        if wb is None:
-            batch = [loss.value(out, tb) * tb.shape[0]] + [fn(out, tb, loss) for _, fn in metric_fns]
-        else:
-            batch = [loss.value(out, tb, wb) * model.xp.sum(wb)] + [fn(out, tb, loss, wb) for _, fn in metric_fns]
-        sums = add_sums(sums, batch, metric_fns)
+        sums = sums + BatchStats.of_batch(out, tb, loss.value(out, tb, wb), loss, metric_fns, wb)
     return sums
-
-
-def _join_sums(a, b):
-    """Two runs' sums together: arrays added, collected lists joined."""
-    return [x + y for x, y in zip(a, b)]
 
 
 def slice_rows(X, start, stop):
@@ -711,17 +690,14 @@ def _labels_of(model, T, loss):
 
 class FitData:
     """One run's data: in memory (validated once, sent to the device once) or streamed (read, checked and
-    copied a batch at a time, prefetched); its batches for this rank, and the validation sums.
-
-    ``total`` / ``total_v`` are the rows (or Σ sample weights) of the training / validation data — counted
-    on the host while a stream is read.
+    copied a batch at a time, prefetched); its batches for this rank, and the validation sums (each batch's
+    weight travels in its :class:`nnkit.metrics.BatchStats`).
     """
 
     def __init__(self, model, loss, metric_fns, batch_size, shuffle=False, epochs=1, rank=0, size=1):
         self.model, self.be, self.xp, self.loss = model, model.backend, model.xp, loss
         self.metric_fns, self.batch_size, self.shuffle, self.epochs = metric_fns, batch_size, shuffle, epochs
         self.rank, self.size, self.parallel = rank, size, size > 1
-        self.total = self.total_v = 0.0
         self.stream = self.val_stream = None
         self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
         self.n = self.row_w = None
@@ -753,9 +729,9 @@ class FitData:
             return len(batch_ranges(self.n, self.batch_size))
         return self.stream.n_batches(self.batch_size) or 0
 
-    def _prepared(self, stream, order, total, batch_size=None):
-        """A stream's batches as checked device batches (this rank's slice), the rows (or Σ w, or the valid
-        positions) of the global batches added to ``self.<total>`` on the host; a batch that cannot be used is a
+    def _prepared(self, stream, order, batch_size=None):
+        """A stream's batches as checked device batches (this rank's slice) with this rank's share of each global
+        batch's weight (its rows, Σ w, or its valid positions); a batch that cannot be used is a
         BatchError naming it.  A batch's X may be a list of sequences of different lengths: padded here, with its
         mask."""
         model, loss, be = self.model, self.loss, self.be
@@ -785,7 +761,6 @@ class FitData:
                         _, w_host = check_weights(model, host_if_foreign(be, wb), rows)
                     row_w = row_weights(model, rows, w_host, host_mask(lengths, int(xb.shape[1])
                                                                        if lengths is not None else 0))
-                    setattr(self, total, getattr(self, total) + float(row_w.sum()))
                     a, b = rank_slice(0, rows, self.rank, self.size) if self.parallel else (0, rows)
                     if b <= a:
                         yield None, None, None, None, 0.0, e
@@ -801,13 +776,13 @@ class FitData:
                 yield S.X, T, W, S.M, share, e
 
     def stream_sums(self, stream):
-        """Validation sums over a stream (inference, in order), its rows (or Σ w) counted in ``total_v``."""
-        self.total_v, sums = 0.0, None
-        for X, T, W, M, _, _ in self._prepared(stream, None, "total_v", max(self.batch_size, 1024)):
+        """Validation sums over a stream (inference, in order): a :class:`nnkit.metrics.BatchStats` or None."""
+        sums = None
+        for X, T, W, M, _, _ in self._prepared(stream, None, max(self.batch_size, 1024)):
             if X is None:
                 continue
             part = batch_sums(self.model, X, T, self.loss, self.metric_fns, max(self.batch_size, 1024), W, M)
-            sums = part if sums is None else _join_sums(sums, part)
+            sums = part if sums is None else sums + part
         return sums
 
     def _inputs(self, X, y, sample_weight, lengths, what):
@@ -827,13 +802,12 @@ class FitData:
         model, loss = self.model, self.loss
         X, T, W, M, w_host, row_w, m_host = self._inputs(X, y, sample_weight, lengths, "X")
         self.Wv = self.Mv = None
-        row_wv = None
         if validation_split:
             split = int(X.shape[0] * (1.0 - validation_split))
             if split < 1:
                 raise ValueError(f"validation_split={validation_split} leaves no training rows out of {X.shape[0]}")
             self.Xv, self.Tv, X, T = slice_rows(X, split, None), T[split:, ...], slice_rows(X, 0, split), T[:split, ...]
-            row_wv, row_w = row_w[split:], row_w[:split]
+            row_w = row_w[:split]
             if W is not None:
                 self.Wv, W, w_host = W[split:], W[:split], w_host[:split]
             if M is not None:
@@ -844,7 +818,7 @@ class FitData:
                                  "sample_weight_val)")
             try:
                 wv = validation_data[2] if len(validation_data) == 3 else None
-                self.Xv, self.Tv, self.Wv, self.Mv, _, row_wv, _ = self._inputs(validation_data[0],
+                self.Xv, self.Tv, self.Wv, self.Mv, _, _, _ = self._inputs(validation_data[0],
                                                                                 validation_data[1], wv, None, "X_val")
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
@@ -862,8 +836,6 @@ class FitData:
             W = model.backend.asarray(w_host, dtype=model.backend.dtype)
         self.X, self.T, self.W, self.M, self.n = X, T, W, M, X.shape[0]
         self.row_w = row_w
-        self.total = float(row_w.sum())
-        self.total_v = None if self.Xv is None else float(row_wv.sum())
 
     def _setup_stream(self, X, y, sample_weight, validation_data, validation_split):
         """Streamed data (:mod:`nnkit.data`): checked batch by batch on the host as it is read."""
@@ -889,7 +861,6 @@ class FitData:
                              "make_batches(), ...)) or a re-iterable (a list of batches, a torch DataLoader)")
         self.stream, self.n = stream, stream.n
         self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
-        self.total = self.total_v = None  # counted while the epoch runs
 
     def batches(self):
         """(X_b, T_b, W_b, M_b, share, end) for this rank's slice of every global batch of an epoch (X_b None
@@ -899,9 +870,8 @@ class FitData:
         is densified one batch at a time; a stream's batches are read, checked and copied to the device ahead,
         in a background thread."""
         if self.stream is not None:
-            self.total = 0.0
             order = self.model.rng.permutation(self.n) if self.shuffle and self.n is not None else None
-            yield from prefetch(self._prepared(self.stream, order, "total"))
+            yield from prefetch(self._prepared(self.stream, order))
             return
         xp, model, W, M, row_w = self.xp, self.model, self.W, self.M, self.row_w
         sparse = is_sparse(self.X)
@@ -929,8 +899,8 @@ class FitData:
                        None if M is None else xp.take(M, idx, axis=0), share, e)
 
     def validation_sums(self, nothing):
-        """[Σ w·loss, Σ w·metric...] over this rank's share of the validation data (``nothing`` when it has no
-        rows), as 0-d device arrays."""
+        """The :class:`nnkit.metrics.BatchStats` of this rank's share of the validation data (``nothing`` when it
+        has no rows), on the device."""
         if self.val_stream is not None:
             vs = self.stream_sums(self.val_stream)
             return nothing if vs is None else vs

@@ -1,12 +1,15 @@
-"""Losses: the mean over the batch of a per-example loss summed over output units.
+"""Losses: the (weighted) mean over a batch's rows — its examples, or its positions — of a loss summed over
+output units.
 
-For a batch of B examples with outputs (B, K), each loss returns the 0-d value
+Outputs are (B, K), or (B, T, K) — (B, ..., K) in general — for a model that answers at each position; each of
+the N rows (N = B, or B·T) has a loss ℓ_n.  Each loss returns the 0-d value and its gradient shaped as the output
 
-    L = (1/B) Σ_n ℓ(out_n, y_n)
+    L = Σ_n w_n ℓ_n / Σ_n w_n  (w_n = 1 without weights: L = (1/N) Σ_n ℓ_n),   ∂L/∂out_n = (w_n/Σw) ∂ℓ_n/∂out_n,
 
-and its gradient ∂L/∂out (B, K), which carries the 1/B.  ``CrossEntropy`` and
-``BinaryCrossEntropy`` take *logits* (the last Dense layer's Z) and fold the
-softmax/sigmoid in, which is both stable and gives the short gradients below.
+so the gradient carries the 1/N (or w/Σw).  A loss states only its terms and their gradient per element
+(:meth:`Loss.elementwise`); :class:`Loss` does the reduction, the weights and the masking (a zero weight removes
+a position) once.  ``CrossEntropy`` and ``BinaryCrossEntropy`` take *logits* (the last Dense layer's Z) and fold
+the softmax/sigmoid in, which is both stable and gives the short gradients below.
 """
 from __future__ import annotations
 
@@ -14,43 +17,28 @@ from .functional import device_of, namespace_of
 
 from . import functional as F
 
-__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "flatten_positions",
-           "position_weights"]
-
-
-def position_weights(w, mask):
-    """The weight of every position: ``w`` (B,) per sequence or (B, T) per position, times the padding ``mask``
-    (B, T) (1 at a real position, 0 at padding); None when both are None (every position counts once)."""
-    if mask is None:
-        return w
-    if w is None:
-        return mask
-    return mask * (w[:, None] if w.ndim == 1 else w)
-
-
-def flatten_positions(out, T, w=None, mask=None):
-    """Per-position outputs as rows: ``(out (N, K), T (N,) or (N, K), w (N,) or None)``.
-
-    A model whose output keeps positions — (B, T, K) for a sequence, (B, ..., K) in general — is scored at each
-    of its N = B·T positions, as PyTorch's ``cross_entropy`` over the flattened tokens: the loss is the mean over
-    the positions (weighted by ``position_weights(w, mask)``, so padding counts for nothing) and its gradient
-    reshaped back is ∂L/∂out (B, T, K).  Targets are (B, T) integer classes — kept integers, (N,) here, O(B·T)
-    memory — or (B, T, K) values.  A (B, K) output is returned as it is."""
-    if out.ndim <= 2:
-        return out, T, w
-    xp = namespace_of(out)
-    K = out.shape[-1]
-    ww = position_weights(w, mask)
-    if ww is not None and ww.ndim == 1:  # a weight per sequence, the same at each of its positions
-        ww = xp.broadcast_to(ww[:, None], tuple(out.shape[:2]))
-    flat_t = xp.reshape(T, (-1,)) if T.ndim == out.ndim - 1 else xp.reshape(T, (-1, K))
-    return xp.reshape(out, (-1, K)), flat_t, None if ww is None else xp.reshape(ww, (-1,))
+__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "as_rows"]
 
 
 class Loss:
-    """Base class.  Subclasses implement ``value_and_grad(out, T)`` and target checks."""
+    r"""Base class: a loss states its value and gradient at each element once (:meth:`elementwise`); this class
+    reduces them — over every position, with the weights, the masking.
+
+    Outputs are (B, ..., K): one row of K outputs per example (B, K), or per position (B, T, K) for a sequence
+    model — N = B·T rows in all.  Targets are (B, ..., K) values, or (B, ...) integer class labels for a loss that
+    ``keeps_labels`` (cross-entropy; a one-output loss reads them as (B, ..., 1) values).  Weights ``w`` are (B,)
+    per example — the same at each of its positions — or (B, ...) per position; a zero weight removes a position
+    (padding, a masked token).  With ℓ_n the loss of row n (its elements summed over K):
+
+        L = Σ_n w_n ℓ_n / Σ_n w_n   (L = (1/N) Σ_n ℓ_n without weights; 0 when every weight is 0),
+        ∂L/∂out_n = (w_n / Σw) G_n   (B, ..., K), with G_n = ∂ℓ_n/∂out_n.
+
+    That is the mean over the batch's tokens that PyTorch's ``F.cross_entropy`` takes over flattened positions
+    (``ignore_index`` = weight 0), not a mean per sequence.
+    """
 
     name = "loss"
+    keeps_labels = False  # True: (B, ...) integer class targets stay labels (never a one-hot)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -87,21 +75,28 @@ class Loss:
         return backend.asarray(y, dtype=backend.dtype)
 
     # -- math ---------------------------------------------------------------------
+    def elementwise(self, out, T):
+        """``(ℓ, G)`` for rows ``out`` (N, K) against ``T`` — (N, K) values, or (N,) labels where the loss
+        ``keeps_labels``: ℓ (N, K) the loss's terms, whose sum over K is row n's loss ℓ_n (or ℓ (N,) the rows'
+        losses themselves), and G = ∂ℓ_n/∂out_n (N, K), a fresh array.  Each loss states its maths here, once."""
+        raise NotImplementedError
+
     def value_and_grad(self, out, T, w=None):
-        """(L as a 0-d array, ∂L/∂out of shape (B, K)); with sample weights ``w`` (B,) the weighted mean."""
-        raise NotImplementedError
-
-    def per_example(self, out, T):
-        """(ℓ_n of shape (B,), G = ∂ℓ_n/∂out_n of shape (B, K)): each example's loss and its gradient."""
-        raise NotImplementedError
-
-    def _weighted(self, out, T, w):
-        """L = Σ_n w_n ℓ_n / Σ_n w_n and ∂L/∂out = G ⊙ w/Σw (a batch whose weights are all 0 gives 0)."""
+        """(L as a 0-d array, ∂L/∂out shaped as ``out``): the weighted mean over every row (position) of
+        ``out`` (B, ..., K) — see the class docstring; ``w`` is None, (B,) or (B, ...)."""
         xp = namespace_of(out)
-        ell, G = self.per_example(out, T)
-        total = xp.sum(w)
-        share = w / xp.where(total > 0, total, xp.ones_like(total))
-        return xp.sum(share * ell), G * xp.reshape(share, (-1, 1))
+        Z, T, share = as_rows(out, T, w, self.keeps_labels)
+        ell, G = self.elementwise(Z, T)
+        if share is None:
+            inv_n = 1.0 / Z.shape[0]
+            value = inv_n * xp.sum(ell)
+            G *= inv_n  # in place on the fresh gradient: G/N
+        else:  # share: (N,) the weight of each row
+            total = xp.sum(share)
+            share = share / xp.where(total > 0, total, xp.ones_like(total))
+            value = xp.sum(share * (ell if ell.ndim == 1 else xp.sum(ell, axis=1)))
+            G = G * xp.reshape(share, (-1, 1))
+        return value, (G if out.ndim == 2 else xp.reshape(G, tuple(out.shape)))
 
     def value(self, out, T, w=None):
         """The loss alone (a 0-d array)."""
@@ -112,48 +107,69 @@ class Loss:
         return out
 
 
+def as_rows(out, T, w=None, keeps_labels=True):
+    """``(Z (N, K), T, w)``: outputs (B, ..., K) as their N rows, the targets as (N, K) values or (N,) labels
+    (labels only where ``keeps_labels``; for one output they are (N, 1) values), the weights ``w`` — (B,) per
+    example, the same at each of its positions, or (B, ...) per position — as (N,), or None.  A (B, K) output
+    with (B,) or (B, K) targets and (B,) weights is returned as it is."""
+    xp = namespace_of(out)
+    K = out.shape[-1]
+    if out.ndim == 2 and (T.ndim == 2 or keeps_labels):
+        Z = out
+    else:
+        Z = xp.reshape(out, (-1, K))
+        if T.ndim == out.ndim:
+            T = xp.reshape(T, (-1, K))
+        elif T.ndim == out.ndim - 1 and (keeps_labels or K == 1):
+            T = xp.reshape(T, (-1,) if keeps_labels else (-1, 1))
+        else:
+            raise ValueError(f"targets of shape {tuple(T.shape)} do not fit outputs {tuple(out.shape)}: expected "
+                             f"{tuple(out.shape)} values" + (f" or {tuple(out.shape[:-1])} class labels"
+                                                             if keeps_labels or K == 1 else ""))
+    if w is None:
+        return Z, T, None
+    positions = tuple(out.shape[1:-1])
+    if w.ndim == 1 and positions:  # one weight per example, at each of its positions
+        w = xp.broadcast_to(xp.reshape(w, (-1,) + (1,) * len(positions)), tuple(out.shape[:-1]))
+    if tuple(w.shape) != tuple(out.shape[:-1]):
+        raise ValueError(f"weights of shape {tuple(w.shape)} do not fit outputs {tuple(out.shape)}: expected "
+                         f"({out.shape[0]},) per example" + (f" or {tuple(out.shape[:-1])} per position"
+                                                            if positions else ""))
+    return Z, T, (w if w.ndim == 1 else xp.reshape(w, (-1,)))
+
+
 def _check_rows(y, n_rows):
     if y.shape[0] != n_rows:
         raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]}: they must have the same length")
 
 
 class MSE(Loss):
-    """Quadratic cost (seed 003): ℓ = ½‖y − a‖² per example.
+    """Quadratic cost (seed 003): ℓ_n = ½‖a_n − y_n‖² per row.
 
-    L = (1/2B) Σ_n Σ_k (a_nk − y_nk)²,   ∂L/∂a = (a − y)/B   (B, K).
+    Elements ½(a − y)², gradient G = a − y;  unweighted L = (1/2N) Σ_n Σ_k (a_nk − y_nk)², ∂L/∂a = (a − y)/N.
     """
 
     name = "mse"
 
-    def value_and_grad(self, A, T, w=None):
-        if w is not None:
-            return self._weighted(A, T, w)
-        xp = namespace_of(A)
-        inv_b = 1.0 / A.shape[0]
+    def elementwise(self, A, T):
+        """ℓ = ½(a − y)² (N, K), G = a − y."""
         diff = A - T
-        return (0.5 * inv_b) * xp.sum(diff * diff), diff * inv_b
-
-    def per_example(self, A, T):
-        """ℓ_n = ½‖a_n − y_n‖², G = a − y."""
-        diff = A - T
-        return 0.5 * namespace_of(A).sum(diff * diff, axis=1), diff
+        return 0.5 * (diff * diff), diff
 
 
 class CrossEntropy(Loss):
-    """Softmax cross-entropy on logits Z (B, K).
+    r"""Softmax cross-entropy on logits Z (N, K) — one row per example, or per position of (B, T, K).
 
-    Targets: integer labels (B,) in [0, K), or one-hot/probability rows (B, K).
-    With log p = Z − logsumexp(Z) (row-wise, stable):
+    Targets: integer labels (N,) in [0, K) — (B,) or (B, T), kept integers — or one-hot/probability rows
+    (N, K).  With log p = Z − logsumexp(Z) (row-wise, stable, shifted by the row max):
 
-    L = −(1/B) Σ_n Σ_k y_nk log p_nk,   ∂L/∂Z = (softmax(Z) − y)/B   (B, K).
+        elements −y_nk log p_nk,  ℓ_n = −Σ_k y_nk log p_nk,  G = softmax(Z) − y   (N, K).
 
-    Per-position targets (a sequence model's (B, T, K) logits, :func:`flatten_positions`) stay integer labels
-    T (N,): L = −(1/N) Σ_n log p_{n, T_n} and ∂L/∂Z = (softmax(Z) − [k = T_n])/N; the indicator [k = T_n] is
-    a comparison made inside the expression, never a stored (N, K) one-hot.
+    For labels t (N,), y_nk = [k = t_n]: ℓ_n = −log p_{n, t_n} and G = softmax(Z) − [k = t_n], the indicator a
+    comparison made inside the expression — target memory O(N), never a stored (N, K) one-hot.
     """
 
-    keeps_labels = True  # per-position class targets are kept as integer labels (see flatten_positions)
-
+    keeps_labels = True
     name = "cross_entropy"
 
     def check_target(self, y, n_outputs, n_rows, check_values=True):
@@ -205,36 +221,22 @@ class CrossEntropy(Loss):
             return xp.astype(xp.reshape(xp.astype(labels, classes.dtype), (-1, 1)) == classes, backend.dtype)
         return super().prepare_target(y, n_outputs, backend)
 
-    def value_and_grad(self, Z, T, w=None):
-        if w is not None:
-            return self._weighted(Z, T, w)
+    def elementwise(self, Z, T):
+        """ℓ = −y ⊙ log softmax(Z) (N, K) — or −log p at each label (N,) — and G = softmax(Z) − y."""
         xp = namespace_of(Z)
-        inv_b = 1.0 / Z.shape[0]
-        if T.ndim == 1:  # integer labels (per-position targets)
-            ell, G = self.per_example(Z, T)
-            return inv_b * xp.sum(ell), G * inv_b
         # shift by the row max: exact for the largest logit, so p keeps full precision even at |Z| ~ 1e3
         shifted = Z - xp.max(Z, axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = xp.sum(e, axis=1, keepdims=True)
         log_p = shifted
         log_p -= xp.log(s)  # in place: shifted is not needed any more
-        dZ = e / s
-        dZ -= T
-        dZ *= inv_b  # in place on the fresh quotient: (softmax(Z) − y)/B
-        return -inv_b * xp.sum(T * log_p), dZ
-
-    def per_example(self, Z, T):
-        """ℓ_n = −Σ_k y_nk log p_nk, G = softmax(Z) − y; for integer labels T (N,) y_nk = [k = T_n], compared
-        on the fly."""
-        xp = namespace_of(Z)
-        shifted = Z - xp.max(Z, axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        s = xp.sum(e, axis=1, keepdims=True)
-        if T.ndim == 1:
-            T = xp.astype(xp.reshape(T, (-1, 1)) == xp.arange(Z.shape[1], dtype=T.dtype, device=device_of(Z)),
-                          Z.dtype)
-        return -xp.sum(T * (shifted - xp.log(s)), axis=1), e / s - T
+        G = e / s
+        if T.ndim == 1:  # labels: y_nk = [k = t_n], compared here, never stored
+            hit = xp.reshape(T, (-1, 1)) == xp.arange(Z.shape[1], dtype=T.dtype, device=device_of(Z))
+            G -= xp.astype(hit, Z.dtype)
+            return -xp.sum(xp.where(hit, log_p, xp.zeros_like(log_p)), axis=1), G
+        G -= T
+        return -(T * log_p), G
 
     def predict(self, Z):
         """Class probabilities softmax(Z)."""
@@ -242,10 +244,10 @@ class CrossEntropy(Loss):
 
 
 class BinaryCrossEntropy(Loss):
-    """Sigmoid cross-entropy on logits Z (B, K), targets y ∈ [0, 1] of the same shape.
+    """Sigmoid cross-entropy on logits Z (N, K), targets y ∈ [0, 1] of the same shape.
 
-    ℓ = Σ_k −y log σ(z) − (1−y) log(1−σ(z)) = Σ_k max(z, 0) − z·y + log(1 + e^{−|z|}),
-    L = (1/B) Σ_n ℓ_n,   ∂L/∂Z = (σ(Z) − y)/B   (B, K).
+    Elements −y log σ(z) − (1−y) log(1−σ(z)) = softplus(z) − z·y (stable: max(z, 0) − z·y + log(1 + e^{−|z|})),
+    G = σ(Z) − y   (N, K).
     """
 
     name = "binary_cross_entropy"
@@ -254,18 +256,10 @@ class BinaryCrossEntropy(Loss):
         if y.shape[0] and not bool(xp.all((y >= 0) & (y <= 1))):
             raise ValueError("BinaryCrossEntropy targets must lie in [0, 1]")
 
-    def value_and_grad(self, Z, T, w=None):
-        if w is not None:
-            return self._weighted(Z, T, w)
+    def elementwise(self, Z, T):
+        """ℓ = softplus(Z) − Z ⊙ y, G = σ(Z) − y."""
         xp = namespace_of(Z)
-        inv_b = 1.0 / Z.shape[0]
-        value = inv_b * xp.sum(F.softplus(xp, Z) - Z * T)
-        return value, (F.sigmoid(xp, Z) - T) * inv_b
-
-    def per_example(self, Z, T):
-        """ℓ_n = Σ_k softplus(z) − z·y, G = σ(Z) − y."""
-        xp = namespace_of(Z)
-        return xp.sum(F.softplus(xp, Z) - Z * T, axis=1), F.sigmoid(xp, Z) - T
+        return F.softplus(xp, Z) - Z * T, F.sigmoid(xp, Z) - T
 
     def predict(self, Z):
         """Probabilities σ(Z)."""
@@ -275,10 +269,9 @@ class BinaryCrossEntropy(Loss):
 class Poisson(Loss):
     """Poisson regression on the log-rate z (the model's linear output), targets y ≥ 0 (counts, rates).
 
-    The negative log-likelihood without its y-only terms: ℓ = Σ_k e^{z} − y·z per example,
-    L = (1/B) Σ_n ℓ_n,   ∂L/∂Z = (e^{Z} − y)/B   (B, K);  the prediction is the rate e^{z}.
-    e^{z} is taken of min(z, log(max float)) so that a rate beyond the dtype's range saturates at its
-    largest number instead of overflowing (no inf, no warning, also for z ~ 1e3).
+    The negative log-likelihood without its y-only terms: elements e^{z} − y·z, G = e^{Z} − y (N, K); the
+    prediction is the rate e^{z}.  e^{z} is taken of min(z, log(max float)) so that a rate beyond the dtype's
+    range saturates at its largest number instead of overflowing (no inf, no warning, also for z ~ 1e3).
     """
 
     name = "poisson"
@@ -291,18 +284,10 @@ class Poisson(Loss):
         xp = namespace_of(Z)
         return xp.exp(xp.minimum(Z, 88.0 if Z.dtype == xp.float32 else 709.0))
 
-    def value_and_grad(self, Z, T, w=None):
-        if w is not None:
-            return self._weighted(Z, T, w)
-        xp = namespace_of(Z)
-        inv_b = 1.0 / Z.shape[0]
+    def elementwise(self, Z, T):
+        """ℓ = e^{Z} − y ⊙ Z, G = e^{Z} − y."""
         rate = self._exp(Z)
-        return inv_b * xp.sum(rate - T * Z), (rate - T) * inv_b
-
-    def per_example(self, Z, T):
-        """ℓ_n = Σ_k e^{z} − y·z, G = e^{Z} − y."""
-        rate = self._exp(Z)
-        return namespace_of(Z).sum(rate - T * Z, axis=1), rate - T
+        return rate - T * Z, rate - T
 
     def predict(self, Z):
         """The rate e^{Z}."""

@@ -1,7 +1,9 @@
 """Metrics: per-batch statistics that stay on the device, turned into a value once per epoch.
 
-A metric is a :class:`Metric`: called on a batch — ``metric(out, T, loss, w)``, the model's outputs, the
-prepared targets (one-hot rows for cross-entropy), the loss and the sample weights (B,) or None — it returns
+A metric is a :class:`Metric`: called on a batch's rows — ``metric(out, T, loss, w)``, the model's outputs
+(N, K), the prepared targets (one-hot rows, or integer labels (N,), for cross-entropy), the loss and the rows'
+weights (N,) or None, where a row is an example of a (B, K) output or a position of a per-position output
+(B, T, K), N = B·T, padded and zero-weight positions counting for nothing — it returns
 a device array of a fixed shape whose sum over the epoch's batches is all it needs (a weighted count, a
 confusion matrix, the moments of the targets); ``metric.value(total, n)`` turns that sum, read from the device
 once per epoch with the loss, into the reported number.  Nothing is read inside an epoch.
@@ -35,7 +37,7 @@ import numpy as np
 from .functional import device_of, namespace_of
 
 __all__ = ["Metric", "Mean", "TopKAccuracy", "Precision", "Recall", "F1", "R2", "AUC", "UserMetric", "METRICS",
-           "get_metrics", "accuracy", "mse", "mae", "confusion_matrix", "add_sums", "read_sums"]
+           "get_metrics", "accuracy", "mse", "mae", "confusion_matrix", "batch_weight", "BatchStats", "read_stats"]
 
 
 def _total(xp, per_example, w):
@@ -394,32 +396,104 @@ def get_metrics(metrics: Any, loss: Any) -> list[tuple[str, Metric]]:
 
 
 # -- the epoch's sums: added on the device, read once ----------------------------------------------------------
-def add_sums(sums, batch, metric_fns):
-    """The running sums with a batch's: the loss and summed metrics added, collected metrics' arrays kept in a
-    list (joined at the read).  ``sums`` None: the batch's own (copied into lists where collected)."""
-    collect = [False] + [m.collect for _, m in metric_fns]
-    collect += [False] * (len(batch) - len(collect))
-    if sums is None:
-        return [[b] if c else b for b, c in zip(batch, collect)]
-    return [a + [b] if c else a + b for a, b, c in zip(sums, batch, collect)]
+def batch_weight(out, w=None):
+    """The weight of a batch's mean — the one place it is computed: the N rows of ``out`` (N, K) (examples, or
+    the positions of a per-position output), a Python number, or Σ w of the rows' weights ``w`` (N,) (a padding
+    mask's zeros leave its positions out), a 0-d device array.  No host read, no tensor made inside a step."""
+    return float(out.shape[0]) if w is None else namespace_of(w).sum(w)
 
 
-def read_sums(be, sums, reduce=None):
-    """One device → host read of every entry of ``sums`` (arrays, or lists of arrays to join): NumPy arrays
-    of their shapes.  ``reduce`` (a communicator's all-reduce) is applied to the joined vector before the read."""
+class BatchStats:
+    """The sums an epoch's logs are made of, kept on the device and read once: ``weight`` Σw (:func:`batch_weight`
+    summed over the batches), ``loss`` Σ w·L (each batch's mean loss times its weight) and, per metric, its
+    statistics (summed; a ``collect`` metric's kept in a list and joined at the read).  Built from a batch
+    (:meth:`of_batch`) or empty (:meth:`zeros`), added with ``+``, read with :func:`read_stats`; the logs are
+    then ``loss / weight`` and each ``metric.value(total, weight)`` (:meth:`logs`)."""
+
+    __slots__ = ("weight", "loss", "metrics", "collect")
+
+    def __init__(self, weight, loss, metrics, collect):
+        self.weight, self.loss, self.metrics, self.collect = weight, loss, list(metrics), tuple(collect)
+
+    @classmethod
+    def of_batch(cls, out, T, value, loss, metric_fns, w=None):
+        """A batch's statistics: rows ``out`` (N, K), targets ``T``, its 0-d mean loss ``value`` and the rows'
+        weights ``w`` (N,) or None (:func:`nnkit.losses.as_rows` gives all four)."""
+        weight = batch_weight(out, w)
+        stats = [fn(out, T, loss) if w is None else fn(out, T, loss, w) for _, fn in metric_fns]
+        collect = [m.collect for _, m in metric_fns]
+        return cls(weight, value * weight, [[a] if c else a for a, c in zip(stats, collect)], collect)
+
+    @classmethod
+    def zeros(cls, be, metric_fns, k):
+        """No rows yet (a rank or a validation part without any), for a model of ``k`` outputs."""
+        def zero(shape):
+            return be.xp.zeros(shape, dtype=be.dtype, device=be.device)
+
+        collect = [m.collect for _, m in metric_fns]
+        return cls(0.0, zero(()), [[zero(m.shape(k))] if m.collect else zero(m.shape(k)) for _, m in metric_fns],
+                   collect)
+
+    def __add__(self, other):
+        """Two parts' sums together: numbers and arrays added, collected lists joined."""
+        if other is None:
+            return self
+        return BatchStats(self.weight + other.weight, self.loss + other.loss,
+                          [a + b for a, b in zip(self.metrics, other.metrics)], self.collect)
+
+    __radd__ = __add__  # None + stats
+
+    def as_tuple(self):
+        """(weight, loss, metrics): the arrays alone (what a compiled step returns); :meth:`from_tuple` undoes it."""
+        return self.weight, self.loss, self.metrics
+
+    @classmethod
+    def from_tuple(cls, parts, metric_fns):
+        weight, loss, metrics = parts
+        return cls(weight, loss, metrics, [m.collect for _, m in metric_fns])
+
+    def logs(self, metric_fns, prefix=""):
+        """``{"loss": Σw·L / Σw, metric: value}`` of host sums (:func:`read_stats`) as Python floats."""
+        total = float(self.weight)
+        logs = {f"{prefix}loss": float(self.loss) / total}
+        for (name, metric), value in zip(metric_fns, self.metrics):
+            logs[prefix + name] = metric.value(value, total)
+        return logs
+
+
+def read_stats(be, stats, extra=(), reduce=None):
+    """One device → host read of several :class:`BatchStats` and ``extra`` 0-d arrays: ``(host stats, host
+    extras)``, float64.  ``reduce`` (a communicator's all-reduce) sums the joined vector across ranks first.
+    A weight that is still a Python number (rows counted, no weights) stays on the host, exact, unless it must
+    be summed across ranks."""
     xp = be.xp
-    joined = [xp.concat(s, axis=0) if isinstance(s, list) else s for s in sums]
+    arrays, on_host = [], []
+    for st in stats:
+        host_weight = isinstance(st.weight, float) and reduce is None
+        on_host.append(host_weight)
+        weight = [] if host_weight else [xp.asarray(st.weight, dtype=be.dtype, device=be.device)
+                                         if isinstance(st.weight, float) else st.weight]
+        arrays += weight + [st.loss] + list(st.metrics)
+    arrays += list(extra)
+    joined = [xp.concat(a, axis=0) if isinstance(a, list) else a for a in arrays]
     shapes = [tuple(a.shape) for a in joined]
-    flat = xp.concat([xp.reshape(xp.astype(a, be.dtype), (-1,)) for a in joined]) if joined else None
-    if flat is not None and reduce is not None:
+    flat = xp.concat([xp.reshape(xp.astype(a, be.dtype), (-1,)) for a in joined])
+    if reduce is not None:
         flat = reduce(flat)
-    host = be.to_numpy(flat) if flat is not None else np.zeros(0)
-    out, at = [], 0
+    flat = np.asarray(be.to_numpy(flat), dtype=np.float64)
+    host, at = [], 0
     for shape in shapes:
         size = int(np.prod(shape)) if shape else 1
-        out.append(np.asarray(host[at:at + size], dtype=np.float64).reshape(shape))
+        host.append(flat[at:at + size].reshape(shape))
         at += size
-    return out
+    out, at = [], 0
+    for st, host_weight in zip(stats, on_host):
+        n = 1 + len(st.metrics) + (0 if host_weight else 1)
+        parts = host[at:at + n]
+        weight = st.weight if host_weight else parts.pop(0)
+        out.append(BatchStats(weight, parts[0], parts[1:], st.collect))
+        at += n
+    return out, host[at:]
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None,

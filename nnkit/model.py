@@ -1,6 +1,8 @@
 """``Sequential``: a stack of layers with a hand-written backward pass."""
 from __future__ import annotations
 
+import math
+
 from typing import Any, Iterable
 
 import numpy as np
@@ -11,7 +13,7 @@ from .functional import Array
 from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
 from .preprocessing import Preprocessing
 from . import preprocessing as preprocessing_module
-from .losses import flatten_positions, get_loss
+from .losses import as_rows, get_loss
 from .optim import Optimizer
 from .precision import LossScaler, get_policy
 from . import architectures, checkpoint, data, step, training
@@ -324,20 +326,27 @@ class Sequential:
             mask = layer.output_mask(mask)
         return mask
 
-    def score_rows(self, out, T, w=None, mask=None):
-        """``(out (N, K), T, w)``: the output, targets and weights as the rows the loss and metrics score — B rows
-        of a (B, K) output, the N = B·T positions of a per-position output (B, T, K), weighted by the padding mask
-        (:func:`nnkit.losses.flatten_positions`).  A mask the output lost (a layer that moved positions) is an
-        error, not padding scored as data."""
-        if out.ndim <= 2:
-            return out, T, w
-        om = None if mask is None else self.output_mask(mask)
-        if mask is not None and (om is None or tuple(om.shape) != tuple(out.shape[:2])):
+    def score_weights(self, out, w=None, mask=None):
+        """The weights ``out``'s rows are scored with: ``w`` (B,) or (B, ...), or None — times the output's padding
+        mask when the input sequences were padded (``mask`` (B, T); 0 at a padded position).  A mask the output
+        lost (a layer that moved positions) is an error, not padding scored as data."""
+        if mask is None or out.ndim <= 2:
+            return w
+        om = self.output_mask(mask)
+        if om is None or tuple(om.shape) != tuple(out.shape[:2]):
             moved = next((layer for layer in self.layers if layer.output_mask(mask) is None), None)
             raise ValueError(f"the model's outputs {tuple(out.shape)} are per position, but the padding of the "
                              f"sequences does not pass through {moved!r}: it cannot tell padded positions from "
                              "real ones; pad to equal lengths or score a pooled output")
-        return flatten_positions(out, T, w, om)
+        if w is None:
+            return om
+        return om * (w if w.ndim == 2 else self.xp.reshape(w, (-1, 1)))
+
+    def score_rows(self, out, T, w=None, mask=None):
+        """``(out (N, K), T, w)``: the output, targets and weights as the rows the metrics score — B rows of a
+        (B, K) output, the N = B·T positions of a per-position output (B, T, K), weighted by
+        :meth:`score_weights` (:func:`nnkit.losses.as_rows`)."""
+        return as_rows(out, T, self.score_weights(out, w, mask))
 
     def forward(self, X: Any, *, check_input: bool = True) -> Array:
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
@@ -395,13 +404,13 @@ class Sequential:
         (``mixed_float16``): the loss scale the backward pass runs under.
         """
         out = self._forward(X, train=True, mask=mask)
-        rows, T, w = self.score_rows(out, T, w, mask)
-        value, d_out = loss.value_and_grad(rows, T) if w is None else loss.value_and_grad(rows, T, w)
-        grads = self._backward(d_out if rows is out else self.xp.reshape(d_out, tuple(out.shape)), scaler)
+        w = self.score_weights(out, w, mask)
+        value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
+        grads = self._backward(d_out, scaler)
         if regularizer is not None:
             scale = None
             if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
-                scale = 1.0 / rows.shape[0] if w is None else 1.0 / self.xp.sum(w)
+                scale = 1.0 / math.prod(out.shape[:-1]) if w is None else 1.0 / self.xp.sum(w)
             value, grads = regularizer.add_to(self.params(), value, grads, scale)
         return value, out, grads
 

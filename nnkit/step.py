@@ -17,6 +17,7 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 from __future__ import annotations
 
 from .distributed import allreduce_grads
+from .metrics import BatchStats, batch_weight
 from .precision import LossScaler
 
 __all__ = ["StepState", "train_step", "batch_grads", "update", "make_step"]
@@ -65,8 +66,8 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     the update is undone on the device — parameters, moments and step counts keep their values —
     and S halves (``LossScaler``); no host read decides it.
 
-    ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is
-    ``[Σw·L, Σ w·metric...]`` (Σw = B without weights) as 0-d arrays when ``metric_fns`` (a list of
+    ``w`` (B,) weighs the examples: L = Σ w_n ℓ_n / Σ w_n.  ``value`` is the 0-d loss; ``sums`` is the batch's
+    :class:`nnkit.metrics.BatchStats` (Σw, Σw·L, the metrics' statistics) when ``metric_fns`` (a list of
     ``(name, fn)``) is given, else None.  A per-position output (B, T, K) is scored at its B·T positions
     (``w`` may be (B, T); ``mask`` (B, T), the padding of variable-length sequences, is 0 at padded positions),
     so Σw counts the valid positions.  Nothing is read from the device.
@@ -75,12 +76,6 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
                                         metric_fns=metric_fns, w=w, mask=mask)
     return (value, sums) + (update(model, state, grads, lr, optimizer=optimizer, comm=comm, share=share,
                                    grad_hooks=grad_hooks),)
-
-
-def batch_weight(model, out, w):
-    """The weight of a batch's mean — the rows (or positions) ``out`` (N, K) scores, a Python number (no tensor
-    made from a host scalar inside a step), or Σ w, a 0-d array."""
-    return float(out.shape[0]) if w is None else model.xp.sum(w)
 
 
 def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, w=None, mask=None):
@@ -95,9 +90,9 @@ def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, 
         value, out, grads = model.loss_and_grads(X, T, loss, regularizer=regularizer, w=w, scaler=state.scaler,
                                                  mask=mask)
         out, T, w = model.score_rows(out, T, w, mask)
-        weight = batch_weight(model, out, w)
+        weight = batch_weight(out, w)
         if metric_fns is not None:
-            sums = [value * weight] + [fn(out, T, loss) if w is None else fn(out, T, loss, w) for _, fn in metric_fns]
+            sums = BatchStats.of_batch(out, T, value, loss, metric_fns, w)
     frozen = model.frozen_keys()
     if frozen:  # frozen layers: no update, no moments (their gradients are not used)
         grads = {k: g for k, g in grads.items() if k not in frozen}
@@ -223,7 +218,8 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr, loss=loss,
                                     optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w,
                                     mask=mask)
-        return sums, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
+        stats = None if sums is None else sums.as_tuple()  # plain arrays: what a compiled function returns
+        return stats, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
 
     be = model.backend
     if not be.compiles:
@@ -249,7 +245,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         model._random_key = key
         model._scaler = scaler
         optimizer.state = opt
-        return sums
+        return None if sums is None else BatchStats.from_tuple(sums, metric_fns)
 
     run.compiled, run.traces = True, 0
     run.flush = run.reset = lambda: None

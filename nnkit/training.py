@@ -26,7 +26,7 @@ from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, Progba
 from .backend import is_sparse
 from .files import check_writable
 from .losses import get_loss
-from .metrics import add_sums, get_metrics, read_sums
+from .metrics import BatchStats, get_metrics, read_stats
 from .optim import check_int, get_optimizer
 from .step import make_step
 
@@ -83,23 +83,17 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
         reader = data.FitData(model, loss, metric_fns, bs)
         with model.policy.activate():
             sums = reader.stream_sums(data.make_stream(X, y, sample_weight))
-            host = read_sums(model.backend, sums)
-        return _logs(host, metric_fns, reader.total_v)
-    reader = data.FitData(model, loss, metric_fns, 1)
-    X, T, W, M, _, row_w, _ = reader._inputs(X, y, sample_weight, lengths, "X")
-    default = X.shape[0] if not is_sparse(X) else 4096
-    bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
-    with model.policy.activate():
-        host = read_sums(model.backend, data.batch_sums(model, X, T, loss, metric_fns, bs, W, M))
-    return _logs(host, metric_fns, float(row_w.sum()))
-
-
-def _logs(host, metric_fns, total, prefix=""):
-    """``{"loss": ..., metric: ...}`` from the host sums (the loss's first, then each metric's) and Σw."""
-    logs = {f"{prefix}loss": float(host[0]) / total}
-    for (name, metric), value in zip(metric_fns, host[1:]):
-        logs[f"{prefix}{name}"] = metric.value(value, total)
-    return logs
+    else:
+        reader = data.FitData(model, loss, metric_fns, 1)
+        X, T, W, M, _, _, _ = reader._inputs(X, y, sample_weight, lengths, "X")
+        default = X.shape[0] if not is_sparse(X) else 4096
+        bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
+        with model.policy.activate():
+            sums = data.batch_sums(model, X, T, loss, metric_fns, bs, W, M)
+    if sums is None:
+        raise ValueError("evaluate got no rows: X is empty")
+    (host,), _ = read_stats(model.backend, [sums])
+    return host.logs(metric_fns)
 
 
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
@@ -129,10 +123,10 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             try:
                 for i, (xb, tb, wb, mb, share, seen) in enumerate(run.batches()):
                     batch = run.step(xb, tb, share, wb, mb)
-                    sums = sums if batch is None else add_sums(sums, batch, run.metric_fns)
+                    sums = sums if batch is None else sums + batch
                     steps += 1
                     if per_batch:
-                        logs = run.step_logs(batch, xb, wb, mb) if every and steps % every == 0 else None
+                        logs = run.step_logs(batch) if every and steps % every == 0 else None
                         for hook, takes_logs in per_batch:
                             hook(i, logs) if takes_logs else hook()
                     if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
@@ -291,39 +285,32 @@ class _Run:
                 if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
                     setattr(cb, hook, getattr(Callback(), hook))
 
-    def step_logs(self, batch, xb, wb, mb=None):
+    def step_logs(self, batch):
         """A step's loss and metrics as Python floats (this rank's batch): the one read of a logging step."""
-        if batch is None or xb is None:
+        if batch is None:
             return None
-        xp, be = self.xp, self.be
-        weight = xp.asarray(data.device_weight(self.model, int(xb.shape[0]), wb, mb), dtype=be.dtype,
-                            device=be.device)
-        host = read_sums(self.be, [weight] + list(batch))
-        return _logs(host[1:], self.metric_fns, float(host[0]))
+        (host,), _ = read_stats(self.be, [batch])
+        return host.logs(self.metric_fns)
 
     def epoch_logs(self, sums, stop):
         """The epoch's logs as Python floats: its training sums (and the validation sums), in one read."""
         xp, be = self.xp, self.be
         nothing = self.nothing()
-        sums = nothing if sums is None else sums  # None: this rank had no rows all epoch
-        n_train = len(sums)
+        parts = [nothing if sums is None else sums]  # None: this rank had no rows all epoch
         if self.data.has_validation:
-            sums = sums + self.data.validation_sums(nothing)
+            parts.append(self.data.validation_sums(nothing))
         if self.parallel:  # the epoch's sums and whether any rank was interrupted: one all-reduce
             flag = xp.asarray(1.0 if stop.raised else 0.0, dtype=be.dtype, device=be.device)
-            parts = read_sums(be, sums + [flag], reduce=self.comm.allreduce)
-            stop.raised = stop.raised or bool(parts.pop() > 0)
+            host, (raised,) = read_stats(be, parts, [flag], reduce=self.comm.allreduce)
+            stop.raised = stop.raised or bool(raised > 0)
         else:
-            parts = read_sums(be, sums)
-        logs = _logs(parts[:n_train], self.metric_fns, self.data.total)
+            host, _ = read_stats(be, parts)
+        logs = host[0].logs(self.metric_fns)
         if self.data.has_validation:
-            logs.update(_logs(parts[n_train:], self.metric_fns, self.data.total_v, "val_"))
+            logs.update(host[1].logs(self.metric_fns, "val_"))
         return logs
 
     def nothing(self):
         """Zero sums of the loss and every metric (a rank or a validation part with no rows), of their shapes."""
-        xp, be = self.xp, self.be
-        k = self.model.n_outputs or 1
-        zeros = [xp.zeros(m.shape(k), dtype=be.dtype, device=be.device) for _, m in self.metric_fns]
-        return [xp.zeros((), dtype=be.dtype, device=be.device)] + \
-            [[z] if m.collect else z for z, (_, m) in zip(zeros, self.metric_fns)]
+        k = (self.model._last_out or (1,))[-1] if self.model.n_outputs is None else self.model.n_outputs
+        return BatchStats.zeros(self.be, self.metric_fns, k)

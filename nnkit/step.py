@@ -17,7 +17,7 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 from __future__ import annotations
 
 from .distributed import allreduce_grads
-from .metrics import BatchStats, batch_weight
+from .metrics import BatchStats
 from .precision import LossScaler
 
 __all__ = ["StepState", "train_step", "batch_grads", "update", "make_step"]
@@ -72,31 +72,30 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     (``w`` may be (B, T); ``mask`` (B, T), the padding of variable-length sequences, is 0 at padded positions),
     so Σw counts the valid positions.  Nothing is read from the device.
     """
-    value, sums, grads, _ = batch_grads(model, state, X, T, loss=loss, regularizer=regularizer,
+    value, sums, grads = batch_grads(model, state, X, T, loss=loss, regularizer=regularizer,
                                         metric_fns=metric_fns, w=w, mask=mask)
     return (value, sums) + (update(model, state, grads, lr, optimizer=optimizer, comm=comm, share=share,
                                    grad_hooks=grad_hooks),)
 
 
 def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, w=None, mask=None):
-    """Steps 1–3 of :func:`train_step`: ``(value, sums, grads, weight)`` for one batch, the frozen layers'
-    gradients left out (they get no update), ``weight`` the rows (positions) or Σw its mean divides by (None
-    without rows).  Nothing is written."""
-    sums = value = weight = None
+    """Steps 1–3 of :func:`train_step`: ``(value, sums, grads)`` for one batch, the frozen layers' gradients left
+    out (they get no update); ``sums`` (with ``metric_fns``) the batch's :class:`nnkit.metrics.BatchStats`, whose
+    ``weight`` — the rows (positions) or Σw — is what the batch's mean divides by.  Nothing is written."""
+    sums = value = None
     if X is None:
         xp = model.xp
         grads = {k: xp.zeros_like(p) for k, p in state.params.items()}
     else:
         value, out, grads = model.loss_and_grads(X, T, loss, regularizer=regularizer, w=w, scaler=state.scaler,
                                                  mask=mask)
-        out, T, w = model.score_rows(out, T, w, mask)
-        weight = batch_weight(out, w)
         if metric_fns is not None:
-            sums = BatchStats.of_batch(out, T, value, loss, metric_fns, w)
+            rows, targets, weights = model.score_rows(out, T, w, mask)
+            sums = BatchStats.of_batch(rows, targets, value, loss, metric_fns, weights)
     frozen = model.frozen_keys()
     if frozen:  # frozen layers: no update, no moments (their gradients are not used)
         grads = {k: g for k, g in grads.items() if k not in frozen}
-    return value, sums, grads, weight
+    return value, sums, grads
 
 
 def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hooks=()):
@@ -137,9 +136,10 @@ class _Accumulator:
     def __call__(self, X, T, share=1.0, w=None, mask=None):
         model = self.model
         state = StepState.of(model, self.optimizer)
-        _, sums, grads, weight = batch_grads(model, state, X, T, loss=self.loss, metric_fns=self.metric_fns, w=w,
-                                             mask=mask)
+        _, sums, grads = batch_grads(model, state, X, T, loss=self.loss, metric_fns=self.metric_fns, w=w,
+                                     mask=mask)
         if X is not None:
+            weight = sums.weight  # the batch's rows (positions) or Σw
             if isinstance(weight, float):  # a 0-d array: the penalty's value is built from it at the flush
                 weight = model.xp.asarray(weight, dtype=model.backend.dtype, device=model.backend.device)
             scaled = {k: g * weight for k, g in grads.items()}

@@ -114,9 +114,9 @@ class _Recurrent(Layer):
             hs, steps = [], []
             for t in range(T):
                 new, keep = self._step(xp, XW[:, t, :], state, p)
-                if M is not None:  # s_t = m ⊙ s̃_t + (1 − m) ⊙ s_{t−1}: carried unchanged past the sequence's end
+                if M is not None:  # s_t = s_{t−1} + m ⊙ (s̃_t − s_{t−1}): carried unchanged past the sequence's end
                     m = M[:, t, :]
-                    new = tuple(m * a + (1.0 - m) * b for a, b in zip(new, state))
+                    new = tuple(b + m * (a - b) for a, b in zip(new, state))
                 state = new
                 hs.append(state[0])
                 steps.append(keep)
@@ -182,8 +182,8 @@ class _Recurrent(Layer):
                 db_hh = db_hh + xp.sum(dgh, axis=0)
                 dh_prev = dstate_prev_direct[0] + dgh @ p["weight_hh"]
                 dstate = (dh_prev,) + dstate_prev_direct[1:]
-                if m is not None:  # the carried path: + (1 − m_t) ⊙ ds_t
-                    dstate = tuple(a + (1.0 - m) * b for a, b in zip(dstate, ds))
+                if m is not None:  # the carried path: + (1 − m_t) ⊙ ds_t = ds_t − ds̃_t
+                    dstate = tuple(a + (b - c) for a, b, c in zip(dstate, ds, step_in))
                 dgates_in[t] = dgi
             dG = xp.reshape(xp.stack(dgates_in, axis=1), (B * T, self.gates * H))  # (B·T, G·H)
             grads["weight_ih" + suffix] = self.storage(self.compute(dG).T @ xp.reshape(self.compute(Xd),

@@ -688,17 +688,56 @@ def _labels_of(model, T, loss):
     return (t[:, 0] > 0.5).astype(np.int64) if t.shape[1] == 1 else t.argmax(axis=1), max(t.shape[1], 2)
 
 
+def _trims(model, T, steps):
+    """Whether batches of padded sequences (``steps`` long) may be cut to their own longest sequence: the model's
+    output either keeps the input's positions one to one ((B, steps, K), scored per position; the targets then
+    hold those positions) or has none (a pooled or final state) — a model that changes the number of positions
+    (a strided convolution) keeps the data set's padding."""
+    P = positions_of(model)
+    return P == () or (P == (steps,) and T.ndim >= 2 and int(T.shape[1]) == steps)
+
+
+def _trimmed(batch, longest, steps):
+    """A batch (X, T, W, M) of sequences padded to ``steps``, cut to its ``longest`` sequence: what lies beyond is
+    padding in every row (the recurrent layers carry their state unchanged over it and output zeros there, the
+    losses and metrics give it weight 0), so the result is the same and the recurrence runs ``longest`` steps."""
+    X, T, W, M = batch
+    if longest >= steps:
+        return batch
+    per_position = T.ndim >= 2 and int(T.shape[1]) == steps
+    return (X[:, :longest, ...], T[:, :longest, ...] if per_position else T,
+            None if W is None else (W[:, :longest] if W.ndim == 2 else W), M[:, :longest])
+
+
+def bucketed(perm, lengths, batch_size, rng, batches_per_bucket=50):
+    """A shuffled order whose batches hold sequences of similar lengths: ``perm`` cut into buckets of
+    ``batches_per_bucket`` batches, each bucket sorted by length and cut into batches, the batches shuffled
+    (``rng``: the model's generator, so resume replays it).  Each batch is then padded to its own longest
+    sequence only (``fit(..., bucket=True)``)."""
+    chunk = batch_size * batches_per_bucket
+    parts = []
+    for s in range(0, len(perm), chunk):
+        part = perm[s:s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        parts += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    full = [p for p in parts if len(p) == batch_size]
+    short = [p for p in parts if len(p) < batch_size]  # at most one (the last bucket's rest): last, as batch_ranges cuts
+    order = [full[i] for i in rng.permutation(len(full))] + short
+    return np.concatenate(order) if order else perm
+
+
 class FitData:
     """One run's data: in memory (validated once, sent to the device once) or streamed (read, checked and
     copied a batch at a time, prefetched); its batches for this rank, and the validation sums (each batch's
     weight travels in its :class:`nnkit.metrics.BatchStats`).
     """
 
-    def __init__(self, model, loss, metric_fns, batch_size, shuffle=False, epochs=1, rank=0, size=1):
+    def __init__(self, model, loss, metric_fns, batch_size, shuffle=False, epochs=1, rank=0, size=1, bucket=False):
         self.model, self.be, self.xp, self.loss = model, model.backend, model.xp, loss
         self.metric_fns, self.batch_size, self.shuffle, self.epochs = metric_fns, batch_size, shuffle, epochs
         self.rank, self.size, self.parallel = rank, size, size > 1
         self.stream = self.val_stream = None
+        self.lengths, self.trim, self.bucket = None, False, bool(bucket)
         self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
         self.n = self.row_w = None
 
@@ -714,6 +753,9 @@ class FitData:
             if lengths is not None:
                 raise ValueError("lengths= is for padded arrays in memory; a stream's batches bring their sequences "
                                  "as lists of arrays of their own lengths")
+            if self.bucket:
+                raise ValueError("bucket=True orders sequences held in memory; a stream's batches are padded to "
+                                 "their own longest sequence already — group similar lengths in your batches")
             self._setup_stream(X, y, sample_weight, validation_data, validation_split)
         else:
             self._setup_arrays(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
@@ -836,6 +878,12 @@ class FitData:
             W = model.backend.asarray(w_host, dtype=model.backend.dtype)
         self.X, self.T, self.W, self.M, self.n = X, T, W, M, X.shape[0]
         self.row_w = row_w
+        self.lengths = None if m_host is None else m_host.sum(axis=1).astype(np.int64)
+        self.trim = self.lengths is not None and _trims(model, T, int(X.shape[1]))
+        if self.bucket and (self.lengths is None or not self.shuffle):
+            raise ValueError("bucket=True shuffles sequences of variable lengths within length buckets: it needs X as "
+                             "a list of sequences (or padded with lengths=) and shuffle=True" if self.lengths is None
+                             else "bucket=True shuffles within length buckets: it needs shuffle=True")
 
     def _setup_stream(self, X, y, sample_weight, validation_data, validation_split):
         """Streamed data (:mod:`nnkit.data`): checked batch by batch on the host as it is read."""
@@ -878,6 +926,8 @@ class FitData:
         order = None
         if self.shuffle:
             perm = model.rng.permutation(self.n)
+            if self.bucket and self.lengths is not None:
+                perm = bucketed(perm, self.lengths, self.batch_size, model.rng)
             order = (perm, self.be.asarray(perm))
         for s, e in batch_ranges(self.n, self.batch_size):
             a, b = rank_slice(s, e, self.rank, self.size) if self.parallel else (s, e)
@@ -890,13 +940,17 @@ class FitData:
             else:
                 share = 1.0
             if order is None:
-                yield (rows(model, self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b, ...],
-                       None if M is None else M[a:b], share, e)
+                batch = (rows(model, self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b, ...],
+                         None if M is None else M[a:b])
             else:
                 idx = order[1][a:b]
                 xb = dense(model, self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
-                yield (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
-                       None if M is None else xp.take(M, idx, axis=0), share, e)
+                batch = (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
+                         None if M is None else xp.take(M, idx, axis=0))
+            if self.trim:  # padded to the batch's own longest sequence, not the data set's
+                longest = int(self.lengths[(order[0] if order is not None else np.arange(self.n))[a:b]].max())
+                batch = _trimmed(batch, longest, int(self.X.shape[1]))
+            yield batch + (share, e)
 
     def validation_sums(self, nothing):
         """The :class:`nnkit.metrics.BatchStats` of this rank's share of the validation data (``nothing`` when it

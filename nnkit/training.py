@@ -99,11 +99,11 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
         verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None,
-        log_every_n_steps=None, class_weight=None, accumulate=1, lengths=None):
+        log_every_n_steps=None, class_weight=None, accumulate=1, lengths=None, bucket=False):
     """See :meth:`nnkit.Sequential.fit`."""
     run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
-               sample_weight, log_every_n_steps, class_weight, accumulate, lengths)
+               sample_weight, log_every_n_steps, class_weight, accumulate, lengths, bucket)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
     per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
                  if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
@@ -203,7 +203,7 @@ class _Run:
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
                  regularizer, comm, compile, sample_weight=None, log_every_n_steps=None, class_weight=None,
-                 accumulate=1, lengths=None):
+                 accumulate=1, lengths=None, bucket=False):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
         epochs = check_int("epochs", epochs, 1)
@@ -245,8 +245,10 @@ class _Run:
             check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
         self.checkpoint = checkpoint
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
-                                 self.size).load(X, y, sample_weight, validation_data, validation_split,
-                                                 class_weight, lengths)
+                                 self.size, bucket)
+        self.data.load(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
+        if compile:  # one padded length for every batch: a compiled step traces each new length (unrolled loops)
+            self.data.trim = False
         self.n, self.batches = self.data.n, self.data.batches
 
         if resume and os.path.exists(os.fspath(checkpoint)):

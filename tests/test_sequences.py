@@ -360,3 +360,58 @@ def test_token_ids_out_of_range_name_the_example_and_position():
     X = [np.array([1, 2, 3]), np.array([4, 9])]
     with pytest.raises(ValueError, match=r"X\[1, 1\] = 9 .*example 1, position 1"):
         model.fit(X, [np.array([1, 2, 3]), np.array([4, 0])], loss="cross_entropy", verbose=0)
+
+
+# -- batches padded to their own longest sequence; length buckets ------------------------------------------------
+def _ragged(n=40, V=7, seed=3):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 12, size=n)
+    lengths[5] = 20  # one long sequence: the data set's padding is 20 steps, most batches' far less
+    X = [rng.integers(0, V, size=int(t)) for t in lengths]
+    y = [rng.integers(0, V, size=int(t)) for t in lengths]
+    return X, y, lengths
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_batches_are_cut_to_their_own_longest_sequence(monkeypatch, pooled):
+    """Each batch runs as many steps as its longest sequence, and the fit equals one whose batches all keep the
+    data set's padding (the cut steps are padding in every row)."""
+    X, y, lengths = _ragged()
+    labels = np.array([int(t) % 3 for t in lengths])
+
+    def model():
+        layers = [nnkit.Embedding(7, 4), nnkit.GRU(4, 5, bidirectional=True, return_sequences=not pooled),
+                  nnkit.Dense(10, 3 if pooled else 7)]
+        return nnkit.Sequential(layers, dtype="float64", seed=0)
+
+    target = labels if pooled else y
+    seen = []
+    a = model()
+    real = a.layers[1].forward
+    monkeypatch.setattr(a.layers[1], "forward", lambda X, **kw: (seen.append(X.shape[1]), real(X, **kw))[1])
+    a.fit(X, target, loss="cross_entropy", optimizer=nnkit.optim.SGD(0.2), epochs=2, batch_size=8, verbose=0)
+    order_free = max(seen)
+    assert order_free == 20 and min(seen) < 20  # the batch without the long sequence ran fewer steps
+    b = model()
+    monkeypatch.setattr(nnkit.data, "_trims", lambda *args: False)  # the data set's padding in every batch
+    b.fit(X, target, loss="cross_entropy", optimizer=nnkit.optim.SGD(0.2), epochs=2, batch_size=8, verbose=0)
+    for k, p in a.params().items():
+        np.testing.assert_allclose(to_np(p), to_np(b.params()[k]), rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_bucket_groups_similar_lengths_and_refuses_what_it_cannot_order():
+    X, y, lengths = _ragged(n=200)
+    rng = np.random.default_rng(0)
+    order = nnkit.data.bucketed(rng.permutation(200), lengths, 16, rng, batches_per_bucket=4)
+    assert sorted(order.tolist()) == list(range(200))  # every sequence once
+    spread = [np.ptp(lengths[order[s:s + 16]]) for s in range(0, 192, 16)]
+    shuffled = [np.ptp(lengths[p]) for p in np.array_split(rng.permutation(200)[:192], 12)]
+    assert np.mean(spread) < 0.5 * np.mean(shuffled)
+    model = nnkit.Sequential([nnkit.Embedding(7, 4), nnkit.GRU(4, 5), nnkit.Dense(5, 7)], dtype="float64", seed=0)
+    h = model.fit(X, y, loss="cross_entropy", epochs=2, batch_size=16, bucket=True, verbose=0)
+    assert np.all(np.isfinite(h["loss"]))
+    with pytest.raises(ValueError, match="needs shuffle=True"):
+        model.fit(X, y, loss="cross_entropy", epochs=1, shuffle=False, bucket=True, verbose=0)
+    with pytest.raises(ValueError, match="list of sequences"):
+        model.fit(np.zeros((8, 5), dtype=np.int64), np.zeros((8, 5), dtype=np.int64), loss="cross_entropy",
+                  epochs=1, bucket=True, verbose=0)

@@ -85,3 +85,36 @@ def test_run_char_lm_runs(tmp_path):
     r = run_char_lm.main(["--data", str(text), "--steps", "3", "--out", str(tmp_path / "t.md")])
     assert np.isfinite(r["val_nnkit"]) and abs(r["val_nnkit"] - r["val_torch"]) < 1e-3
     assert "| nnkit, NumPy float32 |" in (tmp_path / "t.md").read_text()
+
+
+def _ts(cases):
+    head = "#made here\n@problemName JapaneseVowels\n@univariate false\n@dimensions 12\n@equalLength false\n@data\n"
+    return head + "".join(":".join(",".join(f"{v:.3f}" for v in col) for col in x.T) + f":{c}\n" for x, c in cases)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_run_vowels_runs(tmp_path):
+    """``python -m benchmarks.run_vowels`` end to end on a small folder of variable-length .ts files."""
+    from benchmarks import run_vowels
+
+    rng = np.random.default_rng(0)
+    for split, n in (("TRAIN", 18), ("TEST", 9)):
+        cases = [(rng.normal(size=(int(rng.integers(3, 9)), 12)) + c, str(c + 1)) for c in np.arange(n) % 9]
+        (tmp_path / f"JapaneseVowels_{split}.ts").write_text(_ts(cases))
+    rows = run_vowels.main(["--data", str(tmp_path), "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "t.md")])
+    assert [len(accs) for _, accs, _ in rows] == [1, 1]
+    assert "pack_padded_sequence" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("1,2:3,4:a\n", "no @data line"),
+    ("@data\n1,2:3:a\n", "different lengths"),
+    ("@data\n1,x:3,4:a\n", "not a number"),
+    ("@data\n1,NaN:3,4:a\n", "missing or infinite"),
+    ("@data\n\n", "no cases"),
+])
+def test_a_malformed_ts_file_is_named(text, words):
+    from benchmarks import run_vowels
+
+    with pytest.raises(ValueError, match=words):
+        run_vowels.parse_ts(text, "f.ts")

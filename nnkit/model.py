@@ -652,13 +652,15 @@ class Sequential:
         return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers)
 
     # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------
-    def export(self, path: Any, *, classifier: bool | None = None, opset: int = 17) -> Any:
+    def export(self, path: Any, *, classifier: bool | None = None, opset: int = 17, lengths: bool = False) -> Any:
         """Write the inference graph to ``path`` as ONNX (see :mod:`nnkit.export.onnx`); returns the
         ``onnx.ModelProto``.  ONNX Runtime's outputs equal ``predict``'s; the model's preprocessing (fill
-        values, scaling) runs as nodes on raw features, and a classifier also outputs ``probabilities``."""
+        values, scaling) runs as nodes on raw features, and a classifier also outputs ``probabilities``.
+        ``lengths=True`` adds a second input, ``lengths`` (batch,) int64, for padded variable-length sequences:
+        the recurrent operators take it as their ``sequence_lens``, as ``predict(X, lengths=...)`` does."""
         from .export.onnx import to_onnx
 
-        return to_onnx(self, path, classifier=classifier, opset=opset)
+        return to_onnx(self, path, classifier=classifier, opset=opset, lengths=lengths)
 
     def to_torch(self) -> Any:
         """A ``torch.nn.Sequential`` of PyTorch's own layers with this model's weights, in eval mode (see

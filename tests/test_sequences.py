@@ -415,3 +415,31 @@ def test_bucket_groups_similar_lengths_and_refuses_what_it_cannot_order():
     with pytest.raises(ValueError, match="list of sequences"):
         model.fit(np.zeros((8, 5), dtype=np.int64), np.zeros((8, 5), dtype=np.int64), loss="cross_entropy",
                   epochs=1, bucket=True, verbose=0)
+
+
+@pytest.mark.parametrize("kind,bi,rs", [(k, b, r) for k in ("RNN", "GRU", "LSTM") for b in (False, True)
+                                        for r in (True, False)])
+def test_onnx_with_lengths_equals_predict_on_a_variable_length_batch(kind, bi, rs):
+    """``export(lengths=True)``: ONNX Runtime on a padded batch with its lengths equals ``predict`` — the
+    recurrent operators stop at each sequence's end (sequence_lens), a per-position output is zero at padding."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    layers = [nnkit.Embedding(9, 3), getattr(nnkit, kind)(3, 4, bidirectional=bi, return_sequences=rs),
+              nnkit.Dense(4 * (2 if bi else 1), 5)]
+    model = nnkit.Sequential(layers, seed=0, input_shape=(None,))
+    rng = np.random.default_rng(1)
+    lengths = np.array([6, 1, 4])
+    X = rng.integers(0, 9, size=(3, 6))
+    sess = ort.InferenceSession(model.export(None, lengths=True).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": X.astype(np.int64), "lengths": lengths.astype(np.int64)})[0]
+    np.testing.assert_allclose(got, to_np(model.predict(X, lengths=lengths)), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_lengths_are_refused_through_a_layer_that_cannot_take_them():
+    pytest.importorskip("onnx")
+    model = nnkit.Sequential([nnkit.GRU(3, 4), nnkit.SequencePool("mean"), nnkit.Dense(4, 2)], seed=0,
+                             input_shape=(None, 3))
+    with pytest.raises(ValueError, match="layer 1 SequencePool.*cannot take the lengths"):
+        model.export(None, lengths=True)
+    model.export(None)  # sequences of one length: as before

@@ -58,6 +58,7 @@ class Graph:
     def __init__(self, helper, numpy_helper, dtype):
         self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
         self.nodes, self.inits, self.n = [], [], 0
+        self.lengths = self.mask = None  # variable lengths: the int32 sequence_lens (batch,) and the (batch, T) mask
         self.where = ""  # the layer being emitted ("3", "3.0" inside a Residual), for the error naming it
 
     def name(self, hint):
@@ -112,12 +113,16 @@ class Graph:
             self.where = outer
 
 
-def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input", output_name="output"):
+def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input", output_name="output",
+            lengths=False):
     """The ONNX ``ModelProto`` of ``model``'s inference graph; written to ``path`` (atomically) when given.
 
     ``classifier`` (default: the model's preprocessing says ``task="classification"``) adds the
-    ``probabilities`` output.  Needs the ``onnx`` package (``pip install 'nnkit[onnx]'``).  A layer with
-    no ONNX form is a ValueError naming it, raised before anything is written.
+    ``probabilities`` output.  ``lengths=True``: padded variable-length sequences (batch, T, ...) come with a
+    second input ``lengths`` (batch,) int64; the recurrent layers pass it to ONNX's RNN/GRU/LSTM as
+    ``sequence_lens`` (each sequence stops at its end, as in ``predict``), and a per-position output is zero at
+    the padding, as ``predict`` gives it.  Needs the ``onnx`` package (``pip install 'nnkit[onnx]'``).  A layer
+    with no ONNX form is a ValueError naming it, raised before anything is written.
     """
     try:
         import onnx
@@ -135,8 +140,13 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         x = g.op("Where", [g.op("IsNaN", [x]), g.const(pre.fill, "fill"), x], "filled")
     if pre is not None and pre.mean is not None:
         x = g.op("Div", [g.op("Sub", [x, g.const(pre.mean, "mean")]), g.const(pre.std, "std")], "scaled")
+    if lengths:
+        _lengths_input(model, g, input_name)
     for i, layer in enumerate(model.layers):
         x = g.layer(layer, x, str(i))
+    if lengths and model.output_mask(object()) is not None:  # a per-position output: zero at the padding
+        mask = g.op("Unsqueeze", [g.op("Cast", [g.mask], "mask_f", to=elem), g.ints([-1], "axes")], "mask_k")
+        x = g.op("Mul", [x, mask], "masked")
     g.nodes.append(helper.make_node("Identity", [x], [output_name], name="output"))
     in_shape = model.input_shape if model.input_shape is not None else model.known_input_shape
     out_shape = model.output_shape(in_shape) if in_shape is not None else (model.n_outputs,)
@@ -153,9 +163,11 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         raise ValueError("the model's input shape is not known: pass input_shape= to Sequential (or give it "
                          "data) before exporting")
     in_dims = ["batch"] + [f"dim{i + 1}" if d is None else d for i, d in enumerate(in_shape)]
-    graph = helper.make_graph(g.nodes, "nnkit", [helper.make_tensor_value_info(
-        input_name, TensorProto.INT64 if getattr(model.layers[0], "takes_ids", False) else elem, in_dims)],
-                              outputs, initializer=g.inits)
+    inputs = [helper.make_tensor_value_info(
+        input_name, TensorProto.INT64 if getattr(model.layers[0], "takes_ids", False) else elem, in_dims)]
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]))
+    graph = helper.make_graph(g.nodes, "nnkit", inputs, outputs, initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="nnkit", producer_version=_version())
     proto.ir_version = min(proto.ir_version, 9)  # readable by ONNX Runtime releases of the last two years
@@ -164,6 +176,22 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         data = proto.SerializeToString()
         atomic_write(os.fspath(path), lambda f: f.write(data))
     return proto
+
+
+def _lengths_input(model, g, input_name):
+    """The ``lengths`` input's nodes: ``g.lengths``, int32 (batch,) for the recurrent operators' sequence_lens, and
+    ``g.mask`` (batch, T) bool, 1 at t < length.  Refused for a model whose mask-taking layers have no ONNX form
+    for it (only the recurrent layers read ``g.lengths``)."""
+    for i, layer in enumerate(model.layers):
+        if getattr(layer, "takes_mask", False) and not getattr(layer, "onnx_lengths", False):
+            raise ValueError(f"layer {i} {layer!r} cannot take the lengths of variable-length sequences in ONNX "
+                             "(only RNN, GRU and LSTM pass them on, as sequence_lens): export without lengths= "
+                             "and feed sequences of one length")
+    g.lengths = g.op("Cast", ["lengths"], "sequence_lens", to=6)  # TensorProto.INT32
+    steps = g.op("Gather", [g.op("Shape", [input_name], "input_shape"), g.ints(1, "time_axis")], "steps")
+    t = g.op("Range", [g.ints(0, "zero"), steps, g.ints(1, "one")], "t")
+    g.mask = g.op("Less", [g.op("Unsqueeze", [t, g.ints([0], "axes")], "t_row"),
+                           g.op("Unsqueeze", ["lengths", g.ints([1], "axes")], "lengths_col")], "mask")
 
 
 def _version():

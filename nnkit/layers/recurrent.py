@@ -92,6 +92,7 @@ class _Recurrent(Layer):
 
     # -- forward -------------------------------------------------------------------------------------
     takes_mask = True
+    onnx_lengths = True  # to_onnx passes the exported graph's lengths on as sequence_lens
 
     @property
     def keeps_positions(self):
@@ -217,8 +218,10 @@ class _Recurrent(Layer):
         attrs = dict(hidden_size=self.hidden_size, direction="bidirectional" if self.bidirectional else "forward")
         attrs.update(self._onnx_attrs())
         xt = g.op("Transpose", [x], "time_major", perm=[1, 0, 2])
-        y, y_h = g.op(self.torch_name, [xt, g.const(W, "W"), g.const(R, "R"), g.const(bias, "B")],
-                      self.torch_name.lower(), outputs=2, **attrs)[:2]
+        inputs = [xt, g.const(W, "W"), g.const(R, "R"), g.const(bias, "B")]
+        if g.lengths is not None:  # variable lengths: each sequence stops at its end (sequence_lens, int32)
+            inputs.append(g.lengths)
+        y, y_h = g.op(self.torch_name, inputs, self.torch_name.lower(), outputs=2, **attrs)[:2]
         if self.return_sequences:
             yb = g.op("Transpose", [y], "batch_major", perm=[2, 0, 1, 3])
             return g.op("Reshape", [yb, g.ints([0, 0, -1])], "sequences")

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import nnkit
+from nnkit.bench import output_file, report
 
 
 def read_corpus(path):
@@ -156,17 +157,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", help="also write the table to this Markdown file")
+    p.add_argument("--out", type=output_file, help="also write the table to this Markdown file")
     a = p.parse_args(argv)
     if a.steps < 1:
         p.error("--steps must be at least 1")
     r = run(read_corpus(a.data), steps=a.steps, seed=a.seed, threads=a.threads,
             log=lambda s: print(s, file=sys.stderr))
     out = table(r)
-    print(out)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(out + "\n")
+    report(out, a.out)
     return r
 
 

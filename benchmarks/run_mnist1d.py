@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import number_in, output_file
+from nnkit.bench import number_in, output_file, report
 from nnkit.precision import get_policy
 
 VARIANTS = {
@@ -205,10 +205,8 @@ def main(argv=None):
                 lines.append(f"| {data_name} | {label} | {name} | " + " | ".join(f"{100 * a:.1f}%" for a in accs)
                              + f" | {100 * statistics.mean(accs):.1f}% | {statistics.mean(secs):.1f} |")
                 print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        nnkit.files.atomic_write(args.out, lambda f: f.write(text.encode()))
-    sys.stdout.write("\n" + text)
+    print()
+    report("\n".join(lines), args.out)
     return 0
 
 

@@ -25,6 +25,7 @@ import zipfile
 import numpy as np
 
 import nnkit
+from nnkit.bench import output_file, report
 
 MAX_BYTES = 64 * 2 ** 20  # a .ts file larger than this is refused before it is read
 
@@ -161,7 +162,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", help="also write the table to this Markdown file")
+    p.add_argument("--out", type=output_file, help="also write the table to this Markdown file")
     a = p.parse_args(argv)
     import torch
 
@@ -181,10 +182,7 @@ def main(argv=None):
             print(f"{name}, seed {seed}: {100 * acc:.1f}% in {sec:.1f} s", file=sys.stderr)
         rows.append((name, accs, secs))
     out = table(rows, a.seeds)
-    print(out)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(out + "\n")
+    report(out, a.out)
     return rows
 
 

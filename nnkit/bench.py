@@ -719,6 +719,16 @@ def output_file(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def report(text, out=None):
+    """Print a benchmark's table and, given ``out`` (a path), also write it there (atomically)."""
+    from .files import atomic_write
+
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    if out:
+        atomic_write(out, lambda f: f.write(text.encode()))
+
+
 def number_in(what, low, high, kind=float, low_open=False):
     """An argparse ``type``: a finite ``kind`` (float or int) in [low, high] — (low, high] with ``low_open`` —
     and otherwise argparse's clear error naming ``what`` and the range."""

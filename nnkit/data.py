@@ -37,6 +37,7 @@ from .distributed import rank_slice
 from .functional import device_of, namespace_of
 from .layers import fmt_shape
 from .layers.core import reads_padding
+from .losses import check_rows
 from .metrics import BatchStats
 
 __all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
@@ -258,9 +259,9 @@ def prefetch(items, depth=2):
 MAX_PADDING = 16  # a padded array may hold at most this many times the sequences' own elements (or 2**24)
 
 
-def _sequence_list(X):
-    """True for a list or tuple of arrays (or nested lists) of one or more dimensions — sequences (T_i, ...) —
-    whose lengths differ (equal lengths stack into one array and need no padding)."""
+def is_ragged(X):
+    """True for sequences of different lengths: a list or tuple of arrays (or nested lists) of shapes (T_i, ...)
+    whose lengths differ (see :func:`pad_sequences`; equal lengths stack into one array and need no padding)."""
     if not isinstance(X, (list, tuple)) or len(X) == 0 or _batch_list(X):
         return False
     lengths = set()
@@ -274,11 +275,6 @@ def _sequence_list(X):
             return False
         lengths.add(int(shape[0]))
     return len(lengths) > 1
-
-
-def is_ragged(X):
-    """True for sequences of different lengths: a list of (T_i, F) or (T_i,) arrays (see :func:`pad_sequences`)."""
-    return _sequence_list(X)
 
 
 def pad_sequences(sequences, maxlen=None, value=0, dtype=None):
@@ -355,8 +351,7 @@ def mask_of(model, lengths, T):
     sequence is shorter than T."""
     if lengths is None or bool(np.all(lengths == T)):
         return None
-    be = model.backend
-    return be.asarray((np.arange(T)[None, :] < lengths[:, None]).astype(np.float64), dtype=be.dtype)
+    return model.backend.asarray(host_mask(lengths, T), dtype=model.backend.dtype)
 
 
 def sequences(model, X, lengths=None, check_values=True):
@@ -364,7 +359,7 @@ def sequences(model, X, lengths=None, check_values=True):
     mask ``M``, the host ``lengths``).  X may be a list of (T_i, ...) sequences (padded here), or a padded array
     with ``lengths`` (n,); else ``M`` and ``lengths`` are None."""
     lengths_given = lengths
-    if _sequence_list(X):
+    if is_ragged(X):
         if lengths is not None:
             raise ValueError("lengths= is for a padded array; a list of sequences brings its own lengths")
         X, lengths = pad_sequences(X)
@@ -552,7 +547,7 @@ def _as_position_target(model, y, n_rows, loss, out, check_values):
         per = f"{fmt_shape(P)} class labels or {fmt_shape(P + (K,))} values" if labels_ok else fmt_shape(P + (K,))
         raise ValueError(f"y has shape {shape} but the model's outputs are {fmt_shape(out)}, one per position: "
                          f"per-position targets are {per}, for ({n_rows}, ...) rows")
-    _check_rows(arr, n_rows)
+    check_rows(arr, n_rows)
     if check_values and len(shape) == 1 + len(P) and getattr(loss, "keeps_labels", False) and K > 1 \
             and xp.isdtype(arr.dtype, "integral") and arr.shape[0]:
         bad = xp.reshape((arr < 0) | (arr >= K), (-1,))
@@ -572,11 +567,6 @@ def _as_position_target(model, y, n_rows, loss, out, check_values):
         check_range(model, flat, "y")
     T = loss.prepare_target(flat, K, be)
     return be.xp.reshape(T, (n_rows,) + P + (K,))
-
-
-def _check_rows(y, n_rows):
-    if y.shape[0] != n_rows:
-        raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]}: they must have the same length")
 
 
 def host_or_native(model, a, name):

@@ -17,7 +17,7 @@ from .functional import device_of, namespace_of
 
 from . import functional as F
 
-__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "as_rows"]
+__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "as_rows", "check_rows"]
 
 
 class Loss:
@@ -58,7 +58,7 @@ class Loss:
                 f"y has shape {tuple(y.shape)} but the model has {n_outputs} output(s): "
                 f"expected ({n_rows}, {n_outputs})" + (f" or ({n_rows},)" if n_outputs == 1 else "")
             )
-        _check_rows(y, n_rows)
+        check_rows(y, n_rows)
         if not xp.isdtype(y.dtype, ("real floating", "integral")):
             raise TypeError(f"y must be numeric, got dtype {y.dtype}")
         if check_values:
@@ -138,7 +138,8 @@ def as_rows(out, T, w=None, keeps_labels=True):
     return Z, T, (w if w.ndim == 1 else xp.reshape(w, (-1,)))
 
 
-def _check_rows(y, n_rows):
+def check_rows(y, n_rows):
+    """A target (or weights) with one row per row of X, else a ValueError saying both counts."""
     if y.shape[0] != n_rows:
         raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]}: they must have the same length")
 
@@ -182,7 +183,7 @@ class CrossEntropy(Loss):
         if y.ndim == 2 and y.shape[1] == 1 and xp.isdtype(y.dtype, "integral"):
             y = xp.reshape(y, (-1,))
         if y.ndim == 1:
-            _check_rows(y, n_rows)
+            check_rows(y, n_rows)
             if xp.isdtype(y.dtype, "bool") or not xp.isdtype(y.dtype, ("real floating", "integral")):
                 raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
             if check_values:

@@ -11,6 +11,7 @@ from .backends import Backend, get_backend
 from .callbacks import History
 from .functional import Array
 from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
+from .layers.core import forward_through, mask_through
 from .preprocessing import Preprocessing
 from . import preprocessing as preprocessing_module
 from .losses import as_rows, get_loss
@@ -306,25 +307,13 @@ class Sequential:
         """The layers applied in order; under a mixed policy X enters in the compute dtype and the
         output leaves in float32 (:mod:`nnkit.precision`).  ``mask`` (B, T): the padding of variable-length
         sequences, handed to the layers that take it (``takes_mask``) as each layer passes it on."""
-        X = self.policy.cast_input(X)
-        for layer in self.layers:
-            if mask is not None and layer.takes_mask:
-                X = layer.forward(X, train=train, mask=mask)
-            else:
-                X = layer.forward(X, train=train)
-            if mask is not None:
-                mask = layer.output_mask(mask)
-        return self.policy.cast_output(X)
+        return self.policy.cast_output(forward_through(self.layers, self.policy.cast_input(X), train, mask))
 
     def output_mask(self, mask):
         """The padding mask of the model's output for an input mask (B, T): (B, T) when every layer keeps the
         positions (a per-position output: scored at the valid positions only), None when the output has none
         (a pooled or final state)."""
-        for layer in self.layers:
-            if mask is None:
-                return None
-            mask = layer.output_mask(mask)
-        return mask
+        return mask_through(self.layers, mask)
 
     def score_weights(self, out, w=None, mask=None):
         """The weights ``out``'s rows are scored with: ``w`` (B,) or (B, ...), or None — times the output's padding

@@ -400,20 +400,12 @@ class Residual(Layer):
 
     def output_mask(self, mask):
         """The inner layers' mask: a block keeps positions when each of its layers does."""
-        for layer in self.layers:
-            mask = layer.output_mask(mask)
-        return mask
+        return mask_through(self.layers, mask)
 
     def forward(self, X, train=True, mask=None):
         """Y = X + f(X); X, Y of the same shape (B, n) or (B, C, *spatial); the padding mask, if any, passed to
         the inner layers that take one."""
-        F = X
-        for layer in self.layers:
-            F = layer.forward(F, train=train, mask=mask) if mask is not None and layer.takes_mask \
-                else layer.forward(F, train=train)
-            if mask is not None:
-                mask = layer.output_mask(mask)
-        return X + F
+        return X + forward_through(self.layers, X, train, mask)
 
     def backward(self, dY, need_dX=True):
         """dX = dY + J_f(X)ᵀ·dY: dY through the inner layers (last to first), plus the skip path."""
@@ -543,6 +535,27 @@ def infer_shapes(layers, in_shape, where="layer "):
                 f"the input is {fmt_shape(shapes[-1])}"
             raise ShapeError(f"{where}{i} {layer!r} {exc}, but {before}") from None
     return shapes
+
+
+def forward_through(layers, X, train, mask=None):
+    """``layers`` applied in order to X; the padding mask (B, T) of variable-length sequences, when given, handed
+    to the layers that take it (``takes_mask``) as each layer passes it on (:meth:`Layer.output_mask`)."""
+    for layer in layers:
+        X = layer.forward(X, train=train, mask=mask) if mask is not None and layer.takes_mask \
+            else layer.forward(X, train=train)
+        if mask is not None:
+            mask = layer.output_mask(mask)
+    return X
+
+
+def mask_through(layers, mask):
+    """The padding mask of ``layers``' output for an input mask: kept while each layer keeps positions, None once
+    one does not (a pooled or final state, a flattened sequence)."""
+    for layer in layers:
+        if mask is None:
+            return None
+        mask = layer.output_mask(mask)
+    return mask
 
 
 def reads_padding(layers, in_shape):

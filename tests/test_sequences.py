@@ -443,3 +443,17 @@ def test_onnx_lengths_are_refused_through_a_layer_that_cannot_take_them():
     with pytest.raises(ValueError, match="layer 1 SequencePool.*cannot take the lengths"):
         model.export(None, lengths=True)
     model.export(None)  # sequences of one length: as before
+
+
+def test_sequence_pool_explains_its_formula_and_keeps_a_subclass_on_clone():
+    model = nnkit.Sequential([nnkit.GRU(2, 3), nnkit.SequencePool("mean"), nnkit.Dense(3, 2)], dtype="float64",
+                             seed=0, input_shape=(4, 2))
+    text = str(model.explain(np.random.default_rng(0).standard_normal((2, 4, 2)), np.array([0, 1]),
+                             "cross_entropy"))
+    assert "Σ_t m_t X_t / Σ_t m_t" in text and "each valid step an equal share" in text
+
+    class MyPool(nnkit.SequencePool):
+        pass
+
+    clone = nnkit.Sequential([nnkit.GRU(2, 3), MyPool("max")], seed=0).clone()
+    assert type(clone.layers[1]).__name__ == "MyPool" and clone.layers[1].mode == "max"

@@ -62,6 +62,18 @@ class SequencePool(Layer):
         steps = xp.arange(shape[1], device=device_of(dY))[None, :, None]
         return xp.astype(steps == a[:, None, :], dY.dtype) * dY[:, None, :]
 
+    def explain_forward(self, report, i, X, Y):
+        formula = "Σ_t m_t X_t / Σ_t m_t" if self.mode == "mean" else "max over the valid t of X_t"
+        report.add(f"Y{i} = {formula}   [{report.tag(i, self)}]", Y, f"A{i}")
+
+    def explain_backward(self, report, i, dY, need_dX):
+        dX = self.backward(dY, need_dX=need_dX)
+        if dX is not None:
+            formula = "m_t dY / n (each valid step an equal share)" if self.mode == "mean" \
+                else "onehot_t(argmax) ⊙ dY (to the step that gave the maximum)"
+            report.add(f"dX of layer {i} = {formula}   [{report.tag(i, self)}]", dX, f"dX{i}")
+        return dX
+
     def to_onnx(self, g, x):
         """``ReduceMean``/``ReduceMax`` over the time axis (sequences of one length: the exported graph has no
         mask input)."""
@@ -100,4 +112,4 @@ class SequencePool(Layer):
         return cls(m.mode), {}, {}
 
     def config(self) -> dict[str, Any]:
-        return {"type": "SequencePool", "mode": self.mode}
+        return {"type": type(self).__name__, "mode": self.mode}

@@ -938,7 +938,7 @@ class FitData:
                 batch = (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
                          None if M is None else xp.take(M, idx, axis=0))
             if self.trim:  # padded to the batch's own longest sequence, not the data set's
-                longest = int(self.lengths[(order[0] if order is not None else np.arange(self.n))[a:b]].max())
+                longest = int((self.lengths[a:b] if order is None else self.lengths[order[0][a:b]]).max())
                 batch = _trimmed(batch, longest, int(self.X.shape[1]))
             yield batch + (share, e)
 

@@ -44,10 +44,6 @@ def _total(xp, per_example, w):
     return xp.sum(per_example * w)
 
 
-def _weight_sum(xp, out, w):
-    return xp.asarray(float(out.shape[0]), dtype=out.dtype, device=device_of(out)) if w is None else xp.sum(w)
-
-
 def _rows(out, T):
     """T as (N, K) rows: per-position integer labels T (N,) (a sequence model's targets) as their one-hot rows,
     made for this batch only (the stored targets stay labels)."""
@@ -351,7 +347,7 @@ class UserMetric(Metric):
         if value.ndim != 0:
             raise ValueError(f"metric {self.name!r} must return one number for the batch (a 0-d array), "
                              f"got shape {tuple(value.shape)}")
-        return value * _weight_sum(xp, out, w)
+        return value * batch_weight(out, w)
 
 
 METRICS = {"accuracy": lambda: Mean("accuracy", accuracy), "mse": lambda: Mean("mse", mse),

@@ -21,20 +21,24 @@ large GEMMs over B·T rows) run in the compute dtype; the recurrence itself — 
 gate sums and nonlinearities, the states h and c and their gradients — stays in float32, where a long sequence
 would otherwise lose digits step after step.
 
-Variable lengths, as PyTorch's packed sequences: with the padding mask m (B, T) (1 at t < length_b, 0 after)
-every step computes the candidate state s̃_t = step(s_{t−1}, x_t) and keeps
+Variable lengths, as PyTorch's packed sequences: the padding mask m (B, T) is 1 at t < length_b and 0 after (a
+prefix: sequences padded at their end, as ``nnkit.data`` pads them).  The meaning is PyTorch's: a sequence's
+state is carried unchanged past its end, its outputs are zero there, its final state is the one of its last
+valid step, and the reverse direction starts at each sequence's own last step.  Each direction gets there with
+as little work per step as its padding allows:
 
-    s_t = m_t ⊙ s̃_t + (1 − m_t) ⊙ s_{t−1}     (s = h, or (h, c); m_t (B, 1) broadcast over H),
+* **Forward direction** (padding after the valid steps): the recurrence runs unmasked, s_t = step(s_{t−1}, x_t).
+  Steps t < length_b never see the padding, so they are exact; the states after the end are never read: the
+  outputs are y_t = m_t ⊙ h_t (zero at padding), and the final state is gathered at the last valid step,
+  h_n = Σ_t e_t ⊙ h_t with e_t = m_t − m_{t+1} (1 only at t = length_b − 1).  Backward: dh_t receives
+  m_t ⊙ dY_t (sequences) or e_t ⊙ dh_n (final state); every gradient arriving at a padded step is zero, so the
+  padded steps carry zero back and add nothing to dW, db or dX.
+* **Reverse direction** (the flipped sequence: its padding comes first): s_t = m_t ⊙ step(s_{t−1}, x_t), so the
+  state stays zero through the padding and the first valid step starts from the zero state; its final state is
+  that of step 0 (PyTorch's ``h_n`` of a packed sequence).  Backward: ds̃_t = m_t ⊙ ds_t goes into the step's gate
+  Jacobians (zero at padding), and ds_{t−1} = (the step's Jacobian)ᵀ·ds̃_t — there is no direct path past m.
 
-so a sequence's state is carried unchanged past its end, its outputs y_t = m_t ⊙ h_t are zero there, and the
-final state is the one of its last valid step.  The reverse direction runs on the flipped sequence with the flipped
-mask: its padded steps come first and carry the zero state, so it starts at each sequence's own last step and its
-final state is that of step 0 (PyTorch's ``h_n`` of a packed sequence).  Backward, with ds_t the whole gradient
-of s_t (from step t+1 and, for the h part, m_t ⊙ dY_t):
-
-    ds̃_t = m_t ⊙ ds_t    (into the step's gate Jacobians: zero at padding, so padded steps add nothing to dW, db
-                          or dX),
-    ds_{t−1} = (the step's Jacobian)ᵀ·ds̃_t + (1 − m_t) ⊙ ds_t    (the carried path).
+So a masked step costs one elementwise product in the reverse direction and none in the forward one.
 """
 from __future__ import annotations
 
@@ -112,20 +116,22 @@ class _Recurrent(Layer):
                             (B, T, self.gates * self.hidden_size))  # the one big GEMM, in the compute dtype
             state = self._zero_state(xp, B, XW.dtype)  # the recurrence in the storage dtype (float32)
             M = None if mask is None else xp.astype(xp.flip(mask, axis=1) if d else mask, XW.dtype)[:, :, None]
+            gate = M is not None and d  # the reverse direction: s_t = m_t ⊙ s̃_t keeps the zero state through padding
             hs, steps = [], []
             for t in range(T):
-                new, keep = self._step(xp, XW[:, t, :], state, p)
-                if M is not None:  # s_t = s_{t−1} + m ⊙ (s̃_t − s_{t−1}): carried unchanged past the sequence's end
-                    m = M[:, t, :]
-                    new = tuple(b + m * (a - b) for a, b in zip(new, state))
-                state = new
+                state, keep = self._step(xp, XW[:, t, :], state, p)
+                if gate:
+                    state = tuple(M[:, t, :] * a for a in state)
                 hs.append(state[0])
                 steps.append(keep)
             H = xp.stack(hs, axis=1)  # (B, T, H)
-            if M is not None:
-                H = H * M  # the outputs are zero at padding
+            if M is not None and not d:
+                H = H * M  # y_t = m_t ⊙ h_t: zero past each sequence's end
             outs.append(xp.flip(H, axis=1) if d else H)
-            finals.append(hs[-1])
+            if M is not None and not d and not self.return_sequences:
+                finals.append(xp.sum(H * _last_step(xp, M), axis=1))  # h_n = Σ_t e_t ⊙ h_t
+            else:
+                finals.append(hs[-1])
             caches.append((Xd, steps, M))
         if train:
             self._cache = caches
@@ -158,13 +164,16 @@ class _Recurrent(Layer):
             p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             Xd, steps, M = self._cache[d]
             B, T = Xd.shape[0], Xd.shape[1]
+            gate = M is not None and d  # the reverse direction's s_t = m_t ⊙ s̃_t
             if self.return_sequences:
                 dH = dY[:, :, d * H:(d + 1) * H]  # (B, T, H) for this direction, in its own time order
                 if d:
                     dH = xp.flip(dH, axis=1)
-                if M is not None:
+                elif M is not None:
                     dH = dH * M  # y_t = m_t ⊙ h_t
                 dfinal = None
+            elif M is not None and not d:  # h_n = Σ_t e_t ⊙ h_t: dh_t = e_t ⊙ dh_n
+                dH, dfinal = _last_step(xp, M) * dY[:, None, d * H:(d + 1) * H], None
             else:
                 dH, dfinal = None, dY[:, d * H:(d + 1) * H]
             dW_hh = xp.zeros_like(p["weight_hh"])
@@ -176,15 +185,13 @@ class _Recurrent(Layer):
             for t in range(T - 1, -1, -1):
                 dh = dstate[0] if dH is None else dstate[0] + dH[:, t, :]
                 ds = (dh,) + dstate[1:]  # ds_t, the whole gradient of the carried state
-                m = None if M is None else M[:, t, :]
-                step_in = ds if m is None else tuple(m * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
-                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, step_in, steps[t], p)
+                if gate:
+                    ds = tuple(M[:, t, :] * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
+                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, ds, steps[t], p)
                 dW_hh = dW_hh + dgh.T @ h_prev
                 db_hh = db_hh + xp.sum(dgh, axis=0)
                 dh_prev = dstate_prev_direct[0] + dgh @ p["weight_hh"]
                 dstate = (dh_prev,) + dstate_prev_direct[1:]
-                if m is not None:  # the carried path: + (1 − m_t) ⊙ ds_t = ds_t − ds̃_t
-                    dstate = tuple(a + (b - c) for a, b, c in zip(dstate, ds, step_in))
                 dgates_in[t] = dgi
             dG = xp.reshape(xp.stack(dgates_in, axis=1), (B * T, self.gates * H))  # (B·T, G·H)
             grads["weight_ih" + suffix] = self.storage(self.compute(dG).T @ xp.reshape(self.compute(Xd),
@@ -300,6 +307,11 @@ class _Recurrent(Layer):
         extra = (", bidirectional=True" if self.bidirectional else "") + \
             ("" if self.return_sequences else ", return_sequences=False")
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
+
+
+def _last_step(xp, M):
+    """e (B, T, 1): 1 at each sequence's last valid step, e_t = m_t − m_{t+1} (m_T = 0), for a prefix mask M (B, T, 1)."""
+    return M - xp.concat([M[:, 1:, :], xp.zeros_like(M[:, :1, :])], axis=1)
 
 
 def _torch_name(name):

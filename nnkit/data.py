@@ -369,22 +369,28 @@ def sequences(model, X, lengths=None, check_values=True):
             raise ValueError(f"lengths= needs padded sequences X of shape (n, T, ...), got shape {tuple(shape)}")
         lengths = check_lengths(lengths, int(shape[0]), int(shape[1]))
     ragged = lengths is not None and lengths_given is None
+    if lengths is not None:
+        shape = tuple(int(d) for d in (np.shape(X) if not hasattr(X, "shape") else X.shape)[1:])
+        if not bool(np.all(lengths == shape[0])):  # padding: a layer that would read it refused before any other check
+            try:
+                bad = reads_padding(model.layers, shape)
+            except ValueError:  # a shape the model cannot take: as_input below says so in its own words
+                bad = None
+            if bad is not None:
+                what = "X is a list of sequences of different lengths" if ragged else \
+                    "X holds padded sequences (lengths=)"
+                msg = (f"{what}, padded to {(len(lengths),) + shape}, but {bad!r} would read the padding "
+                       "as data: " + (bad.padding_refusal or
+                                      "sequences go through layers that keep their positions (B, T, F) into one "
+                                      "that takes the padding mask (a recurrent layer, SequencePool) or a "
+                                      "per-position output; token ids (B, T) start with an Embedding"))
+                raise (TypeError if ragged else ValueError)(msg)
     Xd = as_input(model, X, check_values)
     if lengths is None:
         return Sequences(Xd, None, None)
     M = mask_of(model, lengths, int(Xd.shape[1]))
     if M is not None:
-        shape = tuple(int(d) for d in Xd.shape[1:])
-        model._check_batch_shape(shape)
-        bad = reads_padding(model.layers, shape)
-        if bad is not None:
-            what = "X is a list of sequences of different lengths" if ragged else \
-                "X holds padded sequences (lengths=)"
-            msg = (f"{what}, padded to {(len(lengths),) + shape}, but {bad!r} would read the padding "
-                   "as data: sequences go through layers that keep their positions (B, T, F) into one that takes "
-                   "the padding mask (a recurrent layer, SequencePool) or a per-position output; token ids (B, T) "
-                   "start with an Embedding")
-            raise (TypeError if ragged else ValueError)(msg)
+        model._check_batch_shape(tuple(int(d) for d in Xd.shape[1:]))
     return Sequences(Xd, M, lengths)
 
 

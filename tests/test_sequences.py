@@ -291,6 +291,29 @@ def test_a_model_that_would_read_the_padding_as_data_is_refused():
     assert to_np(same.predict([np.ones((5, 3)), np.ones((5, 3))])).shape == (2, 2)  # equal lengths: no padding
 
 
+def test_layers_whose_statistics_would_count_the_padding_refuse_it_and_say_why():
+    seqs = [np.ones((5, 3), np.float32), np.ones((2, 3), np.float32)]
+    y = np.array([0, 1])
+    cases = [(nnkit.BatchNorm(4),
+              r"BatchNorm\(num_features=4.*statistics are per channel over the batch and every position.*LayerNorm"),
+             (nnkit.GlobalAvgPool(), r"GlobalAvgPool\(\).*padding included.*SequencePool\('mean'\)"),
+             (nnkit.Flatten(), r"Flatten\(\).*return_sequences=False")]
+    for layer, message in cases:
+        model = nnkit.Sequential([nnkit.Dense(3, 4), layer, nnkit.Dense(4, 2)], input_shape=(None, 3), seed=0) \
+            if not isinstance(layer, nnkit.Flatten) else \
+            nnkit.Sequential([nnkit.Dense(3, 4), layer, nnkit.Dense(20, 2)], input_shape=(5, 3), seed=0)
+        before = {k: to_np(v).copy() for k, v in model.state_dict().items()}
+        with pytest.raises(TypeError, match=message):
+            model.fit(seqs, y, loss="cross_entropy", epochs=1, verbose=0)
+        with pytest.raises(ValueError, match=message):  # padded arrays with their lengths: the same reason
+            model.evaluate(pad_sequences(seqs)[0], y, "cross_entropy", lengths=[5, 2])
+        for k, v in before.items():
+            np.testing.assert_array_equal(v, to_np(model.state_dict()[k]))
+    pooled = nnkit.Sequential([nnkit.Dense(3, 4), nnkit.LayerNorm(4), nnkit.SequencePool("mean"),
+                               nnkit.Dense(4, 2)], input_shape=(None, 3), seed=0)
+    assert to_np(pooled.predict(seqs)).shape == (2, 2)  # what the messages advise works
+
+
 def test_streamed_batches_of_sequences():
     rng = np.random.default_rng(1)
     seqs = [rng.standard_normal((t, 3)).astype(np.float32) for t in rng.integers(1, 8, size=24)]

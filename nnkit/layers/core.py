@@ -64,6 +64,9 @@ class Layer:
     trainable = True  # False (on an instance): its parameters get no update and no optimizer moments
     takes_mask = False  # forward(X, train, mask=M) takes the padding mask M (B, T) of variable-length sequences
     keeps_positions = False  # the output keeps the input's positions (B, T, ...) one to one (last-axis layers)
+    # Why this layer cannot take variable-length sequences' padding, and what to use instead: the refusal's
+    # reason when the padding mask would reach it (None: the generic one, which says where the mask may go).
+    padding_refusal: str | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -566,8 +569,8 @@ def reads_padding(layers, in_shape):
     convolution over time), and a last-axis layer whose last axis is the positions ((B, T) floats into
     ``Dense``; token ids (B, T) go into a layer that ``takes_ids``)."""
     passed = object()
-    shapes = infer_shapes(layers, in_shape)
-    for layer, shape in zip(layers, shapes):
+    shape = tuple(in_shape)
+    for layer in layers:  # shape by shape, so that a layer refused here is refused before its shape check
         inner = getattr(layer, "layers", None)
         if inner is not None:  # a block: its own layers, in turn
             bad = reads_padding(inner, shape)
@@ -578,6 +581,7 @@ def reads_padding(layers, in_shape):
             return layer
         if layer.output_mask(passed) is None:  # taken: the padding ends here
             return None
+        shape = infer_shapes([layer], shape)[-1]
     return None
 
 

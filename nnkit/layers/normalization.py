@@ -87,6 +87,10 @@ class BatchNorm(_Norm):
     """
 
     buffer_names = ("running_mean", "running_var")
+    padding_refusal = ("its statistics are per channel over the batch and every position, so the padding of "
+                       "variable-length sequences would be averaged in with the data (and axis 1, the channels, "
+                       "would be the time steps of (B, T, F)); normalise each position on its own with "
+                       "LayerNorm(F), which keeps positions and never sees the padding")
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5):
         super().__init__(num_features, eps)

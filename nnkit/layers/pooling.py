@@ -153,7 +153,14 @@ class AvgPool2D(_AvgPool):
 
 
 class GlobalAvgPool(Layer):
-    """Y = mean over every position: (B, C, *n) → (B, C).  Backward: dX = dY/P broadcast over the P positions."""
+    """Y = mean over every position: (B, C, *n) → (B, C).  Backward: dX = dY/P broadcast over the P positions.
+
+    Channels first, every position counted: for variable-length sequences (B, T, C) pool over time with
+    ``SequencePool("mean")`` or ``SequencePool("max")``, which take the padding mask (this layer refuses it)."""
+
+    padding_refusal = ("it averages every position of (B, C, *positions), padding included; pool sequences "
+                       "(B, T, C) over their valid steps with SequencePool('mean') or SequencePool('max'), which "
+                       "take the padding mask")
 
     def output_shape(self, in_shape):
         in_shape = tuple(in_shape)

@@ -15,6 +15,9 @@ __all__ = ["Flatten", "Reshape"]
 class Flatten(Layer):
     """Y = X as rows: (B, C, *n) → (B, C·Π n) in C order (PyTorch's ``Flatten()``).  Backward: dX = reshape(dY)."""
 
+    padding_refusal = ("it lays every position out as features, padding included; reduce each sequence to one "
+                       "vector first: a recurrent layer with return_sequences=False, or SequencePool('mean'|'max')")
+
     def output_shape(self, in_shape):
         in_shape = tuple(in_shape)
         return (None if any(d is None for d in in_shape) else math.prod(in_shape),)

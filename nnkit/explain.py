@@ -19,6 +19,7 @@ import numpy as np
 
 from .backend import host_copy
 from . import data
+from .layers.core import forward_through
 from .losses import get_loss
 from .optim import SGD
 
@@ -114,38 +115,44 @@ def _host(a):
     return np.asarray(host_copy(a), dtype=np.float64)
 
 
-def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None):
+def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengths=None):
     """The :class:`Explanation` of one training step of ``model`` on (X, y) — see the module docstring.
 
     ``optimizer``: the update to show (default: the model's own optimizer, else ``SGD(0.01)``); its state is
     copied, so neither the model nor the optimizer changes.  ``names`` maps ``"{layer}.{param}[i, j]"`` to a
-    tutorial's names (``{"2.W[0, 0]": "w5"}``) to print beside the numbers.
+    tutorial's names (``{"2.W[0, 0]": "w5"}``) to print beside the numbers.  Sequences of different lengths: a
+    list of (T_i, ...) arrays, or padded X with ``lengths`` (n,), as ``fit`` takes them — the padding mask goes
+    to the layers that take it and the loss counts the valid positions only; a recurrent layer adds the norm of
+    its state and of ∂L/∂h_t at each time step.
     """
     loss = get_loss(loss)
     opt = optimizer if optimizer is not None else (model.optimizer or SGD(0.01))
     opt = copy.deepcopy(opt)
     twin = model.clone()
     twin._random_key = model._random_key
-    Xd = data.as_input(twin, X)
-    T = data.as_target(twin, y, Xd.shape[0], loss)
+    S = data.sequences(twin, X, lengths)
+    Xd, mask = S.X, S.M
+    T = data.as_target(twin, data.target_sequences(y, S.lengths), Xd.shape[0], loss)
     rep = Explanation(f"One training step of {len(model.layers)} layers on a batch of {Xd.shape[0]}",
                       max_numbers=max_numbers, names=names)
     rep.section("Input")
     rep.add(f"X  (batch {Xd.shape[0]}, features/shape {tuple(Xd.shape[1:])})", Xd, "X")
+    if mask is not None:
+        rep.add("lengths  (each sequence's valid steps; the rest of X is padding, mask m_bt = [t < length_b])",
+                np.asarray(S.lengths, dtype=np.float64), "lengths")
     rep.add("T  (targets)", T, "T")
 
     # forward: the model's own pass, layer by layer (what Sequential._forward does); each layer says its lines
     A = twin.policy.cast_input(Xd)
     rep.section("Forward")
-    for i, layer in enumerate(twin.layers):
-        out = layer.forward(A, train=True)
-        layer.explain_forward(rep, i, A, out)
-        A = out
+    A = forward_through(twin.layers, A, True, mask, each=lambda i, layer, X, Y: layer.explain_forward(rep, i, X, Y))
     out = twin.policy.cast_output(A)
-    value, d_out = loss.value_and_grad(out, T)
+    value, d_out = loss.value_and_grad(out, T, twin.score_weights(out, None, mask))
+    per_position = mask is not None and twin.output_mask(mask) is not None
     rep.section(f"Loss: {type(loss).__name__}")
     doc = (type(loss).__doc__ or "").strip().splitlines()[0]
-    rep.add(f"L  [{doc}]", float(_host(value)), "loss")
+    rep.add(f"L  [{doc}]" + ("  (the mean over the valid positions)" if per_position else ""),
+            float(_host(value)), "loss")
     rep.add("∂L/∂output", d_out, "d_out")
 
     # backward: the model's own pass, last layer first (what Sequential.backward does); each layer runs its

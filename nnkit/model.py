@@ -632,13 +632,16 @@ class Sequential:
                           precision=self.precision if precision is _KEEP else precision)
         return twin.load_state_dict(self.state_dict())
 
-    def explain(self, X: Any, y: Any, loss: Any, optimizer: Optimizer | None = None, max_numbers: int = 64) -> Any:
+    def explain(self, X: Any, y: Any, loss: Any, optimizer: Optimizer | None = None, max_numbers: int = 64,
+                lengths: Any = None) -> Any:
         """One training step on (X, y) explained with its numbers — forward formulas, the loss, the backward
         pass layer by layer and the update — without changing the model (see :mod:`nnkit.explain`).
-        ``str(report)`` is plain text; ``report.to_markdown()`` and Jupyter render it."""
+        ``str(report)`` is plain text; ``report.to_markdown()`` and Jupyter render it.  Variable-length
+        sequences as ``fit`` takes them (a list, or padded X with ``lengths``); a recurrent layer is summarised
+        per time step (‖h_t‖ and ‖∂L/∂h_t‖)."""
         from .explain import explain
 
-        return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers)
+        return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers, lengths=lengths)
 
     # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------
     def export(self, path: Any, *, classifier: bool | None = None, opset: int = 17, lengths: bool = False) -> Any:

@@ -82,3 +82,69 @@ def test_worked_example_function_gives_the_model_and_report():
     assert report.values["dW2"][0, 0] == pytest.approx(0.0729519972, abs=1e-10)
     assert report.values["W2_new"][0, 0] == pytest.approx(0.17927048, abs=1e-9)
     assert model.state_dict()["2.W"][0, 0] == 0.18
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_a_recurrent_step_is_explained_per_time_step_on_variable_lengths(kind, make_backend):
+    """‖h_t‖ and ‖∂L/∂h_t‖ at each time step, per direction, for a list of sequences of different lengths: the
+    loss and gradients those of the real step, the norms those of PyTorch's states and gradients, step by step."""
+    torch = pytest.importorskip("torch")
+    be = make_backend("float64")
+    rng = np.random.default_rng(3)
+    lengths = [5, 2, 4, 1]
+    seqs = [rng.normal(size=(n, 3)) for n in lengths]
+    y = np.array([0, 1, 1, 0])
+    layer = getattr(nnkit, kind)(3, 4, return_sequences=False)
+    model = nnkit.Sequential([layer, nnkit.Dense(4, 2)], backend=be, dtype="float64", seed=0)
+    report = model.explain(seqs, y, "cross_entropy")
+    value, grads = model.value_and_grad(seqs, y, "cross_entropy")
+    v = report.values
+    assert v["loss"] == pytest.approx(float(to_np(value)), rel=1e-13)
+    np.testing.assert_allclose(v["dweight_hh0"], to_np(grads["0.weight_hh"]), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(v["lengths"], lengths)
+    assert v["h_norm0"].shape == v["dh_norm0"].shape == (5,)
+    assert "‖∂L/∂h_t‖" in str(report) and "vanishing" in str(report)
+
+    # PyTorch, one step at a time, each sequence's final state taken at its own last step
+    sd = {k: torch.tensor(to_np(a), requires_grad=True) for k, a in model.state_dict().items()}
+    X = torch.tensor(nnkit.data.pad_sequences(seqs)[0])
+    h = torch.zeros(4, 4, dtype=torch.float64)
+    c = torch.zeros_like(h)
+    hs = []
+    for t in range(5):
+        a_ih = X[:, t] @ sd["0.weight_ih"].T + sd["0.bias_ih"]
+        a_hh = h @ sd["0.weight_hh"].T + sd["0.bias_hh"]
+        if kind == "RNN":
+            h = torch.tanh(a_ih + a_hh)
+        elif kind == "GRU":
+            r = torch.sigmoid(a_ih[:, :4] + a_hh[:, :4])
+            z = torch.sigmoid(a_ih[:, 4:8] + a_hh[:, 4:8])
+            n = torch.tanh(a_ih[:, 8:] + r * a_hh[:, 8:])
+            h = (1 - z) * n + z * h
+        else:
+            i, f, g, o = (a_ih + a_hh).split(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        h.retain_grad()
+        hs.append(h)
+    final = torch.stack([hs[n - 1][b] for b, n in enumerate(lengths)])
+    out = final @ sd["1.W"] + sd["1.b"]
+    torch.nn.functional.cross_entropy(out, torch.tensor(y)).backward()
+    valid = torch.tensor([[t < n for t in range(5)] for n in lengths], dtype=torch.float64)
+    want_h = [float((hs[t] * valid[:, t:t + 1]).detach().norm()) for t in range(5)]  # padded outputs count as zero
+    want_dh = [float(hs[t].grad.norm()) for t in range(5)]
+    np.testing.assert_allclose(v["h_norm0"], want_h, rtol=1e-12)
+    np.testing.assert_allclose(v["dh_norm0"], want_dh, rtol=1e-12, atol=1e-300)
+
+
+def test_a_bidirectional_layer_is_explained_per_direction_in_the_sequences_time_order():
+    rng = np.random.default_rng(4)
+    seqs = [rng.normal(size=(n, 2)) for n in (3, 6, 1)]
+    model = nnkit.Sequential([nnkit.GRU(2, 3, bidirectional=True), nnkit.Dense(6, 2)], dtype="float64", seed=0)
+    report = model.explain(seqs, [rng.integers(0, 2, size=n) for n in (3, 6, 1)], "cross_entropy")
+    v = report.values
+    for key in ("h_norm0", "h_norm0_reverse", "dh_norm0", "dh_norm0_reverse"):
+        assert v[key].shape == (6,), key
+    # time step 5 is padding in all but the second sequence: its reverse state and gradient come from that one only
+    assert v["h_norm0_reverse"][5] > 0 and v["dh_norm0"][5] > 0
+    assert "(reverse direction)" in str(report) and "the mean over the valid positions" in str(report)

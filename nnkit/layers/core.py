@@ -540,12 +540,16 @@ def infer_shapes(layers, in_shape, where="layer "):
     return shapes
 
 
-def forward_through(layers, X, train, mask=None):
+def forward_through(layers, X, train, mask=None, each=None):
     """``layers`` applied in order to X; the padding mask (B, T) of variable-length sequences, when given, handed
-    to the layers that take it (``takes_mask``) as each layer passes it on (:meth:`Layer.output_mask`)."""
-    for layer in layers:
-        X = layer.forward(X, train=train, mask=mask) if mask is not None and layer.takes_mask \
+    to the layers that take it (``takes_mask``) as each layer passes it on (:meth:`Layer.output_mask`).
+    ``each(i, layer, X, Y)``, when given, sees every layer's input and output (``nnkit.explain``)."""
+    for i, layer in enumerate(layers):
+        Y = layer.forward(X, train=train, mask=mask) if mask is not None and layer.takes_mask \
             else layer.forward(X, train=train)
+        if each is not None:
+            each(i, layer, X, Y)
+        X = Y
         if mask is not None:
             mask = layer.output_mask(mask)
     return X

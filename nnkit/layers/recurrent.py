@@ -132,7 +132,7 @@ class _Recurrent(Layer):
                 finals.append(xp.sum(H * _last_step(xp, M), axis=1))  # h_n = Σ_t e_t ⊙ h_t
             else:
                 finals.append(hs[-1])
-            caches.append((Xd, steps, M))
+            caches.append((Xd, steps, M, H))
         if train:
             self._cache = caches
         if self.return_sequences:
@@ -160,9 +160,10 @@ class _Recurrent(Layer):
         xp, H = self.xp, self.hidden_size
         dY = self.storage(dY)  # the recurrence's gradients in float32 under a mixed policy
         grads, dX = {}, None
+        record = getattr(self, "_record", None)  # explain's per-step view: [(direction, t, ∂L/∂h_t)]
         for d, suffix in enumerate(("", "_reverse")[:self.directions]):
             p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-            Xd, steps, M = self._cache[d]
+            Xd, steps, M, _ = self._cache[d]
             B, T = Xd.shape[0], Xd.shape[1]
             gate = M is not None and d  # the reverse direction's s_t = m_t ⊙ s̃_t
             if self.return_sequences:
@@ -187,6 +188,8 @@ class _Recurrent(Layer):
                 ds = (dh,) + dstate[1:]  # ds_t, the whole gradient of the carried state
                 if gate:
                     ds = tuple(M[:, t, :] * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
+                if record is not None:
+                    record.append((d, t, ds[0]))
                 dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, ds, steps[t], p)
                 dW_hh = dW_hh + dgh.T @ h_prev
                 db_hh = db_hh + xp.sum(dgh, axis=0)
@@ -204,6 +207,48 @@ class _Recurrent(Layer):
                 dXd = xp.flip(dXd, axis=1) if d else dXd
                 dX = dXd if dX is None else dX + dXd
         self.grads = grads
+        return dX
+
+    # -- explain: one step through time, summarised per time step ------------------------------------------------
+    def _per_step(self, report, i, what, name, norms, note_fmt):
+        """One line per direction: ``norms`` (dirs, T) in the sequence's own time order."""
+        for d, suffix in enumerate(("", "_reverse")[:self.directions]):
+            v, xp = norms[d], self.xp  # explain reads the host once per line; no training step does
+            where = " (reverse direction)" if d else (" (forward direction)" if self.directions == 2 else "")
+            hi, lo = int(xp.argmax(v)), int(xp.argmin(v))
+            note = note_fmt.format(hi=hi, vhi=float(v[hi]), lo=lo, vlo=float(v[lo]))
+            report.add(f"{what} for t = 0..{v.shape[0] - 1}{where}   [{report.tag(i, self)}]", v,
+                       f"{name}{i}{suffix}", note=note)
+
+    def explain_forward(self, report, i, X, Y):
+        """The recurrence's formula and output, then ‖h_t‖ at each time step (over the batch), per direction."""
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        report.add(f"Y{i} = {type(self).__name__}(X) over the time steps   [{report.tag(i, self)}: "
+                   f"{doc[0] if doc else ''}]", Y, f"A{i}")
+        xp = self.xp
+        norms = [xp.sqrt(xp.sum(c[3] * c[3], axis=(0, 2))) for c in self._cache]
+        norms = [xp.flip(n, axis=0) if d else n for d, n in enumerate(norms)]
+        self._per_step(report, i, "‖h_t‖ (the state's norm over the batch)", "h_norm", norms,
+                       "largest at t = {hi} ({vhi:.4g}), smallest at t = {lo} ({vlo:.4g})")
+
+    def explain_backward(self, report, i, dY, need_dX):
+        """Backprop through time as the training step runs it, with ∂L/∂h_t's norm at each time step, per
+        direction — the figure that shows a gradient vanishing (or exploding) on its way back through time."""
+        self._record = []
+        try:
+            dX = super().explain_backward(report, i, dY, need_dX)
+            record = self._record
+        finally:
+            del self._record
+        xp, T = self.xp, self._cache[0][0].shape[1]
+        norms = []
+        for d in range(self.directions):
+            by_t = {t: xp.sqrt(xp.sum(g * g)) for dd, t, g in record if dd == d}
+            n = xp.stack([by_t[t] for t in range(T)])
+            norms.append(xp.flip(n, axis=0) if d else n)
+        self._per_step(report, i, "‖∂L/∂h_t‖ (the gradient reaching each step, over the batch)", "dh_norm", norms,
+                       "largest at t = {hi} ({vhi:.4g}), smallest at t = {lo} ({vlo:.4g}): a ratio far below 1 "
+                       "is a gradient vanishing through time, far above 1 one exploding")
         return dX
 
     # -- the ways out ------------------------------------------------------------------------------------------

@@ -149,15 +149,16 @@ def test_gradcheck_through_masks_on_every_backend(make_backend, kind):
 
 
 def test_a_wrong_mask_derivation_fails(monkeypatch):
-    """Forgetting the carried path (1 − m) ⊙ ds_t of the backward pass is caught by gradcheck."""
+    """A backward pass told every step is valid (h_n's gradient sent to the last padded step, the reverse
+    direction's padding not gated) is caught by gradcheck."""
     from nnkit.layers import recurrent
 
     right = recurrent._Recurrent.backward
 
     def wrong(self, dY, need_dX=True):
-        for d, (Xd, steps, M) in enumerate(self._cache):
-            if M is not None:  # the backward pass told every step is valid: the carried path is lost
-                self._cache[d] = (Xd, steps, M * 0.0 + 1.0)
+        for d, (Xd, steps, M, H) in enumerate(self._cache):
+            if M is not None:  # the backward pass told every step is valid
+                self._cache[d] = (Xd, steps, M * 0.0 + 1.0, H)
         return right(self, dY, need_dX)
 
     monkeypatch.setattr(recurrent._Recurrent, "backward", wrong)
@@ -459,11 +460,34 @@ def test_onnx_with_lengths_equals_predict_on_a_variable_length_batch(kind, bi, r
     np.testing.assert_allclose(got, to_np(model.predict(X, lengths=lengths)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_onnx_lengths_through_sequence_pool_equal_predict(mode):
+    """SequencePool in an exported graph with lengths: the mean or max over each sequence's valid steps, after a
+    per-position Dense (the padded steps are not zero there) and a recurrent layer."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = nnkit.Sequential([nnkit.Dense(3, 4), nnkit.Tanh(), nnkit.GRU(4, 5, bidirectional=True),
+                              nnkit.SequencePool(mode), nnkit.Dense(10, 2)], seed=0, input_shape=(None, 3))
+    rng = np.random.default_rng(2)
+    seqs = [rng.standard_normal((n, 3)).astype(np.float32) for n in (6, 1, 4, 2)]
+    X, lengths = nnkit.data.pad_sequences(seqs, value=7.0)  # a padding value that would show if it were read
+    sess = ort.InferenceSession(model.export(None, lengths=True).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": X, "lengths": lengths.astype(np.int64)})[0]
+    np.testing.assert_allclose(got, to_np(model.predict(seqs)), rtol=1e-5, atol=1e-6)
+    one = sess.run(None, {"input": X[:1], "lengths": np.array([6], np.int64)})[0]  # no padding at all
+    np.testing.assert_allclose(one, got[:1], rtol=1e-5, atol=1e-6)
+
+
 def test_onnx_lengths_are_refused_through_a_layer_that_cannot_take_them():
     pytest.importorskip("onnx")
-    model = nnkit.Sequential([nnkit.GRU(3, 4), nnkit.SequencePool("mean"), nnkit.Dense(4, 2)], seed=0,
+
+    class MeanOfAll(nnkit.SequencePool):  # a user's mask-taking layer whose ONNX form knows no lengths
+        onnx_lengths = False
+
+    model = nnkit.Sequential([nnkit.GRU(3, 4), MeanOfAll("mean"), nnkit.Dense(4, 2)], seed=0,
                              input_shape=(None, 3))
-    with pytest.raises(ValueError, match="layer 1 SequencePool.*cannot take the lengths"):
+    with pytest.raises(ValueError, match="layer 1 MeanOfAll.*cannot take the lengths"):
         model.export(None, lengths=True)
     model.export(None)  # sequences of one length: as before
 

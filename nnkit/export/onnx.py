@@ -181,11 +181,12 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
 def _lengths_input(model, g, input_name):
     """The ``lengths`` input's nodes: ``g.lengths``, int32 (batch,) for the recurrent operators' sequence_lens, and
     ``g.mask`` (batch, T) bool, 1 at t < length.  Refused for a model whose mask-taking layers have no ONNX form
-    for it (only the recurrent layers read ``g.lengths``)."""
+    for it (the recurrent layers read ``g.lengths``, SequencePool ``g.mask``)."""
     for i, layer in enumerate(model.layers):
         if getattr(layer, "takes_mask", False) and not getattr(layer, "onnx_lengths", False):
             raise ValueError(f"layer {i} {layer!r} cannot take the lengths of variable-length sequences in ONNX "
-                             "(only RNN, GRU and LSTM pass them on, as sequence_lens): export without lengths= "
+                             "(its class declares no onnx_lengths; RNN, GRU, LSTM and SequencePool do): export "
+                             "without lengths= "
                              "and feed sequences of one length")
     g.lengths = g.op("Cast", ["lengths"], "sequence_lens", to=6)  # TensorProto.INT32
     steps = g.op("Gather", [g.op("Shape", [input_name], "input_shape"), g.ints(1, "time_axis")], "steps")

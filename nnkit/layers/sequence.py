@@ -74,11 +74,23 @@ class SequencePool(Layer):
             report.add(f"dX of layer {i} = {formula}   [{report.tag(i, self)}]", dX, f"dX{i}")
         return dX
 
+    onnx_lengths = True  # to_onnx reads the exported graph's padding mask (export(lengths=True))
+
     def to_onnx(self, g, x):
-        """``ReduceMean``/``ReduceMax`` over the time axis (sequences of one length: the exported graph has no
-        mask input)."""
-        op = "ReduceMean" if self.mode == "mean" else "ReduceMax"
-        return g.op(op, [x], f"sequence_{self.mode}", axes=[1], keepdims=0)
+        """``ReduceMean``/``ReduceMax`` over the time axis; with the graph's ``lengths`` input (``g.mask`` (B, T),
+        1 at t < length) over the valid steps only: Σ_t m_t x_t / Σ_t m_t, or the max of x where m, −∞ elsewhere."""
+        if g.mask is None:  # sequences of one length
+            op = "ReduceMean" if self.mode == "mean" else "ReduceMax"
+            return g.op(op, [x], f"sequence_{self.mode}", axes=[1], keepdims=0)
+        m = g.op("Unsqueeze", [g.mask, g.ints([-1], "axes")], "mask_steps")  # (B, T, 1) bool
+        if self.mode == "max":
+            low = g.op("Where", [m, x, g.const(float("-inf"), "minus_inf")], "masked")
+            return g.op("ReduceMax", [low], "sequence_max", axes=[1], keepdims=0)
+        kept = g.op("Where", [m, x, g.const(0.0, "zero")], "masked")
+        total = g.op("ReduceSum", [kept, g.ints([1], "time_axis")], "sequence_sum", keepdims=0)  # (B, d)
+        n = g.op("ReduceSum", [g.op("Where", [m, g.const(1.0, "one"), g.const(0.0, "zero")], "valid"),
+                               g.ints([1], "time_axis")], "length", keepdims=0)  # (B, 1)
+        return g.op("Div", [total, n], "sequence_mean")
 
     @classmethod
     def torch_module(cls, nn):

@@ -394,16 +394,16 @@ def sequences(model, X, lengths=None, check_values=True):
     return Sequences(Xd, M, lengths)
 
 
-def target_sequences(y, lengths):
+def target_sequences(y, lengths, maxlen=None):
     """Targets for sequences of ``lengths`` (host, or None): a list of per-position targets (T_i,) / (T_i, K),
     one per sequence and of its length, padded (with 0, a valid label that the mask leaves out); anything else
-    (one target per sequence) is returned as it is."""
+    (one target per sequence) is returned as it is.  ``maxlen``: pad to that many steps (X's padded length)."""
     if lengths is None or not isinstance(y, (list, tuple)) or len(y) != len(lengths) or not y \
             or np.ndim(y[0]) == 0:
         return y
     ylen = np.array([np.shape(t)[0] if np.ndim(t) else -1 for t in y])
     if np.array_equal(ylen, lengths):
-        Y, _ = pad_sequences(y)
+        Y, _ = pad_sequences(y, maxlen)
         return Y
     if len(set(ylen.tolist())) == 1:  # one row per sequence (e.g. one-hot rows)
         return y
@@ -705,6 +705,21 @@ def _trimmed(batch, longest, steps):
             None if W is None else (W[:, :longest] if W.ndim == 2 else W), M[:, :longest])
 
 
+COMPILED_LENGTHS = 8  # a compiled fit pads each batch to one of at most this many lengths (compiled_length)
+
+
+def compiled_length(longest, steps=None):
+    """The length a batch whose longest sequence has ``longest`` steps is padded to under ``fit(compile=True)``,
+    so that a compiled step is traced once per length bucket, not once per length: the next multiple of
+    ⌈steps/8⌉ (at most ``COMPILED_LENGTHS`` = 8 buckets; ``steps`` the data set's padded length), or for a stream,
+    whose longest sequence is not known in advance, the next power of two (⌈log₂ T⌉ + 1 buckets)."""
+    longest = max(int(longest), 1)
+    if steps is None:
+        return 1 << (longest - 1).bit_length()
+    q = -(-int(steps) // COMPILED_LENGTHS)
+    return min(-(-longest // q) * q, int(steps))
+
+
 def bucketed(perm, lengths, batch_size, rng, batches_per_bucket=50):
     """A shuffled order whose batches hold sequences of similar lengths: ``perm`` cut into buckets of
     ``batches_per_bucket`` batches, each bucket sorted by length and cut into batches, the batches shuffled
@@ -734,6 +749,7 @@ class FitData:
         self.rank, self.size, self.parallel = rank, size, size > 1
         self.stream = self.val_stream = None
         self.lengths, self.trim, self.bucket = None, False, bool(bucket)
+        self.compiled = False  # a compiled step: batches padded to one of a few lengths (compiled_length)
         self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
         self.n = self.row_w = None
 
@@ -788,9 +804,12 @@ class FitData:
                 try:
                     lengths = None
                     if is_ragged(xb):
-                        xb, lengths = pad_sequences(xb)
-                        yb = target_sequences(yb, lengths)
-                        wb = None if wb is None else target_sequences(wb, lengths)
+                        steps = None
+                        if self.compiled:  # a few padded lengths, each traced once
+                            steps = compiled_length(max(int(np.shape(x)[0]) for x in xb))
+                        xb, lengths = pad_sequences(xb, steps)
+                        yb = target_sequences(yb, lengths, steps)
+                        wb = None if wb is None else target_sequences(wb, lengths, steps)
                     xb, yb = host_if_foreign(be, xb), host_if_foreign(be, yb)
                     rows = int(xb.shape[0])
                     model._check_batch_shape(tuple(int(d) for d in xb.shape[1:]))
@@ -945,6 +964,8 @@ class FitData:
                          None if M is None else xp.take(M, idx, axis=0))
             if self.trim:  # padded to the batch's own longest sequence, not the data set's
                 longest = int((self.lengths[a:b] if order is None else self.lengths[order[0][a:b]]).max())
+                if self.compiled:  # to its length bucket's: a compiled step traces each length once
+                    longest = compiled_length(longest, int(self.X.shape[1]))
                 batch = _trimmed(batch, longest, int(self.X.shape[1]))
             yield batch + (share, e)
 

@@ -247,8 +247,7 @@ class _Run:
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
                                  self.size, bucket)
         self.data.load(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
-        if compile:  # one padded length for every batch: a compiled step traces each new length (unrolled loops)
-            self.data.trim = False
+        self.data.compiled = bool(compile)  # batches of sequences padded to a few lengths: one trace each
         self.n, self.batches = self.data.n, self.data.batches
 
         if resume and os.path.exists(os.fspath(checkpoint)):

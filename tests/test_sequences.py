@@ -504,3 +504,62 @@ def test_sequence_pool_explains_its_formula_and_keeps_a_subclass_on_clone():
 
     clone = nnkit.Sequential([nnkit.GRU(2, 3), MyPool("max")], seed=0).clone()
     assert type(clone.layers[1]).__name__ == "MyPool" and clone.layers[1].mode == "max"
+
+
+def test_compiled_fit_pads_batches_to_a_few_lengths_and_equals_the_eager_fit(monkeypatch):
+    """compile=True on JAX: each batch padded to its length bucket (the next multiple of ⌈T/8⌉), so the step is
+    traced once per bucket — at most 8 lengths — and the fit equals the eager one (each batch cut to its own
+    longest) to float32 round-off."""
+    pytest.importorskip("jax")
+    from nnkit import data
+
+    rng = np.random.default_rng(5)
+    seqs = [rng.standard_normal((t, 2)).astype(np.float32) for t in rng.integers(1, 13, size=32)]
+    y = rng.integers(0, 2, size=32)
+    seen = []
+    trimmed = data._trimmed
+    monkeypatch.setattr(data, "_trimmed", lambda batch, longest, steps: seen.append(longest) or
+                        trimmed(batch, longest, steps))
+    runs = {}
+    for compile_ in (False, True):
+        seen.clear()
+        model = nnkit.Sequential([nnkit.GRU(2, 3, bidirectional=True, return_sequences=False), nnkit.Dense(6, 2)],
+                                 backend="jax", seed=0)
+        hist = model.fit(seqs, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(0.01), epochs=2, batch_size=8,
+                         verbose=0, compile=compile_)
+        runs[compile_] = (hist["loss"], {k: to_np(v) for k, v in model.state_dict().items()}, sorted(set(seen)))
+    T = max(len(s) for s in seqs)
+    grid = {data.compiled_length(n, T) for n in range(1, T + 1)}
+    assert len(grid) <= data.COMPILED_LENGTHS and set(runs[True][2]) <= grid
+    assert len(runs[True][2]) < len(runs[False][2])  # fewer distinct lengths than the eager fit's exact cuts
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=2e-5)
+    for k, v in runs[False][1].items():
+        np.testing.assert_allclose(runs[True][1][k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_compiled_lengths():
+    from nnkit.data import compiled_length
+
+    assert [compiled_length(n, 29) for n in (1, 4, 5, 27, 29)] == [4, 4, 8, 28, 29]  # multiples of ⌈29/8⌉ = 4
+    assert [compiled_length(n) for n in (1, 2, 3, 17, 64)] == [1, 2, 4, 32, 64]  # streams: powers of two
+    assert len({compiled_length(n, 1000) for n in range(1, 1001)}) == 8
+
+
+def test_a_compiled_fit_on_a_stream_pads_each_batch_to_a_power_of_two(monkeypatch):
+    from nnkit import data
+
+    rng = np.random.default_rng(1)
+    seqs = [rng.standard_normal((t, 3)).astype(np.float32) for t in (5, 2, 3, 7, 1, 6, 9, 3, 4)]
+    labels = rng.integers(0, 2, size=9)
+    batches = [(seqs[i:i + 3], labels[i:i + 3]) for i in range(0, 9, 3)]  # longest 5, 7, 9
+    padded = []
+    pad = data.pad_sequences
+    monkeypatch.setattr(data, "pad_sequences", lambda s, maxlen=None, **kw: padded.append(maxlen) or
+                        pad(s, maxlen, **kw))
+    model = nnkit.Sequential([nnkit.GRU(3, 4, return_sequences=False), nnkit.Dense(4, 2)], seed=0)
+    twin = model.clone()
+    model.fit(batches, loss="cross_entropy", epochs=1, verbose=0, compile=True)  # NumPy: the same step, eager
+    assert padded == [8, 8, 16]
+    twin.fit(batches, loss="cross_entropy", epochs=1, verbose=0)
+    for k, v in model.params().items():  # the extra padding changes nothing
+        np.testing.assert_allclose(to_np(v), to_np(twin.params()[k]), rtol=1e-5, atol=1e-6)

@@ -4,7 +4,9 @@ Trains a float64 MLP with Adam, an L2 penalty, validation data and an uneven las
 (233 rows, global batch 50), and writes rank 0's weights and history to an .npz.
 Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]; the backend is NNKIT_TEST_BACKEND
 (default numpy; tests/test_gpu.py runs it with cupy), the precision policy NNKIT_TEST_PRECISION (none:
-float64; a policy: float32 master weights), NNKIT_TEST_CONV=1 for a small CNN instead of the MLP.
+float64; a policy: float32 master weights), NNKIT_TEST_CONV=1 for a small CNN instead of the MLP,
+NNKIT_TEST_SEQ=pooled|positions for variable-length sequences (a list of 233 sequences of 1 to 9 steps) through a
+bidirectional GRU, with one label per sequence or a label per position.
 """
 import os
 import sys
@@ -23,8 +25,22 @@ def data():
     return X, y, Xv, yv
 
 
-def run(comm, out, epochs, checkpoint=None):
+def sequences(per_position):
+    """Lists of (T_i, 6) sequences and their labels: one per sequence, or one per position ((T_i,) arrays)."""
     X, y, Xv, yv = data()
+    rng = np.random.default_rng(8)
+
+    def cut(rows, labels):
+        lengths = rng.integers(1, 10, size=len(rows))
+        seqs = [np.outer(np.linspace(1.0, 0.2, n), r) for n, r in zip(lengths, rows)]
+        return seqs, ([np.full(n, c) for n, c in zip(lengths, labels)] if per_position else labels)
+
+    return cut(X, y) + cut(Xv, yv)
+
+
+def run(comm, out, epochs, checkpoint=None):
+    seq = os.environ.get("NNKIT_TEST_SEQ")
+    X, y, Xv, yv = data() if not seq else sequences(seq == "positions")
     rank = 0 if comm is None else comm.rank
     # the other ranks start from other weights on purpose: fit must broadcast rank 0's
     precision = os.environ.get("NNKIT_TEST_PRECISION") or None  # a mixed policy keeps float32 master weights
@@ -32,7 +48,9 @@ def run(comm, out, epochs, checkpoint=None):
     if os.environ.get("NNKIT_TEST_CONV"):  # the rows as 1×6 signals through a convolution and a pool
         layers = [nnkit.Reshape((1, 6)), nnkit.Conv1D(1, 4, 3, padding=1), nnkit.Tanh(), nnkit.MaxPool1D(2),
                   nnkit.Flatten(), nnkit.Dense(12, 16), nnkit.Tanh(), nnkit.Dense(16, 3)]
-    model = nnkit.Sequential(layers, input_shape=(6,),
+    if seq:  # a bidirectional GRU that stops at each sequence's end
+        layers = [nnkit.GRU(6, 5, bidirectional=True, return_sequences=seq == "positions"), nnkit.Dense(10, 3)]
+    model = nnkit.Sequential(layers, input_shape=(None, 6) if seq else (6,),
                              dtype="float32" if precision else "float64", precision=precision,
                              seed=0 if rank == 0 else 100 + rank,
                              backend=os.environ.get("NNKIT_TEST_BACKEND", "numpy"))

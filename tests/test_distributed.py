@@ -69,6 +69,26 @@ def test_mpi_resume_across_ranks(tmp_path):
     np.testing.assert_allclose(resumed["loss"], single["loss"][3:], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("seq", ["pooled", "positions"])
+def test_mpi_on_variable_length_sequences_equals_single_process(tmp_path, monkeypatch, seq):
+    """Lists of sequences of 1 to 9 steps split over 3 ranks (each slice cut to its own longest sequence, the
+    per-position case weighting each rank by its valid positions), resumed from a checkpoint on 2 ranks: the
+    single-process run's weights and logs to 1e-10."""
+    monkeypatch.setenv("NNKIT_TEST_SEQ", seq)
+    ckpt = tmp_path / "run.npz"
+    _launch(3, tmp_path / "first.npz", 2, ckpt)
+    _launch(2, tmp_path / "resumed.npz", 4, ckpt)
+    single = _single(tmp_path, 4)
+    resumed = np.load(tmp_path / "resumed.npz")
+    for k in resumed.files:
+        if k.startswith("param/"):
+            np.testing.assert_allclose(resumed[k], single[k], rtol=0, atol=1e-10, err_msg=k)
+    for k in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(resumed[k], single[k][2:], rtol=0, atol=1e-10, err_msg=k)
+    first = np.load(tmp_path / "first.npz")
+    np.testing.assert_allclose(first["loss"], single["loss"][:2], rtol=0, atol=1e-10)
+
+
 def test_allreduce_share_benchmark_runs():
     out = _launch(2, "--quick", script=["-m", "benchmarks.mpi_share"])
     assert "processes 2" in out and "all-reduce" in out

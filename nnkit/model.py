@@ -654,12 +654,13 @@ class Sequential:
 
         return to_onnx(self, path, classifier=classifier, opset=opset, lengths=lengths)
 
-    def to_torch(self) -> Any:
+    def to_torch(self, lengths: bool = False) -> Any:
         """A ``torch.nn.Sequential`` of PyTorch's own layers with this model's weights, in eval mode (see
-        :mod:`nnkit.export.pytorch`)."""
+        :mod:`nnkit.export.pytorch`).  ``lengths=True``: a module called ``net(x, lengths)`` on padded
+        variable-length sequences, the recurrent layers run as packed sequences."""
         from .export.pytorch import to_torch
 
-        return to_torch(self)
+        return to_torch(self, lengths=lengths)
 
     @classmethod
     def from_torch(cls, module: Any, backend: Any = "numpy", dtype: str | None = None, seed: int | None = None,

@@ -2,6 +2,7 @@
 sequences; per-position targets, losses, weights and metrics equal PyTorch's cross-entropy over the valid tokens;
 SequencePool; pad_sequences and lengths refuse bad input."""
 import importlib.util
+import pickle
 
 import numpy as np
 import pytest
@@ -563,3 +564,50 @@ def test_a_compiled_fit_on_a_stream_pads_each_batch_to_a_power_of_two(monkeypatc
     twin.fit(batches, loss="cross_entropy", epochs=1, verbose=0)
     for k, v in model.params().items():  # the extra padding changes nothing
         np.testing.assert_allclose(to_np(v), to_np(twin.params()[k]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_to_torch_with_lengths_runs_packed_and_equals_predict(kind):
+    """``to_torch(lengths=True)``: ``net(x, lengths)`` runs the recurrent layers as packed sequences and pools or
+    masks as nnkit does — equal to ``predict(X, lengths=...)`` in float64; a model whose mask-taking layer has
+    no PyTorch form for lengths is refused naming it."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    lengths = np.array([6, 1, 4, 6])
+    pooled = nnkit.Sequential([nnkit.Dense(3, 4), nnkit.Tanh(), getattr(nnkit, kind)(4, 5, bidirectional=True),
+                               nnkit.SequencePool("max"), nnkit.Dense(10, 2)], dtype="float64", seed=0,
+                              input_shape=(None, 3))
+    X = rng.standard_normal((4, 6, 3))
+    X[1, 1:] = 7.0  # padding that would show if it were read
+    final = nnkit.Sequential([getattr(nnkit, kind)(3, 4, bidirectional=True, return_sequences=False),
+                              nnkit.Dense(8, 2)], dtype="float64", seed=1, input_shape=(None, 3))
+    ids = rng.integers(0, 9, size=(4, 6))
+    tokens = nnkit.Sequential([nnkit.Embedding(9, 3), getattr(nnkit, kind)(3, 4), nnkit.Dense(4, 9)],
+                              dtype="float64", seed=2, input_shape=(None,))
+    for model, x in ((pooled, X), (final, X), (tokens, ids)):
+        net = model.to_torch(lengths=True)
+        with torch.no_grad():
+            got = net(torch.as_tensor(x), torch.as_tensor(lengths)).numpy()
+        np.testing.assert_allclose(got, to_np(model.predict(x, lengths=lengths)), rtol=1e-10, atol=1e-12)
+        again = pickle.loads(pickle.dumps(net))  # torch.save of the whole module: its classes found by name
+        with torch.no_grad():
+            np.testing.assert_array_equal(again(torch.as_tensor(x), torch.as_tensor(lengths)).numpy(), got)
+    net = pooled.to_torch()  # without lengths: as before, every step counts
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.as_tensor(X)).numpy(), to_np(pooled.predict(X)), rtol=1e-10)
+
+    class Plain(torch.nn.Module):  # a user's module that knows no lengths
+        def __init__(self, mode):
+            super().__init__()
+
+        def forward(self, x):
+            return x.mean(dim=1)
+
+    class MeanOfAll(nnkit.SequencePool):
+        @classmethod
+        def torch_module(cls, nn):
+            return Plain
+
+    mine = nnkit.Sequential([nnkit.GRU(3, 4), MeanOfAll("mean")], seed=0, input_shape=(None, 3))
+    with pytest.raises(ValueError, match="layer 1 MeanOfAll.*takes no lengths"):
+        mine.to_torch(lengths=True)

@@ -39,9 +39,8 @@ import numpy as np
 from ..backends import host_copy
 from ..layers import LAYER_TYPES, infer_shapes
 
-__all__ = ["to_torch", "layers_from_torch", "ToTorch", "FromTorch"]  # and Residual, GlobalAvgPool, Reshape (lazily)
+__all__ = ["to_torch", "layers_from_torch", "ToTorch", "FromTorch"]  # and the layers' own modules (lazily)
 
-_OWN_MODULES = ("Residual", "GlobalAvgPool", "Reshape")  # PyTorch has none: the layers build their own
 
 
 def _torch():
@@ -52,9 +51,19 @@ def _torch():
     return torch
 
 
-def __getattr__(name):  # ``nnkit.export.pytorch.Residual`` etc.: the layers' own modules (torch imported then)
-    if name in _OWN_MODULES:
-        return LAYER_TYPES[name].torch_module(_torch().nn)
+def __getattr__(name):
+    """``nnkit.export.pytorch.Residual``, ``.Recurrent``, ``.SequencePool``, ``.WithLengths`` ...: the modules PyTorch
+    has none of, which the layers build (``torch_module``) when first asked — also by pickle, by name."""
+    if not name[:1].isupper():
+        raise AttributeError(name)
+    nn = _torch().nn
+    if name == "WithLengths":
+        return _with_lengths(nn)
+    for cls in LAYER_TYPES.values():
+        if getattr(cls, "torch_module", None) is not None:
+            module = cls.torch_module(nn)
+            if module.__module__ == __name__ and module.__qualname__ == name:
+                return module
     raise AttributeError(name)
 
 
@@ -124,10 +133,47 @@ def _from_module(torch, m, where):
     return cls.from_torch(m, FromTorch(torch, where, m))
 
 
-def to_torch(model):
+def _with_lengths(nn):
+    """``nnkit.export.pytorch.WithLengths`` (built once, on first use)."""
+    global _WithLengths
+    if _WithLengths is None:
+        class WithLengths(nn.Module):
+            """``net(x, lengths)``: a padded batch of variable-length sequences x (B, T, ...) with each sequence's
+            length (B,), through ``layers`` (an ``nn.Sequential``) as nnkit's model runs it with the padding
+            mask: the modules that take the lengths (``takes_lengths``: the recurrent layers, packed; the
+            sequence pooling) are given them, and a per-position output is zero at the padding."""
+
+            def __init__(self, layers, per_position):
+                super().__init__()
+                self.layers, self.per_position = layers, bool(per_position)
+
+            def forward(self, x, lengths):
+                """The model's output for x (B, T, ...) and ``lengths`` (B,) (a tensor or a sequence of ints)."""
+                import torch
+
+                lengths = torch.as_tensor(lengths, dtype=torch.int64, device=x.device)
+                T = x.shape[1]
+                for m in self.layers:
+                    x = m(x, lengths) if getattr(m, "takes_lengths", False) else m(x)
+                if self.per_position:
+                    mask = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
+                    x = x * mask.reshape(mask.shape + (1,) * (x.dim() - 2)).to(x.dtype)
+                return x
+
+        WithLengths.__module__, WithLengths.__qualname__ = __name__, "WithLengths"
+        _WithLengths = WithLengths
+    return _WithLengths
+
+
+_WithLengths = None
+
+
+def to_torch(model, lengths=False):
     """A ``torch.nn.Sequential`` of PyTorch's own layers computing what ``model`` computes, with its weights
     (and running statistics), in the model's storage dtype, on the CPU, in eval mode (``.train()`` for
-    training mode: BatchNorm with batch statistics, Dropout drawing masks)."""
+    training mode: BatchNorm with batch statistics, Dropout drawing masks).  ``lengths=True``: for padded
+    variable-length sequences, a :func:`WithLengths <_with_lengths>` module around it, called ``net(x, lengths)``
+    (the recurrent layers run packed, as ``predict(X, lengths=...)`` runs them)."""
     torch = _torch()
     dtype = getattr(torch, model.dtype)
     shape = model.input_shape if model.input_shape is not None else model.known_input_shape
@@ -135,7 +181,14 @@ def to_torch(model):
         [len(s) for s in infer_shapes(model.layers, shape)[:-1]]  # each layer's input rank (BatchNorm1d or 2d)
     net = torch.nn.Sequential(*[ToTorch(torch, dtype, r).module(layer, str(i))
                                 for i, (layer, r) in enumerate(zip(model.layers, ranks))])
-    return net.eval()
+    if not lengths:
+        return net.eval()
+    for i, (layer, m) in enumerate(zip(model.layers, net)):
+        if getattr(layer, "takes_mask", False) and not getattr(m, "takes_lengths", False):
+            raise ValueError(f"layer {i} {layer!r} takes the padding mask, but its PyTorch module takes no lengths "
+                             "(a module with takes_lengths = True and forward(x, lengths)): call to_torch() without "
+                             "lengths= and feed sequences of one length")
+    return _with_lengths(torch.nn)(net, model.output_mask(object()) is not None).eval()
 
 
 def layers_from_torch(module):

@@ -290,15 +290,26 @@ class _Recurrent(Layer):
         since PyTorch's return a tuple (built once, on first use)."""
         if "_torch_class" not in _Recurrent.__dict__:
             class Recurrent(nn.Module):
-                """x (B, T, F) → the recurrent module's outputs (B, T, H·dirs), or its final states (B, H·dirs)."""
+                """x (B, T, F) → the recurrent module's outputs (B, T, H·dirs), or its final states (B, H·dirs);
+                with ``lengths`` (B,) the padded batch runs as a packed sequence (each sequence stops at its end,
+                padded outputs zero), as nnkit's layer with the padding mask."""
+
+                takes_lengths = True  # nnkit.export.pytorch.WithLengths hands it the batch's lengths
 
                 def __init__(self, rnn, return_sequences=True):
                     super().__init__()
                     self.rnn, self.return_sequences = rnn, bool(return_sequences)
 
-                def forward(self, x):
+                def forward(self, x, lengths=None):
                     """The outputs, or h_n's directions concatenated (the LSTM's h, not c)."""
-                    out, state = self.rnn(x)
+                    if lengths is None:
+                        out, state = self.rnn(x)
+                    else:
+                        rnn_utils = nn.utils.rnn
+                        packed = rnn_utils.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
+                                                                enforce_sorted=False)
+                        out, state = self.rnn(packed)
+                        out = rnn_utils.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
                     if self.return_sequences:
                         return out
                     h = state[0] if isinstance(state, tuple) else state

@@ -97,15 +97,25 @@ class SequencePool(Layer):
         """``nnkit.export.pytorch.SequencePool``: the mean or max over dim 1 (PyTorch has no such module)."""
         if "_torch_class" not in cls.__dict__:
             class SequencePool(nn.Module):
-                """y = mean or max of x (B, T, d) over its T steps (nnkit's SequencePool)."""
+                """y = mean or max of x (B, T, d) over its T steps (nnkit's SequencePool); with ``lengths`` (B,)
+                over each sequence's valid steps only."""
+
+                takes_lengths = True  # nnkit.export.pytorch.WithLengths hands it the batch's lengths
 
                 def __init__(self, mode="mean"):
                     super().__init__()
                     self.mode = mode
 
-                def forward(self, x):
-                    """The mean or the maximum over dim 1."""
-                    return x.mean(dim=1) if self.mode == "mean" else x.max(dim=1).values
+                def forward(self, x, lengths=None):
+                    """The mean or the maximum over dim 1 (the valid steps of each sequence)."""
+                    if lengths is None:
+                        return x.mean(dim=1) if self.mode == "mean" else x.max(dim=1).values
+                    import torch
+
+                    m = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[:, :, None]
+                    if self.mode == "mean":
+                        return (x * m).sum(dim=1) / m.sum(dim=1).to(x.dtype)
+                    return x.masked_fill(~m, float("-inf")).max(dim=1).values
 
             SequencePool.__module__, SequencePool.__qualname__ = "nnkit.export.pytorch", "SequencePool"
             cls._torch_class = SequencePool

@@ -611,3 +611,30 @@ def test_to_torch_with_lengths_runs_packed_and_equals_predict(kind):
     mine = nnkit.Sequential([nnkit.GRU(3, 4), MeanOfAll("mean")], seed=0, input_shape=(None, 3))
     with pytest.raises(ValueError, match="layer 1 MeanOfAll.*takes no lengths"):
         mine.to_torch(lengths=True)
+
+
+def test_a_bucketed_variable_length_fit_resumes_bit_identically(tmp_path):
+    """Checkpoints: a fit on lists of sequences with bucket=True and per-position targets, stopped after 2 of 4
+    epochs and resumed from its checkpoint, ends with the weights and logs of the uninterrupted fit, bit for bit
+    (the buckets and shuffles replayed from the model's generator)."""
+    rng = np.random.default_rng(9)
+    X = [rng.integers(0, 7, size=t) for t in rng.integers(1, 15, size=60)]
+    y = [np.roll(x, 1) for x in X]
+
+    def model():
+        return nnkit.Sequential([nnkit.Embedding(7, 4), nnkit.GRU(4, 6, bidirectional=True), nnkit.Dense(12, 7)],
+                                seed=0)
+
+    kw = dict(loss="cross_entropy", optimizer="adam", batch_size=8, bucket=True, verbose=0,
+              validation_data=(X[:10], y[:10]))
+    whole = model()
+    h_whole = whole.fit(X, y, epochs=4, **kw)
+    ckpt = tmp_path / "run.npz"
+    first = model()
+    first.fit(X, y, epochs=2, checkpoint=ckpt, **kw)
+    resumed = model()
+    h_resumed = resumed.fit(X, y, epochs=4, checkpoint=ckpt, resume=True, **kw)
+    for k, v in whole.state_dict().items():
+        np.testing.assert_array_equal(to_np(resumed.state_dict()[k]), to_np(v), err_msg=k)
+    np.testing.assert_array_equal(h_resumed["loss"], h_whole["loss"][2:])
+    np.testing.assert_array_equal(h_resumed["val_loss"], h_whole["val_loss"][2:])

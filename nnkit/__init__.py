@@ -5,7 +5,8 @@ PyTorch or any array library array-api-compat wraps (``backend=``).
 from .backend import Backend, get_backend
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D,
-                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding, SequencePool)
+                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding, SequencePool,
+                     MultiHeadAttention, PositionalEmbedding, TransformerBlock)
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
@@ -22,7 +23,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D",
-    "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "SequencePool", "Sigmoid",
+    "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "SequencePool", "MultiHeadAttention",
+    "PositionalEmbedding", "TransformerBlock",
+    "Sigmoid",
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",
     "gradcheck", "init", "optim", "functional", "datasets", "History", "Callback", "EarlyStopping",

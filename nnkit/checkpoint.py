@@ -84,7 +84,7 @@ def save(model, path):
         "rng": model.rng.bit_generator.state,
         "optimizer": opt_meta,
         "info": _jsonable_info(getattr(model, "info", {})),
-        "frozen": _frozen_paths(model.layers),
+        "frozen": _frozen_paths((str(i), layer) for i, layer in enumerate(model.layers)),
     }
     to_numpy = be.to_numpy
     arrays.update({f"param/{k}": np.array(to_numpy(v), copy=True) for k, v in model.params().items()})
@@ -176,14 +176,15 @@ def read(path):
     return meta, layers, params, moments
 
 
-def _frozen_paths(layers, prefix=""):
-    """``["0", "3.1"]``: where the frozen layers (``trainable = False``) sit in the model."""
+def _frozen_paths(named, prefix=""):
+    """``["0", "3.1", "4.attn"]``: where the frozen layers (``trainable = False``) sit in the model, from its
+    ``(name, layer)`` pairs down through each composite layer's children."""
     out = []
-    for i, layer in enumerate(layers):
-        where = f"{prefix}{i}"
+    for name, layer in named:
+        where = f"{prefix}{name}"
         if not layer.trainable:
             out.append(where)
-        out += _frozen_paths(getattr(layer, "layers", ()), f"{where}.")
+        out += _frozen_paths(layer.children(), f"{where}.")
     return out
 
 
@@ -194,12 +195,12 @@ def _freeze(layers, paths, path):
         raise _fail(path, "the list of frozen layers is damaged")
     for where in paths:
         parts = where.split(".") if isinstance(where, str) and len(where) < 1000 else None
-        found, inner = None, layers
+        found, inner = None, dict((str(i), layer) for i, layer in enumerate(layers))
         for part in parts or [None]:
-            if part is None or not part.isdigit() or int(part) >= len(inner):
+            if part not in inner:
                 raise _fail(path, f"the frozen layer {where!r} is not a layer of the architecture")
-            found = inner[int(part)]
-            inner = getattr(found, "layers", [])
+            found = inner[part]
+            inner = dict(found.children())
         found.trainable = False
 
 

@@ -727,8 +727,8 @@ def _check_distinct(layers):
                              "each place in a model needs its own layer object (build another, e.g. Dense(4, 4) "
                              "again; weights shared between places are a layer's own to declare)")
         seen[id(layer)] = where
-        for j, inner in enumerate(getattr(layer, "layers", ())):
-            walk(inner, f"{where}.{j}")
+        for name, inner in layer.children():
+            walk(inner, f"{where}.{name}")
 
     for i, layer in enumerate(layers):
         walk(layer, str(i))

@@ -9,7 +9,8 @@
 * :mod:`.reshaping` — ``Flatten``, ``Reshape``;
 * :mod:`.recurrent` — ``RNN``, ``GRU``, ``LSTM`` (backprop through time);
 * :mod:`.embedding` — ``Embedding`` (token ids to vectors);
-* :mod:`.sequence` — ``SequencePool`` (a padded sequence's mean or max).
+* :mod:`.sequence` — ``SequencePool`` (a padded sequence's mean or max);
+* :mod:`.attention` — ``MultiHeadAttention`` (self-attention, causal and key-padded).
 
 Every name is re-exported here and at ``nnkit`` (``nnkit.Dense``, ``nnkit.ReLU``, ...).
 """
@@ -24,9 +25,10 @@ from .reshaping import Flatten, Reshape
 from .recurrent import RNN, GRU, LSTM
 from .embedding import Embedding
 from .sequence import SequencePool
+from .attention import MultiHeadAttention, PositionalEmbedding, TransformerBlock
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "ShapeError", "layer_from_config",
            "infer_shapes", "check_input_shape", "check_size", "fmt_shape", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU",
            "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
            "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding",
-           "SequencePool"]
+           "SequencePool", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock"]

@@ -97,21 +97,32 @@ class Layer:
             return a
         return self.xp.astype(a, p.storage_dtype)
 
-    # -- what the model sees of a layer: its slots (nested layers name theirs "j.name") ---------------
+    # -- what the model sees of a layer: its slots, its children's prefixed with their names ("attn.W") -------
+    def children(self):
+        """``[(name, layer)]``: the layers inside this one, for a composite layer (a block built of layers:
+        ``Residual``'s "0", "1", ...; ``TransformerBlock``'s "ln_1", "attn", ...); none for a plain layer.
+        Everything the model does with parameters — slots, freezing, building, shapes, checkpoints, moves,
+        clones — walks these, so a composite layer needs no code of its own for it."""
+        return []
+
     def slots(self):
         """``[(name, owner, kind, key)]``: every parameter (kind ``"params"``) and buffer (``"buffers"``)
-        of this layer and the layers inside it, ``owner.<kind>[key]`` holding the array."""
-        return [(n, self, "params", n) for n in self.param_names] + \
+        of this layer and the layers inside it (``"{child}.{name}"``), ``owner.<kind>[key]`` holding the array."""
+        own = [(n, self, "params", n) for n in self.param_names] + \
             [(n, self, "buffers", n) for n in self.buffer_names]
+        return own + [(f"{c}.{n}", owner, kind, key) for c, child in self.children()
+                      for n, owner, kind, key in child.slots()]
 
     def sublayers(self):
         """This layer and every layer inside it."""
-        return [self]
+        return [self] + [s for _, child in self.children() for s in child.sublayers()]
 
     def frozen_names(self):
         """The names (as in :meth:`slots`) of the parameters that get no update: all of them when this layer
-        is frozen (``trainable = False``), else none."""
-        return set() if self.trainable else {n for n, _, kind, _ in self.slots() if kind == "params"}
+        is frozen (``trainable = False``), else those of its frozen children."""
+        if not self.trainable:
+            return {n for n, _, kind, _ in self.slots() if kind == "params"}
+        return {f"{c}.{n}" for c, child in self.children() for n in child.frozen_names()}
 
     def reset(self, xp):
         """Forget the training scratch (cache, gradients) and use namespace ``xp`` (after a move or unpickling)."""
@@ -120,8 +131,11 @@ class Layer:
             layer.policy = None
 
     def build(self, backend, rng):
-        """Create parameters on ``backend`` (drawing from host ``rng``)."""
+        """Create parameters on ``backend`` (drawing from host ``rng``); a composite layer's children are built
+        here, in order."""
         self.xp = backend.xp
+        for _, child in self.children():
+            child.build(backend, rng)
 
     def input_shape(self):
         """The input shape (without the batch) this layer's arguments fix — ``(in,)`` for Dense(in, out),
@@ -134,8 +148,9 @@ class Layer:
         return tuple(in_shape)
 
     def param_shapes(self):
-        """``{name: shape}`` of the parameters and buffers ``build`` creates (fixed by the arguments)."""
-        return {}
+        """``{name: shape}`` of the parameters and buffers ``build`` creates (fixed by the arguments); a
+        composite layer's children's, prefixed with their names."""
+        return {f"{c}.{n}": shape for c, child in self.children() for n, shape in child.param_shapes().items()}
 
     def output_mask(self, mask):
         """The padding mask (B, T) of this layer's output, given its input's: the same for a layer that keeps
@@ -192,8 +207,10 @@ class Layer:
         """Run this layer's backward pass on dY = ∂L/∂Y for the explanation ``report``, add its lines and
         return dX.  By default every parameter gradient and dX = Jᵀ·dY."""
         dX = self.backward(dY, need_dX=need_dX)
-        for name, g in self.grads.items():
-            report.add(f"d{name} of layer {i}", g, f"d{name}{i}")
+        for name, owner, kind, key in self.slots():  # a composite layer's parts' gradients too ("dattn.W")
+            g = owner.grads.get(key) if kind == "params" else None
+            if g is not None:
+                report.add(f"d{name} of layer {i}", g, f"d{name}{i}")
         if dX is not None:
             report.add(f"dX of layer {i} = J{i}ᵀ·dY   [{report.tag(i, self)}]", dX, f"dX{i}")
         return dX
@@ -365,22 +382,8 @@ class Residual(Layer):
                 raise TypeError(f"Residual layer {j} is {layer!r}, not an nnkit Layer")
         self.layers = layers
 
-    def slots(self):
-        return [(f"{j}.{n}", owner, kind, key) for j, layer in enumerate(self.layers)
-                for n, owner, kind, key in layer.slots()]
-
-    def sublayers(self):
-        return [self] + [s for layer in self.layers for s in layer.sublayers()]
-
-    def frozen_names(self):
-        if not self.trainable:
-            return super().frozen_names()
-        return {f"{j}.{n}" for j, layer in enumerate(self.layers) for n in layer.frozen_names()}
-
-    def build(self, backend, rng):
-        super().build(backend, rng)
-        for layer in self.layers:
-            layer.build(backend, rng)
+    def children(self):
+        return [(str(j), layer) for j, layer in enumerate(self.layers)]
 
     def input_shape(self):
         return self.layers[0].input_shape()
@@ -393,9 +396,6 @@ class Residual(Layer):
             raise ShapeError(f"needs its layers to keep the width and shape (Y = X + f(X)); they map {fmt_shape(in_shape)} "
                              f"to {fmt_shape(shape)}")
         return in_shape
-
-    def param_shapes(self):
-        return {f"{j}.{n}": s for j, layer in enumerate(self.layers) for n, s in layer.param_shapes().items()}
 
     @property
     def takes_mask(self):

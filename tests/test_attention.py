@@ -223,3 +223,46 @@ def test_attention_weights_are_explained_per_head():
     np.testing.assert_allclose(P.sum(axis=-1), 1.0, rtol=1e-12)
     assert np.all(np.triu(P[0, 0], 1) == 0)  # causal: no query looks ahead
     assert "attention weights" in str(report)
+
+
+@pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
+def test_onnx_runtime_equals_predict_causal_and_variable_lengths(kind):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = nnkit.Sequential([nnkit.Embedding(11, E), nnkit.PositionalEmbedding(6, E, kind=kind),
+                              nnkit.TransformerBlock(E, 2, causal=True), nnkit.MultiHeadAttention(E, 4),
+                              nnkit.LayerNorm(E), nnkit.Dense(E, 11)], seed=0)
+    rng = np.random.default_rng(10)
+    ids = rng.integers(0, 11, size=(3, 6))
+    sess = ort.InferenceSession(model.export(None).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": ids})[0], to_np(model.predict(ids)), rtol=1e-4, atol=1e-5)
+    short = sess.run(None, {"input": ids[:, :3]})[0]  # T read from the input: the causal mask and positions follow
+    np.testing.assert_allclose(short, to_np(model.predict(ids[:, :3])), rtol=1e-4, atol=1e-5)
+    lengths = np.array([6, 1, 4])
+    sess = ort.InferenceSession(model.export(None, lengths=True).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": ids, "lengths": lengths})[0]
+    np.testing.assert_allclose(got, to_np(model.predict(ids, lengths=lengths)), rtol=1e-4, atol=1e-5)
+
+
+def test_to_torch_and_from_torch_round_trip():
+    torch = _torch()
+    model = _gpt_like("numpy")
+    model.layers[2].parts["attn"].params["in_proj_bias"] += 0.1  # nonzero biases travel too
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 11, size=(3, 6))
+    net = model.to_torch()
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.as_tensor(ids)).numpy(), to_np(model.predict(ids)), rtol=1e-9,
+                                   atol=1e-12)
+    back = nnkit.Sequential.from_torch(net)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(to_np(back.state_dict()[k]), to_np(v), err_msg=k)
+    assert repr(back.layers[2]) == repr(model.layers[2])
+    lengths = np.array([6, 2, 5])
+    with torch.no_grad():
+        got = model.to_torch(lengths=True)(torch.as_tensor(ids), torch.as_tensor(lengths)).numpy()
+    np.testing.assert_allclose(got, to_np(model.predict(ids, lengths=lengths)), rtol=1e-9, atol=1e-12)
+    again = pickle.loads(pickle.dumps(net))
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(torch.as_tensor(ids)).numpy(), net(torch.as_tensor(ids)).numpy())

@@ -43,7 +43,7 @@ def _own_torch_class(cls, nn, make):
     (picklable by name)."""
     if "_torch_class" not in cls.__dict__:
         made = make(nn)
-        made.__module__ = "nnkit.export.pytorch"
+        made.__module__, made.__qualname__ = "nnkit.export.pytorch", made.__name__
         cls._torch_class = made
     return cls._torch_class
 

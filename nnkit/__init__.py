@@ -6,7 +6,7 @@ from .backend import Backend, get_backend
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D,
                      GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding, SequencePool,
-                     MultiHeadAttention, PositionalEmbedding, TransformerBlock)
+                     MultiHeadAttention, PositionalEmbedding, TransformerBlock, TiedDense)
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
 from .gradcheck import gradcheck
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D",
     "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "SequencePool", "MultiHeadAttention",
-    "PositionalEmbedding", "TransformerBlock",
+    "PositionalEmbedding", "TransformerBlock", "TiedDense",
     "Sigmoid",
     "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus", "Loss", "MSE",
     "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss", "Sequential",

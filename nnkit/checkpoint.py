@@ -26,6 +26,7 @@ import numpy as np
 
 from .files import FileFormatError, NpzReader, atomic_write
 from .layers import check_input_shape, infer_shapes, layer_from_config
+from .layers.core import resolve_ties
 from .optim import OPTIMIZERS, Optimizer
 
 from .precision import PRECISIONS, LossScaler
@@ -144,6 +145,7 @@ def read(path):
         try:
             layers = [layer_from_config(c) for c in meta["layers"]]
             _freeze(layers, meta.get("frozen", []), path)
+            resolve_ties(layers)
             in_shape = check_input_shape(meta.get("input_shape"), layers)  # absent in older files: the first layer's
             if in_shape is not None:
                 infer_shapes(layers, in_shape)

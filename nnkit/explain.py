@@ -162,7 +162,7 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
     dY = twin.policy.cast_grad_out(d_out, twin._scaler)
     for i in range(len(twin.layers) - 1, first - 1, -1):
         dY = twin.layers[i].explain_backward(rep, i, dY, i > first)
-    grads = twin.policy.unscale({k: l.grads[n] for k, (l, n) in twin._slots.items()}, twin._scaler)
+    grads = twin.policy.unscale(twin._gather_grads(), twin._scaler)
 
     # the update: the optimizer's own pure step, on copies
     rep.section(f"Update: {opt!r}")

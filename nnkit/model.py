@@ -11,7 +11,7 @@ from .backends import Backend, get_backend
 from .callbacks import History
 from .functional import Array
 from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
-from .layers.core import forward_through, mask_through
+from .layers.core import forward_through, mask_through, resolve_ties
 from .preprocessing import Preprocessing
 from . import preprocessing as preprocessing_module
 from .losses import as_rows, get_loss
@@ -55,6 +55,7 @@ class Sequential:
     """
 
     _last_out = None  # the output shape (without B) of the batch shape checked last (per-position targets)
+    _ties: list = []  # weights shared by two layers (TiedDense): [(key, the sharing layer)]
 
     def __init__(self, layers: Layer | Iterable[Layer], backend: str | Any = "numpy", dtype: str | None = None,
                  seed: int | None = None, precision: str | None = None,
@@ -66,6 +67,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
         _check_distinct(layers)
+        self._ties = resolve_ties(layers)  # [(the shared weight's key, the layer that also uses it)]
         self.layers = layers
         self.input_shape = check_input_shape(input_shape, layers)
         self._batch_shapes: dict[tuple, tuple] = {}  # input shape (without B) -> output shape, for the shapes already checked
@@ -353,11 +355,19 @@ class Sequential:
         first, layers = self._first_param_layer, self.layers
         for i in range(len(layers) - 1, first - 1, -1):
             dY = layers[i].backward(dY, need_dX=i > first)
+        return self._gather_grads()
+
+    def _gather_grads(self):
+        """The layers' gradients of the last backward pass keyed like ``state_dict()``; a weight shared by a tied
+        layer (``TiedDense``) gets the sum of both uses' gradients."""
         grads = {}
         for key, (layer, name) in self._slots.items():
             g = layer.grads.get(name)
             if g is not None:
                 grads[key] = g
+        for key, user in self._ties:
+            if key in grads and "weight" in user.grads:
+                grads[key] = grads[key] + user.grads["weight"]
         return grads
 
     def _backward(self, d_out, scaler=None):

@@ -266,3 +266,50 @@ def test_to_torch_and_from_torch_round_trip():
     again = pickle.loads(pickle.dumps(net))
     with torch.no_grad():
         np.testing.assert_array_equal(again(torch.as_tensor(ids)).numpy(), net(torch.as_tensor(ids)).numpy())
+
+
+def _tied(backend="numpy", bias=False):
+    return nnkit.Sequential([nnkit.Embedding(11, E), nnkit.PositionalEmbedding(6, E),
+                             nnkit.TransformerBlock(E, 2, causal=True), nnkit.LayerNorm(E),
+                             nnkit.TiedDense(0, bias=bias)], backend=backend, dtype="float64", seed=0)
+
+
+def test_tied_weights_receive_the_sum_of_both_uses_gradients(make_backend):
+    """The head's matrix is the embedding's: one parameter, whose gradient is the sum of the lookup's and the
+    head's (gradcheck on every backend; PyTorch's autograd through a shared Parameter to 1e-9)."""
+    be = make_backend("float64")
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, 11, size=(3, 6))
+    targets = np.roll(ids, -1, axis=1)
+    model = _tied(be, bias=True)
+    assert "0.weight" in model.state_dict() and not any(k.startswith("4.") and k != "4.b" for k in model.state_dict())
+    report = nnkit.gradcheck(model, ids, targets, "cross_entropy")
+    assert report < 1e-6, str(report)
+
+
+def test_tied_weights_equal_torch_and_survive_save_clone_and_export(tmp_path):
+    torch = _torch()
+    model = _tied()
+    rng = np.random.default_rng(13)
+    ids = rng.integers(0, 11, size=(3, 6))
+    targets = np.roll(ids, -1, axis=1)
+    net = model.to_torch()
+    assert net[4].weight is net[0].weight  # one Parameter in PyTorch too
+    torch.nn.functional.cross_entropy(net.train()(torch.as_tensor(ids)).reshape(-1, 11),
+                                      torch.as_tensor(targets).reshape(-1)).backward()
+    _, grads = model.value_and_grad(ids, targets, "cross_entropy")
+    assert _rel(to_np(grads["0.weight"]), net[0].weight.grad.numpy()) < 1e-9
+    only_lookup = net[0].weight.grad.numpy() - torch.autograd.grad(  # the head's share is really in the sum
+        torch.nn.functional.cross_entropy(net(torch.as_tensor(ids)).reshape(-1, 11),
+                                          torch.as_tensor(targets).reshape(-1)), net[4].weight)[0].numpy()
+    assert not np.allclose(only_lookup, net[0].weight.grad.numpy())
+    back = nnkit.Sequential.from_torch(net)
+    assert repr(back.layers[4]) == "TiedDense('0')"
+    np.testing.assert_allclose(to_np(back.predict(ids)), to_np(model.predict(ids)), rtol=1e-12)
+    model.fit(ids, targets, loss="cross_entropy", optimizer="adam", epochs=2, verbose=0)
+    model.save(tmp_path / "tied.npz")
+    for other in (nnkit.load(tmp_path / "tied.npz"), model.clone(), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_allclose(to_np(other.predict(ids)), to_np(model.predict(ids)), rtol=1e-12)
+        assert other.layers[4].source is other.layers[0]
+    with pytest.raises(ValueError, match="shares the weight of layer '3'.*not before it"):
+        nnkit.Sequential([nnkit.Embedding(11, E), nnkit.TiedDense(3), nnkit.Dense(11, E), nnkit.Embedding(11, E)])

@@ -181,6 +181,10 @@ def to_torch(model, lengths=False):
         [len(s) for s in infer_shapes(model.layers, shape)[:-1]]  # each layer's input rank (BatchNorm1d or 2d)
     net = torch.nn.Sequential(*[ToTorch(torch, dtype, r).module(layer, str(i))
                                 for i, (layer, r) in enumerate(zip(model.layers, ranks))])
+    for i, layer in enumerate(model.layers):  # a tied head shares the source's Parameter, as in PyTorch's own GPTs
+        src = getattr(layer, "tie_source", None)
+        if src is not None and src.isdigit():
+            net[i].weight = net[int(src)].weight
     if not lengths:
         return net.eval()
     for i, (layer, m) in enumerate(zip(model.layers, net)):
@@ -201,7 +205,17 @@ def layers_from_torch(module):
         raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
     if len(module) == 0:
         raise ValueError("from_torch: the nn.Sequential is empty")
-    built = [_from_module(torch, m, str(i)) for i, m in enumerate(module)]
+    shared = {}  # id(an Embedding's weight) -> its index: a later Linear holding the same Parameter is tied to it
+    built = []
+    for i, m in enumerate(module):
+        j = shared.get(id(getattr(m, "weight", None)))
+        if j is not None and isinstance(m, torch.nn.Linear):
+            tied = LAYER_TYPES["TiedDense"](j, bias=m.bias is not None)
+            built.append((tied, {} if m.bias is None else {"b": FromTorch.array(m.bias)}, {}))
+            continue
+        built.append(_from_module(torch, m, str(i)))
+        if isinstance(m, torch.nn.Embedding):
+            shared[id(m.weight)] = i
     dtype = "float64" if torch.float64 in {p.dtype for p in module.parameters()} else "float32"
     state = {}
     for i, (_, params, buffers) in enumerate(built):

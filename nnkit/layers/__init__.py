@@ -23,7 +23,7 @@ from .convolutional import Conv1D, Conv2D
 from .pooling import MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool
 from .reshaping import Flatten, Reshape
 from .recurrent import RNN, GRU, LSTM
-from .embedding import Embedding
+from .embedding import Embedding, TiedDense
 from .sequence import SequencePool
 from .attention import MultiHeadAttention, PositionalEmbedding, TransformerBlock
 
@@ -31,4 +31,4 @@ __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "ShapeError",
            "infer_shapes", "check_input_shape", "check_size", "fmt_shape", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU",
            "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
            "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding",
-           "SequencePool", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock"]
+           "SequencePool", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock", "TiedDense"]

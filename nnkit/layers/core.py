@@ -589,6 +589,34 @@ def reads_padding(layers, in_shape):
     return None
 
 
+def resolve_ties(layers):
+    """Give every layer that shares another's weight (``tie_source``: a path such as "0" or "2.emb") that layer,
+    and return ``[("{path}.weight", the sharing layer)]``; the source must come first (its backward runs last, after
+    the sharer's share is formed)."""
+    order, found = {}, {}
+
+    def walk(named, prefix):
+        for name, layer in named:
+            path = f"{prefix}{name}"
+            order[id(layer)], found[path] = len(order), layer
+            walk(layer.children(), f"{path}.")
+
+    walk(((str(i), layer) for i, layer in enumerate(layers)), "")
+    ties = []
+    for path, layer in found.items():
+        src = getattr(layer, "tie_source", None)
+        if src is None:
+            continue
+        source = found.get(src)
+        if source is None or order[id(source)] >= order[id(layer)]:
+            raise ValueError(f"layer {path} {layer!r} shares the weight of layer {src!r}, which is "
+                             f"{'not a layer of this model' if source is None else 'not before it'}: name a layer "
+                             "that comes first (e.g. the Embedding at 0)")
+        layer.tie(source)
+        ties.append((f"{src}.weight", layer))
+    return ties
+
+
 def check_input_shape(shape, layers):
     """The model's input shape (without the batch) as a tuple of positive ints and None (a size the data
     decides): ``shape`` when given (an int n means (n,)), else what the first layer's arguments fix (None when

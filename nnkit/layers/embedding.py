@@ -6,7 +6,7 @@ from typing import Any
 from ..functional import Array, device_of
 from .core import Layer, ShapeError, check_size
 
-__all__ = ["Embedding"]
+__all__ = ["Embedding", "TiedDense"]
 
 
 class Embedding(Layer):
@@ -106,3 +106,108 @@ class Embedding(Layer):
     def __repr__(self):
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"Embedding({self.num_embeddings}, {self.embedding_dim}{pad})"
+
+
+class TiedDense(Layer):
+    r"""An output head that shares another layer's matrix — GPT's head tied to its token embedding:
+    Y = X·Eᵀ (+ b), X (B, ..., D) → Y (B, ..., V), E (V, D) the ``weight`` of the layer at ``source`` in the same
+    model (its index, or a path such as ``"0"`` or ``"2.emb"``), which must come before this one.
+
+    The matrix is one parameter used in two places, so it receives the sum of both uses' gradients: the model adds
+    this layer's share to the source's own (``Sequential.backward``),
+
+        dE = dE_source + Σ_rows dYᵀ·X   (V, D),   db = Σ_rows dY   (V,),   dX = dY·E   (B, ..., D).
+
+    Only ``b`` (with ``bias=True``) is this layer's own parameter; E is saved, loaded and updated once, as the
+    source's.
+    """
+
+    keeps_positions = True
+
+    def __init__(self, source: int | str = 0, bias: bool = False) -> None:
+        super().__init__()
+        if isinstance(source, bool) or not isinstance(source, (int, str)) or not str(source):
+            raise TypeError(f"TiedDense source must be the index (or path, '2.emb') of the layer whose weight it "
+                            f"shares, got {source!r}")
+        self.tie_source = str(source)
+        self.bias = bool(bias)
+        self.param_names = ("b",) if self.bias else ()
+        self.source = None  # the layer holding E: set by the model (Sequential resolves tie_source)
+
+    def tie(self, layer):
+        """Share ``layer``'s ``weight`` (V, D): called by the model that holds both."""
+        W = layer.param_shapes().get("weight")
+        if W is None or len(W) != 2:
+            raise ValueError(f"TiedDense source {self.tie_source!r} is {layer!r}, which has no (V, D) weight to share "
+                             "(an Embedding has)")
+        self.source = layer
+
+    def _shape(self):
+        if self.source is None:
+            raise ShapeError(f"shares the weight of layer {self.tie_source!r} of its model: put it in a Sequential "
+                             "with that layer first")
+        return self.source.param_shapes()["weight"]
+
+    def param_shapes(self):
+        return {"b": (self._shape()[0],)} if self.bias else {}
+
+    def build(self, backend, rng):
+        super().build(backend, rng)
+        if self.bias:
+            self.params = {"b": self.xp.zeros((self._shape()[0],), dtype=backend.dtype, device=backend.device)}
+
+    def input_shape(self):
+        return None
+
+    def output_shape(self, in_shape):
+        V, D = self._shape()
+        in_shape = tuple(in_shape)
+        if not in_shape or in_shape[-1] not in (None, D):
+            raise ShapeError(f"expects {D} features on the last axis (the width of layer {self.tie_source!r}'s weight)")
+        return in_shape[:-1] + (V,)
+
+    def forward(self, X: Array, train: bool = True) -> Array:
+        """Y = X·Eᵀ (+ b), E read from the source layer (the same array it uses)."""
+        E = self.compute(self.source.params["weight"])
+        if train:
+            self._cache = (X, E)
+        Y = X @ E.T
+        return Y + self.compute(self.params["b"]) if self.bias else Y
+
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        """This use's share of dE = Σ_rows dYᵀ·X (in ``grads["weight"]``, summed into E's by the model), db, dX."""
+        xp = self.xp
+        X, E = self._cache
+        V, D = E.shape
+        dY2, X2 = xp.reshape(dY, (-1, V)), xp.reshape(X, (-1, D))
+        self.grads = {"weight": dY2.T @ X2}
+        if self.bias:
+            self.grads["b"] = xp.sum(dY2, axis=0)
+        return dY @ E if need_dX else None
+
+    def to_onnx(self, g, x):
+        """``MatMul(x, Eᵀ)`` (+ b)."""
+        y = g.op("MatMul", [x, g.const(self.xp.permute_dims(self.source.params["weight"], (1, 0)), "E_T")], "tied")
+        return g.op("Add", [y, g.param(self, "b")], "tied_bias") if self.bias else y
+
+    def to_torch(self, ctx):
+        """``nn.Linear(D, V)`` whose weight is the source's (``to_torch`` shares the Parameter when the source is a
+        layer of the model's top level)."""
+        V, D = self._shape()
+        m = ctx.nn.Linear(D, V, bias=self.bias, dtype=ctx.dtype)
+        ctx.load(m.weight, self.source.params["weight"])
+        if self.bias:
+            ctx.load(m.bias, self.params["b"])
+        return m
+
+    torch_modules = ()  # a Linear sharing an Embedding's weight is taken by nnkit.export.pytorch.layers_from_torch
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        raise ctx.refuse("a TiedDense is found from a Linear whose weight is an Embedding's")
+
+    def config(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "source": self.tie_source, "bias": self.bias}
+
+    def __repr__(self):
+        return f"TiedDense({self.tie_source!r}" + (", bias=True)" if self.bias else ")")

@@ -168,6 +168,20 @@ def _with_lengths(nn):
 _WithLengths = None
 
 
+def _tied_from_module(torch, m, shared, where):
+    """The nnkit layer for a module that shares Parameters with earlier ones (``shared``: its parameter name ->
+    the index of the module that holds it first), from the layer class whose ``tied_from_torch`` takes it."""
+    ctx = FromTorch(torch, where, m)
+    for cls in LAYER_TYPES.values():
+        take = getattr(cls, "tied_from_torch", None)
+        found = take(m, shared, ctx) if take is not None else None
+        if found is not None:
+            return found
+    raise ctx.refuse(f"it shares {', '.join(sorted(shared))} with module(s) "
+                     f"{', '.join(str(j) for j in sorted(set(shared.values())))}, which no nnkit layer expresses "
+                     "(a Linear sharing an Embedding's weight is a TiedDense)")
+
+
 def to_torch(model, lengths=False):
     """A ``torch.nn.Sequential`` of PyTorch's own layers computing what ``model`` computes, with its weights
     (and running statistics), in the model's storage dtype, on the CPU, in eval mode (``.train()`` for
@@ -205,17 +219,12 @@ def layers_from_torch(module):
         raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
     if len(module) == 0:
         raise ValueError("from_torch: the nn.Sequential is empty")
-    shared = {}  # id(an Embedding's weight) -> its index: a later Linear holding the same Parameter is tied to it
-    built = []
+    owners, built = {}, []  # id(a Parameter) -> the index of the first module holding it
     for i, m in enumerate(module):
-        j = shared.get(id(getattr(m, "weight", None)))
-        if j is not None and isinstance(m, torch.nn.Linear):
-            tied = LAYER_TYPES["TiedDense"](j, bias=m.bias is not None)
-            built.append((tied, {} if m.bias is None else {"b": FromTorch.array(m.bias)}, {}))
-            continue
-        built.append(_from_module(torch, m, str(i)))
-        if isinstance(m, torch.nn.Embedding):
-            shared[id(m.weight)] = i
+        shared = {name: owners[id(p)] for name, p in m.named_parameters(recurse=False) if id(p) in owners}
+        built.append(_tied_from_module(torch, m, shared, str(i)) if shared else _from_module(torch, m, str(i)))
+        for p in m.parameters():
+            owners.setdefault(id(p), i)
     dtype = "float64" if torch.float64 in {p.dtype for p in module.parameters()} else "float32"
     state = {}
     for i, (_, params, buffers) in enumerate(built):

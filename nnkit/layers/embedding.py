@@ -200,11 +200,24 @@ class TiedDense(Layer):
             ctx.load(m.bias, self.params["b"])
         return m
 
-    torch_modules = ()  # a Linear sharing an Embedding's weight is taken by nnkit.export.pytorch.layers_from_torch
+    @classmethod
+    def torch_classes(cls, nn):
+        """``nn.Linear`` — when its weight is an earlier module's Parameter (:meth:`tied_from_torch`); a Linear of its
+        own is a ``Dense``."""
+        return (nn.Linear,)
+
+    @classmethod
+    def tied_from_torch(cls, m, shared, ctx):
+        """A ``Linear`` whose ``weight`` is the Parameter of the module at index ``shared["weight"]``; else None."""
+        if type(m) is not ctx.nn.Linear or set(shared) != {"weight"}:
+            return None
+        bias = m.bias is not None
+        return cls(shared["weight"], bias=bias), ({"b": ctx.array(m.bias)} if bias else {}), {}
 
     @classmethod
     def from_torch(cls, m, ctx):
-        raise ctx.refuse("a TiedDense is found from a Linear whose weight is an Embedding's")
+        raise ctx.refuse("a Linear of its own is a Dense; a TiedDense is a Linear whose weight is an earlier "
+                         "module's")
 
     def config(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "source": self.tie_source, "bias": self.bias}

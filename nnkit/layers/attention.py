@@ -188,8 +188,8 @@ class MultiHeadAttention(Layer):
         if self.bias:
             QKV = QKV + self.compute(self.params["in_proj_bias"])
         Q, K, V = (self._heads(QKV[:, :, k * E:(k + 1) * E], B, T) for k in range(3))
-        scale = 1.0 / math.sqrt(self.head_dim)
-        S = self.storage(Q @ xp.permute_dims(K, (0, 1, 3, 2))) * scale  # (B, h, T, T), float32 or wider
+        Q = Q * (1.0 / math.sqrt(self.head_dim))  # the scale on Q (B, h, T, d): fewer numbers than S (B, h, T, T)
+        S = self.storage(Q @ xp.permute_dims(K, (0, 1, 3, 2)))  # (B, h, T, T), float32 or wider
         allowed = self._allowed(T, mask, device_of(X))
         if allowed is not None:
             S = xp.where(allowed, S, xp.asarray(-xp.inf, dtype=S.dtype, device=device_of(S)))
@@ -224,10 +224,9 @@ class MultiHeadAttention(Layer):
         dP = self.storage(dO @ xp.permute_dims(V, (0, 1, 3, 2)))  # dP = dO·Vᵀ  (B, h, T, T), float32 or wider
         if D is not None:
             dP = dP * D  # through the dropped weights: P·D/(1−p)
-        dS = softmax_rows_backward(xp, P, dP)
-        dS = self.compute(dS) * (1.0 / math.sqrt(self.head_dim))
-        dQ = dS @ K  # dQ = dS·K/√d
-        dK = xp.permute_dims(dS, (0, 1, 3, 2)) @ Q  # dK = dSᵀ·Q/√d
+        dS = self.compute(softmax_rows_backward(xp, P, dP))
+        dQ = (dS @ K) * (1.0 / math.sqrt(self.head_dim))  # dQ = dS·K/√d
+        dK = xp.permute_dims(dS, (0, 1, 3, 2)) @ Q  # dK = dSᵀ·Q/√d (Q kept already scaled)
         dQKV = xp.concat([self._merge(dQ, B, T), self._merge(dK, B, T), self._merge(dV, B, T)], axis=2)
         dQKV2 = xp.reshape(dQKV, (rows, 3 * E))
         grads["in_proj_weight"] = dQKV2.T @ xp.reshape(X, (rows, E))  # dW = Σ d[Q|K|V]ᵀ·X  (3E, E)

@@ -1,5 +1,5 @@
 """Pictures for learners: training curves with the held-out side, gradient diagnostics, decision boundaries, the
-learning-rate range test.
+learning-rate range test, attention weights per head.
 
 Each function draws with matplotlib (``pip install 'nnkit[plot]'``) on a ``matplotlib.figure.Figure`` of its
 own — never through pyplot, so matplotlib's global backend and open figures are left as they were — and
@@ -11,7 +11,7 @@ import numpy as np
 
 from .files import atomic_write
 
-__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary", "lr_curve"]
+__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary", "lr_curve", "attention"]
 
 
 def _figure(**kwargs):
@@ -150,4 +150,32 @@ def lr_curve(result, path=None, title=""):
     ax.legend()
     ax.set_title(title or "learning-rate range test")
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def attention(P, path=None, tokens=None, example=0, title=""):
+    """The attention weights of each head as heatmaps, one panel a head: row = the query position, column = the
+    key it looks at, each row summing to 1.  ``P`` (batch, heads, T, T) — ``report.values["P{i}"]`` from
+    ``model.explain`` on a short input — or a report's array for one example (heads, T, T); ``tokens`` labels the
+    positions (a string's characters, a list of words)."""
+    P = np.asarray(P, dtype=np.float64)
+    if P.ndim == 4:
+        P = P[example]
+    if P.ndim != 3 or P.shape[1] != P.shape[2]:
+        raise ValueError(f"attention weights must be (batch, heads, T, T) or (heads, T, T), got shape {P.shape}")
+    heads, T = P.shape[0], P.shape[1]
+    labels = list(tokens)[:T] if tokens is not None else None
+    fig = _figure(figsize=(3.2 * heads + 0.6, 3.4))
+    axes = fig.subplots(1, heads, squeeze=False)[0]
+    for h, ax in enumerate(axes):
+        im = ax.imshow(P[h], vmin=0.0, vmax=1.0, cmap=_cmap("viridis"))
+        ax.set_title(f"head {h}")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query" if h == 0 else "")
+        if labels is not None and T <= 40:
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_yticks(range(len(labels)), labels)
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -5,8 +5,9 @@ Trains a float64 MLP with Adam, an L2 penalty, validation data and an uneven las
 Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]; the backend is NNKIT_TEST_BACKEND
 (default numpy; tests/test_gpu.py runs it with cupy), the precision policy NNKIT_TEST_PRECISION (none:
 float64; a policy: float32 master weights), NNKIT_TEST_CONV=1 for a small CNN instead of the MLP,
-NNKIT_TEST_SEQ=pooled|positions for variable-length sequences (a list of 233 sequences of 1 to 9 steps) through a
-bidirectional GRU, with one label per sequence or a label per position.
+NNKIT_TEST_SEQ=pooled|positions|attention for variable-length sequences (a list of 233 sequences of 1 to 9 steps)
+through a bidirectional GRU, with one label per sequence or a label per position, or through a causal Transformer
+block with a label per position.
 """
 import os
 import sys
@@ -40,7 +41,7 @@ def sequences(per_position):
 
 def run(comm, out, epochs, checkpoint=None):
     seq = os.environ.get("NNKIT_TEST_SEQ")
-    X, y, Xv, yv = data() if not seq else sequences(seq == "positions")
+    X, y, Xv, yv = data() if not seq else sequences(seq != "pooled")
     rank = 0 if comm is None else comm.rank
     # the other ranks start from other weights on purpose: fit must broadcast rank 0's
     precision = os.environ.get("NNKIT_TEST_PRECISION") or None  # a mixed policy keeps float32 master weights
@@ -50,6 +51,9 @@ def run(comm, out, epochs, checkpoint=None):
                   nnkit.Flatten(), nnkit.Dense(12, 16), nnkit.Tanh(), nnkit.Dense(16, 3)]
     if seq:  # a bidirectional GRU that stops at each sequence's end
         layers = [nnkit.GRU(6, 5, bidirectional=True, return_sequences=seq == "positions"), nnkit.Dense(10, 3)]
+    if seq == "attention":  # a causal Transformer block, its keys padded, a label per position
+        layers = [nnkit.Dense(6, 8), nnkit.PositionalEmbedding(9, 8), nnkit.TransformerBlock(8, 2, causal=True),
+                  nnkit.Dense(8, 3)]
     model = nnkit.Sequential(layers, input_shape=(None, 6) if seq else (6,),
                              dtype="float32" if precision else "float64", precision=precision,
                              seed=0 if rank == 0 else 100 + rank,

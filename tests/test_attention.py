@@ -213,7 +213,7 @@ def test_a_composite_layer_needs_no_code_of_its_own_for_its_parameters(tmp_path)
         np.testing.assert_allclose(to_np(other.predict(ids)), to_np(model.predict(ids)), rtol=1e-12)
 
 
-def test_attention_weights_are_explained_per_head():
+def test_attention_weights_are_explained_per_head(tmp_path):
     model = nnkit.Sequential([nnkit.Embedding(11, E), nnkit.MultiHeadAttention(E, 2, causal=True),
                               nnkit.Dense(E, 11)], dtype="float64", seed=0)
     ids = np.array([[1, 2, 3, 4]])
@@ -223,6 +223,11 @@ def test_attention_weights_are_explained_per_head():
     np.testing.assert_allclose(P.sum(axis=-1), 1.0, rtol=1e-12)
     assert np.all(np.triu(P[0, 0], 1) == 0)  # causal: no query looks ahead
     assert "attention weights" in str(report)
+    pytest.importorskip("matplotlib")
+    fig = nnkit.plots.attention(P, tmp_path / "heads.png", tokens="abcd")
+    assert len(fig.axes) == 3 and (tmp_path / "heads.png").stat().st_size > 1000  # two heads and the colour bar
+    with pytest.raises(ValueError, match=r"\(batch, heads, T, T\)"):
+        nnkit.plots.attention(P[0, 0])
 
 
 @pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
@@ -313,3 +318,42 @@ def test_tied_weights_equal_torch_and_survive_save_clone_and_export(tmp_path):
         assert other.layers[4].source is other.layers[0]
     with pytest.raises(ValueError, match="shares the weight of layer '3'.*not before it"):
         nnkit.Sequential([nnkit.Embedding(11, E), nnkit.TiedDense(3), nnkit.Dense(11, E), nnkit.Embedding(11, E)])
+
+
+def test_compiled_fit_on_jax_equals_the_eager_one():
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(14)
+    ids = rng.integers(0, 11, size=(16, 6))
+    runs = []
+    for compile_ in (False, True):
+        model = _tied("jax")
+        model = model.clone(dtype="float32")
+        # SGD, not Adam: the key bias's true gradient is 0 (a softmax row ignores a shift common to its keys), and
+        # Adam would blow its round-off up into steps of the full learning rate, compiled or not
+        hist = model.fit(ids, np.roll(ids, -1, axis=1), loss="cross_entropy", optimizer=nnkit.optim.SGD(0.1),
+                         epochs=2, batch_size=8, verbose=0, compile=compile_)
+        runs.append((hist["loss"], {k: to_np(v) for k, v in model.state_dict().items()}))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
+    for k, v in runs[0][1].items():
+        np.testing.assert_allclose(runs[1][1][k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_mixed_precision_keeps_the_softmax_in_float32():
+    """Under mixed_bfloat16 (torch backend) the scores, the softmax and its row sums are float32 and the step
+    follows the float32 one closely."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(15)
+    ids = rng.integers(0, 11, size=(4, 6))
+    targets = np.roll(ids, -1, axis=1)
+    full = _tied("torch").clone(dtype="float32")
+    mixed = full.clone(precision="mixed_bfloat16")
+    v32, g32 = full.value_and_grad(ids, targets, "cross_entropy")
+    v16, g16 = mixed.value_and_grad(ids, targets, "cross_entropy")
+    attn = mixed.layers[2].parts["attn"]
+    mixed.forward(ids)
+    assert str(attn._cache[5].dtype).endswith("float32")  # P
+    assert str(attn._cache[2].dtype).endswith("bfloat16")  # Q, in the compute dtype
+    assert abs(float(to_np(v16)) - float(to_np(v32))) < 2e-2 * abs(float(to_np(v32)))
+    for k, g in g32.items():
+        assert str(g16[k].dtype).endswith("float32"), k
+        assert _rel(to_np(g16[k]), to_np(g)) < 0.1, k

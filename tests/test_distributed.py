@@ -69,7 +69,7 @@ def test_mpi_resume_across_ranks(tmp_path):
     np.testing.assert_allclose(resumed["loss"], single["loss"][3:], rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("seq", ["pooled", "positions"])
+@pytest.mark.parametrize("seq", ["pooled", "positions", "attention"])
 def test_mpi_on_variable_length_sequences_equals_single_process(tmp_path, monkeypatch, seq):
     """Lists of sequences of 1 to 9 steps split over 3 ranks (each slice cut to its own longest sequence, the
     per-position case weighting each rank by its valid positions), resumed from a checkpoint on 2 ranks: the

@@ -76,6 +76,15 @@ def hostile_variants(data, members):
     yield "16000x16000 architecture in a tiny file", _zip({"__nnkit__": _meta_bytes(big),
                                                           "param/0.W": np.zeros((2, 2)),
                                                           "param/0.b": np.zeros(16000)})
+    # attention and a Transformer block claiming a width of 2^20 (their weights 2^40 numbers), and a tie to nothing
+    for layer in ({"type": "MultiHeadAttention", "embed_dim": 2**20, "num_heads": 1},
+                  {"type": "TransformerBlock", "embed_dim": 2**20, "num_heads": 4},
+                  {"type": "PositionalEmbedding", "max_len": 2**40, "dim": 2**20}):
+        wide = dict(meta, layers=[layer], optimizer=None, input_shape=None)
+        yield f"{layer['type']} of width 2^20 in a tiny file", _zip({"__nnkit__": _meta_bytes(wide),
+                                                                     "param/0.weight": np.zeros((2, 2))})
+    tied = dict(meta, layers=[{"type": "TiedDense", "source": "7"}], optimizer=None, input_shape=None)
+    yield "a head tied to no layer", _zip({"__nnkit__": _meta_bytes(tied)})
     # a .npy header that declares 10^12 elements
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})

@@ -262,6 +262,32 @@ def test_recurrent_fit_on_the_gpu_equals_numpy(target, kind):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-8, atol=1e-10, err_msg=k)
 
 
+@pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
+def test_attention_on_the_gpu_equals_numpy(target):
+    """A causal Transformer block with a tied head, on variable-length token sequences: the GPU fit equals
+    NumPy's (float64; SGD, since Adam would magnify the round-off of the key bias's zero gradient)."""
+    if target == "cupy":
+        _cupy()
+        be = nnkit.get_backend("cupy", dtype="float64")
+    else:
+        _torch_cuda()
+        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 11, size=n) for n in rng.integers(1, 9, size=64)]
+    targets = [np.roll(s, -1) for s in seqs]
+    runs = []
+    for backend in (be, nnkit.get_backend("numpy", dtype="float64")):
+        model = nnkit.Sequential([nnkit.Embedding(11, 16), nnkit.PositionalEmbedding(8, 16),
+                                  nnkit.TransformerBlock(16, 4, causal=True), nnkit.LayerNorm(16),
+                                  nnkit.TiedDense(0)], backend=backend, seed=0)
+        model.fit(seqs, targets, loss="cross_entropy", optimizer=nnkit.optim.SGD(0.1, momentum=0.9), epochs=2,
+                  batch_size=16, verbose=0)
+        runs.append(model)
+    a, b = runs[0].state_dict(), runs[1].state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-7, atol=1e-9, err_msg=k)
+
+
 # -- streamed data on the GPU -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
 def test_streamed_fit_from_a_memory_mapped_file_on_the_gpu(target, tmp_path):

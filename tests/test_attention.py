@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit.data import pad_sequences
 from tests.helpers import to_np
 
 E, F_IN, K = 8, 3, 4
@@ -148,7 +147,7 @@ def test_transformer_block_equals_torch_encoder_layer(causal, padded):
 
 
 def test_positional_embedding_learned_and_sinusoidal():
-    torch = _torch()
+    _torch()
     rng = np.random.default_rng(6)
     X, Y = rng.standard_normal((2, 5, F_IN)), rng.standard_normal((2, 5, K))
     model = _model(nnkit.PositionalEmbedding(7, E))

@@ -109,7 +109,7 @@ class MultiHeadAttention(Layer):
     (3E, E), W_o U(−1/√E, 1/√E), both biases zero.
     """
 
-    param_names = ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")
+    param_names: tuple[str, ...] = ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")
     takes_mask = True
     keeps_positions = True
 
@@ -444,6 +444,7 @@ class PositionalEmbedding(Layer):
         return _own_torch_class(PositionalEmbedding, nn, _positions_class)
 
     def to_torch(self, ctx):
+        """:meth:`torch_module` holding P (a Parameter when learned, a buffer when sinusoidal)."""
         table = ctx.torch.zeros(self.max_len, self.dim, dtype=ctx.dtype)
         ctx.load(table, self._table())
         return self.torch_module(ctx.nn)(table, self.kind == "learned")
@@ -495,9 +496,10 @@ class TransformerBlock(Layer):
         E = check_size("embed_dim", embed_dim)
         self.mlp_ratio = check_size("mlp_ratio", mlp_ratio)
         self.dropout, self.causal = _check_rate("dropout", dropout), bool(causal)
-        self.parts = {"ln_1": LayerNorm(E), "attn": MultiHeadAttention(E, num_heads, causal=causal),
-                      "drop_1": Dropout(self.dropout), "ln_2": LayerNorm(E), "fc": Dense(E, self.mlp_ratio * E),
-                      "act": GELU(), "proj": Dense(self.mlp_ratio * E, E), "drop_2": Dropout(self.dropout)}
+        self.parts: dict[str, Any] = {
+            "ln_1": LayerNorm(E), "attn": MultiHeadAttention(E, num_heads, causal=causal),
+            "drop_1": Dropout(self.dropout), "ln_2": LayerNorm(E), "fc": Dense(E, self.mlp_ratio * E), "act": GELU(),
+            "proj": Dense(self.mlp_ratio * E, E), "drop_2": Dropout(self.dropout)}
 
     @property
     def embed_dim(self):
@@ -537,6 +539,12 @@ class TransformerBlock(Layer):
         for name in ("drop_1", "attn", "ln_1"):
             d = p[name].backward(d, need_dX=True)
         return dH + d
+
+    def explain_forward(self, report, i, X, Y):
+        """The block's two residual sums, its output and its attention's weights P (batch, head, query, key)."""
+        report.add(f"Y{i} = H + MLP(LN₂(H)),  H = X + MHA(LN₁(X))   [{report.tag(i, self)}]", Y, f"A{i}")
+        report.add(f"P{i}: the attention weights (batch, head, query, key); each row sums to 1",
+                   self.parts["attn"]._cache[5], f"P{i}")
 
     def to_onnx(self, g, x):
         """The parts' own nodes and the two residual ``Add``s."""

@@ -132,7 +132,7 @@ class TiedDense(Layer):
         self.tie_source = str(source)
         self.bias = bool(bias)
         self.param_names = ("b",) if self.bias else ()
-        self.source = None  # the layer holding E: set by the model (Sequential resolves tie_source)
+        self.source: Any = None  # the layer holding E: set by the model (Sequential resolves tie_source)
 
     def tie(self, layer):
         """Share ``layer``'s ``weight`` (V, D): called by the model that holds both."""

@@ -120,7 +120,7 @@ class _Recurrent(Layer):
             hs, steps = [], []
             for t in range(T):
                 state, keep = self._step(xp, XW[:, t, :], state, p)
-                if gate:
+                if gate and M is not None:
                     state = tuple(M[:, t, :] * a for a in state)
                 hs.append(state[0])
                 steps.append(keep)
@@ -186,7 +186,7 @@ class _Recurrent(Layer):
             for t in range(T - 1, -1, -1):
                 dh = dstate[0] if dH is None else dstate[0] + dH[:, t, :]
                 ds = (dh,) + dstate[1:]  # ds_t, the whole gradient of the carried state
-                if gate:
+                if gate and M is not None:
                     ds = tuple(M[:, t, :] * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
                 if record is not None:
                     record.append((d, t, ds[0]))

@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError
 from .preprocessing import Preprocessing
 from .perceptron import Perceptron
 from .lr_finder import lr_find
-from . import init, optim, functional, datasets, callbacks, precision, plots, metrics, data
+from . import init, optim, functional, datasets, callbacks, precision, plots, metrics, data, text
 
 __version__ = "0.1.0"
 

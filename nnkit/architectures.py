@@ -117,3 +117,38 @@ def rnn_input_shape(input_shape):
     if isinstance(input_shape, int) or len(tuple(input_shape)) == 1:
         return (int(input_shape) if isinstance(input_shape, int) else tuple(input_shape)[0],)
     return tuple(input_shape)
+
+
+def gpt(vocab_size, block_size, n_embd, n_layer, n_head, dropout=0.0, tie_weights=True):
+    """nanoGPT's GPT as layers: token embedding (V, E) and learned positions (block_size, E), dropout, ``n_layer``
+    causal pre-norm ``TransformerBlock``s, a final LayerNorm and the head — ``TiedDense(0)`` sharing the token
+    embedding's matrix (``tie_weights=True``, nanoGPT's weight tying), else a ``Dense(E, V)``."""
+    from .layers import Embedding, PositionalEmbedding, TiedDense, TransformerBlock
+
+    for name, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_embd", n_embd),
+                    ("n_layer", n_layer), ("n_head", n_head)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"gpt {name} must be a positive integer, got {v!r}")
+    layers = [Embedding(vocab_size, n_embd), PositionalEmbedding(block_size, n_embd)]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers += [TransformerBlock(n_embd, n_head, dropout=dropout, causal=True) for _ in range(n_layer)]
+    layers += [LayerNorm(n_embd), TiedDense(0) if tie_weights else Dense(n_embd, vocab_size)]
+    return layers
+
+
+def gpt_init(model, n_layer):
+    """nanoGPT's initialisation, drawn from the model's generator: every weight matrix and embedding N(0, 0.02²),
+    the residual projections (attention's out_proj, the MLP's proj) N(0, (0.02/√(2·n_layer))²), biases 0,
+    LayerNorm γ = 1, β = 0."""
+    rng, state = model.rng, {}
+    resid = 0.02 / math.sqrt(2 * n_layer)
+    for key, value in model.state_dict().items():
+        name = key.rsplit(".", 1)[-1]
+        shape = tuple(value.shape)
+        if name in ("out_proj_weight",) or key.endswith("proj.W"):
+            state[key] = rng.normal(0.0, resid, size=shape)
+        elif name in ("weight", "in_proj_weight", "W") and len(shape) == 2:
+            state[key] = rng.normal(0.0, 0.02, size=shape)
+    model.load_state_dict({**model.state_dict(), **state})
+    return model

@@ -570,17 +570,45 @@ class CosineLR(_Schedule):
 
     lr = lr₀·(e+1)/warmup for e < warmup, else
     min_lr + ½(lr₀ − min_lr)(1 + cos(π·(e − warmup)/(total − warmup))).
+
+    With ``steps_per_epoch=K`` (the fit's own) ``total`` and ``warmup`` count training steps and the rate is set
+    before every step (step s = epoch·K + batch), as nanoGPT's schedule runs.  ``lr`` names lr₀ (default: the
+    optimizer's rate when training begins); given, a run resumed from a checkpoint continues the schedule where
+    it stopped.
     """
 
-    def __init__(self, total, warmup=0, min_lr=0.0) -> None:
-        total = check_int("total (epochs)", total, 1)
+    def __init__(self, total, warmup=0, min_lr=0.0, steps_per_epoch=None, lr=None) -> None:
+        total = check_int("total", total, 1)
         if check_int("warmup", warmup, 0) >= total:
             raise ValueError(f"warmup must be an integer in [0, total), got {warmup!r}")
         self.total, self.warmup, self.min_lr = total, warmup, check_hyper("min_lr", min_lr)
+        self.steps_per_epoch = None if steps_per_epoch is None else check_int("steps_per_epoch", steps_per_epoch, 1)
+        if lr is not None:
+            self.base_lr = check_hyper("lr", lr, low_open=True)
+        self._epoch = 0
 
     def on_train_begin(self):
+        resumable = hasattr(self, "base_lr")
         super().on_train_begin()
-        self.optimizer.lr = self.lr_at(0)
+        epoch = (getattr(self.model, "epoch", 0) or 0) if resumable else 0
+        self._epoch = epoch
+        self.optimizer.lr = self.lr_at(epoch if self.steps_per_epoch is None else epoch * self.steps_per_epoch)
+
+    def on_epoch_begin(self, epoch):
+        """Per step: remember the epoch, and set the rate of its first step."""
+        self._epoch = epoch
+        if self.steps_per_epoch is not None:
+            self.optimizer.lr = self.lr_at(epoch * self.steps_per_epoch)
+
+    def on_batch_end(self, batch=None, logs=None):
+        """Per step: the rate of the next step."""
+        if self.steps_per_epoch is not None:
+            self.optimizer.lr = self.lr_at(self._epoch * self.steps_per_epoch + (batch or 0) + 1)
+
+    def on_epoch_end(self, epoch, logs):
+        """Per epoch: the next epoch's rate (per step: set before each step already)."""
+        if self.steps_per_epoch is None:
+            self.optimizer.lr = self.lr_at(epoch + 1)
 
     def lr_at(self, epoch):
         if epoch < self.warmup:

@@ -115,8 +115,9 @@ class _Rows(Stream):
     """n rows read by index (``rows(idx)``), a batch at a time, in order or in a given order."""
 
     def epoch_batches(self, batch_size, order=None):
-        for s in range(0, self.n, batch_size):
-            e = min(s + batch_size, self.n)
+        total = self.n if order is None else len(order)  # an order may draw rows more than once (steps_per_epoch)
+        for s in range(0, total, batch_size):
+            e = min(s + batch_size, total)
             yield (s, e), self.rows(slice(s, e) if order is None else order[s:e])
 
 
@@ -743,13 +744,15 @@ class FitData:
     weight travels in its :class:`nnkit.metrics.BatchStats`).
     """
 
-    def __init__(self, model, loss, metric_fns, batch_size, shuffle=False, epochs=1, rank=0, size=1, bucket=False):
+    def __init__(self, model, loss, metric_fns, batch_size, shuffle=False, epochs=1, rank=0, size=1, bucket=False,
+                 steps_per_epoch=None):
         self.model, self.be, self.xp, self.loss = model, model.backend, model.xp, loss
         self.metric_fns, self.batch_size, self.shuffle, self.epochs = metric_fns, batch_size, shuffle, epochs
         self.rank, self.size, self.parallel = rank, size, size > 1
         self.stream = self.val_stream = None
         self.lengths, self.trim, self.bucket = None, False, bool(bucket)
         self.compiled = False  # a compiled step: batches padded to one of a few lengths (compiled_length)
+        self.steps_per_epoch = steps_per_epoch  # K random batches an epoch (with replacement), or None: every row
         self.X = self.T = self.W = self.M = self.Xv = self.Tv = self.Wv = self.Mv = None
         self.n = self.row_w = None
 
@@ -771,6 +774,10 @@ class FitData:
             self._setup_stream(X, y, sample_weight, validation_data, validation_split)
         else:
             self._setup_arrays(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
+        if self.steps_per_epoch is not None and not isinstance(self.stream, _Rows):
+            raise ValueError("steps_per_epoch draws each epoch's rows at random: it needs rows it can index — a "
+                             "dataset (len(ds), ds[indices], e.g. nnkit.text.TokenWindows) or a memory-mapped "
+                             "array; for arrays in memory, an epoch is one pass over every row")
         return self
 
     @property
@@ -779,6 +786,8 @@ class FitData:
 
     def n_batches(self):
         """Batches per epoch (0 when a stream does not say)."""
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
         if self.stream is None:
             return len(batch_ranges(self.n, self.batch_size))
         return self.stream.n_batches(self.batch_size) or 0
@@ -934,6 +943,8 @@ class FitData:
         in a background thread."""
         if self.stream is not None:
             order = self.model.rng.permutation(self.n) if self.shuffle and self.n is not None else None
+            if self.steps_per_epoch is not None:  # K batches of rows drawn at random, with replacement
+                order = self.model.rng.integers(0, self.n, size=self.steps_per_epoch * self.batch_size)
             yield from prefetch(self._prepared(self.stream, order))
             return
         xp, model, W, M, row_w = self.xp, self.model, self.W, self.M, self.row_w

@@ -15,6 +15,7 @@ from .layers.core import forward_through, mask_through, resolve_ties
 from .preprocessing import Preprocessing
 from . import preprocessing as preprocessing_module
 from .losses import as_rows, get_loss
+from .checks import check_int
 from .optim import Optimizer
 from .precision import LossScaler, get_policy
 from . import architectures, checkpoint, data, step, training
@@ -145,6 +146,84 @@ class Sequential:
         arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
         layers = architectures.rnn(input_shape, kind, hidden, n_outputs, bidirectional)
         return cls(layers, input_shape=architectures.rnn_input_shape(input_shape), **kwargs)
+
+    @classmethod
+    def gpt(cls, vocab_size: int, block_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float = 0.0,
+            tie_weights: bool = True, **kwargs: Any) -> Sequential:
+        """nanoGPT's GPT (:func:`nnkit.architectures.gpt`): token and position embeddings, ``n_layer`` causal
+        pre-norm Transformer blocks, a final LayerNorm and a head tied to the token embedding; nanoGPT's
+        initialisation (N(0, 0.02²), the residual projections 0.02/√(2·n_layer)).  Other keyword arguments
+        (``backend``, ``dtype``, ``seed``, ``precision``) go to the model.  Train it on
+        :class:`nnkit.text.TokenWindows`; sample with :meth:`generate`."""
+        model = cls(architectures.gpt(vocab_size, block_size, n_embd, n_layer, n_head, dropout, tie_weights),
+                    **kwargs)
+        return architectures.gpt_init(model, n_layer)
+
+    @property
+    def tokenizer(self):
+        """The :class:`nnkit.text.CharTokenizer` saved with the model, or None; set it to attach one."""
+        from .text import CharTokenizer
+
+        info = self.info.get("tokenizer")
+        return None if info is None else CharTokenizer.from_info(info)
+
+    @tokenizer.setter
+    def tokenizer(self, tok):
+        if tok is None:
+            self.info.pop("tokenizer", None)
+            return
+        self.info["tokenizer"] = tok.to_info()
+
+    def generate(self, prompt: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> Any:
+        """Sample ``max_new_tokens`` tokens after ``prompt``, each from softmax(logits/temperature) of the last
+        position (only the ``top_k`` largest logits kept when given), the context cropped to the model's
+        block size (its ``PositionalEmbedding``'s max_len).
+
+        ``prompt``: token ids (T,) or (B, T), or a str when the model has a :attr:`tokenizer` (the text is
+        encoded, and the result decoded).  Returns the prompt and the new tokens, ids as a host int64 array (or
+        the text).  Runs on the device: each token is drawn there (Gumbel-max sampling: argmax of
+        logits/temperature + Gumbel noise, from a device generator seeded with ``seed``) and appended there;
+        the host reads the tokens once, at the end.  The same ``seed`` gives the same text."""
+        text = isinstance(prompt, str)
+        if text:
+            tok = self.tokenizer
+            if tok is None:
+                raise ValueError("a text prompt needs the model's tokenizer (model.tokenizer = "
+                                 "nnkit.text.CharTokenizer.fit(text)); or pass token ids")
+            if not prompt:
+                raise ValueError("the prompt is empty: give at least one character to start from")
+            prompt = tok.encode(prompt)
+        ids = np.asarray(prompt)
+        if ids.ndim not in (1, 2) or ids.shape[-1] == 0 or (ids.ndim == 2 and ids.shape[0] == 0):
+            raise ValueError(f"the prompt must be token ids (T,) or (B, T) with T ≥ 1, got shape {ids.shape}")
+        vocab = int(self.output_shape((1,))[-1] or 0)  # the logits' width
+        if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= vocab:
+            raise ValueError(f"the prompt's token ids must be integers in [0, {vocab}) (the vocabulary)")
+        n = check_int("max_new_tokens", max_new_tokens, 0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0.0 < float(temperature) < float("inf"):
+            raise ValueError(f"temperature must be a positive number (1.0: the model's own distribution), "
+                             f"got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        be, xp = self.backend, self.xp
+        block = next((layer.max_len for layer in self.layers if hasattr(layer, "max_len")), None)
+        X = be.asarray(ids.reshape(1, -1) if ids.ndim == 1 else ids, dtype=xp.int64)
+        key = be.random_key(int(self.rng.integers(0, 2**63 - 1)) if seed is None else int(seed))
+        k = None if top_k is None else min(top_k, vocab)
+        for _ in range(n):
+            context = X if block is None or X.shape[1] <= block else X[:, X.shape[1] - block:]
+            logits = self._forward(context, train=False)[:, -1, :] * (1.0 / float(temperature))  # (B, V)
+            if k is not None and k < vocab:
+                kth = xp.sort(logits, axis=-1, descending=True)[:, k - 1:k]
+                logits = xp.where(logits < kth, xp.asarray(-xp.inf, dtype=logits.dtype, device=be.device), logits)
+            u, key = be.uniform(key, tuple(logits.shape), logits.dtype)
+            nxt = xp.argmax(logits - xp.log(-xp.log(u)), axis=-1)  # Gumbel-max: a draw from softmax(logits)
+            X = xp.concat([X, xp.astype(nxt, X.dtype)[:, None]], axis=1)
+        out = be.to_numpy(X)
+        out = out[0] if ids.ndim == 1 else out
+        return self.tokenizer.decode(out) if text else out
 
     def __getstate__(self):
         """Pickling: compiled steps (a backend's traced functions) stay behind; they are rebuilt on use."""
@@ -438,7 +517,7 @@ class Sequential:
             checkpoint: Any = None, resume: bool = False, regularizer: Any = None, comm: Any = None,
             compile: bool = False, sample_weight: Any = None, log_every_n_steps: int | None = None,
             class_weight: dict[int, float] | str | None = None, accumulate: int = 1, lengths: Any = None,
-            bucket: bool = False) -> History:
+            bucket: bool = False, steps_per_epoch: int | None = None) -> History:
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
@@ -487,8 +566,8 @@ class Sequential:
           PyTorch's ``cross_entropy`` over the flattened tokens.  Each batch is cut to its own longest sequence (the
           recurrence runs no step that is padding in every row); ``bucket=True`` shuffles within buckets of 50
           batches sorted by length, so a batch holds similar lengths (sequences of 7 to 29 steps, batch 32: padding
-          falls from 37 % to 1.3 % of the steps run; :func:`nnkit.data.bucketed`).  Under ``compile=True`` batches
-          keep the data set's padding (a compiled step would be traced again for each new length).
+          falls from 37 % to 1.3 % of the steps run; :func:`nnkit.data.bucketed`).  Under ``compile=True`` each
+          batch is padded to one of at most 8 lengths (:func:`nnkit.data.compiled_length`): one trace each.
         * Data beyond memory (:mod:`nnkit.data`): X may be a memory-mapped array (``np.load(path,
           mmap_mode="r")``, with y an array or another memory-mapped file), read a batch at a time; or, with
           y omitted, a dataset (``len(ds)``, ``ds[indices] -> (X, y[, w])``), a re-iterable of batches
@@ -496,6 +575,9 @@ class Sequential:
           batch is prepared in a background thread; a bad batch is an error naming it, and the model keeps
           the weights and optimizer state of the epoch's start.  ``validation_data`` may be streamed too,
           and ``validation_split`` on a memory-mapped array takes its last rows without copying them.
+          ``steps_per_epoch=K`` (a dataset or a memory-mapped array): each epoch draws K batches of rows at random,
+          with replacement, from the model's generator — how a language model samples its windows
+          (:class:`nnkit.text.TokenWindows`) — instead of one pass over every row.
         * ``compile=True`` compiles the training step where the backend can (``jax.jit`` on JAX; the
           learning rate is passed in as a value, so schedules act; full and last batches are traced once
           each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
@@ -505,7 +587,7 @@ class Sequential:
                    early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
                    checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile,
                    sample_weight=sample_weight, log_every_n_steps=log_every_n_steps, class_weight=class_weight,
-                   accumulate=accumulate, lengths=lengths, bucket=bucket)
+                   accumulate=accumulate, lengths=lengths, bucket=bucket, steps_per_epoch=steps_per_epoch)
 
     def evaluate(self, X: Any, y: Any, loss: Any, metrics: Any = None, batch_size: int | None = None,
                  sample_weight: Any = None, lengths: Any = None) -> dict[str, float]:

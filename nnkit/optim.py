@@ -156,6 +156,7 @@ class Adam(Optimizer):
     """
 
     decoupled = False
+    decay = "all"  # which parameters weight decay shrinks: "all", or "matrices" (AdamW's option)
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
@@ -189,7 +190,7 @@ class Adam(Optimizer):
         denom += self.eps
         step = (lr * m_hat_scale) * m
         step /= denom
-        if self.weight_decay and self.decoupled:
+        if self.weight_decay and self.decoupled and (self.decay == "all" or p.ndim >= 2):
             p *= 1.0 - lr * self.weight_decay
         p -= step
         return p
@@ -202,13 +203,24 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
-    θ ← θ − lr·λ·θ, then the Adam step on the undecayed gradient (default λ = 0.01).
+    θ ← θ − lr·λ·θ, then the Adam step on the undecayed gradient (default λ = 0.01).  ``decay="matrices"``
+    shrinks only the parameters of two or more dimensions — weight matrices and embeddings, not biases or
+    LayerNorm's γ and β — as nanoGPT and GPT-2 train.
     """
 
     decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, clip_norm=None):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, clip_norm=None, decay="all"):
         super().__init__(lr, betas, eps, weight_decay, clip_norm)
+        if decay not in ("all", "matrices"):
+            raise ValueError(f"AdamW decay must be 'all' or 'matrices' (weights of 2+ dimensions only), got {decay!r}")
+        self.decay = decay
+
+    def hyperparameters(self):
+        hp = super().hyperparameters()
+        if self.decay != "all":
+            hp["decay"] = self.decay
+        return hp
 
 
 class RMSprop(Optimizer):

@@ -99,11 +99,11 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
 def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
         validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
         verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None,
-        log_every_n_steps=None, class_weight=None, accumulate=1, lengths=None, bucket=False):
+        log_every_n_steps=None, class_weight=None, accumulate=1, lengths=None, bucket=False, steps_per_epoch=None):
     """See :meth:`nnkit.Sequential.fit`."""
     run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
-               sample_weight, log_every_n_steps, class_weight, accumulate, lengths, bucket)
+               sample_weight, log_every_n_steps, class_weight, accumulate, lengths, bucket, steps_per_epoch)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
     per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
                  if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
@@ -203,7 +203,7 @@ class _Run:
     def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
                  validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
                  regularizer, comm, compile, sample_weight=None, log_every_n_steps=None, class_weight=None,
-                 accumulate=1, lengths=None, bucket=False):
+                 accumulate=1, lengths=None, bucket=False, steps_per_epoch=None):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
         epochs = check_int("epochs", epochs, 1)
@@ -245,7 +245,8 @@ class _Run:
             check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
         self.checkpoint = checkpoint
         self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
-                                 self.size, bucket)
+                                 self.size, bucket,
+                                 None if steps_per_epoch is None else check_int("steps_per_epoch", steps_per_epoch, 1))
         self.data.load(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
         self.data.compiled = bool(compile)  # batches of sequences padded to a few lengths: one trace each
         self.n, self.batches = self.data.n, self.data.batches

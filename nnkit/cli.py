@@ -26,6 +26,8 @@ EPILOG_TRAIN = """examples:
   nnkit train --data spirals --hidden 64 64 --epochs 200 --plot curves.png
   nnkit train --data my.csv --label species --save model.npz
   nnkit train --backend cupy --dtype float32    # on an NVIDIA GPU (pip install 'nnkit[cuda12]')
+  nnkit train --data plays.txt --task lm --save gpt.npz     # a character-level GPT on a text file
+  nnkit generate gpt.npz --prompt "ROMEO:" --tokens 200 --temperature 0.8 --top-k 20
 """
 
 
@@ -41,7 +43,7 @@ def _parser():
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"nnkit {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,predict,data,explain,export,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,generate,data,explain,export,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train an MLP classifier (default: on the bundled digits)",
@@ -61,8 +63,9 @@ def _parser():
     d.add_argument("--impute", choices=("mean", "median", "most_frequent"), default=None,
                    help="fill missing feature values with the training part's column mean/median/most "
                         "frequent value (saved with the model; default: a missing value is an error)")
-    d.add_argument("--task", choices=("classification", "regression"), default="classification",
-                   help="classification (softmax cross-entropy, default) or regression (MSE)")
+    d.add_argument("--task", choices=("classification", "regression", "lm"), default="classification",
+                   help="classification (softmax cross-entropy, default), regression (MSE), or lm: a character-level "
+                        "GPT on a UTF-8 text file (--data corpus.txt; the last 10%% validates; see 'language model')")
     d.add_argument("--test-size", type=float, default=0.2, metavar="F",
                    help="fraction held out for the final test (default 0.2)")
     m = t.add_argument_group("model")
@@ -106,6 +109,15 @@ def _parser():
                    help="mixed precision: float32 weights, bfloat16/float16 matmuls (torch, jax, cupy), "
                         "or TF32 on CUDA (default: compute in --dtype)")
     o.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffles and the split (default 0)")
+    lm = t.add_argument_group("language model (--task lm): nanoGPT's GPT, AdamW on matrices, warm-up and cosine "
+                              "decay per step, clipping at norm 1")
+    lm.add_argument("--block-size", type=int, default=64, metavar="T", help="context length in characters (64)")
+    lm.add_argument("--n-layer", type=int, default=4, help="Transformer blocks (4)")
+    lm.add_argument("--n-head", type=int, default=4, help="attention heads per block (4)")
+    lm.add_argument("--n-embd", type=int, default=128, help="width (128)")
+    lm.add_argument("--steps-per-epoch", type=int, default=100, metavar="K",
+                    help="random windows of --batch-size drawn per epoch (100): --epochs × K steps in all")
+    lm.add_argument("--warmup", type=int, default=100, metavar="STEPS", help="linear warm-up steps (100)")
     out = t.add_argument_group("output")
     out.add_argument("--save", default=None, metavar="MODEL.npz", help="save the trained model (atomic write)")
     out.add_argument("--plot", default=None, metavar="CURVES.png",
@@ -119,6 +131,18 @@ def _parser():
                      help="record the run in DIR: metrics.csv (a row per epoch) and TensorBoard event files "
                           "(needs tensorboardX: pip install 'nnkit[tensorboard]'; view with tensorboard --logdir DIR)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only the result")
+
+    g = sub.add_parser("generate", help="sample text from a saved language model (nnkit train --task lm)",
+                       description="Sample characters after a prompt from a model saved by 'nnkit train --task lm' "
+                                   "(the context cropped to its block size).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("model", metavar="MODEL.npz")
+    g.add_argument("--prompt", default="\n", help="the text to continue (its characters must be in the vocabulary)")
+    g.add_argument("--tokens", type=int, default=200, help="characters to generate")
+    g.add_argument("--temperature", type=float, default=1.0, help="> 1 flatter, < 1 sharper than the model's own")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest characters only")
+    g.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+    g.add_argument("--backend", default="numpy", help="numpy (default), cupy, torch, jax")
 
     pr = sub.add_parser("predict", help="predict with a saved model",
                         description="Predict the rows of a CSV or NPZ file with a model saved by "
@@ -204,6 +228,8 @@ def cmd_train(args):
     import nnkit
     from .optim import get_optimizer
 
+    if args.task == "lm":
+        return _train_lm(args)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise CLIError(f"{flag} must be a positive integer, got {value}")
@@ -282,6 +308,90 @@ def cmd_train(args):
         labels = np.asarray(classes, dtype=object)[y] if classes is not None else y
         plots_.decision_boundary(model, X, labels, args.plot_boundary, title=shape, class_names=classes)
         print(f"wrote {args.plot_boundary}")
+    return 0
+
+
+def _train_lm(args):
+    """``nnkit train --task lm``: a character-level GPT (``Sequential.gpt``) on a text file, trained on random
+    windows of its first 90 % (``TokenWindows``, ``steps_per_epoch``), validated on 200 windows of the rest."""
+    import nnkit
+    from .text import CharTokenizer, TokenWindows, read_text
+
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--block-size", args.block_size),
+                        ("--n-layer", args.n_layer), ("--n-head", args.n_head), ("--n-embd", args.n_embd),
+                        ("--steps-per-epoch", args.steps_per_epoch)):
+        if value < 1:
+            raise CLIError(f"{flag} must be a positive integer, got {value}")
+    if args.n_embd % args.n_head:
+        raise CLIError(f"--n-embd ({args.n_embd}) must be a multiple of --n-head ({args.n_head})")
+    if not 0.0 <= args.dropout < 1.0:
+        raise CLIError(f"--dropout must be a probability in [0, 1), got {args.dropout}")
+    total = args.epochs * args.steps_per_epoch
+    if not 0 <= args.warmup < total:
+        raise CLIError(f"--warmup must be in [0, {total}) (the run's --epochs × --steps-per-epoch steps), got "
+                       f"{args.warmup}")
+    if args.data in SYNTHETIC:
+        raise CLIError("--task lm trains on a UTF-8 text file: --data corpus.txt")
+    for flag, path in (("--save", args.save), ("--plot", args.plot)):
+        if path:
+            _check_output(flag, path)
+    if args.plot:
+        _check_matplotlib()
+    text = read_text(args.data)
+    tok = CharTokenizer.fit(text)
+    ids = tok.encode(text)
+    split = int(0.9 * len(ids))
+    T = args.block_size
+    if split <= T + 1 or len(ids) - split <= T + 1:
+        raise CLIError(f"{args.data}: {len(ids)} characters are too few for windows of --block-size {T} in both the "
+                       "training 90 % and the validation 10 %")
+    rng = np.random.default_rng(args.seed)
+    val = TokenWindows(ids[split:], T)
+    Xv, Yv = val[rng.integers(0, len(val), size=min(200, len(val)))]
+    try:
+        model = nnkit.Sequential.gpt(tok.vocab_size, T, args.n_embd, args.n_layer, args.n_head, dropout=args.dropout,
+                                     backend=args.backend, dtype=args.dtype, seed=args.seed, precision=args.precision)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    model.tokenizer = tok
+    model.info["source"] = os.path.basename(args.data)
+    lr = 1e-3 if args.lr is None else args.lr
+    opt = nnkit.optim.AdamW(lr, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0, decay="matrices")
+    schedule = nnkit.callbacks.CosineLR(total, warmup=args.warmup, min_lr=lr / 10, steps_per_epoch=args.steps_per_epoch,
+                                        lr=lr)
+    say = (lambda *a: None) if args.quiet else print
+    say(f"data: {args.data}, {len(ids):,} characters, vocabulary {tok.vocab_size}; {total:,} steps of "
+        f"{args.batch_size} × {T}")
+    say(model.summary())
+    t0 = time.perf_counter()
+    history = model.fit(TokenWindows(ids[:split], T), loss="cross_entropy", optimizer=opt, epochs=args.epochs,
+                        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, validation_data=(Xv, Yv),
+                        callbacks=[schedule] + _run_records(args.log_dir), verbose=0 if args.quiet else 1)
+    seconds = time.perf_counter() - t0
+    print(f"validation loss {history['val_loss'][-1]:.4f} nats/char after {total:,} steps ({seconds:.1f} s)")
+    if args.save:
+        model.save(args.save)
+        print(f"saved {args.save}")
+    if args.plot:
+        plots_.training_curves(history, args.plot, title=f"GPT on {os.path.basename(args.data)}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_generate(args):
+    """``nnkit generate MODEL.npz --prompt ...``: text sampled from a saved language model."""
+    import nnkit
+
+    if args.tokens < 0:
+        raise CLIError(f"--tokens must be a non-negative integer, got {args.tokens}")
+    try:
+        model = nnkit.load(args.model, backend=args.backend)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if model.tokenizer is None:
+        raise CLIError(f"{args.model} is not a language model (it has no tokenizer): train one with "
+                       "'nnkit train --data corpus.txt --task lm --save MODEL.npz'")
+    print(model.generate(args.prompt, args.tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed))
     return 0
 
 
@@ -691,8 +801,8 @@ def main(argv=None):
 
         return bench_main(argv[1:], prog="nnkit bench")
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "predict": cmd_predict, "data": cmd_data, "export": cmd_export,
-               "explain": cmd_explain}[args.command]
+    command = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "data": cmd_data,
+               "export": cmd_export, "explain": cmd_explain}[args.command]
     try:
         return command(args)
     except (CLIError, OSError, ValueError, TypeError, RuntimeError) as exc:

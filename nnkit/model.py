@@ -638,6 +638,23 @@ class Sequential:
                              f"{self.n_features_in}")
         self.info.update(pre.to_info())
 
+    def table_preprocessing(self):
+        """The :attr:`preprocessing` when it changes the rows the network sees (column order by name, fills,
+        scaling) — then every door takes raw rows and applies it — else None."""
+        info = self.info
+        if not isinstance(info, dict) or not any(info.get(k) is not None for k in ("feature_names", "mean", "fill")):
+            return None
+        return self.preprocessing
+
+    def predict_proba(self, X: Any, batch_size: int = 4096) -> Any:
+        """Class probabilities for raw rows (NumPy, (n, K)): softmax of the outputs, or for one output σ as
+        the two columns [1 − p, p] (as scikit-learn's ``predict_proba``).  A regression model has none."""
+        pre = self.preprocessing
+        if pre is not None and pre.task == "regression":
+            raise ValueError("predict_proba is for classifiers; this model's preprocessing says regression: "
+                             "use predict")
+        return preprocessing_module.predict_labels(self, X, proba=True, batch_size=batch_size)[1]
+
     def predict_labels(self, X: Any, proba: bool = False, batch_size: int = 4096) -> Any:
         """Predictions for raw rows in one call — class names (or values for a regression model), and with
         ``proba=True`` the class probabilities — through the saved :attr:`preprocessing`

@@ -114,10 +114,15 @@ class Preprocessing:
             names, X = [str(c) for c in data.columns], data
         if X is None:
             X = data
+        if names is not None and self.label is not None and self.label in names \
+                and (self.feature_names is None or self.label not in self.feature_names):
+            keep = [j for j, n in enumerate(names) if n != self.label]  # the label column: not a feature
+            names = [names[j] for j in keep]
+            X = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X)[:, keep]
         try:
             X = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"the features must be numbers ({exc})") from None
+            raise TypeError(self._not_numbers(X, names, exc)) from None
         if X.ndim != 2:
             raise ValueError(f"expected rows of features (2-D), got shape {X.shape}")
         if self.feature_names is not None and names is not None and list(names) != self.feature_names:
@@ -134,6 +139,24 @@ class Preprocessing:
             raise ValueError(f"the data has {X.shape[1]} feature columns, but the model expects {self.n_features}"
                              + (f" ({', '.join(self.feature_names)})" if self.feature_names else ""))
         return X
+
+    def _not_numbers(self, X, names, exc):
+        """The message for features that are not numbers: the first such column by name, and the fix."""
+        arr = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=object)
+        col = None
+        if arr.ndim == 2:
+            for j in range(arr.shape[1]):
+                try:
+                    arr[:, j].astype(np.float64)
+                except (TypeError, ValueError):
+                    col = j
+                    break
+        where = "" if col is None else \
+            f" column {names[col]!r}" if names is not None and col < len(names) else f" column {col}"
+        hint = (f"; if{where} is the label, name it: Preprocessing.fit(..., label={names[col]!r}) (or on the command "
+                f"line --label {names[col]})") if col is not None and names is not None else \
+            "; drop the label column, or name it with Preprocessing.fit(..., label=...)"
+        return f"the features must be numbers:{where or ''} holds text ({exc}){hint}"
 
     def transform(self, data):
         """Rows ready for the network: selected by name, filled, standardised (float64 NumPy)."""
@@ -161,7 +184,8 @@ class Preprocessing:
             raise ValueError(
                 f"column {self._name(col)} has a missing value in row {row + 1} "
                 f"({int(missing[:, col].sum())} in that column, {int(missing.sum())} in all): fill them in, "
-                "or impute from the training rows (nnkit train --impute mean|median|most_frequent)"
+                "or impute from the training rows: Preprocessing.fit(X_train, impute='mean'|'median'|'most_frequent') "
+                "(on the command line, nnkit train --impute ...)"
             )
         return np.where(missing, self.fill, X)
 
@@ -211,8 +235,9 @@ def predict_labels(model, data, proba=False, batch_size=4096):
     names (NumPy), or to values for a regression model.  ``proba=True`` also returns the class
     probabilities (softmax of the outputs, or σ for one output; ``(values, None)`` for regression)."""
     pre = model.preprocessing
-    X = pre.transform(data) if pre is not None else getattr(data, "X", data)
-    out = model.backend.to_numpy(model.predict(np.asarray(X, dtype=np.float64), batch_size=batch_size))
+    # the raw columns, matched by name (the label column left out); predict fills and scales them as every door does
+    X = pre.columns(data) if model.table_preprocessing() is not None else getattr(data, "X", data)
+    out = model.backend.to_numpy(model.predict(X, batch_size=batch_size))
     out = np.asarray(out, dtype=np.float64)
     if pre is not None and pre.task == "regression":
         values = out[:, 0] if out.shape[1] == 1 else out

@@ -206,6 +206,12 @@ class _Run:
                  accumulate=1, lengths=None, bucket=False, steps_per_epoch=None):
         self.model, self.be, self.xp = model, model.backend, model.xp
         self.loss = loss = get_loss(loss)
+        heads = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}  # what a classifier's outputs mean
+        if isinstance(model.info, dict):
+            if loss.name in heads:
+                model.info["head"] = heads[loss.name]
+            else:
+                model.info.pop("head", None)
         epochs = check_int("epochs", epochs, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \

@@ -249,3 +249,63 @@ def test_train_a_language_model_then_generate(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--quiet", "--epochs", "1", "--save", str(tmp_path / "mlp.npz"))
     code, _, err = run(capsys, "generate", str(tmp_path / "mlp.npz"))
     assert code == 2 and "not a language model" in err
+
+
+def test_train_schedule_save_best_log_dir_and_defaults_in_help(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    log = tmp_path / "logs"
+    best = tmp_path / "best.npz"
+    code, out, err = run(capsys, "train", "--data", "spirals", "--epochs", "6", "--validation-split", "0.2",
+                         "--schedule", "cosine", "--warmup-epochs", "2", "--save", str(best), "--save-best",
+                         "--log-dir", str(log), "--quiet")
+    assert code == 0, err
+    assert "kept the best epoch by val_loss" in out and best.exists()
+    rows = (log / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 7 and "lr" in rows[0]
+    lrs = [float(r.split(",")[rows[0].split(",").index("lr")]) for r in rows[1:]]
+    assert lrs[0] < lrs[1] and lrs[-1] < lrs[1]  # warm-up, then the cosine decay
+    # tensorboardX missing: the CSV is still written and the run goes on (checked before any work)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboardX" else real(name, *a))
+    code, out, err = run(capsys, "train", "--data", "xor", "--epochs", "2", "--log-dir", str(tmp_path / "l2"), "--quiet")
+    assert code == 0 and "tensorboardX" in err and (tmp_path / "l2" / "metrics.csv").exists()
+    code, _, err = run(capsys, "train", "--save-best", "--quiet")
+    assert code == 2 and "give --save" in err
+    code, _, err = run(capsys, "train", "--save", str(best), "--save-best", "--quiet")
+    assert code == 2 and "--validation-split" in err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "(default: 60)" in help_text and "(default: adam)" in help_text
+
+
+def test_predict_names_an_unknown_class_and_can_skip_it(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,label"] + [f"{x:.3f},{y:.3f},{'big' if x + y > 0 else 'small'}" for x, y in rng.normal(size=(80, 2))]
+    train = tmp_path / "train.csv"
+    train.write_text("\n".join(rows) + "\n")
+    model = tmp_path / "m.npz"
+    assert run(capsys, "train", "--data", str(train), "--epochs", "5", "--save", str(model), "--quiet")[0] == 0
+    new = tmp_path / "new.csv"
+    new.write_text("a,b,label\n1,1,big\n-1,-1,small\n0.5,0.5,huge\n")
+    code, out, err = run(capsys, "predict", str(model), str(new))
+    assert code == 2 and "'huge' in row 3" in err and "--skip-unknown" in err
+    code, out, err = run(capsys, "predict", str(model), str(new), "--skip-unknown")
+    assert code == 0 and "1 row(s) not scored" in err and "huge" in err and "accuracy" in err
+    # a model saved from the Python API, its label column named: predict drops it by that name
+    X = rng.normal(size=(80, 2))
+    y = np.where(X.sum(axis=1) > 0, "big", "small")
+    api = nnkit.Sequential.mlp([2, 8, 2], seed=0)
+    api.preprocessing = nnkit.Preprocessing.fit(X, feature_names=["a", "b"], classes=["big", "small"],
+                                                label="diagnosis")
+    api.fit(X, y, loss="cross_entropy", epochs=3, verbose=0)
+    api.save(tmp_path / "api.npz")
+    named = tmp_path / "named.csv"
+    named.write_text("a,b,diagnosis\n1,1,big\n-1,-1,small\n")
+    code, out, err = run(capsys, "predict", str(tmp_path / "api.npz"), str(named))
+    assert code == 0, err
+    plain = nnkit.Sequential.mlp([2, 8, 2], seed=0)
+    plain.save(tmp_path / "plain.npz")
+    code, out, err = run(capsys, "predict", str(tmp_path / "plain.npz"), str(named))
+    assert code == 2 and "--label" in err

@@ -454,3 +454,75 @@ def test_the_report_says_a_precision_is_slower_than_float32():
              {"shape": "M", "target": "torch", "dtype": "mixed_bfloat16", "step": 0.480}]
     text = "\n".join(precision_against_float32(steps))
     assert "| M | torch | mixed_bfloat16 | 48.00 | **slower than float32 here** |" in text
+
+
+def test_one_model_one_answer_through_every_door(tmp_path):
+    """A model carrying a Preprocessing takes raw rows by every door: predict, predict_labels, predict_proba,
+    evaluate, the command line and ONNX Runtime give the same numbers for the same raw rows; labels may be
+    class names; the ONNX file names its classes and features."""
+    import json
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(50.0, 30.0, size=(400, 3))
+    X[::9, 2] = np.nan
+    names = np.array(["low", "mid", "high"])
+    y = np.digitize(np.nan_to_num(X[:, 0], nan=50.0), [40.0, 60.0])
+    pre = nnkit.Preprocessing.fit(X, feature_names=["a", "b", "c"], impute="median", classes=list(names),
+                                  label="grade")
+    model = nnkit.Sequential.mlp([3, 16, 3], seed=0)
+    model.preprocessing = pre
+    model.fit(X, names[y], loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=30, verbose=0,
+              class_weight={"high": 1.5})
+    model.save(tmp_path / "m.npz")
+    loaded = nnkit.load(tmp_path / "m.npz")
+    raw = X[:40]
+    out = to_np(loaded.predict(raw))
+    np.testing.assert_allclose(out, to_np(model.predict(raw)), rtol=1e-6)
+    proba = loaded.predict_proba(raw)
+    np.testing.assert_allclose(proba, np.exp(out) / np.exp(out).sum(axis=1, keepdims=True), rtol=1e-5)
+    labels = loaded.predict_labels(raw)
+    assert list(labels) == list(names[out.argmax(axis=1)])
+    by_name = loaded.evaluate(X, names[y], "cross_entropy")
+    by_index = loaded.evaluate(X, y, "cross_entropy")
+    assert by_name == by_index and by_name["accuracy"] > 0.9
+    np.testing.assert_allclose(by_name["loss"], float(np.mean(-np.log(loaded.predict_proba(X)[np.arange(400), y]))),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="label 'top' in row 1 is not one of the model's classes"):
+        loaded.evaluate(X[:2], np.array(["low", "top"]), "cross_entropy")
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"grade": names[y[:40]], "c": raw[:, 2], "a": raw[:, 0], "b": raw[:, 1]})  # by name
+    assert list(loaded.predict_labels(frame)) == list(labels)
+    ort = pytest.importorskip("onnxruntime")
+    proto = loaded.export(tmp_path / "m.onnx")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == list(names) and json.loads(meta["feature_names"]) == ["a", "b", "c"]
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got, p_onnx = sess.run(None, {"input": raw.astype(np.float32)})
+    np.testing.assert_allclose(got, out, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(p_onnx, proba, rtol=1e-4, atol=1e-5)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b,c,grade\n" + "\n".join(
+        f"{r[0]:.17g},{r[1]:.17g},{'' if np.isnan(r[2]) else format(r[2], '.17g')},{g}"
+        for r, g in zip(raw, names[y[:40]])) + "\n")
+    from nnkit.cli import main
+
+    assert main(["predict", str(tmp_path / "m.npz"), str(csv), "--out", str(tmp_path / "p.csv")]) == 0
+    cli = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert cli == list(labels)
+
+
+def test_a_classifier_without_preprocessing_exports_its_probabilities(tmp_path):
+    pytest.importorskip("onnx")
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(60, 1, 8)), rng.integers(0, 3, 60)
+    cnn = nnkit.Sequential([nnkit.Conv1D(1, 4, 3), nnkit.ReLU(), nnkit.GlobalAvgPool(), nnkit.Dense(4, 3)], seed=0)
+    cnn.fit(X, y, loss="cross_entropy", epochs=1, verbose=0)
+    names = [o.name for o in cnn.export(tmp_path / "c.onnx").graph.output]
+    assert names == ["output", "probabilities"]
+    multi = nnkit.Sequential.mlp([8, 4, 2], seed=0)
+    multi.fit(X[:, 0], np.stack([y == 0, y == 1], axis=1).astype(float), loss="binary_cross_entropy", epochs=1,
+              verbose=0)
+    proto = multi.export(None)
+    assert [o.name for o in proto.graph.output] == ["output", "probabilities"]
+    assert {p.key: p.value for p in proto.metadata_props}["probabilities"] == "sigmoid"
+    assert any(n.op_type == "Sigmoid" for n in proto.graph.node)

@@ -131,7 +131,7 @@ def test_trained_digits_model_with_preprocessing_and_probabilities(tmp_path):
     assert main(["export", str(tmp_path / "digits.npz"), str(tmp_path / "digits.onnx")]) == 0
     raw = Xt.astype(np.float32)
     outs = _run_onnx(tmp_path / "digits.onnx", raw)  # raw features in: scaling runs in the graph
-    np.testing.assert_allclose(outs["output"], model.predict(pre.transform(Xt)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs["output"], model.predict(Xt), rtol=1e-5, atol=1e-5)
     labels, proba = model.predict_labels(Xt, proba=True)
     np.testing.assert_allclose(outs["probabilities"], proba, rtol=1e-5, atol=1e-6)
     assert np.array_equal(outs["probabilities"].argmax(axis=1), labels)
@@ -147,7 +147,7 @@ def test_fill_values_run_in_the_graph(tmp_path):
     model.preprocessing = pre
     model.export(tmp_path / "f.onnx")
     got = _run_onnx(tmp_path / "f.onnx", X.astype(np.float32))["output"]
-    np.testing.assert_allclose(got, model.predict(pre.transform(X)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, model.predict(X), rtol=1e-5, atol=1e-5)
 
 
 def test_float64_and_mixed_models_export(tmp_path):

@@ -126,6 +126,13 @@ def test_confusion_matrix_equals_sklearn():
     np.testing.assert_allclose(M.confusion_matrix(y, p, sample_weight=w),
                                sk.confusion_matrix(y, p, sample_weight=w, labels=range(4)))
     assert M.confusion_matrix(y, p, num_classes=6).shape == (6, 6)
+    counts = M.confusion_matrix(y, p)
+    assert counts.dtype == np.int64 and np.array_equal(counts, sk.confusion_matrix(y, p, labels=range(4)))
+    names = np.array(["ant", "bee", "cat", "dog"])
+    by_name = M.confusion_matrix(names[y], names[p], labels=["ant", "bee", "cat", "dog"])
+    assert np.array_equal(by_name, counts)
+    with pytest.raises(ValueError, match="'eel', which is not among the labels"):
+        M.confusion_matrix(names[y], np.where(p == 0, "eel", names[p]), labels=list(names))
     with pytest.raises(ValueError, match="same length"):
         M.confusion_matrix(y, p[:3])
 

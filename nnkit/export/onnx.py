@@ -31,13 +31,16 @@ RNN, GRU, LSTM      ``RNN``/``GRU`` (``linear_before_reset=1``)/``LSTM`` with th
 Inputs and outputs: ``input`` (batch, *input_shape) with a dynamic batch dimension (and dynamic sizes where
 the model's input shape leaves them open), ``output`` — the last
 layer's output, what ``predict`` returns — and, for a classifier (a model whose preprocessing says
-``task="classification"``, or ``classifier=True``), ``probabilities``: softmax of the outputs (σ for a
-single output, as ``predict_labels(proba=True)`` gives).  A model that carries a
+``task="classification"``, one ``fit`` with a cross-entropy loss — which records its head, softmax or sigmoid,
+in ``model.info["head"]`` — or ``classifier=True``), ``probabilities``: softmax of the outputs (σ for a sigmoid
+head or a single output, as ``predict_proba`` gives).  The file's ``metadata_props`` carry the class names, the
+feature names and the probabilities' head as JSON.  A model that carries a
 :class:`nnkit.Preprocessing` takes *raw* features: its fill values replace NaNs (``Where(IsNaN(x), fill,
 x)``) and its scaling ``(x − mean)/std`` runs as nodes before the first layer.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -152,10 +155,11 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     out_shape = model.output_shape(in_shape) if in_shape is not None else (model.n_outputs,)
     out_dims = ["batch"] + [f"out{i + 1}" if d is None else d for i, d in enumerate(out_shape)]
     outputs = [helper.make_tensor_value_info(output_name, elem, out_dims)]
+    head = model.info.get("head") if isinstance(model.info, dict) else None  # what fit trained: softmax or sigmoid
     if classifier is None:
-        classifier = pre is not None and pre.task == "classification"
+        classifier = (pre is not None and pre.task == "classification") or head in ("softmax", "sigmoid")
     if classifier:
-        kind = "Sigmoid" if model.n_outputs == 1 else "Softmax"
+        kind = "Sigmoid" if head == "sigmoid" or (head is None and model.n_outputs == 1) else "Softmax"
         g.nodes.append(helper.make_node(kind, [output_name], ["probabilities"], name="probabilities",
                                         **({"axis": -1} if kind == "Softmax" else {})))
         outputs.append(helper.make_tensor_value_info("probabilities", elem, out_dims))
@@ -171,6 +175,14 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="nnkit", producer_version=_version())
     proto.ir_version = min(proto.ir_version, 9)  # readable by ONNX Runtime releases of the last two years
+    props = {"producer": "nnkit"}  # what a serving system needs to read the outputs: JSON in metadata_props
+    if pre is not None and pre.classes is not None:
+        props["classes"] = json.dumps([c if isinstance(c, (int, float, str)) else str(c) for c in pre.classes])
+    if pre is not None and pre.feature_names is not None:
+        props["feature_names"] = json.dumps(pre.feature_names)
+    if classifier:
+        props["probabilities"] = kind.lower()
+    helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         data = proto.SerializeToString()

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import plots as plots_
 from .files import atomic_write
-from .preprocessing import Preprocessing
+from .preprocessing import MissingValueError, Preprocessing
 
 __all__ = ["main"]
 
@@ -522,8 +522,12 @@ def _memory_data(args):
     validation = None
     if args.validation_split:  # shuffled, and stratified by class: a class-sorted file validates on every class
         (Xtr, ytr), validation = _split(Xtr, ytr, args.validation_split, args.seed + 1, regression, "validation")
-    pre = Preprocessing.fit(Xtr, feature_names=features, impute=args.impute, classes=classes,
-                            task=args.task, label=label_name)
+    try:
+        pre = Preprocessing.fit(Xtr, feature_names=features, impute=args.impute, classes=classes,
+                                task=args.task, label=label_name)
+    except MissingValueError as exc:  # the command line's own fix
+        raise CLIError(f"{source}: column {exc.column} has a missing value in row {exc.row + 1} of the training "
+                       "part: fill them in, or impute them: --impute mean|median|most_frequent") from None
     description = (f"{source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features"
                    + ("" if regression else f", {len(classes)} classes"))
     return _TrainingData((Xtr, ytr), validation, (Xte, yte), pre, X.shape[1],

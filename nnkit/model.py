@@ -520,6 +520,9 @@ class Sequential:
             bucket: bool = False, steps_per_epoch: int | None = None) -> History:
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
+        X is what ``predict`` takes: raw rows when the model carries a :attr:`preprocessing` (it fills and scales
+        them), and y may then hold class names (mapped through its classes; a name never seen is an error).
+
         * ``optimizer``: an ``nnkit.optim`` instance or ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"``.
           It becomes ``model.optimizer`` and is saved with the model.
         * Shuffles come from the model's seed (the same order on every backend); the last partial
@@ -593,7 +596,8 @@ class Sequential:
                  sample_weight: Any = None, lengths: Any = None) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` as Python floats (one host read); means weighted by
         ``sample_weight`` (n,) when given — over the valid positions of a per-position output (sequences as
-        in :meth:`fit`, ``lengths`` for padded ones)."""
+        in :meth:`fit`, ``lengths`` for padded ones).  X and y as :meth:`fit` takes them: raw rows for a model
+        that carries a :attr:`preprocessing`, labels as indices or class names."""
         return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight, lengths)
 
     def save(self, path: Any) -> None:
@@ -617,7 +621,9 @@ class Sequential:
         """The last layer's output for X, as an array of the model's backend (inference only).  X may be
         streamed (a memory-mapped array, a dataset, batches: :mod:`nnkit.data`): read a batch at a time
         (``batch_size``, default 4096 rows), the outputs joined (:func:`nnkit.data.predict`).  Sequences of
-        different lengths (a list, or padded with ``lengths``) give a padded output, zero at the padding."""
+        different lengths (a list, or padded with ``lengths``) give a padded output, zero at the padding.  A model
+        that carries a :attr:`preprocessing` takes raw rows (an array, a Table, a DataFrame by column name) and
+        fills and scales them itself, as every other method does: one form of X for all of them."""
         return data.predict(self, X, batch_size, lengths)
 
     # -- tables: raw rows in, class names out -------------------------------------------------

@@ -22,6 +22,15 @@ __all__ = ["Preprocessing", "IMPUTE", "predict_labels"]
 IMPUTE = ("mean", "median", "most_frequent")
 
 
+class MissingValueError(ValueError):
+    """A missing value (NaN) where the preprocessing has no fill: ``row`` (0-based) and ``column`` (its name)
+    say where; the message names the Python fix, and the command line words its own (``--impute``)."""
+
+    def __init__(self, message, row, column):
+        super().__init__(message)
+        self.row, self.column = row, column
+
+
 class Preprocessing:
     """Column names, fills, scaling and classes of a model trained on a table (see the module docstring).
 
@@ -68,7 +77,8 @@ class Preprocessing:
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (rows, features), got shape {X.shape}")
         if np.isinf(X).any():
-            raise ValueError("X contains infinity: only NaN marks a missing value")
+            row, col = (int(i) for i in np.argwhere(np.isinf(X))[0])
+            raise ValueError(f"X contains infinity, first at row {row}, column {col}: only NaN marks a missing value")
         pre = cls(feature_names, impute=impute, classes=classes, task=task, label=label)
         if impute is not None:
             pre.fill = np.array([_fill_value(X[:, j], impute) for j in range(X.shape[1])])
@@ -181,12 +191,11 @@ class Preprocessing:
             return X
         if self.fill is None:
             row, col = (int(i) for i in np.argwhere(missing)[0])
-            raise ValueError(
-                f"column {self._name(col)} has a missing value in row {row + 1} "
-                f"({int(missing[:, col].sum())} in that column, {int(missing.sum())} in all): fill them in, "
-                "or impute from the training rows: Preprocessing.fit(X_train, impute='mean'|'median'|'most_frequent') "
-                "(on the command line, nnkit train --impute ...)"
-            )
+            where = (f"column {self._name(col)} has a missing value in row {row + 1} "
+                     f"({int(missing[:, col].sum())} in that column, {int(missing.sum())} in all)")
+            raise MissingValueError(f"{where}: fill them in, or impute from the training rows: "
+                                    "Preprocessing.fit(X_train, impute='mean'|'median'|'most_frequent')",
+                                    row, self._name(col))
         return np.where(missing, self.fill, X)
 
     def _name(self, j):

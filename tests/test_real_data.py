@@ -125,7 +125,12 @@ def test_predict_matches_columns_by_name(capsys, tmp_path):
 def test_missing_values_are_named_or_imputed_from_the_training_part(capsys, tmp_path):
     gappy = _moons_csv(tmp_path / "gappy.csv", gaps=10)
     code, _, err = run(capsys, "train", "-q", "--data", gappy, "--label", "side")
-    assert code == 2 and "column 'a' has a missing value in row 5" in err
+    assert code == 2 and "column 'a' has a missing value in row 5" in err and "--impute" in err
+    assert "Preprocessing.fit" not in err  # the fix in the command line's words
+    table = nnkit.datasets.load_csv(gappy, label="side", missing="keep")
+    with pytest.raises(ValueError, match=r"impute='mean'") as info:  # and in Python's
+        nnkit.Preprocessing.fit(table.X, feature_names=table.feature_names)
+    assert "--impute" not in str(info.value)
     model = tmp_path / "m.npz"
     code, out, err = run(capsys, "train", "-q", "--data", gappy, "--label", "side", "--impute", "median",
                          "--hidden", "16", "--epochs", "20", "--save", model)

@@ -169,18 +169,22 @@ def test_gradcheck_of_conv_models_on_every_backend(net, make_backend):
     assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6
 
 
-def test_a_wrong_col2im_fails_the_gradient_check(monkeypatch):
+@pytest.mark.parametrize("backend", ["array_api_strict", "numpy"])
+def test_a_wrong_col2im_fails_the_gradient_check(monkeypatch, backend):
+    """The Array-API kernels' col2im and NumPy's own, each made wrong, are caught by gradcheck."""
+    pytest.importorskip(backend)
     rng = np.random.default_rng(4)
     model = nnkit.Sequential([nnkit.Conv1D(1, 2, 3), nnkit.Tanh(), nnkit.Conv1D(2, 2, 3), nnkit.Flatten(),
-                              nnkit.Dense(8, 2)], dtype="float64", seed=0)
+                              nnkit.Dense(8, 2)], dtype="float64", seed=0, backend=backend)
     X, y = rng.normal(size=(4, 1, 8)), rng.integers(0, 2, size=4)
     assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6
-    real = convolutional.fold
+    kernels = getattr(model.xp, "conv_kernels", convolutional.GENERIC_KERNELS)
+    real = kernels.fold
 
-    def last_tap_wins(xp, cols, *args):  # overlapping patches overwritten instead of added up
-        return real(xp, cols[:, :, -1:, ...], args[0], (1,), *args[2:])
+    def last_tap_wins(xp, cols, in_shape, kernel, *rest):  # overlapping patches overwritten instead of added up
+        return real(xp, cols[:, :, -1:, ...], in_shape, (1,), *rest)
 
-    monkeypatch.setattr(convolutional, "fold", last_tap_wins)
+    monkeypatch.setattr(kernels, "fold", last_tap_wins)
     assert nnkit.gradcheck(model, X, y, "cross_entropy") > 1e-2
 
 
@@ -314,7 +318,7 @@ def test_conv_compiled_and_mixed_precision_fits(backend, compile):
     h = mixed.fit(X.astype(np.float32), y, loss="cross_entropy", optimizer="adam", epochs=4, batch_size=32,
                   verbose=0, compile=compile)
     assert h["loss"][-1] < h["loss"][0]
-    assert mixed.layers[0]._cache is None or mixed.layers[0]._cache[1].dtype == mixed.xp.bfloat16
+    assert mixed.layers[0]._cache is None or mixed.layers[0]._cache[2].dtype == mixed.xp.bfloat16  # W in bf16
 
 
 def test_data_parallel_conv_fit_equals_one_process(tmp_path, monkeypatch):

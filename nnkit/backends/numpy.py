@@ -1,12 +1,80 @@
 """NumPy: the CPU backend, with array-api-compat's namespace made cheaper per call where a small step feels it."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..functional import register_namespace
 from .base import Backend, derived_namespace
 
 __all__ = ["NumpyBackend"]
+
+
+def _conv_kernels():
+    """NumPy's convolution kernels: the same unfolding and GEMM as the Array-API ones (the same numbers), the
+    unfolding made as one copy of a strided view (``sliding_window_view``) and its adjoint as in-place strided
+    additions, tap by tap in the same order, instead of stacked slices and concatenated zeros."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from ..layers.convolutional import ConvKernels
+
+    class NumpyConvKernels(ConvKernels):
+        def windows(self, X, kernel, stride, padding, dilation):
+            """The strided view (B, C, *out, *k) of X's patches (no copy)."""
+            n = len(kernel)
+            if any(padding):
+                X = np.pad(X, ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
+            spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+            win = sliding_window_view(X, spans, axis=tuple(range(2, 2 + n)))  # (B, C, *positions, *spans)
+            return win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)
+                       + tuple(slice(None, None, d) for d in dilation)]
+
+        def unfold(self, xp, X, kernel, stride, padding, dilation):
+            n = len(kernel)
+            win = self.windows(X, kernel, stride, padding, dilation)
+            out = win.shape[2:2 + n]
+            order = (0, 1) + tuple(range(2 + n, 2 + 2 * n)) + tuple(range(2, 2 + n))  # (B, C, *k, *out)
+            cols = np.ascontiguousarray(win.transpose(order))
+            return cols.reshape(X.shape[0], X.shape[1] * int(np.prod(kernel)), int(np.prod(out))), tuple(out)
+
+        def forward(self, xp, X, W, stride, padding, dilation, b=None):
+            """One GEMM over the B·P positions: cols (C·K, B·P), Z₂ = W₂·cols (+ b) (O, B·P), seen as (B, O, *out)."""
+            n, (B, C), O = len(stride), X.shape[:2], W.shape[0]
+            win = self.windows(X, tuple(W.shape[2:]), stride, padding, dilation)
+            out = tuple(win.shape[2:2 + n])
+            order = (1,) + tuple(range(2 + n, 2 + 2 * n)) + (0,) + tuple(range(2, 2 + n))  # (C, *k, B, *out)
+            cols = np.ascontiguousarray(win.transpose(order)).reshape(C * int(np.prod(W.shape[2:])), -1)
+            W2 = W.reshape(O, -1)
+            Z = W2 @ cols
+            if b is not None:
+                Z += b[:, None]  # in place on the fresh product
+            return Z.reshape((O, B) + out).swapaxes(0, 1), (cols, W2, tuple(X.shape[2:]))
+
+        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+            """dW₂ = dZ₂·colsᵀ and dcols = W₂ᵀ·dZ₂, one GEMM each over the B·P positions; col2im as in-place
+            strided additions, tap by tap."""
+            cols, W2, in_shape = saved
+            B, O, out = dZ.shape[0], dZ.shape[1], tuple(dZ.shape[2:])
+            dZ2 = np.ascontiguousarray(dZ.swapaxes(0, 1)).reshape(O, -1)  # (O, B·P)
+            dW = (dZ2 @ cols.T).reshape(W.shape)
+            db = np.add.reduce(dZ2, axis=1)
+            if not need_dX:
+                return dW, db, None
+            kernel = tuple(W.shape[2:])
+            dcols = (W2.T @ dZ2).reshape((W.shape[1], int(np.prod(kernel)), B) + out)  # (C, K, B, *out)
+            return dW, db, self.fold(xp, dcols.swapaxes(0, 2).swapaxes(1, 2), in_shape, kernel, stride, padding,
+                                     dilation)
+
+        def fold(self, xp, dcols, in_shape, kernel, stride, padding, dilation):
+            out = dcols.shape[3:]
+            padded = np.zeros(dcols.shape[:2] + tuple(n + 2 * p for n, p in zip(in_shape, padding)), dcols.dtype)
+            for t, offs in enumerate(itertools.product(*[range(k) for k in kernel])):
+                idx = tuple(slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offs, dilation, stride, out))
+                padded[(slice(None), slice(None)) + idx] += dcols[:, :, t]
+            return padded[(slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in zip(padding, in_shape))]
+
+    return NumpyConvKernels()
 
 
 def _namespace():
@@ -36,7 +104,7 @@ def _namespace():
             return x.astype(dtype, copy=copy)
         return compat.astype(x, dtype, copy=copy, device=device)
 
-    ns = derived_namespace(compat, "numpy_namespace", sum=sum, max=max, astype=astype)
+    ns = derived_namespace(compat, "numpy_namespace", sum=sum, max=max, astype=astype, conv_kernels=_conv_kernels())
     for kind in {np.ndarray, *np.sctypeDict.values()}:  # arrays and the 0-d scalars reductions return
         register_namespace(kind, ns)
     return ns

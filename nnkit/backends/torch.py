@@ -16,6 +16,41 @@ _THREAD = threading.local()  # per thread: the backend whose copies go through c
 _NAMESPACE = None
 
 
+def _conv_kernels(torch):
+    """PyTorch's own convolution kernels (oneDNN on the CPU, cuDNN on CUDA) for the three sums of the layer's
+    derivation: Z = W ⋆ X (``F.conv1d/2d``), dX = dZ ⊛ᵀ W (``F.conv_transpose1d/2d``, the output padding that
+    gives back the input's size), dW = X ⋆ dZ (the weight half of ``aten.convolution_backward``)."""
+    from ..layers.convolutional import ConvKernels
+
+    F = torch.nn.functional
+
+    class TorchConvKernels(ConvKernels):
+        def forward(self, xp, X, W, stride, padding, dilation, b=None):
+            conv = F.conv1d if W.dim() == 3 else F.conv2d
+            return conv(X, W, b, stride, padding, dilation), X
+
+        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+            """dX, dW and db in PyTorch's one backward kernel (dX its transposed convolution, dW its correlation)."""
+            n = W.dim() - 2
+            dX, dW, db = torch.ops.aten.convolution_backward(dZ, saved, W, [W.shape[0]], list(stride), list(padding),
+                                                             list(dilation), False, [0] * n, 1, [need_dX, True, True])
+            return dW, db, dX
+
+        def grad_weight(self, xp, saved, dZ, W, stride, padding, dilation):
+            n = W.dim() - 2
+            return torch.ops.aten.convolution_backward(dZ, saved, W, None, list(stride), list(padding),
+                                                       list(dilation), False, [0] * n, 1, [False, True, False])[1]
+
+        def grad_input(self, xp, saved, dZ, W, stride, padding, dilation):
+            n = W.dim() - 2
+            extra = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in
+                     zip(saved.shape[2:], dZ.shape[2:], stride, padding, dilation, W.shape[2:])]
+            transpose = F.conv_transpose1d if n == 1 else F.conv_transpose2d
+            return transpose(dZ, W, None, stride, padding, extra, 1, dilation)
+
+    return TorchConvKernels()
+
+
 def namespace():
     """array-api-compat's torch namespace, where ``maximum``/``minimum`` with a Python scalar call
     ``torch.clamp`` (compat turns the scalar into a device tensor: a blocking host-to-device copy on CUDA,
@@ -45,7 +80,8 @@ def namespace():
             return compat.astype(x, dtype, copy=copy, device=device)
 
         _NAMESPACE = derived_namespace(compat, "torch_namespace", maximum=clamping(compat.maximum, "min"),
-                                       minimum=clamping(compat.minimum, "max"), astype=astype)
+                                       minimum=clamping(compat.minimum, "max"), astype=astype,
+                                       conv_kernels=_conv_kernels(torch))
         register_namespace(torch.Tensor, _NAMESPACE)
     return _NAMESPACE
 

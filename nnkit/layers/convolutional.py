@@ -34,7 +34,7 @@ import numbers
 from ..init import get_initializer
 from .core import Layer, ShapeError, check_size
 
-__all__ = ["Conv1D", "Conv2D", "unfold", "fold", "conv_output_size"]
+__all__ = ["Conv1D", "Conv2D", "unfold", "fold", "conv_output_size", "ConvKernels"]
 
 
 def _ints(name, value, n, low):
@@ -123,6 +123,61 @@ def fold(xp, cols, in_shape, kernel, stride, padding, dilation):
     return total[(slice(None), slice(None)) + crop]
 
 
+class ConvKernels:
+    """The convolution sums a layer needs, written against the Array API (the unfolding and one GEMM); a backend
+    may put faster ones with the same numbers in its namespace as ``xp.conv_kernels`` (PyTorch's own
+    convolution kernels, a NumPy-specific unfolding) — the layer's derivation does not change:
+
+    * ``forward``: Z = W ⋆ X (the cross-correlation, no bias) (B, O, *out), and what the backward pass keeps;
+    * ``backward``: (dW, db, dX) — dW = X ⋆ dZ, the correlation of the input with the output's gradient
+      (O, C, *k) (``grad_weight``); db = Σ dZ over the batch and positions (O,); dX = dZ ⊛ᵀ W, the transposed
+      convolution of the gradient with the weights (B, C, *n) (``grad_input``), None unless asked for.
+    """
+
+    def unfold(self, xp, X, kernel, stride, padding, dilation):
+        """cols (B, C·K, P) of X (B, C, *n)."""
+        cols = unfold(xp, X, kernel, stride, padding, dilation)
+        return xp.reshape(cols, (cols.shape[0], cols.shape[1] * cols.shape[2], math.prod(cols.shape[3:]))), \
+            tuple(cols.shape[3:])
+
+    def fold(self, xp, dcols, in_shape, kernel, stride, padding, dilation):
+        """The adjoint of :meth:`unfold`: dcols (B, C, K, *out) → (B, C, *in_shape)."""
+        return fold(xp, dcols, in_shape, kernel, stride, padding, dilation)
+
+    def forward(self, xp, X, W, stride, padding, dilation, b=None):
+        """(Z (B, O, *out), saved): Z = W₂·cols(X) (+ b), W₂ = W as (O, C·K)."""
+        O, kernel = W.shape[0], tuple(W.shape[2:])
+        cols, out = self.unfold(xp, X, kernel, stride, padding, dilation)
+        W2 = xp.reshape(W, (O, cols.shape[1]))
+        Z = W2 @ cols
+        if b is not None:
+            Z = Z + xp.reshape(b, (O, 1))
+        return xp.reshape(Z, (X.shape[0], O) + out), (cols, W2, tuple(X.shape[2:]))
+
+    def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+        """(dW, db, dX) of the class docstring; dX None unless ``need_dX``."""
+        dW = self.grad_weight(xp, saved, dZ, W, stride, padding, dilation)
+        db = xp.sum(dZ, axis=(0,) + tuple(range(2, dZ.ndim)))
+        return dW, db, (self.grad_input(xp, saved, dZ, W, stride, padding, dilation) if need_dX else None)
+
+    def grad_weight(self, xp, saved, dZ, W, stride, padding, dilation):
+        """dW₂ = Σ_b dZ_b·cols_bᵀ (O, C·K), as W's (O, C, *k)."""
+        cols = saved[0]
+        dZ3 = xp.reshape(dZ, (dZ.shape[0], dZ.shape[1], -1))
+        return xp.reshape(xp.tensordot(dZ3, cols, axes=([0, 2], [0, 2])), tuple(W.shape))
+
+    def grad_input(self, xp, saved, dZ, W, stride, padding, dilation):
+        """dX = col2im(W₂ᵀ·dZ) (B, C, *n)."""
+        _, W2, in_shape = saved
+        B, O, out = dZ.shape[0], dZ.shape[1], tuple(dZ.shape[2:])
+        kernel = tuple(W.shape[2:])
+        dcols = xp.reshape(W2.T @ xp.reshape(dZ, (B, O, math.prod(out))), (B, W.shape[1], math.prod(kernel)) + out)
+        return self.fold(xp, dcols, in_shape, kernel, stride, padding, dilation)
+
+
+GENERIC_KERNELS = ConvKernels()
+
+
 class _Conv(Layer):
     """Shared by Conv1D and Conv2D (``n`` spatial axes)."""
 
@@ -174,33 +229,24 @@ class _Conv(Layer):
         return (self.out_channels,) + tuple(out)
 
     def forward(self, X, train=True):
-        """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype.  Keeps
-        cols(X) and W₂ for the backward pass when training."""
+        """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype — the sums
+        by the backend's convolution kernels (``xp.conv_kernels``) where it has them, the unfolding and one GEMM
+        otherwise (:class:`ConvKernels`).  Keeps what the backward pass needs when training."""
         xp = self.xp
-        cols = unfold(xp, X, self.kernel_size, self.stride, self.padding, self.dilation)
-        out = cols.shape[3:]
-        B, P = cols.shape[0], math.prod(out)
-        cols = xp.reshape(cols, (B, self._fan_in, P))
-        W2 = xp.reshape(self.compute(self.params["W"]), (self.out_channels, self._fan_in))
+        kernels = getattr(xp, "conv_kernels", GENERIC_KERNELS)
+        W = self.compute(self.params["W"])
+        Z, saved = kernels.forward(xp, X, W, self.stride, self.padding, self.dilation, self.compute(self.params["b"]))
         if train:
-            self._cache = (cols, W2, tuple(X.shape[2:]))
-        Z = W2 @ cols
-        Z = Z + xp.reshape(self.compute(self.params["b"]), (self.out_channels, 1))
-        return xp.reshape(Z, (B, self.out_channels) + tuple(out))
+            self._cache = (kernels, saved, W)
+        return Z
 
     def backward(self, dZ, need_dX=True):
-        """dW₂ = Σ_b dZ_b·cols_bᵀ (O, C·K), db = Σ_b Σ_positions dZ (O,), dX = col2im(W₂ᵀ·dZ) (B, C, *n)."""
-        xp = self.xp
-        cols, W2, in_shape = self._cache
-        B, O = dZ.shape[0], self.out_channels
-        out = tuple(dZ.shape[2:])
-        dZ3 = xp.reshape(dZ, (B, O, math.prod(out)))
-        dW2 = xp.tensordot(dZ3, cols, axes=([0, 2], [0, 2]))
-        self.grads = {"W": xp.reshape(dW2, self.params["W"].shape), "b": xp.sum(dZ3, axis=(0, 2))}
-        if not need_dX:
-            return None
-        dcols = xp.reshape(W2.T @ dZ3, (B, self.in_channels, math.prod(self.kernel_size)) + out)
-        return fold(xp, dcols, in_shape, self.kernel_size, self.stride, self.padding, self.dilation)
+        """dW = X ⋆ dZ (the correlation: dW₂ = Σ_b dZ_b·cols_bᵀ) (O, C, *k), db = Σ_b Σ_positions dZ (O,),
+        dX = dZ ⊛ᵀ W (the transposed convolution: col2im(W₂ᵀ·dZ)) (B, C, *n)."""
+        kernels, saved, W = self._cache
+        dW, db, dX = kernels.backward(self.xp, saved, dZ, W, self.stride, self.padding, self.dilation, need_dX)
+        self.grads = {"W": dW, "b": db}
+        return dX
 
     def to_onnx(self, g, x):
         """``Conv`` (W in the same (O, C, *k) layout, pads, strides, dilations)."""

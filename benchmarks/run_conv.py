@@ -1,0 +1,118 @@
+"""Convolutions forward + backward: nnkit on NumPy and on the torch backend beside PyTorch's own module, and
+NumPy's unfolding-plus-GEMM floor — alternating calls in one run.
+
+    python -m benchmarks.run_conv [--rounds 30] [--out FILE]
+
+Shapes (float32): FCN's Conv1D (B 16, 128 → 256 channels, L 151, k 5, padding 2), CIFAR's Conv2D (B 64, 3 → 32
+channels, 32 × 32, k 3, padding 1), MNIST-1D's small Conv1D (B 100, 1 → 25 channels, L 40, k 5, stride 2,
+padding 1).  Each call is the layer's forward (training) and backward with dX; PyTorch's is the module's
+forward and ``backward`` to the input.  The floor: one unfolding of X (a strided view copied once) and the three
+GEMMs of the derivation (Z = W₂·cols, dW₂ = dZ·colsᵀ, dcols = W₂ᵀ·dZ), with nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import nnkit
+from nnkit.bench import number_in, report
+
+SHAPES = {"FCN Conv1D": ((16, 128, 151), dict(out=256, k=5, stride=1, padding=2)),
+          "CIFAR Conv2D": ((64, 3, 32, 32), dict(out=32, k=3, stride=1, padding=1)),
+          "MNIST-1D Conv1D": ((100, 1, 40), dict(out=25, k=5, stride=2, padding=1))}
+
+
+def _layer(shape, spec):
+    n = len(shape) - 2
+    cls = nnkit.Conv1D if n == 1 else nnkit.Conv2D
+    return cls(shape[1], spec["out"], spec["k"], stride=spec["stride"], padding=spec["padding"])
+
+
+def nnkit_call(shape, spec, backend):
+    layer = _layer(shape, spec)
+    model = nnkit.Sequential([layer], backend=backend, dtype="float32", seed=0, input_shape=shape[1:])
+    rng = np.random.default_rng(0)
+    X = model.backend.asarray(rng.standard_normal(shape), dtype=model.backend.dtype)
+    dY = model.backend.asarray(np.ones((shape[0],) + model.output_shape(shape[1:])), dtype=model.backend.dtype)
+
+    def call():
+        layer.forward(X, train=True)
+        return layer.backward(dY, need_dX=True)
+
+    return call
+
+
+def torch_call(shape, spec):
+    import torch
+
+    n = len(shape) - 2
+    conv = (torch.nn.Conv1d if n == 1 else torch.nn.Conv2d)(shape[1], spec["out"], spec["k"], stride=spec["stride"],
+                                                            padding=spec["padding"])
+    x = torch.randn(*shape, requires_grad=True)
+    dy = torch.ones_like(conv(x))
+
+    def call():
+        conv(x).backward(dy)
+        x.grad = None
+
+    return call
+
+
+def floor_call(shape, spec):
+    """The unfolding (one copy of a strided view, (C·K, B·P)) and the three GEMMs over the B·P positions, in
+    NumPy, with the output's gradient given in the GEMM's layout: nothing else."""
+    from nnkit.backends.numpy import NAMESPACE as xp
+
+    kernels = xp.conv_kernels
+    n = len(shape) - 2
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal(shape).astype(np.float32)
+    k, s, p = (spec["k"],) * n, (spec["stride"],) * n, (spec["padding"],) * n
+    W = rng.standard_normal((spec["out"], shape[1]) + k).astype(np.float32)
+    W2 = W.reshape(spec["out"], -1)
+    _, (cols, _, _) = kernels.forward(xp, X, W, s, p, (1,) * n)
+    dZ2 = np.ones((spec["out"], cols.shape[1]), np.float32)
+
+    def call():
+        win = kernels.windows(X, k, s, p, (1,) * n)
+        order = (1,) + tuple(range(2 + n, 2 + 2 * n)) + (0,) + tuple(range(2, 2 + n))
+        c = np.ascontiguousarray(win.transpose(order)).reshape(W2.shape[1], -1)
+        return W2 @ c, dZ2 @ c.T, W2.T @ dZ2
+
+    return call
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=number_in("--rounds", 3, 10_000, int), default=30)
+    parser.add_argument("--out", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    rows = ["| shape | nnkit NumPy ms | its floor ms | NumPy / floor | nnkit torch backend ms | PyTorch ms | "
+            "torch backend / PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, (shape, spec) in SHAPES.items():
+        fns = {"numpy": nnkit_call(shape, spec, "numpy"), "floor": floor_call(shape, spec),
+               "torch_backend": nnkit_call(shape, spec, "torch"), "torch": torch_call(shape, spec)}
+        for fn in fns.values():
+            for _ in range(3):
+                fn()
+        times = {k: [] for k in fns}
+        for _ in range(args.rounds):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        m = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        rows.append(f"| {name} {shape} | {m['numpy']:.2f} | {m['floor']:.2f} | {m['numpy'] / m['floor']:.2f} | "
+                    f"{m['torch_backend']:.2f} | {m['torch']:.2f} | {m['torch_backend'] / m['torch']:.2f} | "
+                    f"{m['numpy'] / m['torch']:.2f} |")
+    report("\n".join(rows), args.out)
+
+
+if __name__ == "__main__":
+    main()

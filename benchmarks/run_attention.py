@@ -9,10 +9,8 @@ gives each median and the ratio nnkit / PyTorch (the goal for the attention laye
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from nnkit.bench import number_in, report
+from nnkit.bench import alternating_medians, number_in, report
 
 from .bench_attention import B, E, HEADS, T, nnkit_step, torch_step
 
@@ -25,17 +23,8 @@ def main(argv=None):
     rows = [f"B {B}, T {T}, E {E}, {HEADS} heads, causal, float32, forward + backward",
             "", "| layer | nnkit NumPy ms | PyTorch ms | nnkit / PyTorch |", "|---|---:|---:|---:|"]
     for kind in ("attention", "block"):
-        fns = {"nnkit": nnkit_step(kind), "torch": torch_step(kind)}
-        for fn in fns.values():
-            for _ in range(3):
-                fn()
-        times = {k: [] for k in fns}
-        for _ in range(args.rounds):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        a, b = statistics.median(times["nnkit"]), statistics.median(times["torch"])
+        m = alternating_medians({"nnkit": nnkit_step(kind), "torch": torch_step(kind)}, args.rounds)
+        a, b = m["nnkit"], m["torch"]
         rows.append(f"| {kind} | {a * 1e3:.2f} | {b * 1e3:.2f} | {a / b:.2f} |")
     report("\n".join(rows), args.out)
 

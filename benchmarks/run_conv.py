@@ -12,13 +12,11 @@ GEMMs of the derivation (Z = W₂·cols, dW₂ = dZ·colsᵀ, dcols = W₂ᵀ·d
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import nnkit
-from nnkit.bench import number_in, report
+from nnkit.bench import alternating_medians, number_in, report
 
 SHAPES = {"FCN Conv1D": ((16, 128, 151), dict(out=256, k=5, stride=1, padding=2)),
           "CIFAR Conv2D": ((64, 3, 32, 32), dict(out=32, k=3, stride=1, padding=1)),
@@ -98,16 +96,7 @@ def main(argv=None):
     for name, (shape, spec) in SHAPES.items():
         fns = {"numpy": nnkit_call(shape, spec, "numpy"), "floor": floor_call(shape, spec),
                "torch_backend": nnkit_call(shape, spec, "torch"), "torch": torch_call(shape, spec)}
-        for fn in fns.values():
-            for _ in range(3):
-                fn()
-        times = {k: [] for k in fns}
-        for _ in range(args.rounds):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        m = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        m = {k: 1e3 * v for k, v in alternating_medians(fns, args.rounds).items()}
         rows.append(f"| {name} {shape} | {m['numpy']:.2f} | {m['floor']:.2f} | {m['numpy'] / m['floor']:.2f} | "
                     f"{m['torch_backend']:.2f} | {m['torch']:.2f} | {m['torch_backend'] / m['torch']:.2f} | "
                     f"{m['numpy'] / m['torch']:.2f} |")

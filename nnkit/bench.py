@@ -719,6 +719,24 @@ def output_file(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def alternating_medians(fns, rounds, warm=3):
+    """``{name: median seconds}`` of the functions ``fns`` ({name: fn}) called in turn, ``rounds`` times each
+    after ``warm`` calls each: alternating, so that every one sees the same machine."""
+    import statistics
+    import time
+
+    for fn in fns.values():
+        for _ in range(warm):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def report(text, out=None):
     """Print a benchmark's table and, given ``out`` (a path), also write it there (atomically)."""
     from .files import atomic_write

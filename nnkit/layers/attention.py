@@ -56,6 +56,17 @@ def _causal(g, x):
                                 g.op("Unsqueeze", [t, g.ints([1], "axes")], "queries")], "causal")
 
 
+def _torch_masks(x, causal, lengths):
+    """PyTorch's boolean masks for self-attention over x (B, T, ·): (T, T) True above the diagonal (a later key)
+    when ``causal``, and (B, T) True at each sequence's padded keys when ``lengths`` is given (else None)."""
+    import torch
+
+    T = x.shape[1]
+    upper = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1) if causal else None
+    pad = None if lengths is None else torch.arange(T, device=x.device)[None, :] >= lengths.to(x.device)[:, None]
+    return upper, pad
+
+
 def _self_attention_class(nn):
     class SelfAttention(nn.Module):
         """y = mha(x, x, x) (``nn.MultiheadAttention``, batch_first), the causal mask when ``causal``, the key
@@ -69,12 +80,7 @@ def _self_attention_class(nn):
 
         def forward(self, x, lengths=None):
             """Self-attention over x (B, T, E)."""
-            import torch
-
-            T = x.shape[1]
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1) if self.causal else None
-            pad = None if lengths is None else \
-                torch.arange(T, device=x.device)[None, :] >= lengths.to(x.device)[:, None]
+            causal, pad = _torch_masks(x, self.causal, lengths)
             return self.mha(x, x, x, attn_mask=causal, key_padding_mask=pad, need_weights=False)[0]
 
     return SelfAttention
@@ -349,12 +355,7 @@ def _block_class(nn):
 
         def forward(self, x, lengths=None):
             """The block on x (B, T, E)."""
-            import torch
-
-            T = x.shape[1]
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1) if self.causal else None
-            pad = None if lengths is None else \
-                torch.arange(T, device=x.device)[None, :] >= lengths.to(x.device)[:, None]
+            causal, pad = _torch_masks(x, self.causal, lengths)
             return self.layer(x, src_mask=causal, src_key_padding_mask=pad, is_causal=self.causal)
 
     return TransformerBlock

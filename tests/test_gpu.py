@@ -50,6 +50,15 @@ def _torch_cuda():
     return torch
 
 
+def _float64_gpu(target):
+    """The float64 backend of ``target`` ("cupy" or "torch-cuda"), or a skip with the reason."""
+    if target == "cupy":
+        _cupy()
+        return nnkit.get_backend("cupy", dtype="float64")
+    _torch_cuda()
+    return nnkit.get_backend("torch", device="cuda", dtype="float64")
+
+
 def _data(n=512, d=20, k=4, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d)).astype(np.float32)
@@ -221,12 +230,7 @@ def test_bench_gpu_precision_rows(tmp_path):
 # -- convolution on the GPU ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
 def test_cnn_fit_on_the_gpu_equals_numpy(target):
-    if target == "cupy":
-        _cupy()
-        be = nnkit.get_backend("cupy", dtype="float64")
-    else:
-        torch = _torch_cuda()
-        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    be = _float64_gpu(target)
     (X, y), (Xt, yt) = nnkit.datasets.load_digits()
     runs = []
     for backend in (be, nnkit.get_backend("numpy", dtype="float64")):
@@ -245,12 +249,7 @@ def test_cnn_fit_on_the_gpu_equals_numpy(target):
 @pytest.mark.parametrize("target", ["cupy", "torch-cuda"])
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_recurrent_fit_on_the_gpu_equals_numpy(target, kind):
-    if target == "cupy":
-        _cupy()
-        be = nnkit.get_backend("cupy", dtype="float64")
-    else:
-        _torch_cuda()
-        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    be = _float64_gpu(target)
     X, y = _data(n=256)
     runs = []
     for backend in (be, nnkit.get_backend("numpy", dtype="float64")):
@@ -266,12 +265,7 @@ def test_recurrent_fit_on_the_gpu_equals_numpy(target, kind):
 def test_attention_on_the_gpu_equals_numpy(target):
     """A causal Transformer block with a tied head, on variable-length token sequences: the GPU fit equals
     NumPy's (float64; SGD, since Adam would magnify the round-off of the key bias's zero gradient)."""
-    if target == "cupy":
-        _cupy()
-        be = nnkit.get_backend("cupy", dtype="float64")
-    else:
-        _torch_cuda()
-        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    be = _float64_gpu(target)
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 11, size=n) for n in rng.integers(1, 9, size=64)]
     targets = [np.roll(s, -1) for s in seqs]
@@ -292,12 +286,7 @@ def test_attention_on_the_gpu_equals_numpy(target):
 def test_a_gpt_fits_and_generates_on_the_gpu(target):
     """A tiny character GPT on random windows: the GPU fit equals NumPy's (float64, SGD), and generation runs
     on the device, reproducible from its seed."""
-    if target == "cupy":
-        _cupy()
-        be = nnkit.get_backend("cupy", dtype="float64")
-    else:
-        _torch_cuda()
-        be = nnkit.get_backend("torch", device="cuda", dtype="float64")
+    be = _float64_gpu(target)
     from nnkit.text import CharTokenizer, TokenWindows
 
     text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20

@@ -12,9 +12,10 @@ __all__ = ["NumpyBackend"]
 
 
 def _conv_kernels():
-    """NumPy's convolution kernels: the same unfolding and GEMM as the Array-API ones (the same numbers), the
-    unfolding made as one copy of a strided view (``sliding_window_view``) and its adjoint as in-place strided
-    additions, tap by tap in the same order, instead of stacked slices and concatenated zeros."""
+    """NumPy's convolution kernels: the same unfolding and GEMMs as the Array-API ones, the unfolding made as one
+    copy of a strided view (``sliding_window_view``) laid out for one GEMM over all B·P positions, and its adjoint
+    as in-place strided additions, tap by tap in the same order, instead of stacked slices and concatenated
+    zeros."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     from ..layers.convolutional import ConvKernels
@@ -29,14 +30,6 @@ def _conv_kernels():
             win = sliding_window_view(X, spans, axis=tuple(range(2, 2 + n)))  # (B, C, *positions, *spans)
             return win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)
                        + tuple(slice(None, None, d) for d in dilation)]
-
-        def unfold(self, xp, X, kernel, stride, padding, dilation):
-            n = len(kernel)
-            win = self.windows(X, kernel, stride, padding, dilation)
-            out = win.shape[2:2 + n]
-            order = (0, 1) + tuple(range(2 + n, 2 + 2 * n)) + tuple(range(2, 2 + n))  # (B, C, *k, *out)
-            cols = np.ascontiguousarray(win.transpose(order))
-            return cols.reshape(X.shape[0], X.shape[1] * int(np.prod(kernel)), int(np.prod(out))), tuple(out)
 
         def forward(self, xp, X, W, stride, padding, dilation, b=None):
             """One GEMM over the B·P positions: cols (C·K, B·P), Z₂ = W₂·cols (+ b) (O, B·P), seen as (B, O, *out)."""

@@ -17,9 +17,9 @@ _NAMESPACE = None
 
 
 def _conv_kernels(torch):
-    """PyTorch's own convolution kernels (oneDNN on the CPU, cuDNN on CUDA) for the three sums of the layer's
-    derivation: Z = W ⋆ X (``F.conv1d/2d``), dX = dZ ⊛ᵀ W (``F.conv_transpose1d/2d``, the output padding that
-    gives back the input's size), dW = X ⋆ dZ (the weight half of ``aten.convolution_backward``)."""
+    """PyTorch's own convolution kernels (oneDNN on the CPU, cuDNN on CUDA) for the sums of the layer's
+    derivation: Z = W ⋆ X + b (``F.conv1d/2d``), and dX = dZ ⊛ᵀ W (its transposed convolution), dW = X ⋆ dZ,
+    db = Σ dZ in one ``aten.convolution_backward``."""
     from ..layers.convolutional import ConvKernels
 
     F = torch.nn.functional
@@ -35,18 +35,6 @@ def _conv_kernels(torch):
             dX, dW, db = torch.ops.aten.convolution_backward(dZ, saved, W, [W.shape[0]], list(stride), list(padding),
                                                              list(dilation), False, [0] * n, 1, [need_dX, True, True])
             return dW, db, dX
-
-        def grad_weight(self, xp, saved, dZ, W, stride, padding, dilation):
-            n = W.dim() - 2
-            return torch.ops.aten.convolution_backward(dZ, saved, W, None, list(stride), list(padding),
-                                                       list(dilation), False, [0] * n, 1, [False, True, False])[1]
-
-        def grad_input(self, xp, saved, dZ, W, stride, padding, dilation):
-            n = W.dim() - 2
-            extra = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in
-                     zip(saved.shape[2:], dZ.shape[2:], stride, padding, dilation, W.shape[2:])]
-            transpose = F.conv_transpose1d if n == 1 else F.conv_transpose2d
-            return transpose(dZ, W, None, stride, padding, extra, 1, dilation)
 
     return TorchConvKernels()
 

@@ -41,6 +41,53 @@ def register_namespace(kind, xp):
     _NAMESPACES[kind] = xp
 
 
+def scan(xp, body, carry, xs, reverse=False):
+    """The loop ``for t: carry, y_t = body(carry, x_t)`` over the leading axis of ``xs``; ``(carry, ys)``.
+
+    ``xs`` is a tuple (tuples nest) of arrays whose axis 0 is the loop's axis (None entries stay None in x_t);
+    ``ys`` holds each step's outputs stacked on axis 0, at their step's index (``reverse=True`` runs t from the
+    last to the first, as ``jax.lax.scan``).  A backend may give its namespace a ``scan`` with these
+    semantics — JAX's is ``lax.scan`` while a step is being compiled, so the loop is compiled once, not
+    unrolled T times; elsewhere this is a Python loop.
+    """
+    loop = getattr(xp, "scan", None)
+    if loop is not None:
+        return loop(body, carry, xs, reverse)
+    return python_scan(xp, body, carry, xs, reverse)
+
+
+def python_scan(xp, body, carry, xs, reverse=False):
+    """:func:`scan` as a Python loop (every backend's eager form)."""
+    leaves = [x for x in _leaves(xs) if x is not None]
+    if not leaves:
+        raise ValueError("scan needs at least one array in xs (its axis 0 is the loop's axis)")
+    T = leaves[0].shape[0]
+    ys = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        carry, ys[t] = body(carry, _tree_map(lambda x: None if x is None else x[t, ...], xs))
+    return carry, _stack_steps(xp, ys)
+
+
+def _leaves(tree):
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in _leaves(item)]
+    return [tree]
+
+
+def _tree_map(fn, tree):
+    if isinstance(tree, (tuple, list)):
+        return tuple(_tree_map(fn, item) for item in tree)
+    return fn(tree)
+
+
+def _stack_steps(xp, ys):
+    """Per-step outputs (tuples nest) stacked on a new axis 0, entry by entry."""
+    first = ys[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(_stack_steps(xp, [y[i] for y in ys]) for i in range(len(first)))
+    return None if first is None else xp.stack(ys, axis=0)
+
+
 def sigmoid(xp, z):
     """σ(z) = 1 / (1 + e^{-z}), computed from e = e^{-|z|} ∈ (0, 1]:
 

@@ -183,6 +183,69 @@ def test_compiled_and_mixed_precision_recurrent_fits():
         assert np.all(np.isfinite(hist["loss"]))
 
 
+def test_scan_is_lax_scan_in_python():
+    """``nnkit.functional.scan``'s loop (every backend's eager form) has ``lax.scan``'s semantics: outputs at
+    their step's index, ``reverse`` from the last step, None entries passed through, tuples nested."""
+    from nnkit.functional import python_scan
+
+    xs = (np.arange(12.0).reshape(4, 3), None, (np.arange(4.0),))
+
+    def body(c, x):
+        a, none, (b,) = x
+        assert none is None
+        return c * 2 + b, (a * c, (b + c,))
+
+    for reverse in (False, True):
+        carry, (ys, (zs,)) = python_scan(np, body, 1.0, xs, reverse=reverse)
+        c, want_y, want_z = 1.0, [None] * 4, [None] * 4
+        for t in (range(3, -1, -1) if reverse else range(4)):
+            want_y[t], want_z[t] = xs[0][t] * c, xs[2][0][t] + c
+            c = c * 2 + xs[2][0][t]
+        assert carry == c
+        np.testing.assert_array_equal(ys, np.stack(want_y))
+        np.testing.assert_array_equal(zs, np.stack(want_z))
+        if importlib.util.find_spec("jax") is not None:
+            import jax
+
+            jc, (jy, (jz,)) = jax.jit(lambda xs: jax.lax.scan(body, 1.0, xs, reverse=reverse))(xs)
+            np.testing.assert_allclose(np.asarray(jy), ys)
+            np.testing.assert_allclose(np.asarray(jz), zs)
+            assert float(jc) == carry
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_compiled_recurrence_is_one_loop_not_t_unrolled_copies(monkeypatch, kind):
+    """compile=True on JAX: the time loop is ``lax.scan`` — each cell's step and step back are traced a fixed
+    number of times whatever T (unrolled, they would be traced T times per direction) — and the compiled fit,
+    variable lengths included, equals the eager one to float32 round-off."""
+    pytest.importorskip("jax")
+    cls = getattr(nnkit, kind)
+    calls = {"step": 0, "back": 0}
+    step, back = cls._step, cls._step_back
+    monkeypatch.setattr(cls, "_step", lambda self, *a: calls.__setitem__("step", calls["step"] + 1) or step(self, *a))
+    monkeypatch.setattr(cls, "_step_back",
+                        lambda self, *a: calls.__setitem__("back", calls["back"] + 1) or back(self, *a))
+    counts = {}
+    for T in (5, 40):
+        seqs = [rng.standard_normal((t, 2)).astype(np.float32) for t in [T, T - 3, 2, T - 1] * 4]
+        y = rng.integers(0, 2, size=16)
+        runs = []
+        for compile_ in (False, True):
+            model = nnkit.Sequential([cls(2, 3, bidirectional=True, return_sequences=False), nnkit.Dense(6, 2)],
+                                     backend="jax", seed=0)
+            for k in calls:
+                calls[k] = 0
+            hist = model.fit(seqs, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(0.01), epochs=2,
+                             batch_size=16, verbose=0, compile=compile_, shuffle=False)
+            runs.append((hist["loss"], {k: to_np(v) for k, v in model.params().items()}))
+        counts[T] = dict(calls)
+        np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=2e-5)
+        for k, v in runs[0][1].items():
+            np.testing.assert_allclose(runs[1][1][k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    assert counts[5] == counts[40], counts  # the same traces at T = 5 and T = 40: one loop, compiled once
+    assert 0 < counts[40]["step"] <= 8 and 0 < counts[40]["back"] <= 8, counts
+
+
 def test_a_checkpoint_claiming_a_huge_hidden_size_is_refused_before_any_allocation(tmp_path):
     import tracemalloc
     import zipfile

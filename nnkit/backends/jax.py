@@ -5,7 +5,7 @@ import contextlib
 
 import numpy as np
 
-from .base import Backend
+from .base import Backend, derived_namespace
 
 __all__ = ["JaxBackend"]
 
@@ -18,6 +18,27 @@ def _load():
         raise RuntimeError("backend 'jax' needs JAX, which is not installed: pip install 'jax[cpu]' "
                            "(or 'jax[cuda12]' for NVIDIA GPUs)") from exc
     return jax, jnp
+
+
+_NAMESPACE: list = []  # jax.numpy with nnkit's additions, made on first use (importing JAX is slow)
+
+
+def _namespace():
+    """``jax.numpy`` with ``scan``: ``jax.lax.scan`` while a step is being compiled (the loop compiled once, not
+    unrolled), the Python loop of :func:`nnkit.functional.python_scan` on concrete arrays."""
+    if not _NAMESPACE:
+        jax, jnp = _load()
+        from ..functional import python_scan, register_namespace
+
+        def scan(body, carry, xs, reverse=False):
+            if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((carry, xs))):
+                return jax.lax.scan(body, carry, xs, reverse=reverse)
+            return python_scan(ns, body, carry, xs, reverse)
+
+        ns = derived_namespace(jnp, "jax_namespace", scan=scan)
+        register_namespace(type(jnp.zeros(0)), ns)  # jax.Array's concrete type
+        _NAMESPACE.append(ns)
+    return _NAMESPACE[0]
 
 
 def jax_device(spec, jax):
@@ -55,11 +76,15 @@ class JaxBackend(Backend):
         return getattr(module, "__name__", None) == "jax" or super().matches(module)
 
     @classmethod
+    def own_namespace(cls):
+        return _NAMESPACE[0] if _NAMESPACE else None
+
+    @classmethod
     def load(cls, device, dtype):
         jax, jnp = _load()
         dev = jax_device(device, jax)
         spec = f"{dev.platform}:{jax.devices(dev.platform).index(dev)}"  # picklable; jax_device turns it back
-        return cls(jnp, dev, dtype, spec)
+        return cls(_namespace(), dev, dtype, spec)
 
     def check_dtype(self, dtype_name):
         """float64 needs JAX's 64-bit mode (otherwise JAX silently computes in float32)."""

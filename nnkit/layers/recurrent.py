@@ -16,6 +16,11 @@ db_hh += Σ_B d(gates) and dh_{t−1} = d(gates)·W_hh + (the direct path); the 
 steps at the end: dW_ih = Σ_t d(gates_in)_tᵀ·x_t (one GEMM over B·T rows), db_ih = Σ d(gates_in), dX = d(gates_in)·W_ih.
 Each direction of a bidirectional layer is this on the reversed sequence, with its own weights.
 
+Both loops over t are written once as a step function handed to :func:`nnkit.functional.scan` (time on axis 0):
+a Python loop when the step runs eagerly, the backend's loop primitive when it is compiled — ``lax.scan`` on JAX
+with ``compile=True``, so the recurrence is compiled once, not unrolled into T copies, and the compile time does
+not grow with T.
+
 Under a mixed precision policy the input projection and the input side of the backward pass (dW_ih, dX: the
 large GEMMs over B·T rows) run in the compute dtype; the recurrence itself — the hidden-to-hidden products, the
 gate sums and nonlinearities, the states h and c and their gradients — stays in float32, where a long sequence
@@ -117,21 +122,24 @@ class _Recurrent(Layer):
             state = self._zero_state(xp, B, XW.dtype)  # the recurrence in the storage dtype (float32)
             M = None if mask is None else xp.astype(xp.flip(mask, axis=1) if d else mask, XW.dtype)[:, :, None]
             gate = M is not None and d  # the reverse direction: s_t = m_t ⊙ s̃_t keeps the zero state through padding
-            hs, steps = [], []
-            for t in range(T):
-                state, keep = self._step(xp, XW[:, t, :], state, p)
-                if gate and M is not None:
-                    state = tuple(M[:, t, :] * a for a in state)
-                hs.append(state[0])
-                steps.append(keep)
-            H = xp.stack(hs, axis=1)  # (B, T, H)
+
+            def step(state, x, p=p):
+                xw, m = x
+                state, keep = self._step(xp, xw, state, p)
+                if m is not None:
+                    state = tuple(m * a for a in state)
+                return state, (state[0], keep)
+
+            # the loop over t: the backend's loop primitive (compiled once under compile=True), time on axis 0
+            last, (hs, steps) = F.scan(xp, step, state, (_time_major(xp, XW), _time_major(xp, M) if gate else None))
+            H = _time_major(xp, hs)  # (B, T, H)
             if M is not None and not d:
                 H = H * M  # y_t = m_t ⊙ h_t: zero past each sequence's end
             outs.append(xp.flip(H, axis=1) if d else H)
             if M is not None and not d and not self.return_sequences:
                 finals.append(xp.sum(H * _last_step(xp, M), axis=1))  # h_n = Σ_t e_t ⊙ h_t
             else:
-                finals.append(hs[-1])
+                finals.append(last[0])
             caches.append((Xd, steps, M, H))
         if train:
             self._cache = caches
@@ -160,7 +168,8 @@ class _Recurrent(Layer):
         xp, H = self.xp, self.hidden_size
         dY = self.storage(dY)  # the recurrence's gradients in float32 under a mixed policy
         grads, dX = {}, None
-        record = getattr(self, "_record", None)  # explain's per-step view: [(direction, t, ∂L/∂h_t)]
+        record = getattr(self, "_record", None)  # explain's per-step view: [(direction, ∂L/∂h_t (T, B, H))]
+        recording = record is not None
         for d, suffix in enumerate(("", "_reverse")[:self.directions]):
             p = {k: self.params[k + suffix] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             Xd, steps, M, _ = self._cache[d]
@@ -177,26 +186,29 @@ class _Recurrent(Layer):
                 dH, dfinal = _last_step(xp, M) * dY[:, None, d * H:(d + 1) * H], None
             else:
                 dH, dfinal = None, dY[:, d * H:(d + 1) * H]
-            dW_hh = xp.zeros_like(p["weight_hh"])
-            db_hh = xp.zeros_like(p["bias_hh"])
             dstate = self._zero_state(xp, B, dY.dtype)
             if dfinal is not None:
                 dstate = (dfinal,) + dstate[1:]
-            dgates_in = [None] * T
-            for t in range(T - 1, -1, -1):
-                dh = dstate[0] if dH is None else dstate[0] + dH[:, t, :]
+
+            def step_back(carry, x, p=p):
+                dstate, dW_hh, db_hh = carry
+                dH_t, m, keep = x
+                dh = dstate[0] if dH_t is None else dstate[0] + dH_t
                 ds = (dh,) + dstate[1:]  # ds_t, the whole gradient of the carried state
-                if gate and M is not None:
-                    ds = tuple(M[:, t, :] * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
-                if record is not None:
-                    record.append((d, t, ds[0]))
-                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, ds, steps[t], p)
+                if m is not None:
+                    ds = tuple(m * a for a in ds)  # ds̃_t = m_t ⊙ ds_t
+                dgi, dgh, dstate_prev_direct, h_prev = self._step_back(xp, ds, keep, p)
                 dW_hh = dW_hh + dgh.T @ h_prev
                 db_hh = db_hh + xp.sum(dgh, axis=0)
                 dh_prev = dstate_prev_direct[0] + dgh @ p["weight_hh"]
-                dstate = (dh_prev,) + dstate_prev_direct[1:]
-                dgates_in[t] = dgi
-            dG = xp.reshape(xp.stack(dgates_in, axis=1), (B * T, self.gates * H))  # (B·T, G·H)
+                return ((dh_prev,) + dstate_prev_direct[1:], dW_hh, db_hh), (dgi, ds[0] if recording else None)
+
+            carry = (dstate, xp.zeros_like(p["weight_hh"]), xp.zeros_like(p["bias_hh"]))
+            xs = (None if dH is None else _time_major(xp, dH), _time_major(xp, M) if gate else None, steps)
+            (_, dW_hh, db_hh), (dG, dh_t) = F.scan(xp, step_back, carry, xs, reverse=True)  # t = T−1, ..., 0
+            if record is not None:
+                record.append((d, dh_t))  # (T, B, H): ∂L/∂h_t reaching each step
+            dG = xp.reshape(_time_major(xp, dG), (B * T, self.gates * H))  # (B·T, G·H)
             grads["weight_ih" + suffix] = self.storage(self.compute(dG).T @ xp.reshape(self.compute(Xd),
                                                                                     (B * T, self.input_size)))
             grads["bias_ih" + suffix] = xp.sum(dG, axis=0)
@@ -240,11 +252,10 @@ class _Recurrent(Layer):
             record = self._record
         finally:
             del self._record
-        xp, T = self.xp, self._cache[0][0].shape[1]
+        xp = self.xp
         norms = []
-        for d in range(self.directions):
-            by_t = {t: xp.sqrt(xp.sum(g * g)) for dd, t, g in record if dd == d}
-            n = xp.stack([by_t[t] for t in range(T)])
+        for d, dh in record:
+            n = xp.sqrt(xp.sum(dh * dh, axis=(1, 2)))
             norms.append(xp.flip(n, axis=0) if d else n)
         self._per_step(report, i, "‖∂L/∂h_t‖ (the gradient reaching each step, over the batch)", "dh_norm", norms,
                        "largest at t = {hi} ({vhi:.4g}), smallest at t = {lo} ({vlo:.4g}): a ratio far below 1 "
@@ -363,6 +374,11 @@ class _Recurrent(Layer):
         extra = (", bidirectional=True" if self.bidirectional else "") + \
             ("" if self.return_sequences else ", return_sequences=False")
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
+
+
+def _time_major(xp, A):
+    """(B, T, ·) ↔ (T, B, ·): the scan's loop runs over axis 0 (a view on NumPy)."""
+    return xp.permute_dims(A, (1, 0) + tuple(range(2, A.ndim)))
 
 
 def _last_step(xp, M):

@@ -421,6 +421,136 @@ def run_conv_report(targets, seconds=1.0, log=print):
 
 
 # -- timing ---------------------------------------------------------------------------------------
+EPOCH_BATCHES = 200  # the S epoch: 200 batches of 64
+EPOCHS = 5  # each timed call runs this many epochs (a fit's checks and set-up shared by them, as in real use)
+
+
+def _hand_scan_epoch(sizes, X, y, batch, lr=0.01):
+    """The S epoch written by hand in JAX and compiled whole (``lax.scan`` over the batches, ``jax.grad``,
+    plain SGD): the reference a compiled epoch is held to.  A no-argument callable running one epoch."""
+    import jax
+    import jax.numpy as jnp
+
+    key, params = jax.random.PRNGKey(0), []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        key, k = jax.random.split(key)
+        params.append((jax.random.normal(k, (a, b)) * (2.0 / (a + b)) ** 0.5, jnp.zeros(b)))
+    Xb = jnp.asarray(X.reshape(-1, batch, X.shape[1]))
+    yb = jnp.asarray(y.reshape(-1, batch))
+
+    def loss(params, x, t):
+        a = x
+        for i, (W, b) in enumerate(params):
+            a = a @ W + b
+            a = jax.nn.relu(a) if i < len(params) - 1 else a
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), t[:, None], axis=1))
+
+    @jax.jit
+    def epoch(params, Xb, yb):
+        def body(params, xt):
+            value, grads = jax.value_and_grad(loss)(params, *xt)
+            return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), value
+        params, values = jax.lax.scan(body, params, (Xb, yb))
+        return params, jnp.sum(values)
+
+    state = [params]
+
+    def run():
+        for _ in range(EPOCHS):
+            state[0], total = epoch(state[0], Xb, yb)
+        total.block_until_ready()
+    return run
+
+
+def epoch_callables(shape="S", log=print):
+    """``{library: {row: fn}}``: each fn runs :data:`EPOCHS` epochs of :data:`EPOCH_BATCHES` batches of ``shape``
+    (nnkit's as one ``fit`` call) — the NumPy GEMM floor (the step's nine GEMMs), nnkit's NumPy ``fit``, JAX
+    ``fit(compile=True)`` with the epoch compiled whole and step by step, the hand-written ``lax.scan`` epoch and
+    PyTorch's own eager loop (the libraries that are installed)."""
+    sizes, batch = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    n = batch * EPOCH_BATCHES
+    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], size=n)
+    groups = {"numpy": {}, "jax": {}, "torch": {}}
+    Ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+    Xs = [rng.standard_normal((batch, a)).astype(np.float32) for a in sizes[:-1]]
+    dZs = [rng.standard_normal((batch, b)).astype(np.float32) for b in sizes[1:]]
+
+    def floor():
+        for _ in range(EPOCH_BATCHES * EPOCHS):
+            for W, A, dZ in zip(Ws, Xs, dZs):
+                A @ W, A.T @ dZ, dZ @ W.T
+
+    groups["numpy"]["GEMM floor (NumPy, the step's nine GEMMs)"] = floor
+
+    def fit_epoch(backend, compile=False, every_batch=False):
+        model = mlp(sizes, backend)
+        opt = SGD(0.01)
+        Xd, yd = model.backend.asarray(X, dtype=model.backend.dtype), model.backend.asarray(y)
+        hooks = [_EveryBatch()] if every_batch else []
+
+        def run():
+            model.fit(Xd, yd, loss="cross_entropy", optimizer=opt, epochs=EPOCHS, batch_size=batch, verbose=0,
+                      compile=compile, metrics=[], callbacks=hooks)
+        return run
+
+    groups["numpy"]["nnkit fit, NumPy"] = fit_epoch("numpy")
+    for name, why in (("jax", why_unavailable("jax")), ("torch", why_unavailable("torch"))):
+        if why:
+            log(f"epoch report: no {name} ({why})")
+    if not why_unavailable("jax"):
+        groups["jax"]["nnkit fit, JAX, compile=True (the epoch compiled whole)"] = fit_epoch("jax", True)
+        groups["jax"]["nnkit fit, JAX, compile=True, step by step"] = fit_epoch("jax", True, True)
+        groups["jax"]["hand-written JAX epoch (lax.scan, compiled whole)"] = _hand_scan_epoch(sizes, X, y, batch)
+    if not why_unavailable("torch"):
+        import torch
+
+        net = torch.nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:])
+                                    for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1])
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+        steps = [_eager_step(torch, net, opt, Xt[s:s + batch], yt[s:s + batch]) for s in range(0, n, batch)]
+
+        def torch_epoch():
+            for _ in range(EPOCHS):
+                for step in steps:
+                    step()
+        groups["torch"]["PyTorch's own eager loop"] = torch_epoch
+    return {g: fns for g, fns in groups.items() if fns}
+
+
+def run_epoch_report(seconds=1.0, log=print, shape="S"):
+    """Rows ``{"what", "step"}``: seconds per step of each of :func:`epoch_callables`, timed in one run, each
+    alternating with the others (:func:`measure`)."""
+    groups = epoch_callables(shape, log)
+    log(f"epoch report: shape {shape}, {EPOCHS} epochs of {EPOCH_BATCHES} batches of {SHAPES[shape][1]}")
+    times = measure(groups, seconds=5 * seconds)
+    return [{"what": name, "step": t / (EPOCH_BATCHES * EPOCHS)} for name, t in times.items()]
+
+
+class _EveryBatch(nnkit.Callback):
+    """A callback that asks for every batch: the compiled epoch then runs step by step."""
+
+    def on_batch_end(self, batch=None, logs=None):
+        pass
+
+
+def epoch_markdown(rows, shape="S"):
+    """The epoch table: per step, against the NumPy GEMM floor and against the hand-written compiled epoch."""
+    sizes, batch = SHAPES[shape]
+    by = {r["what"]: r["step"] for r in rows}
+    floor = next((t for k, t in by.items() if k.startswith("GEMM floor")), None)
+    hand = next((t for k, t in by.items() if k.startswith("hand-written")), None)
+    L = [f"## A small network's epoch, {shape} ({'-'.join(map(str, sizes))}, batch {batch}, plain SGD, "
+         f"{EPOCH_BATCHES} batches; one fit of {EPOCHS} epochs), float32, median per step", "",
+         "| what | µs per step | × the NumPy GEMM floor | × the hand-written compiled epoch |", "|---|---:|---:|---:|"]
+    for what, t in by.items():
+        L.append(f"| {what} | {t * 1e6:.1f} | {t / floor:.2f} | " + (f"{t / hand:.2f} |" if hand else "— |"))
+    return L
+
+
 def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
     """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: s}``.
 
@@ -650,6 +780,8 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
         peers = [r for r in results["cnn"] if r["target"] in PEERS and r["peer"] is not None]
         for r in peers:
             L.append(f"| {r['target']} eager (peer) | {_fmt_time(r['peer'])} | — |")
+    if results.get("epoch"):
+        L += [""] + epoch_markdown(results["epoch"])
     if results["sweep"]:
         batches = sorted({r["batch"] for r in results["sweep"]})
         series = sorted({(r["target"], r["kernel"]) for r in results["sweep"]})
@@ -787,6 +919,8 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
                    help="dtypes and precision policies (default: all; --quick: float32 mixed_bfloat16 tf32)")
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep (and the plot)")
     p.add_argument("--no-conv", action="store_true", help="skip the convolution kernels and the CNN step")
+    p.add_argument("--no-epoch", action="store_true", help="skip the small network's epoch (S): NumPy fit, JAX's "
+                   "compiled epoch and step, the hand-written lax.scan epoch and PyTorch's loop against the GEMM floor")
     p.add_argument("--seconds", type=positive_seconds, default=None,
                    help="timing per callable, in seconds (default: 1; --quick: 0.05); more gives steadier ratios")
     p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
@@ -805,6 +939,8 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     if not args.no_conv:
         results.update(run_conv_report(results["targets"], seconds=seconds,
                                        log=lambda m: print(m, file=sys.stderr, flush=True)))
+    if not args.no_epoch:
+        results["epoch"] = run_epoch_report(seconds=seconds, log=lambda m: print(m, file=sys.stderr, flush=True))
     plot_name = None
     if results["sweep"]:
         try:

@@ -54,6 +54,12 @@ class Callback:
     def on_train_end(self):
         """Called once after training (also after early stopping or Ctrl-C)."""
 
+    def needs_every_batch(self):
+        """Whether ``on_batch_end`` must run after every batch: True when the callback overrides it.  ``fit(...,
+        compile=True)`` runs an epoch whole, as one compiled loop, only when no callback needs every batch;
+        a callback answering False is then called once, after the epoch's last batch (``batch`` its index)."""
+        return getattr(self.on_batch_end, "__func__", None) is not Callback.on_batch_end
+
 
 class History(dict):
     """``history["loss"]``, ``history["val_loss"]``, one list per metric, and ``history["time"]``
@@ -227,11 +233,15 @@ class ProgbarLogger(Callback):
         self.bar = _Progress(int(self.verbose), n_batches, epochs, first_epoch)
 
     def on_epoch_begin(self, epoch):
-        self.t0 = time.perf_counter()
+        self.t0, self._done = time.perf_counter(), 0
         self.bar.start(epoch)
 
     def on_batch_end(self, batch=None, logs=None):
-        self.bar.step()
+        self.bar.step(1 if batch is None else batch + 1 - self._done)  # to the batch's end: once per epoch is enough
+        self._done = self._done + 1 if batch is None else batch + 1
+
+    def needs_every_batch(self):
+        return False  # a compiled epoch moves the bar once, to its end
 
     def on_epoch_end(self, epoch, logs):
         self.bar.end(epoch, {**logs, "time": time.perf_counter() - self.t0})
@@ -299,10 +309,10 @@ class _Progress:
                 self.bar = self.tqdm(total=self.total, unit="batch", leave=True, dynamic_ncols=True)
             self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
 
-    def step(self):
-        self.done += 1
+    def step(self, count=1):
+        self.done += count
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(count)
         elif self.text_bar:
             now = time.perf_counter()
             if now - self.last_draw > 0.1 or self.done == self.total:
@@ -599,6 +609,9 @@ class CosineLR(_Schedule):
         self._epoch = epoch
         if self.steps_per_epoch is not None:
             self.optimizer.lr = self.lr_at(epoch * self.steps_per_epoch)
+
+    def needs_every_batch(self):
+        return self.steps_per_epoch is not None  # per step: the rate changes after every batch
 
     def on_batch_end(self, batch=None, logs=None):
         """Per step: the rate of the next step."""

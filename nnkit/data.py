@@ -1046,6 +1046,27 @@ class FitData:
                 batch = _trimmed(batch, longest, int(self.X.shape[1]))
             yield batch + (share, e)
 
+    def whole_epochs(self):
+        """True when an epoch's batches can be made on the device at once, for a step that runs the epoch
+        whole: dense arrays in memory on one process, rows of one length (no sequences of varying length)."""
+        return (self.stream is None and self.X is not None and not is_sparse(self.X) and not self.parallel
+                and self.lengths is None and self.M is None and self.steps_per_epoch is None)
+
+    def epoch_plan(self):
+        """One epoch for a step that runs it whole (:meth:`whole_epochs`): ``(idx, last)`` — the full batches' row
+        indices (batches, B) sent to the device at once (None when no batch is full) and the last, shorter batch
+        (X_b, T_b, W_b) or None.  The order is :meth:`batches`' own, drawn the same way from the model's
+        generator, so a compiled epoch sees the batches an eager one does."""
+        xp, n, B = self.xp, self.n, self.batch_size
+        perm = self.model.rng.permutation(n) if self.shuffle else np.arange(n)
+        full = n // B * B
+        idx = self.be.asarray(perm[:full].reshape(-1, B)) if full else None
+        last = None
+        if full < n:
+            rows = self.be.asarray(perm[full:])
+            last = tuple(None if A is None else xp.take(A, rows, axis=0) for A in (self.X, self.T, self.W))
+        return idx, last
+
     def validation_sums(self, nothing):
         """The :class:`nnkit.metrics.BatchStats` of this rank's share of the validation data (``nothing`` when it
         has no rows), on the device."""

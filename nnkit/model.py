@@ -270,6 +270,12 @@ class Sequential:
         """Live buffer arrays (running statistics: saved and moved, never trained), keyed like ``params()``."""
         return {key: layer.buffers[name] for key, (layer, name) in self._buffer_slots.items()}
 
+    def clear_scratch(self) -> None:
+        """Forget what the last forward and backward passes kept (every layer's cache and gradients)."""
+        for layer in self.layers:
+            for sub in layer.sublayers():
+                sub._cache, sub.grads = None, {}
+
     def snapshot(self) -> dict[str, Array]:
         """Device copies of the parameters and buffers, for ``_assign`` to put back later."""
         xp = self.xp

@@ -20,7 +20,8 @@ from .distributed import allreduce_grads
 from .metrics import BatchStats
 from .precision import LossScaler
 
-__all__ = ["StepState", "train_step", "batch_grads", "update", "make_step"]
+__all__ = ["StepState", "train_step", "batch_grads", "update", "make_step", "Step", "EagerStep", "CompiledStep",
+           "AccumulatingStep"]
 
 
 class StepState:
@@ -122,7 +123,47 @@ def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hoo
     return StepState(params, opt, state.buffers, state.key, scaler)
 
 
-class _Accumulator:
+class Step:
+    """What :func:`make_step` returns: ``step(X, T, share=1.0, w=None, mask=None) -> BatchStats | None`` runs
+    one batch through the model and its optimizer.  ``compiled`` says whether the step is compiled, ``traces``
+    how often it was traced; ``flush()`` ends an epoch (the last group of accumulated batches), ``reset()``
+    forgets what an epoch undone had begun.  :meth:`epoch` runs a whole epoch of in-memory batches at once
+    where the step can (a compiled step on a backend with a loop primitive) and is None elsewhere."""
+
+    compiled = False
+    traces = 0
+
+    def __call__(self, X, T, share=1.0, w=None, mask=None):
+        raise NotImplementedError
+
+    def flush(self):
+        """The epoch's end: nothing to do but for an accumulating step."""
+
+    def reset(self):
+        """An epoch undone: nothing kept but by an accumulating step."""
+
+    epoch = None
+
+
+class EagerStep(Step):
+    """:func:`train_step` on the model's own state, run as it comes (NumPy, CuPy, torch; any backend with
+    ``compile=False``)."""
+
+    def __init__(self, model, loss, optimizer, regularizer, metric_fns, comm, grad_hooks):
+        self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
+        self.metric_fns, self.comm, self.grad_hooks = metric_fns, comm, grad_hooks
+
+    def __call__(self, X, T, share=1.0, w=None, mask=None):
+        model, optimizer = self.model, self.optimizer
+        _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=self.loss,
+                                    optimizer=optimizer, regularizer=self.regularizer, metric_fns=self.metric_fns,
+                                    comm=self.comm, share=share, w=w, grad_hooks=self.grad_hooks, mask=mask)
+        optimizer.state = state.opt
+        model._scaler = state.scaler
+        return sums
+
+
+class AccumulatingStep(Step):
     """Gradient accumulation: ``accumulate`` batches' gradients summed as Σ_b W_b·g_b (W_b the batch's rows or
     Σw), then one update with Σ_b W_b·g_b / Σ_b W_b — the mean gradient of the batches taken together, i.e.
     one step on a batch ``accumulate`` times larger (to round-off, for every optimizer: clipping, moments and
@@ -132,7 +173,6 @@ class _Accumulator:
         self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
         self.metric_fns, self.grad_hooks, self.every = metric_fns, grad_hooks, every
         self.sum, self.weight, self.count = None, None, 0
-
     def __call__(self, X, T, share=1.0, w=None, mask=None):
         model = self.model
         state = StepState.of(model, self.optimizer)
@@ -172,14 +212,102 @@ class _Accumulator:
         self.sum, self.weight, self.count = None, None, 0
 
 
+class CompiledStep(Step):
+    """:func:`train_step` as a pure function of its state, compiled by the backend (``jax.jit``):
+    ``(params, moments, buffers, key, scale, X, T, lr, w, mask) -> (batch sums, params, moments, buffers, key,
+    scale)``.  The learning rate is an argument, so schedules keep acting; shapes are the only thing traced, so
+    an epoch's full batches and its last, shorter batch are traced once each, never again in later epochs.
+
+    While it is traced the layers hold the traced parameters and keep traced values in their caches; once the
+    trace is done the model gets its own arrays back and the caches are emptied, so nothing traced outlives the
+    trace.
+
+    :meth:`epoch` runs an epoch's full batches as one compiled loop (the backend's ``scan``: ``lax.scan`` on
+    JAX): the data already on the device, the epoch's order sent once as (batches, B) row indices, the state
+    carried from batch to batch on the device and the batches' sums added there — one dispatch for the epoch
+    instead of one per batch.  The last, shorter batch is one more call of the compiled step."""
+
+    compiled = True
+
+    def __init__(self, model, loss, optimizer, regularizer, metric_fns):
+        self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
+        self.metric_fns = metric_fns
+        be = model.backend
+        self._step = be.compile(self._pure)
+        self._epoch = be.compile(self._pure_epoch) if callable(getattr(model.xp, "scan", None)) else None
+        if self._epoch is None:
+            self.epoch = None
+
+    def _pure(self, params, opt, buffers, key, scaler, X, T, lr, w, mask):
+        """One step as a pure function (see the class docstring); runs only while the backend traces it."""
+        model = self.model
+        self.traces += 1
+        before = ({**model.params(), **model.buffers()}, model._random_key)
+        try:
+            model.assign({**params, **buffers})
+            model._random_key = key
+            _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr,
+                                        loss=self.loss, optimizer=self.optimizer, regularizer=self.regularizer,
+                                        metric_fns=self.metric_fns, w=w, mask=mask)
+            stats = None if sums is None else sums.as_tuple()  # plain arrays: what a compiled function returns
+            return stats, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
+        finally:  # nothing traced stays in the model
+            model.assign(before[0])
+            model._random_key = before[1]
+            model.clear_scratch()
+
+    def _pure_epoch(self, params, opt, buffers, key, scaler, X, T, W, idx, lr):
+        """The full batches of an epoch: ``idx`` (batches, B) row indices, one step per row of ``idx`` carried
+        through the backend's loop; returns the sums over the batches and the state after the last."""
+        xp = self.model.xp
+        rows = xp.reshape(idx, (-1,))
+
+        def batched(A):  # the epoch's rows in its order, (batches, B, ...): one gather for the epoch
+            return None if A is None else xp.reshape(xp.take(A, rows, axis=0), tuple(idx.shape) + tuple(A.shape[1:]))
+
+        def body(carry, batch):
+            p, o, b, k, s = carry
+            xb, tb, wb = batch
+            stats, p, o, b, k, s = self._pure(p, o, b, k, s, xb, tb, lr, wb, None)
+            return (p, o, b, k, s), stats
+
+        (params, opt, buffers, key, scaler), (weight, loss, metrics) = xp.scan(
+            body, (params, opt, buffers, key, scaler), (batched(X), batched(T), batched(W)))
+        collect = [m.collect for _, m in self.metric_fns]  # per batch (batches, ...): summed, or joined (collected)
+        metrics = [[xp.reshape(a[0], (-1,) + tuple(a[0].shape[2:]))] if c else xp.sum(a, axis=0)
+                   for a, c in zip(metrics, collect)]
+        return (xp.sum(weight, axis=0), xp.sum(loss, axis=0), metrics), params, opt, buffers, key, scaler
+
+    def _state(self):
+        model = self.model
+        if model._random_key is None and model.needs_random:
+            model.reseed()
+        return model.params(), self.optimizer.state, model.buffers(), model._random_key, model._scaler
+
+    def _keep(self, out):
+        """The compiled function's new state written back into the model and optimizer; the sums."""
+        sums, params, opt, buffers, key, scaler = out
+        model = self.model
+        model.assign({**params, **buffers})
+        model._random_key = key
+        model._scaler = scaler
+        self.optimizer.state = opt
+        return None if sums is None else BatchStats.from_tuple(sums, self.metric_fns)
+
+    def __call__(self, X, T, share=1.0, w=None, mask=None):
+        return self._keep(self._step(*self._state(), X, T, self.optimizer.lr, w, mask))
+
+    def epoch(self, X, T, W, idx):
+        """One compiled loop over the full batches ``idx`` (batches, B) of the device arrays X, T and W (or None);
+        the batches' summed :class:`nnkit.metrics.BatchStats`."""
+        return self._keep(self._epoch(*self._state(), X, T, W, idx, self.optimizer.lr))
+
+
 def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=None, compile=False, grad_hooks=(),
               accumulate=1):
-    """A ``run(X, T, share, w, mask) -> sums`` for ``fit``: one step on the model and its optimizer.
-
-    ``compile=True`` compiles the step where the backend can (``Backend.compile``; JAX's ``jax.jit``)
-    and runs it eagerly elsewhere; ``run.compiled`` says which, ``run.traces`` counts the traces.
-    ``accumulate=N`` updates every N batches with their joined gradient (:class:`_Accumulator`); ``run.flush()``
-    updates with what is left at an epoch's end.
+    """The :class:`Step` ``fit`` runs: an :class:`EagerStep`, a :class:`CompiledStep` (``compile=True`` where
+    the backend compiles, ``Backend.compile``: JAX's ``jax.jit``) or, with ``accumulate=N``, an
+    :class:`AccumulatingStep` that updates every N batches with their joined gradient.
     """
     metric_fns = list(metric_fns)
     if accumulate > 1:
@@ -188,66 +316,22 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
         if model._scaler is not None:
             raise ValueError("accumulate > 1 with mixed_float16's loss scaling is not supported: use "
                              "mixed_bfloat16, or accumulate=1")
-        run = _Accumulator(model, loss, optimizer, regularizer, metric_fns, grad_hooks, accumulate)
-        run.compiled, run.traces = False, 0
-        return run
-
-    def eager(X, T, share=1.0, w=None, mask=None):
-        _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=loss,
-                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns,
-                                    comm=comm, share=share, w=w, grad_hooks=grad_hooks, mask=mask)
-        optimizer.state = state.opt
-        model._scaler = state.scaler
-        return sums
-
-    eager.flush = eager.reset = lambda: None
-    if not compile:
-        eager.compiled, eager.traces = False, 0
-        return eager
+        return AccumulatingStep(model, loss, optimizer, regularizer, metric_fns, grad_hooks, accumulate)
+    be = model.backend
+    if not compile or not be.compiles:
+        return EagerStep(model, loss, optimizer, regularizer, metric_fns, comm, grad_hooks)
     if comm is not None:
         raise ValueError("compile=True with a communicator (data-parallel fit) is not supported: the "
                          "all-reduce runs outside the compiled step; use compile=False with comm")
     if grad_hooks:
         raise ValueError("compile=True with a callback that watches gradients (GradientStats) is not supported: "
                          "a compiled step has no gradients to show; use compile=False")
-
-    def pure(params, opt, buffers, key, scaler, X, T, lr, w, mask):
-        run.traces += 1  # runs only while the backend traces the function
-        model.assign({**params, **buffers})
-        model._random_key = key
-        _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr, loss=loss,
-                                    optimizer=optimizer, regularizer=regularizer, metric_fns=metric_fns, w=w,
-                                    mask=mask)
-        stats = None if sums is None else sums.as_tuple()  # plain arrays: what a compiled function returns
-        return stats, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
-
-    be = model.backend
-    if not be.compiles:
-        eager.compiled, eager.traces = False, 0
-        return eager
     frozen = model.frozen_keys()
     trained = {k: p for k, p in model.params().items() if k not in frozen}
     optimizer.init_states(optimizer.state, trained, be)  # every moment exists, t arrays: one trace
     key = (id(be), tuple(sorted(frozen)), model.precision, type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
            tuple(sorted((k, repr(v)) for k, v in optimizer.hyperparameters().items() if k != "lr")))
     cache = model.__dict__.setdefault("_compiled_steps", {})  # fit after fit reuses the traces
-    if key in cache:
-        return cache[key]
-    compiled = be.compile(pure)
-
-    def run(X, T, share=1.0, w=None, mask=None):
-        if model._random_key is None and model.needs_random:
-            model.reseed()
-        sums, params, opt, buffers, key, scaler = compiled(model.params(), optimizer.state, model.buffers(),
-                                                           model._random_key, model._scaler, X, T, optimizer.lr, w,
-                                                           mask)
-        model.assign({**params, **buffers})
-        model._random_key = key
-        model._scaler = scaler
-        optimizer.state = opt
-        return None if sums is None else BatchStats.from_tuple(sums, metric_fns)
-
-    run.compiled, run.traces = True, 0
-    run.flush = run.reset = lambda: None
-    cache[key] = run
-    return run
+    if key not in cache:
+        cache[key] = CompiledStep(model, loss, optimizer, regularizer, metric_fns)
+    return cache[key]

@@ -108,6 +108,9 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
                  if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
     every, steps = run.log_every_n_steps, 0  # steps: counted over the whole fit, for the logging steps
+    # compile=True: an epoch runs whole, one compiled loop on the device, when nothing needs each batch
+    whole = run.step.epoch is not None and run.data.whole_epochs() and not every \
+        and not any(_needs_every_batch(cb) for cb in hooks)
     for cb in hooks:
         cb.history = history
     for cb in hooks:
@@ -121,7 +124,12 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 cb.on_epoch_begin(epoch)
             sums, seen = None, 0
             try:
-                for i, (xb, tb, wb, mb, share, seen) in enumerate(run.batches()):
+                if whole:
+                    sums, seen = run.whole_epoch(), run.n
+                    steps += run.data.n_batches()
+                    for hook, takes_logs in per_batch:  # those that need no more: once, after the last batch
+                        hook(run.data.n_batches() - 1, None) if takes_logs else hook()
+                for i, (xb, tb, wb, mb, share, seen) in enumerate(() if whole else run.batches()):
                     batch = run.step(xb, tb, share, wb, mb)
                     sums = sums if batch is None else sums + batch
                     steps += 1
@@ -183,6 +191,15 @@ def _terminate(run, model, safe, epoch, hooks):
     sys.stderr.write(f"nnkit: SIGTERM: training stopped after the current step; {where}\n")
     sys.stderr.flush()
     raise Terminated(143)
+
+
+def _needs_every_batch(cb):
+    """Whether a callback's ``on_batch_end`` must run after every batch (:meth:`Callback.needs_every_batch`; a
+    duck-typed callback that defines ``on_batch_end`` does)."""
+    if getattr(cb.on_batch_end, "__func__", None) is Callback.on_batch_end:
+        return False
+    asks = getattr(cb, "needs_every_batch", None)
+    return bool(asks()) if callable(asks) else True
 
 
 def _takes_logs(hook):
@@ -292,6 +309,15 @@ class _Run:
             for hook in ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_train_end"):
                 if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
                     setattr(cb, hook, getattr(Callback(), hook))
+
+    def whole_epoch(self):
+        """An epoch as one compiled loop over its full batches (the step's :meth:`~nnkit.step.Step.epoch`) and
+        one step for its last, shorter batch: the epoch's summed :class:`nnkit.metrics.BatchStats`."""
+        idx, last = self.data.epoch_plan()
+        sums = None if idx is None else self.step.epoch(self.data.X, self.data.T, self.data.W, idx)
+        if last is not None:
+            sums = sums + self.step(last[0], last[1], 1.0, last[2], None)
+        return sums
 
     def step_logs(self, batch):
         """A step's loss and metrics as Python floats (this rank's batch): the one read of a logging step."""

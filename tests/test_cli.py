@@ -152,6 +152,8 @@ def test_bench_refuses_an_output_it_cannot_write_before_timing(capsys, tmp_path,
 
 @pytest.mark.parametrize("script,args,says", [
     ("run_step_budget", ["--out", "{tmp}"], "is a directory"),
+    ("run_epoch", ["--out", "{tmp}"], "is a directory"),
+    ("run_epoch", ["--seconds", "0"], "argument --seconds"),
     ("run_mnist1d", ["--out", "{missing}"], "does not exist"),
     ("run_mnist1d", ["--epochs", "0"], "argument --epochs: expected a number of epochs in [1, 100000]"),
     ("run_mnist1d", ["--seeds", "0", "-3"], "argument --seeds: expected a seed"),

@@ -262,6 +262,28 @@ class Sequential:
         """The current dynamic loss scale S (``mixed_float16``; one host read), else None."""
         return None if self._scaler is None else self.backend.to_float(self._scaler["scale"])
 
+    # -- the training step's state: what the step, the loop, checkpoints and data-parallel fit share ---------
+    def step_state(self, optimizer: Optimizer, copy: bool = False) -> step.StepState:
+        """Everything a training step reads besides the batch (:class:`nnkit.step.StepState`): the parameters,
+        ``optimizer``'s moments and step counts, the buffers, the random key and the loss scale.  ``copy=True``
+        gives a copy that later (in-place) steps do not touch — what ``fit`` keeps to undo an epoch."""
+        if copy:
+            live = self.snapshot()
+            params = {k: live[k] for k in self._slots}
+            buffers = {k: live[k] for k in self._buffer_slots}
+            scaler = None if self._scaler is None else dict(self._scaler)
+            return step.StepState(params, optimizer.snapshot_state(), buffers, self._random_key, scaler)
+        return step.StepState(self.params(), optimizer.state, self.buffers(), self._random_key, self._scaler)
+
+    def load_step_state(self, state: step.StepState, optimizer: Optimizer | None = None) -> None:
+        """Make ``state`` the model's (parameters, buffers, random key, loss scale) and, given ``optimizer``, its
+        moments and step counts: the one place a step's new state is written back."""
+        self.assign({**state.params, **state.buffers})
+        self._random_key = state.key
+        self._scaler = state.scaler
+        if optimizer is not None:
+            optimizer.state = state.opt
+
     def params(self) -> dict[str, Array]:
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
         return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
@@ -277,9 +299,10 @@ class Sequential:
                 sub._cache, sub.grads = None, {}
 
     def snapshot(self) -> dict[str, Array]:
-        """Device copies of the parameters and buffers, for ``_assign`` to put back later."""
-        xp = self.xp
-        return {k: xp.asarray(p, copy=True) for k, p in {**self.params(), **self.buffers()}.items()}
+        """Device copies of the parameters and buffers, for ``_assign`` to put back later (the arrays themselves
+        where the backend's arrays never change: JAX)."""
+        xp, live = self.xp, {**self.params(), **self.buffers()}
+        return live if self.backend.immutable else {k: xp.asarray(p, copy=True) for k, p in live.items()}
 
     @property
     def n_params(self) -> int:

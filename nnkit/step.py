@@ -45,7 +45,7 @@ class StepState:
     @classmethod
     def of(cls, model, optimizer):
         """The state a model and its optimizer hold now."""
-        return cls(model.params(), optimizer.state, model.buffers(), model._random_key, model._scaler)
+        return model.step_state(optimizer)
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,
@@ -120,7 +120,8 @@ def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hoo
         opt = LossScaler.keep_if(xp, ok, opt, before["o"])
         scaler = LossScaler.update(xp, scaler, ok)
     model.assign(params)
-    return StepState(params, opt, state.buffers, state.key, scaler)
+    moved = model.step_state(optimizer)  # the buffers and the random key the layers moved on in this step
+    return StepState(params, opt, moved.buffers, moved.key, scaler)
 
 
 class Step:
@@ -155,11 +156,10 @@ class EagerStep(Step):
 
     def __call__(self, X, T, share=1.0, w=None, mask=None):
         model, optimizer = self.model, self.optimizer
-        _, sums, state = train_step(model, StepState.of(model, optimizer), X, T, optimizer.lr, loss=self.loss,
+        _, sums, state = train_step(model, model.step_state(optimizer), X, T, optimizer.lr, loss=self.loss,
                                     optimizer=optimizer, regularizer=self.regularizer, metric_fns=self.metric_fns,
                                     comm=self.comm, share=share, w=w, grad_hooks=self.grad_hooks, mask=mask)
-        optimizer.state = state.opt
-        model._scaler = state.scaler
+        model.load_step_state(state, optimizer)
         return sums
 
 
@@ -175,7 +175,7 @@ class AccumulatingStep(Step):
         self.sum, self.weight, self.count = None, None, 0
     def __call__(self, X, T, share=1.0, w=None, mask=None):
         model = self.model
-        state = StepState.of(model, self.optimizer)
+        state = model.step_state(self.optimizer)
         _, sums, grads = batch_grads(model, state, X, T, loss=self.loss, metric_fns=self.metric_fns, w=w,
                                      mask=mask)
         if X is not None:
@@ -207,8 +207,8 @@ class AccumulatingStep(Step):
         if self.regularizer is not None:
             scale = (1.0 / self.weight) if getattr(self.regularizer, "per_batch", False) else None
             _, grads = self.regularizer.add_to(model.params(), self.weight * 0.0, grads, scale)
-        state = update(model, StepState.of(model, opt), grads, opt.lr, optimizer=opt, grad_hooks=self.grad_hooks)
-        opt.state, model._scaler = state.opt, state.scaler
+        model.load_step_state(update(model, model.step_state(opt), grads, opt.lr, optimizer=opt,
+                                     grad_hooks=self.grad_hooks), opt)
         self.sum, self.weight, self.count = None, None, 0
 
 
@@ -242,18 +242,17 @@ class CompiledStep(Step):
         """One step as a pure function (see the class docstring); runs only while the backend traces it."""
         model = self.model
         self.traces += 1
-        before = ({**model.params(), **model.buffers()}, model._random_key)
+        before = model.step_state(self.optimizer)
         try:
-            model.assign({**params, **buffers})
-            model._random_key = key
+            model.load_step_state(StepState(params, opt, buffers, key, scaler))
             _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr,
                                         loss=self.loss, optimizer=self.optimizer, regularizer=self.regularizer,
                                         metric_fns=self.metric_fns, w=w, mask=mask)
             stats = None if sums is None else sums.as_tuple()  # plain arrays: what a compiled function returns
-            return stats, {**params, **state.params}, state.opt, model.buffers(), model._random_key, state.scaler
+            after = model.step_state(self.optimizer)  # the buffers and key the layers moved on
+            return stats, {**params, **state.params}, state.opt, after.buffers, after.key, state.scaler
         finally:  # nothing traced stays in the model
-            model.assign(before[0])
-            model._random_key = before[1]
+            model.load_step_state(before)
             model.clear_scratch()
 
     def _pure_epoch(self, params, opt, buffers, key, scaler, X, T, W, idx, lr):
@@ -280,18 +279,16 @@ class CompiledStep(Step):
 
     def _state(self):
         model = self.model
-        if model._random_key is None and model.needs_random:
+        state = model.step_state(self.optimizer)
+        if state.key is None and model.needs_random:
             model.reseed()
-        return model.params(), self.optimizer.state, model.buffers(), model._random_key, model._scaler
+            state = model.step_state(self.optimizer)
+        return state.params, state.opt, state.buffers, state.key, state.scaler
 
     def _keep(self, out):
         """The compiled function's new state written back into the model and optimizer; the sums."""
         sums, params, opt, buffers, key, scaler = out
-        model = self.model
-        model.assign({**params, **buffers})
-        model._random_key = key
-        model._scaler = scaler
-        self.optimizer.state = opt
+        self.model.load_step_state(StepState(params, opt, buffers, key, scaler), self.optimizer)
         return None if sums is None else BatchStats.from_tuple(sums, self.metric_fns)
 
     def __call__(self, X, T, share=1.0, w=None, mask=None):
@@ -313,7 +310,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     if accumulate > 1:
         if comm is not None or compile:
             raise ValueError("accumulate > 1 runs eagerly on one process: use compile=False and no communicator")
-        if model._scaler is not None:
+        if model.policy.loss_scaling:
             raise ValueError("accumulate > 1 with mixed_float16's loss scaling is not supported: use "
                              "mixed_bfloat16, or accumulate=1")
         return AccumulatingStep(model, loss, optimizer, regularizer, metric_fns, grad_hooks, accumulate)

@@ -117,7 +117,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         cb.on_train_begin()
     with _StopFlag() as stop, model.policy.activate():
         for epoch in range(run.start, run.end):
-            t0, safe = time.perf_counter(), (model.snapshot(), run.optimizer.snapshot_state(), model._scaler,
+            # the epoch's start, to undo it: the step state and the shuffle generator
+            t0, safe = time.perf_counter(), (model.step_state(run.optimizer, copy=True),
                                              copy.deepcopy(model.rng.bit_generator.state))
             model.reseed()  # random layers: this epoch's device generator, from the model's seed
             for cb in hooks:
@@ -142,8 +143,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 run.step.flush()  # accumulate=N: the epoch's last, shorter group of batches
             except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
                 run.step.reset()
-                model.assign(safe[0])
-                run.optimizer.state, model._scaler = safe[1], safe[2]
+                model.load_step_state(safe[0], run.optimizer)
                 raise
             if stop.terminated and not run.parallel and (run.n is None or seen < run.n):
                 _terminate(run, model, safe, epoch, hooks)  # raises Terminated
@@ -152,8 +152,7 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                 break
             logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
             if not all(math.isfinite(v) for v in logs.values()):
-                model.assign(safe[0])
-                run.optimizer.state, model._scaler = safe[1], safe[2]
+                model.load_step_state(safe[0], run.optimizer)
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "
                     f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "
@@ -178,9 +177,8 @@ def _terminate(run, model, safe, epoch, hooks):
     generator) — so that ``resume=True`` redoes it exactly as an uninterrupted run does — the checkpoint written
     atomically, a line on standard error, and the process ended (:class:`Terminated`)."""
     if safe is not None:
-        model.assign(safe[0])
-        run.optimizer.state, model._scaler = safe[1], safe[2]
-        model.rng.bit_generator.state = safe[3]
+        model.load_step_state(safe[0], run.optimizer)
+        model.rng.bit_generator.state = safe[1]
     path = run.checkpoint
     if path is not None and run.rank == 0:
         ckpt.save(model, path)

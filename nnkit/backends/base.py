@@ -50,6 +50,7 @@ class Backend:
     name: str | None = None  # the backend= string; None for the generic backend (named after its module)
     one_device = False       # True where every array lives on one device (NumPy): no device checks
     compiles = False         # True where compile() compiles a step
+    immutable = False        # True where arrays never change once made (JAX): a copy to keep one is not needed
 
     def __init__(self, xp, device=None, dtype="float32", device_spec=None, name=None):
         if name is not None:

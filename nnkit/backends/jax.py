@@ -68,6 +68,7 @@ class JaxBackend(Backend):
     name = "jax"
     listed = 4  # its place in BACKEND_NAMES
     compiles = True
+    immutable = True
 
     namespace_test = "is_jax_namespace"
 

@@ -132,3 +132,29 @@ def test_the_progress_bar_moves_to_each_compiled_epochs_end(capsys, monkeypatch)
     _fit(_model(), X, y, w, compile=True, verbose=1, epochs=2)
     err = capsys.readouterr().err
     assert "6/6" in err and "loss=" in err
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_a_compiled_epoch_under_mixed_precision_equals_the_compiled_steps(monkeypatch, precision):
+    """The loss scale (mixed_float16) and the casts (both policies) are carried through the loop as through the
+    steps one by one: the same numbers."""
+    import warnings
+
+    X, y, w = _data()
+
+    class EveryBatch(nnkit.Callback):
+        def on_batch_end(self, batch=None, logs=None):
+            pass
+
+    runs = []
+    for hooks in ([], [EveryBatch()]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no fast float16/bfloat16 unit on this CPU: said, not an error
+            model = nnkit.Sequential.mlp([6, 16, 3], backend="jax", seed=0, precision=precision)
+        h = model.fit(X, y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=3, batch_size=64,
+                      verbose=0, compile=True, callbacks=hooks)
+        runs.append((h["loss"], {k: to_np(v) for k, v in model.state_dict().items()}, model.loss_scale))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for k, v in runs[1][1].items():
+        np.testing.assert_allclose(runs[0][1][k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    assert runs[0][2] == runs[1][2]

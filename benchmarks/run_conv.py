@@ -1,12 +1,14 @@
-"""Convolutions forward + backward: nnkit on NumPy and on the torch backend beside PyTorch's own module, and
-NumPy's unfolding-plus-GEMM floor — alternating calls in one run.
+"""Convolutions forward + backward: nnkit on NumPy, on the torch backend and on JAX beside PyTorch's own module,
+JAX's own convolution and NumPy's unfolding-plus-GEMM floor — alternating calls in one run.
 
     python -m benchmarks.run_conv [--rounds 30] [--out FILE]
 
 Shapes (float32): FCN's Conv1D (B 16, 128 → 256 channels, L 151, k 5, padding 2), CIFAR's Conv2D (B 64, 3 → 32
 channels, 32 × 32, k 3, padding 1), MNIST-1D's small Conv1D (B 100, 1 → 25 channels, L 40, k 5, stride 2,
 padding 1).  Each call is the layer's forward (training) and backward with dX; PyTorch's is the module's
-forward and ``backward`` to the input.  The floor: one unfolding of X (a strided view copied once) and the three
+forward and ``backward`` to the input.  On JAX both are compiled with ``jax.jit``: nnkit's layer (its kernels
+are ``lax.conv_general_dilated`` and its linearisation) against ``jax.vjp`` of the same convolution written
+directly.  The floor: one unfolding of X (a strided view copied once) and the three
 GEMMs of the derivation (Z = W₂·cols, dW₂ = dZ·colsᵀ, dcols = W₂ᵀ·dZ), with nothing else.
 """
 from __future__ import annotations
@@ -59,6 +61,42 @@ def torch_call(shape, spec):
     return call
 
 
+def jax_calls(shape, spec):
+    """(nnkit's layer on JAX, JAX's own convolution), each forward + backward with dX, compiled."""
+    import jax
+
+    layer = _layer(shape, spec)
+    model = nnkit.Sequential([layer], backend="jax", dtype="float32", seed=0, input_shape=shape[1:])
+    rng = np.random.default_rng(0)
+    X = model.backend.asarray(rng.standard_normal(shape), dtype=model.backend.dtype)
+    dY = model.backend.asarray(np.ones((shape[0],) + model.output_shape(shape[1:])), dtype=model.backend.dtype)
+    W, b = layer.params["W"], layer.params["b"]
+
+    def ours(X, W, b, dY):
+        kept = layer.params
+        layer.params = {"W": W, "b": b}
+        try:
+            layer.forward(X, train=True)
+            dX = layer.backward(dY, need_dX=True)
+            return dX, layer.grads["W"], layer.grads["b"]
+        finally:
+            layer.params, layer._cache, layer.grads = kept, None, {}
+
+    n = len(shape) - 2
+    dims = ("NCH", "OIH", "NCH") if n == 1 else ("NCHW", "OIHW", "NCHW")
+
+    def theirs(X, W, b, dY):
+        def conv(X, W, b):
+            Z = jax.lax.conv_general_dilated(X, W, (spec["stride"],) * n, [(spec["padding"],) * 2] * n,
+                                             dimension_numbers=dims)
+            return Z + b.reshape((1, -1) + (1,) * n)
+        _, vjp = jax.vjp(conv, X, W, b)
+        return vjp(dY)
+
+    f, g = jax.jit(ours), jax.jit(theirs)
+    return (lambda: jax.block_until_ready(f(X, W, b, dY))), (lambda: jax.block_until_ready(g(X, W, b, dY)))
+
+
 def floor_call(shape, spec):
     """The unfolding (one copy of a strided view, (C·K, B·P)) and the three GEMMs over the B·P positions, in
     NumPy, with the output's gradient given in the GEMM's layout: nothing else."""
@@ -91,15 +129,24 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(2)
+    import importlib.util
+
+    has_jax = importlib.util.find_spec("jax") is not None
     rows = ["| shape | nnkit NumPy ms | its floor ms | NumPy / floor | nnkit torch backend ms | PyTorch ms | "
-            "torch backend / PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "torch backend / PyTorch | NumPy / PyTorch | nnkit JAX (jit) ms | JAX's own (jit) ms | JAX / JAX's own |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (shape, spec) in SHAPES.items():
         fns = {"numpy": nnkit_call(shape, spec, "numpy"), "floor": floor_call(shape, spec),
                "torch_backend": nnkit_call(shape, spec, "torch"), "torch": torch_call(shape, spec)}
         m = {k: 1e3 * v for k, v in alternating_medians(fns, args.rounds).items()}
+        if has_jax:  # apart: XLA's threads would slow the others' calls (and theirs XLA's)
+            jax_fns = dict(zip(("jax", "jax_own"), jax_calls(shape, spec)))
+            m.update({k: 1e3 * v for k, v in alternating_medians(jax_fns, args.rounds).items()})
+        jax_cells = (f"{m['jax']:.2f} | {m['jax_own']:.2f} | {m['jax'] / m['jax_own']:.2f}" if has_jax
+                     else "— | — | —")
         rows.append(f"| {name} {shape} | {m['numpy']:.2f} | {m['floor']:.2f} | {m['numpy'] / m['floor']:.2f} | "
                     f"{m['torch_backend']:.2f} | {m['torch']:.2f} | {m['torch_backend'] / m['torch']:.2f} | "
-                    f"{m['numpy'] / m['torch']:.2f} |")
+                    f"{m['numpy'] / m['torch']:.2f} | {jax_cells} |")
     report("\n".join(rows), args.out)
 
 

@@ -51,9 +51,14 @@ def _torch_check(nn_out, nn_grads, t_out, t_inputs, tol=1e-9):
 @needs_torch
 @pytest.mark.parametrize("case", CONV1D + CONV2D, ids=[f"conv{len(c[3]) if isinstance(c[3], tuple) else 1}d-{i}"
                                                       for i, c in enumerate(CONV1D + CONV2D)])
-def test_conv_value_and_gradients_equal_pytorch(case):
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_conv_value_and_gradients_equal_pytorch(case, backend):
+    """Each backend's convolution kernels — NumPy's unfolding, PyTorch's own, XLA's — against autograd."""
     import torch
     import torch.nn.functional as F
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
 
     B, C, O, n, k, s, p, d = case
     two = isinstance(n, tuple)
@@ -63,11 +68,11 @@ def test_conv_value_and_gradients_equal_pytorch(case):
     W = RNG.normal(size=layer.param_shapes()["W"])
     b = RNG.normal(size=O)
     X = RNG.normal(size=(B, C) + spatial)
-    be = nnkit.get_backend("numpy", dtype="float64")
+    be = nnkit.get_backend(backend, dtype="float64")
     _layer(layer, be, W=W, b=b)
-    Z = layer.forward(X, train=True)
-    dZ = RNG.normal(size=Z.shape)
-    dX = layer.backward(dZ)
+    Z = layer.forward(be.asarray(X), train=True)
+    dZ = RNG.normal(size=tuple(Z.shape))
+    dX = layer.backward(be.asarray(dZ))
     tX, tW, tb = (torch.tensor(a, requires_grad=True) for a in (X, W, b))
     tZ = conv(tX, tW, tb, stride=s, padding=p, dilation=d)
     tZ.backward(torch.tensor(dZ))

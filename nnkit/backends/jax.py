@@ -23,6 +23,37 @@ def _load():
 _NAMESPACE: list = []  # jax.numpy with nnkit's additions, made on first use (importing JAX is slow)
 
 
+def _conv_kernels(jax):
+    """XLA's own convolutions (``lax.conv_general_dilated``) for the sums of the layer's derivation: Z = W ⋆ X + b,
+    and from the same call's linearisation the transposed convolution dX = dZ ⊛ᵀ W and the correlation dW = X ⋆ dZ
+    (what ``jax.vjp`` of the convolution runs: ``conv_general_dilated`` with the input dilated by the stride, and
+    with the batch as the contracted axis); db = Σ dZ."""
+    from ..layers.convolutional import ConvKernels
+
+    lax = jax.lax
+
+    class JaxConvKernels(ConvKernels):
+        def forward(self, xp, X, W, stride, padding, dilation, b=None):
+            spatial = "HW"[:W.ndim - 2]
+            dims = ("NC" + spatial, "OI" + spatial, "NC" + spatial)
+
+            def conv(X, W):
+                return lax.conv_general_dilated(X, W, tuple(stride), [(p, p) for p in padding],
+                                                rhs_dilation=tuple(dilation), dimension_numbers=dims)
+
+            Z, linear = jax.vjp(conv, X, W)
+            if b is not None:
+                Z = Z + xp.reshape(b, (1, -1) + (1,) * (W.ndim - 2))
+            return Z, linear
+
+        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+            """dX (the transposed convolution) and dW (the correlation) from the forward call's linearisation."""
+            dX, dW = saved(dZ)
+            return dW, xp.sum(dZ, axis=(0,) + tuple(range(2, dZ.ndim))), (dX if need_dX else None)
+
+    return JaxConvKernels()
+
+
 def _namespace():
     """``jax.numpy`` with ``scan``: ``jax.lax.scan`` while a step is being compiled (the loop compiled once, not
     unrolled), the Python loop of :func:`nnkit.functional.python_scan` on concrete arrays."""
@@ -35,7 +66,7 @@ def _namespace():
                 return jax.lax.scan(body, carry, xs, reverse=reverse)
             return python_scan(ns, body, carry, xs, reverse)
 
-        ns = derived_namespace(jnp, "jax_namespace", scan=scan)
+        ns = derived_namespace(jnp, "jax_namespace", scan=scan, conv_kernels=_conv_kernels(jax))
         register_namespace(type(jnp.zeros(0)), ns)  # jax.Array's concrete type
         _NAMESPACE.append(ns)
     return _NAMESPACE[0]

@@ -427,7 +427,9 @@ EPOCHS = 5  # each timed call runs this many epochs (a fit's checks and set-up s
 
 def _hand_scan_epoch(sizes, X, y, batch, lr=0.01):
     """The S epoch written by hand in JAX and compiled whole (``lax.scan`` over the batches, ``jax.grad``,
-    plain SGD): the reference a compiled epoch is held to.  A no-argument callable running one epoch."""
+    plain SGD), shuffled as ``fit`` shuffles (a permutation drawn on the host each epoch, the rows gathered in the
+    compiled function): the reference a compiled epoch is held to.  A no-argument callable running
+    :data:`EPOCHS` epochs."""
     import jax
     import jax.numpy as jnp
 
@@ -435,8 +437,8 @@ def _hand_scan_epoch(sizes, X, y, batch, lr=0.01):
     for a, b in zip(sizes[:-1], sizes[1:]):
         key, k = jax.random.split(key)
         params.append((jax.random.normal(k, (a, b)) * (2.0 / (a + b)) ** 0.5, jnp.zeros(b)))
-    Xb = jnp.asarray(X.reshape(-1, batch, X.shape[1]))
-    yb = jnp.asarray(y.reshape(-1, batch))
+    Xd, yd = jnp.asarray(X), jnp.asarray(y)
+    rng = np.random.default_rng(0)
 
     def loss(params, x, t):
         a = x
@@ -446,7 +448,10 @@ def _hand_scan_epoch(sizes, X, y, batch, lr=0.01):
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), t[:, None], axis=1))
 
     @jax.jit
-    def epoch(params, Xb, yb):
+    def epoch(params, idx):
+        Xb = jnp.take(Xd, idx.reshape(-1), axis=0).reshape(idx.shape + (Xd.shape[1],))
+        yb = jnp.take(yd, idx.reshape(-1), axis=0).reshape(idx.shape)
+
         def body(params, xt):
             value, grads = jax.value_and_grad(loss)(params, *xt)
             return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), value
@@ -457,8 +462,9 @@ def _hand_scan_epoch(sizes, X, y, batch, lr=0.01):
 
     def run():
         for _ in range(EPOCHS):
-            state[0], total = epoch(state[0], Xb, yb)
-        total.block_until_ready()
+            idx = jnp.asarray(rng.permutation(len(X)).reshape(-1, batch))
+            state[0], total = epoch(state[0], idx)
+            float(total)  # the epoch's loss read once, as fit reads its logs
     return run
 
 
@@ -502,7 +508,8 @@ def epoch_callables(shape="S", log=print):
     if not why_unavailable("jax"):
         groups["jax"]["nnkit fit, JAX, compile=True (the epoch compiled whole)"] = fit_epoch("jax", True)
         groups["jax"]["nnkit fit, JAX, compile=True, step by step"] = fit_epoch("jax", True, True)
-        groups["jax"]["hand-written JAX epoch (lax.scan, compiled whole)"] = _hand_scan_epoch(sizes, X, y, batch)
+        groups["jax"]["hand-written JAX epoch (lax.scan, compiled whole, shuffled)"] = _hand_scan_epoch(sizes, X, y,
+                                                                                                      batch)
     if not why_unavailable("torch"):
         import torch
 

@@ -223,9 +223,10 @@ class CompiledStep(Step):
     trace.
 
     :meth:`epoch` runs an epoch's full batches as one compiled loop (the backend's ``scan``: ``lax.scan`` on
-    JAX): the data already on the device, the epoch's order sent once as (batches, B) row indices, the state
-    carried from batch to batch on the device and the batches' sums added there — one dispatch for the epoch
-    instead of one per batch.  The last, shorter batch is one more call of the compiled step."""
+    JAX): the data already on the device, the epoch's order sent once as (batches, B) row indices, each batch's
+    rows gathered inside the loop (no second copy of the data), the state carried from batch to batch on the
+    device and the batches' sums added there — one dispatch for the epoch instead of one per batch.  The last,
+    shorter batch is one more call of the compiled step."""
 
     compiled = True
 
@@ -259,19 +260,16 @@ class CompiledStep(Step):
         """The full batches of an epoch: ``idx`` (batches, B) row indices, one step per row of ``idx`` carried
         through the backend's loop; returns the sums over the batches and the state after the last."""
         xp = self.model.xp
-        rows = xp.reshape(idx, (-1,))
 
-        def batched(A):  # the epoch's rows in its order, (batches, B, ...): one gather for the epoch
-            return None if A is None else xp.reshape(xp.take(A, rows, axis=0), tuple(idx.shape) + tuple(A.shape[1:]))
-
-        def body(carry, batch):
+        def body(carry, rows):  # one batch: its rows gathered here, so the data is never copied whole
             p, o, b, k, s = carry
-            xb, tb, wb = batch
+            xb, tb = xp.take(X, rows, axis=0), xp.take(T, rows, axis=0)
+            wb = None if W is None else xp.take(W, rows, axis=0)
             stats, p, o, b, k, s = self._pure(p, o, b, k, s, xb, tb, lr, wb, None)
             return (p, o, b, k, s), stats
 
         (params, opt, buffers, key, scaler), (weight, loss, metrics) = xp.scan(
-            body, (params, opt, buffers, key, scaler), (batched(X), batched(T), batched(W)))
+            body, (params, opt, buffers, key, scaler), idx)
         collect = [m.collect for _, m in self.metric_fns]  # per batch (batches, ...): summed, or joined (collected)
         metrics = [[xp.reshape(a[0], (-1,) + tuple(a[0].shape[2:]))] if c else xp.sum(a, axis=0)
                    for a, c in zip(metrics, collect)]

@@ -106,7 +106,7 @@ def _conv_cases():
         for shape in H.CONV_SHAPES:
             for kernel in H.CONV_KERNELS:
                 if kernel.startswith("cnn") and shape != "MNIST-1D" or \
-                        kernel == "cnn_torch_eager_step" and target not in H.PEERS:
+                        kernel in ("cnn_torch_eager_step", "conv_torch_module") and target not in H.PEERS:
                     continue
                 yield pytest.param(target, shape, kernel, marks=t.marks, id=f"{target}-{shape}-{kernel}")
 

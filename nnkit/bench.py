@@ -315,8 +315,10 @@ def _eager_step(torch, net, opt, X, y):
 CONV_SHAPES = {  # (batch, in channels, out channels, spatial size, kernel, stride, padding)
     "MNIST-1D": (100, 25, 25, (10,), 3, 2, 1),       # ConvBase's third layer (its second is the same at length 19)
     "CIFAR": (64, 3, 32, (32, 32), 3, 1, 1),
+    "FCN": (16, 128, 256, (151,), 5, 1, 2),          # Wang et al.'s FCN on UCR series, its widest layer
 }
-CONV_KERNELS = ("conv_forward", "conv_backward", "gemm_floor", "cnn_step", "cnn_torch_eager_step")
+CONV_KERNELS = ("conv_forward", "conv_backward", "gemm_floor", "conv_torch_module", "cnn_step",
+                "cnn_torch_eager_step")
 
 
 def convbase_layers():
@@ -373,6 +375,27 @@ class ConvCase:
         cols, W2, dZ = (be.asarray(rng.standard_normal(s), dtype=be.dtype) for s in ((B, CK, P), (O, CK), (B, O, P)))
         return lambda: [W2 @ cols, xp.tensordot(dZ, cols, axes=([0, 2], [0, 2])), W2.T @ dZ]
 
+    def _k_conv_torch_module(self):
+        """PyTorch's own module at the same shape: ``nn.Conv1d/2d`` forward and backward to its input (the peer)."""
+        if self.target not in PEERS:
+            raise KeyError("PyTorch's convolution module runs on the torch targets only")
+        import torch
+
+        torch.manual_seed(0)
+        layer = self.layer
+        conv = getattr(torch.nn, f"Conv{layer.n}d")(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                                    stride=layer.stride, padding=layer.padding).to(self.backend.device)
+        from nnkit.backend import host_copy
+
+        x = torch.as_tensor(host_copy(self.X), device=self.backend.device).requires_grad_(True)
+        dy = torch.ones_like(conv(x))
+
+        def step():
+            conv(x).backward(dy)
+            grad, x.grad = x.grad, None
+            return grad
+        return step
+
     def _k_cnn_step(self):
         model, opt = self.cnn, nnkit.optim.Adam(1e-2)
         X = nnkit.data.as_input(model, self.X40)
@@ -403,6 +426,9 @@ def run_conv_report(targets, seconds=1.0, log=print):
         cases = {t: ConvCase(t, shape) for t in targets}
         groups = {t: {f"{t}|{k}": c.kernel(k) for k in ("conv_forward", "conv_backward", "gemm_floor")}
                   for t, c in cases.items()}
+        for t, c in cases.items():
+            if t in PEERS:
+                groups[t][f"{t}|conv_torch_module"] = c.kernel("conv_torch_module")
         if shape == "MNIST-1D":
             for t, c in cases.items():
                 groups[t][f"{t}|cnn_step"] = c.kernel("cnn_step")
@@ -412,7 +438,8 @@ def run_conv_report(targets, seconds=1.0, log=print):
         times = measure(groups, seconds=seconds)
         for t in cases:
             conv.append({"shape": shape, "target": t, "forward": times[f"{t}|conv_forward"],
-                         "backward": times[f"{t}|conv_backward"], "floor": times[f"{t}|gemm_floor"]})
+                         "backward": times[f"{t}|conv_backward"], "floor": times[f"{t}|gemm_floor"],
+                         "peer": times.get(f"{PEER_OF[t]}|conv_torch_module")})
             if shape == "MNIST-1D":
                 peer = times.get(f"{PEER_OF[t]}|cnn_torch_eager_step")
                 cnn.append({"target": t, "step": times[f"{t}|cnn_step"], "peer": peer})
@@ -774,11 +801,15 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
                                      f"kernel {v[4]}, stride {v[5]}, padding {v[6]}" for k, v in CONV_SHAPES.items())
               + ". Floor = the three GEMMs of im2col (W₂·cols, dZ·colsᵀ, W₂ᵀ·dZ) at the same shapes in the "
                 "target's own library.", "",
-              "| shape | target | forward | backward | GEMM floor | (forward + backward) / floor |",
-              "|---|---|---:|---:|---:|---:|"]
+              "| shape | target | forward | backward | GEMM floor | (forward + backward) / floor | PyTorch nn.Conv "
+              "(forward + backward) | / PyTorch |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in results["conv"]:
+            peer = r.get("peer")
+            both = r["forward"] + r["backward"]
             L.append(f"| {r['shape']} | {r['target']} | {_fmt_time(r['forward'])} | {_fmt_time(r['backward'])} | "
-                     f"{_fmt_time(r['floor'])} | {(r['forward'] + r['backward']) / r['floor']:.2f} |")
+                     f"{_fmt_time(r['floor'])} | {both / r['floor']:.2f} | "
+                     + ("— | — |" if peer is None else f"{_fmt_time(peer)} | {both / peer:.2f} |"))
         L += ["", "## MNIST-1D ConvBase: one Adam step (batch 100), median", "",
               "| target | time/step | / PyTorch eager |", "|---|---:|---:|"]
         for r in results["cnn"]:

@@ -534,10 +534,9 @@ class Sequential:
         S = data.sequences(self, X, lengths, check_input)
         T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
         with self.policy.activate():
-            value, _, state = step.train_step(self, step.StepState.of(self, optimizer), S.X, T, optimizer.lr,
+            value, _, state = step.train_step(self, self.step_state(optimizer), S.X, T, optimizer.lr,
                                               loss=loss, optimizer=optimizer, regularizer=regularizer, mask=S.M)
-        optimizer.state = state.opt
-        self._scaler = state.scaler
+        self.load_step_state(state, optimizer)
         return value
 
     def fit(self, X: Any, y: Any = None, *, loss: Any, optimizer: str | Optimizer = "adam", epochs: int = 10,

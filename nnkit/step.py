@@ -25,7 +25,8 @@ __all__ = ["StepState", "train_step", "batch_grads", "update", "make_step", "Ste
 
 
 class StepState:
-    """Everything a training step reads and writes besides the batch.
+    """Everything a training step reads and writes besides the batch (a model hands its own out with
+    ``model.step_state(optimizer)`` and takes one back with ``model.load_step_state(state, optimizer)``).
 
     * ``params``  -- ``{"0.W": array, ...}``, the trained parameters;
     * ``opt``     -- the optimizer's per-parameter state ``{"0.W": {"t": ..., "m": ..., ...}}``;
@@ -41,11 +42,6 @@ class StepState:
         self.buffers = {} if buffers is None else buffers
         self.key = key
         self.scaler = scaler
-
-    @classmethod
-    def of(cls, model, optimizer):
-        """The state a model and its optimizer hold now."""
-        return model.step_state(optimizer)
 
 
 def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, metric_fns=None, comm=None,

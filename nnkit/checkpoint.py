@@ -77,8 +77,8 @@ def save(model, path):
         "dtype": model.dtype,
         "input_shape": None if model.input_shape is None else list(model.input_shape),
         "precision": model.precision,
-        "loss_scale": None if model._scaler is None else [be.to_float(model._scaler["scale"]),
-                                                           be.to_float(model._scaler["good"])],
+        "loss_scale": None if model.loss_scaler is None else [be.to_float(model.loss_scaler["scale"]),
+                                                           be.to_float(model.loss_scaler["good"])],
         "backend": be.name,
         "seed": model.seed if isinstance(model.seed, int) else None,
         "epoch": int(model.epoch),
@@ -315,7 +315,7 @@ def restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperp
         raise _fail(path, "the model's info is not a JSON object")
     model.load_state_dict(params)  # checks keys and shapes before changing anything
     if model.policy.loss_scaling and meta.get("loss_scale") is not None:
-        model._scaler = LossScaler.init(model.backend, *meta["loss_scale"])
+        model.loss_scaler = LossScaler.init(model.backend, *meta["loss_scale"])
     model.rng.bit_generator.state = rng_state
     model.epoch = int(meta.get("epoch", 0))
     model.info = dict(info) if isinstance(info, dict) else {}

@@ -391,7 +391,7 @@ def sequences(model, X, lengths=None, check_values=True):
         return Sequences(Xd, None, None)
     M = mask_of(model, lengths, int(Xd.shape[1]))
     if M is not None:
-        model._check_batch_shape(tuple(int(d) for d in Xd.shape[1:]))
+        model.check_batch_shape(tuple(int(d) for d in Xd.shape[1:]))
     return Sequences(Xd, M, lengths)
 
 
@@ -414,14 +414,14 @@ def target_sequences(y, lengths, maxlen=None):
 
 def positions_of(model):
     """The positions P each example's output holds — () for a (K,) output, (T,) for a sequence model's (T, K)."""
-    out = model._last_out
+    out = model.last_output_shape
     return tuple(out[:-1]) if out is not None and len(out) >= 2 else ()
 
 
 def row_weights(model, n, w_host=None, m_host=None):
     """Host float64 (n,): what each example adds to the sums a mean divides by — 1 (or its weight w) for a (B, K)
     output; for a per-position output the weights of its valid positions (the padding mask ``m_host`` (n, T)
-    times w (n,) or (n, T)).  Call after the batch's shape was checked (``model._last_out``)."""
+    times w (n,) or (n, T)).  Call after the batch's shape was checked (``model.last_output_shape``)."""
     P = positions_of(model)
     k = int(np.prod(P)) if P else 1
     w = np.ones((n, 1)) if w_host is None else np.reshape(w_host, (n, -1))
@@ -451,7 +451,7 @@ def as_input(model, X, check_values=True):
     if is_sparse(X):
         return _as_sparse_input(model, X, check_values)
     if not check_values and model.backend.ready(X) and X.ndim >= 2 and X.shape[0] \
-            and tuple(X.shape[1:]) in model._batch_shapes:
+            and model.shape_checked(tuple(X.shape[1:])):
         return X  # the hot path: already a batch of this backend, of a checked shape: nothing to convert
     arr = host_or_native(model, X, "X")
     xp = namespace_of(arr)
@@ -464,7 +464,7 @@ def as_input(model, X, check_values=True):
     if arr.shape[0] == 0:
         what = f"row of {model.n_features_in} features" if model.n_features_in is not None else f"example {want}"
         raise ValueError(f"X is empty: expected at least one {what}")
-    model._check_batch_shape(tuple(int(d) for d in arr.shape[1:]))
+    model.check_batch_shape(tuple(int(d) for d in arr.shape[1:]))
     if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
         raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
     if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
@@ -528,7 +528,7 @@ def _as_ids(model, arr, xp, check_values):
 def _as_sparse_input(model, X, check_values):
     if len(X.shape) != 2 or X.shape[0] == 0 or model.input_shape is not None and X.shape[1] != model.n_features_in:
         raise ValueError(f"X has shape {tuple(X.shape)} but the model expects (rows, {model.n_features_in})")
-    model._check_batch_shape((int(X.shape[1]),))
+    model.check_batch_shape((int(X.shape[1]),))
     X = X.tocsr()
     if X.dtype.kind not in "biuf":
         raise TypeError(f"X must be numeric (float or int), got dtype {X.dtype}")
@@ -587,11 +587,11 @@ def named_labels(model, y):
 
 def as_target(model, y, n_rows, loss, check_values=True):
     y = named_labels(model, y)
-    out = model._last_out
+    out = model.last_output_shape
     if model.n_outputs is None and out is not None and len(out) >= 2 and None not in out:
         return _as_position_target(model, y, n_rows, loss, out, check_values)
     if model.n_outputs is None:
-        out = "not known yet" if model._out_shape is None else fmt_shape(model._out_shape)
+        out = "not known yet" if model.example_output_shape is None else fmt_shape(model.example_output_shape)
         raise ValueError(f"the losses compare (B, K) outputs with targets, but the model's output is {out}: "
                          "end the model in Flatten() and Dense(..., K), or GlobalAvgPool()")
     if not check_values and model.backend.ready(y) and tuple(y.shape) == (n_rows, model.n_outputs):
@@ -676,7 +676,7 @@ def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None, M=None):
     sums = None
     for s, e in batch_ranges(X.shape[0], batch_size):
         mb = None if M is None else M[s:e]
-        out = model._forward(rows(model, X, s, e), train=False, mask=mb)
+        out = model.forward_batch(rows(model, X, s, e), train=False, mask=mb)
         out, tb, wb = model.score_rows(out, T[s:e, ...], None if W is None else W[s:e, ...], mb)
         sums = sums + BatchStats.of_batch(out, tb, loss.value(out, tb, wb), loss, metric_fns, wb)
     return sums
@@ -736,7 +736,7 @@ def _labels_of(model, T, loss):
     t = np.asarray(host_copy(T))
     P = positions_of(model)
     if P and t.dtype.kind in "iu" and t.ndim == 1 + len(P):  # per-position integer labels
-        return t.ravel().astype(np.int64), max(int(model._last_out[-1]), 2)
+        return t.ravel().astype(np.int64), max(int(model.last_output_shape[-1]), 2)
     t = t.astype(np.float64)
     if P and t.ndim == 2 + len(P):
         t = t.reshape(-1, t.shape[-1])
@@ -883,7 +883,7 @@ class FitData:
                         wb = None if wb is None else target_sequences(wb, lengths, steps)
                     xb, yb = host_if_foreign(be, xb), host_if_foreign(be, yb)
                     rows = int(xb.shape[0])
-                    model._check_batch_shape(tuple(int(d) for d in xb.shape[1:]))
+                    model.check_batch_shape(tuple(int(d) for d in xb.shape[1:]))
                     w_host = None
                     if wb is not None:
                         _, w_host = check_weights(model, host_if_foreign(be, wb), rows)
@@ -951,7 +951,7 @@ class FitData:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
                                  f"sample_weight_val) of arrays that fit the model: {exc}") from None
-            model._check_batch_shape(tuple(int(d) for d in X.shape[1:]))  # the training data's shape again
+            model.check_batch_shape(tuple(int(d) for d in X.shape[1:]))  # the training data's shape again
         else:
             self.Xv = self.Tv = None
         if class_weight is not None:  # the training rows' weights times their class's
@@ -1109,8 +1109,8 @@ def predict(model, X, batch_size=None, lengths=None):
         batch_size = 4096  # sparse input: densified a batch at a time
     with model.policy.activate():
         if batch_size is None or batch_size >= n and not sparse:
-            return _masked_output(model, model._forward(X, train=False, mask=M), M)
-        parts = [_masked_output(model, model._forward(rows(model, X, s, min(s + batch_size, n)), train=False,
+            return _masked_output(model, model.forward_batch(X, train=False, mask=M), M)
+        parts = [_masked_output(model, model.forward_batch(rows(model, X, s, min(s + batch_size, n)), train=False,
                                                       mask=None if M is None else M[s:s + batch_size]),
                                 None if M is None else M[s:s + batch_size])
                  for s in range(0, n, batch_size)]
@@ -1137,7 +1137,7 @@ def _predict_stream(model, X, batch_size):
                 S = sequences(model, host_if_foreign(model.backend, xb) if not is_ragged(xb) else xb)
             except (TypeError, ValueError) as exc:
                 raise BatchError(f"batch {i} (rows {s} to {e - 1}): {exc}") from None
-            parts.append(_masked_output(model, model._forward(S.X, train=False, mask=S.M), S.M))
+            parts.append(_masked_output(model, model.forward_batch(S.X, train=False, mask=S.M), S.M))
     if len({tuple(p.shape[1:]) for p in parts}) > 1 and all(p.ndim >= 3 for p in parts):
         longest = max(int(p.shape[1]) for p in parts)  # batches of sequences padded to their own longest: to one
         xp = model.xp

@@ -129,7 +129,7 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
     opt = optimizer if optimizer is not None else (model.optimizer or SGD(0.01))
     opt = copy.deepcopy(opt)
     twin = model.clone()
-    twin._random_key = model._random_key
+    twin.random_key = model.random_key
     S = data.sequences(twin, X, lengths)
     Xd, mask = S.X, S.M
     T = data.as_target(twin, data.target_sequences(y, S.lengths), Xd.shape[0], loss)
@@ -142,7 +142,7 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
                 np.asarray(S.lengths, dtype=np.float64), "lengths")
     rep.add("T  (targets)", T, "T")
 
-    # forward: the model's own pass, layer by layer (what Sequential._forward does); each layer says its lines
+    # forward: the model's own pass, layer by layer (what Sequential.forward_batch does); each layer says its lines
     A = twin.policy.cast_input(Xd)
     rep.section("Forward")
     A = forward_through(twin.layers, A, True, mask, each=lambda i, layer, X, Y: layer.explain_forward(rep, i, X, Y))
@@ -158,11 +158,11 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
     # backward: the model's own pass, last layer first (what Sequential.backward does); each layer runs its
     # own backward and says its lines
     rep.section("Backward (the chain rule, last layer first)")
-    first = twin._first_param_layer
-    dY = twin.policy.cast_grad_out(d_out, twin._scaler)
+    first = twin.first_param_layer
+    dY = twin.policy.cast_grad_out(d_out, twin.loss_scaler)
     for i in range(len(twin.layers) - 1, first - 1, -1):
         dY = twin.layers[i].explain_backward(rep, i, dY, i > first)
-    grads = twin.policy.unscale(twin._gather_grads(), twin._scaler)
+    grads = twin.policy.unscale(twin.gather_grads(), twin.loss_scaler)
 
     # the update: the optimizer's own pure step, on copies
     rep.section(f"Update: {opt!r}")

@@ -75,7 +75,7 @@ def gradcheck(model: Any, X: Any, y: Any, loss: Any, eps: float = 1e-6, lengths:
     T = data.as_target(twin, data.target_sequences(y, S.lengths), Xd.shape[0], loss)
 
     def same_draws():  # random layers (Dropout) draw the same masks in every evaluation
-        twin._random_key = be.random_key(12345) if twin.needs_random else None
+        twin.random_key = be.random_key(12345) if twin.needs_random else None
 
     same_draws()
     _, _, grads = twin.loss_and_grads(Xd, T, loss, mask=M)
@@ -84,7 +84,7 @@ def gradcheck(model: Any, X: Any, y: Any, loss: Any, eps: float = 1e-6, lengths:
     def loss_at(state):
         twin.load_state_dict(state)  # buffers (running statistics) back to where they started, too
         same_draws()
-        rows, t, w = twin.score_rows(twin._forward(Xd, train=True, mask=M), T, None, M)
+        rows, t, w = twin.score_rows(twin.forward_batch(Xd, train=True, mask=M), T, None, M)
         return be.to_float(loss.value(rows, t) if w is None else loss.value(rows, t, w))
 
     base = twin.state_dict()

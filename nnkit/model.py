@@ -214,7 +214,7 @@ class Sequential:
         k = None if top_k is None else min(top_k, vocab)
         for _ in range(n):
             context = X if block is None or X.shape[1] <= block else X[:, X.shape[1] - block:]
-            logits = self._forward(context, train=False)[:, -1, :] * (1.0 / float(temperature))  # (B, V)
+            logits = self.forward_batch(context, train=False)[:, -1, :] * (1.0 / float(temperature))  # (B, V)
             if k is not None and k < vocab:
                 kth = xp.sort(logits, axis=-1, descending=True)[:, k - 1:k]
                 logits = xp.where(logits < kth, xp.asarray(-xp.inf, dtype=logits.dtype, device=be.device), logits)
@@ -263,6 +263,32 @@ class Sequential:
         return None if self._scaler is None else self.backend.to_float(self._scaler["scale"])
 
     # -- the training step's state: what the step, the loop, checkpoints and data-parallel fit share ---------
+    @property
+    def compiled_steps(self) -> dict:
+        """The compiled steps ``fit(compile=True)`` built for this model, by their settings: a later fit with the
+        same ones reuses their traces (dropped when the model is pickled or moved)."""
+        return self.__dict__.setdefault("_compiled_steps", {})
+
+    @property
+    def random_key(self):
+        """The device generator of the layers that draw in training (Dropout), or None; ``fit`` reseeds it from
+        the model's seed at every epoch."""
+        return self._random_key
+
+    @random_key.setter
+    def random_key(self, key):
+        self._random_key = key
+
+    @property
+    def loss_scaler(self):
+        """The dynamic loss scale's state ``{"scale", "good"}`` (device arrays) under ``mixed_float16``, else None
+        (:class:`nnkit.precision.LossScaler`; ``loss_scale`` reads the scale as a float)."""
+        return self._scaler
+
+    @loss_scaler.setter
+    def loss_scaler(self, scaler):
+        self._scaler = scaler
+
     def step_state(self, optimizer: Optimizer, copy: bool = False) -> step.StepState:
         """Everything a training step reads besides the batch (:class:`nnkit.step.StepState`): the parameters,
         ``optimizer``'s moments and step counts, the buffers, the random key and the loss scale.  ``copy=True``
@@ -382,8 +408,24 @@ class Sequential:
             raise ValueError("the model's input shape is not known yet: pass input_shape= or give it data first")
         return infer_shapes(self.layers, shape)[-1]
 
-    def _check_batch_shape(self, shape):
-        """Check a batch's shape (without B) against ``input_shape`` and through every layer, once per shape."""
+    def shape_checked(self, shape: tuple) -> bool:
+        """True when batches of ``shape`` (without B) were checked already (the data path's hot path)."""
+        return shape in self._batch_shapes
+
+    @property
+    def last_output_shape(self):
+        """The output shape (without B) of the batch shape checked last — what per-position targets are
+        shaped against — or None before any batch."""
+        return self._last_out
+
+    @property
+    def example_output_shape(self):
+        """The output shape (without B) the model gives one example, as far as it is known (None before)."""
+        return self._out_shape
+
+    def check_batch_shape(self, shape: tuple) -> None:
+        """Check a batch's shape (without B) against ``input_shape`` and through every layer, once per shape;
+        a bad one is a ValueError naming the layer (the model is unchanged)."""
         if shape in self._batch_shapes:
             self._last_out = self._batch_shapes[shape]
             return
@@ -413,8 +455,9 @@ class Sequential:
         self._batch_shapes[shape] = self._last_out = out
 
     # -- passes -------------------------------------------------------------------
-    def _forward(self, X, train, mask=None):
-        """The layers applied in order; under a mixed policy X enters in the compute dtype and the
+    def forward_batch(self, X: Array, train: bool, mask: Array | None = None) -> Array:
+        """The layers applied in order to a batch the data path prepared (``nnkit.data``); under a mixed policy X
+        enters in the compute dtype and the
         output leaves in float32 (:mod:`nnkit.precision`).  ``mask`` (B, T): the padding of variable-length
         sequences, handed to the layers that take it (``takes_mask``) as each layer passes it on."""
         return self.policy.cast_output(forward_through(self.layers, self.policy.cast_input(X), train, mask))
@@ -449,7 +492,12 @@ class Sequential:
 
     def forward(self, X: Any, *, check_input: bool = True) -> Array:
         """Output of the last layer for X (B, in), keeping what ``backward`` needs."""
-        return self._forward(data.as_input(self, X, check_input), train=True)
+        return self.forward_batch(data.as_input(self, X, check_input), train=True)
+
+    @property
+    def first_param_layer(self) -> int:
+        """The index of the first layer with parameters: the backward pass stops there (nobody needs ∂L/∂X)."""
+        return self._first_param_layer
 
     def backward(self, dY: Array) -> dict[str, Array]:
         """Backpropagate ∂L/∂(output) (B, out) through the layers of the last ``forward``.
@@ -463,9 +511,9 @@ class Sequential:
         first, layers = self._first_param_layer, self.layers
         for i in range(len(layers) - 1, first - 1, -1):
             dY = layers[i].backward(dY, need_dX=i > first)
-        return self._gather_grads()
+        return self.gather_grads()
 
-    def _gather_grads(self):
+    def gather_grads(self) -> dict[str, Array]:
         """The layers' gradients of the last backward pass keyed like ``state_dict()``; a weight shared by a tied
         layer (``TiedDense``) gets the sum of both uses' gradients."""
         grads = {}
@@ -510,7 +558,7 @@ class Sequential:
         padding ``mask`` (B, T) leaves the padded ones out).  Nothing is read from the device.  ``scaler``
         (``mixed_float16``): the loss scale the backward pass runs under.
         """
-        out = self._forward(X, train=True, mask=mask)
+        out = self.forward_batch(X, train=True, mask=mask)
         w = self.score_weights(out, w, mask)
         value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
         grads = self._backward(d_out, scaler)

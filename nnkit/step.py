@@ -322,7 +322,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     optimizer.init_states(optimizer.state, trained, be)  # every moment exists, t arrays: one trace
     key = (id(be), tuple(sorted(frozen)), model.precision, type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
            tuple(sorted((k, repr(v)) for k, v in optimizer.hyperparameters().items() if k != "lr")))
-    cache = model.__dict__.setdefault("_compiled_steps", {})  # fit after fit reuses the traces
+    cache = model.compiled_steps  # fit after fit reuses the traces
     if key not in cache:
         cache[key] = CompiledStep(model, loss, optimizer, regularizer, metric_fns)
     return cache[key]

@@ -344,5 +344,5 @@ class _Run:
 
     def nothing(self):
         """Zero sums of the loss and every metric (a rank or a validation part with no rows), of their shapes."""
-        k = (self.model._last_out or (1,))[-1] if self.model.n_outputs is None else self.model.n_outputs
+        k = (self.model.last_output_shape or (1,))[-1] if self.model.n_outputs is None else self.model.n_outputs
         return BatchStats.zeros(self.be, self.metric_fns, k)

@@ -277,14 +277,24 @@ def test_one_layer_object_twice_in_a_model_is_refused():
 
 
 # -- the model holds the model ---------------------------------------------------------------------------------
-def test_the_sklearn_estimators_use_only_public_methods_of_the_model():
+def test_no_module_but_the_model_reaches_into_its_private_state():
+    """The step, the loop, the data door, checkpoints, explain, gradcheck and the estimators go through the model's
+    public names (``step_state``/``load_step_state``, ``forward_batch``, ``check_batch_shape``, ...)."""
     private = {n for n in vars(nnkit.Sequential) if n.startswith("_") and not n.startswith("__")}
-    private |= {"_slots", "_buffer_slots", "_scaler", "_random_key", "_batch_shapes", "_out_shape",
-                "_first_param_layer"}
-    tree = ast.parse(open(os.path.join(PKG, "sklearn.py"), encoding="utf-8").read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in private:
-            raise AssertionError(f"sklearn.py:{node.lineno} reaches into the model ({node.attr})")
+    private |= {"_slots", "_buffer_slots", "_scaler", "_random_key", "_batch_shapes", "_out_shape", "_last_out",
+                "_first_param_layer", "_ties", "_compiled_steps"}
+    for folder, _, files in os.walk(PKG):
+        for f in files:
+            path = os.path.join(folder, f)
+            if not f.endswith(".py") or os.path.relpath(path, PKG) == "model.py":
+                continue
+            tree = ast.parse(open(path, encoding="utf-8").read())
+            for node in ast.walk(tree):  # model._x, twin._x, self.model._x, cb.model._x ...
+                if isinstance(node, ast.Attribute) and node.attr in private and (
+                        isinstance(node.value, ast.Name) and node.value.id in ("model", "twin", "net", "clone")
+                        or isinstance(node.value, ast.Attribute) and node.value.attr in ("model", "model_")):
+                    raise AssertionError(f"{os.path.relpath(path, PKG)}:{node.lineno} reaches into the model "
+                                         f"({node.attr})")
 
 
 def test_public_names_keep_working():

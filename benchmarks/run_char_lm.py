@@ -88,6 +88,27 @@ def torch_logits(net, X):
     return net["out"](h)
 
 
+def side_by_side(steps, batch, nnkit_step, torch_step, log=print):
+    """Train both models ``steps`` steps on the same batches, each step timed alone: ``batch(step)`` gives the
+    step's host (X, Y), ``nnkit_step(X, Y)`` and ``torch_step(X, Y)`` run one step on them.  Returns the median
+    milliseconds per step of each, after the first 10 (which allocate and warm the caches)."""
+    t_nnkit, t_torch = [], []
+    for step in range(steps):
+        X, Y = batch(step)
+        t0 = time.perf_counter()
+        nnkit_step(X, Y)
+        t1 = time.perf_counter()
+        torch_step(X, Y)
+        t2 = time.perf_counter()
+        t_nnkit.append(t1 - t0)
+        t_torch.append(t2 - t1)
+        if log and (step + 1) % max(steps // 10, 1) == 0:
+            log(f"step {step + 1}/{steps}: nnkit {1e3 * statistics.median(t_nnkit):.1f} ms, "
+                f"PyTorch {1e3 * statistics.median(t_torch):.1f} ms per step")
+    warm = slice(min(10, steps - 1), None)
+    return 1e3 * statistics.median(t_nnkit[warm]), 1e3 * statistics.median(t_torch[warm])
+
+
 def run(text, steps=2000, batch=32, block=64, embed=64, hidden=128, lr=2e-3, seed=0, val_windows=40,
         threads=2, log=print):
     """Train both; returns a dict of the figures (losses, step times, sizes)."""
@@ -108,31 +129,25 @@ def run(text, steps=2000, batch=32, block=64, embed=64, hidden=128, lr=2e-3, see
     opt = nnkit.optim.Adam(lr)
     topt = torch.optim.Adam(net.parameters(), lr=lr)
     be = model.backend
-    t_nnkit, t_torch = [], []
-    for step in range(steps):
-        X, y = windows(train, rng.integers(0, len(train) - block - 1, size=batch), block)
-        Xd, yd = be.asarray(X), be.asarray(y)
-        t0 = time.perf_counter()
-        model.train_step(Xd, yd, "cross_entropy", opt, check_input=False)
-        t1 = time.perf_counter()
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        t2 = time.perf_counter()
+
+    def nnkit_step(X, y):
+        model.train_step(be.asarray(X), be.asarray(y), "cross_entropy", opt, check_input=False)
+
+    def torch_step(X, y):
         topt.zero_grad(set_to_none=True)
-        tF.cross_entropy(torch_logits(net, Xt).reshape(-1, V), yt.reshape(-1)).backward()
+        logits = torch_logits(net, torch.from_numpy(X))
+        tF.cross_entropy(logits.reshape(-1, V), torch.from_numpy(y).reshape(-1)).backward()
         topt.step()
-        t3 = time.perf_counter()
-        t_nnkit.append(t1 - t0)
-        t_torch.append(t3 - t2)
-        if log and (step + 1) % max(steps // 10, 1) == 0:
-            log(f"step {step + 1}/{steps}: nnkit {1e3 * statistics.median(t_nnkit):.1f} ms, "
-                f"PyTorch {1e3 * statistics.median(t_torch):.1f} ms per step")
+
+    ms_nnkit, ms_torch = side_by_side(
+        steps, lambda step: windows(train, rng.integers(0, len(train) - block - 1, size=batch), block),
+        nnkit_step, torch_step, log)
     val_nnkit = model.evaluate(Xv, yv, "cross_entropy")["loss"]
     with torch.no_grad():
         val_torch = float(tF.cross_entropy(torch_logits(net, torch.from_numpy(Xv)).reshape(-1, V),
                                            torch.from_numpy(yv).reshape(-1)))
-    warm = slice(min(10, steps - 1), None)  # the first steps allocate and warm the caches
     return {"characters": len(ids), "vocabulary": V, "steps": steps, "val_nnkit": val_nnkit, "val_torch": val_torch,
-            "ms_nnkit": 1e3 * statistics.median(t_nnkit[warm]), "ms_torch": 1e3 * statistics.median(t_torch[warm]),
+            "ms_nnkit": ms_nnkit, "ms_torch": ms_torch,
             "torch": torch.__version__, "numpy": np.__version__}
 
 

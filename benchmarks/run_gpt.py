@@ -17,15 +17,13 @@ threads.  Reported: both validation losses, both median step times, and 200 char
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import numpy as np
 
 import nnkit
 from nnkit.text import CharTokenizer
 
-from .run_char_lm import text_benchmark
+from .run_char_lm import side_by_side, text_benchmark, windows
 
 CONFIG = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, lr=1e-3, min_lr=1e-4, warmup=100,
               weight_decay=0.1, betas=(0.9, 0.99), clip=1.0)
@@ -37,12 +35,6 @@ def lr_at(step, steps, c=CONFIG):
         return c["lr"] * (step + 1) / (c["warmup"] + 1)
     ratio = min(1.0, (step - c["warmup"]) / max(steps - c["warmup"], 1))
     return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["lr"] - c["min_lr"])
-
-
-def windows(ids, starts, block):
-    idx = starts[:, None] + np.arange(block + 1)[None, :]
-    rows = ids[idx]
-    return rows[:, :-1], rows[:, 1:]
 
 
 def torch_sample(torch, net, prompt, n, block, seed):
@@ -78,37 +70,30 @@ def run(text, steps=2000, seed=0, threads=2, val_windows=200, sample=200, log=pr
                               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                              lr=c["lr"], betas=c["betas"])
     be = model.backend
-    t_nnkit, t_torch = [], []
-    for step in range(steps):
-        X, Y = windows(train, rng.integers(0, len(train) - T - 1, size=B), T)
-        lr = lr_at(step, steps, c)
-        opt.lr = lr
+
+    def batch(step):  # the step's windows, and its rate set on both optimizers
+        opt.lr = lr = lr_at(step, steps, c)
         for group in topt.param_groups:
             group["lr"] = lr
-        Xd, Yd = be.asarray(X), be.asarray(Y)
-        t0 = time.perf_counter()
-        model.train_step(Xd, Yd, "cross_entropy", opt, check_input=False)
-        t1 = time.perf_counter()
-        Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-        t2 = time.perf_counter()
+        return windows(train, rng.integers(0, len(train) - T - 1, size=B), T)
+
+    def nnkit_step(X, Y):
+        model.train_step(be.asarray(X), be.asarray(Y), "cross_entropy", opt, check_input=False)
+
+    def torch_step(X, Y):
         topt.zero_grad(set_to_none=True)
-        tF.cross_entropy(net(Xt).reshape(-1, V), Yt.reshape(-1)).backward()
+        tF.cross_entropy(net(torch.from_numpy(X)).reshape(-1, V), torch.from_numpy(Y).reshape(-1)).backward()
         torch.nn.utils.clip_grad_norm_(params, c["clip"])
         topt.step()
-        t3 = time.perf_counter()
-        t_nnkit.append(t1 - t0)
-        t_torch.append(t3 - t2)
-        if log and (step + 1) % max(steps // 10, 1) == 0:
-            log(f"step {step + 1}/{steps}: nnkit {1e3 * statistics.median(t_nnkit):.1f} ms, "
-                f"PyTorch {1e3 * statistics.median(t_torch):.1f} ms per step")
+
+    ms_nnkit, ms_torch = side_by_side(steps, batch, nnkit_step, torch_step, log)
     val_nnkit = model.evaluate(Xv, Yv, "cross_entropy")["loss"]
     net.eval()
     with torch.no_grad():
         val_torch = float(tF.cross_entropy(net(torch.from_numpy(Xv)).reshape(-1, V), torch.from_numpy(Yv).reshape(-1)))
     prompt = tok.encode("\n")
-    warm = slice(min(10, steps - 1), None)
     return {"characters": len(ids), "vocabulary": V, "steps": steps, "val_nnkit": val_nnkit, "val_torch": val_torch,
-            "ms_nnkit": 1e3 * statistics.median(t_nnkit[warm]), "ms_torch": 1e3 * statistics.median(t_torch[warm]),
+            "ms_nnkit": ms_nnkit, "ms_torch": ms_torch,
             "sample_nnkit": tok.decode(model.generate(prompt, sample, seed=seed)),
             "sample_torch": tok.decode(torch_sample(torch, net, prompt, sample, T, seed)),
             "params": model.n_params, "torch": torch.__version__, "numpy": np.__version__}

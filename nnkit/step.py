@@ -6,7 +6,8 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 
 * **eager** (every backend): on NumPy, CuPy and torch the parameters and moments are updated in place,
   so the "new" state holds the very same arrays (the buffers stay put from step to step); on immutable
-  arrays (JAX, array-api-strict) new arrays are returned and written back into the model in one place;
+  arrays (JAX, array-api-strict) new arrays are returned; the caller writes the new state back into the model
+  in one place (``model.load_step_state``);
 * **compiled** (:func:`make_step` with ``compile=True``): the step becomes a pure function
   ``(params, moments, buffers, key, X, T, lr) -> (batch sums, params, moments, buffers, key)`` that the
   backend compiles
@@ -55,7 +56,8 @@ def train_step(model, state, X, T, lr, *, loss, optimizer, regularizer=None, met
     2. backward: ∂L/∂θ for every parameter (``Sequential.backward``);
     3. penalty Ω(W) added to L and ∂Ω/∂W to the weight gradients (``regularizer``);
     4. data-parallel: Σ_r share_r·∇L_r in one all-reduce (``comm``; ``share`` = B_r / B);
-    5. the optimizer update with learning rate ``lr``, written back into the model.
+    5. the optimizer update with learning rate ``lr``; the new state is returned for the caller to write back
+       (``model.load_step_state``), with the buffers and random key the layers moved on during the pass.
 
     Under a mixed precision policy the backward pass runs in the compute dtype and the gradients are
     float32 from step 3 on (:mod:`nnkit.precision`).  With loss scaling (``state.scaler``) the
@@ -96,8 +98,8 @@ def batch_grads(model, state, X, T, *, loss, regularizer=None, metric_fns=None, 
 
 
 def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hooks=()):
-    """Steps 4–5 of :func:`train_step`: the all-reduce, the gradient watchers and the optimizer's update written
-    back into the model (undone on the device when loss scaling finds inf/NaN); the new :class:`StepState`."""
+    """Steps 4–5 of :func:`train_step`: the all-reduce, the gradient watchers and the optimizer's update (undone on
+    the device when loss scaling finds inf/NaN); the new :class:`StepState`, for the caller to write back."""
     if comm is not None:
         grads = allreduce_grads(comm, grads, share)
     for hook in grad_hooks:  # watchers (GradientStats): the gradients and the parameters before the update
@@ -115,9 +117,8 @@ def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hoo
         params = LossScaler.keep_if(xp, ok, params, before["p"])
         opt = LossScaler.keep_if(xp, ok, opt, before["o"])
         scaler = LossScaler.update(xp, scaler, ok)
-    model.assign(params)
-    moved = model.step_state(optimizer)  # the buffers and the random key the layers moved on in this step
-    return StepState(params, opt, moved.buffers, moved.key, scaler)
+    # the buffers and the random key as the layers moved them on during this step's pass
+    return StepState(params, opt, model.buffers(), model.random_key, scaler)
 
 
 class Step:
@@ -169,6 +170,7 @@ class AccumulatingStep(Step):
         self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
         self.metric_fns, self.grad_hooks, self.every = metric_fns, grad_hooks, every
         self.sum, self.weight, self.count = None, None, 0
+
     def __call__(self, X, T, share=1.0, w=None, mask=None):
         model = self.model
         state = model.step_state(self.optimizer)
@@ -246,8 +248,7 @@ class CompiledStep(Step):
                                         loss=self.loss, optimizer=self.optimizer, regularizer=self.regularizer,
                                         metric_fns=self.metric_fns, w=w, mask=mask)
             stats = None if sums is None else sums.as_tuple()  # plain arrays: what a compiled function returns
-            after = model.step_state(self.optimizer)  # the buffers and key the layers moved on
-            return stats, {**params, **state.params}, state.opt, after.buffers, after.key, state.scaler
+            return stats, {**params, **state.params}, state.opt, state.buffers, state.key, state.scaler
         finally:  # nothing traced stays in the model
             model.load_step_state(before)
             model.clear_scratch()

@@ -233,9 +233,10 @@ class CrossEntropy(Loss):
         log_p -= xp.log(s)  # in place: shifted is not needed any more
         G = e / s
         if T.ndim == 1:  # labels: y_nk = [k = t_n], compared here, never stored
-            hit = xp.reshape(T, (-1, 1)) == xp.arange(Z.shape[1], dtype=T.dtype, device=device_of(Z))
-            G -= xp.astype(hit, Z.dtype)
-            return -xp.sum(xp.where(hit, log_p, xp.zeros_like(log_p)), axis=1), G
+            y = xp.astype(xp.reshape(T, (-1, 1)) == xp.arange(Z.shape[1], dtype=T.dtype, device=device_of(Z)),
+                          Z.dtype)
+            G -= y
+            return -xp.vecdot(y, log_p), G  # ℓ_n = −Σ_k y_nk log p_nk = −log p_{n, t_n} (one term is not 0)
         G -= T
         ell = T * log_p
         ell *= -1.0  # in place: exact, one array fewer

@@ -72,10 +72,11 @@ def _conv_kernels():
 
 def _namespace():
     """array-api-compat's NumPy namespace, with float ``sum``/``max`` going straight to the ufunc reduce
-    and ``astype`` straight to the array method.
+    and ``astype``, ``reshape`` and ``take`` straight to the array methods.
 
     ``np.sum``/``np.max`` reach ``np.add.reduce``/``np.maximum.reduce`` through Python-level argument
-    handling (~1.5 µs a call), compat's ``astype`` checks its arguments (~1.4 µs); a small model's train
+    handling (~1.5 µs a call), compat's ``astype`` checks its arguments (~1.4 µs), ``np.reshape``/``np.take``
+    dispatch through ``__array_function__`` (~0.6 µs); a small model's train
     step makes several of these calls.  The results are identical (same ufunc, same summation order, same
     cast).  Installed as the namespace of ``numpy.ndarray`` so layers, losses and optimizers all see it
     through ``namespace_of``.
@@ -97,7 +98,14 @@ def _namespace():
             return x.astype(dtype, copy=copy)
         return compat.astype(x, dtype, copy=copy, device=device)
 
-    ns = derived_namespace(compat, "numpy_namespace", sum=sum, max=max, astype=astype, conv_kernels=_conv_kernels())
+    def reshape(x, /, shape, *, copy=None):
+        return x.reshape(shape) if copy is None else compat.reshape(x, shape, copy=copy)
+
+    def take(x, indices, /, *, axis=None):
+        return x.take(indices, axis=axis)
+
+    ns = derived_namespace(compat, "numpy_namespace", sum=sum, max=max, astype=astype, reshape=reshape, take=take,
+                           conv_kernels=_conv_kernels())
     for kind in {np.ndarray, *np.sctypeDict.values()}:  # arrays and the 0-d scalars reductions return
         register_namespace(kind, ns)
     return ns

@@ -5,6 +5,7 @@ Run them on a GPU machine with::
     pytest -m gpu tests/test_gpu.py
 
 * a torch-CUDA ``fit`` under ``torch.cuda.set_sync_debug_mode("error")`` (any synchronising call raises);
+* ``compile=True`` on torch-CUDA: the step captured as CUDA graphs, equal to the eager fit (times printed);
 * a CuPy ``fit`` on the *last* visible GPU, with every parameter, gradient and optimizer moment checked to
   live on that GPU;
 * a one-rank NCCL ``fit``; the MPI path with CuPy buffers (two ranks sharing the GPU, equal to one process);
@@ -99,6 +100,44 @@ def test_torch_cuda_fit_never_synchronises_inside_an_epoch():
     assert len(steps) == 512 // 64
     history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=64, verbose=0)
     assert history["loss"][-1] < history["loss"][0]
+
+
+def test_torch_cuda_graphed_fit_equals_the_eager_fit():
+    """``compile=True`` on CUDA: the step captured as CUDA graphs (two: the full batches and the last), no capture
+    refused, the fit equal to the eager one; per-step times of both printed (the S network, batch 64)."""
+    import warnings
+
+    from nnkit.backends.torch import GraphedFunction
+
+    torch = _torch_cuda()
+    X, y = _data(n=12800, d=64, k=10)
+    be = nnkit.get_backend("torch", device="cuda")
+
+    def fit(compile, epochs):
+        model = nnkit.Sequential([nnkit.Dense(64, 128), nnkit.BatchNorm(128), nnkit.ReLU(), nnkit.Dense(128, 64),
+                                  nnkit.ReLU(), nnkit.Dense(64, 10)], backend=be, seed=0)
+        opt = nnkit.optim.SGD(0.05, momentum=0.9)
+        Xd, yd = be.asarray(X, dtype=be.dtype), be.asarray(y)
+        kw = dict(loss="cross_entropy", optimizer=opt, batch_size=64, verbose=0, compile=compile, metrics=[],
+                  shuffle=False)
+        model.fit(Xd[:1000], yd[:1000], epochs=3, **kw)  # warm-ups and captures (64 rows and the last 40)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        h = model.fit(Xd, yd, epochs=epochs, **kw)
+        torch.cuda.synchronize()
+        return model, h, (time.perf_counter() - t0) / (epochs * 200)
+
+    eager, h_eager, t_eager = fit(False, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        graphed, h_graphed, t_graphed = fit(True, 3)
+    steps = [s for s in graphed.compiled_steps.values()]
+    assert len(steps) == 1 and isinstance(steps[0]._step, GraphedFunction) and steps[0]._step.captures == 2
+    print(f"S step on CUDA: eager {t_eager * 1e6:.0f} us, CUDA graphs {t_graphed * 1e6:.0f} us "
+          f"({t_eager / t_graphed:.1f}x)")
+    np.testing.assert_allclose(h_graphed["loss"], h_eager["loss"], rtol=1e-4)
+    for k, v in eager.state_dict().items():
+        np.testing.assert_allclose(graphed.state_dict()[k], v, rtol=1e-3, atol=1e-5, err_msg=k)
 
 
 def test_cupy_fit_on_the_last_gpu_keeps_everything_there():

@@ -45,7 +45,7 @@ def namespace():
     """array-api-compat's torch namespace, where ``maximum``/``minimum`` with a Python scalar call
     ``torch.clamp`` (compat turns the scalar into a device tensor: a blocking host-to-device copy on CUDA,
     every call) and ``astype`` from bool to float goes through uint8 (5× faster on the CPU, the same
-    values).  Everything else is compat's."""
+    values), with ReLU's backward product as one kernel (``relu_grad``).  Everything else is compat's."""
     global _NAMESPACE
     if _NAMESPACE is None:
         import torch
@@ -69,9 +69,13 @@ def namespace():
                 return x.view(torch.uint8).to(dtype)
             return compat.astype(x, dtype, copy=copy, device=device)
 
+        def relu_grad(dA, A, /):
+            """dA ⊙ [A > 0] in one kernel (ReLU's backward: ``threshold_backward``, dA where A > 0, else 0)."""
+            return torch.ops.aten.threshold_backward(dA, A, 0)
+
         _NAMESPACE = derived_namespace(compat, "torch_namespace", maximum=clamping(compat.maximum, "min"),
                                        minimum=clamping(compat.minimum, "max"), astype=astype,
-                                       conv_kernels=_conv_kernels(torch))
+                                       relu_grad=relu_grad, conv_kernels=_conv_kernels(torch))
         register_namespace(torch.Tensor, _NAMESPACE)
     return _NAMESPACE
 

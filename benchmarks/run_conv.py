@@ -8,7 +8,7 @@ channels, 32 × 32, k 3, padding 1), MNIST-1D's small Conv1D (B 100, 1 → 25 ch
 padding 1).  Each call is the layer's forward (training) and backward with dX; PyTorch's is the module's
 forward and ``backward`` to the input.  On JAX both are compiled with ``jax.jit``: nnkit's layer (its kernels
 are ``lax.conv_general_dilated`` and its linearisation) against ``jax.vjp`` of the same convolution written
-directly.  The floor: one unfolding of X (a strided view copied once) and the three
+directly.  The floor: one unfolding of X (the NumPy kernels' own) and the three
 GEMMs of the derivation (Z = W₂·cols, dW₂ = dZ·colsᵀ, dcols = W₂ᵀ·dZ), with nothing else.
 """
 from __future__ import annotations
@@ -98,8 +98,8 @@ def jax_calls(shape, spec):
 
 
 def floor_call(shape, spec):
-    """The unfolding (one copy of a strided view, (C·K, B·P)) and the three GEMMs over the B·P positions, in
-    NumPy, with the output's gradient given in the GEMM's layout: nothing else."""
+    """The unfolding (NumPy's kernels' own, (C·K, B·P)) and the three GEMMs over the B·P positions, in NumPy, with
+    the output's gradient given in the GEMM's layout: nothing else."""
     from nnkit.backends.numpy import NAMESPACE as xp
 
     kernels = xp.conv_kernels
@@ -113,9 +113,7 @@ def floor_call(shape, spec):
     dZ2 = np.ones((spec["out"], cols.shape[1]), np.float32)
 
     def call():
-        win = kernels.windows(X, k, s, p, (1,) * n)
-        order = (1,) + tuple(range(2 + n, 2 + 2 * n)) + (0,) + tuple(range(2, 2 + n))
-        c = np.ascontiguousarray(win.transpose(order)).reshape(W2.shape[1], -1)
+        c = kernels.columns(X, k, s, p, (1,) * n)[0].reshape(W2.shape[1], -1)
         return W2 @ c, dZ2 @ c.T, W2.T @ dZ2
 
     return call

@@ -33,8 +33,6 @@ def _conv_kernels():
     all B·P positions — the unfolding written tap by tap straight into the (C, K, B, *out) matrix, its adjoint
     added tap by tap, in the same order, straight into dX — with no padded copy of X or dX and no stacked slices
     or concatenated zeros."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     from ..layers.convolutional import ConvKernels
 
     all_ = slice(None)
@@ -43,16 +41,6 @@ def _conv_kernels():
         return enumerate(itertools.product(*[range(k) for k in kernel]))
 
     class NumpyConvKernels(ConvKernels):
-        def windows(self, X, kernel, stride, padding, dilation):
-            """The strided view (B, C, *out, *k) of X's patches (no copy; the padded X is one)."""
-            n = len(kernel)
-            if any(padding):
-                X = np.pad(X, ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
-            spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-            win = sliding_window_view(X, spans, axis=tuple(range(2, 2 + n)))  # (B, C, *positions, *spans)
-            return win[(all_, all_) + tuple(slice(None, None, s) for s in stride)
-                       + tuple(slice(None, None, d) for d in dilation)]
-
         def columns(self, X, kernel, stride, padding, dilation):
             """cols (C, K, B, *out): tap t's row block holds, at each position, the input its read meets (0 where it
             meets the padding) — one strided copy per tap from X seen as (C, B, *in)."""

@@ -1,5 +1,6 @@
 """Convolutions forward + backward: nnkit on NumPy, on the torch backend and on JAX beside PyTorch's own module,
-JAX's own convolution and NumPy's unfolding-plus-GEMM floor — alternating calls in one run.
+JAX's own convolution and NumPy's unfolding-plus-GEMM floor — each pair's calls alternating, the pairs one after
+the other, in one run.
 
     python -m benchmarks.run_conv [--rounds 30] [--out FILE]
 
@@ -134,12 +135,13 @@ def main(argv=None):
             "torch backend / PyTorch | NumPy / PyTorch | nnkit JAX (jit) ms | JAX's own (jit) ms | JAX / JAX's own |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (shape, spec) in SHAPES.items():
-        fns = {"numpy": nnkit_call(shape, spec, "numpy"), "floor": floor_call(shape, spec),
-               "torch_backend": nnkit_call(shape, spec, "torch"), "torch": torch_call(shape, spec)}
-        m = {k: 1e3 * v for k, v in alternating_medians(fns, args.rounds).items()}
-        if has_jax:  # apart: XLA's threads would slow the others' calls (and theirs XLA's)
-            jax_fns = dict(zip(("jax", "jax_own"), jax_calls(shape, spec)))
-            m.update({k: 1e3 * v for k, v in alternating_medians(jax_fns, args.rounds).items()})
+        # each library's pair alternating, the pairs apart: PyTorch's OpenMP threads, and XLA's, spin on after a
+        # call and would slow the next library's (and OpenBLAS's theirs)
+        groups = [{"numpy": nnkit_call(shape, spec, "numpy"), "floor": floor_call(shape, spec)},
+                  {"torch_backend": nnkit_call(shape, spec, "torch"), "torch": torch_call(shape, spec)}]
+        if has_jax:
+            groups.append(dict(zip(("jax", "jax_own"), jax_calls(shape, spec))))
+        m = {k: 1e3 * v for fns in groups for k, v in alternating_medians(fns, args.rounds).items()}
         jax_cells = (f"{m['jax']:.2f} | {m['jax_own']:.2f} | {m['jax'] / m['jax_own']:.2f}" if has_jax
                      else "— | — | —")
         rows.append(f"| {name} {shape} | {m['numpy']:.2f} | {m['floor']:.2f} | {m['numpy'] / m['floor']:.2f} | "

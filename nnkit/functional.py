@@ -41,6 +41,20 @@ def register_namespace(kind, xp):
     _NAMESPACES[kind] = xp
 
 
+_OWN: dict = {}
+
+
+def own_kernel(xp, name):
+    """The namespace's own faster form of an operation, ``xp.<name>`` (``scan``, ``relu_grad``, ``conv_kernels``),
+    or None where it has none — looked up once per namespace (a missing module attribute costs ~2 µs each time)."""
+    key = (xp, name)
+    try:
+        return _OWN[key]
+    except KeyError:
+        found = _OWN[key] = getattr(xp, name, None)
+        return found
+
+
 def scan(xp, body, carry, xs, reverse=False):
     """The loop ``for t: carry, y_t = body(carry, x_t)`` over the leading axis of ``xs``; ``(carry, ys)``.
 
@@ -50,7 +64,7 @@ def scan(xp, body, carry, xs, reverse=False):
     semantics — JAX's is ``lax.scan`` while a step is being compiled, so the loop is compiled once, not
     unrolled T times; elsewhere this is a Python loop.
     """
-    loop = getattr(xp, "scan", None)
+    loop = own_kernel(xp, "scan")
     if loop is not None:
         return loop(body, carry, xs, reverse)
     return python_scan(xp, body, carry, xs, reverse)

@@ -125,7 +125,7 @@ class ReLU(_Elementwise):
         """dZ = dA ⊙ [Z > 0] = dA ⊙ [A > 0]; shapes (B, n).  Where the backend has this product as one kernel
         (``xp.relu_grad``: PyTorch's ``threshold_backward``, 5–7× faster on the CPU than forming the indicator
         and multiplying), that kernel; the same values."""
-        fused = getattr(self.xp, "relu_grad", None)
+        fused = F.own_kernel(self.xp, "relu_grad")
         if fused is not None:
             return fused(dA, self._cache)
         dZ = self.active()

@@ -31,6 +31,7 @@ import itertools
 import math
 import numbers
 
+from .. import functional as F
 from ..init import get_initializer
 from .core import Layer, ShapeError, check_size
 
@@ -233,7 +234,7 @@ class _Conv(Layer):
         by the backend's convolution kernels (``xp.conv_kernels``) where it has them, the unfolding and one GEMM
         otherwise (:class:`ConvKernels`).  Keeps what the backward pass needs when training."""
         xp = self.xp
-        kernels = getattr(xp, "conv_kernels", GENERIC_KERNELS)
+        kernels = F.own_kernel(xp, "conv_kernels") or GENERIC_KERNELS
         W = self.compute(self.params["W"])
         Z, saved = kernels.forward(xp, X, W, self.stride, self.padding, self.dilation, self.compute(self.params["b"]))
         if train:

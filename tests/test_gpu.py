@@ -133,6 +133,22 @@ def test_torch_cuda_graphed_fit_equals_the_eager_fit():
         graphed, h_graphed, t_graphed = fit(True, 3)
     steps = [s for s in graphed.compiled_steps.values()]
     assert len(steps) == 1 and isinstance(steps[0]._step, GraphedFunction) and steps[0]._step.captures == 2
+    g, replays = steps[0]._step, []
+    real = g.graphs.replay
+    g.graphs.replay = lambda graph: replays.append(1) or real(graph)
+
+    class SyncsAreErrors(nnkit.Callback):  # after fit's input checks, before the first step
+        def on_train_begin(self):
+            torch.cuda.set_sync_debug_mode("error")
+    try:  # the replays never synchronise: the epoch's one read of the loss is the first sync
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            graphed.fit(be.asarray(X, dtype=be.dtype), be.asarray(y), loss="cross_entropy",
+                        optimizer=graphed.optimizer, batch_size=64, epochs=1, verbose=0, compile=True, metrics=[],
+                        shuffle=False, callbacks=[SyncsAreErrors()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        g.graphs.replay = real
+    assert len(replays) == 200
     print(f"S step on CUDA: eager {t_eager * 1e6:.0f} us, CUDA graphs {t_graphed * 1e6:.0f} us "
           f"({t_eager / t_graphed:.1f}x)")
     np.testing.assert_allclose(h_graphed["loss"], h_eager["loss"], rtol=1e-4)

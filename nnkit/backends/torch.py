@@ -295,8 +295,7 @@ class GraphedFunction:
       device, and every other leaf's value (None, ints, strings); a Python float is a 0-d float64 tensor on the
       device, so a new learning rate is a copy into the graph's input, not a new graph; the generator the capture
       saw is registered with the graph (each replay draws new numbers) and a new one (a new epoch's) hands it its
-      state.  An epoch's full batches and its
-      last, shorter batch are two graphs.
+      state.  An epoch's full batches and its last, shorter batch are two graphs.
     * The first ``warmup`` calls of a signature run ``fn`` as it is, on a side stream; the next captures it (the
       arguments copied into static tensors the graph owns) and every call replays it: each argument tensor that
       is not already the graph's own is copied into it first.  A step that updates its state in place returns
@@ -315,7 +314,7 @@ class GraphedFunction:
         import torch
 
         self.fn, self.graphs, self.torch = fn, graphs, torch
-        self.entries = {}  # signature -> {"runs", "graph", "static", "floats", "out", "own"}
+        self.entries = {}  # signature -> {"runs", "graph", "static" (inputs), "out" (outputs), "own" (ids of static)}
         self.captures = 0
 
     def _signature(self, spec, leaves):

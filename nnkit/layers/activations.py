@@ -124,7 +124,8 @@ class ReLU(_Elementwise):
     def backward(self, dA, need_dX=True):
         """dZ = dA ⊙ [Z > 0] = dA ⊙ [A > 0]; shapes (B, n).  Where the backend has this product as one kernel
         (``xp.relu_grad``: PyTorch's ``threshold_backward``, 5–7× faster on the CPU than forming the indicator
-        and multiplying), that kernel; the same values."""
+        and multiplying), that kernel; the same values (where A ≤ 0 it gives 0 even for a NaN in dA, as PyTorch's
+        own ReLU does)."""
         fused = F.own_kernel(self.xp, "relu_grad")
         if fused is not None:
             return fused(dA, self._cache)

@@ -185,3 +185,16 @@ def test_the_cuda_backend_compiles_to_graphs_and_the_cpu_to_torch_compile():
     assert not isinstance(be.compile(lambda x: x), torch_backend.GraphedFunction)
     meta = nnkit.get_backend("torch", device="meta")
     assert not isinstance(meta.compile(lambda x: x), torch_backend.GraphedFunction)
+
+
+def test_the_cuda_calls_it_makes_exist_in_this_torch():
+    """What CudaGraphs calls on a GPU, checked against the installed PyTorch's API (the GPU run itself is in
+    tests/test_gpu.py): the capture context with its error mode, generator registration, generator state."""
+    import inspect
+
+    assert "capture_error_mode" in inspect.signature(torch.cuda.graph).parameters
+    for name in ("register_generator_state", "replay"):
+        assert callable(getattr(torch.cuda.CUDAGraph, name, None)), name
+    for name in ("get_state", "set_state"):
+        assert callable(getattr(torch.Generator, name, None)), name
+    assert callable(torch.cuda.Stream) and callable(torch.ops.aten.threshold_backward)

@@ -277,7 +277,9 @@ class CudaGraphs:
         with torch.cuda.device(self.device):
             for g in generators:
                 graph.register_generator_state(g)
-            with torch.cuda.graph(graph):
+            # thread_local: a streamed fit's prefetch thread may copy the next batch to the device (and allocate)
+            # while the step is captured; only this thread's calls must be capture-safe
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = fn(*args)
         return graph, out
 

@@ -174,6 +174,37 @@ def test_gradcheck_of_conv_models_on_every_backend(net, make_backend):
     assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6
 
 
+def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries():
+    """NumPy's tap-by-tap unfolding and fold against the Array-API kernels (stacked slices of the padded input):
+    1-D and 2-D, strides, paddings wider than the kernel's reach (taps that never meet the input), dilations —
+    Z, dW, db and dX to round-off in float64; and an empty batch's shapes."""
+    from nnkit.backends.numpy import NAMESPACE as xp
+
+    ours, ref = xp.conv_kernels, convolutional.GENERIC_KERNELS
+    rng, checked = np.random.default_rng(0), 0
+    for n in (1, 2):
+        for _ in range(60):
+            k, s, d, p = (tuple(int(v) for v in rng.integers(lo, hi, n)) for lo, hi in ((1, 5), (1, 4), (1, 3), (0, 5)))
+            size = tuple(int(v) for v in rng.integers(1, 10, n))
+            out = [(m + 2 * q - e * (kk - 1) - 1) // ss + 1 for m, q, e, kk, ss in zip(size, p, d, k, s)]
+            if min(out) < 1:
+                continue
+            B = int(rng.integers(1, 3))
+            X, W, b = rng.normal(size=(B, 3) + size), rng.normal(size=(4, 3) + k), rng.normal(size=4)
+            (Z1, saved1), (Z2, saved2) = ours.forward(xp, X, W, s, p, d, b), ref.forward(xp, X, W, s, p, d, b)
+            np.testing.assert_allclose(Z1, Z2, rtol=1e-12, atol=1e-12)
+            dZ = rng.normal(size=Z2.shape)
+            for a, c in zip(ours.backward(xp, saved1, dZ, W, s, p, d), ref.backward(xp, saved2, dZ, W, s, p, d)):
+                assert a.shape == c.shape
+                np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+            checked += 1
+    assert checked > 80
+    Z, saved = ours.forward(xp, np.zeros((0, 3, 8, 8)), np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1), np.zeros(4))
+    assert Z.shape == (0, 4, 8, 8)
+    assert [g.shape for g in ours.backward(xp, saved, Z, np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1))] == \
+        [(4, 3, 3, 3), (4,), (0, 3, 8, 8)]
+
+
 @pytest.mark.parametrize("backend", ["array_api_strict", "numpy"])
 def test_a_wrong_col2im_fails_the_gradient_check(monkeypatch, backend):
     """The Array-API kernels' col2im and NumPy's own, each made wrong, are caught by gradcheck."""

@@ -59,7 +59,7 @@ def _conv_kernels():
             """One GEMM over the B·P positions: cols (C·K, B·P), Z₂ = W₂·cols (+ b) (O, B·P), seen as (B, O, *out)."""
             B, O = X.shape[0], W.shape[0]
             cols, out = self.columns(X, tuple(W.shape[2:]), stride, padding, dilation)
-            cols = cols.reshape(-1, B * math.prod(out))
+            cols = cols.reshape(cols.shape[0] * cols.shape[1], B * math.prod(out))
             W2 = W.reshape(O, -1)
             Z = W2 @ cols
             if b is not None:

@@ -499,7 +499,8 @@ def epoch_callables(shape="S", log=print):
     """``{library: {row: fn}}``: each fn runs :data:`EPOCHS` epochs of :data:`EPOCH_BATCHES` batches of ``shape``
     (nnkit's as one ``fit`` call) — the NumPy GEMM floor (the step's nine GEMMs), nnkit's NumPy ``fit``, JAX
     ``fit(compile=True)`` with the epoch compiled whole and step by step, the hand-written ``lax.scan`` epoch and
-    PyTorch's own eager loop (the libraries that are installed)."""
+    PyTorch's own eager loop (the libraries that are installed); where PyTorch sees a CUDA device, nnkit's torch
+    ``fit`` there eager and with ``compile=True`` (the step as CUDA graphs) beside PyTorch's own loop on it."""
     sizes, batch = SHAPES[shape]
     rng = np.random.default_rng(0)
     n = batch * EPOCH_BATCHES
@@ -552,6 +553,27 @@ def epoch_callables(shape="S", log=print):
                 for step in steps:
                     step()
         groups["torch"]["PyTorch's own eager loop"] = torch_epoch
+    if why_unavailable("torch-cuda"):
+        log(f"epoch report: no CUDA rows ({why_unavailable('torch-cuda')})")
+    else:  # the step as one CUDA graph launch against the same step kernel by kernel, and PyTorch's loop there
+        import torch
+
+        cuda = target_backend("torch-cuda")
+        groups["torch-cuda"] = {"nnkit fit, torch CUDA, eager": fit_epoch(cuda),
+                                "nnkit fit, torch CUDA, compile=True (CUDA graphs)": fit_epoch(cuda, True)}
+        dev = torch.device("cuda")
+        net = torch.nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:])
+                                    for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1]).to(dev)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+        cuda_steps = [_eager_step(torch, net, opt, Xt[s:s + batch], yt[s:s + batch]) for s in range(0, n, batch)]
+
+        def torch_cuda_epoch():
+            for _ in range(EPOCHS):
+                for step in cuda_steps:
+                    loss = step()
+                loss.item()  # the epoch's end: wait for the device, as fit's one read of the loss does
+        groups["torch-cuda"]["PyTorch's own eager loop, CUDA"] = torch_cuda_epoch
     return {g: fns for g, fns in groups.items() if fns}
 
 

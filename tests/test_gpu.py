@@ -5,7 +5,8 @@ Run them on a GPU machine with::
     pytest -m gpu tests/test_gpu.py
 
 * a torch-CUDA ``fit`` under ``torch.cuda.set_sync_debug_mode("error")`` (any synchronising call raises);
-* ``compile=True`` on torch-CUDA: the step captured as CUDA graphs, equal to the eager fit (times printed);
+* ``compile=True`` on torch-CUDA: the step captured as CUDA graphs, equal to the eager fit, its replays never
+  synchronising (times printed); the epoch table's CUDA rows (printed);
 * a CuPy ``fit`` on the *last* visible GPU, with every parameter, gradient and optimizer moment checked to
   live on that GPU;
 * a one-rank NCCL ``fit``; the MPI path with CuPy buffers (two ranks sharing the GPU, equal to one process);
@@ -154,6 +155,18 @@ def test_torch_cuda_graphed_fit_equals_the_eager_fit():
     np.testing.assert_allclose(h_graphed["loss"], h_eager["loss"], rtol=1e-4)
     for k, v in eager.state_dict().items():
         np.testing.assert_allclose(graphed.state_dict()[k], v, rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_the_epoch_table_has_the_cuda_rows():
+    """``nnkit bench``'s epoch table on a CUDA machine: nnkit's torch fit eager and as CUDA graphs beside PyTorch's
+    own loop there (printed)."""
+    _torch_cuda()
+    from nnkit.bench import epoch_markdown, run_epoch_report
+
+    rows = run_epoch_report(seconds=0.05, log=lambda *a: None)
+    assert {"nnkit fit, torch CUDA, eager", "nnkit fit, torch CUDA, compile=True (CUDA graphs)",
+            "PyTorch's own eager loop, CUDA"} <= {r["what"] for r in rows}
+    print(epoch_markdown(rows))
 
 
 def test_cupy_fit_on_the_last_gpu_keeps_everything_there():

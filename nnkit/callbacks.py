@@ -30,6 +30,11 @@ __all__ = ["Callback", "History", "Monitor", "ProgbarLogger", "ModelCheckpoint",
            "GradientStats"]
 
 
+def overrides_on_batch_end(cb):
+    """True when a callback has an ``on_batch_end`` of its own (not :class:`Callback`'s, which does nothing)."""
+    return getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end
+
+
 class Callback:
     """Hooks called by ``fit`` (all optional).  ``self.model``, ``self.optimizer`` and ``self.comm`` are
     set before training.  ``on_epoch_end(epoch, logs)`` returning True stops training."""
@@ -58,7 +63,7 @@ class Callback:
         """Whether ``on_batch_end`` must run after every batch: True when the callback overrides it.  ``fit(...,
         compile=True)`` runs an epoch whole, as one compiled loop, only when no callback needs every batch;
         a callback answering False is then called once, after the epoch's last batch (``batch`` its index)."""
-        return getattr(self.on_batch_end, "__func__", None) is not Callback.on_batch_end
+        return overrides_on_batch_end(self)
 
 
 class History(dict):

@@ -72,26 +72,49 @@ def scan(xp, body, carry, xs, reverse=False):
 
 def python_scan(xp, body, carry, xs, reverse=False):
     """:func:`scan` as a Python loop (every backend's eager form)."""
-    leaves = [x for x in _leaves(xs) if x is not None]
+    leaves = [x for x in tree_flatten(xs)[0] if x is not None]
     if not leaves:
         raise ValueError("scan needs at least one array in xs (its axis 0 is the loop's axis)")
     T = leaves[0].shape[0]
     ys = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        carry, ys[t] = body(carry, _tree_map(lambda x: None if x is None else x[t, ...], xs))
+        carry, ys[t] = body(carry, tree_map(lambda x: None if x is None else x[t, ...], xs))
     return carry, _stack_steps(xp, ys)
 
 
-def _leaves(tree):
-    if isinstance(tree, (tuple, list)):
-        return [leaf for item in tree for leaf in _leaves(item)]
-    return [tree]
+def tree_flatten(tree):
+    """``(leaves, spec)``: the leaves of nested tuples, lists and dicts in order, and the structure they sit in
+    (hashable: the same structure gives the same spec)."""
+    leaves = []
+
+    def walk(node):
+        if isinstance(node, (tuple, list)):
+            return type(node), tuple(walk(item) for item in node)
+        if isinstance(node, dict):
+            return dict, tuple((k, walk(v)) for k, v in node.items())
+        leaves.append(node)
+        return None
+    return leaves, walk(tree)
 
 
-def _tree_map(fn, tree):
-    if isinstance(tree, (tuple, list)):
-        return tuple(_tree_map(fn, item) for item in tree)
-    return fn(tree)
+def tree_unflatten(spec, leaves):
+    """The tree of structure ``spec`` (from :func:`tree_flatten`) holding ``leaves`` in order."""
+    it = iter(leaves)
+
+    def build(node):
+        if node is None:
+            return next(it)
+        kind, parts = node
+        if kind is dict:
+            return {k: build(part) for k, part in parts}
+        return kind(build(part) for part in parts)
+    return build(spec)
+
+
+def tree_map(fn, tree):
+    """``tree`` with ``fn`` applied to each leaf (tuples, lists and dicts kept)."""
+    leaves, spec = tree_flatten(tree)
+    return tree_unflatten(spec, [fn(x) for x in leaves])
 
 
 def _stack_steps(xp, ys):

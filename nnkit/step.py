@@ -18,6 +18,7 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 from __future__ import annotations
 
 from .distributed import allreduce_grads
+from .functional import own_kernel
 from .metrics import BatchStats
 from .precision import LossScaler
 
@@ -233,7 +234,7 @@ class CompiledStep(Step):
         self.metric_fns = metric_fns
         be = model.backend
         self._step = be.compile(self._pure)
-        self._epoch = be.compile(self._pure_epoch) if callable(getattr(model.xp, "scan", None)) else None
+        self._epoch = be.compile(self._pure_epoch) if own_kernel(model.xp, "scan") is not None else None
         if self._epoch is None:
             self.epoch = None
 
@@ -241,10 +242,10 @@ class CompiledStep(Step):
         """One step as a pure function (see the class docstring); runs only while the backend traces it."""
         model = self.model
         self.traces += 1
-        before = model.step_state(self.optimizer)
+        before, given = model.step_state(self.optimizer), StepState(params, opt, buffers, key, scaler)
         try:
-            model.load_step_state(StepState(params, opt, buffers, key, scaler))
-            _, sums, state = train_step(model, StepState(params, opt, buffers, key, scaler), X, T, lr,
+            model.load_step_state(given)
+            _, sums, state = train_step(model, given, X, T, lr,
                                         loss=self.loss, optimizer=self.optimizer, regularizer=self.regularizer,
                                         metric_fns=self.metric_fns, w=w, mask=mask)
             stats = None if sums is None else sums.as_tuple()  # plain arrays: what a compiled function returns

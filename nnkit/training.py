@@ -22,7 +22,8 @@ import time
 from . import checkpoint as ckpt
 from . import data
 from . import distributed as dist
-from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress  # noqa: F401
+from .callbacks import (Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress,  # noqa: F401
+                        overrides_on_batch_end)
 from .backend import is_sparse
 from .files import check_writable
 from .losses import get_loss
@@ -105,12 +106,12 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
                sample_weight, log_every_n_steps, class_weight, accumulate, lengths, bucket, steps_per_epoch)
     model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
-    per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in hooks
-                 if getattr(cb.on_batch_end, "__func__", None) is not Callback.on_batch_end]
+    watching = [cb for cb in hooks if overrides_on_batch_end(cb)]
+    per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in watching]
     every, steps = run.log_every_n_steps, 0  # steps: counted over the whole fit, for the logging steps
     # compile=True: an epoch runs whole, one compiled loop on the device, when nothing needs each batch
     whole = run.step.epoch is not None and run.data.whole_epochs() and not every \
-        and not any(_needs_every_batch(cb) for cb in hooks)
+        and not any(_needs_every_batch(cb) for cb in watching)
     for cb in hooks:
         cb.history = history
     for cb in hooks:
@@ -192,10 +193,8 @@ def _terminate(run, model, safe, epoch, hooks):
 
 
 def _needs_every_batch(cb):
-    """Whether a callback's ``on_batch_end`` must run after every batch (:meth:`Callback.needs_every_batch`; a
-    duck-typed callback that defines ``on_batch_end`` does)."""
-    if getattr(cb.on_batch_end, "__func__", None) is Callback.on_batch_end:
-        return False
+    """Whether the ``on_batch_end`` of a callback that has its own must run after every batch
+    (:meth:`Callback.needs_every_batch`; a duck-typed callback that defines ``on_batch_end`` does)."""
     asks = getattr(cb, "needs_every_batch", None)
     return bool(asks()) if callable(asks) else True
 

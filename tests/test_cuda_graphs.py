@@ -15,15 +15,14 @@ import pytest
 
 import nnkit
 from nnkit.backends import torch as torch_backend
+from nnkit.functional import tree_flatten
 from tests.helpers import to_np
 
 torch = pytest.importorskip("torch")
 
 
 def _tensors(tree):
-    leaves = []
-    torch_backend._leaves(tree, leaves)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
+    return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
 
 
 class ReplayingGraphs:

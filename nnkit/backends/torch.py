@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from ..functional import register_namespace
+from ..functional import register_namespace, tree_flatten, tree_unflatten
 from .base import Backend, Copies, cuda_index, derived_namespace
 
 __all__ = ["TorchBackend"]
@@ -230,26 +230,6 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self.device)
 
 
-def _leaves(tree, out):
-    """The leaves of nested tuples, lists and dicts, in order, appended to ``out``; returns the tree's structure."""
-    if isinstance(tree, (tuple, list)):
-        return type(tree), tuple(_leaves(t, out) for t in tree)
-    if isinstance(tree, dict):
-        return dict, tuple((k, _leaves(v, out)) for k, v in tree.items())
-    out.append(tree)
-    return None
-
-
-def _rebuild(spec, leaves):
-    """The tree of structure ``spec`` (from :func:`_leaves`) with its leaves taken in order from ``leaves``."""
-    if spec is None:
-        return next(leaves)
-    kind, parts = spec
-    if kind is dict:
-        return {k: _rebuild(s, leaves) for k, s in parts}
-    return kind(_rebuild(s, leaves) for s in parts)
-
-
 class CudaGraphs:
     """The CUDA side of :class:`GraphedFunction`: a side stream for the warm-up runs, a graph captured with the
     generators it draws from registered (so each replay draws new numbers), its replay."""
@@ -333,8 +313,7 @@ class GraphedFunction:
         return spec, tuple(part(x) for x in leaves)
 
     def __call__(self, *args):
-        leaves = []
-        spec = _leaves(args, leaves)
+        leaves, spec = tree_flatten(args)
         sig = self._signature(spec, leaves)
         entry = self.entries.get(sig)
         if entry is None:
@@ -361,10 +340,9 @@ class GraphedFunction:
                 static.set_state(x.get_state())
         self.graphs.replay(entry["graph"])
         own = entry["own"]
-        out = []
-        spec_out = _leaves(entry["out"], out)
-        return _rebuild(spec_out, iter(o.clone() if isinstance(o, torch.Tensor) and id(o) not in own else o
-                                        for o in out))
+        out, spec_out = tree_flatten(entry["out"])
+        return tree_unflatten(spec_out, [o.clone() if isinstance(o, torch.Tensor) and id(o) not in own else o
+                                         for o in out])
 
     def _capture(self, entry, spec, leaves):
         torch = self.torch
@@ -372,7 +350,7 @@ class GraphedFunction:
         static = [x.clone() if isinstance(x, torch.Tensor) else
                   torch.tensor(x, dtype=torch.float64, device=device) if isinstance(x, float) else x for x in leaves]
         generators = [x for x in leaves if isinstance(x, torch.Generator)]
-        entry["graph"], entry["out"] = self.graphs.capture(self.fn, _rebuild(spec, iter(static)), generators)
+        entry["graph"], entry["out"] = self.graphs.capture(self.fn, tree_unflatten(spec, static), generators)
         entry["static"] = static
         entry["own"] = {id(x) for x in static if isinstance(x, torch.Tensor)}
         self.captures += 1

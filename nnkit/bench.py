@@ -539,42 +539,34 @@ def epoch_callables(shape="S", log=print):
         groups["jax"]["hand-written JAX epoch (lax.scan, compiled whole, shuffled)"] = _hand_scan_epoch(sizes, X, y,
                                                                                                       batch)
     if not why_unavailable("torch"):
-        import torch
-
-        net = torch.nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:])
-                                    for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1])
-        opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-
-        steps = [_eager_step(torch, net, opt, Xt[s:s + batch], yt[s:s + batch]) for s in range(0, n, batch)]
-
-        def torch_epoch():
-            for _ in range(EPOCHS):
-                for step in steps:
-                    step()
-        groups["torch"]["PyTorch's own eager loop"] = torch_epoch
+        groups["torch"]["PyTorch's own eager loop"] = _torch_epoch(sizes, X, y, batch, "cpu")
     if why_unavailable("torch-cuda"):
         log(f"epoch report: no CUDA rows ({why_unavailable('torch-cuda')})")
     else:  # the step as one CUDA graph launch against the same step kernel by kernel, and PyTorch's loop there
-        import torch
-
         cuda = target_backend("torch-cuda")
         groups["torch-cuda"] = {"nnkit fit, torch CUDA, eager": fit_epoch(cuda),
-                                "nnkit fit, torch CUDA, compile=True (CUDA graphs)": fit_epoch(cuda, True)}
-        dev = torch.device("cuda")
-        net = torch.nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:])
-                                    for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1]).to(dev)
-        opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-        cuda_steps = [_eager_step(torch, net, opt, Xt[s:s + batch], yt[s:s + batch]) for s in range(0, n, batch)]
-
-        def torch_cuda_epoch():
-            for _ in range(EPOCHS):
-                for step in cuda_steps:
-                    loss = step()
-                loss.item()  # the epoch's end: wait for the device, as fit's one read of the loss does
-        groups["torch-cuda"]["PyTorch's own eager loop, CUDA"] = torch_cuda_epoch
+                                "nnkit fit, torch CUDA, compile=True (CUDA graphs)": fit_epoch(cuda, True),
+                                "PyTorch's own eager loop, CUDA": _torch_epoch(sizes, X, y, batch, "cuda")}
     return {g: fns for g, fns in groups.items() if fns}
+
+
+def _torch_epoch(sizes, X, y, batch, device):
+    """PyTorch's own eager loop over the epoch's batches (in order), :data:`EPOCHS` times, on ``device``: an MLP of
+    ``sizes`` with ReLU, plain SGD; the loss read once per epoch, as ``fit`` reads its logs."""
+    import torch
+
+    net = torch.nn.Sequential(*[m for a, b in zip(sizes[:-1], sizes[1:])
+                                for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1]).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+    steps = [_eager_step(torch, net, opt, Xt[s:s + batch], yt[s:s + batch]) for s in range(0, len(X), batch)]
+
+    def run():
+        for _ in range(EPOCHS):
+            for step in steps:
+                loss = step()
+            loss.item()
+    return run
 
 
 def run_epoch_report(seconds=1.0, log=print, shape="S"):

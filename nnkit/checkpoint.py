@@ -78,7 +78,7 @@ def save(model, path):
         "input_shape": None if model.input_shape is None else list(model.input_shape),
         "precision": model.precision,
         "loss_scale": None if model.loss_scaler is None else [be.to_float(model.loss_scaler["scale"]),
-                                                           be.to_float(model.loss_scaler["good"])],
+                                                              be.to_float(model.loss_scaler["good"])],
         "backend": be.name,
         "seed": model.seed if isinstance(model.seed, int) else None,
         "epoch": int(model.epoch),

@@ -33,7 +33,7 @@ def _conv_kernels():
     all B·P positions — the unfolding written tap by tap straight into the (C, K, B, *out) matrix, its adjoint
     added tap by tap, in the same order, straight into dX — with no padded copy of X or dX and no stacked slices
     or concatenated zeros."""
-    from ..layers.convolutional import ConvKernels
+    from ..layers.convolutional import ConvKernels, conv_output_size
 
     all_ = slice(None)
 
@@ -45,8 +45,7 @@ def _conv_kernels():
             """cols (C, K, B, *out): tap t's row block holds, at each position, the input its read meets (0 where it
             meets the padding) — one strided copy per tap from X seen as (C, B, *in)."""
             in_shape = tuple(X.shape[2:])
-            out = tuple((m + 2 * p - d * (k - 1) - 1) // s + 1
-                        for m, p, d, k, s in zip(in_shape, padding, dilation, kernel, stride))
+            out = tuple(conv_output_size(*args) for args in zip(in_shape, kernel, stride, padding, dilation))
             cols = np.zeros((X.shape[1], math.prod(kernel), X.shape[0]) + out, X.dtype)
             X_cb = X.swapaxes(0, 1)
             for t, offs in taps(kernel):

@@ -199,6 +199,17 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries():
                 np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
             checked += 1
     assert checked > 80
+    # stride 1 with the output as wide as the input past the first axis: fold's one-shifted-run-per-tap path,
+    # with taps that wrap into the neighbouring row, rows the tap never reaches, and dilation
+    for k, p, d, size in [((3, 3), (1, 1), (1, 1), (5, 7)), ((5, 3), (2, 1), (1, 1), (6, 4)),
+                          ((3, 3), (2, 2), (2, 2), (4, 5)), ((1, 3), (3, 1), (1, 1), (2, 6)),
+                          ((3, 5), (0, 2), (1, 1), (5, 3)), ((2, 1), (1, 0), (1, 1), (3, 3))]:
+        X, W = rng.normal(size=(2, 3) + size), rng.normal(size=(4, 3) + k)
+        (Z1, saved1), (Z2, saved2) = ours.forward(xp, X, W, (1, 1), p, d), ref.forward(xp, X, W, (1, 1), p, d)
+        assert Z1.shape[3] == size[1]
+        dZ = rng.normal(size=Z2.shape)
+        for a, c in zip(ours.backward(xp, saved1, dZ, W, (1, 1), p, d), ref.backward(xp, saved2, dZ, W, (1, 1), p, d)):
+            np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
     Z, saved = ours.forward(xp, np.zeros((0, 3, 8, 8)), np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1), np.zeros(4))
     assert Z.shape == (0, 4, 8, 8)
     assert [g.shape for g in ours.backward(xp, saved, Z, np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1))] == \

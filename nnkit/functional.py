@@ -45,14 +45,34 @@ _OWN: dict = {}
 
 
 def own_kernel(xp, name):
-    """The namespace's own faster form of an operation, ``xp.<name>`` (``scan``, ``relu_grad``, ``conv_kernels``),
-    or None where it has none — looked up once per namespace (a missing module attribute costs ~2 µs each time)."""
+    """The namespace's own faster form of an operation, ``xp.<name>`` (``scan``, ``relu_grad``, ``affine``,
+    ``matmul_tn``, ``conv_kernels``), or None where it has none — looked up once per namespace (a missing module
+    attribute costs ~2 µs each time)."""
     key = (xp, name)
     try:
         return _OWN[key]
     except KeyError:
         found = _OWN[key] = getattr(xp, name, None)
         return found
+
+
+def affine(xp, X, W, b):
+    """Z = X·W + b for X (..., i), W (i, o), b (o,) → (..., o) — by the namespace's own form where it has one
+    (``xp.affine``: the product and the bias in one kernel), else the product and the bias added in place on it
+    (a rebinding on immutable arrays)."""
+    own = own_kernel(xp, "affine")
+    if own is not None:
+        return own(X, W, b)
+    Z = X @ W
+    Z += b
+    return Z
+
+
+def matmul_tn(xp, A, B):
+    """Aᵀ·B for A (n, i), B (n, o) → (i, o) — a weight's gradient Xᵀ·dZ — by the namespace's own form where it
+    has one (``xp.matmul_tn``: the same product in a faster orientation), else ``A.T @ B``."""
+    own = own_kernel(xp, "matmul_tn")
+    return own(A, B) if own is not None else A.T @ B
 
 
 def scan(xp, body, carry, xs, reverse=False):

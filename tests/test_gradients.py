@@ -103,3 +103,32 @@ def test_first_layer_does_not_compute_dX(monkeypatch):
     X, y = data("mse", n_out=2)
     model.value_and_grad(X, y, "mse")
     assert asked == [True, True, False]
+
+
+@pytest.mark.parametrize("n_in, n_out", [(300, 10), (300, 40), (3, 5)])
+def test_a_backends_own_dense_products_equal_the_plain_ones(make_backend, n_in, n_out):
+    """Dense's Z = X·W + b and dW = Xᵀ·dZ through the namespace's own forms (``affine``: torch's ``addmm``;
+    ``matmul_tn``: (dZᵀ·X)ᵀ on torch's CPU for ≤ 16 outputs of ≥ 256 inputs) equal NumPy's plain products in
+    float64, on (B, in) and (B, T, in) inputs, and a wide layer into few classes passes the gradient check."""
+    be = make_backend()
+    rng = np.random.default_rng(0)
+    for shape in [(6, n_in), (3, 2, n_in)]:
+        X, dZ = rng.normal(size=shape), rng.normal(size=shape[:-1] + (n_out,))
+        ref = nnkit.Dense(n_in, n_out)
+        ref.build(nnkit.get_backend("numpy", dtype="float64"), np.random.default_rng(1))
+        layer = nnkit.Dense(n_in, n_out)
+        layer.build(be, np.random.default_rng(1))
+        b = rng.normal(size=n_out)
+        ref.params["b"], layer.params["b"] = b, be.asarray(b, dtype=be.dtype)
+        np.testing.assert_allclose(to_np(layer.forward(be.asarray(X, dtype=be.dtype))), ref.forward(X),
+                                   rtol=1e-12, atol=1e-12)
+        dX = layer.backward(be.asarray(dZ, dtype=be.dtype))
+        np.testing.assert_allclose(to_np(dX), ref.backward(dZ), rtol=1e-12, atol=1e-12)
+        for k in ("W", "b"):
+            got = layer.grads[k]
+            assert_on_backend(got, be, shape=ref.grads[k].shape)
+            np.testing.assert_allclose(to_np(got), ref.grads[k], rtol=1e-12, atol=1e-12)
+    if n_in == 300 and n_out == 10:
+        X, y = rng.normal(size=(5, n_in)), rng.integers(0, n_out, size=5)
+        model = nnkit.Sequential([nnkit.Dense(n_in, n_out)], backend=be, dtype="float64", seed=0)
+        assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6

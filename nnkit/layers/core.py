@@ -16,6 +16,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from .. import functional as F
 from ..functional import Array
 from ..init import get_initializer
 
@@ -302,9 +303,7 @@ class Dense(Layer):
         W = self.compute(self.params["W"])
         if train:
             self._cache = (X, W)
-        Z = X @ W
-        Z += self.compute(self.params["b"])  # in place on the fresh product (a rebinding on immutable arrays)
-        return Z
+        return F.affine(self.xp, X, W, self.compute(self.params["b"]))
 
     def backward(self, dZ, need_dX=True):
         """dW = Xᵀ·dZ (in×out), db = Σ_batch dZ (out,), returns dX = dZ·W_cᵀ (B×in) or None.  Under a
@@ -314,7 +313,7 @@ class Dense(Layer):
         dX = dZ @ W.T if need_dX else None
         if X.ndim > 2:  # (B, ..., in): every position is a row of the product, dW = Σ_rows xᵀ·dz
             X, dZ = self.xp.reshape(X, (-1, self.in_features)), self.xp.reshape(dZ, (-1, self.out_features))
-        self.grads = {"W": X.T @ dZ, "b": self.xp.sum(dZ, axis=0)}
+        self.grads = {"W": F.matmul_tn(self.xp, X, dZ), "b": self.xp.sum(dZ, axis=0)}  # Xᵀ·dZ
         return dX
 
     def to_onnx(self, g, x):

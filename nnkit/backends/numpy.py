@@ -67,41 +67,53 @@ def _conv_kernels():
         def columns(self, X, kernel, stride, padding, dilation):
             """cols (C, K, B, *out): tap t's row block holds, at each position, the input its read meets (0 where it
             meets the padding) — one strided copy per tap from X seen as (C, B, *in)."""
+            cols, out = self._unfold(X, kernel, stride, padding, dilation, ones_row=False)
+            return cols.reshape((X.shape[1], math.prod(kernel), X.shape[0]) + out), out
+
+        def _unfold(self, X, kernel, stride, padding, dilation, ones_row):
+            """(cols₂, out): the matrix (C·K, B·P) of :meth:`columns` — with one more row of ones under it when
+            ``ones_row``, the row that carries the bias through the forward product and db out of dW's."""
             in_shape = tuple(X.shape[2:])
             out = tuple(conv_output_size(*args) for args in zip(in_shape, kernel, stride, padding, dilation))
-            cols = np.zeros((X.shape[1], math.prod(kernel), X.shape[0]) + out, X.dtype)
+            C, K, BP = X.shape[1], math.prod(kernel), X.shape[0] * math.prod(out)
+            cols2 = np.zeros((C * K + ones_row, BP), X.dtype)
+            if ones_row:
+                cols2[-1] = 1
+            cols = cols2[:C * K].reshape((C, K, X.shape[0]) + out)
             X_cb = X.swapaxes(0, 1)
             for t, offs in taps(kernel):
                 meet = _tap_slices(offs, dilation, stride, padding, out, in_shape)
                 if meet is not None:
                     cols[(all_, t, all_) + meet[0]] = X_cb[(all_, all_) + meet[1]]
-            return cols, out
+            return cols2, out
 
         def forward(self, xp, X, W, stride, padding, dilation, b=None):
-            """One GEMM over the B·P positions: cols (C·K, B·P), Z₂ = W₂·cols (+ b) (O, B·P), seen as (B, O, *out)."""
+            """One GEMM over the B·P positions: Z₂ = [W₂ b]·[cols; 1] = W₂·cols + b (O, B·P), seen as (B, O, *out)
+            — the bias a column of the product's left factor against a row of ones under cols (C·K, B·P)."""
             B, O = X.shape[0], W.shape[0]
-            cols, out = self.columns(X, tuple(W.shape[2:]), stride, padding, dilation)
-            cols = cols.reshape(cols.shape[0] * cols.shape[1], B * math.prod(out))
+            cols2, out = self._unfold(X, tuple(W.shape[2:]), stride, padding, dilation, ones_row=b is not None)
             W2 = W.reshape(O, -1)
-            Z = W2 @ cols
-            if b is not None:
-                Z += b[:, None]  # in place on the fresh product
-            return Z.reshape((O, B) + out).swapaxes(0, 1), (cols, W2, tuple(X.shape[2:]))
+            Z = (W2 if b is None else np.concatenate([W2, b[:, None]], axis=1)) @ cols2
+            return Z.reshape((O, B) + out).swapaxes(0, 1), (cols2, W2, tuple(X.shape[2:]))
 
         def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
-            """dW₂ = dZ₂·colsᵀ and dcols = W₂ᵀ·dZ₂, one GEMM each over the B·P positions; col2im tap by tap."""
-            cols, W2, in_shape = saved
+            """[dW₂ db] = dZ₂·[cols; 1]ᵀ (db = Σ dZ₂ over the positions, out of the same product when the forward
+            pass had the row of ones) and dcols = W₂ᵀ·dZ₂, one GEMM each over the B·P positions; col2im tap by
+            tap."""
+            cols2, W2, in_shape = saved
             B, O, out = dZ.shape[0], dZ.shape[1], tuple(dZ.shape[2:])
-            P = math.prod(out)
-            dZ2 = np.ascontiguousarray(dZ.swapaxes(0, 1)).reshape(O, -1)  # (O, B·P)
-            if O * cols.shape[0] < P:
-                # a small (O, C·K) product over a long B·P sum (CIFAR's first layer: 32 × 27 over 65,536) is
-                # twice as fast as B per-example products summed: Σ_b dZ_b·cols_bᵀ, cols_b (C·K, P) a view
-                dW = np.matmul(dZ.reshape(B, O, P), cols.reshape(-1, B, P).transpose(1, 2, 0)).sum(axis=0)
+            P, CK = math.prod(out), W2.shape[1]
+            per_example = O * CK < P
+            dZ2 = None if per_example and not need_dX else np.ascontiguousarray(dZ.swapaxes(0, 1)).reshape(O, -1)
+            if per_example:
+                # a small (O, C·K) product over a long B·P sum (CIFAR's first layer: 32 × 27 over 65,536) runs twice
+                # as fast as B per-example products summed, Σ_b dZ_b·cols_bᵀ (each cols_b (C·K, P) a view), as
+                # one product over all the positions
+                dWb = np.matmul(dZ.reshape(B, O, P), cols2.reshape(-1, B, P).transpose(1, 2, 0)).sum(axis=0)
             else:
-                dW = dZ2 @ cols.T
-            dW = dW.reshape(W.shape)
-            db = np.add.reduce(dZ2, axis=1)
+                dWb = dZ2 @ cols2.T  # (O, C·K [+ 1])
+            dW = np.ascontiguousarray(dWb[:, :CK]).reshape(W.shape)
+            db = dWb[:, CK].copy() if cols2.shape[0] > CK else np.add.reduce(np.add.reduce(dZ.reshape(B, O, P), 2), 0)
             if not need_dX:
                 return dW, db, None
             kernel = tuple(W.shape[2:])

@@ -1,5 +1,6 @@
-"""A small network's epoch (S: 64-128-64-10, batch 64, plain SGD): nnkit's NumPy fit, JAX's epoch compiled whole
-and step by step, the hand-written ``lax.scan`` epoch, PyTorch's own loop and the NumPy GEMM floor — the rows of
+"""A small network's epoch (S: 64-128-64-10, batch 64, plain SGD): nnkit's NumPy fit, the same step written by hand
+in NumPy as tightly as NumPy allows, JAX's epoch compiled whole and step by step, the hand-written ``lax.scan``
+epoch, PyTorch's own loop and the NumPy GEMM floor — the rows of
 ``python -m benchmarks.run_epoch`` (which times them alternating, in one run, and gives the ratios).
 
 Run:  pytest benchmarks/bench_epoch.py --benchmark-enable
@@ -19,7 +20,8 @@ def _callables():
     return ROWS
 
 
-@pytest.mark.parametrize("what", ["GEMM floor", "nnkit fit, NumPy", "compile=True (the epoch compiled whole)",
+@pytest.mark.parametrize("what", ["GEMM floor", "nnkit fit, NumPy", "NumPy step written by hand",
+                                  "compile=True (the epoch compiled whole)",
                                   "compile=True, step by step", "hand-written", "PyTorch"])
 def test_small_network_epoch(benchmark, what):
     rows = {name: fn for name, fn in _callables().items() if what in name}

@@ -3,9 +3,10 @@
     python -m benchmarks.run_epoch [--seconds 2] [--gru] [--out FILE.md]
 
 The S network (64-128-64-10, batch 64, plain SGD), one epoch of 200 batches, per step: the NumPy GEMM floor
-(the step's nine GEMMs), nnkit's NumPy ``fit``, JAX ``fit(compile=True)`` — the epoch as one compiled loop, and
-step by step (what a callback asking for every batch gets) — the same epoch written by hand in JAX and compiled
-whole (``lax.scan`` over the batches), and PyTorch's own eager loop; every epoch callable alternating with the
+(the step's nine GEMMs), nnkit's NumPy ``fit``, the same step written by hand in NumPy as tightly as NumPy
+allows (buffers allocated once, ``out=``, in place, no framework), JAX ``fit(compile=True)`` — the epoch as one
+compiled loop, and step by step (what a callback asking for every batch gets) — the same epoch written by hand in
+JAX and compiled whole (``lax.scan`` over the batches), and PyTorch's own eager loop; every epoch callable alternating with the
 others in one run (``nnkit.bench.measure``).
 
 ``--gru`` adds the recurrent rows: MNIST-1D's GRU model (bidirectional GRU(1, 6), Dense to 10, batch 100, Adam)

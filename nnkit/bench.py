@@ -495,11 +495,62 @@ def _hand_scan_epoch(sizes, X, y, batch, lr=0.01):
     return run
 
 
+def _hand_numpy_epoch(sizes, X, y, batch, lr=0.01):
+    """The S epoch written by hand in NumPy, as tight as NumPy allows: every activation, gradient and mask in a
+    buffer allocated once and written with ``out=`` or in place, the batches gathered in a permuted order each
+    epoch, softmax cross-entropy on the labels, plain SGD — no framework, no checks.  What the eager ``fit`` is
+    held to besides the GEMM floor: the calls a NumPy step cannot avoid.  A no-argument callable running
+    :data:`EPOCHS` epochs."""
+    rng = np.random.default_rng(0)
+    Ws = [(rng.standard_normal((a, b)) * (2.0 / (a + b)) ** 0.5).astype(np.float32) for a, b in zip(sizes[:-1],
+                                                                                                     sizes[1:])]
+    bs = [np.zeros(b, np.float32) for b in sizes[1:]]
+    Zs = [np.empty((batch, b), np.float32) for b in sizes[1:]]
+    dWs = [np.empty_like(W) for W in Ws]
+    dAs = [np.empty((batch, a), np.float32) for a in sizes[1:-1]]
+    masks = [np.empty((batch, a), bool) for a in sizes[1:-1]]
+    rows, last = np.arange(batch), len(Ws) - 1
+    scale = np.float32(1 / batch)
+
+    def run():
+        for _ in range(EPOCHS):
+            order, total = rng.permutation(len(X) // batch * batch), 0.0
+            for start in range(0, len(order), batch):
+                idx = order[start:start + batch]
+                As, t = [X.take(idx, axis=0)], y.take(idx)
+                for i, (W, b, Z) in enumerate(zip(Ws, bs, Zs)):  # Z = A·W + b, ReLU in place but on the logits
+                    np.matmul(As[-1], W, out=Z)
+                    Z += b
+                    if i < last:
+                        As.append(np.maximum(Z, 0, out=Z))
+                P = Zs[-1]  # softmax in place, then dZ = (P − onehot(t)) / B
+                P -= P.max(axis=1, keepdims=True)
+                np.exp(P, out=P)
+                P /= P.sum(axis=1, keepdims=True)
+                total += -np.log(P[rows, t]).sum()
+                P[rows, t] -= 1
+                dZ = np.multiply(P, scale, out=P)
+                for i in range(last, -1, -1):
+                    np.matmul(As[i].T, dZ, out=dWs[i])
+                    db = dZ.sum(axis=0)
+                    if i:  # dA = dZ·Wᵀ, then dZ = dA ⊙ [A > 0] — before W is updated
+                        dA = np.matmul(dZ, Ws[i].T, out=dAs[i - 1])
+                        dA *= np.greater(As[i], 0, out=masks[i - 1])
+                    dWs[i] *= lr
+                    Ws[i] -= dWs[i]
+                    db *= lr
+                    bs[i] -= db
+                    if i:
+                        dZ = dA
+            float(total)  # the epoch's loss read once, as fit reads its logs
+    return run
+
+
 def epoch_callables(shape="S", log=print):
     """``{library: {row: fn}}``: each fn runs :data:`EPOCHS` epochs of :data:`EPOCH_BATCHES` batches of ``shape``
-    (nnkit's as one ``fit`` call) — the NumPy GEMM floor (the step's nine GEMMs), nnkit's NumPy ``fit``, JAX
-    ``fit(compile=True)`` with the epoch compiled whole and step by step, the hand-written ``lax.scan`` epoch and
-    PyTorch's own eager loop (the libraries that are installed); where PyTorch sees a CUDA device, nnkit's torch
+    (nnkit's as one ``fit`` call) — the NumPy GEMM floor (the step's nine GEMMs), nnkit's NumPy ``fit``, the same
+    epoch written by hand in NumPy as tightly as NumPy allows, JAX ``fit(compile=True)`` with the epoch compiled
+    whole and step by step, the hand-written ``lax.scan`` epoch and PyTorch's own eager loop (the libraries that are installed); where PyTorch sees a CUDA device, nnkit's torch
     ``fit`` there eager and with ``compile=True`` (the step as CUDA graphs) beside PyTorch's own loop on it."""
     sizes, batch = SHAPES[shape]
     rng = np.random.default_rng(0)
@@ -530,6 +581,8 @@ def epoch_callables(shape="S", log=print):
         return run
 
     groups["numpy"]["nnkit fit, NumPy"] = fit_epoch("numpy")
+    groups["numpy"]["NumPy step written by hand (in place, out= buffers, no framework)"] = _hand_numpy_epoch(
+        sizes, X, y, batch)
     for name, why in (("jax", why_unavailable("jax")), ("torch", why_unavailable("torch"))):
         if why:
             log(f"epoch report: no {name} ({why})")

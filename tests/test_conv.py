@@ -205,7 +205,9 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries():
                           ((3, 3), (2, 2), (2, 2), (4, 5)), ((1, 3), (3, 1), (1, 1), (2, 6)),
                           ((3, 5), (0, 2), (1, 1), (5, 3)), ((2, 1), (1, 0), (1, 1), (3, 3))]:
         X, W = rng.normal(size=(2, 3) + size), rng.normal(size=(4, 3) + k)
-        (Z1, saved1), (Z2, saved2) = ours.forward(xp, X, W, (1, 1), p, d), ref.forward(xp, X, W, (1, 1), p, d)
+        b = rng.normal(size=4) if size[0] % 2 else None  # with and without a bias (db then by its own sum)
+        (Z1, saved1), (Z2, saved2) = ours.forward(xp, X, W, (1, 1), p, d, b), ref.forward(xp, X, W, (1, 1), p, d, b)
+        np.testing.assert_allclose(Z1, Z2, rtol=1e-12, atol=1e-12)
         assert Z1.shape[3] == size[1]
         dZ = rng.normal(size=Z2.shape)
         for a, c in zip(ours.backward(xp, saved1, dZ, W, (1, 1), p, d), ref.backward(xp, saved2, dZ, W, (1, 1), p, d)):

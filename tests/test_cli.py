@@ -163,6 +163,8 @@ def test_bench_refuses_an_output_it_cannot_write_before_timing(capsys, tmp_path,
     ("run_stream", ["--gb", "1024"], "free in"),
     ("run_stream", ["--backends", "numpy", "nope"], "--backends nope: unknown backend"),
     ("run_stream", ["--out", "{missing}"], "does not exist"),
+    ("run_peer", ["--runs", "0"], "argument --runs: expected --runs in [1, 100]"),
+    ("run_peer", ["--out", "{tmp}"], "is a directory"),
 ])
 def test_benchmark_scripts_refuse_bad_arguments_before_any_work(capsys, tmp_path, monkeypatch, script, args, says):
     import importlib
@@ -178,6 +180,18 @@ def test_benchmark_scripts_refuse_bad_arguments_before_any_work(capsys, tmp_path
         mod.main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and says in err, err
+
+
+def test_run_peer_times_the_torch_step_against_pytorchs(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import run_peer
+
+    out = tmp_path / "peer.md"
+    run_peer.main(["--shape", "S", "--rounds", "3", "--runs", "2", "--out", str(out)])
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert text.count("\n| 1 |") == 1 and "\n| 2 |" in text and "median ratio over 2 runs:" in text
 
 
 def test_python_dash_m_help():

@@ -1,6 +1,7 @@
 """Convolution, pooling and reshaping: values and every gradient against PyTorch autograd (float64, 1e-9),
 gradchecks on every backend, shapes checked through the model, and conv models everywhere dense ones go."""
 import importlib.util
+import math
 import pickle
 import tracemalloc
 
@@ -174,7 +175,7 @@ def test_gradcheck_of_conv_models_on_every_backend(net, make_backend):
     assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6
 
 
-def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries():
+def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries(monkeypatch):
     """NumPy's tap-by-tap unfolding and fold against the Array-API kernels (stacked slices of the padded input):
     1-D and 2-D, strides, paddings wider than the kernel's reach (taps that never meet the input), dilations —
     Z, dW, db and dX to round-off in float64; and an empty batch's shapes."""
@@ -211,6 +212,20 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries():
         assert Z1.shape[3] == size[1]
         dZ = rng.normal(size=Z2.shape)
         for a, c in zip(ours.backward(xp, saved1, dZ, W, (1, 1), p, d), ref.backward(xp, saved2, dZ, W, (1, 1), p, d)):
+            np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    # a small (O, C·K) over many positions: per-example GEMMs, dX made and folded a few examples at a time (here
+    # one: the chunk size shrunk), 1-D and 2-D, stride 1 and 2
+    import nnkit.backends.numpy as numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES", 1)
+    for size, k, s, p in [((12, 12), (3, 3), (1, 1), (1, 1)), ((11, 13), (3, 2), (2, 1), (0, 1)), ((50,), (3,), (1,), (1,))]:
+        X, W, b = rng.normal(size=(3, 2) + size), rng.normal(size=(3, 2) + k), rng.normal(size=3)
+        d = (1,) * len(size)
+        (Z1, saved1), (Z2, saved2) = ours.forward(xp, X, W, s, p, d, b), ref.forward(xp, X, W, s, p, d, b)
+        assert 3 * W[0].size < math.prod(Z2.shape[2:])
+        np.testing.assert_allclose(Z1, Z2, rtol=1e-12, atol=1e-12)
+        dZ = rng.normal(size=Z2.shape)
+        for a, c in zip(ours.backward(xp, saved1, dZ, W, s, p, d), ref.backward(xp, saved2, dZ, W, s, p, d)):
             np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
     Z, saved = ours.forward(xp, np.zeros((0, 3, 8, 8)), np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1), np.zeros(4))
     assert Z.shape == (0, 4, 8, 8)

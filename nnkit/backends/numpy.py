@@ -28,15 +28,15 @@ def _tap_slices(offs, dilation, stride, padding, out, in_shape):
     return tuple(positions), tuple(inputs)
 
 
-def _add_shifted(dX, cf, t, offs, dilation, padding, positions):
-    """Tap t's slab of ``cf`` (C, K, B, *out), contiguous, added into dX (B, C, *in) as one run per (channel,
-    example): with stride 1 and the output as wide as the input on every axis but the first, the input a position
-    reads at this tap sits a fixed distance δ = Σ_i (o_i·d_i − p_i)·pitch_i away in the flattened (row-major)
-    positions, so the slab is one shifted slice — once its positions whose read leaves the input on a later axis
-    (and would wrap into the neighbouring row) are set to 0 in ``cf`` (dX + 0 = dX: the same sums as the
-    tap-by-tap slices).  ``positions``: the slices of :func:`_tap_slices`."""
+def _add_shifted(dX, dcols, t, offs, dilation, padding, positions):
+    """Tap t's slab of dcols (B, C, K, *out) — any layout whose positions lie contiguous — added into dX (B, C, *in)
+    as one run per (example, channel): with stride 1 and the output as wide as the input on every axis but the
+    first, the input a position reads at this tap sits a fixed distance δ = Σ_i (o_i·d_i − p_i)·pitch_i away in the
+    flattened (row-major) positions, so the slab is one shifted slice — once its positions whose read leaves the
+    input on a later axis (and would wrap into the neighbouring row) are set to 0 in ``dcols`` (dX + 0 = dX: the
+    same sums as the tap-by-tap slices).  ``positions``: the slices of :func:`_tap_slices`."""
     B, C, in_shape = dX.shape[0], dX.shape[1], tuple(dX.shape[2:])
-    slab = cf[:, t]  # (C, B, *out)
+    slab = dcols[:, :, t]  # (B, C, *out)
     for i in range(1, len(in_shape)):
         before = (slice(None),) * (i + 2)
         slab[before + (slice(0, positions[i].start),)] = 0
@@ -46,9 +46,12 @@ def _add_shifted(dX, cf, t, offs, dilation, padding, positions):
     size = math.prod(in_shape)
     lo = max(positions[0].start * pitch[0], -delta)
     hi = min(positions[0].stop * pitch[0], size - delta)
-    flat_dX = dX.reshape(B, C, size).swapaxes(0, 1)  # (C, B, size), views
-    flat_cf = cf.reshape(cf.shape[:3] + (math.prod(cf.shape[3:]),))  # (C, K, B, P): the same pitch past the first axis
-    flat_dX[:, :, lo + delta:hi + delta] += flat_cf[:, t, :, lo:hi]
+    flat_dX = dX.reshape(B, C, size)
+    flat_dcols = dcols.reshape(dcols.shape[:3] + (math.prod(dcols.shape[3:]),))  # (B, C, K, P): the same pitch
+    flat_dX[:, :, lo + delta:hi + delta] += flat_dcols[:, :, t, lo:hi]
+
+
+_CHUNK_BYTES = 2 << 20  # dcols made and folded ~2 MB at a time where the GEMMs run per example (L2/L3-sized)
 
 
 def _conv_kernels():
@@ -98,49 +101,61 @@ def _conv_kernels():
 
         def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
             """[dW₂ db] = dZ₂·[cols; 1]ᵀ (db = Σ dZ₂ over the positions, out of the same product when the forward
-            pass had the row of ones) and dcols = W₂ᵀ·dZ₂, one GEMM each over the B·P positions; col2im tap by
-            tap."""
+            pass had the row of ones) and dcols = W₂ᵀ·dZ₂, col2im tap by tap.  One GEMM each over the B·P positions
+            — or, for a small (O, C·K) over many positions (O·C·K < P, CIFAR's first layer: 32 × 27 over 1,024
+            positions an example), per-example products: Σ_b dZ_b·cols_bᵀ ran twice as fast as the one product
+            over 65,536 positions, and dcols made and folded a few examples at a time stays in cache — nor is dZ
+            copied into the (O, B·P) layout."""
             cols2, W2, in_shape = saved
             B, O, out = dZ.shape[0], dZ.shape[1], tuple(dZ.shape[2:])
-            P, CK = math.prod(out), W2.shape[1]
+            P, CK, kernel = math.prod(out), W2.shape[1], tuple(W.shape[2:])
             per_example = O * CK < P
-            dZ2 = None if per_example and not need_dX else np.ascontiguousarray(dZ.swapaxes(0, 1)).reshape(O, -1)
             if per_example:
-                # a small (O, C·K) product over a long B·P sum (CIFAR's first layer: 32 × 27 over 65,536) runs twice
-                # as fast as B per-example products summed, Σ_b dZ_b·cols_bᵀ (each cols_b (C·K, P) a view), as
-                # one product over all the positions
-                dWb = np.matmul(dZ.reshape(B, O, P), cols2.reshape(-1, B, P).transpose(1, 2, 0)).sum(axis=0)
+                dZ3 = dZ.reshape(B, O, P)
+                dWb = np.matmul(dZ3, cols2.reshape(-1, B, P).transpose(1, 2, 0)).sum(axis=0)  # (O, C·K [+ 1])
             else:
-                dWb = dZ2 @ cols2.T  # (O, C·K [+ 1])
+                dZ2 = np.ascontiguousarray(dZ.swapaxes(0, 1)).reshape(O, -1)  # (O, B·P)
+                dWb = dZ2 @ cols2.T
             dW = np.ascontiguousarray(dWb[:, :CK]).reshape(W.shape)
             db = dWb[:, CK].copy() if cols2.shape[0] > CK else np.add.reduce(np.add.reduce(dZ.reshape(B, O, P), 2), 0)
             if not need_dX:
                 return dW, db, None
-            kernel = tuple(W.shape[2:])
-            dcols = (W2.T @ dZ2).reshape((W.shape[1], math.prod(kernel), B) + out)  # (C, K, B, *out)
-            return dW, db, self.fold(xp, dcols.swapaxes(0, 2).swapaxes(1, 2), in_shape, kernel, stride, padding,
-                                     dilation)
+            C, K = W.shape[1], math.prod(kernel)
+            if not per_example:
+                dcols = (W2.T @ dZ2).reshape((C, K, B) + out)  # (C, K, B, *out)
+                return dW, db, self.fold(xp, dcols.transpose((2, 0, 1) + tuple(range(3, 3 + len(out)))), in_shape,
+                                         kernel, stride, padding, dilation)
+            dX = np.zeros((B, C) + tuple(in_shape), dZ.dtype)
+            W2T, step = np.ascontiguousarray(W2.T), max(1, _CHUNK_BYTES // (CK * P * dZ.itemsize))
+            for b0 in range(0, B, step):  # ~2 MB of dcols at a time
+                dcols = np.matmul(W2T, dZ3[b0:b0 + step]).reshape((-1, C, K) + out)  # (b, C, K, *out)
+                self._fold_into(dX[b0:b0 + step], dcols, kernel, stride, padding, dilation)
+            return dW, db, dX
 
         def fold(self, xp, dcols, in_shape, kernel, stride, padding, dilation):
-            """col2im of dcols (B, C, K, *out), the adjoint of :meth:`columns`, in the layout the GEMM leaves dcols in
-            ((C, K, B, *out), of which dcols is a view): tap t's (C, B, *out) slab added where the tap read the input
-            — only at the positions whose read fell inside it — into dX (B, C, *in) seen as (C, B, *in); taps in
-            order, so the same sums in the same order as the Array-API fold."""
-            n, in_shape = len(kernel), tuple(in_shape)
-            cf = dcols.transpose((1, 2, 0) + tuple(range(3, 3 + n)))  # (C, K, B, *out)
-            out = tuple(cf.shape[3:])
-            dX = np.zeros(cf.shape[2:3] + cf.shape[:1] + in_shape, cf.dtype)  # (B, C, *in)
-            dX_cb = dX.swapaxes(0, 1)
-            rows = n > 1 and set(stride) == {1} and out[1:] == in_shape[1:] and cf.flags.c_contiguous
+            """col2im of dcols (B, C, K, *out), the adjoint of :meth:`columns`: tap t's (B, C, *out) slab added where
+            the tap read the input — only at the positions whose read fell inside it — into dX (B, C, *in); taps in
+            order, so the same sums in the same order as the Array-API fold.  ``dcols`` may be a view of another
+            layout (the GEMM's (C, K, B, *out))."""
+            dX = np.zeros(dcols.shape[:2] + tuple(in_shape), dcols.dtype)
+            self._fold_into(dX, dcols, kernel, stride, padding, dilation)
+            return dX
+
+        def _fold_into(self, dX, dcols, kernel, stride, padding, dilation):
+            """:meth:`fold`'s sums added into dX (B, C, *in) — a stride-1 convolution as wide as its input a shifted
+            run per tap (:func:`_add_shifted`), when dcols's positions lie contiguous (it writes 0s into dcols)."""
+            in_shape, out = tuple(dX.shape[2:]), tuple(dcols.shape[3:])
+            item, pitch = dcols.itemsize, [math.prod(out[i + 1:]) for i in range(len(out))]
+            rows = len(kernel) > 1 and set(stride) == {1} and out[1:] == in_shape[1:] and \
+                all(st == item * q for st, q in zip(dcols.strides[3:], pitch))
             for t, offs in taps(kernel):
                 meet = _tap_slices(offs, dilation, stride, padding, out, in_shape)
                 if meet is None:
                     continue
                 if rows:
-                    _add_shifted(dX, cf, t, offs, dilation, padding, meet[0])
+                    _add_shifted(dX, dcols, t, offs, dilation, padding, meet[0])
                 else:
-                    dX_cb[(all_, all_) + meet[1]] += cf[(all_, t, all_) + meet[0]]
-            return dX
+                    dX[(all_, all_) + meet[1]] += dcols[(all_, all_, t) + meet[0]]
 
 
     return NumpyConvKernels()

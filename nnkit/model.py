@@ -338,7 +338,13 @@ class Sequential:
     # -- frozen layers: no update, no optimizer moments ------------------------------------------------
     def frozen_keys(self) -> set[str]:
         """The parameter keys (``"0.W"``, ``"3.1.b"``) that get no update: those of frozen layers
-        (``layer.trainable = False``, :meth:`freeze`)."""
+        (``layer.trainable = False``, :meth:`freeze`).  Asked once per step: a model with nothing frozen answers
+        from one pass over its (fixed) layers and their parts."""
+        every = self.__dict__.get("_every_layer")
+        if every is None:  # built once (a model unpickled from before it existed builds it here)
+            every = self._every_layer = [s for layer in self.layers for s in layer.sublayers()]
+        if all(s.trainable for s in every):
+            return set()
         return {f"{i}.{n}" for i, layer in enumerate(self.layers) for n in layer.frozen_names()}
 
     @property

@@ -46,8 +46,8 @@ _OWN: dict = {}
 
 def own_kernel(xp, name):
     """The namespace's own faster form of an operation, ``xp.<name>`` (``scan``, ``relu_grad``, ``affine``,
-    ``matmul_tn``, ``conv_kernels``), or None where it has none — looked up once per namespace (a missing module
-    attribute costs ~2 µs each time)."""
+    ``matmul_tn``, ``sub_scaled``, ``conv_kernels``), or None where it has none — looked up once per namespace (a
+    missing module attribute costs ~2 µs each time)."""
     key = (xp, name)
     try:
         return _OWN[key]
@@ -66,6 +66,18 @@ def affine(xp, X, W, b):
     Z = X @ W
     Z += b
     return Z
+
+
+def sub_scaled(xp, p, g, lr):
+    """p ← p − lr·g in place (an SGD step; ``lr`` a float or a 0-d array), ``g`` free to be overwritten — by the
+    namespace's own one-kernel form where it has one (``xp.sub_scaled``), else lr·g formed in g's own buffer and
+    subtracted (a rebinding on immutable arrays).  Returns the new p."""
+    own = own_kernel(xp, "sub_scaled")
+    if own is not None:
+        return own(p, g, lr)
+    g *= lr
+    p -= g
+    return p
 
 
 def matmul_tn(xp, A, B):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import check_hyper, check_int
-from .functional import namespace_of
+from .functional import namespace_of, sub_scaled
 from .callbacks import StepLR, ExponentialLR, CosineLR, ReduceLROnPlateau  # noqa: F401 (their old address)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer", "OPTIMIZERS",
@@ -131,9 +131,7 @@ class SGD(Optimizer):
         if self.weight_decay:
             g = g + self.weight_decay * p
         elif scratch_grads and not self.momentum:
-            g *= lr  # θ ← θ − lr·g with lr·g formed in the gradient's own buffer
-            p -= g
-            return p
+            return sub_scaled(namespace_of(p), p, g, lr)  # θ ← θ − lr·g in place, g free to be overwritten
         if self.momentum:
             v = state["v"]
             v *= self.momentum

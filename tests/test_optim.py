@@ -80,6 +80,19 @@ def test_first_three_updates_match_published_formula(make_backend, kind, cls, hp
     assert opt.state["0.W"]["t"] == 3
 
 
+@pytest.mark.parametrize("lr_kind", ["float", "0-d array"])
+def test_the_training_steps_plain_sgd_update_matches_the_formula(make_backend, lr_kind):
+    """The update the training step runs (``scratch_grads=True``: the namespace's one-kernel θ − lr·g where it has
+    one, ``xp.sub_scaled``), with the learning rate as a float and as a 0-d array (a compiled step's)."""
+    be = make_backend()
+    opt = optim.SGD(0.1)
+    lr = 0.1 if lr_kind == "float" else be.asarray(0.1, dtype=be.dtype)
+    p, state = {"0.W": be.asarray(P0, dtype=be.dtype)}, {}
+    for g, want in zip(GRADS, reference("sgd", lr=0.1)):
+        p, state = opt.apply(p, {"0.W": be.asarray(g, dtype=be.dtype)}, state, lr, scratch_grads=True)
+        np.testing.assert_allclose(to_np(p["0.W"]), want, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("bad", [
     lambda: optim.SGD(lr=-0.1), lambda: optim.SGD(lr=0), lambda: optim.Adam(lr="big"),
     lambda: optim.Adam(betas=(1.0, 0.9)), lambda: optim.Adam(eps=0), lambda: optim.SGD(momentum=-1),

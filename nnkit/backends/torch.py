@@ -46,7 +46,8 @@ def namespace():
     ``torch.clamp`` (compat turns the scalar into a device tensor: a blocking host-to-device copy on CUDA,
     every call) and ``astype`` from bool to float goes through uint8 (5× faster on the CPU, the same
     values), with ReLU's backward product as one kernel (``relu_grad``), a Dense layer's X·W + b as one
-    (``affine``) and Aᵀ·B in MKL's faster orientation (``matmul_tn``).  Everything else is compat's."""
+    (``affine``), an SGD step as one (``sub_scaled``) and Aᵀ·B in MKL's faster orientation (``matmul_tn``).
+    Everything else is compat's."""
     global _NAMESPACE
     if _NAMESPACE is None:
         import torch
@@ -92,9 +93,17 @@ def namespace():
             Z += b
             return Z
 
+        def sub_scaled(p, g, lr, /):
+            """p ← p − lr·g in place in one kernel (``sub_`` with alpha; ``addcmul_`` when lr is a 0-d tensor, as
+            in a compiled or graphed step): one pass over the parameter instead of two."""
+            if isinstance(lr, torch.Tensor):
+                return p.addcmul_(g, lr, value=-1)
+            return p.sub_(g, alpha=lr)
+
         _NAMESPACE = derived_namespace(compat, "torch_namespace", maximum=clamping(compat.maximum, "min"),
                                        minimum=clamping(compat.minimum, "max"), astype=astype, relu_grad=relu_grad,
-                                       matmul_tn=matmul_tn, affine=affine, conv_kernels=_conv_kernels(torch))
+                                       matmul_tn=matmul_tn, affine=affine, sub_scaled=sub_scaled,
+                                       conv_kernels=_conv_kernels(torch))
         register_namespace(torch.Tensor, _NAMESPACE)
     return _NAMESPACE
 

@@ -68,13 +68,21 @@ def affine(xp, X, W, b):
     return Z
 
 
-def sub_scaled(xp, p, g, lr):
+_SUB_SCALED: dict = {}
+
+
+def sub_scaled(p, g, lr):
     """p ← p − lr·g in place (an SGD step; ``lr`` a float or a 0-d array), ``g`` free to be overwritten — by the
     namespace's own one-kernel form where it has one (``xp.sub_scaled``), else lr·g formed in g's own buffer and
-    subtracted (a rebinding on immutable arrays).  Returns the new p."""
-    own = own_kernel(xp, "sub_scaled")
-    if own is not None:
-        return own(p, g, lr)
+    subtracted (a rebinding on immutable arrays).  Returns the new p.  Called per parameter per step, so the form
+    is found once per array type."""
+    fn = _SUB_SCALED.get(type(p))
+    if fn is None:
+        fn = _SUB_SCALED[type(p)] = own_kernel(namespace_of(p), "sub_scaled") or _sub_scaled
+    return fn(p, g, lr)
+
+
+def _sub_scaled(p, g, lr):
     g *= lr
     p -= g
     return p

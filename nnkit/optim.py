@@ -131,7 +131,7 @@ class SGD(Optimizer):
         if self.weight_decay:
             g = g + self.weight_decay * p
         elif scratch_grads and not self.momentum:
-            return sub_scaled(namespace_of(p), p, g, lr)  # θ ← θ − lr·g in place, g free to be overwritten
+            return sub_scaled(p, g, lr)  # θ ← θ − lr·g in place, g free to be overwritten
         if self.momentum:
             v = state["v"]
             v *= self.momentum

@@ -56,9 +56,9 @@ _CHUNK_BYTES = 2 << 20  # dcols made and folded ~2 MB at a time where the GEMMs 
 
 def _conv_kernels():
     """NumPy's convolution kernels: the same unfolding and GEMMs as the Array-API ones, laid out for one GEMM over
-    all B·P positions — the unfolding written tap by tap straight into the (C, K, B, *out) matrix, its adjoint
-    added tap by tap, in the same order, straight into dX — with no padded copy of X or dX and no stacked slices
-    or concatenated zeros."""
+    all B·P positions (per-example GEMMs where the (O, C·K) product is small beside the positions) — the unfolding
+    written tap by tap straight into the (C, K, B, *out) matrix, its adjoint added tap by tap, in the same order,
+    straight into dX — with no padded copy of X or dX and no stacked slices or concatenated zeros."""
     from ..layers.convolutional import ConvKernels, conv_output_size
 
     all_ = slice(None)
@@ -136,7 +136,7 @@ def _conv_kernels():
             """col2im of dcols (B, C, K, *out), the adjoint of :meth:`columns`: tap t's (B, C, *out) slab added where
             the tap read the input — only at the positions whose read fell inside it — into dX (B, C, *in); taps in
             order, so the same sums in the same order as the Array-API fold.  ``dcols`` may be a view of another
-            layout (the GEMM's (C, K, B, *out))."""
+            layout (the GEMM's (C, K, B, *out)); its entries that read the padding may be overwritten with 0."""
             dX = np.zeros(dcols.shape[:2] + tuple(in_shape), dcols.dtype)
             self._fold_into(dX, dcols, kernel, stride, padding, dilation)
             return dX

@@ -85,13 +85,11 @@ def namespace():
             return A.T @ B
 
         def affine(X, W, b, /):
-            """X·W + b for X (n, i), W (i, o), b (o,) in one kernel (``addmm``: the GEMM starts from the broadcast
-            bias, as ``nn.Linear`` does) — one pass over Z fewer than the product and a bias add."""
+            """X·W + b for X (..., i), W (i, o), b (o,) in one kernel (``addmm`` over X's rows: the GEMM starts from
+            the broadcast bias, as ``nn.Linear`` does) — one pass over Z fewer than the product and a bias add."""
             if X.ndim == 2:
                 return torch.addmm(b, X, W)
-            Z = X @ W
-            Z += b
-            return Z
+            return torch.addmm(b, X.reshape(-1, X.shape[-1]), W).reshape(X.shape[:-1] + (W.shape[1],))
 
         def sub_scaled(p, g, lr, /):
             """p ← p − lr·g in place in one kernel (``sub_`` with alpha; ``addcmul_`` when lr is a 0-d tensor, as

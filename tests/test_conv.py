@@ -80,6 +80,80 @@ def test_conv_value_and_gradients_equal_pytorch(case, backend):
     _torch_check(Z, [("X", dX), ("W", layer.grads["W"]), ("b", layer.grads["b"])], tZ, [tX, tW, tb])
 
 
+# (B, C_in, C_out, n, kernel, stride, padding, dilation, groups, bias)
+GROUPED = [
+    (2, 4, 6, 11, 3, 1, 1, 1, 2, True),                      # two groups
+    (3, 3, 3, 9, 3, 2, 1, 1, 3, False),                      # depthwise, stride 2, no bias
+    (2, 2, 3, 10, 3, 1, 1, 1, 1, False),                     # one group, no bias
+    (2, 4, 8, (7, 6), 3, 1, 1, 1, 4, True),                  # depthwise with two outputs per channel
+    (2, 6, 4, (6, 7), (2, 3), (2, 1), (0, 1), (1, 2), 2, False),
+    (1, 8, 8, (9, 9), 3, 1, 1, 1, 8, True),                  # depthwise, one example
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("case", GROUPED, ids=[f"g{c[8]}-{'b' if c[9] else 'nob'}-{i}" for i, c in enumerate(GROUPED)])
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch", "jax"])
+def test_grouped_and_biasless_conv_equal_pytorch(case, backend):
+    """``groups`` and ``bias=False`` as PyTorch's: Z, dX, dW (and db) against autograd in float64 on every backend's
+    kernels — NumPy's and the Array-API ones group by group, PyTorch's and XLA's taking the groups themselves."""
+    import torch
+    import torch.nn.functional as F
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
+    B, C, O, n, k, s, p, d, g, bias = case
+    spatial = n if isinstance(n, tuple) else (n,)
+    cls, conv = (nnkit.Conv2D, F.conv2d) if len(spatial) == 2 else (nnkit.Conv1D, F.conv1d)
+    layer = cls(C, O, k, stride=s, padding=p, dilation=d, groups=g, bias=bias)
+    assert layer.param_shapes()["W"][:2] == (O, C // g) and ("b" in layer.param_shapes()) == bias
+    W, b, X = RNG.normal(size=layer.param_shapes()["W"]), RNG.normal(size=O), RNG.normal(size=(B, C) + spatial)
+    be = nnkit.get_backend(backend, dtype="float64")
+    _layer(layer, be, W=W, **({"b": b} if bias else {}))
+    assert sorted(layer.params) == (["W", "b"] if bias else ["W"])
+    Z = layer.forward(be.asarray(X), train=True)
+    dZ = RNG.normal(size=tuple(Z.shape))
+    dX = layer.backward(be.asarray(dZ))
+    tX, tW, tb = (torch.tensor(a, requires_grad=True) for a in (X, W, b))
+    tZ = conv(tX, tW, tb if bias else None, stride=s, padding=p, dilation=d, groups=g)
+    tZ.backward(torch.tensor(dZ))
+    assert sorted(layer.grads) == sorted(layer.params)
+    grads = [("X", dX), ("W", layer.grads["W"])] + ([("b", layer.grads["b"])] if bias else [])
+    _torch_check(Z, grads, tZ, [tX, tW, tb][:len(grads)])
+
+
+def test_grouped_conv_models_pass_the_gradient_check_on_every_backend(make_backend):
+    be = make_backend("float64")
+    rng = np.random.default_rng(4)
+    layers = [nnkit.Conv1D(2, 4, 3, padding=1, groups=2), nnkit.Tanh(), nnkit.Conv1D(4, 4, 3, groups=4, bias=False),
+              nnkit.Tanh(), nnkit.Reshape((4, 2, 3)), nnkit.Conv2D(4, 2, (2, 2), padding=1, groups=2, bias=False),
+              nnkit.GlobalAvgPool(), nnkit.Dense(2, 3)]
+    model = nnkit.Sequential(layers, backend=be, dtype="float64", seed=0, input_shape=(2, 8))
+    X, y = rng.normal(size=(5, 2, 8)), rng.integers(0, 3, size=5)
+    assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6
+
+
+def test_groups_and_bias_are_checked_kept_and_shown(tmp_path):
+    for bad, error, match in [(dict(groups=2), ValueError, r"groups \(2\) must divide in_channels \(3\) and "
+                                                               r"out_channels \(4\)"),
+                              (dict(groups=0), ValueError, "groups must be a positive integer"),
+                              (dict(groups=1.5), TypeError, "groups must be a positive integer"),
+                              (dict(bias="no"), TypeError, "bias must be True or False")]:
+        with pytest.raises(error, match=match):
+            nnkit.Conv1D(3, 4, 3, **bad)
+    layer = nnkit.Conv2D(4, 8, 3, groups=4, bias=False)
+    assert repr(layer) == "Conv2D(4, 8, 3, groups=4, bias=False)"
+    assert repr(nnkit.Conv1D(3, 4, 3)) == "Conv1D(3, 4, 3)"
+    model = nnkit.Sequential([layer, nnkit.GlobalAvgPool(), nnkit.Dense(8, 2)], seed=0, input_shape=(4, 6, 6))
+    assert model.n_params == 8 * 1 * 9 + 8 * 2 + 2
+    assert repr(nnkit.layers.layer_from_config(model.config()[0])) == repr(layer)
+    model.save(tmp_path / "m.npz")
+    again = nnkit.load(tmp_path / "m.npz")
+    assert again.config() == model.config() and sorted(again.state_dict()) == ["0.W", "2.W", "2.b"]
+    X = np.random.default_rng(0).normal(size=(3, 4, 6, 6))
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
 POOLS = [((3, 2, 11), 3, None, 0), ((2, 3, 10), 2, 2, 1), ((1, 1, 7), 7, None, 0), ((2, 2, 12), 4, 3, 2),
          ((2, 3, 7, 6), 2, None, 0), ((2, 2, 9, 8), (3, 2), (2, 1), (1, 0)), ((1, 2, 5, 5), 5, None, 2)]
 

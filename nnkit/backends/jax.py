@@ -33,20 +33,21 @@ def _conv_kernels(jax):
     lax = jax.lax
 
     class JaxConvKernels(ConvKernels):
-        def forward(self, xp, X, W, stride, padding, dilation, b=None):
+        def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):
             spatial = "HW"[:W.ndim - 2]
             dims = ("NC" + spatial, "OI" + spatial, "NC" + spatial)
 
             def conv(X, W):
                 return lax.conv_general_dilated(X, W, tuple(stride), [(p, p) for p in padding],
-                                                rhs_dilation=tuple(dilation), dimension_numbers=dims)
+                                                rhs_dilation=tuple(dilation), dimension_numbers=dims,
+                                                feature_group_count=groups)
 
             Z, linear = jax.vjp(conv, X, W)
             if b is not None:
                 Z = Z + xp.reshape(b, (1, -1) + (1,) * (W.ndim - 2))
             return Z, linear
 
-        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True, groups=1):
             """dX (the transposed convolution) and dW (the correlation) from the forward call's linearisation."""
             dX, dW = saved(dZ)
             return dW, xp.sum(dZ, axis=(0,) + tuple(range(2, dZ.ndim))), (dX if need_dX else None)

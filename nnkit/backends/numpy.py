@@ -90,7 +90,7 @@ def _conv_kernels():
                     cols[(all_, t, all_) + meet[0]] = X_cb[(all_, all_) + meet[1]]
             return cols2, out
 
-        def forward(self, xp, X, W, stride, padding, dilation, b=None):
+        def forward_one(self, xp, X, W, stride, padding, dilation, b=None):
             """One GEMM over the B·P positions: Z₂ = [W₂ b]·[cols; 1] = W₂·cols + b (O, B·P), seen as (B, O, *out)
             — the bias a column of the product's left factor against a row of ones under cols (C·K, B·P)."""
             B, O = X.shape[0], W.shape[0]
@@ -99,7 +99,7 @@ def _conv_kernels():
             Z = (W2 if b is None else np.concatenate([W2, b[:, None]], axis=1)) @ cols2
             return Z.reshape((O, B) + out).swapaxes(0, 1), (cols2, W2, tuple(X.shape[2:]))
 
-        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+        def backward_one(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
             """[dW₂ db] = dZ₂·[cols; 1]ᵀ (db = Σ dZ₂ over the positions, out of the same product when the forward
             pass had the row of ones) and dcols = W₂ᵀ·dZ₂, col2im tap by tap.  One GEMM each over the B·P positions
             — or, for a small (O, C·K) over many positions (O·C·K < P, CIFAR's first layer: 32 × 27 over 1,024

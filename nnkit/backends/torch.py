@@ -27,15 +27,17 @@ def _conv_kernels(torch):
     F = torch.nn.functional
 
     class TorchConvKernels(ConvKernels):
-        def forward(self, xp, X, W, stride, padding, dilation, b=None):
+        def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):
             conv = F.conv1d if W.dim() == 3 else F.conv2d
-            return conv(X, W, b, stride, padding, dilation), X
+            return conv(X, W, b, stride, padding, dilation, groups), X
 
-        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
-            """dX, dW and db in PyTorch's one backward kernel (dX its transposed convolution, dW its correlation)."""
+        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True, groups=1):
+            """dX, dW and db in PyTorch's one backward kernel (dX its transposed convolution, dW its correlation),
+            by groups itself."""
             n = W.dim() - 2
             dX, dW, db = torch.ops.aten.convolution_backward(dZ, saved, W, [W.shape[0]], list(stride), list(padding),
-                                                             list(dilation), False, [0] * n, 1, [need_dX, True, True])
+                                                             list(dilation), False, [0] * n, groups,
+                                                             [need_dX, True, True])
             return dW, db, dX
 
     return TorchConvKernels()

@@ -129,11 +129,38 @@ class ConvKernels:
     may put faster ones with the same numbers in its namespace as ``xp.conv_kernels`` (PyTorch's own
     convolution kernels, a NumPy-specific unfolding) — the layer's derivation does not change:
 
-    * ``forward``: Z = W ⋆ X (the cross-correlation, no bias) (B, O, *out), and what the backward pass keeps;
+    * ``forward``: Z = W ⋆ X (+ b) (the cross-correlation) (B, O, *out), and what the backward pass keeps;
     * ``backward``: (dW, db, dX) — dW = X ⋆ dZ, the correlation of the input with the output's gradient
-      (O, C, *k) (``grad_weight``); db = Σ dZ over the batch and positions (O,); dX = dZ ⊛ᵀ W, the transposed
+      (O, C/g, *k) (``grad_weight``); db = Σ dZ over the batch and positions (O,); dX = dZ ⊛ᵀ W, the transposed
       convolution of the gradient with the weights (B, C, *n) (``grad_input``), None unless asked for.
+
+    With ``groups`` g > 1 the channels split into g groups: output group j (its O/g channels) sees only input
+    group j (its C/g channels) through W's rows of group j, W (O, C/g, *k) — g convolutions side by side, so
+    each of the sums above is group j's own over its slices, and the results stand side by side again (Z and
+    db along the output channels, dW along W's first axis, dX along the input channels).  Here that is
+    literally g calls of the one-group kernels (``forward_one``/``backward_one``); PyTorch's and XLA's kernels
+    take the groups themselves.
     """
+
+    def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):
+        """(Z (B, O, *out), saved): Z = W ⋆ X (+ b), by groups when ``groups`` > 1 (:meth:`forward_one` each)."""
+        if groups == 1:
+            return self.forward_one(xp, X, W, stride, padding, dilation, b)
+        C, O = X.shape[1] // groups, W.shape[0] // groups
+        parts = [self.forward_one(xp, X[:, j * C:(j + 1) * C, ...], W[j * O:(j + 1) * O, ...], stride, padding,
+                                  dilation, None if b is None else b[j * O:(j + 1) * O]) for j in range(groups)]
+        return xp.concat([Z for Z, _ in parts], axis=1), [saved for _, saved in parts]
+
+    def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True, groups=1):
+        """(dW, db, dX) of the class docstring, group j's from dZ's channels of group j (:meth:`backward_one`
+        each); dX None unless ``need_dX``."""
+        if groups == 1:
+            return self.backward_one(xp, saved, dZ, W, stride, padding, dilation, need_dX)
+        O = W.shape[0] // groups
+        parts = [self.backward_one(xp, saved[j], dZ[:, j * O:(j + 1) * O, ...], W[j * O:(j + 1) * O, ...], stride,
+                                   padding, dilation, need_dX) for j in range(groups)]
+        dW, db, dX = ([part[i] for part in parts] for i in range(3))
+        return xp.concat(dW, axis=0), xp.concat(db, axis=0), (xp.concat(dX, axis=1) if need_dX else None)
 
     def unfold(self, xp, X, kernel, stride, padding, dilation):
         """cols (B, C·K, P) of X (B, C, *n)."""
@@ -145,8 +172,8 @@ class ConvKernels:
         """The adjoint of :meth:`unfold`: dcols (B, C, K, *out) → (B, C, *in_shape)."""
         return fold(xp, dcols, in_shape, kernel, stride, padding, dilation)
 
-    def forward(self, xp, X, W, stride, padding, dilation, b=None):
-        """(Z (B, O, *out), saved): Z = W₂·cols(X) (+ b), W₂ = W as (O, C·K)."""
+    def forward_one(self, xp, X, W, stride, padding, dilation, b=None):
+        """One group's (Z (B, O, *out), saved): Z = W₂·cols(X) (+ b), W₂ = W as (O, C·K)."""
         O, kernel = W.shape[0], tuple(W.shape[2:])
         cols, out = self.unfold(xp, X, kernel, stride, padding, dilation)
         W2 = xp.reshape(W, (O, cols.shape[1]))
@@ -155,8 +182,8 @@ class ConvKernels:
             Z = Z + xp.reshape(b, (O, 1))
         return xp.reshape(Z, (X.shape[0], O) + out), (cols, W2, tuple(X.shape[2:]))
 
-    def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
-        """(dW, db, dX) of the class docstring; dX None unless ``need_dX``."""
+    def backward_one(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True):
+        """One group's (dW, db, dX) of the class docstring; dX None unless ``need_dX``."""
         dW = self.grad_weight(xp, saved, dZ, W, stride, padding, dilation)
         db = xp.sum(dZ, axis=(0,) + tuple(range(2, dZ.ndim)))
         return dW, db, (self.grad_input(xp, saved, dZ, W, stride, padding, dilation) if need_dX else None)
@@ -185,7 +212,8 @@ class _Conv(Layer):
     n = 1
     param_names = ("W", "b")
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, init="he_uniform"):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 init="he_uniform"):
         super().__init__()
         self.in_channels = check_size("in_channels", in_channels)
         self.out_channels = check_size("out_channels", out_channels)
@@ -193,25 +221,38 @@ class _Conv(Layer):
         self.stride = _ints("stride", stride, self.n, 1)
         self.padding = _ints("padding", padding, self.n, 0)
         self.dilation = _ints("dilation", dilation, self.n, 1)
+        self.groups = check_size("groups", groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}): each group maps in_channels/groups inputs to out_channels/groups "
+                             "outputs")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.bias = bias
+        if not bias:
+            self.param_names = ("W",)
         self._init_fn = get_initializer(init)
         self.init = init
 
     @property
     def _fan_in(self):
-        return self.in_channels * math.prod(self.kernel_size)
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
 
     def build(self, backend, rng):
         super().build(backend, rng)
         O, CK = self.out_channels, self._fan_in
-        W2 = backend.host_float64(self._init_fn(rng, CK, O))  # (C·K, O), like a Dense from the patch
+        W2 = backend.host_float64(self._init_fn(rng, CK, O))  # (C/g·K, O), like a Dense from one group's patch
         if tuple(W2.shape) != (CK, O):
             raise ValueError(f"initializer {self.init!r} returned shape {tuple(W2.shape)}, expected {(CK, O)}")
-        W = W2.T.reshape((O, self.in_channels) + self.kernel_size)
-        self.params = {"W": backend.asarray(W.copy(), dtype=backend.dtype),
-                       "b": self.xp.zeros((O,), dtype=backend.dtype, device=backend.device)}
+        W = W2.T.reshape((O, self.in_channels // self.groups) + self.kernel_size)
+        self.params = {"W": backend.asarray(W.copy(), dtype=backend.dtype)}
+        if self.bias:
+            self.params["b"] = self.xp.zeros((O,), dtype=backend.dtype, device=backend.device)
 
     def param_shapes(self):
-        return {"W": (self.out_channels, self.in_channels) + self.kernel_size, "b": (self.out_channels,)}
+        shapes = {"W": (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
+                  "b": (self.out_channels,)}
+        return {name: shapes[name] for name in self.param_names}
 
     def input_shape(self):
         return (self.in_channels,) + (None,) * self.n
@@ -230,36 +271,43 @@ class _Conv(Layer):
         return (self.out_channels,) + tuple(out)
 
     def forward(self, X, train=True):
-        """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype — the sums
-        by the backend's convolution kernels (``xp.conv_kernels``) where it has them, the unfolding and one GEMM
-        otherwise (:class:`ConvKernels`).  Keeps what the backward pass needs when training."""
+        """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype (with
+        groups, group j's O/g outputs from its C/g inputs: Z_j = W₂ⱼ·cols(X_j) + b_j) — the sums by the backend's
+        convolution kernels (``xp.conv_kernels``) where it has them, the unfolding and one GEMM otherwise
+        (:class:`ConvKernels`).  Keeps what the backward pass needs when training."""
         xp = self.xp
         kernels = F.own_kernel(xp, "conv_kernels") or GENERIC_KERNELS
         W = self.compute(self.params["W"])
-        Z, saved = kernels.forward(xp, X, W, self.stride, self.padding, self.dilation, self.compute(self.params["b"]))
+        b = self.compute(self.params["b"]) if self.bias else None
+        Z, saved = kernels.forward(xp, X, W, self.stride, self.padding, self.dilation, b, groups=self.groups)
         if train:
             self._cache = (kernels, saved, W)
         return Z
 
     def backward(self, dZ, need_dX=True):
-        """dW = X ⋆ dZ (the correlation: dW₂ = Σ_b dZ_b·cols_bᵀ) (O, C, *k), db = Σ_b Σ_positions dZ (O,),
-        dX = dZ ⊛ᵀ W (the transposed convolution: col2im(W₂ᵀ·dZ)) (B, C, *n)."""
+        """dW = X ⋆ dZ (the correlation: dW₂ = Σ_b dZ_b·cols_bᵀ) (O, C/g, *k), db = Σ_b Σ_positions dZ (O,),
+        dX = dZ ⊛ᵀ W (the transposed convolution: col2im(W₂ᵀ·dZ)) (B, C, *n) — with groups, each group's from its
+        own slices (dW_j = X_j ⋆ dZ_j, dX_j = dZ_j ⊛ᵀ W_j), side by side."""
         kernels, saved, W = self._cache
-        dW, db, dX = kernels.backward(self.xp, saved, dZ, W, self.stride, self.padding, self.dilation, need_dX)
-        self.grads = {"W": dW, "b": db}
+        dW, db, dX = kernels.backward(self.xp, saved, dZ, W, self.stride, self.padding, self.dilation, need_dX,
+                                      groups=self.groups)
+        self.grads = {"W": dW, "b": db} if self.bias else {"W": dW}
         return dX
 
     def to_onnx(self, g, x):
         """``Conv`` (W in the same (O, C, *k) layout, pads, strides, dilations)."""
-        return g.op("Conv", [x, g.param(self, "W"), g.param(self, "b")], "conv", kernel_shape=list(self.kernel_size),
-                    strides=list(self.stride), pads=list(self.padding) * 2, dilations=list(self.dilation))
+        inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
+        return g.op("Conv", inputs, "conv", kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                    pads=list(self.padding) * 2, dilations=list(self.dilation), group=self.groups)
 
     def to_torch(self, ctx):
-        """``nn.Conv1d``/``nn.Conv2d`` (W in the same (O, C, *k) layout)."""
+        """``nn.Conv1d``/``nn.Conv2d`` (W in the same (O, C/g, *k) layout)."""
         m = getattr(ctx.nn, f"Conv{self.n}d")(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                                             padding=self.padding, dilation=self.dilation, dtype=ctx.dtype)
+                                             padding=self.padding, dilation=self.dilation, groups=self.groups,
+                                             bias=self.bias, dtype=ctx.dtype)
         ctx.load(m.weight, self.params["W"])
-        ctx.load(m.bias, self.params["b"])
+        if self.bias:
+            ctx.load(m.bias, self.params["b"])
         return m
 
     @classmethod
@@ -268,17 +316,22 @@ class _Conv(Layer):
 
     @classmethod
     def from_torch(cls, m, ctx):
-        if m.bias is None or m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise ctx.refuse("nnkit's convolutions have a bias, one group, zero padding given as numbers")
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ctx.refuse("nnkit's convolutions pad with zeros, the padding given as numbers")
+        bias = m.bias is not None
         layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride),
-                    padding=tuple(m.padding), dilation=tuple(m.dilation))
-        return layer, {"W": ctx.array(m.weight), "b": ctx.array(m.bias)}, {}
+                    padding=tuple(m.padding), dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+        return layer, {"W": ctx.array(m.weight), **({"b": ctx.array(m.bias)} if bias else {})}, {}
 
     def config(self):
         one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
         cfg = {"type": type(self).__name__, "in_channels": self.in_channels, "out_channels": self.out_channels,
                "kernel_size": one(self.kernel_size), "stride": one(self.stride), "padding": one(self.padding),
                "dilation": one(self.dilation)}
+        if self.groups != 1:
+            cfg["groups"] = self.groups
+        if not self.bias:
+            cfg["bias"] = False
         if isinstance(self.init, str) and self.init != "he_uniform":
             cfg["init"] = self.init
         return cfg
@@ -286,15 +339,18 @@ class _Conv(Layer):
     def __repr__(self):
         extra = "".join(f", {name}={_short(getattr(self, name))!r}" for name, default in
                         (("stride", 1), ("padding", 0), ("dilation", 1)) if set(getattr(self, name)) != {default})
+        extra += (f", groups={self.groups}" if self.groups != 1 else "") + ("" if self.bias else ", bias=False")
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"
 
 
 class Conv1D(_Conv):
     r"""1-D convolution (cross-correlation, as PyTorch's ``Conv1d``) over signals X (B, C, L).
 
-    ``Conv1D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, init="he_uniform")``;
-    W (out_channels, in_channels, k), b (out_channels,); output (B, O, L_out),
-    L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1.
+    ``Conv1D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+    init="he_uniform")``; W (out_channels, in_channels/groups, k), b (out_channels,) (none with ``bias=False``);
+    output (B, O, L_out), L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1.  ``groups`` g splits the channels into g
+    groups, output group j seeing only input group j (``groups=in_channels``: a depthwise convolution), as
+    PyTorch's ``groups``.
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k, L_out) the unfolded patches;
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ), the adjoint of the
@@ -307,9 +363,10 @@ class Conv1D(_Conv):
 class Conv2D(_Conv):
     r"""2-D convolution (cross-correlation, as PyTorch's ``Conv2d``) over images X (B, C, H, W).
 
-    ``Conv2D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, init="he_uniform")``, each
-    of kernel_size/stride/padding/dilation an int or an (h, w) pair; W (O, C, k_h, k_w), b (O,); output
-    (B, O, H_out, W_out) with H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋ + 1 (W_out alike).
+    ``Conv2D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+    init="he_uniform")``, each of kernel_size/stride/padding/dilation an int or an (h, w) pair; W (O, C/g, k_h, k_w),
+    b (O,) (none with ``bias=False``); output (B, O, H_out, W_out) with H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋
+    + 1 (W_out alike); ``groups`` g as in :class:`Conv1D` (``groups=in_channels``: depthwise).
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k_h·k_w, H_out·W_out);
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ).

@@ -88,6 +88,9 @@ GROUPED = [
     (2, 4, 8, (7, 6), 3, 1, 1, 1, 4, True),                  # depthwise with two outputs per channel
     (2, 6, 4, (6, 7), (2, 3), (2, 1), (0, 1), (1, 2), 2, False),
     (1, 8, 8, (9, 9), 3, 1, 1, 1, 8, True),                  # depthwise, one example
+    (2, 4, 4, 12, 5, 1, "same", 1, 2, True),                 # padding="same", as PyTorch's
+    (2, 2, 4, (7, 8), (3, 5), 1, "same", (2, 1), 1, False),  # "same" with dilation
+    (2, 3, 2, 9, 4, 2, "valid", 1, 1, True),
 ]
 
 
@@ -95,7 +98,7 @@ GROUPED = [
 @pytest.mark.parametrize("case", GROUPED, ids=[f"g{c[8]}-{'b' if c[9] else 'nob'}-{i}" for i, c in enumerate(GROUPED)])
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch", "jax"])
 def test_grouped_and_biasless_conv_equal_pytorch(case, backend):
-    """``groups`` and ``bias=False`` as PyTorch's: Z, dX, dW (and db) against autograd in float64 on every backend's
+    """``groups``, ``bias=False`` and ``padding="same"``/``"valid"`` as PyTorch's: Z, dX, dW (and db) against autograd in float64 on every backend's
     kernels — NumPy's and the Array-API ones group by group, PyTorch's and XLA's taking the groups themselves."""
     import torch
     import torch.nn.functional as F
@@ -141,8 +144,15 @@ def test_groups_and_bias_are_checked_kept_and_shown(tmp_path):
                               (dict(bias="no"), TypeError, "bias must be True or False")]:
         with pytest.raises(error, match=match):
             nnkit.Conv1D(3, 4, 3, **bad)
-    layer = nnkit.Conv2D(4, 8, 3, groups=4, bias=False)
-    assert repr(layer) == "Conv2D(4, 8, 3, groups=4, bias=False)"
+    for bad, match in [(dict(padding="same", stride=2), "padding='same' needs stride 1, got stride=2"),
+                       (dict(padding="same", kernel_size=4), r"needs dilation·\(kernel_size − 1\) even on every axis"),
+                       (dict(padding="full"), "padding must be an integer, 'same' or 'valid', got 'full'")]:
+        with pytest.raises(ValueError, match=match):
+            nnkit.Conv1D(3, 4, **{"kernel_size": 3, **bad})
+    assert nnkit.Conv2D(1, 1, (3, 5), padding="same", dilation=(1, 2)).padding == (1, 4)
+    assert nnkit.Conv1D(1, 1, 3, padding="valid").padding == (0,)
+    layer = nnkit.Conv2D(4, 8, 3, padding="same", groups=4, bias=False)
+    assert repr(layer) == "Conv2D(4, 8, 3, padding='same', groups=4, bias=False)"
     assert repr(nnkit.Conv1D(3, 4, 3)) == "Conv1D(3, 4, 3)"
     model = nnkit.Sequential([layer, nnkit.GlobalAvgPool(), nnkit.Dense(8, 2)], seed=0, input_shape=(4, 6, 6))
     assert model.n_params == 8 * 1 * 9 + 8 * 2 + 2

@@ -51,6 +51,19 @@ def _ints(name, value, n, low):
     return tuple(int(v) for v in vals)
 
 
+def _same_padding(kernel, stride, dilation):
+    """The padding p = d(k − 1)/2 on each axis that keeps a stride-1 output as long as its input (``padding="same"``,
+    as PyTorch's and Keras's); a ValueError where the stride is not 1 or d(k − 1) is odd (nnkit pads both sides
+    alike: the output would be one short)."""
+    if set(stride) != {1}:
+        raise ValueError(f"padding='same' needs stride 1, got stride={_short(stride)!r}: give the padding as numbers")
+    reach = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    if any(r % 2 for r in reach):
+        raise ValueError(f"padding='same' needs dilation·(kernel_size − 1) even on every axis (an odd kernel), got "
+                         f"{_short(tuple(reach))!r}: nnkit pads both sides alike; give the padding as numbers")
+    return tuple(r // 2 for r in reach)
+
+
 def _short(values):
     """An n-tuple as one int when its entries agree (for reprs): (3, 3) → 3, (2, 3) → (2, 3)."""
     return values[0] if len(set(values)) == 1 else values
@@ -219,8 +232,13 @@ class _Conv(Layer):
         self.out_channels = check_size("out_channels", out_channels)
         self.kernel_size = _ints("kernel_size", kernel_size, self.n, 1)
         self.stride = _ints("stride", stride, self.n, 1)
-        self.padding = _ints("padding", padding, self.n, 0)
         self.dilation = _ints("dilation", dilation, self.n, 1)
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an integer, {'a pair of integers, ' if self.n > 1 else ''}'same' or "
+                             f"'valid', got {padding!r}")
+        self.padding_mode = padding if isinstance(padding, str) else None  # "same"/"valid" as given, for config()
+        self.padding = _same_padding(self.kernel_size, self.stride, self.dilation) if self.padding_mode == "same" \
+            else (0,) * self.n if self.padding_mode == "valid" else _ints("padding", padding, self.n, 0)
         self.groups = check_size("groups", groups)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels "
@@ -303,7 +321,8 @@ class _Conv(Layer):
     def to_torch(self, ctx):
         """``nn.Conv1d``/``nn.Conv2d`` (W in the same (O, C/g, *k) layout)."""
         m = getattr(ctx.nn, f"Conv{self.n}d")(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                                             padding=self.padding, dilation=self.dilation, groups=self.groups,
+                                             padding=self.padding_mode or self.padding, dilation=self.dilation,
+                                             groups=self.groups,
                                              bias=self.bias, dtype=ctx.dtype)
         ctx.load(m.weight, self.params["W"])
         if self.bias:
@@ -316,17 +335,21 @@ class _Conv(Layer):
 
     @classmethod
     def from_torch(cls, m, ctx):
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise ctx.refuse("nnkit's convolutions pad with zeros, the padding given as numbers")
-        bias = m.bias is not None
-        layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride),
-                    padding=tuple(m.padding), dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+        if m.padding_mode != "zeros":
+            raise ctx.refuse("nnkit's convolutions pad with zeros")
+        bias, padding = m.bias is not None, m.padding if isinstance(m.padding, str) else tuple(m.padding)
+        try:
+            layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=padding,
+                        dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+        except ValueError as e:
+            raise ctx.refuse(str(e)) from None
         return layer, {"W": ctx.array(m.weight), **({"b": ctx.array(m.bias)} if bias else {})}, {}
 
     def config(self):
         one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
         cfg = {"type": type(self).__name__, "in_channels": self.in_channels, "out_channels": self.out_channels,
-               "kernel_size": one(self.kernel_size), "stride": one(self.stride), "padding": one(self.padding),
+               "kernel_size": one(self.kernel_size), "stride": one(self.stride),
+               "padding": self.padding_mode or one(self.padding),
                "dilation": one(self.dilation)}
         if self.groups != 1:
             cfg["groups"] = self.groups
@@ -337,9 +360,10 @@ class _Conv(Layer):
         return cfg
 
     def __repr__(self):
-        extra = "".join(f", {name}={_short(getattr(self, name))!r}" for name, default in
-                        (("stride", 1), ("padding", 0), ("dilation", 1)) if set(getattr(self, name)) != {default})
-        extra += (f", groups={self.groups}" if self.groups != 1 else "") + ("" if self.bias else ", bias=False")
+        shown = {"stride": (_short(self.stride), 1), "padding": (self.padding_mode or _short(self.padding), 0),
+                 "dilation": (_short(self.dilation), 1), "groups": (self.groups, 1), "bias": (self.bias, True)}
+        extra = "".join(f", {name}={value!r}" for name, (value, default) in shown.items()
+                        if value != default and value != "valid")
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"
 
 
@@ -348,7 +372,8 @@ class Conv1D(_Conv):
 
     ``Conv1D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
     init="he_uniform")``; W (out_channels, in_channels/groups, k), b (out_channels,) (none with ``bias=False``);
-    output (B, O, L_out), L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1.  ``groups`` g splits the channels into g
+    output (B, O, L_out), L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1 (``padding="same"``: p = d(k − 1)/2, L_out = L,
+    stride 1 and an odd reach only; ``"valid"``: p = 0).  ``groups`` g splits the channels into g
     groups, output group j seeing only input group j (``groups=in_channels``: a depthwise convolution), as
     PyTorch's ``groups``.
 

@@ -98,8 +98,9 @@ GROUPED = [
 @pytest.mark.parametrize("case", GROUPED, ids=[f"g{c[8]}-{'b' if c[9] else 'nob'}-{i}" for i, c in enumerate(GROUPED)])
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch", "jax"])
 def test_grouped_and_biasless_conv_equal_pytorch(case, backend):
-    """``groups``, ``bias=False`` and ``padding="same"``/``"valid"`` as PyTorch's: Z, dX, dW (and db) against autograd in float64 on every backend's
-    kernels — NumPy's and the Array-API ones group by group, PyTorch's and XLA's taking the groups themselves."""
+    """``groups``, ``bias=False`` and ``padding="same"``/``"valid"`` as PyTorch's: Z, dX, dW (and db) against
+    autograd in float64 on every backend's kernels — the Array-API ones group by group, NumPy's one unfolding and
+    batched per-group products, PyTorch's and XLA's taking the groups themselves."""
     import torch
     import torch.nn.functional as F
 
@@ -311,6 +312,19 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries(monkeypa
         dZ = rng.normal(size=Z2.shape)
         for a, c in zip(ours.backward(xp, saved1, dZ, W, s, p, d), ref.backward(xp, saved2, dZ, W, s, p, d)):
             np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    # groups: NumPy's one unfolding and batched per-group products against the Array-API kernels group by group
+    for size, k, s, p, d, C, O, g in [((9,), (3,), (1,), (1,), (1,), 4, 6, 2),
+                                      ((7, 8), (3, 3), (1, 2), (1, 0), (1, 1), 6, 6, 6),
+                                      ((8, 6), (2, 3), (2, 1), (0, 2), (2, 1), 4, 8, 4)]:
+        X, W, b = rng.normal(size=(3, C) + size), rng.normal(size=(O, C // g) + k), rng.normal(size=O)
+        for bias in (b, None):
+            (Z1, saved1), (Z2, saved2) = (kern.forward(xp, X, W, s, p, d, bias, groups=g) for kern in (ours, ref))
+            np.testing.assert_allclose(Z1, Z2, rtol=1e-12, atol=1e-12)
+            dZ = rng.normal(size=Z2.shape)
+            for a, c in zip(ours.backward(xp, saved1, dZ, W, s, p, d, groups=g),
+                            ref.backward(xp, saved2, dZ, W, s, p, d, groups=g)):
+                assert a.shape == c.shape
+                np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
     Z, saved = ours.forward(xp, np.zeros((0, 3, 8, 8)), np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1), np.zeros(4))
     assert Z.shape == (0, 4, 8, 8)
     assert [g.shape for g in ours.backward(xp, saved, Z, np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1))] == \

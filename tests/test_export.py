@@ -44,7 +44,8 @@ def _models(d=7, k=3, dtype="float32"):
 
 def _conv_models(dtype="float32"):
     """Conv models on signals and images: every conv, pooling and reshaping layer, starting from table rows:
-    (B, 7) for the signals, (B, 12) for the images; grouped convolutions (a depthwise one), one without a bias and padded "same"."""
+    (B, 7) for the signals, (B, 12) for the images; grouped convolutions (a depthwise one), one without a bias and
+    padded "same"."""
     A = nnkit
     return {
         "Conv1D": [A.Reshape((1, 7)), A.Conv1D(1, 4, 3, stride=2, padding=1, dilation=1), A.BatchNorm(4), A.ReLU(),

@@ -90,6 +90,36 @@ def _conv_kernels():
                     cols[(all_, t, all_) + meet[0]] = X_cb[(all_, all_) + meet[1]]
             return cols2, out
 
+        def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):
+            """With groups g > 1: one unfolding of all C channels — its (C·K, B·P) rows lie group by group — and the
+            g groups' GEMMs as one batched product, Z_j = W₂ⱼ·cols_j (O/g, B·P) for W₂ⱼ (O/g, C/g·K), + b."""
+            if groups == 1:
+                return self.forward_one(xp, X, W, stride, padding, dilation, b)
+            B, O = X.shape[0], W.shape[0]
+            cols2, out = self._unfold(X, tuple(W.shape[2:]), stride, padding, dilation, ones_row=False)
+            W2 = W.reshape(groups, O // groups, -1)  # (g, O/g, C/g·K)
+            Z = np.matmul(W2, cols2.reshape(groups, W2.shape[2], -1)).reshape(O, -1)  # (O, B·P)
+            if b is not None:
+                Z += b[:, None]
+            return Z.reshape((O, B) + out).swapaxes(0, 1), (cols2, W2, tuple(X.shape[2:]))
+
+        def backward(self, xp, saved, dZ, W, stride, padding, dilation, need_dX=True, groups=1):
+            """With groups g > 1, each group's sums as one batched product over the groups: dW₂ⱼ = dZ₂ⱼ·cols_jᵀ,
+            db = Σ dZ₂ over the positions, dcols_j = W₂ⱼᵀ·dZ₂ⱼ — stacked, they are dcols (C, K, B, *out) — folded."""
+            if groups == 1:
+                return self.backward_one(xp, saved, dZ, W, stride, padding, dilation, need_dX)
+            cols2, W2, in_shape = saved
+            B, O, out = dZ.shape[0], dZ.shape[1], tuple(dZ.shape[2:])
+            dZ2 = np.ascontiguousarray(dZ.swapaxes(0, 1)).reshape(groups, O // groups, -1)  # (g, O/g, B·P)
+            dW = np.matmul(dZ2, cols2.reshape(groups, W2.shape[2], -1).transpose(0, 2, 1)).reshape(W.shape)
+            db = np.add.reduce(dZ2.reshape(O, -1), 1)
+            if not need_dX:
+                return dW, db, None
+            kernel = tuple(W.shape[2:])
+            dcols = np.matmul(W2.transpose(0, 2, 1), dZ2).reshape((W.shape[1] * groups, math.prod(kernel), B) + out)
+            return dW, db, self.fold(xp, dcols.transpose((2, 0, 1) + tuple(range(3, 3 + len(out)))), in_shape,
+                                     kernel, stride, padding, dilation)
+
         def forward_one(self, xp, X, W, stride, padding, dilation, b=None):
             """One GEMM over the B·P positions: Z₂ = [W₂ b]·[cols; 1] = W₂·cols + b (O, B·P), seen as (B, O, *out)
             — the bias a column of the product's left factor against a row of ones under cols (C·K, B·P)."""

@@ -151,8 +151,8 @@ class ConvKernels:
     group j (its C/g channels) through W's rows of group j, W (O, C/g, *k) — g convolutions side by side, so
     each of the sums above is group j's own over its slices, and the results stand side by side again (Z and
     db along the output channels, dW along W's first axis, dX along the input channels).  Here that is
-    literally g calls of the one-group kernels (``forward_one``/``backward_one``); PyTorch's and XLA's kernels
-    take the groups themselves.
+    literally g calls of the one-group kernels (``forward_one``/``backward_one``); NumPy's unfold all channels once
+    and run the groups' products as one batched product, PyTorch's and XLA's kernels take the groups themselves.
     """
 
     def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):

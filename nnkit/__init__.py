@@ -4,8 +4,8 @@ PyTorch or any array library array-api-compat wraps (``backend=``).
 """
 from .backend import Backend, get_backend
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
-                     Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D,
-                     GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding, SequencePool,
+                     Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, ConvTranspose1D, ConvTranspose2D, MaxPool1D,
+                     MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding, SequencePool,
                      MultiHeadAttention, PositionalEmbedding, TransformerBlock, TiedDense)
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from .model import Sequential, load
@@ -22,7 +22,7 @@ from . import init, optim, functional, datasets, callbacks, precision, plots, me
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D",
+    "Backend", "get_backend", "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "ConvTranspose1D", "ConvTranspose2D",
     "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding", "SequencePool", "MultiHeadAttention",
     "PositionalEmbedding", "TransformerBlock", "TiedDense",
     "Sigmoid",

@@ -165,6 +165,82 @@ def test_groups_and_bias_are_checked_kept_and_shown(tmp_path):
     np.testing.assert_array_equal(again.predict(X), model.predict(X))
 
 
+# (B, C_in, C_out, n, kernel, stride, padding, output_padding, groups, bias, dilation)
+TRANSPOSED = [
+    (2, 4, 6, 5, 3, 2, 1, 1, 2, True, 1),                    # upsampling ×2, two groups
+    (2, 3, 2, (4, 5), (3, 2), (2, 1), (1, 0), (1, 0), 1, False, (1, 2)),
+    (1, 4, 4, 6, 3, 1, 0, 0, 4, True, 2),                    # depthwise, dilated
+    (2, 2, 3, (3, 3), 4, 2, 1, 0, 1, True, 1),               # DCGAN's k 4, s 2, p 1: 3 → 6
+    (3, 1, 2, 7, 5, 3, 2, 2, 1, True, 1),                    # stride beyond half the kernel, output_padding 2
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("case", TRANSPOSED, ids=[f"convT{len(c[3]) if isinstance(c[3], tuple) else 1}d-{i}"
+                                                  for i, c in enumerate(TRANSPOSED)])
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch", "jax"])
+def test_transposed_conv_value_and_gradients_equal_pytorch(case, backend):
+    """ConvTranspose1D/2D against ``F.conv_transpose1d/2d`` and autograd in float64: Y by each backend's
+    ``transposed`` kernel, dX as the convolution of dY and dW as its weight gradient (X in the output gradient's
+    place), db."""
+    import torch
+    import torch.nn.functional as F
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
+    B, C, O, n, k, s, p, op, g, bias, d = case
+    spatial = n if isinstance(n, tuple) else (n,)
+    cls, conv_t = (nnkit.ConvTranspose2D, F.conv_transpose2d) if len(spatial) == 2 else \
+        (nnkit.ConvTranspose1D, F.conv_transpose1d)
+    layer = cls(C, O, k, stride=s, padding=p, output_padding=op, groups=g, bias=bias, dilation=d)
+    assert layer.param_shapes()["W"][:2] == (C, O // g)
+    W, b, X = RNG.normal(size=layer.param_shapes()["W"]), RNG.normal(size=O), RNG.normal(size=(B, C) + spatial)
+    be = nnkit.get_backend(backend, dtype="float64")
+    _layer(layer, be, W=W, **({"b": b} if bias else {}))
+    Y = layer.forward(be.asarray(X), train=True)
+    assert tuple(Y.shape[1:]) == layer.output_shape((C,) + spatial)
+    dY = RNG.normal(size=tuple(Y.shape))
+    dX = layer.backward(be.asarray(dY))
+    tX, tW, tb = (torch.tensor(a, requires_grad=True) for a in (X, W, b))
+    tY = conv_t(tX, tW, tb if bias else None, s, p, op, g, d)
+    tY.backward(torch.tensor(dY))
+    grads = [("X", dX), ("W", layer.grads["W"])] + ([("b", layer.grads["b"])] if bias else [])
+    _torch_check(Y, grads, tY, [tX, tW, tb][:len(grads)])
+
+
+def test_an_autoencoder_with_transposed_convolutions_passes_the_gradient_check_on_every_backend(make_backend):
+    be = make_backend("float64")
+    rng = np.random.default_rng(5)
+    layers = [nnkit.Conv2D(1, 3, 3, stride=2, padding=1), nnkit.Tanh(),
+              nnkit.ConvTranspose2D(3, 2, 3, stride=2, padding=1, output_padding=1), nnkit.Tanh(),
+              nnkit.ConvTranspose2D(2, 2, (2, 3), groups=2, bias=False), nnkit.Flatten()]
+    model = nnkit.Sequential(layers, backend=be, dtype="float64", seed=0, input_shape=(1, 6, 6))
+    assert model.output_shape() == (2 * 7 * 8,)
+    X = rng.normal(size=(4, 1, 6, 6))
+    assert nnkit.gradcheck(model, X, rng.normal(size=(4, 2 * 7 * 8)), "mse") < 1e-6
+
+
+def test_transposed_convolutions_check_their_arguments_and_keep_them(tmp_path):
+    for args, error, match in [(dict(stride=2, output_padding=2), ValueError, "output_padding must be smaller than"),
+                               (dict(padding="same"), ValueError, "padding must be an integer for a transposed"),
+                               (dict(groups=3), ValueError, r"groups \(3\) must divide"),
+                               (dict(output_padding=-1), ValueError, "output_padding must be an integer")]:
+        with pytest.raises(error, match=match):
+            nnkit.ConvTranspose1D(2, 4, 3, **args)
+    with pytest.raises(ValueError, match="gives an output of -1 positions from 1"):
+        nnkit.Sequential([nnkit.ConvTranspose1D(1, 1, 1, padding=1)], input_shape=(1, 1))
+    layer = nnkit.ConvTranspose2D(2, 4, 4, stride=2, padding=1, output_padding=1, groups=2, bias=False)
+    assert repr(layer) == "ConvTranspose2D(2, 4, 4, stride=2, padding=1, output_padding=1, groups=2, bias=False)"
+    model = nnkit.Sequential([layer, nnkit.GlobalAvgPool(), nnkit.Dense(4, 2)], seed=0, input_shape=(2, 5, 5))
+    assert model.n_params == 2 * 2 * 16 + 4 * 2 + 2
+    assert model.layers[0].output_shape((2, 5, 5)) == (4, 11, 11)
+    model.save(tmp_path / "m.npz")
+    again = nnkit.load(tmp_path / "m.npz")
+    assert again.config() == model.config() and repr(again.layers[0]) == repr(layer)
+    X = np.random.default_rng(0).normal(size=(3, 2, 5, 5))
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
 POOLS = [((3, 2, 11), 3, None, 0), ((2, 3, 10), 2, 2, 1), ((1, 1, 7), 7, None, 0), ((2, 2, 12), 4, 3, 2),
          ((2, 3, 7, 6), 2, None, 0), ((2, 2, 9, 8), (3, 2), (2, 1), (1, 0)), ((1, 2, 5, 5), 5, None, 2)]
 

@@ -45,16 +45,18 @@ def _models(d=7, k=3, dtype="float32"):
 def _conv_models(dtype="float32"):
     """Conv models on signals and images: every conv, pooling and reshaping layer, starting from table rows:
     (B, 7) for the signals, (B, 12) for the images; grouped convolutions (a depthwise one), one without a bias and
-    padded "same"."""
+    padded "same"; transposed convolutions."""
     A = nnkit
     return {
         "Conv1D": [A.Reshape((1, 7)), A.Conv1D(1, 4, 3, stride=2, padding=1, dilation=1), A.BatchNorm(4), A.ReLU(),
                    A.MaxPool1D(2, stride=1, padding=1), A.Conv1D(4, 4, 2, padding="same", dilation=2, groups=2,
                                                                             bias=False),
-                   A.AvgPool1D(2, padding=1), A.Flatten(), A.Dense(12, 3)],
+                   A.AvgPool1D(2, padding=1), A.ConvTranspose1D(4, 4, 3, stride=2, padding=1, output_padding=1),
+                   A.Flatten(), A.Dense(24, 3)],
         "Conv2D": [A.Reshape((1, 3, -1)), A.Conv2D(1, 3, (2, 3), padding=(1, 1)), A.BatchNorm(3), A.Tanh(),
                    A.AvgPool2D(2, stride=1), A.Conv2D(3, 6, 2, stride=(1, 2), dilation=(1, 2), groups=3),
-                   A.MaxPool2D((2, 1)), A.GlobalAvgPool(), A.Dense(6, 3)],
+                   A.MaxPool2D((2, 1)), A.ConvTranspose2D(6, 4, 2, stride=2, groups=2, bias=False, dilation=(1, 2)),
+                   A.GlobalAvgPool(), A.Dense(4, 3)],
     }
 
 

@@ -33,16 +33,17 @@ def _conv_kernels(jax):
     lax = jax.lax
 
     class JaxConvKernels(ConvKernels):
-        def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):
+        @staticmethod
+        def _conv(W, stride, padding, dilation, groups):
+            """X ↦ W ⋆ X, XLA's convolution with W fixed (channels first)."""
             spatial = "HW"[:W.ndim - 2]
             dims = ("NC" + spatial, "OI" + spatial, "NC" + spatial)
+            return lambda X, W=W: lax.conv_general_dilated(X, W, tuple(stride), [(p, p) for p in padding],
+                                                           rhs_dilation=tuple(dilation), dimension_numbers=dims,
+                                                           feature_group_count=groups)
 
-            def conv(X, W):
-                return lax.conv_general_dilated(X, W, tuple(stride), [(p, p) for p in padding],
-                                                rhs_dilation=tuple(dilation), dimension_numbers=dims,
-                                                feature_group_count=groups)
-
-            Z, linear = jax.vjp(conv, X, W)
+        def forward(self, xp, X, W, stride, padding, dilation, b=None, groups=1):
+            Z, linear = jax.vjp(self._conv(W, stride, padding, dilation, groups), X, W)
             if b is not None:
                 Z = Z + xp.reshape(b, (1, -1) + (1,) * (W.ndim - 2))
             return Z, linear
@@ -51,6 +52,12 @@ def _conv_kernels(jax):
             """dX (the transposed convolution) and dW (the correlation) from the forward call's linearisation."""
             dX, dW = saved(dZ)
             return dW, xp.sum(dZ, axis=(0,) + tuple(range(2, dZ.ndim))), (dX if need_dX else None)
+
+        def transposed(self, xp, X, W, in_shape, stride, padding, dilation, groups=1):
+            """The transpose of the linear map X ↦ W ⋆ X on (B, C, *in_shape) inputs (``jax.linear_transpose``: no
+            forward convolution is run), applied to X."""
+            like = jax.ShapeDtypeStruct((X.shape[0], W.shape[1] * groups) + tuple(in_shape), X.dtype)
+            return jax.linear_transpose(self._conv(W, stride, padding, dilation, groups), like)(X)[0]
 
     return JaxConvKernels()
 

@@ -40,6 +40,13 @@ def _conv_kernels(torch):
                                                              [need_dX, True, True])
             return dW, db, dX
 
+        def transposed(self, xp, X, W, in_shape, stride, padding, dilation, groups=1):
+            """``F.conv_transpose1d/2d``, its output_padding the rows the stride leaves past the last window."""
+            conv_t = F.conv_transpose1d if W.dim() == 3 else F.conv_transpose2d
+            extra = [n - ((m - 1) * s - 2 * p + d * (k - 1) + 1) for n, m, s, p, d, k in
+                     zip(in_shape, X.shape[2:], stride, padding, dilation, W.shape[2:])]
+            return conv_t(X, W, None, stride, padding, extra, groups, dilation)
+
     return TorchConvKernels()
 
 

@@ -4,7 +4,7 @@
   ``Residual``, ``Dropout``, and the registry checkpoints rebuild layers from;
 * :mod:`.activations` — element-wise and row-wise activations with their derivatives;
 * :mod:`.normalization` — ``BatchNorm`` and ``LayerNorm``;
-* :mod:`.convolutional` — ``Conv1D``, ``Conv2D`` (im2col and its adjoint);
+* :mod:`.convolutional` — ``Conv1D``, ``Conv2D`` (im2col and its adjoint), ``ConvTranspose1D/2D`` (the adjoint);
 * :mod:`.pooling` — ``MaxPool1D/2D``, ``AvgPool1D/2D``, ``GlobalAvgPool``;
 * :mod:`.reshaping` — ``Flatten``, ``Reshape``;
 * :mod:`.recurrent` — ``RNN``, ``GRU``, ``LSTM`` (backprop through time);
@@ -19,7 +19,7 @@ from .core import (Layer, Dense, Residual, Dropout, LAYER_TYPES, ShapeError, lay
 from .activations import (Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus,
                           ACTIVATIONS, get_activation)
 from .normalization import BatchNorm, LayerNorm
-from .convolutional import Conv1D, Conv2D
+from .convolutional import Conv1D, Conv2D, ConvTranspose1D, ConvTranspose2D
 from .pooling import MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool
 from .reshaping import Flatten, Reshape
 from .recurrent import RNN, GRU, LSTM
@@ -29,6 +29,6 @@ from .attention import MultiHeadAttention, PositionalEmbedding, TransformerBlock
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "ShapeError", "layer_from_config",
            "infer_shapes", "check_input_shape", "check_size", "fmt_shape", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU",
-           "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
+           "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "ConvTranspose1D", "ConvTranspose2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
            "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding",
            "SequencePool", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock", "TiedDense"]

@@ -35,7 +35,7 @@ from .. import functional as F
 from ..init import get_initializer
 from .core import Layer, ShapeError, check_size
 
-__all__ = ["Conv1D", "Conv2D", "unfold", "fold", "conv_output_size", "ConvKernels"]
+__all__ = ["Conv1D", "Conv2D", "ConvTranspose1D", "ConvTranspose2D", "unfold", "fold", "conv_output_size", "ConvKernels"]
 
 
 def _ints(name, value, n, low):
@@ -145,7 +145,9 @@ class ConvKernels:
     * ``forward``: Z = W ⋆ X (+ b) (the cross-correlation) (B, O, *out), and what the backward pass keeps;
     * ``backward``: (dW, db, dX) — dW = X ⋆ dZ, the correlation of the input with the output's gradient
       (O, C/g, *k) (``grad_weight``); db = Σ dZ over the batch and positions (O,); dX = dZ ⊛ᵀ W, the transposed
-      convolution of the gradient with the weights (B, C, *n) (``grad_input``), None unless asked for.
+      convolution of the gradient with the weights (B, C, *n) (``grad_input``), None unless asked for;
+    * ``transposed``: Y = X ⊛ᵀ W for any X (B, O, *out) — backward's dX with X in dZ's place, the adjoint of the
+      convolution — the forward pass of :class:`ConvTranspose1D`/:class:`ConvTranspose2D`.
 
     With ``groups`` g > 1 the channels split into g groups: output group j (its O/g channels) sees only input
     group j (its C/g channels) through W's rows of group j, W (O, C/g, *k) — g convolutions side by side, so
@@ -174,6 +176,22 @@ class ConvKernels:
                                    padding, dilation, need_dX) for j in range(groups)]
         dW, db, dX = ([part[i] for part in parts] for i in range(3))
         return xp.concat(dW, axis=0), xp.concat(db, axis=0), (xp.concat(dX, axis=1) if need_dX else None)
+
+    def transposed(self, xp, X, W, in_shape, stride, padding, dilation, groups=1):
+        """Y = X ⊛ᵀ W (B, C, *in_shape) for X (B, O, *out), W (O, C/g, *k): the adjoint of the convolution of a
+        (B, C, *in_shape) input — Y's channels of group j from X's channels of group j (:meth:`transposed_one`)."""
+        if groups == 1:
+            return self.transposed_one(xp, X, W, in_shape, stride, padding, dilation)
+        O = W.shape[0] // groups
+        return xp.concat([self.transposed_one(xp, X[:, j * O:(j + 1) * O, ...], W[j * O:(j + 1) * O, ...], in_shape,
+                                              stride, padding, dilation) for j in range(groups)], axis=1)
+
+    def transposed_one(self, xp, X, W, in_shape, stride, padding, dilation):
+        """One group's X ⊛ᵀ W = col2im(W₂ᵀ·X) (B, C, *in_shape), W₂ = W as (O, C·K)."""
+        B, O, out, kernel = X.shape[0], X.shape[1], tuple(X.shape[2:]), tuple(W.shape[2:])
+        W2 = xp.reshape(W, (O, W.shape[1] * math.prod(kernel)))
+        dcols = xp.reshape(W2.T @ xp.reshape(X, (B, O, math.prod(out))), (B, W.shape[1], math.prod(kernel)) + out)
+        return self.fold(xp, dcols, in_shape, kernel, stride, padding, dilation)
 
     def unfold(self, xp, X, kernel, stride, padding, dilation):
         """cols (B, C·K, P) of X (B, C, *n)."""
@@ -208,12 +226,8 @@ class ConvKernels:
         return xp.reshape(xp.tensordot(dZ3, cols, axes=([0, 2], [0, 2])), tuple(W.shape))
 
     def grad_input(self, xp, saved, dZ, W, stride, padding, dilation):
-        """dX = col2im(W₂ᵀ·dZ) (B, C, *n)."""
-        _, W2, in_shape = saved
-        B, O, out = dZ.shape[0], dZ.shape[1], tuple(dZ.shape[2:])
-        kernel = tuple(W.shape[2:])
-        dcols = xp.reshape(W2.T @ xp.reshape(dZ, (B, O, math.prod(out))), (B, W.shape[1], math.prod(kernel)) + out)
-        return self.fold(xp, dcols, in_shape, kernel, stride, padding, dilation)
+        """dX = dZ ⊛ᵀ W = col2im(W₂ᵀ·dZ) (B, C, *n) (:meth:`transposed_one`)."""
+        return self.transposed_one(xp, dZ, W, saved[2], stride, padding, dilation)
 
 
 GENERIC_KERNELS = ConvKernels()
@@ -395,6 +409,176 @@ class Conv2D(_Conv):
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k_h·k_w, H_out·W_out);
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ).
+    """
+
+    n = 2
+
+
+class _ConvTranspose(_Conv):
+    r"""Shared by ConvTranspose1D and ConvTranspose2D: the adjoint of a convolution as a layer of its own.
+
+    With C = in_channels, O = out_channels and W (C, O/g, *k) — the weights of the convolution that maps O channels
+    back to C, PyTorch's ``ConvTranspose`` layout — the forward pass is that convolution's input gradient:
+
+        Y = X ⊛ᵀ W + b = col2im(W₂ᵀ·X) + b         X (B, C, *n) → Y (B, O, *out), W₂ = W as (C, O/g·K)
+
+    out = (n − 1)·s − 2p + d(k − 1) + output_padding + 1 along each axis.  Since Y is linear in X through the adjoint,
+    its backward pass is the convolution itself — the transposed pair read the other way round:
+
+        dX = dY ⋆ W = W₂·cols(dY)                   (B, C, *n)    the convolution of dY
+        dW = dY ⋆ X, i.e. Σ_b X_b·cols(dY)_bᵀ       (C, O/g, *k)  the convolution's weight gradient, with dY as its
+                                                                  input and X as its output's gradient
+        db = Σ dY over the batch and positions      (O,)
+
+    (⟨X ⊛ᵀ W, dY⟩ = ⟨X, dY ⋆ W⟩ for every X and W: the adjoint identity, differentiated.)  The sums are the backend's
+    convolution kernels (``transposed``, ``forward``, ``backward``), as for Conv1D/Conv2D.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, init="he_uniform"):
+        if isinstance(padding, str):
+            raise ValueError(f"padding must be an integer{' or a pair of integers' if self.n > 1 else ''} for a "
+                             f"transposed convolution, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, init=init)
+        self.output_padding = _ints("output_padding", output_padding, self.n, 0)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):
+                raise ValueError(f"output_padding must be smaller than the stride or the dilation, got "
+                                 f"output_padding={_short(self.output_padding)!r}, stride={_short(self.stride)!r}, "
+                                 f"dilation={_short(self.dilation)!r}")
+
+    @property
+    def _fan_in(self):
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    def build(self, backend, rng):
+        Layer.build(self, backend, rng)
+        C, O, g, K = self.in_channels, self.out_channels, self.groups, math.prod(self.kernel_size)
+        M = backend.host_float64(self._init_fn(rng, self._fan_in, O))  # (C/g·K, O): output o's weights, a column
+        if tuple(M.shape) != (self._fan_in, O):
+            raise ValueError(f"initializer {self.init!r} returned shape {tuple(M.shape)}, expected "
+                             f"{(self._fan_in, O)}")
+        # W[j·C/g + c, o, t] = M[(c, t), j·O/g + o]: output channel j·O/g + o reads group j's C/g channels
+        W = M.reshape(C // g, K, g, O // g).transpose(2, 0, 3, 1).reshape((C, O // g) + self.kernel_size)
+        self.params = {"W": backend.asarray(W.copy(), dtype=backend.dtype)}
+        if self.bias:
+            self.params["b"] = self.xp.zeros((O,), dtype=backend.dtype, device=backend.device)
+
+    def param_shapes(self):
+        shapes = {"W": (self.in_channels, self.out_channels // self.groups) + self.kernel_size,
+                  "b": (self.out_channels,)}
+        return {name: shapes[name] for name in self.param_names}
+
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 1 + self.n or in_shape[0] not in (None, self.in_channels):
+            form = "(B, C, L)" if self.n == 1 else "(B, C, H, W)"
+            raise ShapeError(f"expects {form} inputs with C = {self.in_channels} channels")
+        out = []
+        for n, k, s, p, d, op in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation,
+                                     self.output_padding):
+            m = None if n is None else (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+            if m is not None and m < 1:
+                raise ShapeError(f"gives an output of {m} positions from {n}: the padding {p} cuts more than the "
+                                 f"{m + 2 * p} positions the windows reach")
+            out.append(m)
+        return (self.out_channels,) + tuple(out)
+
+    def forward(self, X, train=True):
+        """Y = X ⊛ᵀ W + b = col2im(W₂ᵀ·X) + b: X (B, C, *n) → Y (B, O, *out) (the backend's ``transposed``
+        kernel); keeps X when training."""
+        xp = self.xp
+        kernels = F.own_kernel(xp, "conv_kernels") or GENERIC_KERNELS
+        W = self.compute(self.params["W"])
+        out = self.output_shape(tuple(X.shape[1:]))[1:]
+        Y = kernels.transposed(xp, X, W, out, self.stride, self.padding, self.dilation, groups=self.groups)
+        if self.bias:
+            Y = Y + xp.reshape(self.compute(self.params["b"]), (1, -1) + (1,) * self.n)
+        if train:
+            self._cache = (kernels, X, W)
+        return Y
+
+    def backward(self, dY, need_dX=True):
+        """dX = dY ⋆ W (the convolution of dY: W₂·cols(dY)) (B, C, *n); dW = dY ⋆ X — the convolution's weight
+        gradient with dY its input and X its output's gradient (Σ_b X_b·cols(dY)_bᵀ) — (C, O/g, *k);
+        db = Σ dY over the batch and positions (O,)."""
+        kernels, X, W = self._cache
+        xp, geometry = self.xp, (self.stride, self.padding, self.dilation)
+        dX, saved = kernels.forward(xp, dY, W, *geometry, None, groups=self.groups)
+        dW = kernels.backward(xp, saved, X, W, *geometry, need_dX=False, groups=self.groups)[0]
+        self.grads = {"W": dW}
+        if self.bias:
+            self.grads["b"] = xp.sum(dY, axis=(0,) + tuple(range(2, dY.ndim)))
+        return dX if need_dX else None
+
+    def to_onnx(self, g, x):
+        """``ConvTranspose`` (W in the same (C, O/g, *k) layout, pads, strides, dilations, output_padding)."""
+        inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
+        return g.op("ConvTranspose", inputs, "conv_t", kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                    pads=list(self.padding) * 2, dilations=list(self.dilation), group=self.groups,
+                    output_padding=list(self.output_padding))
+
+    def to_torch(self, ctx):
+        """``nn.ConvTranspose1d``/``nn.ConvTranspose2d`` (W in the same (C, O/g, *k) layout)."""
+        m = getattr(ctx.nn, f"ConvTranspose{self.n}d")(
+            self.in_channels, self.out_channels, self.kernel_size, stride=self.stride, padding=self.padding,
+            output_padding=self.output_padding, groups=self.groups, bias=self.bias, dilation=self.dilation,
+            dtype=ctx.dtype)
+        ctx.load(m.weight, self.params["W"])
+        if self.bias:
+            ctx.load(m.bias, self.params["b"])
+        return m
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (getattr(nn, f"ConvTranspose{cls.n}d"),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        if m.padding_mode != "zeros":
+            raise ctx.refuse("nnkit's transposed convolutions pad with zeros")
+        bias = m.bias is not None
+        layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride),
+                    padding=tuple(m.padding), output_padding=tuple(m.output_padding), groups=m.groups, bias=bias,
+                    dilation=tuple(m.dilation))
+        return layer, {"W": ctx.array(m.weight), **({"b": ctx.array(m.bias)} if bias else {})}, {}
+
+    def config(self):
+        cfg = super().config()
+        if set(self.output_padding) != {0}:
+            cfg["output_padding"] = self.output_padding[0] if self.n == 1 else list(self.output_padding)
+        return cfg
+
+    def __repr__(self):
+        shown = {"stride": (_short(self.stride), 1), "padding": (_short(self.padding), 0),
+                 "output_padding": (_short(self.output_padding), 0), "groups": (self.groups, 1),
+                 "bias": (self.bias, True), "dilation": (_short(self.dilation), 1)}  # PyTorch's order
+        extra = "".join(f", {name}={value!r}" for name, (value, default) in shown.items() if value != default)
+        return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"
+
+
+class ConvTranspose1D(_ConvTranspose):
+    r"""1-D transposed convolution (as PyTorch's ``ConvTranspose1d``): the adjoint of a Conv1D, X (B, C, L) →
+    Y (B, O, L_out), L_out = (L − 1)·s − 2p + d(k − 1) + output_padding + 1 — a strided one upsamples.
+
+    ``ConvTranspose1D(in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+    bias=True, dilation=1, init="he_uniform")``; W (in_channels, out_channels/groups, k), b (out_channels,).
+
+    Y = col2im(W₂ᵀ·X) + b; dX = W₂·cols(dY) (the convolution of dY), dW = Σ_b X_b·cols(dY)_bᵀ, db = Σ dY — see
+    :class:`_ConvTranspose` for the derivation.
+    """
+
+    n = 1
+
+
+class ConvTranspose2D(_ConvTranspose):
+    r"""2-D transposed convolution (as PyTorch's ``ConvTranspose2d``): the adjoint of a Conv2D, X (B, C, H, W) →
+    Y (B, O, H_out, W_out), H_out = (H − 1)·s_h − 2p_h + d_h(k_h − 1) + output_padding_h + 1 (W_out alike).
+
+    ``ConvTranspose2D(in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+    bias=True, dilation=1, init="he_uniform")``, each geometry argument an int or an (h, w) pair;
+    W (C, O/g, k_h, k_w), b (O,).  Y = col2im(W₂ᵀ·X) + b; dX = W₂·cols(dY), dW = Σ_b X_b·cols(dY)_bᵀ, db = Σ dY.
     """
 
     n = 2

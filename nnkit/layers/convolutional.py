@@ -24,6 +24,13 @@ col2im is the adjoint of the unfolding: every tap's gradient goes back to the in
 read from, and where patches overlap (stride < kernel) the contributions add up.  It is written as a sum
 over the taps of the tap's gradient spread out by the stride and shifted by its offset (zeros between
 and around), then the padding cut off — again only array-API operations.
+
+**Groups.**  With ``groups`` g, W is (O, C/g, *k) and output group j sees input group j only: g convolutions
+side by side, each of the sums above group j's own over its slices.
+
+**Transposed convolution** (``ConvTranspose1D/2D``).  Its forward pass is the col2im above with the input in
+dZ's place, Y = col2im(W₂ᵀ·X) + b — the adjoint of a convolution — so its backward pass is that convolution
+read the other way round: dX = W₂·cols(dY) (the convolution of dY), dW₂ = Σ_b X_b·cols(dY)_bᵀ, db = Σ dY.
 """
 from __future__ import annotations
 
@@ -35,7 +42,8 @@ from .. import functional as F
 from ..init import get_initializer
 from .core import Layer, ShapeError, check_size
 
-__all__ = ["Conv1D", "Conv2D", "ConvTranspose1D", "ConvTranspose2D", "unfold", "fold", "conv_output_size", "ConvKernels"]
+__all__ = ["Conv1D", "Conv2D", "ConvTranspose1D", "ConvTranspose2D", "unfold", "fold", "conv_output_size",
+           "ConvKernels"]
 
 
 def _ints(name, value, n, low):
@@ -270,20 +278,26 @@ class _Conv(Layer):
     def _fan_in(self):
         return self.in_channels // self.groups * math.prod(self.kernel_size)
 
+    def _weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+
+    def _weights_from(self, M):
+        """W from the initialiser's (C/g·K, O) matrix, whose column o holds output o's weights (a Dense from one
+        group's patch): W₂ = Mᵀ."""
+        return M.T.reshape(self._weight_shape())
+
     def build(self, backend, rng):
         super().build(backend, rng)
         O, CK = self.out_channels, self._fan_in
-        W2 = backend.host_float64(self._init_fn(rng, CK, O))  # (C/g·K, O), like a Dense from one group's patch
-        if tuple(W2.shape) != (CK, O):
-            raise ValueError(f"initializer {self.init!r} returned shape {tuple(W2.shape)}, expected {(CK, O)}")
-        W = W2.T.reshape((O, self.in_channels // self.groups) + self.kernel_size)
-        self.params = {"W": backend.asarray(W.copy(), dtype=backend.dtype)}
+        M = backend.host_float64(self._init_fn(rng, CK, O))
+        if tuple(M.shape) != (CK, O):
+            raise ValueError(f"initializer {self.init!r} returned shape {tuple(M.shape)}, expected {(CK, O)}")
+        self.params = {"W": backend.asarray(self._weights_from(M).copy(), dtype=backend.dtype)}
         if self.bias:
             self.params["b"] = self.xp.zeros((O,), dtype=backend.dtype, device=backend.device)
 
     def param_shapes(self):
-        shapes = {"W": (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
-                  "b": (self.out_channels,)}
+        shapes = {"W": self._weight_shape(), "b": (self.out_channels,)}
         return {name: shapes[name] for name in self.param_names}
 
     def input_shape(self):
@@ -294,13 +308,16 @@ class _Conv(Layer):
         if len(in_shape) != 1 + self.n or in_shape[0] not in (None, self.in_channels):
             form = "(B, C, L)" if self.n == 1 else "(B, C, H, W)"
             raise ShapeError(f"expects {form} inputs with C = {self.in_channels} channels")
-        out = []
-        for n, k, s, p, d in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation):
-            m = conv_output_size(n, k, s, p, d)
-            if m is not None and m < 1:
-                raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + 2 * p}")
-            out.append(m)
-        return (self.out_channels,) + tuple(out)
+        return (self.out_channels,) + tuple(None if n is None else self._length(i, n)
+                                            for i, n in enumerate(in_shape[1:]))
+
+    def _length(self, i, n):
+        """The output's length along spatial axis i from the input's n (a ShapeError below 1)."""
+        k, s, p, d = self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i]
+        m = conv_output_size(n, k, s, p, d)
+        if m < 1:
+            raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + 2 * p}")
+        return m
 
     def forward(self, X, train=True):
         """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype (with
@@ -326,18 +343,32 @@ class _Conv(Layer):
         self.grads = {"W": dW, "b": db} if self.bias else {"W": dW}
         return dX
 
+    torch_module = "Conv"  # nn.Conv1d / nn.Conv2d; the ONNX operator of the same name
+
+    def _settings(self):
+        """The geometry PyTorch's module takes besides the channels, kernel and bias, by PyTorch's names."""
+        return dict(stride=self.stride, padding=self.padding_mode or self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    @staticmethod
+    def _settings_of(m):
+        """:meth:`_settings` read from a PyTorch module."""
+        return dict(stride=tuple(m.stride), padding=m.padding if isinstance(m.padding, str) else tuple(m.padding),
+                    dilation=tuple(m.dilation), groups=m.groups)
+
     def to_onnx(self, g, x):
-        """``Conv`` (W in the same (O, C, *k) layout, pads, strides, dilations)."""
+        """ONNX's ``Conv``/``ConvTranspose`` (W in the same layout; pads, strides, dilations, group)."""
         inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
-        return g.op("Conv", inputs, "conv", kernel_shape=list(self.kernel_size), strides=list(self.stride),
-                    pads=list(self.padding) * 2, dilations=list(self.dilation), group=self.groups)
+        extra = {k: list(v) for k, v in self._settings().items() if k == "output_padding"}
+        return g.op(self.torch_module, inputs, self.torch_module.lower(), kernel_shape=list(self.kernel_size),
+                    strides=list(self.stride), pads=list(self.padding) * 2, dilations=list(self.dilation),
+                    group=self.groups, **extra)
 
     def to_torch(self, ctx):
-        """``nn.Conv1d``/``nn.Conv2d`` (W in the same (O, C/g, *k) layout)."""
-        m = getattr(ctx.nn, f"Conv{self.n}d")(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                                             padding=self.padding_mode or self.padding, dilation=self.dilation,
-                                             groups=self.groups,
-                                             bias=self.bias, dtype=ctx.dtype)
+        """``nn.Conv1d/2d`` (``nn.ConvTranspose1d/2d``), W in the same layout."""
+        module = getattr(ctx.nn, f"{self.torch_module}{self.n}d")
+        m = module(self.in_channels, self.out_channels, self.kernel_size, bias=self.bias, dtype=ctx.dtype,
+                   **self._settings())
         ctx.load(m.weight, self.params["W"])
         if self.bias:
             ctx.load(m.bias, self.params["b"])
@@ -345,16 +376,15 @@ class _Conv(Layer):
 
     @classmethod
     def torch_classes(cls, nn):
-        return (getattr(nn, f"Conv{cls.n}d"),)
+        return (getattr(nn, f"{cls.torch_module}{cls.n}d"),)
 
     @classmethod
     def from_torch(cls, m, ctx):
         if m.padding_mode != "zeros":
             raise ctx.refuse("nnkit's convolutions pad with zeros")
-        bias, padding = m.bias is not None, m.padding if isinstance(m.padding, str) else tuple(m.padding)
+        bias = m.bias is not None
         try:
-            layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=padding,
-                        dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+            layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), bias=bias, **cls._settings_of(m))
         except ValueError as e:
             raise ctx.refuse(str(e)) from None
         return layer, {"W": ctx.array(m.weight), **({"b": ctx.array(m.bias)} if bias else {})}, {}
@@ -448,42 +478,23 @@ class _ConvTranspose(_Conv):
                                  f"output_padding={_short(self.output_padding)!r}, stride={_short(self.stride)!r}, "
                                  f"dilation={_short(self.dilation)!r}")
 
-    @property
-    def _fan_in(self):
-        return self.in_channels // self.groups * math.prod(self.kernel_size)
+    def _weight_shape(self):
+        return (self.in_channels, self.out_channels // self.groups) + self.kernel_size
 
-    def build(self, backend, rng):
-        Layer.build(self, backend, rng)
+    def _weights_from(self, M):
+        """W[j·C/g + c, o, t] = M[(c, t), j·O/g + o]: column j·O/g + o of the initialiser's (C/g·K, O) matrix holds
+        output channel j·O/g + o's weights over group j's C/g channels."""
         C, O, g, K = self.in_channels, self.out_channels, self.groups, math.prod(self.kernel_size)
-        M = backend.host_float64(self._init_fn(rng, self._fan_in, O))  # (C/g·K, O): output o's weights, a column
-        if tuple(M.shape) != (self._fan_in, O):
-            raise ValueError(f"initializer {self.init!r} returned shape {tuple(M.shape)}, expected "
-                             f"{(self._fan_in, O)}")
-        # W[j·C/g + c, o, t] = M[(c, t), j·O/g + o]: output channel j·O/g + o reads group j's C/g channels
-        W = M.reshape(C // g, K, g, O // g).transpose(2, 0, 3, 1).reshape((C, O // g) + self.kernel_size)
-        self.params = {"W": backend.asarray(W.copy(), dtype=backend.dtype)}
-        if self.bias:
-            self.params["b"] = self.xp.zeros((O,), dtype=backend.dtype, device=backend.device)
+        return M.reshape(C // g, K, g, O // g).transpose(2, 0, 3, 1).reshape(self._weight_shape())
 
-    def param_shapes(self):
-        shapes = {"W": (self.in_channels, self.out_channels // self.groups) + self.kernel_size,
-                  "b": (self.out_channels,)}
-        return {name: shapes[name] for name in self.param_names}
-
-    def output_shape(self, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 1 + self.n or in_shape[0] not in (None, self.in_channels):
-            form = "(B, C, L)" if self.n == 1 else "(B, C, H, W)"
-            raise ShapeError(f"expects {form} inputs with C = {self.in_channels} channels")
-        out = []
-        for n, k, s, p, d, op in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation,
-                                     self.output_padding):
-            m = None if n is None else (n - 1) * s - 2 * p + d * (k - 1) + op + 1
-            if m is not None and m < 1:
-                raise ShapeError(f"gives an output of {m} positions from {n}: the padding {p} cuts more than the "
-                                 f"{m + 2 * p} positions the windows reach")
-            out.append(m)
-        return (self.out_channels,) + tuple(out)
+    def _length(self, i, n):
+        """(n − 1)·s − 2p + d(k − 1) + output_padding + 1 (a ShapeError below 1)."""
+        k, s, p, d = self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i]
+        m = (n - 1) * s - 2 * p + d * (k - 1) + self.output_padding[i] + 1
+        if m < 1:
+            raise ShapeError(f"gives an output of {m} positions from {n}: the padding {p} cuts more than the "
+                             f"{m + 2 * p} positions the windows reach")
+        return m
 
     def forward(self, X, train=True):
         """Y = X ⊛ᵀ W + b = col2im(W₂ᵀ·X) + b: X (B, C, *n) → Y (B, O, *out) (the backend's ``transposed``
@@ -512,37 +523,16 @@ class _ConvTranspose(_Conv):
             self.grads["b"] = xp.sum(dY, axis=(0,) + tuple(range(2, dY.ndim)))
         return dX if need_dX else None
 
-    def to_onnx(self, g, x):
-        """``ConvTranspose`` (W in the same (C, O/g, *k) layout, pads, strides, dilations, output_padding)."""
-        inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
-        return g.op("ConvTranspose", inputs, "conv_t", kernel_shape=list(self.kernel_size), strides=list(self.stride),
-                    pads=list(self.padding) * 2, dilations=list(self.dilation), group=self.groups,
-                    output_padding=list(self.output_padding))
+    torch_module = "ConvTranspose"
 
-    def to_torch(self, ctx):
-        """``nn.ConvTranspose1d``/``nn.ConvTranspose2d`` (W in the same (C, O/g, *k) layout)."""
-        m = getattr(ctx.nn, f"ConvTranspose{self.n}d")(
-            self.in_channels, self.out_channels, self.kernel_size, stride=self.stride, padding=self.padding,
-            output_padding=self.output_padding, groups=self.groups, bias=self.bias, dilation=self.dilation,
-            dtype=ctx.dtype)
-        ctx.load(m.weight, self.params["W"])
-        if self.bias:
-            ctx.load(m.bias, self.params["b"])
-        return m
+    def _settings(self):
+        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation)
 
-    @classmethod
-    def torch_classes(cls, nn):
-        return (getattr(nn, f"ConvTranspose{cls.n}d"),)
-
-    @classmethod
-    def from_torch(cls, m, ctx):
-        if m.padding_mode != "zeros":
-            raise ctx.refuse("nnkit's transposed convolutions pad with zeros")
-        bias = m.bias is not None
-        layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride),
-                    padding=tuple(m.padding), output_padding=tuple(m.output_padding), groups=m.groups, bias=bias,
-                    dilation=tuple(m.dilation))
-        return layer, {"W": ctx.array(m.weight), **({"b": ctx.array(m.bias)} if bias else {})}, {}
+    @staticmethod
+    def _settings_of(m):
+        return dict(stride=tuple(m.stride), padding=tuple(m.padding), output_padding=tuple(m.output_padding),
+                    groups=m.groups, dilation=tuple(m.dilation))
 
     def config(self):
         cfg = super().config()

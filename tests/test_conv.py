@@ -388,7 +388,8 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries(monkeypa
         dZ = rng.normal(size=Z2.shape)
         for a, c in zip(ours.backward(xp, saved1, dZ, W, s, p, d), ref.backward(xp, saved2, dZ, W, s, p, d)):
             np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
-    # groups: NumPy's one unfolding and batched per-group products against the Array-API kernels group by group
+    # groups: NumPy's one unfolding and batched per-group products against the Array-API kernels group by group,
+    # and their transposed convolutions
     for size, k, s, p, d, C, O, g in [((9,), (3,), (1,), (1,), (1,), 4, 6, 2),
                                       ((7, 8), (3, 3), (1, 2), (1, 0), (1, 1), 6, 6, 6),
                                       ((8, 6), (2, 3), (2, 1), (0, 2), (2, 1), 4, 8, 4)]:
@@ -401,6 +402,9 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries(monkeypa
                             ref.backward(xp, saved2, dZ, W, s, p, d, groups=g)):
                 assert a.shape == c.shape
                 np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+            # the transposed convolution (ConvTranspose's forward): dZ's shape in, X's out
+            np.testing.assert_allclose(ours.transposed(xp, dZ, W, size, s, p, d, groups=g),
+                                       ref.transposed(xp, dZ, W, size, s, p, d, groups=g), rtol=1e-12, atol=1e-12)
     Z, saved = ours.forward(xp, np.zeros((0, 3, 8, 8)), np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1), np.zeros(4))
     assert Z.shape == (0, 4, 8, 8)
     assert [g.shape for g in ours.backward(xp, saved, Z, np.ones((4, 3, 3, 3)), (1, 1), (1, 1), (1, 1))] == \

@@ -157,18 +157,23 @@ def _conv_kernels():
                                          kernel, stride, padding, dilation)
             return dW, db, self.transposed_one(xp, dZ, W, in_shape, stride, padding, dilation)
 
-        def transposed_one(self, xp, X, W, in_shape, stride, padding, dilation):
-            """col2im(W₂ᵀ·X) (B, C, *in_shape) for X (B, O, *out): per-example products W₂ᵀ·X_b, made and folded ~2 MB
-            of dcols at a time (in cache), X never copied into a GEMM's layout."""
+        def transposed(self, xp, X, W, in_shape, stride, padding, dilation, groups=1):
+            """col2im(W₂ᵀ·X) (B, C, *in_shape) for X (B, O, *out): per-example products — group j's W₂ⱼᵀ·X_bj, all
+            groups in one batched product — made and folded ~2 MB of dcols at a time (in cache), X never copied
+            into a GEMM's layout."""
             B, O, out, kernel = X.shape[0], X.shape[1], tuple(X.shape[2:]), tuple(W.shape[2:])
-            C, K, P = W.shape[1], math.prod(kernel), math.prod(out)
-            X3, W2T = X.reshape(B, O, P), np.ascontiguousarray(W.reshape(O, C * K).T)
+            C, K, P = W.shape[1] * groups, math.prod(kernel), math.prod(out)
+            W2T = np.ascontiguousarray(W.reshape(groups, O // groups, -1).transpose(0, 2, 1))  # (g, C/g·K, O/g)
+            X4 = X.reshape(B, groups, O // groups, P)
             Y = np.zeros((B, C) + tuple(in_shape), X.dtype)
             step = max(1, _CHUNK_BYTES // max(1, C * K * P * X.itemsize))
             for b0 in range(0, B, step):  # ~2 MB of dcols at a time
-                dcols = np.matmul(W2T, X3[b0:b0 + step]).reshape((-1, C, K) + out)  # (b, C, K, *out)
+                dcols = np.matmul(W2T, X4[b0:b0 + step]).reshape((-1, C, K) + out)  # (b, C, K, *out)
                 self._fold_into(Y[b0:b0 + step], dcols, kernel, stride, padding, dilation)
             return Y
+
+        def transposed_one(self, xp, X, W, in_shape, stride, padding, dilation):
+            return self.transposed(xp, X, W, in_shape, stride, padding, dilation)
 
         def fold(self, xp, dcols, in_shape, kernel, stride, padding, dilation):
             """col2im of dcols (B, C, K, *out), the adjoint of :meth:`columns`: tap t's (B, C, *out) slab added where

@@ -113,7 +113,15 @@ def hostile_variants(data, members):
                        ("epoch", "7"), ("rng", {"bit_generator": "PCG64", "state": "x"}), ("seed", "abc"),
                        ("optimizer", {"type": "adam", "hyperparameters": {"lr": -1}, "steps": {}}),
                        ("optimizer", {"type": "lbfgs"}), ("version", 99), ("info", [1]),
-                       ("layers", [{"type": "Dense", "in_features": -4, "out_features": 3}])):
+                       ("layers", [{"type": "Dense", "in_features": -4, "out_features": 3}]),
+                       ("layers", [{"type": "Conv1D", "in_channels": 3, "out_channels": 4, "kernel_size": 3,
+                                    "groups": 2}]),
+                       ("layers", [{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3,
+                                    "bias": "yes"}]),
+                       ("layers", [{"type": "Conv1D", "in_channels": 1, "out_channels": 2, "kernel_size": 4,
+                                    "padding": "same"}]),
+                       ("layers", [{"type": "ConvTranspose2D", "in_channels": 2, "out_channels": 2, "kernel_size": 3,
+                                    "stride": 2, "output_padding": 5}])):
         yield f"meta {key}={value!r}", _zip(_with(members, __nnkit__=_meta_bytes(dict(meta, **{key: value}))))
 
 

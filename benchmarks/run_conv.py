@@ -6,8 +6,9 @@ the other, in one run.
 
 Shapes (float32): FCN's Conv1D (B 16, 128 → 256 channels, L 151, k 5, padding 2), CIFAR's Conv2D (B 64, 3 → 32
 channels, 32 × 32, k 3, padding 1), MNIST-1D's small Conv1D (B 100, 1 → 25 channels, L 40, k 5, stride 2,
-padding 1).  Each call is the layer's forward (training) and backward with dX; PyTorch's is the module's
-forward and ``backward`` to the input.  On JAX both are compiled with ``jax.jit``: nnkit's layer (its kernels
+padding 1), and DCGAN's generator upsampling ConvTranspose2D (B 64, 128 → 64 channels, 8 × 8 → 16 × 16, k 4,
+stride 2, padding 1; against ``nn.ConvTranspose2d``, no JAX cell).  Each call is the layer's forward (training)
+and backward with dX; PyTorch's is the module's forward and ``backward`` to the input.  On JAX both are compiled with ``jax.jit``: nnkit's layer (its kernels
 are ``lax.conv_general_dilated`` and its linearisation) against ``jax.vjp`` of the same convolution written
 directly.  The floor: one unfolding of X (the NumPy kernels' own) and the three
 GEMMs of the derivation (Z = W₂·cols, dW₂ = dZ·colsᵀ, dcols = W₂ᵀ·dZ), with nothing else.
@@ -23,13 +24,14 @@ from nnkit.bench import alternating_medians, number_in, report
 
 SHAPES = {"FCN Conv1D": ((16, 128, 151), dict(out=256, k=5, stride=1, padding=2)),
           "CIFAR Conv2D": ((64, 3, 32, 32), dict(out=32, k=3, stride=1, padding=1)),
-          "MNIST-1D Conv1D": ((100, 1, 40), dict(out=25, k=5, stride=2, padding=1))}
+          "MNIST-1D Conv1D": ((100, 1, 40), dict(out=25, k=5, stride=2, padding=1)),
+          "DCGAN ConvTranspose2D": ((64, 128, 8, 8), dict(out=64, k=4, stride=2, padding=1, transposed=True))}
 
 
 def _layer(shape, spec):
     n = len(shape) - 2
-    cls = nnkit.Conv1D if n == 1 else nnkit.Conv2D
-    return cls(shape[1], spec["out"], spec["k"], stride=spec["stride"], padding=spec["padding"])
+    cls = ((nnkit.Conv1D, nnkit.Conv2D), (nnkit.ConvTranspose1D, nnkit.ConvTranspose2D))[spec.get("transposed", 0)]
+    return cls[n - 1](shape[1], spec["out"], spec["k"], stride=spec["stride"], padding=spec["padding"])
 
 
 def nnkit_call(shape, spec, backend):
@@ -50,8 +52,8 @@ def torch_call(shape, spec):
     import torch
 
     n = len(shape) - 2
-    conv = (torch.nn.Conv1d if n == 1 else torch.nn.Conv2d)(shape[1], spec["out"], spec["k"], stride=spec["stride"],
-                                                            padding=spec["padding"])
+    module = getattr(torch.nn, f"{'ConvTranspose' if spec.get('transposed') else 'Conv'}{n}d")
+    conv = module(shape[1], spec["out"], spec["k"], stride=spec["stride"], padding=spec["padding"])
     x = torch.randn(*shape, requires_grad=True)
     dy = torch.ones_like(conv(x))
 
@@ -100,8 +102,14 @@ def jax_calls(shape, spec):
 
 def floor_call(shape, spec):
     """The unfolding (NumPy's kernels' own, (C·K, B·P)) and the three GEMMs over the B·P positions, in NumPy, with
-    the output's gradient given in the GEMM's layout: nothing else."""
+    the output's gradient given in the GEMM's layout: nothing else.  A transposed convolution's are those of the
+    convolution it is the adjoint of (its forward pass that convolution's dcols product, its backward pass the
+    convolution's forward and dW products over the unfolded dY)."""
     from nnkit.backends.numpy import NAMESPACE as xp
+
+    if spec.get("transposed"):
+        out = _layer(shape, spec).output_shape(shape[1:])
+        return floor_call((shape[0],) + out, dict(spec, out=shape[1], transposed=False))
 
     kernels = xp.conv_kernels
     n = len(shape) - 2
@@ -139,10 +147,11 @@ def main(argv=None):
         # call and would slow the next library's (and OpenBLAS's theirs)
         groups = [{"numpy": nnkit_call(shape, spec, "numpy"), "floor": floor_call(shape, spec)},
                   {"torch_backend": nnkit_call(shape, spec, "torch"), "torch": torch_call(shape, spec)}]
-        if has_jax:
+        jax_row = has_jax and not spec.get("transposed")  # (JAX's own transposed convolution is the same call)
+        if jax_row:
             groups.append(dict(zip(("jax", "jax_own"), jax_calls(shape, spec))))
         m = {k: 1e3 * v for fns in groups for k, v in alternating_medians(fns, args.rounds).items()}
-        jax_cells = (f"{m['jax']:.2f} | {m['jax_own']:.2f} | {m['jax'] / m['jax_own']:.2f}" if has_jax
+        jax_cells = (f"{m['jax']:.2f} | {m['jax_own']:.2f} | {m['jax'] / m['jax_own']:.2f}" if jax_row
                      else "— | — | —")
         rows.append(f"| {name} {shape} | {m['numpy']:.2f} | {m['floor']:.2f} | {m['numpy'] / m['floor']:.2f} | "
                     f"{m['torch_backend']:.2f} | {m['torch']:.2f} | {m['torch_backend'] / m['torch']:.2f} | "

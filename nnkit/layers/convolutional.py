@@ -343,7 +343,7 @@ class _Conv(Layer):
         self.grads = {"W": dW, "b": db} if self.bias else {"W": dW}
         return dX
 
-    torch_module = "Conv"  # nn.Conv1d / nn.Conv2d; the ONNX operator of the same name
+    onnx_op = "Conv"  # ONNX's operator; the PyTorch module: ``torch_modules`` (nn.Conv1d, nn.Conv2d, ...)
 
     def _settings(self):
         """The geometry PyTorch's module takes besides the channels, kernel and bias, by PyTorch's names."""
@@ -360,23 +360,19 @@ class _Conv(Layer):
         """ONNX's ``Conv``/``ConvTranspose`` (W in the same layout; pads, strides, dilations, group)."""
         inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
         extra = {k: list(v) for k, v in self._settings().items() if k == "output_padding"}
-        return g.op(self.torch_module, inputs, self.torch_module.lower(), kernel_shape=list(self.kernel_size),
+        return g.op(self.onnx_op, inputs, self.onnx_op.lower(), kernel_shape=list(self.kernel_size),
                     strides=list(self.stride), pads=list(self.padding) * 2, dilations=list(self.dilation),
                     group=self.groups, **extra)
 
     def to_torch(self, ctx):
         """``nn.Conv1d/2d`` (``nn.ConvTranspose1d/2d``), W in the same layout."""
-        module = getattr(ctx.nn, f"{self.torch_module}{self.n}d")
+        module = getattr(ctx.nn, self.torch_modules[0])
         m = module(self.in_channels, self.out_channels, self.kernel_size, bias=self.bias, dtype=ctx.dtype,
                    **self._settings())
         ctx.load(m.weight, self.params["W"])
         if self.bias:
             ctx.load(m.bias, self.params["b"])
         return m
-
-    @classmethod
-    def torch_classes(cls, nn):
-        return (getattr(nn, f"{cls.torch_module}{cls.n}d"),)
 
     @classmethod
     def from_torch(cls, m, ctx):
@@ -427,6 +423,7 @@ class Conv1D(_Conv):
     """
 
     n = 1
+    torch_modules = ("Conv1d",)
 
 
 class Conv2D(_Conv):
@@ -442,6 +439,7 @@ class Conv2D(_Conv):
     """
 
     n = 2
+    torch_modules = ("Conv2d",)
 
 
 class _ConvTranspose(_Conv):
@@ -523,7 +521,7 @@ class _ConvTranspose(_Conv):
             self.grads["b"] = xp.sum(dY, axis=(0,) + tuple(range(2, dY.ndim)))
         return dX if need_dX else None
 
-    torch_module = "ConvTranspose"
+    onnx_op = "ConvTranspose"
 
     def _settings(self):
         return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding, groups=self.groups,
@@ -560,6 +558,7 @@ class ConvTranspose1D(_ConvTranspose):
     """
 
     n = 1
+    torch_modules = ("ConvTranspose1d",)
 
 
 class ConvTranspose2D(_ConvTranspose):
@@ -572,3 +571,4 @@ class ConvTranspose2D(_ConvTranspose):
     """
 
     n = 2
+    torch_modules = ("ConvTranspose2d",)

@@ -374,10 +374,27 @@ def test_numpy_kernels_equal_the_array_api_kernels_on_random_geometries(monkeypa
         dZ = rng.normal(size=Z2.shape)
         for a, c in zip(ours.backward(xp, saved1, dZ, W, (1, 1), p, d), ref.backward(xp, saved2, dZ, W, (1, 1), p, d)):
             np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
-    # a small (O, C·K) over many positions: per-example GEMMs, dX made and folded a few examples at a time (here
-    # one: the chunk size shrunk), 1-D and 2-D, stride 1 and 2
+    # strided, with the output as wide as the input's phase grids (⌈n/s⌉) past the first axis: fold's one run per
+    # tap into its phase (taps of every phase, wrapping ones, dilation, unequal strides), and the transposed kernel
     import nnkit.backends.numpy as numpy_backend
 
+    runs = []
+    monkeypatch.setattr(numpy_backend, "_add_shifted", lambda *a, f=numpy_backend._add_shifted: runs.append(1) or f(*a))
+    for size, k, s, p, d in [((8, 8), (3, 3), (2, 2), (1, 1), (1, 1)), ((7, 10), (3, 4), (2, 2), (1, 1), (1, 1)),
+                             ((6, 9), (3, 3), (3, 3), (1, 1), (1, 1)), ((8, 8), (3, 3), (2, 2), (2, 2), (2, 2)),
+                             ((5, 8), (3, 3), (1, 2), (1, 1), (1, 1)), ((4, 6), (4, 4), (2, 2), (1, 1), (1, 1))]:
+        X, W, b = rng.normal(size=(2, 3) + size), rng.normal(size=(4, 3) + k), rng.normal(size=4)
+        (Z1, saved1), (Z2, saved2) = ours.forward(xp, X, W, s, p, d, b), ref.forward(xp, X, W, s, p, d, b)
+        assert Z1.shape[3] == -(-size[1] // s[1])
+        dZ = rng.normal(size=Z2.shape)
+        before = len(runs)
+        for a, c in zip(ours.backward(xp, saved1, dZ, W, s, p, d), ref.backward(xp, saved2, dZ, W, s, p, d)):
+            np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ours.transposed(xp, dZ, W, size, s, p, d), ref.transposed(xp, dZ, W, size, s, p, d),
+                                   rtol=1e-12, atol=1e-12)
+        assert len(runs) > before  # the phased runs were taken
+    # a small (O, C·K) over many positions: per-example GEMMs, dX made and folded a few examples at a time (here
+    # one: the chunk size shrunk), 1-D and 2-D, stride 1 and 2
     monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES", 1)
     for size, k, s, p in [((12, 12), (3, 3), (1, 1), (1, 1)), ((11, 13), (3, 2), (2, 1), (0, 1)), ((50,), (3,), (1,), (1,))]:
         X, W, b = rng.normal(size=(3, 2) + size), rng.normal(size=(3, 2) + k), rng.normal(size=3)

@@ -28,13 +28,14 @@ def _tap_slices(offs, dilation, stride, padding, out, in_shape):
     return tuple(positions), tuple(inputs)
 
 
-def _add_shifted(dX, dcols, t, offs, dilation, padding, positions):
-    """Tap t's slab of dcols (B, C, K, *out) — any layout whose positions lie contiguous — added into dX (B, C, *in)
-    as one run per (example, channel): with stride 1 and the output as wide as the input on every axis but the
-    first, the input a position reads at this tap sits a fixed distance δ = Σ_i (o_i·d_i − p_i)·pitch_i away in the
-    flattened (row-major) positions, so the slab is one shifted slice — once its positions whose read leaves the
-    input on a later axis (and would wrap into the neighbouring row) are set to 0 in ``dcols`` (dX + 0 = dX: the
-    same sums as the tap-by-tap slices).  ``positions``: the slices of :func:`_tap_slices`."""
+def _add_shifted(dX, dcols, t, shifts, positions):
+    """Tap t's slab of dcols (B, C, K, *out) — any layout whose positions lie contiguous — added into dX (B, C, *m)
+    at the positions shifted by ``shifts`` (position j's entry into dX[..., j + e]), as one run per (example,
+    channel): with dX as wide as the slab past the first axis, the shift is a fixed distance δ = Σ_i e_i·pitch_i in
+    the flattened (row-major) positions, so the slab is one shifted slice — once its positions whose target leaves
+    dX on a later axis (and would wrap into the neighbouring row) are set to 0 in ``dcols`` (dX + 0 = dX: the same
+    sums as the tap-by-tap slices).  ``positions``: the slices of :func:`_tap_slices`, the positions whose target
+    lies inside."""
     B, C, in_shape = dX.shape[0], dX.shape[1], tuple(dX.shape[2:])
     slab = dcols[:, :, t]  # (B, C, *out)
     for i in range(1, len(in_shape)):
@@ -42,7 +43,7 @@ def _add_shifted(dX, dcols, t, offs, dilation, padding, positions):
         slab[before + (slice(0, positions[i].start),)] = 0
         slab[before + (slice(positions[i].stop, None),)] = 0
     pitch = [math.prod(in_shape[i + 1:]) for i in range(len(in_shape))]
-    delta = sum((o * d - p) * q for o, d, p, q in zip(offs, dilation, padding, pitch))
+    delta = sum(e * q for e, q in zip(shifts, pitch))
     size = math.prod(in_shape)
     lo = max(positions[0].start * pitch[0], -delta)
     hi = min(positions[0].stop * pitch[0], size - delta)
@@ -185,20 +186,38 @@ def _conv_kernels():
             return dX
 
         def _fold_into(self, dX, dcols, kernel, stride, padding, dilation):
-            """:meth:`fold`'s sums added into dX (B, C, *in) — a stride-1 convolution as wide as its input a shifted
-            run per tap (:func:`_add_shifted`), when dcols's positions lie contiguous (it writes 0s into dcols)."""
+            """:meth:`fold`'s sums added into dX (B, C, *in), where dcols's positions lie contiguous (it writes 0s
+            into dcols) and there is more than one axis, as shifted runs (:func:`_add_shifted`): a stride-1
+            convolution as wide as its input one run per tap; a strided one whose output is as wide as the input's
+            phase grids (⌈n/s⌉, e.g. k 3 or 4, stride 2, padding 1) one run per tap into its phase — the inputs
+            q ≡ r (mod s), where tap o's reads land (r = (o·d − p) mod s), at q // s = j + ⌊(o·d − p)/s⌋, a shift —
+            each phase then added into its strided slice of dX.  Every input gets the same taps in the same order
+            as tap-by-tap slices (each phase starts at 0)."""
             in_shape, out = tuple(dX.shape[2:]), tuple(dcols.shape[3:])
             item, pitch = dcols.itemsize, [math.prod(out[i + 1:]) for i in range(len(out))]
-            rows = len(kernel) > 1 and set(stride) == {1} and out[1:] == in_shape[1:] and \
+            grid = tuple(-(-n // s) for n, s in zip(in_shape, stride)) if len(kernel) > 1 else None  # ⌈n/s⌉
+            runs = grid is not None and out[1:] == grid[1:] and \
                 all(st == item * q for st, q in zip(dcols.strides[3:], pitch))
+            phased = runs and set(stride) != {1}
+            phases = np.zeros(tuple(stride) + tuple(dX.shape[:2]) + grid, dX.dtype) if phased else None
             for t, offs in taps(kernel):
                 meet = _tap_slices(offs, dilation, stride, padding, out, in_shape)
                 if meet is None:
                     continue
-                if rows:
-                    _add_shifted(dX, dcols, t, offs, dilation, padding, meet[0])
-                else:
+                if not runs:
                     dX[(all_, all_) + meet[1]] += dcols[(all_, all_, t) + meet[0]]
+                    continue
+                reach = [o * d - p for o, d, p in zip(offs, dilation, padding)]
+                if phased:  # (s1, ..., B, C, *grid)[r]: the phase this tap's reads land in
+                    _add_shifted(phases[tuple(q % s for q, s in zip(reach, stride))], dcols, t,
+                                 [q // s for q, s in zip(reach, stride)], meet[0])
+                else:
+                    _add_shifted(dX, dcols, t, reach, meet[0])
+            if phased:
+                for r in itertools.product(*[range(s) for s in stride]):
+                    part = tuple(slice(0, len(range(q, n, s))) for q, n, s in zip(r, in_shape, stride))
+                    dX[(all_, all_) + tuple(slice(q, None, s) for q, s in zip(r, stride))] += phases[r][(all_, all_) +
+                                                                                                         part]
 
 
     return NumpyConvKernels()

@@ -165,6 +165,71 @@ def test_groups_and_bias_are_checked_kept_and_shown(tmp_path):
     np.testing.assert_array_equal(again.predict(X), model.predict(X))
 
 
+# (B, C_in, C_out, n, kernel, stride, padding, dilation, groups, padding_mode)
+PADDING_MODES = [
+    (2, 3, 4, 9, 3, 1, 2, 1, 1, "reflect"),
+    (2, 2, 4, 7, 3, 2, 3, 1, 2, "replicate"),
+    (2, 3, 2, 6, 3, 1, 6, 2, 1, "circular"),                 # padding as long as the input
+    (2, 2, 3, (6, 7), (3, 2), (1, 2), (2, 1), 1, 1, "reflect"),
+    (1, 2, 2, (5, 4), 3, 1, (1, 3), (2, 1), 2, "replicate"),
+    (2, 1, 2, (4, 5), (3, 3), 2, (4, 2), 1, 1, "circular"),
+    (2, 2, 2, (6, 6), 3, 1, "same", 1, 1, "reflect"),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("case", PADDING_MODES, ids=[f"{c[9]}-{i}" for i, c in enumerate(PADDING_MODES)])
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch", "jax"])
+def test_padding_modes_equal_pytorch(case, backend):
+    """``padding_mode`` "reflect", "replicate", "circular" as PyTorch's: X padded by its own entries, then the
+    convolution; dX through the padding's adjoint — against autograd in float64 on every backend."""
+    import torch
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
+    B, C, O, n, k, s, p, d, g, mode = case
+    spatial = n if isinstance(n, tuple) else (n,)
+    cls, tcls = (nnkit.Conv2D, torch.nn.Conv2d) if len(spatial) == 2 else (nnkit.Conv1D, torch.nn.Conv1d)
+    layer = cls(C, O, k, stride=s, padding=p, dilation=d, groups=g, padding_mode=mode)
+    W, b, X = RNG.normal(size=layer.param_shapes()["W"]), RNG.normal(size=O), RNG.normal(size=(B, C) + spatial)
+    be = nnkit.get_backend(backend, dtype="float64")
+    _layer(layer, be, W=W, b=b)
+    Z = layer.forward(be.asarray(X), train=True)
+    assert tuple(Z.shape[1:]) == layer.output_shape((C,) + spatial)
+    dZ = RNG.normal(size=tuple(Z.shape))
+    dX = layer.backward(be.asarray(dZ))
+    conv = tcls(C, O, k, stride=s, padding=p, dilation=d, groups=g, padding_mode=mode).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(W))
+        conv.bias.copy_(torch.tensor(b))
+    tX = torch.tensor(X, requires_grad=True)
+    tZ = conv(tX)
+    tZ.backward(torch.tensor(dZ))
+    _torch_check(Z, [("X", dX), ("W", layer.grads["W"]), ("b", layer.grads["b"])], tZ,
+                 [tX, conv.weight, conv.bias])
+
+
+def test_padding_modes_are_checked_kept_and_gradchecked(make_backend, tmp_path):
+    with pytest.raises(ValueError, match="padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular'"):
+        nnkit.Conv1D(1, 1, 3, padding=1, padding_mode="mirror")
+    with pytest.raises(ValueError, match=r"padding_mode='reflect', which needs the padding below the input's length"):
+        nnkit.Sequential([nnkit.Conv1D(1, 1, 3, padding=3, padding_mode="reflect")], input_shape=(1, 3))
+    with pytest.raises(ValueError, match=r"padding_mode='circular', which needs the padding at most the input's"):
+        nnkit.Sequential([nnkit.Conv1D(1, 1, 3, padding=4, padding_mode="circular")], input_shape=(1, 3))
+    layer = nnkit.Conv2D(2, 2, 3, padding=1, padding_mode="circular")
+    assert repr(layer) == "Conv2D(2, 2, 3, padding=1, padding_mode='circular')"
+    be = make_backend("float64")
+    model = nnkit.Sequential([layer, nnkit.Tanh(), nnkit.Conv2D(2, 2, 3, padding="same", padding_mode="reflect"),
+                              nnkit.Tanh(), nnkit.Conv2D(2, 3, 2, padding=(1, 2), padding_mode="replicate"),
+                              nnkit.GlobalAvgPool()], backend=be, dtype="float64", seed=0, input_shape=(2, 4, 5))
+    rng = np.random.default_rng(6)
+    X, y = rng.normal(size=(3, 2, 4, 5)), rng.integers(0, 3, size=3)
+    assert nnkit.gradcheck(model, X, y, "cross_entropy") < 1e-6
+    model.save(tmp_path / "m.npz")
+    again = nnkit.load(tmp_path / "m.npz", backend=be)
+    assert again.config() == model.config() and repr(again.layers[0]) == repr(layer)
+
+
 # (B, C_in, C_out, n, kernel, stride, padding, output_padding, groups, bias, dilation)
 TRANSPOSED = [
     (2, 4, 6, 5, 3, 2, 1, 1, 2, True, 1),                    # upsampling ×2, two groups

@@ -121,7 +121,9 @@ def hostile_variants(data, members):
                        ("layers", [{"type": "Conv1D", "in_channels": 1, "out_channels": 2, "kernel_size": 4,
                                     "padding": "same"}]),
                        ("layers", [{"type": "ConvTranspose2D", "in_channels": 2, "out_channels": 2, "kernel_size": 3,
-                                    "stride": 2, "output_padding": 5}])):
+                                    "stride": 2, "output_padding": 5}]),
+                       ("layers", [{"type": "Conv1D", "in_channels": 1, "out_channels": 2, "kernel_size": 3,
+                                    "padding_mode": "mirror"}])):
         yield f"meta {key}={value!r}", _zip(_with(members, __nnkit__=_meta_bytes(dict(meta, **{key: value}))))
 
 

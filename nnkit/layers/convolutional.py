@@ -102,6 +102,62 @@ def _pad(xp, X, padding, value=0.0):
     return X
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _cut(X, axis, start, stop):
+    return X[(slice(None),) * axis + (slice(start, stop), ...)]
+
+
+def pad_mode(xp, X, padding, mode):
+    """X (B, C, *n) padded by ``padding[i]`` on both sides of spatial axis i from its own entries, as PyTorch's
+    ``padding_mode``: "reflect" mirrors about the edge entry (x₁ x₀ | x₀ x₁ … → … x₂ x₁ | x₀ x₁ x₂), "replicate"
+    repeats the edge entry, "circular" wraps around (the last p entries before, the first p after)."""
+    for i, p in enumerate(padding):
+        if not p:
+            continue
+        a, n = 2 + i, X.shape[2 + i]
+        if mode == "reflect":
+            before, after = xp.flip(_cut(X, a, 1, p + 1), axis=a), xp.flip(_cut(X, a, n - 1 - p, n - 1), axis=a)
+        elif mode == "replicate":
+            shape = X.shape[:a] + (p,) + X.shape[a + 1:]
+            before, after = xp.broadcast_to(_cut(X, a, 0, 1), shape), xp.broadcast_to(_cut(X, a, n - 1, n), shape)
+        else:  # circular
+            before, after = _cut(X, a, n - p, n), _cut(X, a, 0, p)
+        X = xp.concat([before, X, after], axis=a)
+    return X
+
+
+def pad_mode_adjoint(xp, G, padding, mode):
+    """The adjoint of :func:`pad_mode`: G (B, C, *(n + 2p)) → (B, C, *n), each padding entry's gradient added back to
+    the entry it copied — "reflect": G's before-block flipped onto x₁ … x_p (its after-block onto x_{n−1−p} …
+    x_{n−2}); "replicate": each block's sum onto the edge entry; "circular": the before-block onto the last p
+    entries, the after-block onto the first p.  Axes in the reverse order of the padding."""
+    for i in reversed(range(len(padding))):
+        p = padding[i]
+        if not p:
+            continue
+        a = 2 + i
+        n = G.shape[a] - 2 * p
+        before, mid, after = _cut(G, a, 0, p), _cut(G, a, p, p + n), _cut(G, a, p + n, p + n + p)
+
+        def placed(block, start):  # block (width w) at [start, start + w) of a length-n axis, zeros elsewhere
+            w = block.shape[a]
+            parts = [_filled(xp, block, a, start)] if start else []
+            parts += [block] + ([_filled(xp, block, a, n - start - w)] if n - start - w else [])
+            return xp.concat(parts, axis=a) if len(parts) > 1 else block
+
+        if mode == "reflect":
+            mid = mid + placed(xp.flip(before, axis=a), 1) + placed(xp.flip(after, axis=a), n - 1 - p)
+        elif mode == "replicate":
+            mid = mid + placed(xp.sum(before, axis=a, keepdims=True), 0) + \
+                placed(xp.sum(after, axis=a, keepdims=True), n - 1)
+        else:  # circular
+            mid = mid + placed(before, n - p) + placed(after, 0)
+        G = mid
+    return G
+
+
 def _taps(kernel):
     """The kernel's tap offsets in row-major order (the order of W's kernel axes flattened)."""
     return list(itertools.product(*[range(k) for k in kernel]))
@@ -241,6 +297,21 @@ class ConvKernels:
 GENERIC_KERNELS = ConvKernels()
 
 
+def _onnx_pad(g, x, pads, mode):
+    """ONNX nodes padding x (B, C, *n) by ``pads`` on both sides of each spatial axis from its own entries: ``Pad``
+    in mode "reflect" or "edge" (replicate); circular as the last p entries and the first p concatenated around x."""
+    if mode != "circular":
+        full = [0, 0] + list(pads)
+        return g.op("Pad", [x, g.ints(full + full, "pads")], "padded", mode="reflect" if mode == "reflect" else "edge")
+    for i, p in enumerate(pads):
+        if p:
+            axis = g.ints([2 + i], "axis")
+            last = g.op("Slice", [x, g.ints([-p], "start"), g.ints([2 ** 62], "end"), axis], "wrap_last")
+            first = g.op("Slice", [x, g.ints([0], "start"), g.ints([p], "end"), axis], "wrap_first")
+            x = g.op("Concat", [last, x, first], "wrapped", axis=2 + i)
+    return x
+
+
 class _Conv(Layer):
     """Shared by Conv1D and Conv2D (``n`` spatial axes)."""
 
@@ -248,8 +319,11 @@ class _Conv(Layer):
     param_names = ("W", "b")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 init="he_uniform"):
+                 padding_mode="zeros", init="he_uniform"):
         super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         self.in_channels = check_size("in_channels", in_channels)
         self.out_channels = check_size("out_channels", out_channels)
         self.kernel_size = _ints("kernel_size", kernel_size, self.n, 1)
@@ -258,9 +332,9 @@ class _Conv(Layer):
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"padding must be an integer, {'a pair of integers, ' if self.n > 1 else ''}'same' or "
                              f"'valid', got {padding!r}")
-        self.padding_mode = padding if isinstance(padding, str) else None  # "same"/"valid" as given, for config()
-        self.padding = _same_padding(self.kernel_size, self.stride, self.dilation) if self.padding_mode == "same" \
-            else (0,) * self.n if self.padding_mode == "valid" else _ints("padding", padding, self.n, 0)
+        self.padding_text = padding if isinstance(padding, str) else None  # "same"/"valid" as given, for config()
+        self.padding = _same_padding(self.kernel_size, self.stride, self.dilation) if self.padding_text == "same" \
+            else (0,) * self.n if self.padding_text == "valid" else _ints("padding", padding, self.n, 0)
         self.groups = check_size("groups", groups)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels "
@@ -317,7 +391,18 @@ class _Conv(Layer):
         m = conv_output_size(n, k, s, p, d)
         if m < 1:
             raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + 2 * p}")
+        if (self.padding_mode == "reflect" and p >= n) or (self.padding_mode == "circular" and p > n):
+            bound = "below" if self.padding_mode == "reflect" else "at most"
+            raise ShapeError(f"pads {p} positions with padding_mode={self.padding_mode!r}, which needs the padding "
+                             f"{bound} the input's length, {n}")
         return m
+
+    def _padded(self, X):
+        """(X, the kernels' padding): X padded by its own entries first under a ``padding_mode`` other than zeros
+        (:func:`pad_mode`; the kernels then pad nothing), else X as it is and the zero padding for the kernels."""
+        if self.padding_mode == "zeros" or not any(self.padding):
+            return X, self.padding
+        return pad_mode(self.xp, X, self.padding, self.padding_mode), (0,) * self.n
 
     def forward(self, X, train=True):
         """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype (with
@@ -328,41 +413,49 @@ class _Conv(Layer):
         kernels = F.own_kernel(xp, "conv_kernels") or GENERIC_KERNELS
         W = self.compute(self.params["W"])
         b = self.compute(self.params["b"]) if self.bias else None
-        Z, saved = kernels.forward(xp, X, W, self.stride, self.padding, self.dilation, b, groups=self.groups)
+        X, padding = self._padded(X)
+        Z, saved = kernels.forward(xp, X, W, self.stride, padding, self.dilation, b, groups=self.groups)
         if train:
-            self._cache = (kernels, saved, W)
+            self._cache = (kernels, saved, W, padding)
         return Z
 
     def backward(self, dZ, need_dX=True):
         """dW = X ⋆ dZ (the correlation: dW₂ = Σ_b dZ_b·cols_bᵀ) (O, C/g, *k), db = Σ_b Σ_positions dZ (O,),
         dX = dZ ⊛ᵀ W (the transposed convolution: col2im(W₂ᵀ·dZ)) (B, C, *n) — with groups, each group's from its
-        own slices (dW_j = X_j ⋆ dZ_j, dX_j = dZ_j ⊛ᵀ W_j), side by side."""
-        kernels, saved, W = self._cache
-        dW, db, dX = kernels.backward(self.xp, saved, dZ, W, self.stride, self.padding, self.dilation, need_dX,
+        own slices (dW_j = X_j ⋆ dZ_j, dX_j = dZ_j ⊛ᵀ W_j), side by side.  Under a ``padding_mode`` other than zeros
+        the padding is X's own entries, so dX is the padded input's gradient sent back through the padding's adjoint
+        (:func:`pad_mode_adjoint`: each padding entry's gradient added to the entry it copied)."""
+        kernels, saved, W, padding = self._cache
+        dW, db, dX = kernels.backward(self.xp, saved, dZ, W, self.stride, padding, self.dilation, need_dX,
                                       groups=self.groups)
         self.grads = {"W": dW, "b": db} if self.bias else {"W": dW}
+        if dX is not None and padding != self.padding:
+            dX = pad_mode_adjoint(self.xp, dX, self.padding, self.padding_mode)
         return dX
 
     onnx_op = "Conv"  # ONNX's operator; the PyTorch module: ``torch_modules`` (nn.Conv1d, nn.Conv2d, ...)
 
     def _settings(self):
         """The geometry PyTorch's module takes besides the channels, kernel and bias, by PyTorch's names."""
-        return dict(stride=self.stride, padding=self.padding_mode or self.padding, dilation=self.dilation,
-                    groups=self.groups)
+        return dict(stride=self.stride, padding=self.padding_text or self.padding, dilation=self.dilation,
+                    groups=self.groups, padding_mode=self.padding_mode)
 
     @staticmethod
     def _settings_of(m):
         """:meth:`_settings` read from a PyTorch module."""
         return dict(stride=tuple(m.stride), padding=m.padding if isinstance(m.padding, str) else tuple(m.padding),
-                    dilation=tuple(m.dilation), groups=m.groups)
+                    dilation=tuple(m.dilation), groups=m.groups, padding_mode=m.padding_mode)
 
     def to_onnx(self, g, x):
         """ONNX's ``Conv``/``ConvTranspose`` (W in the same layout; pads, strides, dilations, group)."""
+        pads = list(self.padding)
+        if self.padding_mode != "zeros" and any(pads):  # the input padded by its own entries first, then no pads
+            x, pads = _onnx_pad(g, x, pads, self.padding_mode), [0] * self.n
         inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
         extra = {k: list(v) for k, v in self._settings().items() if k == "output_padding"}
         return g.op(self.onnx_op, inputs, self.onnx_op.lower(), kernel_shape=list(self.kernel_size),
-                    strides=list(self.stride), pads=list(self.padding) * 2, dilations=list(self.dilation),
-                    group=self.groups, **extra)
+                    strides=list(self.stride), pads=pads * 2, dilations=list(self.dilation), group=self.groups,
+                    **extra)
 
     def to_torch(self, ctx):
         """``nn.Conv1d/2d`` (``nn.ConvTranspose1d/2d``), W in the same layout."""
@@ -376,8 +469,6 @@ class _Conv(Layer):
 
     @classmethod
     def from_torch(cls, m, ctx):
-        if m.padding_mode != "zeros":
-            raise ctx.refuse("nnkit's convolutions pad with zeros")
         bias = m.bias is not None
         try:
             layer = cls(m.in_channels, m.out_channels, tuple(m.kernel_size), bias=bias, **cls._settings_of(m))
@@ -389,10 +480,12 @@ class _Conv(Layer):
         one = (lambda v: v[0]) if self.n == 1 else (lambda v: list(v))
         cfg = {"type": type(self).__name__, "in_channels": self.in_channels, "out_channels": self.out_channels,
                "kernel_size": one(self.kernel_size), "stride": one(self.stride),
-               "padding": self.padding_mode or one(self.padding),
+               "padding": self.padding_text or one(self.padding),
                "dilation": one(self.dilation)}
         if self.groups != 1:
             cfg["groups"] = self.groups
+        if self.padding_mode != "zeros":
+            cfg["padding_mode"] = self.padding_mode
         if not self.bias:
             cfg["bias"] = False
         if isinstance(self.init, str) and self.init != "he_uniform":
@@ -400,8 +493,9 @@ class _Conv(Layer):
         return cfg
 
     def __repr__(self):
-        shown = {"stride": (_short(self.stride), 1), "padding": (self.padding_mode or _short(self.padding), 0),
-                 "dilation": (_short(self.dilation), 1), "groups": (self.groups, 1), "bias": (self.bias, True)}
+        shown = {"stride": (_short(self.stride), 1), "padding": (self.padding_text or _short(self.padding), 0),
+                 "dilation": (_short(self.dilation), 1), "groups": (self.groups, 1), "bias": (self.bias, True),
+                 "padding_mode": (self.padding_mode, "zeros")}
         extra = "".join(f", {name}={value!r}" for name, (value, default) in shown.items()
                         if value != default and value != "valid")
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"

@@ -156,7 +156,7 @@ def _conv_kernels():
                 dcols = (W2.T @ dZ2).reshape((C, K, B) + out)  # (C, K, B, *out)
                 return dW, db, self.fold(xp, dcols.transpose((2, 0, 1) + tuple(range(3, 3 + len(out)))), in_shape,
                                          kernel, stride, padding, dilation)
-            return dW, db, self.transposed_one(xp, dZ, W, in_shape, stride, padding, dilation)
+            return dW, db, self.transposed(xp, dZ, W, in_shape, stride, padding, dilation)
 
         def transposed(self, xp, X, W, in_shape, stride, padding, dilation, groups=1):
             """col2im(W₂ᵀ·X) (B, C, *in_shape) for X (B, O, *out): per-example products — group j's W₂ⱼᵀ·X_bj, all
@@ -172,9 +172,6 @@ def _conv_kernels():
                 dcols = np.matmul(W2T, X4[b0:b0 + step]).reshape((-1, C, K) + out)  # (b, C, K, *out)
                 self._fold_into(Y[b0:b0 + step], dcols, kernel, stride, padding, dilation)
             return Y
-
-        def transposed_one(self, xp, X, W, in_shape, stride, padding, dilation):
-            return self.transposed(xp, X, W, in_shape, stride, padding, dilation)
 
         def fold(self, xp, dcols, in_shape, kernel, stride, padding, dilation):
             """col2im of dcols (B, C, K, *out), the adjoint of :meth:`columns`: tap t's (B, C, *out) slab added where

@@ -452,10 +452,13 @@ class _Conv(Layer):
         if self.padding_mode != "zeros" and any(pads):  # the input padded by its own entries first, then no pads
             x, pads = _onnx_pad(g, x, pads, self.padding_mode), [0] * self.n
         inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
-        extra = {k: list(v) for k, v in self._settings().items() if k == "output_padding"}
         return g.op(self.onnx_op, inputs, self.onnx_op.lower(), kernel_shape=list(self.kernel_size),
                     strides=list(self.stride), pads=pads * 2, dilations=list(self.dilation), group=self.groups,
-                    **extra)
+                    **self._onnx_attributes())
+
+    def _onnx_attributes(self):
+        """The operator's attributes besides the geometry both operators share (none for ``Conv``)."""
+        return {}
 
     def to_torch(self, ctx):
         """``nn.Conv1d/2d`` (``nn.ConvTranspose1d/2d``), W in the same layout."""
@@ -505,11 +508,13 @@ class Conv1D(_Conv):
     r"""1-D convolution (cross-correlation, as PyTorch's ``Conv1d``) over signals X (B, C, L).
 
     ``Conv1D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-    init="he_uniform")``; W (out_channels, in_channels/groups, k), b (out_channels,) (none with ``bias=False``);
+    padding_mode="zeros", init="he_uniform")``; W (out_channels, in_channels/groups, k), b (out_channels,) (none
+    with ``bias=False``);
     output (B, O, L_out), L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1 (``padding="same"``: p = d(k − 1)/2, L_out = L,
     stride 1 and an odd reach only; ``"valid"``: p = 0).  ``groups`` g splits the channels into g
     groups, output group j seeing only input group j (``groups=in_channels``: a depthwise convolution), as
-    PyTorch's ``groups``.
+    PyTorch's ``groups``; ``padding_mode`` "reflect", "replicate" or "circular" pads X with its own entries
+    (:func:`pad_mode`), as PyTorch's.
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k, L_out) the unfolded patches;
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ), the adjoint of the
@@ -524,9 +529,9 @@ class Conv2D(_Conv):
     r"""2-D convolution (cross-correlation, as PyTorch's ``Conv2d``) over images X (B, C, H, W).
 
     ``Conv2D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-    init="he_uniform")``, each of kernel_size/stride/padding/dilation an int or an (h, w) pair; W (O, C/g, k_h, k_w),
-    b (O,) (none with ``bias=False``); output (B, O, H_out, W_out) with H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋
-    + 1 (W_out alike); ``groups`` g as in :class:`Conv1D` (``groups=in_channels``: depthwise).
+    padding_mode="zeros", init="he_uniform")``, each of kernel_size/stride/padding/dilation an int or an (h, w)
+    pair; W (O, C/g, k_h, k_w), b (O,) (none with ``bias=False``); output (B, O, H_out, W_out) with
+    H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋ + 1 (W_out alike); ``groups`` g and ``padding_mode`` as in :class:`Conv1D` (``groups=in_channels``: depthwise).
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k_h·k_w, H_out·W_out);
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ).
@@ -625,6 +630,9 @@ class _ConvTranspose(_Conv):
     def _settings_of(m):
         return dict(stride=tuple(m.stride), padding=tuple(m.padding), output_padding=tuple(m.output_padding),
                     groups=m.groups, dilation=tuple(m.dilation))
+
+    def _onnx_attributes(self):
+        return {"output_padding": list(self.output_padding)}
 
     def config(self):
         cfg = super().config()

@@ -289,9 +289,13 @@ def test_transposed_convolutions_check_their_arguments_and_keep_them(tmp_path):
     for args, error, match in [(dict(stride=2, output_padding=2), ValueError, "output_padding must be smaller than"),
                                (dict(padding="same"), ValueError, "padding must be an integer for a transposed"),
                                (dict(groups=3), ValueError, r"groups \(3\) must divide"),
-                               (dict(output_padding=-1), ValueError, "output_padding must be an integer")]:
+                               (dict(output_padding=-1), ValueError, "output_padding must be an integer"),
+                               (dict(padding_mode="reflect"), ValueError, "padding_mode must be 'zeros' for a trans")]:
         with pytest.raises(error, match=match):
             nnkit.ConvTranspose1D(2, 4, 3, **args)
+    # PyTorch's signature: padding_mode="zeros" (its only mode) is taken by keyword, init comes after it
+    layer = nnkit.ConvTranspose1D(2, 4, 3, 1, 0, 0, 1, True, 1, "zeros", "glorot_uniform")
+    assert layer.init == "glorot_uniform" and "padding_mode" not in layer.config()
     with pytest.raises(ValueError, match="gives an output of -1 positions from 1"):
         nnkit.Sequential([nnkit.ConvTranspose1D(1, 1, 1, padding=1)], input_shape=(1, 1))
     layer = nnkit.ConvTranspose2D(2, 4, 4, stride=2, padding=1, output_padding=1, groups=2, bias=False)

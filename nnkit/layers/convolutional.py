@@ -562,10 +562,13 @@ class _ConvTranspose(_Conv):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
-                 bias=True, dilation=1, init="he_uniform"):
+                 bias=True, dilation=1, padding_mode="zeros", init="he_uniform"):
         if isinstance(padding, str):
             raise ValueError(f"padding must be an integer{' or a pair of integers' if self.n > 1 else ''} for a "
                              f"transposed convolution, got {padding!r}")
+        if padding_mode != "zeros":  # PyTorch's ConvTranspose takes the argument and refuses the rest alike
+            raise ValueError(f"padding_mode must be 'zeros' for a transposed convolution (its padding crops the "
+                             f"output, it adds no entries to pad), got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, init=init)
         self.output_padding = _ints("output_padding", output_padding, self.n, 0)
@@ -653,7 +656,8 @@ class ConvTranspose1D(_ConvTranspose):
     Y (B, O, L_out), L_out = (L − 1)·s − 2p + d(k − 1) + output_padding + 1 — a strided one upsamples.
 
     ``ConvTranspose1D(in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
-    bias=True, dilation=1, init="he_uniform")``; W (in_channels, out_channels/groups, k), b (out_channels,).
+    bias=True, dilation=1, padding_mode="zeros", init="he_uniform")``; W (in_channels, out_channels/groups, k), b
+    (out_channels,).
 
     Y = col2im(W₂ᵀ·X) + b; dX = W₂·cols(dY) (the convolution of dY), dW = Σ_b X_b·cols(dY)_bᵀ, db = Σ dY — see
     :class:`_ConvTranspose` for the derivation.
@@ -668,8 +672,9 @@ class ConvTranspose2D(_ConvTranspose):
     Y (B, O, H_out, W_out), H_out = (H − 1)·s_h − 2p_h + d_h(k_h − 1) + output_padding_h + 1 (W_out alike).
 
     ``ConvTranspose2D(in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
-    bias=True, dilation=1, init="he_uniform")``, each geometry argument an int or an (h, w) pair;
-    W (C, O/g, k_h, k_w), b (O,).  Y = col2im(W₂ᵀ·X) + b; dX = W₂·cols(dY), dW = Σ_b X_b·cols(dY)_bᵀ, db = Σ dY.
+    bias=True, dilation=1, padding_mode="zeros", init="he_uniform")``, each geometry argument an int or an (h, w)
+    pair; W (C, O/g, k_h, k_w), b (O,).  Y = col2im(W₂ᵀ·X) + b; dX = W₂·cols(dY), dW = Σ_b X_b·cols(dY)_bᵀ,
+    db = Σ dY.
     """
 
     n = 2

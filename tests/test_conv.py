@@ -90,6 +90,8 @@ GROUPED = [
     (1, 8, 8, (9, 9), 3, 1, 1, 1, 8, True),                  # depthwise, one example
     (2, 4, 4, 12, 5, 1, "same", 1, 2, True),                 # padding="same", as PyTorch's
     (2, 2, 4, (7, 8), (3, 5), 1, "same", (2, 1), 1, False),  # "same" with dilation
+    (2, 2, 4, 9, 4, 1, "same", 1, 2, True),                  # an even kernel's "same": one more zero after
+    (2, 2, 2, (6, 7), (2, 4), 1, "same", (3, 1), 1, False),  # even reach on one axis (1·3), odd on the other
     (2, 3, 2, 9, 4, 2, "valid", 1, 1, True),
 ]
 
@@ -146,11 +148,12 @@ def test_groups_and_bias_are_checked_kept_and_shown(tmp_path):
         with pytest.raises(error, match=match):
             nnkit.Conv1D(3, 4, 3, **bad)
     for bad, match in [(dict(padding="same", stride=2), "padding='same' needs stride 1, got stride=2"),
-                       (dict(padding="same", kernel_size=4), r"needs dilation·\(kernel_size − 1\) even on every axis"),
                        (dict(padding="full"), "padding must be an integer, 'same' or 'valid', got 'full'")]:
         with pytest.raises(ValueError, match=match):
             nnkit.Conv1D(3, 4, **{"kernel_size": 3, **bad})
     assert nnkit.Conv2D(1, 1, (3, 5), padding="same", dilation=(1, 2)).padding == (1, 4)
+    even = nnkit.Conv2D(1, 1, (4, 2), padding="same", dilation=(1, 3))  # reach 3 and 3: 1 before, 2 after
+    assert (even.padding, even.padding_after, even.output_shape((1, 5, 6))) == ((1, 1), (2, 2), (1, 5, 6))
     assert nnkit.Conv1D(1, 1, 3, padding="valid").padding == (0,)
     layer = nnkit.Conv2D(4, 8, 3, padding="same", groups=4, bias=False)
     assert repr(layer) == "Conv2D(4, 8, 3, padding='same', groups=4, bias=False)"
@@ -174,6 +177,9 @@ PADDING_MODES = [
     (1, 2, 2, (5, 4), 3, 1, (1, 3), (2, 1), 2, "replicate"),
     (2, 1, 2, (4, 5), (3, 3), 2, (4, 2), 1, 1, "circular"),
     (2, 2, 2, (6, 6), 3, 1, "same", 1, 1, "reflect"),
+    (2, 2, 2, 7, 4, 1, "same", 1, 1, "reflect"),             # an even kernel: 1 before, 2 after
+    (2, 2, 2, (5, 6), (2, 3), 1, "same", (1, 2), 2, "circular"),
+    (1, 2, 2, (6, 5), 2, 1, "same", 1, 1, "replicate"),
 ]
 
 
@@ -221,6 +227,8 @@ def test_padding_modes_are_checked_kept_and_gradchecked(make_backend, tmp_path):
     be = make_backend("float64")
     model = nnkit.Sequential([layer, nnkit.Tanh(), nnkit.Conv2D(2, 2, 3, padding="same", padding_mode="reflect"),
                               nnkit.Tanh(), nnkit.Conv2D(2, 3, 2, padding=(1, 2), padding_mode="replicate"),
+                              nnkit.Tanh(), nnkit.Conv2D(3, 3, (2, 4), padding="same"),  # padded 0/1 before, 1/2 after
+                              nnkit.Tanh(), nnkit.Conv2D(3, 3, 2, padding="same", padding_mode="circular"),
                               nnkit.GlobalAvgPool()], backend=be, dtype="float64", seed=0, input_shape=(2, 4, 5))
     rng = np.random.default_rng(6)
     X, y = rng.normal(size=(3, 2, 4, 5)), rng.integers(0, 3, size=3)

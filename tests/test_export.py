@@ -45,16 +45,17 @@ def _models(d=7, k=3, dtype="float32"):
 def _conv_models(dtype="float32"):
     """Conv models on signals and images: every conv, pooling and reshaping layer, starting from table rows:
     (B, 7) for the signals, (B, 12) for the images; grouped convolutions (a depthwise one), one without a bias and
-    padded "same"; reflect, replicate and circular padding; transposed convolutions."""
+    padded "same" (even kernels: one more zero, or entry, after); reflect, replicate and circular padding; transposed
+    convolutions."""
     A = nnkit
     return {
         "Conv1D": [A.Reshape((1, 7)), A.Conv1D(1, 4, 3, stride=2, padding=1, dilation=1, padding_mode="reflect"),
                    A.BatchNorm(4), A.ReLU(), A.MaxPool1D(2, stride=1, padding=1),
-                   A.Conv1D(4, 4, 2, padding="same", dilation=2, groups=2, bias=False, padding_mode="replicate"),
+                   A.Conv1D(4, 4, 2, padding="same", groups=2, bias=False, padding_mode="replicate"),  # 0 | 1 after
                    A.AvgPool1D(2, padding=1), A.ConvTranspose1D(4, 4, 3, stride=2, padding=1, output_padding=1),
                    A.Flatten(), A.Dense(24, 3)],
         "Conv2D": [A.Reshape((1, 3, -1)), A.Conv2D(1, 3, (2, 3), padding=(1, 1), padding_mode="circular"),
-                   A.BatchNorm(3), A.Tanh(),
+                   A.BatchNorm(3), A.Tanh(), A.Conv2D(3, 3, (2, 4), padding="same"),  # 0/1 before, 1/2 after
                    A.AvgPool2D(2, stride=1), A.Conv2D(3, 6, 2, stride=(1, 2), dilation=(1, 2), groups=3),
                    A.MaxPool2D((2, 1)), A.ConvTranspose2D(6, 4, 2, stride=2, groups=2, bias=False, dilation=(1, 2)),
                    A.GlobalAvgPool(), A.Dense(4, 3)],
@@ -270,8 +271,6 @@ def test_from_torch_refuses_what_nnkit_cannot_express_by_name():
     nn = torch.nn
     with pytest.raises(ValueError, match=r"module 1 .*LSTM.*nnkit has no layer for LSTM"):
         nnkit.Sequential.from_torch(nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)))
-    with pytest.raises(ValueError, match=r"cannot be taken into nnkit: padding='same' needs dilation·\(kernel_size"):
-        nnkit.Sequential.from_torch(nn.Sequential(nn.Conv1d(2, 2, 4, padding="same")))
     with pytest.raises(ValueError, match="Linear without bias"):
         nnkit.Sequential.from_torch(nn.Sequential(nn.Linear(4, 4, bias=False)))
     with pytest.raises(ValueError, match="approximate='tanh'"):

@@ -119,7 +119,7 @@ def hostile_variants(data, members):
                        ("layers", [{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3,
                                     "bias": "yes"}]),
                        ("layers", [{"type": "Conv1D", "in_channels": 1, "out_channels": 2, "kernel_size": 4,
-                                    "padding": "same"}]),
+                                    "padding": "same", "stride": 2}]),
                        ("layers", [{"type": "ConvTranspose2D", "in_channels": 2, "out_channels": 2, "kernel_size": 3,
                                     "stride": 2, "output_padding": 5}]),
                        ("layers", [{"type": "Conv1D", "in_channels": 1, "out_channels": 2, "kernel_size": 3,

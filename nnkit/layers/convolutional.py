@@ -60,16 +60,13 @@ def _ints(name, value, n, low):
 
 
 def _same_padding(kernel, stride, dilation):
-    """The padding p = d(k − 1)/2 on each axis that keeps a stride-1 output as long as its input (``padding="same"``,
-    as PyTorch's and Keras's); a ValueError where the stride is not 1 or d(k − 1) is odd (nnkit pads both sides
-    alike: the output would be one short)."""
+    """(before, after): the padding that keeps a stride-1 output as long as its input (``padding="same"``, as
+    PyTorch's and Keras's) — d(k − 1) entries on each axis, ⌊d(k − 1)/2⌋ before and the rest after (one more after
+    where d(k − 1) is odd: an even kernel); a ValueError where the stride is not 1."""
     if set(stride) != {1}:
         raise ValueError(f"padding='same' needs stride 1, got stride={_short(stride)!r}: give the padding as numbers")
     reach = [d * (k - 1) for k, d in zip(kernel, dilation)]
-    if any(r % 2 for r in reach):
-        raise ValueError(f"padding='same' needs dilation·(kernel_size − 1) even on every axis (an odd kernel), got "
-                         f"{_short(tuple(reach))!r}: nnkit pads both sides alike; give the padding as numbers")
-    return tuple(r // 2 for r in reach)
+    return tuple(r // 2 for r in reach), tuple(r - r // 2 for r in reach)
 
 
 def _short(values):
@@ -109,37 +106,41 @@ def _cut(X, axis, start, stop):
     return X[(slice(None),) * axis + (slice(start, stop), ...)]
 
 
-def pad_mode(xp, X, padding, mode):
-    """X (B, C, *n) padded by ``padding[i]`` on both sides of spatial axis i from its own entries, as PyTorch's
-    ``padding_mode``: "reflect" mirrors about the edge entry (x₁ x₀ | x₀ x₁ … → … x₂ x₁ | x₀ x₁ x₂), "replicate"
-    repeats the edge entry, "circular" wraps around (the last p entries before, the first p after)."""
-    for i, p in enumerate(padding):
-        if not p:
+def pad_mode(xp, X, before, after, mode):
+    """X (B, C, *n) padded by ``before[i]`` entries before and ``after[i]`` after spatial axis i, as PyTorch's
+    ``padding_mode``: "zeros" with 0s, or from X's own entries — "reflect" mirrors about the edge entry
+    (x₁ x₀ | x₀ x₁ … → … x₂ x₁ | x₀ x₁ x₂), "replicate" repeats the edge entry, "circular" wraps around (the last
+    p entries before, the first q after)."""
+    for i, (p, q) in enumerate(zip(before, after)):
+        if not p and not q:
             continue
         a, n = 2 + i, X.shape[2 + i]
-        if mode == "reflect":
-            before, after = xp.flip(_cut(X, a, 1, p + 1), axis=a), xp.flip(_cut(X, a, n - 1 - p, n - 1), axis=a)
+        if mode == "zeros":
+            lo, hi = _filled(xp, X, a, p), _filled(xp, X, a, q)
+        elif mode == "reflect":
+            lo, hi = xp.flip(_cut(X, a, 1, p + 1), axis=a), xp.flip(_cut(X, a, n - 1 - q, n - 1), axis=a)
         elif mode == "replicate":
-            shape = X.shape[:a] + (p,) + X.shape[a + 1:]
-            before, after = xp.broadcast_to(_cut(X, a, 0, 1), shape), xp.broadcast_to(_cut(X, a, n - 1, n), shape)
+            lo = xp.broadcast_to(_cut(X, a, 0, 1), X.shape[:a] + (p,) + X.shape[a + 1:])
+            hi = xp.broadcast_to(_cut(X, a, n - 1, n), X.shape[:a] + (q,) + X.shape[a + 1:])
         else:  # circular
-            before, after = _cut(X, a, n - p, n), _cut(X, a, 0, p)
-        X = xp.concat([before, X, after], axis=a)
+            lo, hi = _cut(X, a, n - p, n), _cut(X, a, 0, q)
+        X = xp.concat([part for part, w in ((lo, p), (X, n), (hi, q)) if w], axis=a)
     return X
 
 
-def pad_mode_adjoint(xp, G, padding, mode):
-    """The adjoint of :func:`pad_mode`: G (B, C, *(n + 2p)) → (B, C, *n), each padding entry's gradient added back to
-    the entry it copied — "reflect": G's before-block flipped onto x₁ … x_p (its after-block onto x_{n−1−p} …
-    x_{n−2}); "replicate": each block's sum onto the edge entry; "circular": the before-block onto the last p
-    entries, the after-block onto the first p.  Axes in the reverse order of the padding."""
-    for i in reversed(range(len(padding))):
-        p = padding[i]
-        if not p:
+def pad_mode_adjoint(xp, G, before, after, mode):
+    """The adjoint of :func:`pad_mode`: G (B, C, *(p + n + q)) → (B, C, *n), each padding entry's gradient added back
+    to the entry it copied — "zeros": dropped (a constant); "reflect": G's before-block flipped onto x₁ … x_p (its
+    after-block onto x_{n−1−q} … x_{n−2}); "replicate": each block's sum onto the edge entry; "circular": the
+    before-block onto the last p entries, the after-block onto the first q.  Axes in the reverse order of the
+    padding."""
+    for i in reversed(range(len(before))):
+        p, q = before[i], after[i]
+        if not p and not q:
             continue
         a = 2 + i
-        n = G.shape[a] - 2 * p
-        before, mid, after = _cut(G, a, 0, p), _cut(G, a, p, p + n), _cut(G, a, p + n, p + n + p)
+        n = G.shape[a] - p - q
+        lo, mid, hi = _cut(G, a, 0, p), _cut(G, a, p, p + n), _cut(G, a, p + n, p + n + q)
 
         def placed(block, start):  # block (width w) at [start, start + w) of a length-n axis, zeros elsewhere
             w = block.shape[a]
@@ -147,13 +148,17 @@ def pad_mode_adjoint(xp, G, padding, mode):
             parts += [block] + ([_filled(xp, block, a, n - start - w)] if n - start - w else [])
             return xp.concat(parts, axis=a) if len(parts) > 1 else block
 
+        back = []  # (the block's gradient as it lands on the input, where it starts): zeros pad a constant, none
         if mode == "reflect":
-            mid = mid + placed(xp.flip(before, axis=a), 1) + placed(xp.flip(after, axis=a), n - 1 - p)
+            back = [(xp.flip(lo, axis=a), 1) if p else None, (xp.flip(hi, axis=a), n - 1 - q) if q else None]
         elif mode == "replicate":
-            mid = mid + placed(xp.sum(before, axis=a, keepdims=True), 0) + \
-                placed(xp.sum(after, axis=a, keepdims=True), n - 1)
-        else:  # circular
-            mid = mid + placed(before, n - p) + placed(after, 0)
+            back = [(xp.sum(lo, axis=a, keepdims=True), 0) if p else None,
+                    (xp.sum(hi, axis=a, keepdims=True), n - 1) if q else None]
+        elif mode == "circular":
+            back = [(lo, n - p) if p else None, (hi, 0) if q else None]
+        for landed in back:
+            if landed is not None:
+                mid = mid + placed(*landed)
         G = mid
     return G
 
@@ -297,18 +302,19 @@ class ConvKernels:
 GENERIC_KERNELS = ConvKernels()
 
 
-def _onnx_pad(g, x, pads, mode):
-    """ONNX nodes padding x (B, C, *n) by ``pads`` on both sides of each spatial axis from its own entries: ``Pad``
-    in mode "reflect" or "edge" (replicate); circular as the last p entries and the first p concatenated around x."""
+def _onnx_pad(g, x, before, after, mode):
+    """ONNX nodes padding x (B, C, *n) by ``before[i]``/``after[i]`` entries on spatial axis i from its own entries:
+    ``Pad`` in mode "reflect" or "edge" (replicate); circular as the last p entries and the first q concatenated
+    around x."""
     if mode != "circular":
-        full = [0, 0] + list(pads)
-        return g.op("Pad", [x, g.ints(full + full, "pads")], "padded", mode="reflect" if mode == "reflect" else "edge")
-    for i, p in enumerate(pads):
-        if p:
+        pads = [0, 0] + list(before) + [0, 0] + list(after)
+        return g.op("Pad", [x, g.ints(pads, "pads")], "padded", mode="reflect" if mode == "reflect" else "edge")
+    for i, (p, q) in enumerate(zip(before, after)):
+        if p or q:
             axis = g.ints([2 + i], "axis")
-            last = g.op("Slice", [x, g.ints([-p], "start"), g.ints([2 ** 62], "end"), axis], "wrap_last")
-            first = g.op("Slice", [x, g.ints([0], "start"), g.ints([p], "end"), axis], "wrap_first")
-            x = g.op("Concat", [last, x, first], "wrapped", axis=2 + i)
+            last = [g.op("Slice", [x, g.ints([-p], "start"), g.ints([2 ** 62], "end"), axis], "wrap_last")] if p else []
+            first = [g.op("Slice", [x, g.ints([0], "start"), g.ints([q], "end"), axis], "wrap_first")] if q else []
+            x = g.op("Concat", last + [x] + first, "wrapped", axis=2 + i)
     return x
 
 
@@ -333,8 +339,11 @@ class _Conv(Layer):
             raise ValueError(f"padding must be an integer, {'a pair of integers, ' if self.n > 1 else ''}'same' or "
                              f"'valid', got {padding!r}")
         self.padding_text = padding if isinstance(padding, str) else None  # "same"/"valid" as given, for config()
-        self.padding = _same_padding(self.kernel_size, self.stride, self.dilation) if self.padding_text == "same" \
-            else (0,) * self.n if self.padding_text == "valid" else _ints("padding", padding, self.n, 0)
+        if self.padding_text == "same":  # padding before each axis; padding_after: after it (one more: even kernels)
+            self.padding, self.padding_after = _same_padding(self.kernel_size, self.stride, self.dilation)
+        else:
+            self.padding = (0,) * self.n if self.padding_text == "valid" else _ints("padding", padding, self.n, 0)
+            self.padding_after = self.padding
         self.groups = check_size("groups", groups)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels "
@@ -388,21 +397,29 @@ class _Conv(Layer):
     def _length(self, i, n):
         """The output's length along spatial axis i from the input's n (a ShapeError below 1)."""
         k, s, p, d = self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i]
-        m = conv_output_size(n, k, s, p, d)
+        q = self.padding_after[i]
+        m = (n + p + q - d * (k - 1) - 1) // s + 1  # conv_output_size with p before and q after
         if m < 1:
-            raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + 2 * p}")
-        if (self.padding_mode == "reflect" and p >= n) or (self.padding_mode == "circular" and p > n):
+            raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + p + q}")
+        if (self.padding_mode == "reflect" and max(p, q) >= n) or (self.padding_mode == "circular" and max(p, q) > n):
             bound = "below" if self.padding_mode == "reflect" else "at most"
-            raise ShapeError(f"pads {p} positions with padding_mode={self.padding_mode!r}, which needs the padding "
-                             f"{bound} the input's length, {n}")
+            raise ShapeError(f"pads {max(p, q)} positions with padding_mode={self.padding_mode!r}, which needs the "
+                             f"padding {bound} the input's length, {n}")
         return m
 
+    @property
+    def _pads_itself(self):
+        """Whether the layer pads X before the kernels (which then pad nothing): under a ``padding_mode`` other
+        than zeros (X's own entries), or where the padding after an axis differs from the padding before it
+        (``padding="same"`` with an even kernel; the kernels pad both sides alike)."""
+        return self.padding != self.padding_after or (self.padding_mode != "zeros" and any(self.padding))
+
     def _padded(self, X):
-        """(X, the kernels' padding): X padded by its own entries first under a ``padding_mode`` other than zeros
-        (:func:`pad_mode`; the kernels then pad nothing), else X as it is and the zero padding for the kernels."""
-        if self.padding_mode == "zeros" or not any(self.padding):
+        """(X, the kernels' padding): X padded first where the layer pads itself (:func:`pad_mode`), and no padding
+        for the kernels; else X as it is and the zero padding for the kernels."""
+        if not self._pads_itself:
             return X, self.padding
-        return pad_mode(self.xp, X, self.padding, self.padding_mode), (0,) * self.n
+        return pad_mode(self.xp, X, self.padding, self.padding_after, self.padding_mode), (0,) * self.n
 
     def forward(self, X, train=True):
         """Z = W₂·cols(X) + b: X (B, C, *n) → Z (B, O, *out), W₂ = W as (O, C·K) in the compute dtype (with
@@ -424,13 +441,14 @@ class _Conv(Layer):
         dX = dZ ⊛ᵀ W (the transposed convolution: col2im(W₂ᵀ·dZ)) (B, C, *n) — with groups, each group's from its
         own slices (dW_j = X_j ⋆ dZ_j, dX_j = dZ_j ⊛ᵀ W_j), side by side.  Under a ``padding_mode`` other than zeros
         the padding is X's own entries, so dX is the padded input's gradient sent back through the padding's adjoint
-        (:func:`pad_mode_adjoint`: each padding entry's gradient added to the entry it copied)."""
+        (:func:`pad_mode_adjoint`: each padding entry's gradient added to the entry it copied; zeros padded
+        unevenly — an even kernel's "same" — are constants: their gradient is dropped)."""
         kernels, saved, W, padding = self._cache
         dW, db, dX = kernels.backward(self.xp, saved, dZ, W, self.stride, padding, self.dilation, need_dX,
                                       groups=self.groups)
         self.grads = {"W": dW, "b": db} if self.bias else {"W": dW}
-        if dX is not None and padding != self.padding:
-            dX = pad_mode_adjoint(self.xp, dX, self.padding, self.padding_mode)
+        if dX is not None and self._pads_itself:
+            dX = pad_mode_adjoint(self.xp, dX, self.padding, self.padding_after, self.padding_mode)
         return dX
 
     onnx_op = "Conv"  # ONNX's operator; the PyTorch module: ``torch_modules`` (nn.Conv1d, nn.Conv2d, ...)
@@ -448,12 +466,12 @@ class _Conv(Layer):
 
     def to_onnx(self, g, x):
         """ONNX's ``Conv``/``ConvTranspose`` (W in the same layout; pads, strides, dilations, group)."""
-        pads = list(self.padding)
-        if self.padding_mode != "zeros" and any(pads):  # the input padded by its own entries first, then no pads
-            x, pads = _onnx_pad(g, x, pads, self.padding_mode), [0] * self.n
+        before, after = list(self.padding), list(self.padding_after)  # ONNX pads: every axis's start, then ends
+        if self.padding_mode != "zeros" and any(before + after):  # padded by its own entries first, then no pads
+            x, before, after = _onnx_pad(g, x, before, after, self.padding_mode), [0] * self.n, [0] * self.n
         inputs = [x, g.param(self, "W")] + ([g.param(self, "b")] if self.bias else [])
         return g.op(self.onnx_op, inputs, self.onnx_op.lower(), kernel_shape=list(self.kernel_size),
-                    strides=list(self.stride), pads=pads * 2, dilations=list(self.dilation), group=self.groups,
+                    strides=list(self.stride), pads=before + after, dilations=list(self.dilation), group=self.groups,
                     **self._onnx_attributes())
 
     def _onnx_attributes(self):
@@ -510,11 +528,11 @@ class Conv1D(_Conv):
     ``Conv1D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
     padding_mode="zeros", init="he_uniform")``; W (out_channels, in_channels/groups, k), b (out_channels,) (none
     with ``bias=False``);
-    output (B, O, L_out), L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1 (``padding="same"``: p = d(k − 1)/2, L_out = L,
-    stride 1 and an odd reach only; ``"valid"``: p = 0).  ``groups`` g splits the channels into g
-    groups, output group j seeing only input group j (``groups=in_channels``: a depthwise convolution), as
-    PyTorch's ``groups``; ``padding_mode`` "reflect", "replicate" or "circular" pads X with its own entries
-    (:func:`pad_mode`), as PyTorch's.
+    output (B, O, L_out), L_out = ⌊(L + 2p − d(k − 1) − 1)/s⌋ + 1 (``padding="same"``: L_out = L, stride 1 only,
+    ⌊d(k − 1)/2⌋ before and the rest after — one more after for an even kernel, as PyTorch's; ``"valid"``:
+    p = 0).  ``groups`` g splits the channels into g groups, output group j seeing only input group j
+    (``groups=in_channels``: a depthwise convolution), as PyTorch's ``groups``; ``padding_mode`` "reflect",
+    "replicate" or "circular" pads X with its own entries (:func:`pad_mode`), as PyTorch's.
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k, L_out) the unfolded patches;
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ), the adjoint of the

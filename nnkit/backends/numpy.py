@@ -116,10 +116,9 @@ def _conv_kernels():
             db = np.add.reduce(dZ2.reshape(O, -1), 1)
             if not need_dX:
                 return dW, db, None
-            kernel = tuple(W.shape[2:])
-            dcols = np.matmul(W2.transpose(0, 2, 1), dZ2).reshape((W.shape[1] * groups, math.prod(kernel), B) + out)
-            return dW, db, self.fold(xp, dcols.transpose((2, 0, 1) + tuple(range(3, 3 + len(out)))), in_shape,
-                                     kernel, stride, padding, dilation)
+            dcols = np.matmul(W2.transpose(0, 2, 1), dZ2)  # (g, C/g·K, B·P): the groups' rows are C·K's
+            return dW, db, self._fold_rows(xp, dcols, W.shape[1] * groups, B, out, in_shape, tuple(W.shape[2:]),
+                                           stride, padding, dilation)
 
         def forward_one(self, xp, X, W, stride, padding, dilation, b=None):
             """One GEMM over the B·P positions: Z₂ = [W₂ b]·[cols; 1] = W₂·cols + b (O, B·P), seen as (B, O, *out)
@@ -151,11 +150,9 @@ def _conv_kernels():
             db = dWb[:, CK].copy() if cols2.shape[0] > CK else np.add.reduce(np.add.reduce(dZ.reshape(B, O, P), 2), 0)
             if not need_dX:
                 return dW, db, None
-            C, K = W.shape[1], math.prod(kernel)
             if not per_example:
-                dcols = (W2.T @ dZ2).reshape((C, K, B) + out)  # (C, K, B, *out)
-                return dW, db, self.fold(xp, dcols.transpose((2, 0, 1) + tuple(range(3, 3 + len(out)))), in_shape,
-                                         kernel, stride, padding, dilation)
+                return dW, db, self._fold_rows(xp, W2.T @ dZ2, W.shape[1], B, out, in_shape, kernel, stride, padding,
+                                               dilation)
             return dW, db, self.transposed(xp, dZ, W, in_shape, stride, padding, dilation)
 
         def transposed(self, xp, X, W, in_shape, stride, padding, dilation, groups=1):
@@ -172,6 +169,13 @@ def _conv_kernels():
                 dcols = np.matmul(W2T, X4[b0:b0 + step]).reshape((-1, C, K) + out)  # (b, C, K, *out)
                 self._fold_into(Y[b0:b0 + step], dcols, kernel, stride, padding, dilation)
             return Y
+
+        def _fold_rows(self, xp, dcols, C, B, out, in_shape, kernel, stride, padding, dilation):
+            """col2im of the GEMM's dcols (C·K, B·P) — W₂ᵀ·dZ₂ over all B·P positions — read as (B, C, K, *out)
+            without a copy."""
+            dcols = dcols.reshape((C, math.prod(kernel), B) + out)
+            return self.fold(xp, dcols.transpose((2, 0, 1) + tuple(range(3, 3 + len(out)))), in_shape, kernel,
+                             stride, padding, dilation)
 
         def fold(self, xp, dcols, in_shape, kernel, stride, padding, dilation):
             """col2im of dcols (B, C, K, *out), the adjoint of :meth:`columns`: tap t's (B, C, *out) slab added where

@@ -74,11 +74,13 @@ def _short(values):
     return values[0] if len(set(values)) == 1 else values
 
 
-def conv_output_size(n, kernel, stride, padding, dilation=1):
-    """Output length along one axis: ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1 (None for an unknown n)."""
+def conv_output_size(n, kernel, stride, padding, dilation=1, padding_after=None):
+    """Output length along one axis: ⌊(n + p + q − d(k − 1) − 1)/s⌋ + 1 for p = ``padding`` before the input and
+    q = ``padding_after`` after it (default p: ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1); None for an unknown n."""
     if n is None:
         return None
-    return (n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    q = padding if padding_after is None else padding_after
+    return (n + padding + q - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _filled(xp, like, axis, width, value=0.0):
@@ -398,7 +400,7 @@ class _Conv(Layer):
         """The output's length along spatial axis i from the input's n (a ShapeError below 1)."""
         k, s, p, d = self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i]
         q = self.padding_after[i]
-        m = (n + p + q - d * (k - 1) - 1) // s + 1  # conv_output_size with p before and q after
+        m = conv_output_size(n, k, s, p, d, q)
         if m < 1:
             raise ShapeError(f"reaches over {d * (k - 1) + 1} positions, more than the padded input's {n + p + q}")
         if (self.padding_mode == "reflect" and max(p, q) >= n) or (self.padding_mode == "circular" and max(p, q) > n):
@@ -513,11 +515,14 @@ class _Conv(Layer):
             cfg["init"] = self.init
         return cfg
 
+    def _shown(self):
+        """``{argument: (value, default)}`` for the repr, in the constructor's order."""
+        return {"stride": (_short(self.stride), 1), "padding": (self.padding_text or _short(self.padding), 0),
+                "dilation": (_short(self.dilation), 1), "groups": (self.groups, 1), "bias": (self.bias, True),
+                "padding_mode": (self.padding_mode, "zeros")}
+
     def __repr__(self):
-        shown = {"stride": (_short(self.stride), 1), "padding": (self.padding_text or _short(self.padding), 0),
-                 "dilation": (_short(self.dilation), 1), "groups": (self.groups, 1), "bias": (self.bias, True),
-                 "padding_mode": (self.padding_mode, "zeros")}
-        extra = "".join(f", {name}={value!r}" for name, (value, default) in shown.items()
+        extra = "".join(f", {name}={value!r}" for name, (value, default) in self._shown().items()
                         if value != default and value != "valid")
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"
 
@@ -549,7 +554,8 @@ class Conv2D(_Conv):
     ``Conv2D(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
     padding_mode="zeros", init="he_uniform")``, each of kernel_size/stride/padding/dilation an int or an (h, w)
     pair; W (O, C/g, k_h, k_w), b (O,) (none with ``bias=False``); output (B, O, H_out, W_out) with
-    H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋ + 1 (W_out alike); ``groups`` g and ``padding_mode`` as in :class:`Conv1D` (``groups=in_channels``: depthwise).
+    H_out = ⌊(H + 2p_h − d_h(k_h − 1) − 1)/s_h⌋ + 1 (W_out alike); ``padding="same"``/``"valid"``, ``groups`` g
+    and ``padding_mode`` as in :class:`Conv1D` (``groups=in_channels``: depthwise).
 
     Z = W₂·cols(X) + b with cols(X) (B, C·k_h·k_w, H_out·W_out);
     dW₂ = Σ_b dZ_b·cols_bᵀ, db = Σ dZ over batch and positions, dX = col2im(W₂ᵀ·dZ).
@@ -661,12 +667,10 @@ class _ConvTranspose(_Conv):
             cfg["output_padding"] = self.output_padding[0] if self.n == 1 else list(self.output_padding)
         return cfg
 
-    def __repr__(self):
-        shown = {"stride": (_short(self.stride), 1), "padding": (_short(self.padding), 0),
-                 "output_padding": (_short(self.output_padding), 0), "groups": (self.groups, 1),
-                 "bias": (self.bias, True), "dilation": (_short(self.dilation), 1)}  # PyTorch's order
-        extra = "".join(f", {name}={value!r}" for name, (value, default) in shown.items() if value != default)
-        return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, {_short(self.kernel_size)!r}{extra})"
+    def _shown(self):
+        return {"stride": (_short(self.stride), 1), "padding": (_short(self.padding), 0),
+                "output_padding": (_short(self.output_padding), 0), "groups": (self.groups, 1),
+                "bias": (self.bias, True), "dilation": (_short(self.dilation), 1)}  # PyTorch's order
 
 
 class ConvTranspose1D(_ConvTranspose):

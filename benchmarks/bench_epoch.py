@@ -8,7 +8,7 @@ Times are reported, never asserted; CI runs each once (``--benchmark-disable``) 
 """
 import pytest
 
-from nnkit import bench
+from nnkit.tools import bench
 
 ROWS = {}
 

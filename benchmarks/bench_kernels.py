@@ -10,7 +10,7 @@ import functools
 
 import pytest
 
-from nnkit import bench as H
+from nnkit.tools import bench as H
 
 ROUNDS = {"S": (200, 20), "M": (20, 3), "L": (5, 1)}  # (rounds, warm-up rounds) per shape
 
@@ -43,7 +43,7 @@ COMPILED_KERNELS = ("train_step", "fit_epoch", "matmul_floor", "matmul_floor_tig
 
 def _marks(target, dtype, shape="S"):
     """Skip with the reason where the target is missing or cannot run the dtype / precision policy, or — beyond
-    the S shape — where the policy is only emulated on this device (:func:`nnkit.bench.why_emulated`)."""
+    the S shape — where the policy is only emulated on this device (:func:`nnkit.tools.bench.why_emulated`)."""
     why = H.why_not(target, dtype)
     if why is None and shape != "S":
         why = H.why_emulated(target, dtype)

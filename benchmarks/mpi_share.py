@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import host_batch, mlp
-from nnkit.distributed import Communicator, MPICommunicator
+from nnkit.tools.bench import host_batch, mlp
+from nnkit.training.distributed import Communicator, MPICommunicator
 
 
 class TimedComm(Communicator):

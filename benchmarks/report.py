@@ -6,7 +6,7 @@ The measuring code lives in :mod:`nnkit.bench` so that an installed nnkit can ru
 """
 import sys
 
-from nnkit.bench import main
+from nnkit.tools.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="python -m benchmarks.report"))

@@ -4,7 +4,7 @@
     python -m benchmarks.run_ab /tmp/before [--shapes S M] [--rounds 7] [--seconds 2]
 
 Each round times, in a fresh subprocess per checkout and in alternating order, the median ``train_step`` of the
-benchmark MLPs (``nnkit.bench.SHAPES``: S 64-128-64-10 batch 64, M 784-1024-1024-10 batch 256; NumPy float32,
+benchmark MLPs (``nnkit.tools.bench.SHAPES``: S 64-128-64-10 batch 64, M 784-1024-1024-10 batch 256; NumPy float32,
 SGD, cross-entropy on integer labels, device arrays, ``check_input=False``) over ``--seconds`` of calls; the
 report gives each checkout's median over the rounds and the ratio this / other.
 """
@@ -21,7 +21,10 @@ CHILD = r"""
 import json, statistics, sys, time
 import numpy as np
 import nnkit
-from nnkit import bench as H
+try:
+    from nnkit.tools import bench as H
+except ImportError:  # the other checkout predates the package's folders
+    from nnkit import bench as H
 shape, seconds = sys.argv[1], float(sys.argv[2])
 sizes, batch = H.SHAPES[shape]
 model = nnkit.Sequential.mlp(list(sizes), "relu", dtype="float32", seed=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from nnkit.bench import alternating_medians, number_in, report
+from nnkit.tools.bench import alternating_medians, number_in, report
 
 from .bench_attention import B, E, HEADS, T, nnkit_step, torch_step
 

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import output_file, report
+from nnkit.tools.bench import output_file, report
 
 
 def read_corpus(path):

@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 
 import nnkit
-from nnkit.bench import alternating_medians, number_in, report
+from nnkit.tools.bench import alternating_medians, number_in, report
 
 SHAPES = {"FCN Conv1D": ((16, 128, 151), dict(out=256, k=5, stride=1, padding=2)),
           "CIFAR Conv2D": ((64, 3, 32, 32), dict(out=32, k=3, stride=1, padding=1)),

@@ -7,7 +7,7 @@ The S network (64-128-64-10, batch 64, plain SGD), one epoch of 200 batches, per
 allows (buffers allocated once, ``out=``, in place, no framework), JAX ``fit(compile=True)`` — the epoch as one
 compiled loop, and step by step (what a callback asking for every batch gets) — the same epoch written by hand in
 JAX and compiled whole (``lax.scan`` over the batches), and PyTorch's own eager loop; every epoch callable alternating with the
-others in one run (``nnkit.bench.measure``).
+others in one run (``nnkit.tools.bench.measure``).
 
 ``--gru`` adds the recurrent rows: MNIST-1D's GRU model (bidirectional GRU(1, 6), Dense to 10, batch 100, Adam)
 under ``compile=True`` on JAX — the first epoch (which compiles) and the step after — at T = 40 and T = 400,
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import epoch_markdown, output_file, positive_seconds, report, run_epoch_report
+from nnkit.tools.bench import epoch_markdown, output_file, positive_seconds, report, run_epoch_report
 
 
 def gru_rows(lengths=(40, 400), batch=100, batches=4, epochs=3):

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import number_in, report
+from nnkit.tools.bench import number_in, report
 
 SHAPES = {"GRUBase": (100, 40, 1, 6), "char": (32, 64, 64, 128)}
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import nnkit
-from nnkit.bench import number_in, output_file, report
+from nnkit.tools.bench import number_in, output_file, report
 from nnkit.precision import get_policy
 
 VARIANTS = {

@@ -3,7 +3,7 @@
     python -m benchmarks.run_peer [--shape M] [--dtype float32] [--rounds 40] [--runs 5] [--out FILE.md]
 
 The report (``python -m benchmarks.report``) times the step, its two GEMM floors and the peer alternating together;
-this times only the pair — ``nnkit.bench.Case(...).kernel("train_step")`` against ``kernel("torch_eager_step")``
+this times only the pair — ``nnkit.tools.bench.Case(...).kernel("train_step")`` against ``kernel("torch_eager_step")``
 (autograd and ``torch.optim.SGD``; under ``mixed_bfloat16`` inside ``torch.autocast``), both skipping the first
 layer's dX — call by call, ``--rounds`` times per run, ``--runs`` runs one after the other, and gives each run's
 medians and ratio, and the median ratio over the runs.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from nnkit.bench import SHAPES, Case, alternating_medians, number_in, output_file, report
+from nnkit.tools.bench import SHAPES, Case, alternating_medians, number_in, output_file, report
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ to the tight floor and the SGD step, all in one run:
 
 * *hot*: each piece back to back (its arrays in cache), the cheapest it can be;
 * *between other work*: the pieces, the floor and the step interleaved in a new order every round
-  (``nnkit.bench.measure``, as the report times the step), so each piece finds its arrays where other work
+  (``nnkit.tools.bench.measure``, as the report times the step), so each piece finds its arrays where other work
   left them — what the same pieces cost when their data is not in cache.
 
 The hot sum is the least this work can cost a step: it bounds ``step − GEMMs``; and in a step each piece reads
@@ -25,8 +25,8 @@ import sys
 import numpy as np
 
 import nnkit
-from nnkit.bench import SHAPES, Case, measure, output_file, positive_seconds
-from nnkit.files import atomic_write
+from nnkit.tools.bench import SHAPES, Case, measure, output_file, positive_seconds
+from nnkit.data.files import atomic_write
 
 
 def pieces(sizes, batch, rng):

@@ -95,14 +95,14 @@ def throughput(path, rows=65536):
 
 def _output_file(text):
     """``--out``, checked at once (nnkit is imported here, not at the top: a child measures its own import)."""
-    from nnkit.bench import output_file
+    from nnkit.tools.bench import output_file
 
     return output_file(text)
 
 
 def _gigabytes(text):
     """``--gb``: a finite size in (0, 1024] GB."""
-    from nnkit.bench import number_in
+    from nnkit.tools.bench import number_in
 
     return number_in("a size in GB", 0, 1024, low_open=True)(text)
 
@@ -157,7 +157,7 @@ def main(argv=None):
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
-        from nnkit.files import atomic_write
+        from nnkit.data.files import atomic_write
 
         atomic_write(args.out, lambda f: f.write(text.encode()))
     sys.stdout.write("\n" + text)

@@ -25,7 +25,7 @@ import zipfile
 import numpy as np
 
 import nnkit
-from nnkit.bench import output_file, report
+from nnkit.tools.bench import output_file, report
 
 MAX_BYTES = 64 * 2 ** 20  # a .ts file larger than this is refused before it is read
 

@@ -1,6 +1,6 @@
 """``python -m nnkit``: the same command line as the ``nnkit`` script."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -13,9 +13,9 @@ the softmax/sigmoid in, which is both stable and gives the short gradients below
 """
 from __future__ import annotations
 
-from .functional import device_of, namespace_of
+from .backends.functional import device_of, namespace_of
 
-from . import functional as F
+from .backends import functional as F
 
 __all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "as_rows", "check_rows"]
 
@@ -145,7 +145,7 @@ def check_rows(y, n_rows):
 
 
 class MSE(Loss):
-    """Quadratic cost (seed 003): ℓ_n = ½‖a_n − y_n‖² per row.
+    """Quadratic cost: ℓ_n = ½‖a_n − y_n‖² per row.
 
     Elements ½(a − y)², gradient G = a − y;  unweighted L = (1/2N) Σ_n Σ_k (a_nk − y_nk)², ∂L/∂a = (a − y)/N.
     """

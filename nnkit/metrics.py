@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .functional import device_of, namespace_of
+from .backends.functional import device_of, namespace_of
 
 __all__ = ["Metric", "Mean", "TopKAccuracy", "Precision", "Recall", "F1", "R2", "AUC", "UserMetric", "METRICS",
            "get_metrics", "accuracy", "mse", "mae", "confusion_matrix", "batch_weight", "BatchStats", "read_stats"]

@@ -68,6 +68,6 @@ def run(comm, out, epochs, checkpoint=None):
 
 
 if __name__ == "__main__":
-    from nnkit.distributed import MPICommunicator
+    from nnkit.training.distributed import MPICommunicator
 
     run(MPICommunicator(), sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import nnkit
-import nnkit.bench
-from nnkit.cli import main
+import nnkit.tools.bench
+from nnkit.tools.cli import main
 
 
 def run(capsys, *argv):
@@ -86,7 +86,7 @@ def test_train_regression(capsys, tmp_path):
     (["predict", "missing.npz", "x.csv"], "no such model file"),
 ])
 def test_errors_are_one_line_and_exit_2(capsys, argv, message):
-    if argv[-1] == "cupy" and nnkit.bench.why_unavailable("cupy") is None:
+    if argv[-1] == "cupy" and nnkit.tools.bench.why_unavailable("cupy") is None:
         pytest.skip("cupy is usable here")
     code, out, err = run(capsys, *argv)
     assert code == 2
@@ -205,7 +205,7 @@ def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
     """Without tqdm (the core install) a terminal still gets a progress bar."""
     import io
 
-    from nnkit import training
+    from nnkit.training import loop as training
 
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit import step as step_module
+from nnkit.training import step as step_module
 from tests.helpers import to_np
 
 jax = pytest.importorskip("jax")

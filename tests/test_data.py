@@ -214,7 +214,7 @@ def test_the_stream_benchmark_runs_small(tmp_path, capsys):
 
 # -- the command line streams too ---------------------------------------------------------------------------------
 def test_cli_trains_from_a_memory_mapped_npy_and_predicts_in_chunks(tmp_path, capsys):
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 5)).astype(np.float32)
@@ -251,7 +251,7 @@ def test_cli_trains_from_a_memory_mapped_npy_and_predicts_in_chunks(tmp_path, ca
 @pytest.mark.parametrize("bad,match", [("short", "expected 2000 numeric labels"), ("1d", "2-D numeric"),
                                        ("nan", "NaN or infinity")])
 def test_cli_streaming_mistakes_are_one_line(tmp_path, capsys, bad, match):
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     X = np.random.default_rng(0).normal(size=(2000, 4)).astype(np.float32)
     labels = np.zeros(2000)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit import step as step_module
-from nnkit import training
+from nnkit.training import loop as training
+from nnkit.training import step as step_module
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nnkit")
 
@@ -19,20 +19,32 @@ except ImportError:  # pragma: no cover
 needs_jax = pytest.mark.skipif(jax is None, reason="JAX is not installed (pip install 'jax[cpu]')")
 
 
-def _modules():
+# The package's folders, bottom to top: a module imports only modules of its own level or below, at the top of
+# the file or inside a function, and the whole graph has no circle.  "" is the package root (nnkit/__init__.py).
+LEVELS = [("backends",), ("layers",), ("losses", "metrics"), ("data",), ("training",), ("export",), ("models",),
+          ("tools",), ("", "__main__")]
+
+
+def level_of(module):
+    top = module.split(".")[0]
+    return next(i for i, names in enumerate(LEVELS) if top in names)
+
+
+def _modules(pkg=PKG):
     """``{dotted name: path}`` of every nnkit module, subpackages included ("" is nnkit/__init__.py,
     "layers" a package's __init__, "layers.core" a module in it)."""
     out = {}
-    for folder, _, files in os.walk(PKG):
+    for folder, _, files in os.walk(pkg):
         for f in files:
             if f.endswith(".py"):
-                rel = os.path.relpath(os.path.join(folder, f), PKG)[:-3].replace(os.sep, ".")
+                rel = os.path.relpath(os.path.join(folder, f), pkg)[:-3].replace(os.sep, ".")
                 out[rel[:-len("__init__")].rstrip(".") if rel.endswith("__init__") else rel] = os.path.join(folder, f)
     return out
 
 
 def _imports(name, path, modules):
-    """The nnkit modules module ``name`` imports, at the top or inside functions (lazy imports count too)."""
+    """The nnkit modules module ``name`` imports, at the top or inside functions (lazy imports count too), the
+    package root included ("from .. import load" imports nnkit/__init__.py)."""
     tree = ast.parse(open(path, encoding="utf-8").read())
     package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
     targets = set()
@@ -53,34 +65,86 @@ def _imports(name, path, modules):
             for a in node.names:
                 if a.name == "nnkit" or a.name.startswith("nnkit."):
                     targets.add(a.name[len("nnkit."):] if a.name != "nnkit" else "")
-    # "from . import load" in a module (a lazy use of the package's own names) is not an import of nnkit/__init__
-    return {t for t in targets if t in modules and t != name and not (t == "" and name)}
+    return {t for t in targets if t in modules and t != name}
 
 
-def test_no_import_circles_inside_nnkit():
-    modules = _modules()
-    graph = {m: _imports(m, path, modules) for m, path in modules.items()}
+def import_graph(pkg=PKG):
+    modules = _modules(pkg)
+    return {m: _imports(m, path, modules) for m, path in modules.items()}
+
+
+def upward_imports(graph):
+    """``[(module, imported module)]`` for every import of a module on a higher level than the importer's."""
+    return sorted((m, t) for m, targets in graph.items() for t in targets if level_of(t) > level_of(m))
+
+
+def import_circle(graph):
+    """The first import circle found, as a list of modules, or None."""
     state = {}
 
     def visit(m, path):
         if state.get(m) == "open":
-            raise AssertionError("import circle: " + " -> ".join(path + [m]))
+            return path[path.index(m):] + [m]
         if state.get(m) == "done":
-            return
+            return None
         state[m] = "open"
         for d in sorted(graph[m]):
-            visit(d, path + [m])
+            found = visit(d, path + [m])
+            if found:
+                return found
         state[m] = "done"
+        return None
 
     for m in sorted(graph):
-        visit(m, [])
+        found = visit(m, [])
+        if found:
+            return found
+    return None
+
+
+def test_every_module_has_a_level():
+    for m in _modules():
+        level_of(m)  # StopIteration for a top-level entry missing from LEVELS
+
+
+def test_imports_run_downward_and_in_no_circle():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+    assert import_circle(graph) is None
+
+
+def test_a_planted_upward_import_or_circle_is_caught(tmp_path):
+    import shutil
+
+    copy = tmp_path / "nnkit"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__", "*.npz"))
+    core = copy / "layers" / "core.py"
+    core.write_text(core.read_text(encoding="utf-8") + "\n\ndef _planted():\n    from ..models import Sequential\n",
+                    encoding="utf-8")
+    assert upward_imports(import_graph(str(copy))) == [("layers.core", "models")]
+    root_use = copy / "tools" / "plots.py"  # a tool reaching for the package root is upward too
+    root_use.write_text(root_use.read_text(encoding="utf-8") + "\n\ndef _planted():\n    import nnkit\n",
+                        encoding="utf-8")
+    assert ("tools.plots", "") in upward_imports(import_graph(str(copy)))
+    sibling = copy / "losses.py"  # same level, but a circle: losses -> metrics -> losses
+    metrics = copy / "metrics.py"
+    sibling.write_text(sibling.read_text(encoding="utf-8") + "\n\ndef _a():\n    from . import metrics\n",
+                       encoding="utf-8")
+    metrics.write_text(metrics.read_text(encoding="utf-8") + "\n\ndef _b():\n    from . import losses\n",
+                       encoding="utf-8")
+    assert import_circle(import_graph(str(copy))) is not None
+
+
+def test_the_top_of_the_package_has_at_most_a_dozen_entries():
+    entries = sorted(e for e in os.listdir(PKG) if e != "__pycache__")
+    assert len(entries) <= 12, entries
 
 
 def test_every_module_says_its_place_in_its_first_line():
-    for f in sorted(os.listdir(PKG)):
-        if f.endswith(".py") and f != "__main__.py":
-            doc = ast.get_docstring(ast.parse(open(os.path.join(PKG, f), encoding="utf-8").read()))
-            assert doc and len(doc.splitlines()[0]) > 20, f
+    for name, path in sorted(_modules().items()):
+        if name != "__main__":
+            doc = ast.get_docstring(ast.parse(open(path, encoding="utf-8").read()))
+            assert doc and len(doc.splitlines()[0]) > 20, name
 
 
 def _data(n=203, d=6, seed=0):

@@ -70,7 +70,7 @@ def test_gradient_stats_refuse_a_compiled_step():
 
 def test_cli_pictures_and_python_decision_regions(tmp_path):
     pytest.importorskip("matplotlib")
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     out = {k: tmp_path / f"{k}.png" for k in ("curves", "diag", "regions", "py")}
     assert main(["train", "--data", "spirals", "--hidden", "16", "--epochs", "3", "--quiet", "--plot", str(out["curves"]),
@@ -90,7 +90,7 @@ def test_cli_pictures_and_python_decision_regions(tmp_path):
 def test_training_curves_show_the_held_out_side_without_a_validation_split(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from nnkit import plots
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     seen = {}
     monkeypatch.setattr(plots, "training_curves", lambda h, path, title="", held_out="": seen.update(h=h, held=held_out))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit import distributed
+from nnkit.training import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

@@ -3,21 +3,15 @@ import inspect
 import pydoc
 
 import nnkit
-import nnkit.datasets
-import nnkit.init
-import nnkit.metrics
-import nnkit.optim
 import nnkit.export.onnx
 import nnkit.export.pytorch
-import nnkit.layers
-import nnkit.precision
-import nnkit.plots
-import nnkit.explain
-import nnkit.perceptron
+from nnkit.models import explanation, perceptron
+from nnkit.tools import explain
+from nnkit.training import schedules
 
 MODULES = [nnkit, nnkit.optim, nnkit.datasets, nnkit.init, nnkit.functional, nnkit.metrics, nnkit.precision,
-           nnkit.layers, nnkit.export.onnx, nnkit.export.pytorch, nnkit.plots, nnkit.explain, nnkit.perceptron,
-           nnkit.callbacks]
+           nnkit.layers, nnkit.export.onnx, nnkit.export.pytorch, nnkit.plots, explanation, explain, perceptron,
+           nnkit.callbacks, schedules, nnkit.text]
 
 
 def _public():

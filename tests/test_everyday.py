@@ -225,7 +225,7 @@ def test_tensorboard_event_files_are_read_back(tmp_path):
 
 def test_cli_log_dir(tmp_path, capsys):
     pytest.importorskip("tensorboardX")
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["train", "--data", "moons", "--epochs", "2", "--quiet", "--log-dir", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].startswith("epoch,loss")
@@ -318,7 +318,7 @@ def test_lr_find_leaves_the_model_alone_and_reads_once(tmp_path):
 
 
 def test_lr_find_suggests_where_a_known_curve_falls():
-    from nnkit.lr_finder import _suggest
+    from nnkit.tools.lr_finder import _suggest
 
     lrs = np.logspace(-6, 1, 50)
     curve = np.r_[np.full(20, 1.0), np.linspace(1.0, 0.2, 20), np.linspace(0.2, 5.0, 10)]
@@ -340,7 +340,7 @@ def test_plots_return_figures_and_leave_matplotlib_alone(tmp_path):
 
 def test_cli_lr_find(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["train", "--data", "moons", "--lr-find", "--optimizer", "sgd", "--plot", str(tmp_path / "lr.png"),
                  "--quiet"]) == 0
@@ -448,7 +448,7 @@ def test_a_16_bit_policy_slower_than_float32_warns_once_naming_both_speeds(monke
 
 
 def test_the_report_says_a_precision_is_slower_than_float32():
-    from nnkit.bench import precision_against_float32
+    from nnkit.tools.bench import precision_against_float32
 
     steps = [{"shape": "M", "target": "torch", "dtype": "float32", "step": 0.010},
              {"shape": "M", "target": "torch", "dtype": "mixed_bfloat16", "step": 0.480}]
@@ -504,7 +504,7 @@ def test_one_model_one_answer_through_every_door(tmp_path):
     csv.write_text("a,b,c,grade\n" + "\n".join(
         f"{r[0]:.17g},{r[1]:.17g},{'' if np.isnan(r[2]) else format(r[2], '.17g')},{g}"
         for r, g in zip(raw, names[y[:40]])) + "\n")
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["predict", str(tmp_path / "m.npz"), str(csv), "--out", str(tmp_path / "p.csv")]) == 0
     cli = (tmp_path / "p.csv").read_text().splitlines()[1:]

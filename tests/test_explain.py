@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit.explain import worked_example
+from nnkit.tools.explain import worked_example
 
 from helpers import to_np
 
 
-def test_worked_example_prints_the_tutorials_numbers_with_the_descent_sign():
+def test_worked_example_prints_its_numbers_with_the_descent_sign():
     res = subprocess.run([sys.executable, "-m", "nnkit", "explain", "--example", "worked"], capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr
@@ -63,7 +63,7 @@ def test_large_layers_are_summarised_and_conv_models_explain_too():
 
 
 def test_cli_explains_a_saved_model_on_csv_rows(tmp_path):
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     model_path, data = tmp_path / "m.npz", tmp_path / "d.csv"
     assert main(["train", "--data", "spirals", "--hidden", "8", "--epochs", "2", "--save", str(model_path),

@@ -132,7 +132,7 @@ def test_trained_digits_model_with_preprocessing_and_probabilities(tmp_path):
     model.fit(pre.transform(X), y, loss="cross_entropy", optimizer=nnkit.optim.Adam(1e-2), epochs=5, verbose=0)
     model.preprocessing = pre
     model.save(tmp_path / "digits.npz")
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["export", str(tmp_path / "digits.npz"), str(tmp_path / "digits.onnx")]) == 0
     raw = Xt.astype(np.float32)
@@ -166,7 +166,7 @@ def test_float64_and_mixed_models_export(tmp_path):
         mixed = nnkit.Sequential.mlp([7, 16, 3], backend="torch", seed=0, precision="mixed_bfloat16")
         mixed.export(tmp_path / "m.onnx")
         X32 = X.astype(np.float32)
-        want = nnkit.backend.host_copy(mixed.clone(precision=None).predict(X32))
+        want = nnkit.backends.host_copy(mixed.clone(precision=None).predict(X32))
         np.testing.assert_allclose(_run_onnx(tmp_path / "m.onnx", X32)["output"], want, rtol=1e-5, atol=1e-5)
 
 
@@ -205,7 +205,7 @@ def test_to_torch_equals_nnkit_in_float64_in_eval_and_train_mode(name):
         net.train()
         with torch.no_grad():
             got = net(torch.from_numpy(X)).numpy()
-        np.testing.assert_allclose(got, nnkit.backend.host_copy(model.forward(X)), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got, nnkit.backends.host_copy(model.forward(X)), rtol=1e-6, atol=1e-9)
 
 
 @needs_torch
@@ -223,7 +223,7 @@ def test_conv_models_to_torch_and_back(name):
     with torch.no_grad():
         np.testing.assert_allclose(net(torch.from_numpy(X)).numpy(), model.predict(X), rtol=1e-6, atol=1e-9)
         net.train()
-        np.testing.assert_allclose(net(torch.from_numpy(X)).numpy(), nnkit.backend.host_copy(model.forward(X)),
+        np.testing.assert_allclose(net(torch.from_numpy(X)).numpy(), nnkit.backends.host_copy(model.forward(X)),
                                    rtol=1e-6, atol=1e-9)
     back = nnkit.Sequential.from_torch(model.to_torch(), input_shape=(d,))  # (net's train pass moved its statistics)
     assert back.config() == model.config()

@@ -73,7 +73,7 @@ def test_windows_of_a_memory_mapped_token_file_train_and_resume_bit_identically(
 
     def run(epochs, checkpoint=None, resume=False):
         m, _ = _gpt()
-        sched = nnkit.callbacks.CosineLR(total=80, warmup=8, min_lr=1e-4, steps_per_epoch=10, lr=3e-3)
+        sched = nnkit.optim.CosineLR(total=80, warmup=8, min_lr=1e-4, steps_per_epoch=10, lr=3e-3)
         opt = nnkit.optim.AdamW(3e-3, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0, decay="matrices")
         h = m.fit(windows, loss="cross_entropy", optimizer=opt, epochs=epochs, batch_size=8, steps_per_epoch=10,
                   callbacks=[sched], verbose=0, checkpoint=checkpoint, resume=resume)

@@ -161,7 +161,7 @@ def test_the_epoch_table_has_the_cuda_rows():
     """``nnkit bench``'s epoch table on a CUDA machine: nnkit's torch fit eager and as CUDA graphs beside PyTorch's
     own loop there (printed)."""
     _torch_cuda()
-    from nnkit.bench import epoch_markdown, run_epoch_report
+    from nnkit.tools.bench import epoch_markdown, run_epoch_report
 
     rows = run_epoch_report(seconds=0.05, log=lambda *a: None)
     assert {"nnkit fit, torch CUDA, eager", "nnkit fit, torch CUDA, compile=True (CUDA graphs)",
@@ -191,7 +191,7 @@ def test_cupy_fit_on_the_last_gpu_keeps_everything_there():
 
 def test_one_rank_nccl_fit_equals_the_plain_fit():
     _cupy()
-    from nnkit.distributed import NCCLCommunicator
+    from nnkit.training.distributed import NCCLCommunicator
 
     try:
         comm = NCCLCommunicator(1, 0, port=29512)
@@ -209,7 +209,7 @@ def test_one_rank_nccl_fit_equals_the_plain_fit():
 def test_mpi_with_cupy_buffers_equals_one_process(tmp_path):
     cupy = _cupy()
     try:
-        from nnkit.distributed import MPICommunicator
+        from nnkit.training.distributed import MPICommunicator
         comm = MPICommunicator()
     except RuntimeError as exc:
         pytest.skip(str(exc))
@@ -233,7 +233,7 @@ def test_mpi_with_cupy_buffers_equals_one_process(tmp_path):
 
 def test_bench_writes_gpu_rows(tmp_path):
     _cupy()
-    from nnkit.bench import main
+    from nnkit.tools.bench import main
 
     out = tmp_path / "RESULTS.md"
     assert main(["--quick", "--no-sweep", "--shapes", "S", "--dtypes", "float32", "--out", str(out)]) in (0, None)
@@ -285,7 +285,7 @@ def test_cupy_mixed_precision_fit(precision):
 
 def test_bench_gpu_precision_rows(tmp_path):
     _torch_cuda()
-    from nnkit.bench import main
+    from nnkit.tools.bench import main
 
     out = tmp_path / "gpu.md"
     main(["--quick", "--targets", "torch-cuda", "--dtypes", "float32", "mixed_bfloat16", "mixed_float16", "tf32",

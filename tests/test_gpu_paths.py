@@ -18,8 +18,8 @@ import pytest
 
 import nnkit
 from nnkit.backends import torch as torch_backend
-from nnkit import distributed
-from nnkit.backend import cuda_index, host_copy, local_rank
+from nnkit.training import distributed
+from nnkit.backends import cuda_index, host_copy, local_rank
 
 from helpers import to_np
 
@@ -222,7 +222,7 @@ def test_jax_sklearn_estimator_agrees_with_numpy():
 
 @needs_jax
 def test_cli_trains_on_jax(tmp_path, capsys):
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["train", "--data", "xor", "--hidden", "8", "--epochs", "3", "--backend", "jax", "-q"]) == 0
     assert "on jax" in capsys.readouterr().out

@@ -37,7 +37,7 @@ def test_gradcheck_every_layer_and_loss(make_backend, act, loss):
 
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=ACT_IDS)
 def test_gradcheck_activation_as_output_layer(make_backend, act):
-    """Activations on the output (e.g. sigmoid + MSE as in the tutorials) go through their backward too."""
+    """Activations on the output (e.g. sigmoid + MSE, the worked example's) go through their backward too."""
     X, y = data("mse")
     model = nnkit.Sequential([nnkit.Dense(3, 5), nnkit.Tanh(), nnkit.Dense(5, 4), act()],
                              backend=make_backend(), dtype="float64", seed=1)

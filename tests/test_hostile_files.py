@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit.checkpoint import CheckpointError
+from nnkit.training.checkpoint import CheckpointError
 
 PEAK_LIMIT = 30 << 20  # bytes: far below what any of the bombs below would need
 

@@ -310,7 +310,7 @@ def test_distributed_fit_with_norm_and_dropout():
 
 
 def test_cli_builds_the_modern_mlp(capsys):
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["train", "-q", "--hidden", "64", "64", "--epochs", "5", "--dropout", "0.1", "--norm", "layer",
                  "--residual", "--activation", "gelu"]) == 0

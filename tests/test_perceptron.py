@@ -34,7 +34,7 @@ def test_same_weights_as_scikit_learn(name, epochs, make_backend):
     X, y = CASES[name]
     be = make_backend("float64")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nnkit.perceptron.NotSeparableWarning)
+        warnings.simplefilter("ignore", nnkit.models.perceptron.NotSeparableWarning)
         ours = nnkit.Perceptron(max_iter=epochs, backend=be).fit(X, y)
     ref = _sk(X, y, ours.n_iter_)  # the epochs ours ran (fewer when an epoch had no mistake)
     np.testing.assert_array_equal(ours.classes_, ref.classes_)
@@ -52,7 +52,7 @@ def test_stops_after_a_mistake_free_epoch_and_warns_when_not_separable():
     assert p.converged_ and p.n_iter_ < 1000 and p.score(X, y) == 1.0
     X = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
     y = np.array([0, 0, 1, 1])  # XOR: no line separates it
-    with pytest.warns(nnkit.perceptron.NotSeparableWarning, match="25 epochs tried.*not linearly separable"):
+    with pytest.warns(nnkit.models.perceptron.NotSeparableWarning, match="25 epochs tried.*not linearly separable"):
         p = nnkit.Perceptron(max_iter=25).fit(X, y)
     assert not p.converged_ and p.n_iter_ == 25
 

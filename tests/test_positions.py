@@ -422,7 +422,7 @@ def test_compiled_jax_fit_equals_the_eager_one_per_position():
     assert ha["loss"] == pytest.approx(hb["loss"], rel=1e-9)
 
 
-class _Threads(nnkit.distributed.Communicator):
+class _Threads(nnkit.training.distributed.Communicator):
     """Ranks as threads of this process: collectives through a shared list and a barrier (NumPy backend)."""
 
     def __init__(self, rank, size, shared, barrier):

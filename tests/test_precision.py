@@ -349,7 +349,7 @@ def test_sklearn_estimator_and_cli_take_a_precision(tmp_path):
     with pytest.raises(ValueError, match="precision must be"):
         MLPClassifier(precision="half").fit(X, y)
 
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     out = tmp_path / "m.npz"
     assert main(["train", "--data", "xor", "--hidden", "8", "--epochs", "2", "--backend", "torch",

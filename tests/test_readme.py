@@ -14,8 +14,8 @@ import shlex
 
 import pytest
 
-import nnkit.bench
-from nnkit.cli import main
+import nnkit.tools.bench
+from nnkit.tools.cli import main
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 TEXT = README.read_text(encoding="utf-8")
@@ -33,7 +33,7 @@ def test_readme_states_the_two_setup_commands():
 @pytest.mark.parametrize("code", PY_BLOCKS, ids=[f"python{i}" for i in range(len(PY_BLOCKS))])
 def test_readme_python_block_runs(code, tmp_path, monkeypatch, capsys):
     if "import cupy" in code:
-        why = nnkit.bench.why_unavailable("cupy")
+        why = nnkit.tools.bench.why_unavailable("cupy")
         if why:
             pytest.skip(why)
     if "import torch" in code:
@@ -63,7 +63,7 @@ def test_readme_command(command, workdir, monkeypatch, capsys):
         assert all(a.startswith("-") or a in ("benchmarks", "tests") for a in argv[1:])
     elif argv[:3] == ["python", "-m", "benchmarks.report"] or argv[:2] == ["nnkit", "bench"]:
         import argparse
-        from nnkit import bench
+        from nnkit.tools import bench
 
         opts = argv[3:] if argv[0] == "python" else argv[2:]
         calls = []

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import nnkit
-from nnkit.cli import main
-from nnkit.files import atomic_write
+from nnkit.tools.cli import main
+from nnkit.data.files import atomic_write
 
 
 def run(capsys, *argv):
@@ -60,7 +60,7 @@ def test_a_save_killed_midway_leaves_the_old_file_and_the_next_save_cleans_up(tm
     before = path.read_bytes()
     code = textwrap.dedent(f"""
         import os, signal, numpy as np, nnkit
-        from nnkit import files
+        from nnkit.data import files
         def write(f):
             f.write(b"PK half a checkpoint")
             f.flush()
@@ -259,7 +259,7 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(monkeypatch):
 
 # -- 12. the benchmark report goes where it is told -----------------------------------------------------------------
 def test_report_does_not_overwrite_the_tracked_results_by_default(monkeypatch, tmp_path):
-    from nnkit import bench
+    from nnkit.tools import bench
 
     written = []
     empty = {"targets": [], "steps": [], "kernels": [], "sweep": [], "unavailable": {}}

@@ -148,7 +148,7 @@ def test_dense_on_sequences_equals_torch_linear():
 
 
 def test_cli_trains_a_recurrent_network_on_signals(tmp_path, capsys):
-    from nnkit.cli import main
+    from nnkit.tools.cli import main
 
     assert main(["train", "--data", "xor", "--rnn", "gru", "--hidden", "8", "--bidirectional", "--epochs", "3",
                  "--quiet", "--save", str(tmp_path / "gru.npz")]) == 0

@@ -418,7 +418,7 @@ def test_batches_are_cut_to_their_own_longest_sequence(monkeypatch, pooled):
     order_free = max(seen)
     assert order_free == 20 and min(seen) < 20  # the batch without the long sequence ran fewer steps
     b = model()
-    monkeypatch.setattr(nnkit.data, "_trims", lambda *args: False)  # the data set's padding in every batch
+    monkeypatch.setattr(nnkit.data.batches, "_trims", lambda *args: False)  # the data set's padding in every batch
     b.fit(X, target, loss="cross_entropy", optimizer=nnkit.optim.SGD(0.2), epochs=2, batch_size=8, verbose=0)
     for k, p in a.params().items():
         np.testing.assert_allclose(to_np(p), to_np(b.params()[k]), rtol=1e-12, atol=1e-14, err_msg=k)
@@ -512,7 +512,7 @@ def test_compiled_fit_pads_batches_to_a_few_lengths_and_equals_the_eager_fit(mon
     traced once per bucket — at most 8 lengths — and the fit equals the eager one (each batch cut to its own
     longest) to float32 round-off."""
     pytest.importorskip("jax")
-    from nnkit import data
+    from nnkit.data import batches as data  # where FitData looks _trimmed up
 
     rng = np.random.default_rng(5)
     seqs = [rng.standard_normal((t, 2)).astype(np.float32) for t in rng.integers(1, 13, size=32)]
@@ -531,7 +531,7 @@ def test_compiled_fit_pads_batches_to_a_few_lengths_and_equals_the_eager_fit(mon
         runs[compile_] = (hist["loss"], {k: to_np(v) for k, v in model.state_dict().items()}, sorted(set(seen)))
     T = max(len(s) for s in seqs)
     grid = {data.compiled_length(n, T) for n in range(1, T + 1)}
-    assert len(grid) <= data.COMPILED_LENGTHS and set(runs[True][2]) <= grid
+    assert len(grid) <= nnkit.data.COMPILED_LENGTHS and set(runs[True][2]) <= grid
     assert len(runs[True][2]) < len(runs[False][2])  # fewer distinct lengths than the eager fit's exact cuts
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=2e-5)
     for k, v in runs[False][1].items():
@@ -547,7 +547,7 @@ def test_compiled_lengths():
 
 
 def test_a_compiled_fit_on_a_stream_pads_each_batch_to_a_power_of_two(monkeypatch):
-    from nnkit import data
+    from nnkit.data import batches as data  # where FitData looks pad_sequences up
 
     rng = np.random.default_rng(1)
     seqs = [rng.standard_normal((t, 3)).astype(np.float32) for t in (5, 2, 3, 7, 1, 6, 9, 3, 4)]

@@ -134,9 +134,9 @@ def test_torch_tensors_in_torch_tensors_out():
 
 
 def test_cupy_numpy_in_numpy_out():
-    import nnkit.bench
+    import nnkit.tools.bench
 
-    why = nnkit.bench.why_unavailable("cupy")
+    why = nnkit.tools.bench.why_unavailable("cupy")
     if why:
         pytest.skip(why)
     X, y = _blobs()

@@ -1,7 +1,8 @@
-"""Seed 003's worked 2-2-2 example: sigmoid on both layers, quadratic cost.
+"""The worked 2-2-2 example: sigmoid on both layers, quadratic cost E = ½‖t − o‖², x = (0.95, 0.06),
+t = (0.05, 0.82), one SGD step with η = 0.01.
 
-The tutorial rounds (0.184972, 0.07289) and its update adds the gradient;
-these are the exact float64 values and descent subtracts the gradient.
+The values below are the exact float64 ones (E = 0.184979383, not 0.184972; ∂E/∂w5 = 0.0729519972, not 0.07289),
+and descent subtracts the gradient: w ← w − η·∂E/∂w.
 """
 import numpy as np
 import pytest

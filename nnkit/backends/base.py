@@ -27,7 +27,7 @@ import contextlib
 import numpy as np
 import array_api_compat
 
-from ..functional import namespace_of
+from .functional import namespace_of
 
 __all__ = ["Backend", "DTYPE_NAMES", "cuda_index"]
 

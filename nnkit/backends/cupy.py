@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..functional import register_namespace
+from .functional import register_namespace
 from .base import Backend, Copies, cuda_index, derived_namespace
 
 __all__ = ["CupyBackend", "CUPY_INSTALL"]
@@ -116,7 +116,7 @@ class CupyBackend(Backend):
 
     @staticmethod
     def like_array(a, x):
-        from ..functional import namespace_of
+        from .functional import namespace_of
 
         with x.device:
             return namespace_of(x).asarray(a)

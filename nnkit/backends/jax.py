@@ -28,7 +28,7 @@ def _conv_kernels(jax):
     and from the same call's linearisation the transposed convolution dX = dZ ⊛ᵀ W and the correlation dW = X ⋆ dZ
     (what ``jax.vjp`` of the convolution runs: ``conv_general_dilated`` with the input dilated by the stride, and
     with the batch as the contracted axis); db = Σ dZ."""
-    from ..layers.convolutional import ConvKernels
+    from .conv import ConvKernels
 
     lax = jax.lax
 
@@ -67,7 +67,7 @@ def _namespace():
     unrolled), the Python loop of :func:`nnkit.functional.python_scan` on concrete arrays."""
     if not _NAMESPACE:
         jax, jnp = _load()
-        from ..functional import python_scan, register_namespace
+        from .functional import python_scan, register_namespace
 
         def scan(body, carry, xs, reverse=False):
             if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((carry, xs))):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..functional import register_namespace
+from .functional import register_namespace
 from .base import Backend, derived_namespace
 
 __all__ = ["NumpyBackend"]
@@ -60,7 +60,7 @@ def _conv_kernels():
     all B·P positions (per-example GEMMs where the (O, C·K) product is small beside the positions) — the unfolding
     written tap by tap straight into the (C, K, B, *out) matrix, its adjoint added tap by tap, in the same order,
     straight into dX — with no padded copy of X or dX and no stacked slices or concatenated zeros."""
-    from ..layers.convolutional import ConvKernels, conv_output_size
+    from .conv import ConvKernels, conv_output_size
 
     all_ = slice(None)
 

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from ..functional import register_namespace, tree_flatten, tree_unflatten
+from .functional import register_namespace, tree_flatten, tree_unflatten
 from .base import Backend, Copies, cuda_index, derived_namespace
 
 __all__ = ["TorchBackend"]
@@ -22,7 +22,7 @@ def _conv_kernels(torch):
     """PyTorch's own convolution kernels (oneDNN on the CPU, cuDNN on CUDA) for the sums of the layer's
     derivation: Z = W ⋆ X + b (``F.conv1d/2d``), and dX = dZ ⊛ᵀ W (its transposed convolution), dW = X ⋆ dZ,
     db = Σ dZ in one ``aten.convolution_backward``."""
-    from ..layers.convolutional import ConvKernels
+    from .conv import ConvKernels
 
     F = torch.nn.functional
 

@@ -46,8 +46,8 @@ import os
 import numpy as np
 import array_api_compat
 
-from ..backend import host_copy
-from ..files import atomic_write
+from ..backends import host_copy
+from ..data.files import VERSION, atomic_write
 
 __all__ = ["to_onnx", "OPSET", "Graph"]
 
@@ -208,6 +208,4 @@ def _lengths_input(model, g, input_name):
 
 
 def _version():
-    from .. import __version__
-
-    return __version__
+    return VERSION

@@ -4,13 +4,16 @@
   ``Residual``, ``Dropout``, and the registry checkpoints rebuild layers from;
 * :mod:`.activations` — element-wise and row-wise activations with their derivatives;
 * :mod:`.normalization` — ``BatchNorm`` and ``LayerNorm``;
-* :mod:`.convolutional` — ``Conv1D``, ``Conv2D`` (im2col and its adjoint), ``ConvTranspose1D/2D`` (the adjoint);
+* :mod:`.convolutional` — ``Conv1D``, ``Conv2D`` (im2col and its adjoint, whose kernels each backend may replace:
+  :mod:`nnkit.backends.conv`), ``ConvTranspose1D/2D`` (the adjoint);
 * :mod:`.pooling` — ``MaxPool1D/2D``, ``AvgPool1D/2D``, ``GlobalAvgPool``;
 * :mod:`.reshaping` — ``Flatten``, ``Reshape``;
 * :mod:`.recurrent` — ``RNN``, ``GRU``, ``LSTM`` (backprop through time);
-* :mod:`.embedding` — ``Embedding`` (token ids to vectors);
+* :mod:`.embedding` — ``Embedding`` (token ids to vectors) and ``TiedDense`` (the output layer sharing its weight);
 * :mod:`.sequence` — ``SequencePool`` (a padded sequence's mean or max);
-* :mod:`.attention` — ``MultiHeadAttention`` (self-attention, causal and key-padded).
+* :mod:`.attention` — ``MultiHeadAttention`` (self-attention, causal and key-padded), ``PositionalEmbedding``
+  (learned or sinusoidal positions) and ``TransformerBlock`` (pre-norm attention and MLP, each residual);
+* :mod:`.init` — the initialisers (Glorot, He, LeCun; drawn on the host from the model's generator).
 
 Every name is re-exported here and at ``nnkit`` (``nnkit.Dense``, ``nnkit.ReLU``, ...).
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .. import functional as F
+from ..backends import functional as F
 from .core import Layer
 
 __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus",
@@ -53,6 +53,34 @@ class _Elementwise(Layer):
         dX = self.backward(dY, need_dX=need_dX)
         report.add(f"dZ{i - 1} = dA{i} ⊙ f'(Z)   [{report.tag(i, self)}]", dX, f"dZ{i - 1}")
         return dX
+
+
+class _Sloped(_Elementwise):
+    """An element-wise activation with one setting α (LeakyReLU, ELU): the forward pass keeps the slope f'(Z), the
+    backward pass is dZ = dA ⊙ f'(Z); α goes to the ONNX operator's ``alpha`` and to the PyTorch module (whose
+    argument is ``torch_alpha``: ``negative_slope`` for LeakyReLU), and into the config."""
+
+    torch_alpha = "alpha"
+    alpha = None
+
+    def backward(self, dA, need_dX=True):
+        """dZ = dA ⊙ f'(Z), f'(Z) as the forward pass kept it (the class docstring derives it); shapes (B, n)."""
+        return dA * self._cache
+
+    def to_onnx(self, g, x):
+        """The operator ``onnx_op`` with ``alpha``."""
+        return g.op(self.onnx_op, [x], alpha=self.alpha)
+
+    def to_torch(self, ctx):
+        """The ``torch.nn`` module ``torch_name`` with α."""
+        return getattr(ctx.nn, self.torch_name)(self.alpha)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        return cls(getattr(m, cls.torch_alpha)), {}, {}
+
+    def config(self):
+        return {"type": type(self).__name__, "alpha": self.alpha}
 
 
 class Sigmoid(_Elementwise):
@@ -134,13 +162,14 @@ class ReLU(_Elementwise):
         return dZ
 
 
-class LeakyReLU(_Elementwise):
+class LeakyReLU(_Sloped):
     """A = Z for Z > 0, α·Z otherwise, i.e. max(Z, α·Z) for 0 ≤ α < 1.
 
     Backward: dZ = dA ⊙ s with the slope s = α + (1 − α)·[Z > 0] (1 where Z > 0, else α).
     """
 
     formula, derivative = "max(Z, αZ)", "α + (1 − α)[Z > 0]"
+    onnx_op, torch_name, torch_alpha = "LeakyRelu", "LeakyReLU", "negative_slope"
 
     def __init__(self, alpha=0.01):
         super().__init__()
@@ -154,29 +183,6 @@ class LeakyReLU(_Elementwise):
         if train:
             self._cache = (1.0 - self.alpha) * xp.astype(Z > 0, Z.dtype) + self.alpha
         return xp.maximum(Z, self.alpha * Z)
-
-    def backward(self, dA, need_dX=True):
-        """dZ = dA ⊙ s, s = α + (1 − α)·[Z > 0]; shapes (B, n)."""
-        return dA * self._cache
-
-    def to_onnx(self, g, x):
-        """``LeakyRelu(alpha)``."""
-        return g.op("LeakyRelu", [x], alpha=self.alpha)
-
-    def to_torch(self, ctx):
-        """``nn.LeakyReLU(α)``."""
-        return ctx.nn.LeakyReLU(self.alpha)
-
-    @classmethod
-    def torch_classes(cls, nn):
-        return (nn.LeakyReLU,)
-
-    @classmethod
-    def from_torch(cls, m, ctx):
-        return cls(m.negative_slope), {}, {}
-
-    def config(self):
-        return {"type": type(self).__name__, "alpha": self.alpha}
 
 
 class Softmax(Layer):
@@ -322,13 +328,14 @@ class SiLU(_Elementwise):
         return dA * (sig * (1.0 + Z * (1.0 - sig)))
 
 
-class ELU(_Elementwise):
+class ELU(_Sloped):
     """Exponential linear unit (Clevert et al., 2016): A = Z for Z > 0, α·(e^Z − 1) otherwise.
 
     Backward: dZ = dA ⊙ (1 for Z > 0, α·e^Z otherwise); e^Z − 1 is computed as expm1 (exact near 0).
     """
 
     formula, derivative = "Z if Z > 0 else α(e^Z − 1)", "1 if Z > 0 else A + α"
+    onnx_op, torch_name = "Elu", "ELU"
 
     def __init__(self, alpha=1.0):
         super().__init__()
@@ -345,29 +352,6 @@ class ELU(_Elementwise):
         if train:
             self._cache = xp.where(positive, xp.ones_like(Z), neg + self.alpha)
         return xp.where(positive, Z, neg)
-
-    def backward(self, dA, need_dX=True):
-        """dZ = dA ⊙ (1 where Z > 0, α·e^Z = A + α elsewhere); shapes (B, n)."""
-        return dA * self._cache
-
-    def to_onnx(self, g, x):
-        """``Elu(alpha)``."""
-        return g.op("Elu", [x], alpha=self.alpha)
-
-    def to_torch(self, ctx):
-        """``nn.ELU(α)``."""
-        return ctx.nn.ELU(self.alpha)
-
-    @classmethod
-    def torch_classes(cls, nn):
-        return (nn.ELU,)
-
-    @classmethod
-    def from_torch(cls, m, ctx):
-        return cls(m.alpha), {}, {}
-
-    def config(self):
-        return {"type": type(self).__name__, "alpha": self.alpha}
 
 
 class Softplus(_Elementwise):

@@ -18,9 +18,9 @@ import math
 import numbers
 from typing import Any
 
-from ..functional import Array, device_of
+from ..backends.functional import Array, device_of
 from .activations import GELU
-from .core import Dense, Dropout, Layer, ShapeError, check_size
+from .core import Dense, Dropout, Layer, ShapeError, check_size, own_torch_class
 from .normalization import LayerNorm
 
 __all__ = ["MultiHeadAttention", "PositionalEmbedding", "TransformerBlock"]
@@ -36,16 +36,6 @@ def softmax_rows_backward(xp, P, dP):
     """dS = P ⊙ (dP − rowsum(dP ⊙ P)): the gradient through P = softmax(S) over the last axis, row by row (the
     Jacobian diag(p) − p·pᵀ applied to dP)."""
     return P * (dP - xp.sum(dP * P, axis=-1, keepdims=True))
-
-
-def _own_torch_class(cls, nn, make):
-    """``cls``'s PyTorch module class, built once by ``make(nn)`` and named ``nnkit.export.pytorch.<name>``
-    (picklable by name)."""
-    if "_torch_class" not in cls.__dict__:
-        made = make(nn)
-        made.__module__, made.__qualname__ = "nnkit.export.pytorch", made.__name__
-        cls._torch_class = made
-    return cls._torch_class
 
 
 def _causal(g, x):
@@ -283,7 +273,7 @@ class MultiHeadAttention(Layer):
     @classmethod
     def torch_module(cls, nn):
         """``nnkit.export.pytorch.SelfAttention``: ``nn.MultiheadAttention`` called on (x, x, x) with the masks."""
-        return _own_torch_class(MultiHeadAttention, nn, _self_attention_class)
+        return own_torch_class(MultiHeadAttention, nn, _self_attention_class)
 
     def to_torch(self, ctx):
         """``nn.MultiheadAttention(E, h, batch_first=True)`` with these weights, in :meth:`torch_module`."""
@@ -442,7 +432,7 @@ class PositionalEmbedding(Layer):
     @classmethod
     def torch_module(cls, nn):
         """``nnkit.export.pytorch.PositionalEmbedding`` (PyTorch has no such module)."""
-        return _own_torch_class(PositionalEmbedding, nn, _positions_class)
+        return own_torch_class(PositionalEmbedding, nn, _positions_class)
 
     def to_torch(self, ctx):
         """:meth:`torch_module` holding P (a Parameter when learned, a buffer when sinusoidal)."""
@@ -563,7 +553,7 @@ class TransformerBlock(Layer):
     @classmethod
     def torch_module(cls, nn):
         """``nnkit.export.pytorch.TransformerBlock``: ``nn.TransformerEncoderLayer`` with the masks."""
-        return _own_torch_class(TransformerBlock, nn, _block_class)
+        return own_torch_class(TransformerBlock, nn, _block_class)
 
     def to_torch(self, ctx):
         """``nn.TransformerEncoderLayer(E, h, r·E, dropout, GELU(tanh), batch_first, norm_first)`` with these weights."""

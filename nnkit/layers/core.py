@@ -16,9 +16,9 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from .. import functional as F
-from ..functional import Array
-from ..init import get_initializer
+from ..backends import functional as F
+from ..backends.functional import Array
+from .init import get_initializer
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "infer_shapes",
            "ShapeError", "check_input_shape", "fmt_shape"]
@@ -43,6 +43,16 @@ class ShapeError(ValueError):
 def fmt_shape(shape):
     """``(B, 25, 10)`` for the shape (25, 10) without its batch; unknown sizes as ``?``."""
     return "(B" + "".join(f", {'?' if n is None else n}" for n in shape) + ")"
+
+
+def own_torch_class(owner, nn, make):
+    """``owner``'s PyTorch module class — for a layer PyTorch has no module of — built once by ``make(nn)`` (torch is
+    imported only when asked) and named ``nnkit.export.pytorch.<name>``, so a pickled module unpickles by name."""
+    if "_torch_class" not in owner.__dict__:
+        made = make(nn)
+        made.__module__, made.__qualname__ = "nnkit.export.pytorch", made.__name__
+        owner._torch_class = made
+    return owner._torch_class
 
 
 class Layer:
@@ -172,7 +182,7 @@ class Layer:
         raise NotImplementedError
 
     # -- the ways out: each layer declares its ONNX nodes, its PyTorch module (both directions) and what
-    # ``explain`` prints for it; nnkit.export and nnkit.explain walk the model and ask each layer ------------
+    # ``explain`` prints for it; nnkit.export and nnkit.models.explanation walk the model and ask each layer ---
     to_onnx = None
     # ``to_onnx(self, g, x) -> name``: emit this layer applied to the ONNX tensor named ``x`` into the graph ``g``
     # (``nnkit.export.onnx.Graph``: ``g.op``, ``g.const``, ``g.param``, ``g.buffer``, ``g.layer`` for inner
@@ -241,6 +251,7 @@ def _size(a):
     n = 1
     for s in a.shape:
         n *= s
+
     return n
 
 
@@ -360,6 +371,22 @@ class Dense(Layer):
         return cfg
 
 
+def _residual_torch_class(nn):
+    """The PyTorch module class of nnkit's Residual (``nnkit.export.pytorch.Residual``)."""
+    class Residual(nn.Module):
+        """y = x + f(x), f an ``nn.Sequential`` (nnkit's Residual block)."""
+
+        def __init__(self, *layers):
+            super().__init__()
+            self.body = nn.Sequential(*layers)
+
+        def forward(self, x):
+            """x + f(x)."""
+            return x + self.body(x)
+
+    return Residual
+
+
 class Residual(Layer):
     r"""A residual block: Y = X + f(X), f the given layers applied in order (output width = input width).
 
@@ -427,21 +454,7 @@ class Residual(Layer):
     def torch_module(cls, nn):
         """PyTorch has no residual container: ``nnkit.export.pytorch.Residual``, y = x + f(x) with f an
         ``nn.Sequential`` of the inner layers' modules (built once, on first use)."""
-        if "_torch_class" not in cls.__dict__:
-            class Residual(nn.Module):
-                """y = x + f(x), f an ``nn.Sequential`` (nnkit's Residual block)."""
-
-                def __init__(self, *layers):
-                    super().__init__()
-                    self.body = nn.Sequential(*layers)
-
-                def forward(self, x):
-                    """x + f(x)."""
-                    return x + self.body(x)
-
-            Residual.__module__, Residual.__qualname__ = "nnkit.export.pytorch", "Residual"  # picklable by name
-            cls._torch_class = Residual
-        return cls._torch_class
+        return own_torch_class(cls, nn, _residual_torch_class)
 
     def to_torch(self, ctx):
         """The inner layers' modules inside :meth:`torch_module` (x + f(x))."""
@@ -536,13 +549,14 @@ def infer_shapes(layers, in_shape, where="layer "):
             before = f"the layer before it gives {fmt_shape(shapes[-1])}" if i else \
                 f"the input is {fmt_shape(shapes[-1])}"
             raise ShapeError(f"{where}{i} {layer!r} {exc}, but {before}") from None
+
     return shapes
 
 
 def forward_through(layers, X, train, mask=None, each=None):
     """``layers`` applied in order to X; the padding mask (B, T) of variable-length sequences, when given, handed
     to the layers that take it (``takes_mask``) as each layer passes it on (:meth:`Layer.output_mask`).
-    ``each(i, layer, X, Y)``, when given, sees every layer's input and output (``nnkit.explain``)."""
+    ``each(i, layer, X, Y)``, when given, sees every layer's input and output (``nnkit.models.explanation``)."""
     for i, layer in enumerate(layers):
         Y = layer.forward(X, train=train, mask=mask) if mask is not None and layer.takes_mask \
             else layer.forward(X, train=train)
@@ -551,6 +565,7 @@ def forward_through(layers, X, train, mask=None, each=None):
         X = Y
         if mask is not None:
             mask = layer.output_mask(mask)
+
     return X
 
 
@@ -561,6 +576,7 @@ def mask_through(layers, mask):
         if mask is None:
             return None
         mask = layer.output_mask(mask)
+
     return mask
 
 
@@ -585,6 +601,7 @@ def reads_padding(layers, in_shape):
         if layer.output_mask(passed) is None:  # taken: the padding ends here
             return None
         shape = infer_shapes([layer], shape)[-1]
+
     return None
 
 
@@ -613,6 +630,7 @@ def resolve_ties(layers):
                              "that comes first (e.g. the Embedding at 0)")
         layer.tie(source)
         ties.append((f"{src}.weight", layer))
+
     return ties
 
 

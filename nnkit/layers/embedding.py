@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional import Array, device_of
+from ..backends.functional import Array, device_of
 from .core import Layer, ShapeError, check_size
 
 __all__ = ["Embedding", "TiedDense"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 
-from .convolutional import _ints, _short, conv_output_size, fold, unfold
-from .core import Layer, ShapeError
+from ..backends.conv import conv_output_size, fold, unfold
+from .convolutional import _ints, _short
+from .core import Layer, ShapeError, own_torch_class
 
 __all__ = ["MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool"]
 
@@ -152,6 +153,18 @@ class AvgPool2D(_AvgPool):
     n = 2
 
 
+def _global_avg_pool_torch_class(nn):
+    """The PyTorch module class of nnkit's GlobalAvgPool (``nnkit.export.pytorch.GlobalAvgPool``)."""
+    class GlobalAvgPool(nn.Module):
+        """y = mean over every position: (B, C, *n) → (B, C) (nnkit's GlobalAvgPool)."""
+
+        def forward(self, x):
+            """The mean over the positions."""
+            return x.mean(dim=tuple(range(2, x.dim())))
+
+    return GlobalAvgPool
+
+
 class GlobalAvgPool(Layer):
     """Y = mean over every position: (B, C, *n) → (B, C).  Backward: dX = dY/P broadcast over the P positions.
 
@@ -187,17 +200,7 @@ class GlobalAvgPool(Layer):
     @classmethod
     def torch_module(cls, nn):
         """``nnkit.export.pytorch.GlobalAvgPool``: the mean over every position (PyTorch has no such module)."""
-        if "_torch_class" not in cls.__dict__:
-            class GlobalAvgPool(nn.Module):
-                """y = mean over every position: (B, C, *n) → (B, C) (nnkit's GlobalAvgPool)."""
-
-                def forward(self, x):
-                    """The mean over the positions."""
-                    return x.mean(dim=tuple(range(2, x.dim())))
-
-            GlobalAvgPool.__module__, GlobalAvgPool.__qualname__ = "nnkit.export.pytorch", "GlobalAvgPool"
-            cls._torch_class = GlobalAvgPool
-        return cls._torch_class
+        return own_torch_class(cls, nn, _global_avg_pool_torch_class)
 
     def to_torch(self, ctx):
         """An instance of :meth:`torch_module`."""

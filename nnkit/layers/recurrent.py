@@ -50,11 +50,42 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import functional as F
-from ..functional import Array, device_of
-from .core import Layer, ShapeError, check_size
+from ..backends import functional as F
+from ..backends.functional import Array, device_of
+from .core import Layer, ShapeError, check_size, own_torch_class
 
 __all__ = ["RNN", "GRU", "LSTM"]
+
+
+def _recurrent_torch_class(nn):
+    """The PyTorch module class of nnkit's Recurrent (``nnkit.export.pytorch.Recurrent``)."""
+    class Recurrent(nn.Module):
+        """x (B, T, F) → the recurrent module's outputs (B, T, H·dirs), or its final states (B, H·dirs);
+        with ``lengths`` (B,) the padded batch runs as a packed sequence (each sequence stops at its end,
+        padded outputs zero), as nnkit's layer with the padding mask."""
+
+        takes_lengths = True  # nnkit.export.pytorch.WithLengths hands it the batch's lengths
+
+        def __init__(self, rnn, return_sequences=True):
+            super().__init__()
+            self.rnn, self.return_sequences = rnn, bool(return_sequences)
+
+        def forward(self, x, lengths=None):
+            """The outputs, or h_n's directions concatenated (the LSTM's h, not c)."""
+            if lengths is None:
+                out, state = self.rnn(x)
+            else:
+                rnn_utils = nn.utils.rnn
+                packed = rnn_utils.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
+                                                        enforce_sorted=False)
+                out, state = self.rnn(packed)
+                out = rnn_utils.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+            if self.return_sequences:
+                return out
+            h = state[0] if isinstance(state, tuple) else state
+            return h.transpose(0, 1).reshape(x.shape[0], -1)
+
+    return Recurrent
 
 
 class _Recurrent(Layer):
@@ -299,36 +330,7 @@ class _Recurrent(Layer):
         """``nnkit.export.pytorch.Recurrent``: PyTorch's ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (batch-first) inside a
         module that returns what the nnkit layer returns — the outputs, or h_n's directions side by side —
         since PyTorch's return a tuple (built once, on first use)."""
-        if "_torch_class" not in _Recurrent.__dict__:
-            class Recurrent(nn.Module):
-                """x (B, T, F) → the recurrent module's outputs (B, T, H·dirs), or its final states (B, H·dirs);
-                with ``lengths`` (B,) the padded batch runs as a packed sequence (each sequence stops at its end,
-                padded outputs zero), as nnkit's layer with the padding mask."""
-
-                takes_lengths = True  # nnkit.export.pytorch.WithLengths hands it the batch's lengths
-
-                def __init__(self, rnn, return_sequences=True):
-                    super().__init__()
-                    self.rnn, self.return_sequences = rnn, bool(return_sequences)
-
-                def forward(self, x, lengths=None):
-                    """The outputs, or h_n's directions concatenated (the LSTM's h, not c)."""
-                    if lengths is None:
-                        out, state = self.rnn(x)
-                    else:
-                        rnn_utils = nn.utils.rnn
-                        packed = rnn_utils.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
-                                                                enforce_sorted=False)
-                        out, state = self.rnn(packed)
-                        out = rnn_utils.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
-                    if self.return_sequences:
-                        return out
-                    h = state[0] if isinstance(state, tuple) else state
-                    return h.transpose(0, 1).reshape(x.shape[0], -1)
-
-            Recurrent.__module__, Recurrent.__qualname__ = "nnkit.export.pytorch", "Recurrent"
-            _Recurrent._torch_class = Recurrent
-        return _Recurrent._torch_class
+        return own_torch_class(_Recurrent, nn, _recurrent_torch_class)
 
     def _torch_kwargs(self):
         return {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .core import Layer, ShapeError
+from .core import Layer, ShapeError, own_torch_class
 
 __all__ = ["Flatten", "Reshape"]
 
@@ -47,6 +47,22 @@ class Flatten(Layer):
     def backward(self, dY, need_dX=True):
         """dX = reshape(dY, X's shape)."""
         return self.xp.reshape(dY, self._cache)
+
+
+def _reshape_torch_class(nn):
+    """The PyTorch module class of nnkit's Reshape (``nnkit.export.pytorch.Reshape``)."""
+    class Reshape(nn.Module):
+        """y = x reshaped to (B, *shape), one entry may be −1 (nnkit's Reshape; ``Unflatten`` where no −1)."""
+
+        def __init__(self, shape):
+            super().__init__()
+            self.shape = tuple(shape)
+
+        def forward(self, x):
+            """x as (B, *shape)."""
+            return x.reshape((x.shape[0],) + self.shape)
+
+    return Reshape
 
 
 class Reshape(Layer):
@@ -93,21 +109,7 @@ class Reshape(Layer):
     @classmethod
     def torch_module(cls, nn):
         """``nnkit.export.pytorch.Reshape``: x as (B, *shape) with a −1 allowed (``nn.Unflatten`` takes none)."""
-        if "_torch_class" not in cls.__dict__:
-            class Reshape(nn.Module):
-                """y = x reshaped to (B, *shape), one entry may be −1 (nnkit's Reshape; ``Unflatten`` where no −1)."""
-
-                def __init__(self, shape):
-                    super().__init__()
-                    self.shape = tuple(shape)
-
-                def forward(self, x):
-                    """x as (B, *shape)."""
-                    return x.reshape((x.shape[0],) + self.shape)
-
-            Reshape.__module__, Reshape.__qualname__ = "nnkit.export.pytorch", "Reshape"
-            cls._torch_class = Reshape
-        return cls._torch_class
+        return own_torch_class(cls, nn, _reshape_torch_class)
 
     def to_torch(self, ctx):
         """``nn.Unflatten(1, shape)``, or :meth:`torch_module` when the shape has a −1."""

@@ -3,10 +3,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional import Array, device_of
-from .core import Layer, ShapeError
+from ..backends.functional import Array, device_of
+from .core import Layer, ShapeError, own_torch_class
 
 __all__ = ["SequencePool"]
+
+
+def _sequence_pool_torch_class(nn):
+    """The PyTorch module class of nnkit's SequencePool (``nnkit.export.pytorch.SequencePool``)."""
+    class SequencePool(nn.Module):
+        """y = mean or max of x (B, T, d) over its T steps (nnkit's SequencePool); with ``lengths`` (B,)
+        over each sequence's valid steps only."""
+
+        takes_lengths = True  # nnkit.export.pytorch.WithLengths hands it the batch's lengths
+
+        def __init__(self, mode="mean"):
+            super().__init__()
+            self.mode = mode
+
+        def forward(self, x, lengths=None):
+            """The mean or the maximum over dim 1 (the valid steps of each sequence)."""
+            if lengths is None:
+                return x.mean(dim=1) if self.mode == "mean" else x.max(dim=1).values
+            import torch
+
+            m = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[:, :, None]
+            if self.mode == "mean":
+                return (x * m).sum(dim=1) / m.sum(dim=1).to(x.dtype)
+            return x.masked_fill(~m, float("-inf")).max(dim=1).values
+
+    return SequencePool
 
 
 class SequencePool(Layer):
@@ -95,31 +121,7 @@ class SequencePool(Layer):
     @classmethod
     def torch_module(cls, nn):
         """``nnkit.export.pytorch.SequencePool``: the mean or max over dim 1 (PyTorch has no such module)."""
-        if "_torch_class" not in cls.__dict__:
-            class SequencePool(nn.Module):
-                """y = mean or max of x (B, T, d) over its T steps (nnkit's SequencePool); with ``lengths`` (B,)
-                over each sequence's valid steps only."""
-
-                takes_lengths = True  # nnkit.export.pytorch.WithLengths hands it the batch's lengths
-
-                def __init__(self, mode="mean"):
-                    super().__init__()
-                    self.mode = mode
-
-                def forward(self, x, lengths=None):
-                    """The mean or the maximum over dim 1 (the valid steps of each sequence)."""
-                    if lengths is None:
-                        return x.mean(dim=1) if self.mode == "mean" else x.max(dim=1).values
-                    import torch
-
-                    m = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[:, :, None]
-                    if self.mode == "mean":
-                        return (x * m).sum(dim=1) / m.sum(dim=1).to(x.dtype)
-                    return x.masked_fill(~m, float("-inf")).max(dim=1).values
-
-            SequencePool.__module__, SequencePool.__qualname__ = "nnkit.export.pytorch", "SequencePool"
-            cls._torch_class = SequencePool
-        return cls._torch_class
+        return own_torch_class(cls, nn, _sequence_pool_torch_class)
 
     def to_torch(self, ctx):
         """An instance of :meth:`torch_module`."""

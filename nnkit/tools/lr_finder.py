@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import data
-from .checks import check_hyper, check_int
-from .losses import get_loss
-from .optim import get_optimizer
+from .. import data
+from ..data.checks import check_hyper, check_int
+from ..losses import get_loss
+from ..training.optim import get_optimizer
 
 __all__ = ["lr_find", "LRFindResult"]
 

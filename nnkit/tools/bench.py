@@ -29,9 +29,15 @@ import time
 
 import numpy as np
 
-import nnkit
-from nnkit.files import atomic_write
-from nnkit.optim import SGD
+from .. import data
+from ..backends import get_backend
+from ..data.files import VERSION, atomic_write
+from ..layers import Conv1D, Conv2D, Dense, Flatten, ReLU, Reshape
+from ..losses import CrossEntropy
+from ..models import Sequential
+from ..training import precision as precision_module
+from ..training.callbacks import Callback
+from ..training.optim import SGD, Adam
 
 SHAPES = {
     "S": ((64, 128, 64, 10), 64),
@@ -57,8 +63,8 @@ def target_backend(target, dtype="float32"):
             raise RuntimeError("torch-cuda needs PyTorch: pip install torch") from exc
         if not torch.cuda.is_available():
             raise RuntimeError("torch-cuda: PyTorch sees no CUDA device")
-        return nnkit.get_backend("torch", device="cuda", dtype=dtype)
-    return nnkit.get_backend(COMPILED.get(target, target), dtype=dtype)
+        return get_backend("torch", device="cuda", dtype=dtype)
+    return get_backend(COMPILED.get(target, target), dtype=dtype)
 
 
 def why_unavailable(target):
@@ -76,13 +82,13 @@ def available_targets():
 
 def mlp(sizes, backend, seed=0, precision=None):
     """Dense + ReLU between every pair of widths (He-initialised), no activation after the last layer."""
-    return nnkit.Sequential.mlp(sizes, "relu", backend=backend, seed=seed, precision=precision)
+    return Sequential.mlp(sizes, "relu", backend=backend, seed=seed, precision=precision)
 
 
 def split_dtype(dtype):
     """(storage dtype, precision policy) of a report "dtype": ``"float64"`` → (float64, None),
     ``"mixed_bfloat16"`` → (float32, "mixed_bfloat16")."""
-    return ("float32", dtype) if dtype in nnkit.precision.PRECISIONS else (dtype, None)
+    return ("float32", dtype) if dtype in precision_module.PRECISIONS else (dtype, None)
 
 
 def why_not(target, dtype):
@@ -92,7 +98,7 @@ def why_not(target, dtype):
         return why
     storage, precision = split_dtype(dtype)
     try:
-        nnkit.precision.get_policy(precision, target_backend(target, storage))
+        precision_module.get_policy(precision, target_backend(target, storage))
     except (RuntimeError, ValueError) as exc:
         return str(exc)
     return None
@@ -110,8 +116,8 @@ def why_emulated(target, dtype):
     storage, precision = split_dtype(dtype)
     if precision is None or precision == "tf32" or why_not(target, dtype) is not None:
         return None
-    compute = nnkit.precision.Policy(precision, target_backend(target, storage)).compute_dtype_name
-    fast, slow = nnkit.precision.matmul_speeds(target_backend(target, storage), compute)
+    compute = precision_module.Policy(precision, target_backend(target, storage)).compute_dtype_name
+    fast, slow = precision_module.matmul_speeds(target_backend(target, storage), compute)
     if slow * EMULATED < fast:
         return (f"{precision} on {target} here: {compute} matmuls run at {slow:.3g} GFLOP/s against {fast:.3g} in "
                 f"float32 ({fast / slow:.0f}× slower: no {compute} matrix unit), so only the S shape is timed")
@@ -141,7 +147,7 @@ class Case:
         self.model = mlp(sizes, be, precision=precision)
         self.policy = self.model.policy
         X, y = host_batch(sizes, batch, storage)
-        self.loss = nnkit.CrossEntropy()
+        self.loss = CrossEntropy()
         self.X = be.asarray(X, dtype=be.dtype)
         self.T = self.loss.prepare_target(y, sizes[-1], be)
         self.y_host, self.X_host = y, X
@@ -171,7 +177,7 @@ class Case:
     # -- the pieces of a step, on the model's widest Dense layer and its ReLU ----------------------
     def _widest(self):
         """Index of the Dense layer with the most weights (a hidden one for M and L) and its input."""
-        dense = [i for i, l in enumerate(self.model.layers) if isinstance(l, nnkit.Dense)]
+        dense = [i for i, l in enumerate(self.model.layers) if isinstance(l, Dense)]
         k = max(dense, key=lambda i: (self.model.layers[i].in_features * self.model.layers[i].out_features, i))
         A = self.policy.cast_input(self.X)  # the compute dtype, as inside a step
         for layer in self.model.layers[:k]:
@@ -192,7 +198,7 @@ class Case:
     def _relu(self):
         k, A = self._widest()
         Z = self.model.layers[k].forward(A, train=False)
-        relu = nnkit.ReLU()
+        relu = ReLU()
         relu.build(self.backend, None)
         return relu, Z
 
@@ -212,7 +218,7 @@ class Case:
     def _k_train_step(self):
         model, X, T, loss, opt = self.model, self.X, self.T, self.loss, SGD(0.01)
         if self.target in COMPILED:  # the step fit(compile=True) runs
-            from nnkit.step import make_step
+            from ..training.step import make_step
 
             run = make_step(model, loss, opt, metric_fns=[], compile=True)
             return lambda: (run(X, T), model.params())
@@ -323,9 +329,9 @@ CONV_KERNELS = ("conv_forward", "conv_backward", "gemm_floor", "conv_torch_modul
 
 def convbase_layers():
     """The MNIST-1D paper's ConvBase on (B, 40) rows (see ``benchmarks/run_mnist1d.py``)."""
-    return [nnkit.Reshape((1, 40)), nnkit.Conv1D(1, 25, 5, stride=2, padding=1), nnkit.ReLU(),
-            nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(),
-            nnkit.Conv1D(25, 25, 3, stride=2, padding=1), nnkit.ReLU(), nnkit.Flatten(), nnkit.Dense(125, 10)]
+    return [Reshape((1, 40)), Conv1D(1, 25, 5, stride=2, padding=1), ReLU(),
+            Conv1D(25, 25, 3, stride=2, padding=1), ReLU(),
+            Conv1D(25, 25, 3, stride=2, padding=1), ReLU(), Flatten(), Dense(125, 10)]
 
 
 class ConvCase:
@@ -336,13 +342,13 @@ class ConvCase:
         self.target, self.shape = target, shape
         self.backend = be = target_backend(target, "float32")
         B, C, O, n, k, s, p = CONV_SHAPES[shape]
-        cls = nnkit.Conv1D if len(n) == 1 else nnkit.Conv2D
+        cls = Conv1D if len(n) == 1 else Conv2D
         self.layer = cls(C, O, k, stride=s, padding=p)
-        self.model = nnkit.Sequential([self.layer], backend=be, seed=0)
+        self.model = Sequential([self.layer], backend=be, seed=0)
         rng = np.random.default_rng(0)
         self.X = be.asarray(rng.standard_normal((B, C) + n), dtype=be.dtype)
         self.out = self.model.output_shape(tuple(self.X.shape[1:]))
-        self.cnn = nnkit.Sequential(convbase_layers(), backend=be, seed=0, input_shape=(40,))
+        self.cnn = Sequential(convbase_layers(), backend=be, seed=0, input_shape=(40,))
         self.X40 = rng.standard_normal((100, 40)).astype(np.float32)
         self.y40 = rng.integers(0, 10, size=100)
 
@@ -385,7 +391,7 @@ class ConvCase:
         layer = self.layer
         conv = getattr(torch.nn, f"Conv{layer.n}d")(layer.in_channels, layer.out_channels, layer.kernel_size,
                                                     stride=layer.stride, padding=layer.padding).to(self.backend.device)
-        from nnkit.backend import host_copy
+        from ..backends import host_copy
 
         x = torch.as_tensor(host_copy(self.X), device=self.backend.device).requires_grad_(True)
         dy = torch.ones_like(conv(x))
@@ -397,9 +403,9 @@ class ConvCase:
         return step
 
     def _k_cnn_step(self):
-        model, opt = self.cnn, nnkit.optim.Adam(1e-2)
-        X = nnkit.data.as_input(model, self.X40)
-        T = nnkit.data.as_target(model, self.y40, 100, nnkit.CrossEntropy())
+        model, opt = self.cnn, Adam(1e-2)
+        X = data.as_input(model, self.X40)
+        T = data.as_target(model, self.y40, 100, CrossEntropy())
         return lambda: (model.train_step(X, T, "cross_entropy", opt, check_input=False), model.params())
 
     def _k_cnn_torch_eager_step(self):
@@ -631,7 +637,7 @@ def run_epoch_report(seconds=1.0, log=print, shape="S"):
     return [{"what": name, "step": t / (EPOCH_BATCHES * EPOCHS)} for name, t in times.items()]
 
 
-class _EveryBatch(nnkit.Callback):
+class _EveryBatch(Callback):
     """A callback that asks for every batch: the compiled epoch then runs step by step."""
 
     def on_batch_end(self, batch=None, logs=None):
@@ -719,7 +725,7 @@ def machine_info():
         blas = "unknown"
     lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; {platform.system()} {platform.release()}",
              f"- Python {platform.python_version()}; NumPy {np.__version__} (BLAS: {blas}); "
-             f"array-api-compat {array_api_compat.__version__}; nnkit {nnkit.__version__}"]
+             f"array-api-compat {array_api_compat.__version__}; nnkit {VERSION}"]
     try:
         import torch
 
@@ -815,7 +821,7 @@ def precision_against_float32(steps):
     that is slower than float32 on this machine said so (a CPU without 16-bit matrix units emulates them)."""
     base = {(r["shape"], r["target"]): r["step"] for r in steps if r["dtype"] == "float32"}
     rows = [(r, base[(r["shape"], r["target"])]) for r in steps
-            if r["dtype"] in nnkit.precision.PRECISIONS and (r["shape"], r["target"]) in base]
+            if r["dtype"] in precision_module.PRECISIONS and (r["shape"], r["target"]) in base]
     if not rows:
         return []
     L = ["", "Mixed precision against float32 (the same target and shape, this run):", "",
@@ -835,7 +841,7 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
     for t, why in results["unavailable"].items():
         L.append(f"- not measured: **{t}** — {why}")
     for d, ts in results.get("skipped", {}).items():
-        L.append(f"- not measured in {d}: {', '.join(ts)} (the backend cannot run it; see nnkit.precision)")
+        L.append(f"- not measured in {d}: {', '.join(ts)} (the backend cannot run it; see precision)")
     L += ["", "## One train step (forward + softmax cross-entropy + backward + SGD update), median",
           "",
           "Floor = the raw matmuls every Dense layer needs (X·W, Xᵀ·dZ, dZ·Wᵀ) at the same shapes in the "
@@ -845,7 +851,7 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
           "float16) on the same device. GFLOP/s counts the step's matmul flops. "
           "Timing: on each target the step, its floors and the peer alternate call by call; targets alternate "
           "in blocks with a pause between them, so one library's spinning BLAS threads do not slow another's "
-          "(see `nnkit.bench.measure`).", "",
+          "(see `nnkit.tools.bench.measure`).", "",
           "| shape | dtype | target | time/step | samples/s | GFLOP/s | / floor | / tight floor | / peer |",
           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["steps"]:
@@ -948,7 +954,7 @@ def output_file(text):
     timing — when it is a folder, its folder is missing or it cannot be written."""
     import argparse
 
-    from .files import check_writable
+    from ..data.files import check_writable
 
     try:
         return check_writable(text)
@@ -976,7 +982,7 @@ def alternating_medians(fns, rounds, warm=3):
 
 def report(text, out=None):
     """Print a benchmark's table and, given ``out`` (a path), also write it there (atomically)."""
-    from .files import atomic_write
+    from ..data.files import atomic_write
 
     text = text.rstrip("\n") + "\n"
     print(text, end="")

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = ["atomic_write", "read_npz", "NpzReader", "FileFormatError", "MAX_EXPANSION"]
 
+VERSION = "0.1.0"  # nnkit's own version (``nnkit.__version__``), written into the files it makes (ONNX's producer)
 MAX_EXPANSION = 100  # a compressed member may expand at most this many times (deflate of zeros: ~1000×)
 MAX_MEMBERS = 100_000
 _TEMP = re.compile(r"^\.nnkit-(\d+)-[^/]*\.tmp$")

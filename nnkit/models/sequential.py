@@ -7,18 +7,22 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .backends import Backend, get_backend
-from .callbacks import History
-from .functional import Array
-from .layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
-from .layers.core import forward_through, mask_through, resolve_ties
-from .preprocessing import Preprocessing
-from . import preprocessing as preprocessing_module
-from .losses import as_rows, get_loss
-from .checks import check_int
-from .optim import Optimizer
-from .precision import LossScaler, get_policy
-from . import architectures, checkpoint, data, step, training
+from ..backends import Backend, get_backend
+from ..training.callbacks import History
+from ..backends.functional import Array
+from ..layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
+from ..layers.core import forward_through, mask_through, resolve_ties
+from ..data.preprocessing import Preprocessing
+from ..data import preprocessing as preprocessing_module
+from ..losses import as_rows, get_loss
+from ..data.checks import check_int
+from ..training.optim import Optimizer
+from ..training.precision import LossScaler, get_policy
+from . import architectures
+from ..training import checkpoint
+from .. import data
+from ..training import step
+from ..training import loop as training
 _KEEP = object()  # "the model's own precision policy" (a default that None cannot be: None means none)
 
 __all__ = ["Sequential", "load"]
@@ -32,7 +36,7 @@ class Sequential:
     layers : list of Layer
         E.g. ``[Dense(64, 128), ReLU(), Dense(128, 10)]``.  Sizes are checked here.
     backend : str, module or Backend
-        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"array_api_strict"`` or an
+        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"`` or an
         imported array module; see :func:`nnkit.get_backend`.
     dtype : ``"float32"`` or ``"float64"``; None (default) means float32, or the dtype of a
         :class:`Backend` passed as ``backend``
@@ -40,7 +44,7 @@ class Sequential:
         Seeds the host generator that draws the initial weights (and the
         shuffles), so one seed gives the same model on every backend.
     precision : None, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"tf32"``
-        The precision policy (:mod:`nnkit.precision`): weights stay in ``dtype`` (float32), matmuls run
+        The precision policy (:mod:`nnkit.training.precision`): weights stay in ``dtype`` (float32), matmuls run
         in bfloat16/float16 (or TF32 on CUDA); softmax, the loss, normalisation statistics and the
         update stay in float32; ``mixed_float16`` scales the loss dynamically.  None (default)
         computes in ``dtype``.  A precision the backend cannot honour is a ValueError.
@@ -126,7 +130,7 @@ class Sequential:
     def mlp(cls, sizes: Iterable[int], activation: str | type = "relu", init: str | None = None,
             output_init: str = "glorot_uniform", dropout: float = 0.0, norm: str | None = None,
             residual: bool = False, **kwargs: Any) -> Sequential:
-        """A multi-layer perceptron of :func:`nnkit.architectures.mlp` (which documents the arguments); other
+        """A multi-layer perceptron of :func:`nnkit.models.architectures.mlp` (which documents the arguments); other
         keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
         return cls(architectures.mlp(sizes, activation, init, output_init, dropout, norm, residual), **kwargs)
 
@@ -134,7 +138,7 @@ class Sequential:
     def cnn(cls, input_shape: int | tuple[int, ...], channels: Iterable[int], hidden: Iterable[int] = (),
             n_outputs: int = 10, kernel_size: int = 3, pool: int = 2, activation: str | type = "relu",
             **kwargs: Any) -> Sequential:
-        """A small convolutional network of :func:`nnkit.architectures.cnn` (which documents the arguments);
+        """A small convolutional network of :func:`nnkit.models.architectures.cnn` (which documents the arguments);
         other keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
         layers = architectures.cnn(input_shape, channels, hidden, n_outputs, kernel_size, pool, activation)
         return cls(layers, input_shape=architectures.cnn_input_shape(input_shape), **kwargs)
@@ -142,7 +146,7 @@ class Sequential:
     @classmethod
     def rnn(cls, input_shape: int | tuple[int | None, ...], kind: str = "gru", hidden: Iterable[int] = (32,),
             n_outputs: int = 10, bidirectional: bool = False, **kwargs: Any) -> Sequential:
-        """A recurrent network of :func:`nnkit.architectures.rnn` (which documents the arguments); other keyword
+        """A recurrent network of :func:`nnkit.models.architectures.rnn` (which documents the arguments); other keyword
         arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
         layers = architectures.rnn(input_shape, kind, hidden, n_outputs, bidirectional)
         return cls(layers, input_shape=architectures.rnn_input_shape(input_shape), **kwargs)
@@ -150,7 +154,7 @@ class Sequential:
     @classmethod
     def gpt(cls, vocab_size: int, block_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float = 0.0,
             tie_weights: bool = True, **kwargs: Any) -> Sequential:
-        """nanoGPT's GPT (:func:`nnkit.architectures.gpt`): token and position embeddings, ``n_layer`` causal
+        """nanoGPT's GPT (:func:`nnkit.models.architectures.gpt`): token and position embeddings, ``n_layer`` causal
         pre-norm Transformer blocks, a final LayerNorm and a head tied to the token embedding; nanoGPT's
         initialisation (N(0, 0.02²), the residual projections 0.02/√(2·n_layer)).  Other keyword arguments
         (``backend``, ``dtype``, ``seed``, ``precision``) go to the model.  Train it on
@@ -162,7 +166,7 @@ class Sequential:
     @property
     def tokenizer(self):
         """The :class:`nnkit.text.CharTokenizer` saved with the model, or None; set it to attach one."""
-        from .text import CharTokenizer
+        from ..data.text import CharTokenizer
 
         info = self.info.get("tokenizer")
         return None if info is None else CharTokenizer.from_info(info)
@@ -290,7 +294,7 @@ class Sequential:
         self._scaler = scaler
 
     def step_state(self, optimizer: Optimizer, copy: bool = False) -> step.StepState:
-        """Everything a training step reads besides the batch (:class:`nnkit.step.StepState`): the parameters,
+        """Everything a training step reads besides the batch (:class:`nnkit.training.step.StepState`): the parameters,
         ``optimizer``'s moments and step counts, the buffers, the random key and the loss scale.  ``copy=True``
         gives a copy that later (in-place) steps do not touch — what ``fit`` keeps to undo an epoch."""
         if copy:
@@ -325,7 +329,7 @@ class Sequential:
                 sub._cache, sub.grads = None, {}
 
     def snapshot(self) -> dict[str, Array]:
-        """Device copies of the parameters and buffers, for ``_assign`` to put back later (the arrays themselves
+        """Device copies of the parameters and buffers, for :meth:`assign` to put back later (the arrays themselves
         where the backend's arrays never change: JAX)."""
         xp, live = self.xp, {**self.params(), **self.buffers()}
         return live if self.backend.immutable else {k: xp.asarray(p, copy=True) for k, p in live.items()}
@@ -464,7 +468,7 @@ class Sequential:
     def forward_batch(self, X: Array, train: bool, mask: Array | None = None) -> Array:
         """The layers applied in order to a batch the data path prepared (``nnkit.data``); under a mixed policy X
         enters in the compute dtype and the
-        output leaves in float32 (:mod:`nnkit.precision`).  ``mask`` (B, T): the padding of variable-length
+        output leaves in float32 (:mod:`nnkit.training.precision`).  ``mask`` (B, T): the padding of variable-length
         sequences, handed to the layers that take it (``takes_mask``) as each layer passes it on."""
         return self.policy.cast_output(forward_through(self.layers, self.policy.cast_input(X), train, mask))
 
@@ -534,7 +538,7 @@ class Sequential:
 
     def _backward(self, d_out, scaler=None):
         """∂L/∂θ in float32 from ∂L/∂out: into the compute dtype (times the loss scale S), backward, and
-        back to float32 divided by S (:mod:`nnkit.precision`); plain ``backward`` without a policy."""
+        back to float32 divided by S (:mod:`nnkit.training.precision`); plain ``backward`` without a policy."""
         p = self.policy
         if not p.casts and scaler is None:
             return self.backward(d_out)
@@ -631,9 +635,9 @@ class Sequential:
           read once per epoch.  Ctrl-C stops after the current step and returns the history so far.
         * A non-finite epoch loss raises :class:`nnkit.TrainingDivergedError`, keeping the last finite
           weights.
-        * ``comm``: a communicator from :mod:`nnkit.distributed` (MPI, NCCL) for data-parallel training:
+        * ``comm``: a communicator from :mod:`nnkit.training.distributed` (MPI, NCCL) for data-parallel training:
           every rank passes the same data, ``batch_size`` is the global batch, each rank computes its
-          slice and the gradients are summed in one all-reduce per step (see :mod:`nnkit.distributed`).
+          slice and the gradients are summed in one all-reduce per step (see :mod:`nnkit.training.distributed`).
         * ``sample_weight`` (n,): each batch's loss is the weighted mean Σ w ℓ / Σ w (and so is its
           gradient); epoch losses and metrics are weighted means too.  ``validation_data`` may then be a
           triple ``(X_val, y_val, w_val)``.  ``class_weight`` (a dict {class: weight}, or ``"balanced"`` as
@@ -711,7 +715,7 @@ class Sequential:
     # -- tables: raw rows in, class names out -------------------------------------------------
     @property
     def preprocessing(self):
-        """The :class:`nnkit.preprocessing.Preprocessing` saved with the model (feature names, fills,
+        """The :class:`nnkit.data.preprocessing.Preprocessing` saved with the model (feature names, fills,
         scaling, classes), or None.  Set it to attach one; it is stored in ``info`` and saved."""
         return Preprocessing.from_info(self.info)
 
@@ -746,7 +750,7 @@ class Sequential:
     def predict_labels(self, X: Any, proba: bool = False, batch_size: int = 4096) -> Any:
         """Predictions for raw rows in one call — class names (or values for a regression model), and with
         ``proba=True`` the class probabilities — through the saved :attr:`preprocessing`
-        (:func:`nnkit.preprocessing.predict_labels`, which documents the forms X may take)."""
+        (:func:`nnkit.data.preprocessing.predict_labels`, which documents the forms X may take)."""
         return preprocessing_module.predict_labels(self, X, proba=proba, batch_size=batch_size)
 
     # -- state ----------------------------------------------------------------------
@@ -832,11 +836,11 @@ class Sequential:
     def explain(self, X: Any, y: Any, loss: Any, optimizer: Optimizer | None = None, max_numbers: int = 64,
                 lengths: Any = None) -> Any:
         """One training step on (X, y) explained with its numbers — forward formulas, the loss, the backward
-        pass layer by layer and the update — without changing the model (see :mod:`nnkit.explain`).
+        pass layer by layer and the update — without changing the model (see :mod:`nnkit.models.explanation`).
         ``str(report)`` is plain text; ``report.to_markdown()`` and Jupyter render it.  Variable-length
         sequences as ``fit`` takes them (a list, or padded X with ``lengths``); a recurrent layer is summarised
         per time step (‖h_t‖ and ‖∂L/∂h_t‖)."""
-        from .explain import explain
+        from .explanation import explain
 
         return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers, lengths=lengths)
 
@@ -847,7 +851,7 @@ class Sequential:
         values, scaling) runs as nodes on raw features, and a classifier also outputs ``probabilities``.
         ``lengths=True`` adds a second input, ``lengths`` (batch,) int64, for padded variable-length sequences:
         the recurrent operators take it as their ``sequence_lens``, as ``predict(X, lengths=...)`` does."""
-        from .export.onnx import to_onnx
+        from ..export.onnx import to_onnx
 
         return to_onnx(self, path, classifier=classifier, opset=opset, lengths=lengths)
 
@@ -855,7 +859,7 @@ class Sequential:
         """A ``torch.nn.Sequential`` of PyTorch's own layers with this model's weights, in eval mode (see
         :mod:`nnkit.export.pytorch`).  ``lengths=True``: a module called ``net(x, lengths)`` on padded
         variable-length sequences, the recurrent layers run as packed sequences."""
-        from .export.pytorch import to_torch
+        from ..export.pytorch import to_torch
 
         return to_torch(self, lengths=lengths)
 
@@ -865,7 +869,7 @@ class Sequential:
         """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
         Dropout, ...) with its weights and running statistics; other modules are refused by name.
         ``dtype`` defaults to the module's parameter dtype."""
-        from .export.pytorch import layers_from_torch
+        from ..export.pytorch import layers_from_torch
 
         layers, state, own_dtype = layers_from_torch(module)
         model = cls(layers, backend=backend, dtype=dtype or own_dtype, seed=seed, precision=precision,

@@ -24,9 +24,9 @@ import os
 
 import numpy as np
 
-from .files import FileFormatError, NpzReader, atomic_write
-from .layers import check_input_shape, infer_shapes, layer_from_config
-from .layers.core import resolve_ties
+from ..data.files import FileFormatError, NpzReader, atomic_write
+from ..layers import check_input_shape, infer_shapes, layer_from_config
+from ..layers.core import resolve_ties
 from .optim import OPTIMIZERS, Optimizer
 
 from .precision import PRECISIONS, LossScaler

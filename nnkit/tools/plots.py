@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .files import atomic_write
+from ..data.files import atomic_write
 
 __all__ = ["training_curves", "gradient_diagnostics", "decision_boundary", "lr_curve", "attention"]
 

@@ -18,8 +18,8 @@ the new state.  ``Sequential.train_step``, ``fit`` and data-parallel ``fit`` all
 from __future__ import annotations
 
 from .distributed import allreduce_grads
-from .functional import own_kernel
-from .metrics import BatchStats
+from ..backends.functional import own_kernel
+from ..metrics import BatchStats
 from .precision import LossScaler
 
 __all__ = ["StepState", "train_step", "batch_grads", "update", "make_step", "Step", "EagerStep", "CompiledStep",

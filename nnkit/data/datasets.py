@@ -20,7 +20,7 @@ from importlib import resources
 import numpy as np
 
 from .files import read_npz
-from .optim import check_hyper, check_int
+from .checks import check_hyper, check_int
 
 __all__ = ["load_digits", "make_spirals", "make_moons", "make_xor", "load_csv", "load_npz",
            "train_test_split", "Table"]
@@ -237,7 +237,7 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
     * ``encoding``: the text encoding (default UTF-8, with or without a byte-order mark).
     * Feature cells must be numbers; an empty, ``NA``, ``NaN``, ``null`` or ``?`` cell is a missing
       value: ``missing="error"`` (default) names its column and first row, ``missing="keep"`` keeps it
-      as NaN for imputation (:class:`nnkit.preprocessing.Preprocessing`).  Labels may be integers or
+      as NaN for imputation (:class:`nnkit.data.preprocessing.Preprocessing`).  Labels may be integers or
       names (``classes`` maps them back); a missing label is always an error.
       A missing label column raises unless ``require_label=False`` (for prediction files).
     """

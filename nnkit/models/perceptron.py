@@ -1,4 +1,4 @@
-"""Rosenblatt's perceptron (1958), the learning rule the tutorials start from, as a scikit-learn estimator.
+"""Rosenblatt's perceptron (1958), the learning rule before backprop, as a scikit-learn estimator.
 
 For labels y ∈ {−1, +1} and one example x at a time:
 
@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from .backend import get_backend, host_copy
+from ..backends import get_backend, host_copy
 
 __all__ = ["Perceptron", "NotSeparableWarning"]
 

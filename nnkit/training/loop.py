@@ -2,7 +2,7 @@
 
 The data path is :mod:`nnkit.data`: in-memory data is validated once and sent to the device once; streams
 are read, checked and copied a batch at a time.  Inside an epoch nothing is read back: the
-step (:mod:`nnkit.step`) returns per-batch loss and metric sums as 0-d device arrays, added up there
+step (:mod:`nnkit.training.step`) returns per-batch loss and metric sums as 0-d device arrays, added up there
 and read together, in one transfer, when the epoch ends.  Shuffles are drawn on the host from the
 model's generator (the same order on every backend) and sent once per epoch as an index array.
 Progress, checkpoints, early stopping and schedules are callbacks (:mod:`nnkit.callbacks`).
@@ -20,14 +20,14 @@ import time
 
 
 from . import checkpoint as ckpt
-from . import data
+from .. import data
 from . import distributed as dist
 from .callbacks import (Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress,  # noqa: F401
                         overrides_on_batch_end)
-from .backend import is_sparse
-from .files import check_writable
-from .losses import get_loss
-from .metrics import BatchStats, get_metrics, read_stats
+from ..backends import is_sparse
+from ..data.files import check_writable
+from ..losses import get_loss
+from ..metrics import BatchStats, get_metrics, read_stats
 from .optim import check_int, get_optimizer
 from .step import make_step
 
@@ -308,7 +308,7 @@ class _Run:
                     setattr(cb, hook, getattr(Callback(), hook))
 
     def whole_epoch(self):
-        """An epoch as one compiled loop over its full batches (the step's :meth:`~nnkit.step.Step.epoch`) and
+        """An epoch as one compiled loop over its full batches (the step's :meth:`~nnkit.training.step.Step.epoch`) and
         one step for its last, shorter batch: the epoch's summed :class:`nnkit.metrics.BatchStats`."""
         idx, last = self.data.epoch_plan()
         sums = None if idx is None else self.step.epoch(self.data.X, self.data.T, self.data.W, idx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .layers import (GRU, LSTM, RNN, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, LayerNorm, LeakyReLU,
+from ..layers import (GRU, LSTM, RNN, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, LayerNorm, LeakyReLU,
                      MaxPool1D, MaxPool2D, ReLU, Reshape, Residual, get_activation)
 
 __all__ = ["mlp", "cnn", "cnn_input_shape", "rnn", "rnn_input_shape"]
@@ -123,7 +123,7 @@ def gpt(vocab_size, block_size, n_embd, n_layer, n_head, dropout=0.0, tie_weight
     """nanoGPT's GPT as layers: token embedding (V, E) and learned positions (block_size, E), dropout, ``n_layer``
     causal pre-norm ``TransformerBlock``s, a final LayerNorm and the head — ``TiedDense(0)`` sharing the token
     embedding's matrix (``tie_weights=True``, nanoGPT's weight tying), else a ``Dense(E, V)``."""
-    from .layers import Embedding, PositionalEmbedding, TiedDense, TransformerBlock
+    from ..layers import Embedding, PositionalEmbedding, TiedDense, TransformerBlock
 
     for name, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_embd", n_embd),
                     ("n_layer", n_layer), ("n_head", n_head)):

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from . import data
-from .losses import get_loss
+from .. import data
+from ..losses import get_loss
 
 __all__ = ["gradcheck", "GradcheckReport"]
 

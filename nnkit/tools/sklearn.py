@@ -55,16 +55,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 
 import array_api_compat
 
-from . import optim
-from . import data
-from .layers import Identity, ReLU, Sigmoid, Tanh
-from .backend import get_backend, host_copy, is_sparse
-from .callbacks import Callback
-from .layers import Dense
-from .losses import BinaryCrossEntropy, CrossEntropy, MSE, Poisson
-from .model import Sequential
-from .precision import PRECISIONS
-from .training import TrainingDivergedError
+from ..training import optim
+from .. import data
+from ..layers import Identity, ReLU, Sigmoid, Tanh
+from ..backends import get_backend, host_copy, is_sparse
+from ..training.callbacks import Callback
+from ..layers import Dense
+from ..losses import BinaryCrossEntropy, CrossEntropy, MSE, Poisson
+from ..models.sequential import Sequential
+from ..training.precision import PRECISIONS
+from ..training.loop import TrainingDivergedError
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 

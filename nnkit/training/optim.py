@@ -1,5 +1,5 @@
-"""Optimizers, gradient clipping and penalties (the learning-rate schedules, callbacks, live in
-:mod:`nnkit.callbacks`; ``nnkit.optim.CosineLR`` and the others are the same classes).
+"""Optimizers, gradient clipping and penalties — and, at the same address, the learning-rate schedules
+(``nnkit.optim.CosineLR``; they are callbacks, written in :mod:`nnkit.training.schedules`).
 
 An optimizer never writes into the model: ``step(params, grads)`` returns the
 new values keyed like ``model.state_dict()``, and the model writes them back in
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checks import check_hyper, check_int
-from .functional import namespace_of, sub_scaled
-from .callbacks import StepLR, ExponentialLR, CosineLR, ReduceLROnPlateau  # noqa: F401 (their old address)
+from ..data.checks import check_hyper, check_int
+from ..backends.functional import namespace_of, sub_scaled
+from .schedules import StepLR, ExponentialLR, CosineLR, ReduceLROnPlateau  # noqa: F401 (their public address)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer", "OPTIMIZERS",
            "clip_by_global_norm", "L1", "L2", "StepLR", "ExponentialLR", "CosineLR", "ReduceLROnPlateau"]

@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from . import plots as plots_
-from .files import atomic_write
-from .preprocessing import MissingValueError, Preprocessing
+from ..data.files import VERSION, atomic_write
+from ..data.preprocessing import MissingValueError, Preprocessing
 
 __all__ = ["main"]
 
@@ -44,9 +44,7 @@ def _parser():
         prog="nnkit",
         description="nnkit: train small neural networks with hand-derived backprop on NumPy, CuPy or PyTorch.",
     )
-    from . import __version__
-
-    p.add_argument("--version", action="version", version=f"nnkit {__version__}")
+    p.add_argument("--version", action="version", version=f"nnkit {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="{train,predict,generate,data,explain,export,bench}")
     sub.required = True
 
@@ -192,12 +190,12 @@ def _parser():
 
     xp_ = sub.add_parser("explain", help="one training step with its numbers: forward, loss, backward, update",
                          description="Print one training step of a network, every formula with its numbers: the "
-                                     "tutorial's worked example (--example worked) or a saved model on the first "
+                                     "worked 2-2-2 example (--example worked) or a saved model on the first "
                                      "rows of a CSV with its label column.")
     xp_.add_argument("model", nargs="?", help="a saved model (.npz)")
     xp_.add_argument("data", nargs="?", help="a .csv with the feature columns and the label column")
     xp_.add_argument("--example", choices=("worked",), default=None,
-                     help="the tutorial's 2-2-2 sigmoid network (inputs 0.95, 0.06; targets 0.05, 0.82)")
+                     help="a 2-2-2 sigmoid network (inputs 0.95, 0.06; targets 0.05, 0.82)")
     xp_.add_argument("--rows", type=int, default=4, help="how many rows of DATA make the batch")
     xp_.add_argument("--label", default=None, metavar="COLUMN", help="the label column (default: the training label)")
     xp_.add_argument("--lr", type=float, default=0.01, help="learning rate of the SGD step shown")
@@ -219,7 +217,7 @@ def _parser():
 # -- data ------------------------------------------------------------------------------------------
 def _load_data(args):
     """(X, y, classes, feature_names, label_name, description) for ``nnkit train``."""
-    from . import datasets
+    from ..data import datasets
 
     name = args.data
     if name == "digits":
@@ -248,8 +246,9 @@ def _load_data(args):
 # -- commands --------------------------------------------------------------------------------------
 def cmd_train(args):
     """``nnkit train``: one path for every source — a table in memory or a memory-mapped file streamed."""
-    import nnkit
-    from .optim import get_optimizer
+    from ..models import Sequential, load
+    from ..training.callbacks import EarlyStopping, GradientStats
+    from ..training.optim import get_optimizer
 
     if args.task == "lm":
         return _train_lm(args)
@@ -280,17 +279,17 @@ def cmd_train(args):
         if args.rnn and args.conv:
             raise CLIError("--rnn and --conv build different networks: give one of them")
         if args.rnn:
-            model = nnkit.Sequential.rnn(data.n_features, args.rnn, args.hidden, n_outputs=data.n_out,
+            model = Sequential.rnn(data.n_features, args.rnn, args.hidden, n_outputs=data.n_out,
                                          bidirectional=args.bidirectional, backend=args.backend, dtype=args.dtype,
                                          seed=args.seed, precision=args.precision)
         elif args.conv:
             if any(c < 1 for c in args.conv):
                 raise CLIError(f"--conv channels must be positive integers, got {' '.join(map(str, args.conv))}")
-            model = nnkit.Sequential.cnn(data.n_features, args.conv, hidden=args.hidden, n_outputs=data.n_out,
+            model = Sequential.cnn(data.n_features, args.conv, hidden=args.hidden, n_outputs=data.n_out,
                                          activation=args.activation, backend=args.backend, dtype=args.dtype,
                                          seed=args.seed, precision=args.precision)
         else:
-            model = nnkit.Sequential.mlp([data.n_features, *args.hidden, data.n_out], args.activation,
+            model = Sequential.mlp([data.n_features, *args.hidden, data.n_out], args.activation,
                                          backend=args.backend, dtype=args.dtype, seed=args.seed, dropout=args.dropout,
                                          norm=args.norm, residual=args.residual, precision=args.precision)
     except (RuntimeError, ValueError) as exc:  # backend not installed / no device / a precision it cannot run
@@ -310,17 +309,17 @@ def cmd_train(args):
     # nothing is tuned on — early stopping needs --validation-split
     held_out = "validation" if data.validation is not None else "held-out test"
     watch = data.validation if data.validation is not None else (data.test if args.plot else None)
-    callbacks = [nnkit.GradientStats()] if args.plot_diagnostics else []
+    callbacks = [GradientStats()] if args.plot_diagnostics else []
     callbacks += records
     t0 = time.perf_counter()
     history = model.fit(*data.train, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=watch, callbacks=callbacks,
-                        early_stopping=(nnkit.EarlyStopping(patience=args.early_stopping)
+                        early_stopping=(EarlyStopping(patience=args.early_stopping)
                                         if args.early_stopping else None),
                         metrics=metrics, verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - t0
     if args.save_best and os.path.exists(args.save):  # the best epoch's model, as the file holds it
-        model = nnkit.load(args.save, backend=args.backend)
+        model = load(args.save, backend=args.backend)
     _report_test(model, model.evaluate(*data.test, loss, metrics=metrics), history, seconds, regression,
                  None if args.save_best else args.save)
     if args.save_best:
@@ -344,8 +343,9 @@ def cmd_train(args):
 def _train_lm(args):
     """``nnkit train --task lm``: a character-level GPT (``Sequential.gpt``) on a text file, trained on random
     windows of its first 90 % (``TokenWindows``, ``steps_per_epoch``), validated on 200 windows of the rest."""
-    import nnkit
-    from .text import CharTokenizer, TokenWindows, read_text
+    from ..models import Sequential
+    from ..training import optim
+    from ..data.text import CharTokenizer, TokenWindows, read_text
 
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--block-size", args.block_size),
                         ("--n-layer", args.n_layer), ("--n-head", args.n_head), ("--n-embd", args.n_embd),
@@ -379,15 +379,15 @@ def _train_lm(args):
     val = TokenWindows(ids[split:], T)
     Xv, Yv = val[rng.integers(0, len(val), size=min(200, len(val)))]
     try:
-        model = nnkit.Sequential.gpt(tok.vocab_size, T, args.n_embd, args.n_layer, args.n_head, dropout=args.dropout,
+        model = Sequential.gpt(tok.vocab_size, T, args.n_embd, args.n_layer, args.n_head, dropout=args.dropout,
                                      backend=args.backend, dtype=args.dtype, seed=args.seed, precision=args.precision)
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     model.tokenizer = tok
     model.info["source"] = os.path.basename(args.data)
     lr = 1e-3 if args.lr is None else args.lr
-    opt = nnkit.optim.AdamW(lr, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0, decay="matrices")
-    schedule = nnkit.callbacks.CosineLR(total, warmup=args.warmup, min_lr=lr / 10, steps_per_epoch=args.steps_per_epoch,
+    opt = optim.AdamW(lr, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0, decay="matrices")
+    schedule = optim.CosineLR(total, warmup=args.warmup, min_lr=lr / 10, steps_per_epoch=args.steps_per_epoch,
                                         lr=lr)
     say = (lambda *a: None) if args.quiet else print
     say(f"data: {args.data}, {len(ids):,} characters, vocabulary {tok.vocab_size}; {total:,} steps of "
@@ -410,12 +410,12 @@ def _train_lm(args):
 
 def cmd_generate(args):
     """``nnkit generate MODEL.npz --prompt ...``: text sampled from a saved language model."""
-    import nnkit
+    from ..models import load
 
     if args.tokens < 0:
         raise CLIError(f"--tokens must be a non-negative integer, got {args.tokens}")
     try:
-        model = nnkit.load(args.model, backend=args.backend)
+        model = load(args.model, backend=args.backend)
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if model.tokenizer is None:
@@ -448,7 +448,7 @@ def _run_records(log_dir):
     files every 50 steps and epoch; the folder is made and checked writable before training."""
     if log_dir is None:
         return []
-    from .callbacks import CSVLogger, TensorBoard
+    from ..training.callbacks import CSVLogger, TensorBoard
 
     try:
         os.makedirs(log_dir, exist_ok=True)
@@ -472,7 +472,8 @@ def _run_records(log_dir):
 
 def _schedule_and_best(args):
     """The callbacks of --schedule and --save-best, their options checked before any work."""
-    import nnkit
+    from ..training.callbacks import ModelCheckpoint
+    from ..training import optim
 
     cbs = []
     if args.save_best:
@@ -480,17 +481,17 @@ def _schedule_and_best(args):
             raise CLIError("--save-best keeps the best epoch in the --save file: give --save MODEL.npz")
         if args.monitor.startswith("val_") and not args.validation_split:
             raise CLIError(f"--save-best watches {args.monitor}: give a --validation-split > 0 (or --monitor loss)")
-        cbs.append(nnkit.ModelCheckpoint(args.save, monitor=args.monitor, save_best_only=True))
+        cbs.append(ModelCheckpoint(args.save, monitor=args.monitor, save_best_only=True))
     try:
         if args.schedule == "cosine":
-            cbs.append(nnkit.callbacks.CosineLR(args.epochs, warmup=args.warmup_epochs, min_lr=args.min_lr))
+            cbs.append(optim.CosineLR(args.epochs, warmup=args.warmup_epochs, min_lr=args.min_lr))
         elif args.schedule == "step":
-            cbs.append(nnkit.callbacks.StepLR(args.step_size, gamma=args.gamma))
+            cbs.append(optim.StepLR(args.step_size, gamma=args.gamma))
         elif args.schedule == "plateau":
             if args.monitor.startswith("val_") and not args.validation_split:
                 raise CLIError(f"--schedule plateau watches {args.monitor}: give a --validation-split > 0 "
                                "(or --monitor loss)")
-            cbs.append(nnkit.callbacks.ReduceLROnPlateau(args.monitor, factor=args.gamma, patience=args.lr_patience,
+            cbs.append(optim.ReduceLROnPlateau(args.monitor, factor=args.gamma, patience=args.lr_patience,
                                                          min_lr=args.min_lr))
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--schedule {args.schedule}: {exc}") from None
@@ -631,8 +632,8 @@ def _open_npy_1d(path, rows):
 def cmd_predict(args):
     """``nnkit predict MODEL.npz DATA``: a CSV read in chunks (``--chunk-rows``), a memory-mapped .npy or an
     .npz; the predictions written as they are made (an --out file atomically, at the end)."""
-    from . import load
-    from .datasets import Table, iter_csv, load_npz
+    from ..models import load
+    from ..data.datasets import Table, iter_csv, load_npz
 
     if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model!r}")
@@ -757,7 +758,7 @@ def _csv_cell(value):
 
 def _split(X, y, fraction, seed, regression, what):
     """A shuffled split, stratified by class for classification; tiny data gets a clear error."""
-    from .datasets import train_test_split
+    from ..data.datasets import train_test_split
 
     if not regression:
         classes, counts = np.unique(y, return_counts=True)
@@ -774,7 +775,7 @@ def _split(X, y, fraction, seed, regression, what):
 
 def _check_output(flag, path):
     """An output path is checked before any training: not a directory, its folder there and writable."""
-    from .files import check_writable
+    from ..data.files import check_writable
 
     try:
         check_writable(path, flag)
@@ -783,7 +784,7 @@ def _check_output(flag, path):
 
 
 def cmd_data(args):
-    from . import datasets
+    from ..data import datasets
 
     if args.rows is not None and args.rows < 1:
         raise CLIError(f"--rows must be a positive integer, got {args.rows}")
@@ -823,15 +824,15 @@ def _write_text(path, text):
 def cmd_explain(args):
     """``nnkit explain --example worked`` or ``nnkit explain MODEL.npz DATA.csv --rows 4``."""
     from .explain import worked_example
-    from .optim import SGD
+    from ..training.optim import SGD
 
     if args.example == "worked":
         if args.model or args.data:
             raise CLIError("give either --example worked or MODEL.npz DATA.csv, not both")
         _, report = worked_example()
     else:
-        from . import load
-        from .datasets import load_csv
+        from ..models import load
+        from ..data.datasets import load_csv
 
         if not args.model or not args.data:
             raise CLIError("give MODEL.npz DATA.csv (a saved model and rows with their label), or --example worked")
@@ -871,7 +872,7 @@ def cmd_export(args):
     if not os.path.isfile(args.model):
         raise CLIError(f"{args.model!r} is not a file: give the saved model (.npz)")
     _check_output("MODEL.onnx", args.out)
-    from . import load
+    from ..models import load
 
     model = load(args.model, precision=None)  # the float32 master weights: inference needs no 16-bit policy
     model.export(args.out, opset=args.opset)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import namespace_of, sigmoid, softmax
+from ..backends.functional import namespace_of, sigmoid, softmax
 
 __all__ = ["Preprocessing", "IMPUTE", "predict_labels"]
 

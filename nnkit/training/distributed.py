@@ -27,8 +27,9 @@ import math
 import array_api_compat
 import numpy as np
 
-from .backend import finish, host_copy, like, local_rank
-from .functional import namespace_of
+from ..backends import finish, host_copy, like, local_rank
+from ..backends.functional import namespace_of
+from ..data import rank_slice  # noqa: F401 (the rows a rank reads: the data path's)
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "rank_slice"]
 
@@ -186,13 +187,7 @@ def check_comm(comm):
     """``comm`` if it is a :class:`Communicator` (or None), else a TypeError naming the interface."""
     if comm is None or isinstance(comm, Communicator):
         return comm
-    raise TypeError(f"comm must be an nnkit.distributed.Communicator (e.g. MPICommunicator()), got {comm!r}")
-
-
-def rank_slice(start, stop, rank, size):
-    """Rank ``rank``'s contiguous share [a, b) of the rows [start, stop): sizes differ by at most one."""
-    n = stop - start
-    return start + (n * rank) // size, start + (n * (rank + 1)) // size
+    raise TypeError(f"comm must be an nnkit.training.distributed.Communicator (e.g. MPICommunicator()), got {comm!r}")
 
 
 def allreduce_grads(comm, grads, weight):

@@ -17,13 +17,13 @@ import copy
 
 import numpy as np
 
-from .backend import host_copy
-from . import data
-from .layers.core import forward_through
-from .losses import get_loss
-from .optim import SGD
+from ..backends import host_copy
+from .. import data
+from ..layers.core import forward_through
+from ..losses import get_loss
+from ..training.optim import SGD
 
-__all__ = ["Explanation", "explain", "worked_example"]
+__all__ = ["Explanation", "explain"]
 
 class Explanation:
     """One training step, explained: ``sections`` is a list of ``(title, [(formula, value), ...])`` with
@@ -33,7 +33,7 @@ class Explanation:
     def __init__(self, title, max_numbers=64, digits=9, names=None):
         self.title, self.sections, self.values = title, [], {}
         self.max_numbers, self.digits = max_numbers, digits
-        self.names = dict(names or {})  # "{layer}.{param}[i, j]" -> a tutorial's name for that entry
+        self.names = dict(names or {})  # "{layer}.{param}[i, j]" -> a name for that entry (w5)
 
     def section(self, title):
         """Start a new section (Forward, Backward, ...)."""
@@ -54,7 +54,7 @@ class Explanation:
         return f"layer {i}: {layer!r}"
 
     def named(self, key, array, prefix, before=None):
-        """"w5 = 0.18 → 0.179270…" notes for the entries of parameter ``key`` a tutorial names (``names``)."""
+        """"w5 = 0.18 → 0.179270…" notes for the entries of parameter ``key`` that ``names`` names."""
         return _named(self.names, key, array, prefix, before)
 
     # -- rendering -----------------------------------------------------------------------------------
@@ -119,8 +119,8 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
     """The :class:`Explanation` of one training step of ``model`` on (X, y) — see the module docstring.
 
     ``optimizer``: the update to show (default: the model's own optimizer, else ``SGD(0.01)``); its state is
-    copied, so neither the model nor the optimizer changes.  ``names`` maps ``"{layer}.{param}[i, j]"`` to a
-    tutorial's names (``{"2.W[0, 0]": "w5"}``) to print beside the numbers.  Sequences of different lengths: a
+    copied, so neither the model nor the optimizer changes.  ``names`` maps ``"{layer}.{param}[i, j]"`` to
+    a name of your own (``{"2.W[0, 0]": "w5"}``) to print beside the numbers.  Sequences of different lengths: a
     list of (T_i, ...) arrays, or padded X with ``lengths`` (n,), as ``fit`` takes them — the padding mask goes
     to the layers that take it and the loss counts the valid positions only; a recurrent layer adds the norm of
     its state and of ∂L/∂h_t at each time step.
@@ -183,7 +183,7 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
 
 
 def _named(names, key, array, prefix, before=None):
-    """"w5 = 0.18 → 0.179270…" notes for the entries a tutorial names."""
+    """"w5 = 0.18 → 0.179270…" notes for the entries ``names`` names."""
     notes = []
     a = _host(array)
     for spec, label in names.items():
@@ -197,33 +197,3 @@ def _named(names, key, array, prefix, before=None):
         else:
             notes.append(f"{label}: {float(before[index]):.9g} → {v:.9g}")
     return "; ".join(notes) or None
-
-
-# -- the tutorial's worked example (seed 003) -------------------------------------------------------------------
-WORKED_STATE = {
-    "0.W": [[0.10, 0.03], [0.15, 0.08]],  # column j feeds hidden unit j: H1 = w1·x1 + w2·x2 + b1
-    "0.b": [0.05, 0.05],
-    "2.W": [[0.18, 0.11], [0.06, 0.26]],  # Y1 = w5·H1 + w6·H2 + b2
-    "2.b": [0.42, 0.42],
-}
-WORKED_NAMES = {"0.W[0, 0]": "w1", "0.W[1, 0]": "w2", "0.W[0, 1]": "w3", "0.W[1, 1]": "w4",
-                "2.W[0, 0]": "w5", "2.W[1, 0]": "w6", "2.W[0, 1]": "w7", "2.W[1, 1]": "w8"}
-
-
-def worked_example():
-    """The tutorial's 2-2-2 network (inputs 0.95, 0.06; targets 0.05, 0.82; sigmoid; E = ½‖t − o‖²; η = 0.01)
-    explained: ``(model, report)``."""
-    from . import Sequential  # the package's name, not the model module: explain is imported by the model
-    from .layers import Dense, Sigmoid
-
-    model = Sequential([Dense(2, 2), Sigmoid(), Dense(2, 2), Sigmoid()], dtype="float64", seed=0)
-    model.load_state_dict({k: np.array(v) for k, v in WORKED_STATE.items()})
-    report = explain(model, np.array([[0.95, 0.06]]), np.array([[0.05, 0.82]]), "mse", SGD(0.01),
-                     names=WORKED_NAMES)
-    report.title = "The tutorial's worked example: a 2-2-2 sigmoid network, E = ½‖t − o‖², η = 0.01"
-    report.sections[0][1].append(("weights as the tutorial lays them out: H1 = w1·x1 + w2·x2 + b1, "
-                                  "Y1 = w5·H1 + w6·H2 + b2 (w1 = W0[0, 0], w2 = W0[1, 0], w5 = W2[0, 0], "
-                                  "w6 = W2[1, 0])", None, None))
-    report.sections[-1][1].append(("the tutorial rounds ∂E/∂w5 to 0.07289 and *adds* it (0.18 + 0.01·0.07289); "
-                                   "descent subtracts it: w5 = 0.18 − 0.01·0.0729519972 = 0.179270480", None, None))
-    return model, report

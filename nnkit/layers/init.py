@@ -1,4 +1,4 @@
-"""Weight initialisers (seed 000's Glorot/Xavier and its relatives).
+"""Weight initialisers: Glorot/Xavier (Var W = 2/(fan_in + fan_out)) and its relatives.
 
 Every initialiser draws on the host from a ``numpy.random.Generator`` in
 float64 and returns host data; the model casts and transfers it to its

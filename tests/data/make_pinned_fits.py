@@ -36,8 +36,20 @@ def fingerprint():
     return A @ rng.standard_normal((8, 8))
 
 
+def blas_kernel():
+    """The kernel family NumPy's BLAS runs (OpenBLAS's core type: "Haswell", "Sandybridge", ... — it changes with
+    ``OPENBLAS_CORETYPE``), "" where it cannot be told: two kernels can agree on :func:`fingerprint`'s small product
+    and still differ in the last bit of a fit's."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ""
+    return ",".join(sorted({f"{i['internal_api']}:{i.get('architecture')}" for i in threadpool_info()
+                            if i.get("user_api") == "blas"}))
+
+
 if __name__ == "__main__":
-    arrays = {"blas": fingerprint()}
+    arrays = {"blas": fingerprint(), "blas_kernel": np.array(blas_kernel())}
     for name, (model, hist) in fits().items():
         for key, p in model.params().items():
             arrays[f"{name}/param/{key}"] = np.asarray(p)

@@ -17,6 +17,7 @@ import sys
 
 from .backends import Backend, get_backend
 from .backends import functional
+from .backends.threads import set_threads
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, ConvTranspose1D, ConvTranspose2D, MaxPool1D,
                      MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding,
@@ -39,8 +40,8 @@ from .tools.gradcheck import gradcheck
 from .tools.lr_finder import lr_find
 
 __all__ = [
-    # the backend switch
-    "Backend", "get_backend",
+    # the backend switch, and the CPU threads under it
+    "Backend", "get_backend", "set_threads",
     # layers
     "Layer", "Dense", "Dropout", "Residual", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "ConvTranspose1D",
     "ConvTranspose2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape",

@@ -6,6 +6,7 @@ importable (JAX with its 64-bit mode on, for the float64 gradient checks), cupy
 when a CUDA device is usable -- otherwise they are skipped with the reason.
 """
 import os
+import re
 
 # SciPy's array-API mode must be chosen before SciPy is first imported; with it, scikit-learn's
 # estimator checks include their array-API input check instead of skipping it (tests/test_sklearn.py)
@@ -96,5 +97,74 @@ def jax_reads(monkeypatch):
     return reads
 
 
+def pytest_addoption(parser):
+    try:
+        parser.addoption("--full", action="store_true", default=False,
+                         help="run the whole suite (what CI runs); without it, the quick tier: every module touched, "
+                              "the slow tests and the extra backends' repeats left out")
+    except ValueError:  # benchmarks/conftest.py added it already
+        pass
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run them with: pytest -m gpu tests/test_gpu.py)")
+    config.addinivalue_line("markers", "slow: left out of the quick tier (plain `pytest`); `pytest --full` runs it")
+
+
+# -- the quick tier: `pytest` alone runs it; `pytest --full` runs everything ----------------------------------------
+QUICK_BACKENDS = {"numpy"}  # a backend-parametrised test runs on NumPy alone in the quick tier
+
+
+OTHER_LIBRARIES = {"torch", "jax", "cupy", "array_api_strict"}
+
+
+def _backend_of(item):
+    """The backend a parametrised test runs on: the ``backend_spec`` fixture's, or a library named in its id
+    ("[jax-True]"); None for a test that is not parametrised by backend."""
+    spec = getattr(item, "callspec", None)
+    if spec is None:
+        return None
+    value = spec.params.get("backend_spec")
+    if value is not None:
+        return value[0] if value[1] is None else "device1"
+    named = set(re.split(r"[-\[\]]", spec.id)) & (OTHER_LIBRARIES | {"numpy"})
+    return min(named) if named else None
+
+
+def _quick(item):
+    if item.get_closest_marker("slow") or item.get_closest_marker("gpu"):
+        return False
+    if "benchmarks" in item.path.parts:
+        return False
+    backend = _backend_of(item)
+    return backend is None or backend in QUICK_BACKENDS
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or config.getoption("-m") or config.getoption("-k"):
+        return  # the whole suite, or the user chose the tests
+    chosen = [str(a) for a in config.args]
+    if chosen and all(not os.path.isdir(a.split("::")[0]) for a in chosen):
+        return  # files or tests named on the command line run whole
+    keep, left = [], []
+    for item in items:
+        (keep if _quick(item) else left).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = keep
+        config._nnkit_left_out = len(left)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left = getattr(config, "_nnkit_left_out", 0)
+    if left:
+        terminalreporter.write_line(f"quick tier: {left} slow or repeated tests left out; `pytest --full` runs the "
+                                    "whole suite (what CI runs)")
+    torch_skips = 0
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if re.search(r"torch|PyTorch", reason) and re.search(r"not installed|could not import|No module", reason):
+            torch_skips += 1
+    if torch_skips:
+        terminalreporter.write_line(f"{torch_skips} tests skipped because PyTorch is not installed "
+                                    "(pip install -e \".[test,torch]\" runs them)")

@@ -319,6 +319,7 @@ def test_tied_weights_equal_torch_and_survive_save_clone_and_export(tmp_path):
         nnkit.Sequential([nnkit.Embedding(11, E), nnkit.TiedDense(3), nnkit.Dense(11, E), nnkit.Embedding(11, E)])
 
 
+@pytest.mark.slow
 def test_compiled_fit_on_jax_equals_the_eager_one():
     pytest.importorskip("jax")
     rng = np.random.default_rng(14)

@@ -124,6 +124,7 @@ def test_plot_writes_png(capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_bench_writes_a_report(capsys, tmp_path):
     out = tmp_path / "bench.md"
     code, _, err = run(capsys, "bench", "--quick", "--no-sweep", "--targets", "numpy", "--shapes", "S",

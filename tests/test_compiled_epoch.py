@@ -52,6 +52,7 @@ def _close(a, b):
         np.testing.assert_allclose(a[1][k], v, rtol=1e-4, atol=2e-5, err_msg=k)
 
 
+@pytest.mark.slow
 def test_a_compiled_epoch_is_one_loop_and_equals_the_eager_epoch(monkeypatch):
     """162 training rows, batch 64: two full batches in one compiled loop and the last (34 rows) as one step —
     2 calls an epoch instead of 3 — with BatchNorm's statistics, dropout's key, SGD with momentum and clipping, L2,
@@ -68,6 +69,7 @@ def test_a_compiled_epoch_is_one_loop_and_equals_the_eager_epoch(monkeypatch):
     assert runs[1][0]["loss"][-1] < runs[1][0]["loss"][0]
 
 
+@pytest.mark.slow
 def test_a_callback_that_needs_every_batch_makes_the_compiled_epoch_run_step_by_step(monkeypatch):
     X, y, w = _data()
     seen = []
@@ -110,6 +112,7 @@ def test_nothing_traced_is_left_in_the_model():
     model.predict(X)  # and the model still works
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compile_", [False, True])
 def test_compiled_epochs_resume_from_a_checkpoint_as_an_uninterrupted_run(tmp_path, compile_):
     X, y, w = _data()

@@ -200,6 +200,7 @@ def test_streamed_jax_fit_reads_the_device_once_per_epoch(files, jax_reads):
     assert len(jax_reads) == 3
 
 
+@pytest.mark.slow
 def test_the_stream_benchmark_runs_small(tmp_path, capsys):
     import os
     import sys

@@ -201,6 +201,7 @@ def test_callbacks_can_be_passed_or_replaced(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 @needs_jax
 def test_compiled_jax_step_equals_eager_traces_twice_and_schedules_act(monkeypatch):
     made = []
@@ -247,6 +248,7 @@ def test_compile_elsewhere_runs_eagerly():
         np.testing.assert_array_equal(v, b.state_dict()[k])
 
 
+@pytest.mark.slow
 def test_compiled_torch_step_equals_eager():
     pytest.importorskip("torch")
     X, y = _data(70)

@@ -117,6 +117,7 @@ def test_generate_is_reproducible_crops_to_the_block_and_refuses_bad_prompts():
         model.generate("Sp", 3, top_k=0)
 
 
+@pytest.mark.slow
 def test_generation_reads_the_device_once(jax_reads):
     pytest.importorskip("jax")
     model, tok = _gpt("jax")

@@ -140,6 +140,7 @@ def test_train_step_and_fit_epoch_steps_run_on_the_meta_device():
 
 
 # -- JAX ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @needs_jax
 def test_jax_fit_reads_the_device_once_per_epoch(jax_reads):
     X, y = _data()
@@ -220,6 +221,7 @@ def test_jax_sklearn_estimator_agrees_with_numpy():
     np.testing.assert_allclose(preds["jax"], preds["numpy"], rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 @needs_jax
 def test_cli_trains_on_jax(tmp_path, capsys):
     from nnkit.tools.cli import main

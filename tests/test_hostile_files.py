@@ -174,6 +174,7 @@ def test_an_unused_bomb_is_never_read(real, tmp_path):
     assert model.state_dict()["0.W"].shape == (6, 16)
 
 
+@pytest.mark.slow
 def test_byte_flips_never_load_silently_wrong(real, tmp_path):
     """Every single-byte flip either raises CheckpointError or loads the very same model (a flip in a
     zip field nobody reads); never different weights."""

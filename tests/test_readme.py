@@ -26,7 +26,8 @@ BASH = [c.strip() for block in re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S
 
 def test_readme_states_the_two_setup_commands():
     assert "pip install -e . && nnkit train" in TEXT
-    assert 'pip install -e ".[test]" && pytest' in TEXT
+    assert 'pip install -e ".[test]" && pytest\n' in TEXT  # the quick tier, first
+    assert 'pip install -e ".[test]" && pytest --full' in TEXT  # the whole suite: what .ci/run runs
     assert len(PY_BLOCKS) >= 3
 
 
@@ -53,12 +54,26 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("readme")  # the README's own commands make every file they read
 
 
-@pytest.mark.parametrize("command", BASH, ids=[f"bash{i}" for i in range(len(BASH))])
+def _long(command):
+    """A README training run of 20 epochs or more on real data, or a benchmark report: the full suite runs it, the
+    quick tier does not."""
+    argv = shlex.split(command)
+    if argv[:3] == ["python", "-m", "benchmarks.report"] or argv[:2] == ["nnkit", "bench"]:
+        return True  # its convolution and epoch reports run for real (only the step report is stubbed)
+    if argv[:2] != ["nnkit", "train"] or "--help" in argv:
+        return False
+    epochs = int(argv[argv.index("--epochs") + 1]) if "--epochs" in argv else 60  # train's default
+    data = argv[argv.index("--data") + 1] if "--data" in argv else "digits"
+    return epochs >= 20 and data == "digits"
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if _long(c) else c for c in BASH],
+                         ids=[f"bash{i}" for i in range(len(BASH))])
 def test_readme_command(command, workdir, monkeypatch, capsys):
     argv = shlex.split(command)
     monkeypatch.chdir(workdir)
     if argv[:2] == ["pip", "install"]:
-        assert argv[2] == "-e" and argv[3] in (".", ".[test]", ".[plot]", ".[sklearn]")
+        assert argv[2] == "-e" and argv[3] in (".", ".[test]", ".[test,torch]", ".[plot]", ".[sklearn]")
     elif argv[0] == "pytest":
         assert all(a.startswith("-") or a in ("benchmarks", "tests") for a in argv[1:])
     elif argv[:3] == ["python", "-m", "benchmarks.report"] or argv[:2] == ["nnkit", "bench"]:

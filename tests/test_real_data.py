@@ -258,6 +258,7 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(monkeypatch):
 
 
 # -- 12. the benchmark report goes where it is told -----------------------------------------------------------------
+@pytest.mark.slow
 def test_report_does_not_overwrite_the_tracked_results_by_default(monkeypatch, tmp_path):
     from nnkit.tools import bench
 

@@ -167,6 +167,7 @@ def test_stacked_rnn_factory():
         nnkit.Sequential.rnn(7, "transformer")
 
 
+@pytest.mark.slow
 def test_compiled_and_mixed_precision_recurrent_fits():
     pytest.importorskip("jax")
     X = rng.standard_normal((32, 6, 2)).astype(np.float32)
@@ -213,6 +214,7 @@ def test_scan_is_lax_scan_in_python():
             assert float(jc) == carry
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_compiled_recurrence_is_one_loop_not_t_unrolled_copies(monkeypatch, kind):
     """compile=True on JAX: the time loop is ``lax.scan`` — each cell's step and step back are traced a fixed

@@ -507,6 +507,7 @@ def test_sequence_pool_explains_its_formula_and_keeps_a_subclass_on_clone():
     assert type(clone.layers[1]).__name__ == "MyPool" and clone.layers[1].mode == "max"
 
 
+@pytest.mark.slow
 def test_compiled_fit_pads_batches_to_a_few_lengths_and_equals_the_eager_fit(monkeypatch):
     """compile=True on JAX: each batch padded to its length bucket (the next multiple of ⌈T/8⌉), so the step is
     traced once per bucket — at most 8 lengths — and the fit equals the eager one (each batch cut to its own

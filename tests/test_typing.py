@@ -13,6 +13,7 @@ def test_the_package_is_marked_typed():
     assert os.path.exists(os.path.join(ROOT, "nnkit", "py.typed"))
 
 
+@pytest.mark.slow
 def test_mypy_is_clean():
     pytest.importorskip("mypy")
     if shutil.which("mypy") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "mypy")):

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import data
 from ..backends import get_backend
+from ..backends.threads import set_threads, threads_arg
 from ..data.files import VERSION, atomic_write
 from ..layers import Conv1D, Conv2D, Dense, Flatten, ReLU, Reshape
 from ..losses import CrossEntropy
@@ -1036,7 +1037,10 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
                    help="timing per callable, in seconds (default: 1; --quick: 0.05); more gives steadier ratios")
     p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
                    "uncompiled targets, shapes S and M, three batch sizes (numbers are noisy)")
+    p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
+                   help="CPU threads of the BLAS libraries and PyTorch (default: one per physical core)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
     _jax_64_bit()
     quick = args.quick
     seconds = args.seconds or (0.05 if quick else 1.0)

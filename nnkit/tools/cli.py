@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from . import plots as plots_
+from ..backends.threads import set_threads, threads_arg
 from ..data.files import VERSION, atomic_write
 from ..data.preprocessing import MissingValueError, Preprocessing
 
@@ -32,7 +33,14 @@ EPILOG_TRAIN = """examples:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help with the examples as written and every option's default shown."""
+    """--help with the examples as written and every option's default shown, once: an option whose help states
+    its default itself (``default: ...``), or has none to state, gets no second ``(default: ...)``."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
 
 
 class CLIError(Exception):
@@ -42,14 +50,17 @@ class CLIError(Exception):
 def _parser():
     p = argparse.ArgumentParser(
         prog="nnkit",
-        description="nnkit: train small neural networks with hand-derived backprop on NumPy, CuPy or PyTorch.",
+        description="nnkit: train small neural networks with hand-derived backprop on NumPy, CuPy, PyTorch or JAX.",
     )
     p.add_argument("--version", action="version", version=f"nnkit {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="{train,predict,generate,data,explain,export,bench}")
     sub.required = True
 
-    t = sub.add_parser("train", help="train an MLP classifier (default: on the bundled digits)",
-                       description="Train a multi-layer perceptron and report its test accuracy.",
+    t = sub.add_parser("train", help="train an MLP, a CNN, a recurrent net or a character GPT (default: an MLP on the "
+                                     "bundled digits)",
+                       description="Train a network on a table, a signal or a text file and report its test score:\n"
+                                   "an MLP (--hidden), a CNN (--conv), a recurrent net (--rnn), or a character-level\n"
+                                   "GPT on a text file (--task lm); a classifier, or a regressor (--task regression).",
                        epilog=EPILOG_TRAIN, formatter_class=_HelpFormatter)
     d = t.add_argument_group("data")
     d.add_argument("--data", default="digits", metavar="NAME|PATH",
@@ -130,9 +141,17 @@ def _parser():
     lm.add_argument("--n-embd", type=int, default=128, help="width")
     lm.add_argument("--steps-per-epoch", type=int, default=100, metavar="K",
                     help="random windows of --batch-size drawn per epoch: --epochs × K steps in all")
-    lm.add_argument("--warmup", type=int, default=100, metavar="STEPS", help="linear warm-up steps")
+    lm.add_argument("--warmup", type=int, default=None, metavar="STEPS",
+                    help="linear warm-up steps (default: 100, cut to a tenth of the run for a shorter one)")
     out = t.add_argument_group("output")
-    out.add_argument("--save", default=None, metavar="MODEL.npz", help="save the trained model (atomic write)")
+    out.add_argument("--save", default=None, metavar="MODEL.npz",
+                     help="save the trained model (atomic write); Ctrl-C or SIGTERM saves it as of the last finished "
+                          "step, then exits (130, 143)")
+    out.add_argument("--checkpoint", default=None, metavar="CKPT.npz",
+                     help="write a checkpoint (model, optimizer, epoch, random state) after every epoch and on SIGTERM")
+    out.add_argument("--resume", action="store_true",
+                     help="with --checkpoint: continue from it when it exists, to --epochs in all (a fresh start "
+                          "when it does not)")
     out.add_argument("--save-best", action="store_true",
                      help="with --save and a --validation-split: keep the epoch whose --monitor was best (the file "
                           "is written at each new best; the test is reported for that model)")
@@ -211,6 +230,9 @@ def _parser():
     sub.add_parser("bench", help="run the CPU/GPU benchmark report (nnkit bench --help for its options)")
     for command in sub.choices.values():  # every --help shows each option's default
         command.formatter_class = _HelpFormatter
+        command.add_argument("--threads", type=threads_arg, default=None, metavar="N",
+                             help="CPU threads of the BLAS libraries and PyTorch (default: one per physical core; "
+                                  "1 is often fastest on a busy machine)")
     return p
 
 
@@ -233,6 +255,9 @@ def _load_data(args):
     if os.path.isdir(path):
         raise CLIError(f"--data {name!r} is a directory: give a .csv or .npz file")
     regression = args.task == "regression"
+    if path.lower().endswith((".txt", ".text", ".md")):
+        raise CLIError(f"--data {name!r} is a text file: to train a character-level GPT on it, add --task lm "
+                       "(a table for --task classification/regression is a .csv or .npz)")
     if path.lower().endswith(".npz"):
         table = datasets.load_npz(path, label=args.label or "y", regression=regression)
     else:
@@ -272,6 +297,7 @@ def cmd_train(args):
     for flag, path in plots:
         if path:
             _check_output(flag, path)
+    _check_resume(args)
 
     records = _run_records(args.log_dir) + _schedule_and_best(args)  # checked before any work
     data = _streamed_data(args) if args.data.lower().endswith(".npy") else _memory_data(args)
@@ -280,18 +306,18 @@ def cmd_train(args):
             raise CLIError("--rnn and --conv build different networks: give one of them")
         if args.rnn:
             model = Sequential.rnn(data.n_features, args.rnn, args.hidden, n_outputs=data.n_out,
-                                         bidirectional=args.bidirectional, backend=args.backend, dtype=args.dtype,
-                                         seed=args.seed, precision=args.precision)
+                                   bidirectional=args.bidirectional, backend=args.backend, dtype=args.dtype,
+                                   seed=args.seed, precision=args.precision)
         elif args.conv:
             if any(c < 1 for c in args.conv):
                 raise CLIError(f"--conv channels must be positive integers, got {' '.join(map(str, args.conv))}")
             model = Sequential.cnn(data.n_features, args.conv, hidden=args.hidden, n_outputs=data.n_out,
-                                         activation=args.activation, backend=args.backend, dtype=args.dtype,
-                                         seed=args.seed, precision=args.precision)
+                                   activation=args.activation, backend=args.backend, dtype=args.dtype,
+                                   seed=args.seed, precision=args.precision)
         else:
             model = Sequential.mlp([data.n_features, *args.hidden, data.n_out], args.activation,
-                                         backend=args.backend, dtype=args.dtype, seed=args.seed, dropout=args.dropout,
-                                         norm=args.norm, residual=args.residual, precision=args.precision)
+                                   backend=args.backend, dtype=args.dtype, seed=args.seed, dropout=args.dropout,
+                                   norm=args.norm, residual=args.residual, precision=args.precision)
     except (RuntimeError, ValueError) as exc:  # backend not installed / no device / a precision it cannot run
         raise CLIError(str(exc)) from None
     model.preprocessing = data.pre
@@ -312,11 +338,12 @@ def cmd_train(args):
     callbacks = [GradientStats()] if args.plot_diagnostics else []
     callbacks += records
     t0 = time.perf_counter()
-    history = model.fit(*data.train, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=watch, callbacks=callbacks,
-                        early_stopping=(EarlyStopping(patience=args.early_stopping)
-                                        if args.early_stopping else None),
-                        metrics=metrics, verbose=0 if args.quiet else 1)
+    history = _fit(model, args, *data.train, loss=loss, optimizer=optimizer, epochs=args.epochs,
+                   batch_size=args.batch_size, validation_data=watch, callbacks=callbacks,
+                   early_stopping=(EarlyStopping(patience=args.early_stopping) if args.early_stopping else None),
+                   metrics=metrics, verbose=0 if args.quiet else 1)
+    if history is None:
+        return 130
     seconds = time.perf_counter() - t0
     if args.save_best and os.path.exists(args.save):  # the best epoch's model, as the file holds it
         model = load(args.save, backend=args.backend)
@@ -340,6 +367,44 @@ def cmd_train(args):
     return 0
 
 
+def _check_resume(args):
+    """--checkpoint and --resume, checked before any work."""
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume continues from a checkpoint: give --checkpoint CKPT.npz")
+    if args.checkpoint:
+        _check_output("--checkpoint", args.checkpoint)
+
+
+def _fit(model, args, *data, **kwargs):
+    """``model.fit`` with --checkpoint/--resume; stopped by Ctrl-C (the history, or None) or SIGTERM (exit 143), it
+    saves --save as of the last finished step first."""
+    from ..training.loop import Terminated
+
+    try:
+        history = model.fit(*data, checkpoint=args.checkpoint, resume=args.resume, **kwargs)
+    except Terminated:
+        _save_stopped(model, args, "SIGTERM")
+        raise
+    if history.interrupted:
+        _save_stopped(model, args, "Ctrl-C")
+        return None
+    return history
+
+
+def _save_stopped(model, args, why):
+    """A run stopped by ``why``: the model as of its last finished step into --save, said on standard error."""
+    where = f"; the checkpoint {args.checkpoint} resumes it (--resume)" if args.checkpoint else ""
+    if args.save and getattr(args, "save_best", False):  # the file holds the best epoch: keep it
+        print(f"nnkit train: {why}: stopped in epoch {model.epoch + 1}; {args.save} keeps the best epoch so far"
+              f"{where}", file=sys.stderr)
+    elif args.save:
+        model.save(args.save)
+        print(f"nnkit train: {why}: stopped in epoch {model.epoch + 1}; saved the model as of its last finished "
+              f"step to {args.save}{where}", file=sys.stderr)
+    else:
+        print(f"nnkit train: {why}: stopped; nothing saved (--save MODEL.npz keeps the model){where}", file=sys.stderr)
+
+
 def _train_lm(args):
     """``nnkit train --task lm``: a character-level GPT (``Sequential.gpt``) on a text file, trained on random
     windows of its first 90 % (``TokenWindows``, ``steps_per_epoch``), validated on 200 windows of the rest."""
@@ -357,6 +422,10 @@ def _train_lm(args):
     if not 0.0 <= args.dropout < 1.0:
         raise CLIError(f"--dropout must be a probability in [0, 1), got {args.dropout}")
     total = args.epochs * args.steps_per_epoch
+    cut = None
+    if args.warmup is None:  # 100 steps, or a tenth of a shorter run (said below)
+        args.warmup = min(100, total // 10)
+        cut = args.warmup if args.warmup < 100 else None
     if not 0 <= args.warmup < total:
         raise CLIError(f"--warmup must be in [0, {total}) (the run's --epochs × --steps-per-epoch steps), got "
                        f"{args.warmup}")
@@ -365,6 +434,7 @@ def _train_lm(args):
     for flag, path in (("--save", args.save), ("--plot", args.plot)):
         if path:
             _check_output(flag, path)
+    _check_resume(args)
     if args.plot:
         _check_matplotlib()
     text = read_text(args.data)
@@ -380,7 +450,7 @@ def _train_lm(args):
     Xv, Yv = val[rng.integers(0, len(val), size=min(200, len(val)))]
     try:
         model = Sequential.gpt(tok.vocab_size, T, args.n_embd, args.n_layer, args.n_head, dropout=args.dropout,
-                                     backend=args.backend, dtype=args.dtype, seed=args.seed, precision=args.precision)
+                               backend=args.backend, dtype=args.dtype, seed=args.seed, precision=args.precision)
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     model.tokenizer = tok
@@ -388,15 +458,20 @@ def _train_lm(args):
     lr = 1e-3 if args.lr is None else args.lr
     opt = optim.AdamW(lr, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0, decay="matrices")
     schedule = optim.CosineLR(total, warmup=args.warmup, min_lr=lr / 10, steps_per_epoch=args.steps_per_epoch,
-                                        lr=lr)
+                              lr=lr)
     say = (lambda *a: None) if args.quiet else print
     say(f"data: {args.data}, {len(ids):,} characters, vocabulary {tok.vocab_size}; {total:,} steps of "
         f"{args.batch_size} × {T}")
+    if cut is not None:
+        say(f"warm-up: {cut} steps, a tenth of this {total}-step run (--warmup sets it)")
     say(model.summary())
     t0 = time.perf_counter()
-    history = model.fit(TokenWindows(ids[:split], T), loss="cross_entropy", optimizer=opt, epochs=args.epochs,
-                        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, validation_data=(Xv, Yv),
-                        callbacks=[schedule] + _run_records(args.log_dir), verbose=0 if args.quiet else 1)
+    history = _fit(model, args, TokenWindows(ids[:split], T), loss="cross_entropy", optimizer=opt,
+                   epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                   validation_data=(Xv, Yv), callbacks=[schedule] + _run_records(args.log_dir),
+                   verbose=0 if args.quiet else 1)
+    if history is None:
+        return 130
     seconds = time.perf_counter() - t0
     print(f"validation loss {history['val_loss'][-1]:.4f} nats/char after {total:,} steps ({seconds:.1f} s)")
     if args.save:
@@ -492,7 +567,7 @@ def _schedule_and_best(args):
                 raise CLIError(f"--schedule plateau watches {args.monitor}: give a --validation-split > 0 "
                                "(or --monitor loss)")
             cbs.append(optim.ReduceLROnPlateau(args.monitor, factor=args.gamma, patience=args.lr_patience,
-                                                         min_lr=args.min_lr))
+                                               min_lr=args.min_lr))
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--schedule {args.schedule}: {exc}") from None
     return cbs
@@ -888,6 +963,8 @@ def main(argv=None):
 
         return bench_main(argv[1:], prog="nnkit bench")
     args = _parser().parse_args(argv)
+    if args.threads is not None:
+        set_threads(args.threads)
     command = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "data": cmd_data,
                "export": cmd_export, "explain": cmd_explain}[args.command]
     try:

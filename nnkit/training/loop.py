@@ -25,6 +25,7 @@ from . import distributed as dist
 from .callbacks import (Callback, EarlyStopping, History, ModelCheckpoint, ProgbarLogger, _Progress,  # noqa: F401
                         overrides_on_batch_end)
 from ..backends import is_sparse
+from ..backends import threads as cpu_threads
 from ..data.files import check_writable
 from ..losses import get_loss
 from ..metrics import BatchStats, get_metrics, read_stats
@@ -116,9 +117,13 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         cb.history = history
     for cb in hooks:
         cb.on_train_begin()
+    on_cpu = not be.on_cuda
+    if on_cpu:
+        cpu_threads.apply_default()  # one BLAS thread per physical core, unless the user chose
     with _StopFlag() as stop, model.policy.activate():
         for epoch in range(run.start, run.end):
             # the epoch's start, to undo it: the step state and the shuffle generator
+            c0 = time.process_time()
             t0, safe = time.perf_counter(), (model.step_state(run.optimizer, copy=True),
                                              copy.deepcopy(model.rng.bit_generator.state))
             model.reseed()  # random layers: this epoch's device generator, from the model's seed
@@ -159,7 +164,10 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                     f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "
                     f"{run.optimizer.lr:g}), gradient clipping (clip_norm=) or standardised inputs")
             model.epoch = epoch + 1
-            history.append({**logs, "time": time.perf_counter() - t0})
+            wall = time.perf_counter() - t0
+            history.append({**logs, "time": wall})
+            if on_cpu and epoch == run.start:  # the first epoch: were the cores ours? (warns once per process)
+                cpu_threads.check_oversubscribed(time.process_time() - c0, wall)
             if any([bool(cb.on_epoch_end(epoch, dict(logs))) for cb in hooks]):
                 history.stopped_epoch = epoch
                 break
@@ -174,19 +182,20 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
 
 
 def _terminate(run, model, safe, epoch, hooks):
-    """SIGTERM: the epoch in progress rolled back to its start (weights, optimizer, loss scale, the shuffle
-    generator) — so that ``resume=True`` redoes it exactly as an uninterrupted run does — the checkpoint written
-    atomically, a line on standard error, and the process ended (:class:`Terminated`)."""
-    if safe is not None:
+    """SIGTERM: with a checkpoint, the epoch in progress rolled back to its start (weights, optimizer, loss scale,
+    the shuffle generator) — so that ``resume=True`` redoes it exactly as an uninterrupted run does — and the
+    checkpoint written atomically (without one, the model keeps its last finished step); a line on standard error,
+    and the process ended (:class:`Terminated`)."""
+    path = run.checkpoint
+    if safe is not None and path is not None:  # without a checkpoint the model keeps its last finished step
         model.load_step_state(safe[0], run.optimizer)
         model.rng.bit_generator.state = safe[1]
-    path = run.checkpoint
     if path is not None and run.rank == 0:
         ckpt.save(model, path)
     for cb in hooks:
         cb.on_train_end()
     where = f"the checkpoint {os.fspath(path)!r} holds epoch {epoch}; resume=True continues from there" \
-        if path is not None else "no checkpoint= was given, so the progress is not kept"
+        if path is not None else "no checkpoint was given (checkpoint=, --checkpoint), so none was written"
     sys.stderr.write(f"nnkit: SIGTERM: training stopped after the current step; {where}\n")
     sys.stderr.flush()
     raise Terminated(143)

@@ -494,7 +494,7 @@ def read_stats(be, stats, extra=(), reduce=None):
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None,
                      sample_weight: Any = None, labels: Any = None) -> np.ndarray:
-    """The K×K confusion matrix C[i, j] = Σ w·[true = i][predicted = j] (arrays of any library, copied to the host
+    """The K×K confusion matrix ``C[i, j] = Σ w·[true = i]·[predicted = j]`` (arrays of any library, copied to the host
     once; a NumPy array), as scikit-learn's ``confusion_matrix``: integer counts (int64) without weights, weighted
     sums (float64) with them.  Labels are integers 0..K−1 (K = ``num_classes``, default the largest label + 1), or
     class names — ``labels`` the names in row order (default: the model's classes when you pass them, else the

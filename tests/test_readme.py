@@ -1,4 +1,5 @@
-"""Every code block in README.md runs (the README stays true).
+"""Every code block in README.md and in the guides of the documentation site (docs/guides, in the site's order)
+runs: the README and the guides stay true.
 
 * ```python blocks are executed (a CuPy block is skipped when CuPy has no usable GPU; a torch block
   when PyTorch is not installed).
@@ -17,11 +18,40 @@ import pytest
 import nnkit.tools.bench
 from nnkit.tools.cli import main
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
-PY_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
-BASH = [c.strip() for block in re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
+
+
+def _guides():
+    """The guides in the order mkdocs.yml's nav gives them (a later guide may use a file an earlier one made)."""
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    return [ROOT / "docs" / path for path in re.findall(r":\s*(guides/[\w-]+\.md)\s*$", nav, flags=re.M)]
+
+
+GUIDES = _guides()
+ALL_TEXT = TEXT + "".join(g.read_text(encoding="utf-8") for g in GUIDES)
+PY_BLOCKS = re.findall(r"```python\n(.*?)```", ALL_TEXT, flags=re.S)
+BASH = [c.strip() for block in re.findall(r"```bash\n(.*?)```", ALL_TEXT, flags=re.S)
         for line in block.splitlines() if line.strip() for c in line.split("&&")]
+
+
+def test_every_guide_is_in_the_site_and_the_readme_is_a_few_screens():
+    assert sorted(GUIDES) == sorted((ROOT / "docs" / "guides").glob("*.md"))
+    assert len(TEXT.splitlines()) <= 300
+    for link in re.findall(r"\]\((docs/[^)#]+)", TEXT):  # the README's links into the site point at real pages
+        assert (ROOT / link).exists(), link
+
+
+def test_the_readme_lists_every_command_of_the_cli():
+    import argparse
+
+    from nnkit.tools.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    table = TEXT[TEXT.index("## The commands"):]
+    listed = re.findall(r"^\| `nnkit (\w+)` \|", table, flags=re.M)
+    assert sorted(listed) == sorted(sub.choices)
 
 
 def test_readme_states_the_two_setup_commands():
@@ -84,6 +114,8 @@ def test_readme_command(command, workdir, monkeypatch, capsys):
         calls = []
         empty = {"targets": [], "steps": [], "kernels": [], "sweep": [], "unavailable": {}}
         monkeypatch.setattr(bench, "run_report", lambda **kw: calls.append(kw) or empty)
+        monkeypatch.setattr(bench, "run_conv_report", lambda *a, **kw: {})  # tests/test_cli.py times them for real
+        monkeypatch.setattr(bench, "run_epoch_report", lambda *a, **kw: [])
         monkeypatch.setattr(bench, "write_markdown", lambda *a, **kw: None)
         monkeypatch.setattr(argparse.ArgumentParser, "exit", lambda self, status=0, message=None: pytest.fail(message))
         assert bench.main(opts) == 0 and len(calls) == 1  # the options parse; the minutes-long timing is stubbed

@@ -326,3 +326,14 @@ def test_predict_names_an_unknown_class_and_can_skip_it(capsys, tmp_path):
     plain.save(tmp_path / "plain.npz")
     code, out, err = run(capsys, "predict", str(tmp_path / "plain.npz"), str(named))
     assert code == 2 and "--label" in err
+
+
+@pytest.mark.slow
+def test_bench_epoch_report_times_every_row_it_lists():
+    """The small network's epoch report (left out of ``nnkit bench --quick``): each row timed, the table written."""
+    from nnkit.tools.bench import epoch_markdown, run_epoch_report
+
+    rows = run_epoch_report(seconds=0.01, log=lambda *a: None)
+    assert rows and all(r["step"] > 0 for r in rows)
+    table = "\n".join(epoch_markdown(rows))
+    assert all(r["what"] in table for r in rows)

@@ -47,7 +47,7 @@ SHAPES = {
 }
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # batch sizes for shape M
 DTYPES = ("float32", "float64", "mixed_bfloat16", "mixed_float16", "tf32")  # dtypes and precision policies
-QUICK = {"targets": ("numpy", "torch", "cupy", "torch-cuda"), "shapes": ("S", "M"), "sweep": (64, 256, 1024)}
+QUICK = {"targets": ("numpy", "torch", "cupy", "torch-cuda"), "shapes": ("S", "M"), "sweep": (64, 1024)}
 KERNELS = ("dense_forward", "dense_backward", "relu_forward", "relu_backward", "softmax_cross_entropy",
            "train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight", "torch_eager_step")
 TARGETS = ("numpy", "torch", "torch-compile", "jax", "jax-jit", "cupy", "torch-cuda")
@@ -761,6 +761,12 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
             for t in targets:
                 if t not in runs:
                     skipped.setdefault(dtype, []).append(t)
+            if shape != "S":  # an emulated 16-bit policy only waits beyond the small shape (why_emulated)
+                slow = [t for t in runs if why_emulated(t, dtype) is not None]
+                for t in slow:
+                    log(f"{shape} {dtype}: not timed on {t}: {why_emulated(t, dtype)}")
+                    skipped.setdefault(dtype, []).append(f"{t} ({shape}: emulated)")
+                runs = [t for t in runs if t not in slow]
             if not runs:
                 continue
             cases = {t: Case(t, dtype, sizes, batch) for t in runs}
@@ -842,7 +848,8 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
     for t, why in results["unavailable"].items():
         L.append(f"- not measured: **{t}** — {why}")
     for d, ts in results.get("skipped", {}).items():
-        L.append(f"- not measured in {d}: {', '.join(ts)} (the backend cannot run it; see precision)")
+        L.append(f"- not measured in {d}: {', '.join(ts)} (the backend cannot run it, or only emulates it: see "
+                 "nnkit.precision)")
     L += ["", "## One train step (forward + softmax cross-entropy + backward + SGD update), median",
           "",
           "Floor = the raw matmuls every Dense layer needs (X·W, Xᵀ·dZ, dZ·Wᵀ) at the same shapes in the "
@@ -1036,7 +1043,7 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     p.add_argument("--seconds", type=positive_seconds, default=None,
                    help="timing per callable, in seconds (default: 1; --quick: 0.05); more gives steadier ratios")
     p.add_argument("--quick", action="store_true", help="a smoke run within a minute: short timings, the "
-                   "uncompiled targets, shapes S and M, three batch sizes (numbers are noisy)")
+                   "uncompiled targets, shapes S and M, two batch sizes, no epoch report (numbers are noisy)")
     p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
                    help="CPU threads of the BLAS libraries and PyTorch (default: one per physical core)")
     args = p.parse_args(argv)
@@ -1054,7 +1061,7 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     if not args.no_conv:
         results.update(run_conv_report(results["targets"], seconds=seconds,
                                        log=lambda m: print(m, file=sys.stderr, flush=True)))
-    if not args.no_epoch:
+    if not (args.no_epoch or quick):
         results["epoch"] = run_epoch_report(seconds=seconds, log=lambda m: print(m, file=sys.stderr, flush=True))
     plot_name = None
     if results["sweep"]:

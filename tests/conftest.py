@@ -155,16 +155,19 @@ def pytest_collection_modifyitems(config, items):
         config._nnkit_left_out = len(left)
 
 
+def skipped_for_torch(report):
+    """Whether a skipped test's reason is that PyTorch is not installed (however the test words it)."""
+    reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+    return bool(re.search(r"torch|PyTorch", reason) and re.search(r"not installed|could not import|No module",
+                                                                    reason))
+
+
 def pytest_terminal_summary(terminalreporter, config):
     left = getattr(config, "_nnkit_left_out", 0)
     if left:
         terminalreporter.write_line(f"quick tier: {left} slow or repeated tests left out; `pytest --full` runs the "
                                     "whole suite (what CI runs)")
-    torch_skips = 0
-    for report in terminalreporter.stats.get("skipped", []):
-        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
-        if re.search(r"torch|PyTorch", reason) and re.search(r"not installed|could not import|No module", reason):
-            torch_skips += 1
+    torch_skips = sum(map(skipped_for_torch, terminalreporter.stats.get("skipped", [])))
     if torch_skips:
         terminalreporter.write_line(f"{torch_skips} tests skipped because PyTorch is not installed "
                                     "(pip install -e \".[test,torch]\" runs them)")

@@ -136,3 +136,15 @@ def test_old_sklearn_pickle_and_pickled_torch_modules_load():
     again = torch.load(buf, weights_only=False)
     x = torch.tensor(np.random.default_rng(1).normal(size=(2, 3)))
     torch.testing.assert_close(again(x), module(x))
+
+
+def test_the_run_counts_the_tests_skipped_for_want_of_pytorch():
+    from types import SimpleNamespace
+
+    from conftest import skipped_for_torch
+
+    reasons = ["torch not installed", "could not import 'torch': No module named 'torch'",
+               "backend 'torch' needs PyTorch, which is not installed: pip install torch",
+               "backend 'cupy' needs CuPy, which is not installed", "torch-cuda: PyTorch sees no CUDA device"]
+    reports = [SimpleNamespace(longrepr=("tests/x.py", 1, f"Skipped: {r}")) for r in reasons]
+    assert [skipped_for_torch(r) for r in reports] == [True, True, True, False, False]

@@ -132,6 +132,19 @@ def test_bench_writes_a_report(capsys, tmp_path):
     assert code == 0, err
     text = out.read_text()
     assert "| S 64-128-64-10 ×64 | float32 | numpy |" in text and "BLAS" in text
+    row = next(line for line in text.splitlines() if line.startswith("| S 64-128-64-10 ×64 | float32 | numpy |"))
+    assert re.search(r"\| [\d.]+ ms( ⚠)? \| [\d.]+ ms–[\d.]+ ms \|", row), row  # each figure with its spread
+
+
+def test_bench_figures_carry_their_spread_and_doubtful_ones_are_flagged():
+    from nnkit.tools.bench import Timing, doubtful, measure
+
+    calls = []
+    t = measure({"f": lambda: calls.append(1)}, seconds=0.01)["f"]
+    assert isinstance(t, Timing) and t.lo <= t <= t.hi and len(calls) > 10
+    assert doubtful(Timing(1.0, 0.95, 1.05), 0.5) is None
+    assert doubtful(Timing(1.0, 0.6, 1.4), 0.5) == "spread 80%"
+    assert doubtful(Timing(0.4, 0.39, 0.41), 0.5) == "below its floor (0.80×)"
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "1e9", "fast"])

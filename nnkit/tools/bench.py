@@ -659,8 +659,29 @@ def epoch_markdown(rows, shape="S"):
     return L
 
 
+class Timing(float):
+    """A median time per call (a float, seconds) that carries its spread: ``lo`` and ``hi``, the fastest and the
+    slowest of the per-block medians (the alternating rounds), so a report can say how far to trust it."""
+
+    lo = hi = None
+
+    def __new__(cls, median, lo=None, hi=None):
+        t = super().__new__(cls, median)
+        t.lo, t.hi = lo, hi
+        return t
+
+    @property
+    def spread(self):
+        """(hi − lo) / median: 0.3 is a figure whose blocks disagree by 30 % of it (0 where unknown)."""
+        return 0.0 if self.lo is None or float(self) <= 0 else (self.hi - self.lo) / float(self)
+
+
+SPREAD_FLAG = 0.30  # a figure whose blocks disagree by more than this is flagged (and re-measured once)
+
+
 def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
-    """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: s}``.
+    """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: Timing}`` (the
+    median of all calls, with the fastest and slowest block's median as its spread).
 
     Within a group (one library) the callables alternate call by call — the step and its floor see
     the same machine state, each call running after other work as in a real program — in a new order
@@ -684,6 +705,7 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
             fn()
         per_round[g] = max(time.perf_counter() - t0, 1e-7) / len(fns)
     samples = {name: [] for fns in groups.values() for name in fns}
+    block_medians = {name: [] for name in samples}
     order = random.Random(0)
     for _ in range(blocks):
         for g, fns in groups.items():
@@ -693,14 +715,30 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
                 for fn in fns.values():
                     fn()
             names = list(fns)
+            block = {name: [] for name in names}
             for _ in range(rounds):
                 order.shuffle(names)
                 for name in names:
                     fn = fns[name]
                     t0 = time.perf_counter()
                     fn()
-                    samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in samples.items()}
+                    block[name].append(time.perf_counter() - t0)
+            for name, v in block.items():
+                samples[name] += v
+                block_medians[name].append(statistics.median(v))
+    return {name: Timing(statistics.median(v), min(block_medians[name]), max(block_medians[name]))
+            for name, v in samples.items()}
+
+
+def doubtful(step, floor):
+    """Why a step figure is not to be trusted as it stands (None if it is): faster than its own matmul floor (the
+    machine changed state between them), or a spread over :data:`SPREAD_FLAG`."""
+    if step < floor:
+        return f"below its floor ({float(step) / float(floor):.2f}×)"
+    spread = getattr(step, "spread", 0.0)
+    if spread > SPREAD_FLAG:
+        return f"spread {spread:.0%}"
+    return None
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -781,6 +819,11 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
             for (t, k), fn in fns.items():
                 groups.setdefault(t, {})[f"{t}|{k}"] = fn
             times = measure(groups, seconds=seconds)
+            again = [t for t in cases if doubtful(times[f"{t}|train_step"], times[f"{t}|matmul_floor_tight"])]
+            if again:  # measured once more, the second figures kept (and still flagged when still doubtful)
+                log(f"{shape} {dtype}: re-measuring {', '.join(again)} "
+                    f"({'; '.join(doubtful(times[f'{t}|train_step'], times[f'{t}|matmul_floor_tight']) for t in again)})")
+                times.update(measure({t: groups[t] for t in again}, seconds=seconds))
             for t, c in cases.items():
                 step = times[f"{t}|train_step"]
                 peer = times.get(f"{PEER_OF[t]}|torch_eager_step")
@@ -860,13 +903,19 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
           "Timing: on each target the step, its floors and the peer alternate call by call; targets alternate "
           "in blocks with a pause between them, so one library's spinning BLAS threads do not slow another's "
           "(see `nnkit.tools.bench.measure`).", "",
-          "| shape | dtype | target | time/step | samples/s | GFLOP/s | / floor | / tight floor | / peer |",
-          "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+          "Spread: the fastest and the slowest of the five alternating blocks' medians; ⚠ marks a step below its "
+          f"tight floor or with a spread over {SPREAD_FLAG:.0%} (measured a second time, still so).", "",
+          "| shape | dtype | target | time/step | spread (min–max) | samples/s | GFLOP/s | / floor | / tight floor "
+          "| / peer |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["steps"]:
         peer = f"{r['step'] / r['peer']:.2f}" if r["peer"] is not None and "peer" not in r["target"] else "—"
+        step = r["step"]
+        spread = f"{_fmt_time(step.lo)}–{_fmt_time(step.hi)}" if getattr(step, "lo", None) is not None else "—"
+        flag = " ⚠" if "peer" not in r["target"] and doubtful(step, r["tight"]) else ""
         L.append(f"| {r['shape']} {'-'.join(map(str, r['sizes']))} ×{r['batch']} | {r['dtype']} | {r['target']} | "
-                 f"{_fmt_time(r['step'])} | {r['batch'] / r['step']:,.0f} | {r['flops'] / r['step'] / 1e9:.1f} | "
-                 f"{r['step'] / r['floor']:.2f} | {r['step'] / r['tight']:.2f} | {peer} |")
+                 f"{_fmt_time(step)}{flag} | {spread} | {r['batch'] / step:,.0f} | {r['flops'] / step / 1e9:.1f} | "
+                 f"{step / r['floor']:.2f} | {step / r['tight']:.2f} | {peer} |")
     L += precision_against_float32(results["steps"])
     if results["kernels"]:
         names = [k for k in results["kernels"][0] if k != "target"]

@@ -61,7 +61,6 @@ class _Sloped(_Elementwise):
     argument is ``torch_alpha``: ``negative_slope`` for LeakyReLU), and into the config."""
 
     torch_alpha = "alpha"
-    alpha = None
 
     def backward(self, dA, need_dX=True):
         """dZ = dA ⊙ f'(Z), f'(Z) as the forward pass kept it (the class docstring derives it); shapes (B, n)."""

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import data
 from ..backends import get_backend
-from ..backends.threads import set_threads, threads_arg
+from ..backends.threads import apply_default, set_threads, threads_arg
 from ..data.files import VERSION, atomic_write
 from ..layers import Conv1D, Conv2D, Dense, Flatten, ReLU, Reshape
 from ..losses import CrossEntropy
@@ -1096,7 +1096,10 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
                    help="CPU threads of the BLAS libraries and PyTorch (default: one per physical core)")
     args = p.parse_args(argv)
-    set_threads(args.threads)
+    if args.threads is not None:
+        set_threads(args.threads)
+    else:
+        apply_default()  # one per physical core, unless OMP_NUM_THREADS=… or the like chose
     _jax_64_bit()
     quick = args.quick
     seconds = args.seconds or (0.05 if quick else 1.0)

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 
-
 from . import checkpoint as ckpt
 from .. import data
 from . import distributed as dist

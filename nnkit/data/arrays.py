@@ -77,7 +77,7 @@ def as_input(model, X, check_values=True):
         raise ValueError(f"X is empty: expected at least one {what}")
     model.check_batch_shape(tuple(int(d) for d in arr.shape[1:]))
     if not xp.isdtype(arr.dtype, ("real floating", "integral", "bool")):
-        raise TypeError(f"X must be numeric (float or int), got dtype {arr.dtype}")
+        raise TypeError(not_numeric("X", arr.dtype))
     if check_values and xp.isdtype(arr.dtype, "real floating") and not bool(xp.all(xp.isfinite(arr))):
         raise ValueError(f"X contains NaN or infinity, first at {_first_bad(arr, xp)}: clean the data, or attach a "
                          "preprocessing that imputes it (model.preprocessing = nnkit.Preprocessing.fit(X_train, "
@@ -108,6 +108,9 @@ def _preprocessed(model, pre, X):
     :meth:`Preprocessing.transform`; an array already on the model's device by the same fill and scaling there."""
     be = model.backend
     if be.owns(X) and not isinstance(X, np.ndarray):
+        if pre.categories is not None:
+            raise TypeError("the model encodes text columns (its preprocessing): give it the raw rows on the host "
+                            "(a NumPy array, a Table or a DataFrame), not an array of the backend")
         xp = be.xp
         X = xp.astype(X, be.dtype)
         if pre.fill is not None:
@@ -276,8 +279,16 @@ def numeric_host(a, name):
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({exc})") from None
     if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric (float or int), got dtype {arr.dtype}")
+        raise TypeError(not_numeric(name, arr.dtype))
     return arr
+
+
+def not_numeric(name, dtype):
+    """The message for an array that is not numbers; for text, how a table's text columns get in."""
+    text = "" if getattr(dtype, "kind", None) not in ("O", "U", "S") else (
+        ": a table with text columns goes through a preprocessing that encodes them one-hot — "
+        "model.preprocessing = nnkit.Preprocessing.fit(X_train) (or the Table)")
+    return f"{name} must be numeric (float or int), got dtype {dtype}{text}"
 
 
 def batch_ranges(n, batch_size):

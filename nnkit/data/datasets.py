@@ -129,7 +129,8 @@ def make_xor(n_samples=400, noise=0.1, seed=0):
 # -- your own files --------------------------------------------------------------------------------
 class Table:
     """A loaded data file: features ``X`` (float32; float64 where values exceed float32's range or
-    missing values are kept as NaN), labels ``y``, ``classes`` and column names.
+    missing values are kept as NaN; an object array when a column holds text), labels ``y``, ``classes`` and
+    column names.
 
     ``y`` holds class indices 0..K−1 (int64) with ``classes[i]`` the original label of class i —
     or float32 targets for regression (``classes`` is None) — or None when the file has no label
@@ -227,7 +228,7 @@ def _read_rows(path, delimiter, encoding):
 
 
 def load_csv(path, label="label", header=None, delimiter=None, regression=False, require_label=True,
-             encoding="utf-8-sig", missing="error"):
+             encoding="utf-8-sig", missing="error", categorical=None):
     """Read a CSV file of numeric features and one label column → :class:`Table`.
 
     * ``label``: the label column's name (from the header row) or index (0-based, negative from the
@@ -235,7 +236,10 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
     * ``header``: True/False, or None to detect it (a first row with any non-numeric feature cell).
     * ``delimiter``: None detects it (``,`` ``;`` tab ``|``); quoted cells may hold the delimiter.
     * ``encoding``: the text encoding (default UTF-8, with or without a byte-order mark).
-    * Feature cells must be numbers; an empty, ``NA``, ``NaN``, ``null`` or ``?`` cell is a missing
+    * A feature column that holds only text (no cell a number), or is named in ``categorical`` (names or
+      indices: integer codes, say), is a text column: ``X`` is then an object array (the numbers float, the
+      text as stripped strings, None where missing) for :class:`nnkit.Preprocessing`, which encodes it one-hot.
+    * Other feature cells must be numbers; an empty, ``NA``, ``NaN``, ``null`` or ``?`` cell is a missing
       value: ``missing="error"`` (default) names its column and first row, ``missing="keep"`` keeps it
       as NaN for imputation (:class:`nnkit.data.preprocessing.Preprocessing`).  Labels may be integers or
       names (``classes`` maps them back); a missing label is always an error.
@@ -261,7 +265,7 @@ def load_csv(path, label="label", header=None, delimiter=None, regression=False,
     first = 1 + bool(header)  # the file line of body[0] (blank lines aside)
     col, feat = _columns(path, names, width, label, require_label)
     table = _parse_rows(path, body, names, width, first, col, feat, missing, regression, 2 if require_label else 1,
-                        delimiter)
+                        delimiter, categorical)
     table.header = bool(header)
     return table
 
@@ -281,33 +285,57 @@ def _columns(path, names, width, label, require_label):
     return col, feat
 
 
-def _parse_rows(path, body, names, width, first, col, feat, missing, regression, min_classes, delimiter):
+def _parse_rows(path, body, names, width, first, col, feat, missing, regression, min_classes, delimiter,
+                categorical=None):
     """The rows of a CSV body (``first``: the file line of body[0]) → :class:`Table`, with the errors that
-    name the column and row."""
+    name the column and row.  A feature column holding text only (every present cell not a number), or named in
+    ``categorical``, is a text column: then ``X`` is an object array, its cells the stripped strings (None where
+    missing) and the numbers float."""
     for i, r in enumerate(body):
         if len(r) != width:
             raise ValueError(f"{path}: row {i + first} has {len(r)} cells, expected {width} "
                              f"(delimiter {delimiter!r})")
+    text = _text_features(path, body, names, feat, categorical)
     X = np.empty((len(body), len(feat)), dtype=np.float64)
     for i, r in enumerate(body):
         for k, j in enumerate(feat):
+            if k in text:
+                continue
             cell = r[j].strip()
             try:
                 X[i, k] = float(cell)
             except ValueError:
                 if cell.lower() not in MISSING:
                     raise ValueError(f"{path}: column {names[j]!r}, row {i + first}: {cell[:40]!r} is not a number "
-                                     "(feature cells must be numbers)") from None
+                                     "(feature cells must be numbers; a column that holds only text is read as categories, "
+                                     f"or name it: categorical=[{names[j]!r}], on the command line --categorical "
+                                     f"{names[j]})") from None
                 X[i, k] = np.nan
-    if np.isinf(X).any():
-        i, k = (int(v) for v in np.argwhere(np.isinf(X))[0])
-        raise ValueError(f"{path}: column {names[feat[k]]!r}, row {i + first} holds infinity")
-    if missing == "error" and np.isnan(X).any():
-        i, k = (int(v) for v in np.argwhere(np.isnan(X))[0])
-        raise ValueError(f"{path}: column {names[feat[k]]!r} has a missing value in row {i + first} "
-                         f"({int(np.isnan(X[:, k]).sum())} in that column): fill them in, or impute "
+    if text:
+        numeric = [k for k in range(len(feat)) if k not in text]
+        if missing == "error":
+            for k in text:
+                gaps = [i for i, r in enumerate(body) if r[feat[k]].strip().lower() in MISSING]
+                if gaps:
+                    raise ValueError(f"{path}: column {names[feat[k]]!r} has a missing value in row {gaps[0] + first} "
+                                     f"({len(gaps)} in that column): fill them in, or impute (nnkit train --impute "
+                                     "most_frequent)")
+        X = X.astype(object)
+        for k in text:
+            X[:, k] = [None if r[feat[k]].strip().lower() in MISSING else r[feat[k]].strip() for r in body]
+        X_num = X[:, numeric].astype(np.float64)
+    else:
+        X_num = X
+    numeric = [k for k in range(len(feat)) if k not in text]
+    if np.isinf(X_num).any():
+        i, k = (int(v) for v in np.argwhere(np.isinf(X_num))[0])
+        raise ValueError(f"{path}: column {names[feat[numeric[k]]]!r}, row {i + first} holds infinity")
+    if missing == "error" and np.isnan(X_num).any():
+        i, k = (int(v) for v in np.argwhere(np.isnan(X_num))[0])
+        raise ValueError(f"{path}: column {names[feat[numeric[k]]]!r} has a missing value in row {i + first} "
+                         f"({int(np.isnan(X_num[:, k]).sum())} in that column): fill them in, or impute "
                          "(nnkit train --impute mean|median|most_frequent)")
-    if missing == "error":
+    if missing == "error" and not text:
         X = X.astype(np.float32) if np.all(np.abs(X) <= np.finfo(np.float32).max) else X
     y = classes = None
     if col is not None:
@@ -320,11 +348,28 @@ def _parse_rows(path, body, names, width, first, col, feat, missing, regression,
     return Table(X, y, classes, [names[j] for j in feat], None if col is None else names[col], path)
 
 
+def _text_features(path, body, names, feat, categorical):
+    """The positions (in ``feat``) of the text columns: every present cell not a number, or named in
+    ``categorical`` (names or file column indices)."""
+    text = set()
+    for c in categorical or ():
+        j = _column_index(names, c, path)
+        if j not in feat:
+            raise ValueError(f"{path}: categorical column {c!r} is the label column")
+        text.add(feat.index(j))
+    for k, j in enumerate(feat):
+        present = [c for c in (r[j].strip() for r in body) if c.lower() not in MISSING]
+        if present and not any(_is_number(c) for c in present):
+            text.add(k)
+    return text
+
+
 def iter_csv(path, label="label", header=None, delimiter=None, encoding="utf-8-sig", missing="error",
-             chunk_rows=65536):
+             chunk_rows=65536, categorical=None):
     """A CSV file as :class:`Table` chunks of at most ``chunk_rows`` rows, read one chunk at a time — for files
     larger than memory.  Each chunk is parsed and checked as :func:`load_csv` does (errors name the file's
-    row); labels are optional (each chunk's ``classes`` are its own)."""
+    row); labels are optional (each chunk's ``classes`` are its own).  Give the text columns as ``categorical``
+    (a model's ``preprocessing.text_columns`` by name): a chunk may hold only number-like values of one."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
@@ -345,16 +390,16 @@ def iter_csv(path, label="label", header=None, delimiter=None, encoding="utf-8-s
     for r in rows:
         chunk.append(r)
         if len(chunk) == chunk_rows:
-            yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
+            yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header, categorical)
             first, chunk, seen = first + len(chunk), [], seen + len(chunk)
     if chunk:
-        yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header)
+        yield _chunk(path, chunk, names, width, first, col, feat, missing, delimiter, header, categorical)
     elif not seen:
         raise ValueError(f"{path}: no data rows after the header")
 
 
-def _chunk(path, body, names, width, first, col, feat, missing, delimiter, header):
-    table = _parse_rows(path, body, names, width, first, col, feat, missing, False, 1, delimiter)
+def _chunk(path, body, names, width, first, col, feat, missing, delimiter, header, categorical):
+    table = _parse_rows(path, body, names, width, first, col, feat, missing, False, 1, delimiter, categorical)
     table.header = bool(header)
     return table
 

@@ -36,7 +36,10 @@ in ``model.info["head"]`` — or ``classifier=True``), ``probabilities``: softma
 head or a single output, as ``predict_proba`` gives).  The file's ``metadata_props`` carry the class names, the
 feature names and the probabilities' head as JSON.  A model that carries a
 :class:`nnkit.Preprocessing` takes *raw* features: its fill values replace NaNs (``Where(IsNaN(x), fill,
-x)``) and its scaling ``(x − mean)/std`` runs as nodes before the first layer.
+x)``) and its scaling ``(x − mean)/std`` runs as nodes before the first layer.  A model with text columns
+takes the numeric columns in ``input`` and each text column as a string input (batch,) named after it, one-hot
+encoded by ``ai.onnx.ml.OneHotEncoder`` (``metadata_props["text_columns"]`` lists them); a missing text cell
+has no form there (fill it before feeding).
 """
 from __future__ import annotations
 
@@ -137,12 +140,8 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     dtype = np.float64 if model.dtype == "float64" else np.float32
     elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
     g = Graph(helper, numpy_helper, dtype)
-    x = input_name
     pre = model.preprocessing
-    if pre is not None and pre.fill is not None:
-        x = g.op("Where", [g.op("IsNaN", [x]), g.const(pre.fill, "fill"), x], "filled")
-    if pre is not None and pre.mean is not None:
-        x = g.op("Div", [g.op("Sub", [x, g.const(pre.mean, "mean")]), g.const(pre.std, "std")], "scaled")
+    x, text_inputs = _preprocessed_input(g, pre, input_name, elem)
     if lengths:
         _lengths_input(model, g, input_name)
     for i, layer in enumerate(model.layers):
@@ -169,10 +168,15 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     in_dims = ["batch"] + [f"dim{i + 1}" if d is None else d for i, d in enumerate(in_shape)]
     inputs = [helper.make_tensor_value_info(
         input_name, TensorProto.INT64 if getattr(model.layers[0], "takes_ids", False) else elem, in_dims)]
+    if text_inputs:  # the numeric columns in ``input``, each text column in an input of its own
+        numeric = len(pre.categories) - len(text_inputs)
+        inputs = ([helper.make_tensor_value_info(input_name, elem, ["batch", numeric])] if numeric else []) + \
+            [helper.make_tensor_value_info(name, TensorProto.STRING, ["batch"]) for name in text_inputs]
     if lengths:
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]))
     graph = helper.make_graph(g.nodes, "nnkit", inputs, outputs, initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
+    opsets = [helper.make_opsetid("", int(opset))] + ([helper.make_opsetid("ai.onnx.ml", 3)] if text_inputs else [])
+    proto = helper.make_model(graph, opset_imports=opsets,
                               producer_name="nnkit", producer_version=_version())
     proto.ir_version = min(proto.ir_version, 9)  # readable by ONNX Runtime releases of the last two years
     props = {"producer": "nnkit"}  # what a serving system needs to read the outputs: JSON in metadata_props
@@ -180,6 +184,8 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         props["classes"] = json.dumps([c if isinstance(c, (int, float, str)) else str(c) for c in pre.classes])
     if pre is not None and pre.feature_names is not None:
         props["feature_names"] = json.dumps(pre.feature_names)
+    if text_inputs:
+        props["text_columns"] = json.dumps(text_inputs)
     if classifier:
         props["probabilities"] = kind.lower()
     helper.set_model_props(proto, props)
@@ -188,6 +194,39 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
         data = proto.SerializeToString()
         atomic_write(os.fspath(path), lambda f: f.write(data))
     return proto
+
+
+def _preprocessed_input(g, pre, input_name, elem):
+    """(the tensor the first layer reads, the names of the text columns' inputs): the raw features through the
+    preprocessing's nodes — NaN filled (``Where(IsNaN(x), fill, x)``), scaled ``(x − mean)/std`` — and, for a
+    model with text columns, ``input`` holding the numeric columns only, each text column a string input
+    (batch,) of its own name one-hot encoded by ``ai.onnx.ml.OneHotEncoder`` (an unseen category: all zeros with
+    ``handle_unknown="ignore"``, else ONNX Runtime's error), joined after them as ``transform`` joins them."""
+    x = input_name
+    if pre is None:
+        return x, []
+    text = pre.text_columns
+    keep = [j for j in range(pre.n_columns or 0) if j not in text]
+    fill, mean, std = ((None if a is None else a[keep]) for a in (pre.fill, pre.mean, pre.std)) if text else \
+        (pre.fill, pre.mean, pre.std)
+    if fill is not None and len(fill):
+        x = g.op("Where", [g.op("IsNaN", [x]), g.const(fill, "fill"), x], "filled")
+    if mean is not None and len(mean):
+        x = g.op("Div", [g.op("Sub", [x, g.const(mean, "mean")]), g.const(std, "std")], "scaled")
+    if not text:
+        return x, []
+    names = [pre.feature_names[j] if pre.feature_names else f"x{j}" for j in text]
+    clash = [n for n in names if n in (input_name, "lengths")]
+    if clash:
+        raise ValueError(f"text column {clash[0]!r} would share its name with an input: export with another "
+                         "input_name=")
+    parts = [x] if keep else []
+    for j, name in zip(text, names):
+        hot = g.op("OneHotEncoder", [name], f"{name}_onehot", domain="ai.onnx.ml", cats_strings=pre.categories[j],
+                   zeros=int(pre.handle_unknown == "ignore"))
+        parts.append(hot if elem == g.helper.np_dtype_to_tensor_dtype(np.dtype(np.float32)) else
+                     g.op("Cast", [hot], f"{name}_cast", to=elem))
+    return g.op("Concat", parts, "features", axis=1), names
 
 
 def _lengths_input(model, g, input_name):

@@ -722,7 +722,7 @@ class Sequential:
     @preprocessing.setter
     def preprocessing(self, pre):
         if pre is None:
-            for key in ("task", "classes", "feature_names", "label", "mean", "std", "fill", "impute"):
+            for key in preprocessing_module.INFO_KEYS:
                 self.info.pop(key, None)
             return
         if pre.n_features is not None and pre.n_features != self.n_features_in:
@@ -732,9 +732,10 @@ class Sequential:
 
     def table_preprocessing(self):
         """The :attr:`preprocessing` when it changes the rows the network sees (column order by name, fills,
-        scaling) — then every door takes raw rows and applies it — else None."""
+        scaling, text columns one-hot) — then every door takes raw rows and applies it — else None."""
         info = self.info
-        if not isinstance(info, dict) or not any(info.get(k) is not None for k in ("feature_names", "mean", "fill")):
+        if not isinstance(info, dict) or not any(info.get(k) is not None for k in
+                                                 ("feature_names", "mean", "fill", "categories")):
             return None
         return self.preprocessing
 

@@ -16,7 +16,7 @@ import numpy as np
 from . import plots as plots_
 from ..backends.threads import set_threads, threads_arg
 from ..data.files import VERSION, atomic_write
-from ..data.preprocessing import MissingValueError, Preprocessing
+from ..data.preprocessing import MissingValueError, Preprocessing, UnknownCategoryError
 
 __all__ = ["main"]
 
@@ -76,6 +76,12 @@ def _parser():
     d.add_argument("--impute", choices=("mean", "median", "most_frequent"), default=None,
                    help="fill missing feature values with the training part's column mean/median/most "
                         "frequent value (saved with the model; default: a missing value is an error)")
+    d.add_argument("--categorical", nargs="+", default=None, metavar="COLUMN",
+                   help="CSV columns to encode as categories, one-hot (a column that holds only text always is; "
+                        "name integer codes here)")
+    d.add_argument("--handle-unknown", choices=("error", "ignore"), default="error",
+                   help="a category not seen in training, at prediction: an error naming it and its row, or "
+                        "ignore: an all-zero one-hot block (default: error)")
     d.add_argument("--task", choices=("classification", "regression", "lm"), default="classification",
                    help="classification (softmax cross-entropy, default), regression (MSE), or lm: a character-level "
                         "GPT on a UTF-8 text file (--data corpus.txt; the last 10%% validates; see 'language model')")
@@ -263,7 +269,7 @@ def _load_data(args):
     else:
         table = datasets.load_csv(path, label=args.label if args.label is not None else "label",
                                   regression=regression, delimiter=args.delimiter, encoding=args.encoding,
-                                  missing="keep" if args.impute else "error")
+                                  missing="keep" if args.impute else "error", categorical=args.categorical)
     names = table.feature_names if table.header else None
     return table.X, table.y, table.classes, names, table.label_name, path
 
@@ -600,13 +606,16 @@ def _memory_data(args):
         (Xtr, ytr), validation = _split(Xtr, ytr, args.validation_split, args.seed + 1, regression, "validation")
     try:
         pre = Preprocessing.fit(Xtr, feature_names=features, impute=args.impute, classes=classes,
-                                task=args.task, label=label_name)
+                                task=args.task, label=label_name, handle_unknown=args.handle_unknown)
     except MissingValueError as exc:  # the command line's own fix
         raise CLIError(f"{source}: column {exc.column} has a missing value in row {exc.row + 1} of the training "
                        "part: fill them in, or impute them: --impute mean|median|most_frequent") from None
-    description = (f"{source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features"
+    except ValueError as exc:
+        raise CLIError(f"{source}: {exc}") from None
+    text = f" ({len(pre.text_columns)} of text: {pre.n_features} inputs one-hot)" if pre.text_columns else ""
+    description = (f"{source}: {Xtr.shape[0]} train / {Xte.shape[0]} test rows, {X.shape[1]} features{text}"
                    + ("" if regression else f", {len(classes)} classes"))
-    return _TrainingData((Xtr, ytr), validation, (Xte, yte), pre, X.shape[1],
+    return _TrainingData((Xtr, ytr), validation, (Xte, yte), pre, pre.n_features,
                          1 if regression else len(classes), regression, source, description, (X, y, classes))
 
 
@@ -734,9 +743,9 @@ def cmd_predict(args):
         tables = (Table(X[s:s + args.chunk_rows], None, None, None, None, args.data)
                   for s in range(0, X.shape[0], args.chunk_rows))
     else:
+        text = [pre.feature_names[j] for j in pre.text_columns] if pre is not None and pre.feature_names else None
         tables = iter_csv(args.data, label=label or "label", delimiter=args.delimiter, encoding=args.encoding,
-                          missing="keep" if pre is not None and pre.fill is not None else "error",
-                          chunk_rows=args.chunk_rows)
+                          missing="keep" if pre is not None and pre.imputes else "error", chunk_rows=args.chunk_rows, categorical=text or None)
     score = {"right": 0, "rows": 0, "label": None, "lines": 0, "unknown": 0, "unknown_names": set(), "offset": 0}
 
     def read(tables):
@@ -752,11 +761,21 @@ def cmd_predict(args):
         for n, table in enumerate(read(tables)):
             if not getattr(table, "header", True):  # no column names: the columns are taken in the training order
                 table.feature_names = None
-            if pre is None and table.X.shape[1] != model.n_features_in:
+            if pre is None and (table.X.shape[1] != model.n_features_in or table.X.dtype == object):
+                text = [n for n, v in zip(table.feature_names or [], table.X[0]) if isinstance(v, str)]
+                hint = f" — column {text[0]!r} holds text: if it is the label, name it: --label {text[0]}" \
+                    if text and args.label is None else ""
                 raise CLIError(f"{args.data}: {table.X.shape[1]} feature columns, but the model expects "
-                               f"{model.n_features_in}")
+                               f"{model.n_features_in}{hint}" if table.X.shape[1] != model.n_features_in else
+                               f"{args.data}: the model takes numbers only{hint or ' (a column holds text)'}")
             try:
                 result = model.predict_labels(table, proba=True)
+            except (MissingValueError, UnknownCategoryError) as exc:  # the row in the file, the fix in CLI words
+                line = score["offset"] + exc.row + 1 + bool(getattr(table, "header", False))
+                what = (f"{exc.value[:40]!r} is not a category seen in training ({exc.known}); train with "
+                        "--handle-unknown ignore to encode it as zeros" if isinstance(exc, UnknownCategoryError) else
+                        "a missing value: fill it in, or train with --impute")
+                raise CLIError(f"{args.data}: column {exc.column}, row {line}: {what}") from None
             except ValueError as exc:
                 raise CLIError(f"{args.data}: {exc}") from None
             if regression:
@@ -921,8 +940,9 @@ def cmd_explain(args):
         model = load(args.model, precision=None)
         pre = model.preprocessing
         label = args.label if args.label is not None else ((pre.label if pre else None) or "label")
+        text = [pre.feature_names[j] for j in pre.text_columns] if pre is not None and pre.feature_names else None
         table = load_csv(args.data, label=label, require_label=True,
-                         missing="keep" if pre is not None and pre.fill is not None else "error")
+                         missing="keep" if pre is not None and pre.imputes else "error", categorical=text or None)
         X = pre.columns(table)[:args.rows] if pre is not None else table.X[:args.rows]  # raw: the model scales
         regression = pre is not None and pre.task == "regression"
         if regression:

@@ -50,17 +50,48 @@ def test_fit_applies_the_default_once_unless_the_user_chose(monkeypatch):
     assert calls == [threads.physical_cores()]
 
 
-def test_oversubscription_warns_once_and_only_when_the_cores_are_taken(monkeypatch):
-    monkeypatch.setattr(threads, "_usable_cpus", lambda: [0, 1])
-    assert not threads.check_oversubscribed(1.9, 1.0, threads=2, load=3.0)  # got the CPUs it asked for
-    assert not threads.check_oversubscribed(0.6, 1.0, threads=2, load=1.0)  # a quiet machine: waiting on itself
-    assert not threads.check_oversubscribed(0.6, 1.0, threads=1, load=4.0)  # one thread: nothing to give up
-    assert not threads.check_oversubscribed(0.1, 0.2, threads=2, load=4.0)  # too short to judge
-    with pytest.warns(threads.OversubscribedWarning, match=r"set_threads\(1\).*--threads 1"):
-        assert threads.check_oversubscribed(0.6, 1.0, threads=2, load=4.0)
+def test_oversubscription_warns_once_when_the_model_is_far_slower_on_its_threads_than_on_one(monkeypatch):
+    times = {}
+    monkeypatch.setattr(threads, "_probe_times", lambda probe, rounds, wall: times["now"])
+    probe = lambda: None  # noqa: E731
+    times["now"] = (0.010, 0.012)
+    assert not threads.check_oversubscribed(probe, 2.0, threads=2)  # as fast as its floor on one thread
+    times["now"] = (0.090, 0.010)
+    assert not threads.check_oversubscribed(probe, 2.0, threads=1)  # one thread: nothing to give up
+    assert not threads.check_oversubscribed(probe, 0.5, threads=2)  # too short to judge
+    with pytest.warns(threads.OversubscribedWarning, match=r"90.0 ms on 2 BLAS threads and 10.0 ms on one "
+                                                           r"\(9.0x slower\).*set_threads\(1\).*--threads 1"):
+        assert threads.check_oversubscribed(probe, 2.0, threads=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not threads.check_oversubscribed(0.1, 1.0, threads=2, load=8.0)  # once per process
+        assert not threads.check_oversubscribed(probe, 2.0, threads=2)  # once per process
+
+
+def test_the_probe_times_a_real_pass_on_one_thread_and_gives_the_threads_back():
+    from threadpoolctl import threadpool_limits
+
+    A = np.random.default_rng(0).standard_normal((300, 300))
+    seen = []
+    with threadpool_limits(limits=2):
+        many, one = threads._probe_times(lambda: seen.append(threads.get_threads()) or A @ A, 3, 10.0)
+        assert threads.get_threads() == 2
+    assert 0 < many and 0 < one and sorted(set(seen)) == [1, 2]
+
+
+def test_fit_times_its_first_batch_after_the_first_epoch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(threads, "check_oversubscribed", lambda probe, wall: calls.append((probe(), wall)))
+    X, y = nnkit.datasets.make_moons(n_samples=64, seed=0)
+    model = nnkit.Sequential.mlp([2, 8, 2], seed=0)
+    before = model.state_dict()
+    model.fit(X, y, loss="cross_entropy", epochs=2, verbose=0)
+    assert len(calls) == 1  # the first epoch only
+    twin = nnkit.Sequential.mlp([2, 8, 2], seed=0)
+    twin.load_state_dict(before)
+    monkeypatch.setattr(threads, "check_oversubscribed", lambda probe, wall: None)
+    twin.fit(X, y, loss="cross_entropy", epochs=2, verbose=0)
+    for k, v in twin.state_dict().items():  # the probe changes nothing the training reads
+        np.testing.assert_array_equal(v, model.state_dict()[k])
 
 
 def test_every_command_takes_threads(capsys, tmp_path):

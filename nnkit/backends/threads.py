@@ -9,8 +9,8 @@ and through ``torch.set_num_threads`` when PyTorch is already imported (its own 
 
 ``fit`` applies the default once, before its first step, unless ``set_threads`` was called or one of the usual
 variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``) is set: those are the user's
-choice.  After the first epoch it warns, once, when the process got far less of the CPU than its threads ask
-for (:func:`check_oversubscribed`).
+choice.  After the first epoch it warns, once, when a forward pass of the model on its threads is far slower
+than the same pass on one thread — the model's own measured floor (:func:`check_oversubscribed`).
 """
 from __future__ import annotations
 
@@ -112,28 +112,55 @@ def apply_default():
         _state["chosen"] = 0
 
 
-def check_oversubscribed(cpu_seconds, wall_seconds, threads=None, load=None, share=0.5):
-    """After an epoch: when the process got less than ``share`` of the CPUs its BLAS threads may use
-    (``cpu_seconds`` of CPU time in ``wall_seconds``, against min(threads, usable CPUs)) *and* the machine has more
-    runnable work than CPUs (the 1-minute ``load`` average, :func:`os.getloadavg`) — the cores are taken by other
-    work, or by more threads than cores — warn (:class:`OversubscribedWarning`), once per process, with what to do.
-    Returns True when it warned."""
+def check_oversubscribed(probe, wall_seconds, threads=None, ratio=1.5, rounds=3):
+    """After the first epoch: is the model far slower on its BLAS threads than on one?  ``probe()`` runs one
+    forward pass of a training batch (and waits for it); it is timed on the threads of now and on one thread,
+    alternating, ``rounds`` times each (the fastest of each: the model's own floor, not a figure from elsewhere).
+    On a machine whose cores are taken — by other work, or by more threads than cores — the threads wait for each
+    other and the pass on several threads is many times slower than on one; then warn
+    (:class:`OversubscribedWarning`), once per process, with both times and what to do.  An epoch under a second,
+    or one thread, is not judged.  Returns True when it warned."""
     if _state["warned"] or wall_seconds < 1.0:
         return False
-    threads = get_threads() if threads is None else threads
-    cpus = len(_usable_cpus())
-    busy = min(max(int(threads), 1), cpus)
-    got = cpu_seconds / wall_seconds
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return False
-    if busy < 2 or got >= share * busy or load <= cpus + 0.5:
+    threads = get_threads() if threads is None else int(threads)
+    if threads < 2:
+        return False
+    many, one = _probe_times(probe, rounds, wall_seconds)
+    if not many > ratio * one:
         return False
     _state["warned"] = True
-    warnings.warn(f"this process got {got:.1f} of the {busy} CPUs its {threads} BLAS threads ask for: the machine "
-                  "is oversubscribed (other work, or more threads than free cores), and every step waits for the "
-                  "slowest thread. Fewer threads are usually much faster here: nnkit.set_threads(1) "
-                  "(--threads 1 on the command line)", OversubscribedWarning, stacklevel=3)
+    warnings.warn(f"one forward pass of a batch took {many * 1e3:.1f} ms on {threads} BLAS threads and "
+                  f"{one * 1e3:.1f} ms on one ({many / one:.1f}x slower): the machine is oversubscribed (other work, "
+                  "or more threads than free cores), and every step waits for the slowest thread. Fewer threads "
+                  "are faster here: nnkit.set_threads(1) (--threads 1 on the command line)",
+                  OversubscribedWarning, stacklevel=3)
     return True
+
+
+def _probe_times(probe, rounds, wall_seconds):
+    """(fastest time of ``probe`` on the threads of now, fastest on one thread), alternating; fewer rounds when one
+    pass is long beside the epoch (the probe costs at most a few per cent of it)."""
+    import time
+    from threadpoolctl import threadpool_limits
+
+    def timed():
+        t = time.perf_counter()
+        probe()
+        return time.perf_counter() - t
+
+    first = timed()  # a warm-up, and what one pass costs
+    rounds = max(1, min(int(rounds), int(0.05 * wall_seconds / max(2 * first, 1e-9))))
+    torch = sys.modules.get("torch")
+    many, one = [], []
+    for _ in range(rounds):
+        many.append(timed())
+        before = torch.get_num_threads() if torch is not None else None
+        with threadpool_limits(limits=1):
+            if torch is not None:
+                torch.set_num_threads(1)
+            try:
+                one.append(timed())
+            finally:
+                if torch is not None:
+                    torch.set_num_threads(before)
+    return min(many), min(one)

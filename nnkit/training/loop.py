@@ -116,13 +116,12 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
         cb.history = history
     for cb in hooks:
         cb.on_train_begin()
-    on_cpu = not be.on_cuda
+    on_cpu, probe = not be.on_cuda, None
     if on_cpu:
         cpu_threads.apply_default()  # one BLAS thread per physical core, unless the user chose
     with _StopFlag() as stop, model.policy.activate():
         for epoch in range(run.start, run.end):
             # the epoch's start, to undo it: the step state and the shuffle generator
-            c0 = time.process_time()
             t0, safe = time.perf_counter(), (model.step_state(run.optimizer, copy=True),
                                              copy.deepcopy(model.rng.bit_generator.state))
             model.reseed()  # random layers: this epoch's device generator, from the model's seed
@@ -136,6 +135,8 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
                     for hook, takes_logs in per_batch:  # those that need no more: once, after the last batch
                         hook(run.data.n_batches() - 1, None) if takes_logs else hook()
                 for i, (xb, tb, wb, mb, share, seen) in enumerate(() if whole else run.batches()):
+                    if on_cpu and epoch == run.start and i == 0:
+                        probe = (xb, mb)  # the first batch: what the oversubscription check times
                     batch = run.step(xb, tb, share, wb, mb)
                     sums = sums if batch is None else sums + batch
                     steps += 1
@@ -165,8 +166,9 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
             model.epoch = epoch + 1
             wall = time.perf_counter() - t0
             history.append({**logs, "time": wall})
-            if on_cpu and epoch == run.start:  # the first epoch: were the cores ours? (warns once per process)
-                cpu_threads.check_oversubscribed(time.process_time() - c0, wall)
+            if probe is not None:  # the first epoch: were the cores ours? (warns once per process)
+                cpu_threads.check_oversubscribed(_forward_pass(model, *probe), wall)
+                probe = None
             if any([bool(cb.on_epoch_end(epoch, dict(logs))) for cb in hooks]):
                 history.stopped_epoch = epoch
                 break
@@ -178,6 +180,13 @@ def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffl
     for cb in sorted(hooks, key=lambda cb: not isinstance(cb, EarlyStopping)):  # weights restored, then saved
         cb.on_train_end()
     return history
+
+
+def _forward_pass(model, X, mask):
+    """One inference pass over the batch ``X`` that waits for its result: the probe that times the threads."""
+    def run():
+        model.backend.synchronize(model.forward_batch(X, False, mask))
+    return run
 
 
 def _terminate(run, model, safe, epoch, hooks):

@@ -147,6 +147,78 @@ def test_bench_figures_carry_their_spread_and_doubtful_ones_are_flagged():
     assert doubtful(Timing(0.4, 0.39, 0.41), 0.5) == "below its floor (0.80×)"
 
 
+def test_bench_measures_a_doubtful_group_once_more_and_keeps_the_second_figures(monkeypatch):
+    from nnkit.tools import bench
+    from nnkit.tools.bench import Timing
+
+    rounds, said = [], []
+
+    def fake(groups, *a):
+        rounds.append(sorted(groups))
+        figures = {"a|step": Timing(1.0, 0.5, 1.6) if len(rounds) == 1 else Timing(1.1, 1.0, 1.2),  # 110 %, 18 %
+                   "a|floor": Timing(0.5, 0.49, 0.51), "b|step": Timing(0.2, 0.19, 0.21),
+                   "b|floor": Timing(0.3, 0.29, 0.31), "c|step": Timing(0.1, 0.1, 0.1)}
+        return {k: v for k, v in figures.items() if k.split("|")[0] in groups}
+
+    monkeypatch.setattr(bench, "_measure", fake)
+    groups = {"a": {"a|step": None, "a|floor": None}, "b": {"b|step": None, "b|floor": None},
+              "c": {"c|step": None}}
+    times = bench.measure(groups, floors={"a|step": "a|floor", "b|step": "b|floor"}, log=said.append)
+    assert rounds[1] == ["a", "b"]  # a: its spread; b: below its floor; c: nothing doubtful — once more each
+    assert times["a|step"] == 1.1 and len(rounds) == 2
+    assert "a (step: spread 110%)" in said[0] and "b (step: below its floor (0.67×))" in said[0]
+
+
+def test_every_bench_table_shows_each_figure_with_its_spread(tmp_path):
+    from nnkit.tools.bench import Timing, epoch_markdown, write_markdown
+
+    t = Timing(0.002, 0.0019, 0.0021)
+    wild = Timing(0.002, 0.001, 0.003)
+    results = {"kernels": [{"target": "numpy", "dense_forward": t, "dense_backward": wild}],
+               "conv": [{"shape": "CIFAR", "target": "numpy", "forward": t, "backward": t, "floor": Timing(0.005),
+                         "peer": None}],
+               "cnn": [{"target": "numpy", "step": t, "peer": None}],
+               "sweep": [{"target": "numpy", "kernel": "train_step", "batch": 64, "seconds": t}]}
+    write_markdown(results, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| numpy | 2.000 ms (1.900 ms–2.100 ms) | 2.000 ms (1.000 ms–3.000 ms) ⚠ |" in text  # kernels
+    assert "| CIFAR | numpy | 2.000 ms (1.900 ms–2.100 ms) | 2.000 ms (1.900 ms–2.100 ms) | 5.000 ms | 0.80 ⚠ below " \
+        "its floor |" in text
+    assert "| numpy | 2.000 ms (1.900 ms–2.100 ms) | — |" in text  # the CNN step
+    assert "| numpy | train_step | 32,000 (30,476–33,684) |" in text  # the sweep's samples/s
+    rows = epoch_markdown([{"what": "GEMM floor (NumPy)", "step": Timing(1e-4, 0.9e-4, 1.1e-4)},
+                           {"what": "nnkit fit", "step": Timing(2e-4, 1e-4, 3e-4)}])
+    assert "| nnkit fit | 200.0 | 100.0–300.0 ⚠ | 2.00 | — |" in rows
+
+
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+def test_a_stopped_bench_keeps_the_rows_it_measured(stop, capsys, tmp_path, monkeypatch):
+    import signal
+    from nnkit.tools import bench
+    from nnkit.tools.bench import Timing
+
+    row = {"shape": "S", "dtype": "float32", "target": "numpy", "batch": 64, "sizes": [64, 128, 64, 10],
+           "step": Timing(0.001, 0.00095, 0.00105), "floor": Timing(0.0005), "tight": Timing(0.0004), "peer": None,
+           "peer_name": None, "flops": 1e6}
+
+    def run_report(progress=None, **kw):
+        progress({"targets": ["numpy"], "steps": [row], "kernels": [], "sweep": [], "unavailable": {},
+                  "skipped": {}})
+        if stop == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_report", run_report)
+    out = tmp_path / "b.md"
+    code = main(["bench", "--quick", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == (143 if stop == "SIGTERM" else 130)
+    assert f"stopped ({stop})" in err
+    text = out.read_text()
+    assert f"Stopped ({stop}) before the run ended" in text and "| S 64-128-64-10 ×64 | float32 | numpy |" in text
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler of before is back
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "1e9", "fast"])
 def test_bench_refuses_bad_seconds(capsys, bad):
     with pytest.raises(SystemExit) as exit_:

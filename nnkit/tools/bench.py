@@ -19,6 +19,7 @@ so GPU timings measure finished work.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -47,7 +48,9 @@ SHAPES = {
 }
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # batch sizes for shape M
 DTYPES = ("float32", "float64", "mixed_bfloat16", "mixed_float16", "tf32")  # dtypes and precision policies
-QUICK = {"targets": ("numpy", "torch", "cupy", "torch-cuda"), "shapes": ("S", "M"), "sweep": (64, 1024)}
+QUICK = {"targets": ("numpy", "torch", "cupy", "torch-cuda"), "shapes": ("S", "M"), "sweep": (64, 1024),
+         "blocks": 3, "warmup": 1, "settle": 0.1}  # a smoke run: fewer, shorter blocks (noisier figures, flagged)
+PACE = {"blocks": 5, "warmup": 2, "settle": 0.25}  # measure's defaults; --quick sets QUICK's
 KERNELS = ("dense_forward", "dense_backward", "relu_forward", "relu_backward", "softmax_cross_entropy",
            "train_step", "fit_epoch", "matmul_floor", "matmul_floor_tight", "torch_eager_step")
 TARGETS = ("numpy", "torch", "torch-compile", "jax", "jax-jit", "cupy", "torch-cuda")
@@ -424,9 +427,10 @@ class ConvCase:
         return _eager_step(torch, net, opt, X, y)
 
 
-def run_conv_report(targets, seconds=1.0, log=print):
+def run_conv_report(targets, seconds=1.0, log=print, progress=None):
     """``{"conv": [...], "cnn": [...]}``: conv kernels against their GEMM floor per target and shape, and the
-    ConvBase step of every target against PyTorch eager (measured in one run)."""
+    ConvBase step of every target against PyTorch eager (measured in one run); ``progress`` as
+    :func:`run_report`'s."""
     conv, cnn = [], []
     targets = [t for t in targets if t not in COMPILED and why_unavailable(t) is None]
     for shape in CONV_SHAPES:
@@ -442,7 +446,11 @@ def run_conv_report(targets, seconds=1.0, log=print):
                 if t in PEERS:
                     groups[t][f"{t}|cnn_torch_eager_step"] = c.kernel("cnn_torch_eager_step")
         log(f"conv {shape}: timing on {', '.join(targets)}")
-        times = measure(groups, seconds=seconds)
+        times = measure(groups, seconds=seconds, log=lambda m: log(f"conv {shape}: {m}"))
+        below = [t for t in cases if _conv_below_floor(times, t)]
+        if below:  # forward + backward under their GEMM floor: the machine changed state; once more
+            log(f"conv {shape}: re-measuring {', '.join(below)} (forward + backward below the GEMM floor)")
+            times.update(measure({t: groups[t] for t in below}, seconds=seconds))
         for t in cases:
             conv.append({"shape": shape, "target": t, "forward": times[f"{t}|conv_forward"],
                          "backward": times[f"{t}|conv_backward"], "floor": times[f"{t}|gemm_floor"],
@@ -451,7 +459,13 @@ def run_conv_report(targets, seconds=1.0, log=print):
                 peer = times.get(f"{PEER_OF[t]}|cnn_torch_eager_step")
                 cnn.append({"target": t, "step": times[f"{t}|cnn_step"], "peer": peer})
         del cases
+        if progress is not None:
+            progress({"conv": conv, "cnn": cnn})
     return {"conv": conv, "cnn": cnn}
+
+
+def _conv_below_floor(times, t):
+    return times[f"{t}|conv_forward"] + times[f"{t}|conv_backward"] < times[f"{t}|gemm_floor"]
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -634,8 +648,10 @@ def run_epoch_report(seconds=1.0, log=print, shape="S"):
     alternating with the others (:func:`measure`)."""
     groups = epoch_callables(shape, log)
     log(f"epoch report: shape {shape}, {EPOCHS} epochs of {EPOCH_BATCHES} batches of {SHAPES[shape][1]}")
-    times = measure(groups, seconds=5 * seconds)
-    return [{"what": name, "step": t / (EPOCH_BATCHES * EPOCHS)} for name, t in times.items()]
+    times = measure(groups, seconds=5 * seconds, log=lambda m: log(f"epoch report: {m}"))
+    n = EPOCH_BATCHES * EPOCHS
+    return [{"what": name, "step": Timing(t / n, *(None if v is None else v / n for v in (t.lo, t.hi)))}
+            for name, t in times.items()]
 
 
 class _EveryBatch(Callback):
@@ -653,9 +669,13 @@ def epoch_markdown(rows, shape="S"):
     hand = next((t for k, t in by.items() if k.startswith("hand-written")), None)
     L = [f"## A small network's epoch, {shape} ({'-'.join(map(str, sizes))}, batch {batch}, plain SGD, "
          f"{EPOCH_BATCHES} batches; one fit of {EPOCHS} epochs), float32, median per step", "",
-         "| what | µs per step | × the NumPy GEMM floor | × the hand-written compiled epoch |", "|---|---:|---:|---:|"]
+         "| what | µs per step | fastest–slowest block | × the NumPy GEMM floor | × the hand-written compiled epoch |",
+         "|---|---:|---:|---:|---:|"]
     for what, t in by.items():
-        L.append(f"| {what} | {t * 1e6:.1f} | {t / floor:.2f} | " + (f"{t / hand:.2f} |" if hand else "— |"))
+        spread = "—" if getattr(t, "lo", None) is None else \
+            f"{t.lo * 1e6:.1f}–{t.hi * 1e6:.1f}" + (" ⚠" if doubtful(t) else "")
+        L.append(f"| {what} | {t * 1e6:.1f} | {spread} | {t / floor:.2f} | "
+                 + (f"{t / hand:.2f} |" if hand else "— |"))
     return L
 
 
@@ -679,7 +699,7 @@ class Timing(float):
 SPREAD_FLAG = 0.30  # a figure whose blocks disagree by more than this is flagged (and re-measured once)
 
 
-def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
+def measure(groups, seconds=1.0, blocks=None, warmup=None, settle=None, floors=None, log=None):
     """Median seconds per call of each no-argument callable: ``{group: {name: fn}}`` → ``{name: Timing}`` (the
     median of all calls, with the fastest and slowest block's median as its spread).
 
@@ -692,9 +712,29 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
     with few cores one library's spinning threads would slow the next library's calls.  Each block
     starts with ``warmup`` untimed rounds; the rounds per block (at least two) are chosen so that each
     group's blocks take about ``seconds`` per callable.  A plain ``{name: fn}`` is one group.
+
+    A group with a doubtful figure (:func:`doubtful`: a spread over :data:`SPREAD_FLAG`, or below its floor —
+    ``floors`` maps a name to its floor's name) is measured once more and the second figures kept (``log`` says
+    so); a figure still doubtful is flagged in the report.
     """
     if groups and callable(next(iter(groups.values()))):
         groups = {"": groups}
+    blocks, warmup, settle = (PACE[k] if v is None else v for k, v in
+                              (("blocks", blocks), ("warmup", warmup), ("settle", settle)))
+    times = _measure(groups, seconds, blocks, warmup, settle)
+    floors = floors or {}
+    why = {g: [f"{name.split('|')[-1]}: {doubtful(times[name], times.get(floors.get(name)))}" for name in fns
+               if doubtful(times[name], times.get(floors.get(name)))] for g, fns in groups.items()}
+    again = {g: groups[g] for g, w in why.items() if w}
+    if again:
+        if log is not None:
+            log("re-measuring " + "; ".join(f"{g or 'the group'} ({', '.join(why[g])})" for g in again))
+        times.update(_measure(again, seconds, blocks, warmup, settle))
+    return times
+
+
+def _measure(groups, seconds, blocks, warmup, settle):
+    """One measurement of :func:`measure`'s groups (``{group: {name: fn}}``)."""
     per_round = {}
     for g, fns in groups.items():
         for fn in fns.values():
@@ -730,10 +770,10 @@ def measure(groups, seconds=1.0, blocks=5, warmup=2, settle=0.25):
             for name, v in samples.items()}
 
 
-def doubtful(step, floor):
-    """Why a step figure is not to be trusted as it stands (None if it is): faster than its own matmul floor (the
-    machine changed state between them), or a spread over :data:`SPREAD_FLAG`."""
-    if step < floor:
+def doubtful(step, floor=None):
+    """Why a figure is not to be trusted as it stands (None if it is): faster than its own floor (the machine
+    changed state between them; ``floor`` None: none), or a spread over :data:`SPREAD_FLAG`."""
+    if floor is not None and step < floor:
         return f"below its floor ({float(step) / float(floor):.2f}×)"
     spread = getattr(step, "spread", 0.0)
     if spread > SPREAD_FLAG:
@@ -783,15 +823,35 @@ def machine_info():
     return lines
 
 
+def _fmt_timing(t):
+    """A median time with its spread, ``1.23 ms (1.20–1.31 ms)``, and ⚠ when :func:`doubtful`."""
+    if getattr(t, "lo", None) is None:
+        return _fmt_time(t)
+    return f"{_fmt_time(t)} ({_fmt_time(t.lo)}–{_fmt_time(t.hi)})" + (" ⚠" if doubtful(t) else "")
+
+
+def _fmt_rate(n, t):
+    """``n`` samples per ``t`` seconds as samples/s with the spread of the blocks, ⚠ when doubtful."""
+    if getattr(t, "lo", None) is None:
+        return f"{n / t:,.0f}"
+    return f"{n / t:,.0f} ({n / t.hi:,.0f}–{n / t.lo:,.0f})" + (" ⚠" if doubtful(t) else "")
+
+
 def _fmt_time(s):
     return f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP, seconds=1.0, log=print):
-    """Measure everything the machine supports; returns a dict of results (see ``write_markdown``)."""
+def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP, seconds=1.0, log=print,
+               progress=None):
+    """Measure everything the machine supports; returns a dict of results (see ``write_markdown``).
+    ``progress(results)``, when given, is called with the results so far after each group of rows is measured
+    (``nnkit bench`` writes them then: a stopped run keeps what it measured)."""
     asked = list(targets or TARGETS)
     targets = [t for t in asked if why_unavailable(t) is None]
     steps, kernels, curve, skipped = [], [], [], {}
+    results = {"targets": targets, "steps": steps, "kernels": kernels, "sweep": curve,
+               "unavailable": {t: why_unavailable(t) for t in asked if t not in targets}, "skipped": skipped}
+    done = progress or (lambda results: None)
     for shape in shapes:
         sizes, batch = SHAPES[shape]
         for dtype in dtypes:
@@ -818,12 +878,9 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
             groups = {}
             for (t, k), fn in fns.items():
                 groups.setdefault(t, {})[f"{t}|{k}"] = fn
-            times = measure(groups, seconds=seconds)
-            again = [t for t in cases if doubtful(times[f"{t}|train_step"], times[f"{t}|matmul_floor_tight"])]
-            if again:  # measured once more, the second figures kept (and still flagged when still doubtful)
-                log(f"{shape} {dtype}: re-measuring {', '.join(again)} "
-                    f"({'; '.join(doubtful(times[f'{t}|train_step'], times[f'{t}|matmul_floor_tight']) for t in again)})")
-                times.update(measure({t: groups[t] for t in again}, seconds=seconds))
+            times = measure(groups, seconds=seconds, floors={f"{t}|train_step": f"{t}|matmul_floor_tight"
+                                                             for t in cases},
+                            log=lambda m: log(f"{shape} {dtype}: {m}"))
             for t, c in cases.items():
                 step = times[f"{t}|train_step"]
                 peer = times.get(f"{PEER_OF[t]}|torch_eager_step")
@@ -838,13 +895,15 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                                   "sizes": sizes, "step": eager, "floor": times[f"{t}|matmul_floor"],
                                   "tight": times[f"{t}|matmul_floor_tight"], "peer": eager,
                                   "peer_name": f"{t} eager", "flops": c.flops})
+            done(results)
             if shape == "M" and dtype == "float32":
                 names = [k for k in KERNELS if k not in ("torch_eager_step",)]
                 groups = {t: {f"{t}|{k}": c.kernel(k) for k in names} for t, c in cases.items() if t not in COMPILED}
                 log(f"{shape} {dtype}: timing {len(names) * len(groups)} kernels")
-                times = measure(groups, seconds=seconds / 2)
+                times = measure(groups, seconds=seconds / 2, log=lambda m: log(f"kernels: {m}"))
                 for t in groups:
                     kernels.append({"target": t, **{k: times[f"{t}|{k}"] for k in names}})
+                done(results)
             del cases
     if sweep:
         sizes = SHAPES["M"][0]
@@ -857,13 +916,12 @@ def run_report(targets=None, shapes=("S", "M", "L"), dtypes=DTYPES, sweep=SWEEP,
                 if t in PEERS:
                     fns[f"{t}|torch_eager_step"] = c.kernel("torch_eager_step")
             log(f"sweep M float32 batch {batch}")
-            times = measure(groups, seconds=seconds / 2, blocks=3)
+            times = measure(groups, seconds=seconds / 2, blocks=min(3, PACE["blocks"]), log=lambda m: log(f"sweep batch {batch}: {m}"))
             for key, s in times.items():
                 t, k = key.split("|")
                 curve.append({"target": t, "kernel": k, "batch": batch, "seconds": s})
-    return {"targets": targets, "steps": steps, "kernels": kernels, "sweep": curve,
-            "unavailable": {t: why_unavailable(t) for t in asked if t not in targets},
-            "skipped": {d: sorted(set(ts)) for d, ts in skipped.items()}}
+            done(results)
+    return results
 
 
 def precision_against_float32(steps):
@@ -883,15 +941,16 @@ def precision_against_float32(steps):
     return L
 
 
-def write_markdown(results, path, plot_name=None, command="python -m benchmarks.report"):
-    """RESULTS.md: machine, the train-step table, the kernel table for M and the sweep (written atomically)."""
+def write_markdown(results, path, plot_name=None, command="python -m benchmarks.report", status=None):
+    """RESULTS.md: machine, the train-step table, the kernel table for M and the sweep (written atomically).
+    ``status``: a line saying the run is still going or was stopped (the rows are those measured by then)."""
     L = ["# nnkit benchmark results", "",
          f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}; every number in one run on one machine.",
-         "", "## Machine", "", *machine_info(), ""]
-    for t, why in results["unavailable"].items():
+         *(["", f"**{status}**"] if status else []), "", "## Machine", "", *machine_info(), ""]
+    for t, why in results.get("unavailable", {}).items():
         L.append(f"- not measured: **{t}** — {why}")
     for d, ts in results.get("skipped", {}).items():
-        L.append(f"- not measured in {d}: {', '.join(ts)} (the backend cannot run it, or only emulates it: see "
+        L.append(f"- not measured in {d}: {', '.join(sorted(set(ts)))} (the backend cannot run it, or only emulates it: see "
                  "nnkit.precision)")
     L += ["", "## One train step (forward + softmax cross-entropy + backward + SGD update), median",
           "",
@@ -903,12 +962,13 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
           "Timing: on each target the step, its floors and the peer alternate call by call; targets alternate "
           "in blocks with a pause between them, so one library's spinning BLAS threads do not slow another's "
           "(see `nnkit.tools.bench.measure`).", "",
-          "Spread: the fastest and the slowest of the five alternating blocks' medians; ⚠ marks a step below its "
-          f"tight floor or with a spread over {SPREAD_FLAG:.0%} (measured a second time, still so).", "",
+          "Spread: the fastest and the slowest of the alternating blocks' medians (five; three with --quick). "
+          f"In every table ⚠ marks a figure below its floor or with a spread over {SPREAD_FLAG:.0%}: it was "
+          "measured a second time, and is still so.", "",
           "| shape | dtype | target | time/step | spread (min–max) | samples/s | GFLOP/s | / floor | / tight floor "
           "| / peer |",
           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results["steps"]:
+    for r in results.get("steps", ()):
         peer = f"{r['step'] / r['peer']:.2f}" if r["peer"] is not None and "peer" not in r["target"] else "—"
         step = r["step"]
         spread = f"{_fmt_time(step.lo)}–{_fmt_time(step.hi)}" if getattr(step, "lo", None) is not None else "—"
@@ -916,17 +976,17 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
         L.append(f"| {r['shape']} {'-'.join(map(str, r['sizes']))} ×{r['batch']} | {r['dtype']} | {r['target']} | "
                  f"{_fmt_time(step)}{flag} | {spread} | {r['batch'] / step:,.0f} | {r['flops'] / step / 1e9:.1f} | "
                  f"{step / r['floor']:.2f} | {step / r['tight']:.2f} | {peer} |")
-    L += precision_against_float32(results["steps"])
-    if results["kernels"]:
+    L += precision_against_float32(results.get("steps", ()))
+    if results.get("kernels"):
         names = [k for k in results["kernels"][0] if k != "target"]
-        L += ["", "## Kernels, shape M (784-1024-1024-10, batch 256), float32, median", "",
+        L += ["", "## Kernels, shape M (784-1024-1024-10, batch 256), float32, median (fastest–slowest block)", "",
               "Dense and ReLU kernels on the widest layer (1024→1024); `fit_epoch` = one `fit` epoch over "
               f"{FIT_BATCHES} batches.", "",
               "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for r in results["kernels"]:
-            L.append(f"| {r['target']} | " + " | ".join(_fmt_time(r[k]) for k in names) + " |")
+            L.append(f"| {r['target']} | " + " | ".join(_fmt_timing(r[k]) for k in names) + " |")
     if results.get("conv"):
-        L += ["", "## Convolution kernels against their im2col GEMMs, float32, median", "",
+        L += ["", "## Convolution kernels against their im2col GEMMs, float32, median (fastest–slowest block)", "",
               "Shapes: " + "; ".join(f"{k} = batch {v[0]}, {v[1]}→{v[2]} channels, size {'×'.join(map(str, v[3]))}, "
                                      f"kernel {v[4]}, stride {v[5]}, padding {v[6]}" for k, v in CONV_SHAPES.items())
               + ". Floor = the three GEMMs of im2col (W₂·cols, dZ·colsᵀ, W₂ᵀ·dZ) at the same shapes in the "
@@ -937,29 +997,31 @@ def write_markdown(results, path, plot_name=None, command="python -m benchmarks.
         for r in results["conv"]:
             peer = r.get("peer")
             both = r["forward"] + r["backward"]
-            L.append(f"| {r['shape']} | {r['target']} | {_fmt_time(r['forward'])} | {_fmt_time(r['backward'])} | "
-                     f"{_fmt_time(r['floor'])} | {both / r['floor']:.2f} | "
-                     + ("— | — |" if peer is None else f"{_fmt_time(peer)} | {both / peer:.2f} |"))
-        L += ["", "## MNIST-1D ConvBase: one Adam step (batch 100), median", "",
+            below = " ⚠ below its floor" if both < r["floor"] else ""
+            L.append(f"| {r['shape']} | {r['target']} | {_fmt_timing(r['forward'])} | {_fmt_timing(r['backward'])} | "
+                     f"{_fmt_timing(r['floor'])} | {both / r['floor']:.2f}{below} | "
+                     + ("— | — |" if peer is None else f"{_fmt_timing(peer)} | {both / peer:.2f} |"))
+        L += ["", "## MNIST-1D ConvBase: one Adam step (batch 100), median (fastest–slowest block)", "",
               "| target | time/step | / PyTorch eager |", "|---|---:|---:|"]
-        for r in results["cnn"]:
+        for r in results.get("cnn", ()):
             peer = "—" if r["peer"] is None else f"{r['step'] / r['peer']:.2f}"
-            L.append(f"| {r['target']} | {_fmt_time(r['step'])} | {peer} |")
-        peers = [r for r in results["cnn"] if r["target"] in PEERS and r["peer"] is not None]
+            L.append(f"| {r['target']} | {_fmt_timing(r['step'])} | {peer} |")
+        peers = [r for r in results.get("cnn", ()) if r["target"] in PEERS and r["peer"] is not None]
         for r in peers:
-            L.append(f"| {r['target']} eager (peer) | {_fmt_time(r['peer'])} | — |")
+            L.append(f"| {r['target']} eager (peer) | {_fmt_timing(r['peer'])} | — |")
     if results.get("epoch"):
         L += [""] + epoch_markdown(results["epoch"])
-    if results["sweep"]:
+    if results.get("sweep"):
         batches = sorted({r["batch"] for r in results["sweep"]})
         series = sorted({(r["target"], r["kernel"]) for r in results["sweep"]})
-        L += ["", "## Batch-size sweep, shape M, float32: samples/s", ""]
+        L += ["", "## Batch-size sweep, shape M, float32: samples/s (slowest–fastest block)", ""]
         if plot_name:
             L += [f"![samples/s against batch size]({plot_name})", ""]
         L += ["| target | kernel | " + " | ".join(map(str, batches)) + " |", "|---|---|" + "---:|" * len(batches)]
         for t, k in series:
-            row = {r["batch"]: r["batch"] / r["seconds"] for r in results["sweep"] if (r["target"], r["kernel"]) == (t, k)}
-            L.append(f"| {t} | {k} | " + " | ".join(f"{row[b]:,.0f}" for b in batches) + " |")
+            row = {r["batch"]: _fmt_rate(r["batch"], r["seconds"]) for r in results["sweep"]
+                   if (r["target"], r["kernel"]) == (t, k)}
+            L.append(f"| {t} | {k} | " + " | ".join(row.get(b, "—") for b in batches) + " |")
     L.append("")
     atomic_write(path, lambda f: f.write("\n".join(L).encode()))
 
@@ -1069,6 +1131,37 @@ def number_in(what, low, high, kind=float, low_open=False):
 positive_seconds = number_in("seconds", 0, 600, low_open=True)
 
 
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM during a benchmark run: ``why`` names it, ``code`` is the exit status (130, 143)."""
+
+    def __init__(self, why, code):
+        super().__init__(why)
+        self.why, self.code = why, code
+
+
+@contextlib.contextmanager
+def _stopped_by_signal():
+    """Inside: Ctrl-C and SIGTERM raise :class:`_Stopped` (so the rows measured so far are written); the handlers
+    of before come back after."""
+    import signal
+
+    def on_term(signum, frame):
+        raise _Stopped("SIGTERM", 143)
+
+    before = None
+    try:
+        before = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: only Ctrl-C is caught
+        pass
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise _Stopped("Ctrl-C", 130) from None
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
 def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     """Command line: run the report and write the Markdown table and the PNG plot."""
     import argparse
@@ -1104,24 +1197,44 @@ def main(argv=None, default_out="nnkit-bench.md", prog="nnkit bench"):
     quick = args.quick
     seconds = args.seconds or (0.05 if quick else 1.0)
     plot = args.plot or os.path.splitext(args.out)[0] + ".png"
-    results = run_report(targets=args.targets or (QUICK["targets"] if quick else None),
-                         shapes=args.shapes or (QUICK["shapes"] if quick else list(SHAPES)),
-                         dtypes=args.dtypes or (("float32", "mixed_bfloat16", "tf32") if quick else DTYPES),
-                         sweep=() if args.no_sweep else (QUICK["sweep"] if quick else SWEEP),
-                         seconds=seconds,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
-    if not args.no_conv:
-        results.update(run_conv_report(results["targets"], seconds=seconds,
-                                       log=lambda m: print(m, file=sys.stderr, flush=True)))
-    if not (args.no_epoch or quick):
-        results["epoch"] = run_epoch_report(seconds=seconds, log=lambda m: print(m, file=sys.stderr, flush=True))
+    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    results = {}
+
+    def progress(part):  # the rows measured so far, written at once: a stopped run keeps them
+        results.update(part)
+        write_markdown(results, args.out, command=command, status="Partial: the run is still measuring; these are "
+                       "the rows measured so far.")
+
+    pace = dict(PACE)
+    if quick:
+        PACE.update({k: QUICK[k] for k in PACE})
+    try:
+        with _stopped_by_signal():
+            results.update(run_report(targets=args.targets or (QUICK["targets"] if quick else None),
+                                      shapes=args.shapes or (QUICK["shapes"] if quick else list(SHAPES)),
+                                      dtypes=args.dtypes or (("float32", "mixed_bfloat16", "tf32") if quick
+                                                             else DTYPES),
+                                      sweep=() if args.no_sweep else (QUICK["sweep"] if quick else SWEEP),
+                                      seconds=seconds, log=log, progress=progress))
+            if not args.no_conv:
+                results.update(run_conv_report(results["targets"], seconds=seconds, log=log, progress=progress))
+            if not (args.no_epoch or quick):
+                results["epoch"] = run_epoch_report(seconds=seconds, log=log)
+    except _Stopped as stop:
+        write_markdown(results, args.out, command=command,
+                       status=f"Stopped ({stop.why}) before the run ended: these are the rows measured by then.")
+        print(f"{prog}: stopped ({stop.why}); wrote the rows measured so far to {args.out}", file=sys.stderr)
+        return stop.code
+    finally:
+        PACE.update(pace)
     plot_name = None
-    if results["sweep"]:
+    if results.get("sweep"):
         try:
             write_plot(results, plot)
             plot_name = os.path.relpath(plot, os.path.dirname(os.path.abspath(args.out)))
         except RuntimeError as exc:
             print(f"{prog}: no plot: {exc}", file=sys.stderr)
-    write_markdown(results, args.out, plot_name, command=f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:]))
+    write_markdown(results, args.out, plot_name, command=command)
     print(f"wrote {args.out}" + (f" and {plot}" if plot_name else ""))
     return 0

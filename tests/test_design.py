@@ -153,6 +153,28 @@ def _data(n=203, d=6, seed=0):
     return X, (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0.3)
 
 
+def test_no_function_of_the_training_loop_is_over_fifty_lines_and_fit_settings_travel_as_one_object():
+    import ast
+    import inspect
+
+    from nnkit.training import loop
+    from nnkit.training.settings import FitSettings
+
+    with open(os.path.join(PKG, "training", "loop.py")) as f:
+        tree = ast.parse(f.read())
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50]
+    assert not long, long
+    fit_options = [p for p in inspect.signature(nnkit.Sequential.fit).parameters if p not in ("self", "X", "y")]
+    assert fit_options == [f.name for f in __import__("dataclasses").fields(FitSettings)]  # one object, every option
+    assert list(inspect.signature(loop._Run.__init__).parameters) == ["self", "model", "X", "y", "settings"]
+    with pytest.raises(ValueError, match="validation_split must be a number in"):
+        FitSettings(loss="mse", validation_split=1.5).checked()
+    checked = FitSettings(loss="mse", early_stopping=True, callbacks=(nnkit.EarlyStopping(),)).checked()
+    assert isinstance(checked.early_stopping, nnkit.EarlyStopping) and isinstance(checked.callbacks, list)
+    assert checked.loss.name == "mse" and checked.log_every_n_steps == 0
+
+
 def test_train_step_fit_and_parallel_fit_share_one_step(monkeypatch):
     calls = []
     real = step_module.train_step

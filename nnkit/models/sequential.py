@@ -23,6 +23,7 @@ from ..training import checkpoint
 from .. import data
 from ..training import step
 from ..training import loop as training
+from ..training.settings import FitSettings
 _KEEP = object()  # "the model's own precision policy" (a default that None cannot be: None means none)
 
 __all__ = ["Sequential", "load"]
@@ -671,12 +672,7 @@ class Sequential:
           learning rate is passed in as a value, so schedules act; full and last batches are traced once
           each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
         """
-        return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-                   shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
-                   early_stopping=early_stopping, callbacks=callbacks, metrics=metrics, verbose=verbose,
-                   checkpoint=checkpoint, resume=resume, regularizer=regularizer, comm=comm, compile=compile,
-                   sample_weight=sample_weight, log_every_n_steps=log_every_n_steps, class_weight=class_weight,
-                   accumulate=accumulate, lengths=lengths, bucket=bucket, steps_per_epoch=steps_per_epoch)
+        return training.fit(self, X, y, FitSettings.of(locals()))  # the settings as one object, to the loop
 
     def evaluate(self, X: Any, y: Any, loss: Any, metrics: Any = None, batch_size: int | None = None,
                  sample_weight: Any = None, lengths: Any = None) -> dict[str, float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import os
 import signal
 import sys
@@ -28,7 +27,9 @@ from ..backends import threads as cpu_threads
 from ..data.files import check_writable
 from ..losses import get_loss
 from ..metrics import BatchStats, get_metrics, read_stats
-from .optim import check_int, get_optimizer
+from ..data.checks import check_int
+from .optim import get_optimizer
+from .settings import FitSettings
 from .step import make_step
 
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "TrainingDivergedError", "Terminated"]
@@ -97,89 +98,71 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     return host.logs(metric_fns)
 
 
-def fit(model, X, y, *, loss, optimizer="adam", epochs=10, batch_size=32, shuffle=True,
-        validation_data=None, validation_split=0.0, early_stopping=None, callbacks=(), metrics=None,
-        verbose=1, checkpoint=None, resume=False, regularizer=None, comm=None, compile=False, sample_weight=None,
-        log_every_n_steps=None, class_weight=None, accumulate=1, lengths=None, bucket=False, steps_per_epoch=None):
-    """See :meth:`nnkit.Sequential.fit`."""
-    run = _Run(model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
-               early_stopping, callbacks, metrics, verbose, checkpoint, resume, regularizer, comm, compile,
-               sample_weight, log_every_n_steps, class_weight, accumulate, lengths, bucket, steps_per_epoch)
-    model, be, xp, hooks, history = run.model, run.be, run.xp, run.hooks, History()
-    watching = [cb for cb in hooks if overrides_on_batch_end(cb)]
-    per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in watching]
-    every, steps = run.log_every_n_steps, 0  # steps: counted over the whole fit, for the logging steps
-    # compile=True: an epoch runs whole, one compiled loop on the device, when nothing needs each batch
-    whole = run.step.epoch is not None and run.data.whole_epochs() and not every \
-        and not any(_needs_every_batch(cb) for cb in watching)
+def fit(model, X, y=None, settings=None, **options):
+    """See :meth:`nnkit.Sequential.fit`: ``settings`` a :class:`~nnkit.training.settings.FitSettings`, or its
+    fields as keywords."""
+    run = _Run(model, X, y, FitSettings(**options) if settings is None else settings)
+    history, hooks = History(), run.hooks
     for cb in hooks:
         cb.history = history
     for cb in hooks:
         cb.on_train_begin()
-    on_cpu, probe = not be.on_cuda, None
-    if on_cpu:
+    if run.on_cpu:
         cpu_threads.apply_default()  # one BLAS thread per physical core, unless the user chose
-    with _StopFlag() as stop, model.policy.activate():
+    with _StopFlag() as stop, run.model.policy.activate():
         for epoch in range(run.start, run.end):
-            # the epoch's start, to undo it: the step state and the shuffle generator
-            t0, safe = time.perf_counter(), (model.step_state(run.optimizer, copy=True),
-                                             copy.deepcopy(model.rng.bit_generator.state))
-            model.reseed()  # random layers: this epoch's device generator, from the model's seed
-            for cb in hooks:
-                cb.on_epoch_begin(epoch)
-            sums, seen = None, 0
-            try:
-                if whole:
-                    sums, seen = run.whole_epoch(), run.n
-                    steps += run.data.n_batches()
-                    for hook, takes_logs in per_batch:  # those that need no more: once, after the last batch
-                        hook(run.data.n_batches() - 1, None) if takes_logs else hook()
-                for i, (xb, tb, wb, mb, share, seen) in enumerate(() if whole else run.batches()):
-                    if on_cpu and epoch == run.start and i == 0:
-                        probe = (xb, mb)  # the first batch: what the oversubscription check times
-                    batch = run.step(xb, tb, share, wb, mb)
-                    sums = sums if batch is None else sums + batch
-                    steps += 1
-                    if per_batch:
-                        logs = run.step_logs(batch) if every and steps % every == 0 else None
-                        for hook, takes_logs in per_batch:
-                            hook(i, logs) if takes_logs else hook()
-                    if stop.raised and not run.parallel:  # ranks agree on stopping at the epoch's end
-                        break
-                run.step.flush()  # accumulate=N: the epoch's last, shorter group of batches
-            except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
-                run.step.reset()
-                model.load_step_state(safe[0], run.optimizer)
-                raise
-            if stop.terminated and not run.parallel and (run.n is None or seen < run.n):
-                _terminate(run, model, safe, epoch, hooks)  # raises Terminated
-            if stop.raised and (run.n is None or seen < run.n):
-                history.interrupted = True
+            logs = _epoch(run, epoch, stop, history)
+            if logs is None:  # interrupted (Ctrl-C): the history so far
                 break
-            logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
-            if not all(math.isfinite(v) for v in logs.values()):
-                model.load_step_state(safe[0], run.optimizer)
-                raise TrainingDivergedError(
-                    f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "
-                    f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "
-                    f"{run.optimizer.lr:g}), gradient clipping (clip_norm=) or standardised inputs")
-            model.epoch = epoch + 1
-            wall = time.perf_counter() - t0
-            history.append({**logs, "time": wall})
-            if probe is not None:  # the first epoch: were the cores ours? (warns once per process)
-                cpu_threads.check_oversubscribed(_forward_pass(model, *probe), wall)
-                probe = None
             if any([bool(cb.on_epoch_end(epoch, dict(logs))) for cb in hooks]):
                 history.stopped_epoch = epoch
                 break
             if stop.terminated:  # at an epoch's end (or data-parallel): the checkpoint was just written
-                _terminate(run, model, None, epoch + 1, hooks)
+                _terminate(run, run.model, None, epoch + 1, hooks)
             if stop.raised:
                 history.interrupted = True
                 break
     for cb in sorted(hooks, key=lambda cb: not isinstance(cb, EarlyStopping)):  # weights restored, then saved
         cb.on_train_end()
     return history
+
+
+def _epoch(run, epoch, stop, history):
+    """One epoch: its batches through the step, then its logs read once (None when Ctrl-C cut it short).  The
+    epoch's start is kept to undo it: a bad streamed batch, a diverged loss or SIGTERM puts it back."""
+    model, hooks = run.model, run.hooks
+    t0, safe = time.perf_counter(), (model.step_state(run.optimizer, copy=True),
+                                     copy.deepcopy(model.rng.bit_generator.state))
+    model.reseed()  # random layers: this epoch's device generator, from the model's seed
+    for cb in hooks:
+        cb.on_epoch_begin(epoch)
+    try:
+        sums, seen = run.whole_epoch_batches() if run.whole else run.batch_by_batch(epoch, stop)
+        run.step.flush()  # accumulate=N: the epoch's last, shorter group of batches
+    except data.BatchError:  # a bad streamed batch: back to the epoch's start, then say which batch
+        run.step.reset()
+        model.load_step_state(safe[0], run.optimizer)
+        raise
+    short = run.n is None or seen < run.n
+    if stop.terminated and not run.parallel and short:
+        _terminate(run, model, safe, epoch, hooks)  # raises Terminated
+    if stop.raised and short:
+        history.interrupted = True
+        return None
+    logs = run.epoch_logs(sums, stop)  # the epoch's one device -> host read
+    if not all(math.isfinite(v) for v in logs.values()):
+        model.load_step_state(safe[0], run.optimizer)
+        raise TrainingDivergedError(
+            f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "
+            f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "
+            f"{run.optimizer.lr:g}), gradient clipping (clip_norm=) or standardised inputs")
+    model.epoch = epoch + 1
+    wall = time.perf_counter() - t0
+    history.append({**logs, "time": wall})
+    if run.probe is not None:  # the first epoch: were the cores ours? (warns once per process)
+        cpu_threads.check_oversubscribed(_forward_pass(model, *run.probe), wall)
+        run.probe = None
+    return logs
 
 
 def _forward_pass(model, X, mask):
@@ -209,6 +192,16 @@ def _terminate(run, model, safe, epoch, hooks):
     raise Terminated(143)
 
 
+def _record_head(model, loss):
+    """What a classifier's outputs mean, kept in ``model.info["head"]`` (softmax or sigmoid; export reads it)."""
+    heads = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+    if isinstance(model.info, dict):
+        if loss.name in heads:
+            model.info["head"] = heads[loss.name]
+        else:
+            model.info.pop("head", None)
+
+
 def _needs_every_batch(cb):
     """Whether the ``on_batch_end`` of a callback that has its own must run after every batch
     (:meth:`Callback.needs_every_batch`; a duck-typed callback that defines ``on_batch_end`` does)."""
@@ -229,47 +222,49 @@ def _takes_logs(hook):
 
 
 class _Run:
-    """One ``fit`` call's settings, checked before anything changes; its data is a :class:`nnkit.data.FitData`."""
+    """One ``fit`` call: its settings checked before anything changes, its data (a :class:`nnkit.data.FitData`),
+    optimizer, step and hooks."""
 
-    def __init__(self, model, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
-                 validation_split, early_stopping, callbacks, metrics, verbose, checkpoint, resume,
-                 regularizer, comm, compile, sample_weight=None, log_every_n_steps=None, class_weight=None,
-                 accumulate=1, lengths=None, bucket=False, steps_per_epoch=None):
+    def __init__(self, model, X, y, settings):
+        self.settings = s = settings.checked()
         self.model, self.be, self.xp = model, model.backend, model.xp
-        self.loss = loss = get_loss(loss)
-        heads = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}  # what a classifier's outputs mean
-        if isinstance(model.info, dict):
-            if loss.name in heads:
-                model.info["head"] = heads[loss.name]
-            else:
-                model.info.pop("head", None)
-        epochs = check_int("epochs", epochs, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
-                or not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
-        if validation_split and validation_data is not None:
-            raise ValueError("pass either validation_data or validation_split, not both")
-        self.metric_fns = get_metrics(metrics, loss)
-        by_name = isinstance(optimizer, str)
+        self.loss = s.loss
+        _record_head(model, s.loss)
+        self.metric_fns = get_metrics(s.metrics, s.loss)
+        by_name = isinstance(s.optimizer, str)
+        optimizer = s.optimizer
         if by_name and model.optimizer is not None and type(model.optimizer) is type(get_optimizer(optimizer)):
             optimizer = model.optimizer  # a second fit goes on with the same optimizer state
         optimizer = get_optimizer(optimizer)
-        if early_stopping is True:
-            early_stopping = EarlyStopping()
-        elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-            raise TypeError(f"early_stopping must be an EarlyStopping, True or None, got {early_stopping!r}")
-        callbacks = list(callbacks)
-        for cb in callbacks:
-            if not callable(getattr(cb, "on_epoch_end", None)):
-                raise TypeError(f"callback {cb!r} has no on_epoch_end(epoch, logs) method")
-        if verbose not in (0, 1, 2, True, False):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        if resume and checkpoint is None:
-            raise ValueError("resume=True needs checkpoint=path")
-        if regularizer is not None and not callable(getattr(regularizer, "value_and_grad", None)):
-            raise TypeError(f"regularizer must be a penalty such as nnkit.optim.L2(1e-4) or nnkit.optim.L1(1e-5), "
-                            f"got {regularizer!r}")
+        self._communicator(s.comm)
+        if s.checkpoint is not None and self.rank == 0:
+            check_writable(s.checkpoint, "checkpoint")  # now, not after the first epoch
+        self.checkpoint, self.batch_size = s.checkpoint, s.batch_size
+        self.data = data.FitData(model, s.loss, self.metric_fns, s.batch_size, s.shuffle, s.epochs, self.rank,
+                                 self.size, s.bucket, s.steps_per_epoch)
+        self.data.load(X, y, s.sample_weight, s.validation_data, s.validation_split, s.class_weight, s.lengths)
+        self.data.compiled = bool(s.compile)  # batches of sequences padded to a few lengths: one trace each
+        self.n, self.batches = self.data.n, self.data.batches
+        model.optimizer = self.optimizer = optimizer = self._resume(optimizer, keep_hyperparameters=not by_name)
+        if self.parallel:
+            dist.sync_model(self.comm, model)  # rank 0's weights and shuffle generator everywhere
+        watchers = [cb.on_gradients for cb in s.callbacks if callable(getattr(cb, "on_gradients", None))]
+        self.log_every_n_steps = s.log_every_n_steps
+        self.step = make_step(model, s.loss, optimizer, regularizer=s.regularizer, metric_fns=self.metric_fns,
+                              comm=self.comm if self.parallel else None, compile=s.compile, grad_hooks=watchers,
+                              accumulate=s.accumulate)
+        self.hooks = self._hooks(s, optimizer)
+        watching = [cb for cb in self.hooks if overrides_on_batch_end(cb)]
+        self.per_batch = [(cb.on_batch_end, _takes_logs(cb.on_batch_end)) for cb in watching]
+        self.steps = 0  # counted over the whole fit, for the logging steps
+        # compile=True: an epoch runs whole, one compiled loop on the device, when nothing needs each batch
+        self.whole = self.step.epoch is not None and self.data.whole_epochs() and not self.log_every_n_steps \
+            and not any(_needs_every_batch(cb) for cb in watching)
+        self.on_cpu = not self.be.on_cuda
+        self.probe = None  # the first batch of the first epoch (X, mask): what the oversubscription check times
+
+    def _communicator(self, comm):
+        """The communicator of data-parallel fit (checked), this process's rank and the number of ranks."""
         self.comm = comm = dist.check_comm(comm)
         self.parallel = comm is not None and comm.size > 1
         collected = [name for name, m in self.metric_fns if m.collect]
@@ -277,52 +272,65 @@ class _Run:
             raise ValueError(f"metric(s) {', '.join(collected)} need every score of the epoch, which data-parallel "
                              "fit keeps on each rank apart: evaluate them after training (model.evaluate)")
         self.rank, self.size = (comm.rank, comm.size) if self.parallel else (0, 1)
+
+    def _resume(self, optimizer, keep_hyperparameters):
+        """The epochs to run (``start``, ``end``) and the optimizer: with ``resume`` and an existing checkpoint,
+        restored from it — by name, the checkpoint's optimizer, hyperparameters and all; an instance keeps its
+        own hyperparameters and takes the saved moments and step counts."""
+        s, model = self.settings, self.model
+        if s.resume and os.path.exists(os.fspath(s.checkpoint)):
+            ckpt.restore(model, s.checkpoint, optimizer, keep_hyperparameters=keep_hyperparameters)
+            self.start, self.end = model.epoch, s.epochs
+            return model.optimizer
+        self.start, self.end = model.epoch, (model.epoch + s.epochs if not s.resume else s.epochs)
+        return optimizer
+
+    def _hooks(self, s, optimizer):
+        """The callbacks in the order they run: the progress bar (a user's own replaces fit's), the checkpoint
+        writer, the user's callbacks, early stopping — each told the model, optimizer and the logs to come."""
         lead = self.rank == 0  # the rank that prints and writes checkpoints
-        if checkpoint is not None and lead:
-            check_writable(checkpoint, "checkpoint")  # now, not after the first epoch
-        self.checkpoint = checkpoint
-        self.data = data.FitData(model, loss, self.metric_fns, self.batch_size, shuffle, epochs, self.rank,
-                                 self.size, bucket,
-                                 None if steps_per_epoch is None else check_int("steps_per_epoch", steps_per_epoch, 1))
-        self.data.load(X, y, sample_weight, validation_data, validation_split, class_weight, lengths)
-        self.data.compiled = bool(compile)  # batches of sequences padded to a few lengths: one trace each
-        self.n, self.batches = self.data.n, self.data.batches
-
-        if resume and os.path.exists(os.fspath(checkpoint)):
-            # by name: the checkpoint's optimizer, hyperparameters and all; an instance keeps its own
-            # hyperparameters and takes the saved moments and step counts
-            ckpt.restore(model, checkpoint, optimizer, keep_hyperparameters=not by_name)
-            optimizer = model.optimizer
-            self.start, self.end = model.epoch, epochs
-        else:
-            self.start, self.end = model.epoch, (model.epoch + epochs if not resume else epochs)
-        model.optimizer = self.optimizer = optimizer
-        if self.parallel:
-            dist.sync_model(comm, model)  # rank 0's weights and shuffle generator everywhere
-        watchers = [cb.on_gradients for cb in callbacks if callable(getattr(cb, "on_gradients", None))]
-        if log_every_n_steps is None:  # the finest a callback asks for (TensorBoard(every_n_steps=N))
-            asked = [cb.log_every_n_steps for cb in callbacks if getattr(cb, "log_every_n_steps", None)]
-            log_every_n_steps = min(asked) if asked else 0
-        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 0)
-        self.step = make_step(model, loss, optimizer, regularizer=regularizer, metric_fns=self.metric_fns,
-                              comm=comm if self.parallel else None, compile=compile, grad_hooks=watchers,
-                              accumulate=check_int("accumulate", accumulate, 1))
-
-        own = [cb for cb in callbacks if isinstance(cb, ProgbarLogger)]  # a user's bar replaces fit's
-        progress = own[0] if own else ProgbarLogger(int(verbose) if lead else 0)
+        own = [cb for cb in s.callbacks if isinstance(cb, ProgbarLogger)]
+        progress = own[0] if own else ProgbarLogger(int(s.verbose) if lead else 0)
         if not lead:
             progress.verbose = 0
         progress.setup(self.data.n_batches(), self.end, self.start)
-        self.hooks = ([] if own else [progress]) + ([ModelCheckpoint(checkpoint)] if checkpoint is not None else []) \
-            + callbacks + ([early_stopping] if early_stopping is not None else [])
+        hooks = ([] if own else [progress]) + ([ModelCheckpoint(s.checkpoint)] if s.checkpoint is not None else []) \
+            + s.callbacks + ([s.early_stopping] if s.early_stopping is not None else [])
         names = ["loss"] + [m for m, _ in self.metric_fns]
         log_names = names + ([f"val_{n}" for n in names] if self.data.has_validation else [])
-        for cb in self.hooks:
-            cb.model, cb.optimizer, cb.comm = model, optimizer, comm if self.parallel else None
+        for cb in hooks:
+            cb.model, cb.optimizer, cb.comm = self.model, optimizer, self.comm if self.parallel else None
             cb.log_names = log_names  # what the epoch logs will hold: callbacks that monitor one check it now
             for hook in ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_train_end"):
                 if not callable(getattr(cb, hook, None)):  # a duck-typed callback may define only some hooks
                     setattr(cb, hook, getattr(Callback(), hook))
+        return hooks
+
+    def whole_epoch_batches(self):
+        """(sums, rows seen) of an epoch run whole (:meth:`whole_epoch`), the batch hooks called once after it."""
+        sums = self.whole_epoch()
+        self.steps += self.data.n_batches()
+        for hook, takes_logs in self.per_batch:  # those that need no more: once, after the last batch
+            hook(self.data.n_batches() - 1, None) if takes_logs else hook()
+        return sums, self.n
+
+    def batch_by_batch(self, epoch, stop):
+        """(sums, rows seen) of an epoch step by step: each batch through the step, the batch hooks after each
+        (with logs on the logging steps), stopped after the step in progress by Ctrl-C."""
+        sums, seen, every = None, 0, self.log_every_n_steps
+        for i, (xb, tb, wb, mb, share, seen) in enumerate(self.batches()):
+            if self.on_cpu and epoch == self.start and i == 0:
+                self.probe = (xb, mb)
+            batch = self.step(xb, tb, share, wb, mb)
+            sums = sums if batch is None else sums + batch
+            self.steps += 1
+            if self.per_batch:
+                logs = self.step_logs(batch) if every and self.steps % every == 0 else None
+                for hook, takes_logs in self.per_batch:
+                    hook(i, logs) if takes_logs else hook()
+            if stop.raised and not self.parallel:  # ranks agree on stopping at the epoch's end
+                break
+        return sums, seen
 
     def whole_epoch(self):
         """An epoch as one compiled loop over its full batches (the step's :meth:`~nnkit.training.step.Step.epoch`) and

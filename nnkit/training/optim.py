@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..data.checks import check_hyper, check_int
+from ..data.checks import check_hyper
 from ..backends.functional import namespace_of, sub_scaled
 from .schedules import StepLR, ExponentialLR, CosineLR, ReduceLROnPlateau  # noqa: F401 (their public address)
 

@@ -21,7 +21,8 @@ from .backends.threads import set_threads
 from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, ConvTranspose1D, ConvTranspose2D, MaxPool1D,
                      MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding,
-                     SequencePool, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TiedDense)
+                     SequencePool, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TiedDense,
+                     Add, Subtract, Multiply, Concatenate, Input)
 from .layers import init
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from . import metrics, data
@@ -34,7 +35,7 @@ from .training.callbacks import (History, Callback, EarlyStopping, ModelCheckpoi
 from .training.checkpoint import CheckpointError
 from .training.loop import TrainingDivergedError
 from . import export
-from .models import Sequential, load, Perceptron
+from .models import Model, Sequential, load, Perceptron
 from .tools import plots
 from .tools.gradcheck import gradcheck
 from .tools.lr_finder import lr_find
@@ -48,10 +49,12 @@ __all__ = [
     "RNN", "GRU", "LSTM", "Embedding", "SequencePool", "MultiHeadAttention", "PositionalEmbedding",
     "TransformerBlock", "TiedDense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU",
     "ELU", "Softplus",
+    # graphs: inputs and the merge layers
+    "Input", "Add", "Subtract", "Multiply", "Concatenate",
     # losses
     "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss",
     # models, loading, checking
-    "Sequential", "load", "CheckpointError", "Perceptron", "gradcheck", "lr_find", "TrainingDivergedError",
+    "Model", "Sequential", "load", "CheckpointError", "Perceptron", "gradcheck", "lr_find", "TrainingDivergedError",
     # callbacks
     "History", "Callback", "EarlyStopping", "GradientStats", "ModelCheckpoint", "ProgbarLogger",
     "LearningRateScheduler",

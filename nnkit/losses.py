@@ -17,7 +17,8 @@ from .backends.functional import device_of, namespace_of
 
 from .backends import functional as F
 
-__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "as_rows", "check_rows"]
+__all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "LOSSES", "get_loss", "as_rows", "check_rows",
+           "OutputsLoss"]
 
 
 class Loss:
@@ -314,3 +315,39 @@ def get_loss(loss):
         raise ValueError(
             f"unknown loss {loss!r}: expected one of {', '.join(repr(k) for k in LOSSES)} or a Loss instance"
         ) from None
+
+
+class OutputsLoss:
+    r"""The loss of a model with several outputs: L = Σ_k c_k L_k, each output's loss L_k (its own :class:`Loss`,
+    on its own targets) times its weight c_k (``loss_weights``, default 1).  Its gradient to output k is
+    c_k ∂L_k/∂out_k: the outputs' backward passes start from these and meet where the graph joins.
+    ``value_and_grad(outs, Ts, w)`` takes the lists of outputs and targets (``w``: None, or a list of each output's
+    weights or Nones)."""
+
+    keeps_labels = False
+
+    def __init__(self, losses, weights=None):
+        self.losses = [get_loss(l) for l in losses]
+        self.weights = [1.0] * len(self.losses) if weights is None else [float(c) for c in weights]
+        if len(self.weights) != len(self.losses):
+            raise ValueError(f"{len(self.weights)} loss weights for {len(self.losses)} outputs")
+        self.name = "+".join(l.name for l in self.losses)
+
+    def value_and_grad(self, outs, Ts, w=None):
+        """(Σ_k c_k L_k, [c_k ∂L_k/∂out_k for each output])."""
+        value, grads = None, []
+        for k, (loss, c, out, T) in enumerate(zip(self.losses, self.weights, outs, Ts)):
+            wk = None if w is None else w[k]
+            v, d = loss.value_and_grad(out, T) if wk is None else loss.value_and_grad(out, T, wk)
+            if c != 1.0:
+                v, d = c * v, c * d
+            value = v if value is None else value + v
+            grads.append(d)
+        return value, grads
+
+    def value(self, outs, Ts, w=None):
+        return self.value_and_grad(outs, Ts, w)[0]
+
+    def __repr__(self):
+        return f"OutputsLoss({self.losses!r}, weights={self.weights!r})"
+

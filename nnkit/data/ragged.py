@@ -129,6 +129,10 @@ def sequences(model, X, lengths=None, check_values=True):
     if lengths is not None:
         shape = tuple(int(d) for d in (np.shape(X) if not hasattr(X, "shape") else X.shape)[1:])
         if not bool(np.all(lengths == shape[0])):  # padding: a layer that would read it refused before any other check
+            plan = getattr(model, "_plan", None)
+            if plan is not None and not plan.chain:
+                raise ValueError("sequences of different lengths go into a chain of layers (a Sequential) for now; "
+                                 "this model is a graph: pad them to one length")
             try:
                 bad = reads_padding(model.layers, shape)
             except ValueError:  # a shape the model cannot take: as_input below says so in its own words

@@ -19,6 +19,7 @@ from typing import Any
 from ..backends import functional as F
 from ..backends.functional import Array
 from .init import get_initializer
+from .graph import ShapeError, call_layer, fmt_shape  # noqa: F401  (ShapeError, fmt_shape: re-exported)
 
 __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "layer_from_config", "infer_shapes",
            "ShapeError", "check_input_shape", "fmt_shape"]
@@ -34,15 +35,6 @@ def check_size(name, value):
 
 
 LAYER_TYPES: dict[str, type] = {}  # name -> Layer subclass: every subclass registers itself (see Layer.__init_subclass__)
-
-
-class ShapeError(ValueError):
-    """An input shape a layer cannot take (a ``ValueError``); the model adds which layer and what it got."""
-
-
-def fmt_shape(shape):
-    """``(B, 25, 10)`` for the shape (25, 10) without its batch; unknown sizes as ``?``."""
-    return "(B" + "".join(f", {'?' if n is None else n}" for n in shape) + ")"
 
 
 def own_torch_class(owner, nn, make):
@@ -92,6 +84,12 @@ class Layer:
         self._cache = None
         self.random = None
         self.policy = None  # the model's precision policy (nnkit.precision), wired by the model
+
+    def __call__(self, inputs):
+        """Build a graph: this layer called on symbolic tensors (``nnkit.Input(...)``, or another call's output;
+        a list for a merge layer) records a node and returns its output tensor (:mod:`nnkit.layers.graph`).
+        Calling it at several nodes shares its parameters."""
+        return call_layer(self, inputs)
 
     # -- precision: the two casts a layer may make (see nnkit.precision) ---------------------------------
     def compute(self, a):

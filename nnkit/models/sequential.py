@@ -1,7 +1,8 @@
-"""``Sequential``: a stack of layers with a hand-written backward pass."""
+"""``Model``: a graph of layer calls with a hand-written backward pass — and ``Sequential``, its chain."""
 from __future__ import annotations
 
 import math
+import os
 
 from typing import Any, Iterable
 
@@ -11,10 +12,12 @@ from ..backends import Backend, get_backend
 from ..training.callbacks import History
 from ..backends.functional import Array
 from ..layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
-from ..layers.core import forward_through, mask_through, resolve_ties
+from ..layers.core import mask_through, resolve_ties
+from ..layers import graph as graph_module
 from ..data.preprocessing import Preprocessing
 from ..data import preprocessing as preprocessing_module
-from ..losses import as_rows, get_loss
+from ..losses import OutputsLoss, as_rows, get_loss
+from ..backends.functional import namespace_of
 from ..data.checks import check_int
 from ..training.optim import Optimizer
 from ..training.precision import LossScaler, get_policy
@@ -26,58 +29,62 @@ from ..training import loop as training
 from ..training.settings import FitSettings
 _KEEP = object()  # "the model's own precision policy" (a default that None cannot be: None means none)
 
-__all__ = ["Sequential", "load"]
+__all__ = ["Model", "Sequential", "load"]
 
 
-class Sequential:
-    """A feed-forward network: layers applied in order, trained by backprop.
+class Model:
+    """A network of layers as a graph, trained by backprop written by hand (Keras' functional API):
 
-    Parameters
-    ----------
-    layers : list of Layer
-        E.g. ``[Dense(64, 128), ReLU(), Dense(128, 10)]``.  Sizes are checked here.
-    backend : str, module or Backend
-        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"`` or an
-        imported array module; see :func:`nnkit.get_backend`.
-    dtype : ``"float32"`` or ``"float64"``; None (default) means float32, or the dtype of a
-        :class:`Backend` passed as ``backend``
-    seed : int or None
-        Seeds the host generator that draws the initial weights (and the
-        shuffles), so one seed gives the same model on every backend.
-    precision : None, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"tf32"``
-        The precision policy (:mod:`nnkit.training.precision`): weights stay in ``dtype`` (float32), matmuls run
-        in bfloat16/float16 (or TF32 on CUDA); softmax, the loss, normalisation statistics and the
-        update stay in float32; ``mixed_float16`` scales the loss dynamically.  None (default)
-        computes in ``dtype``.  A precision the backend cannot honour is a ValueError.
+    .. code-block:: python
 
-    input_shape : tuple, optional
-        The input shape without the batch — ``(64,)`` for tables, ``(1, 40)`` for signals, ``(3, 32, 32)``
-        for images; None (unknown) sizes allowed.  By default what the first layer's arguments fix (a
-        Dense(64, ...) takes (64,), a Conv1D(1, ...) takes (1, None)); without either, the first batch
-        decides.  Every new batch shape is checked through the layers, naming the layer that disagrees.
+        x = nnkit.Input((8,))
+        h = nnkit.Dense(8, 16)(x)
+        y = nnkit.Dense(16, 2)(nnkit.ReLU()(h))
+        model = nnkit.Model(x, y, seed=0)
 
-    Input ``X`` is (batch, *input_shape); NumPy input (or lists) is converted to the
-    backend, arrays of the backend are used as they are.
+    ``inputs`` and ``outputs`` are each a symbolic tensor, a list or a dict name → tensor; the options are
+    :class:`Sequential`'s (``backend``, ``dtype``, ``seed``, ``precision``).  The forward pass walks the layer calls
+    in the order they were made, the backward pass in reverse: where a tensor fans out to several calls its
+    gradient is the sum of theirs, and a layer called at several places (one set of parameters) gets the sum of
+    its calls' gradients — the chain rule's multivariable case.  ``Sequential`` is the chain of layers: the
+    same walks.
     """
 
     _last_out = None  # the output shape (without B) of the batch shape checked last (per-position targets)
     _ties: list = []  # weights shared by two layers (TiedDense): [(key, the sharing layer)]
+    name = None
 
-    def __init__(self, layers: Layer | Iterable[Layer], backend: str | Any = "numpy", dtype: str | None = None,
-                 seed: int | None = None, precision: str | None = None,
-                 input_shape: int | tuple[int | None, ...] | None = None) -> None:
-        layers = list(layers) if not isinstance(layers, Layer) else [layers]
-        if not layers:
-            raise ValueError("Sequential needs at least one layer")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, *, backend: str | Any = "numpy",
+                 dtype: str | None = None, seed: int | None = None, precision: str | None = None) -> None:
+        in_names, ins = graph_module.named(inputs, "inputs")
+        out_names, outs = graph_module.named(outputs, "outputs")
+        plan = graph_module.build_plan(ins, outs, lambda layer: any(k == "params" for _, _, k, _ in layer.slots()))
+        self.name = name
+        self.input_names = in_names or [t.name or (f"input_{k + 1}" if len(ins) > 1 else "input")
+                                        for k, t in enumerate(ins)]
+        self.output_names = out_names or [f"output_{k + 1}" if len(outs) > 1 else "output"
+                                          for k in range(len(outs))]
+        for what, names in (("input", self.input_names), ("output", self.output_names)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"two {what}s share a name: {names}")
+        self._by_dict = (in_names is not None, out_names is not None)
+        self.input_shapes = [t.shape for t in ins]
+        self.output_shapes = [t.shape for t in outs]
+        self._setup(plan, self.input_shapes[0] if len(ins) == 1 else None, backend, dtype, seed, precision)
+        if len(outs) == 1:
+            self._out_shape = self.output_shapes[0]
+
+    def _setup(self, plan, input_shape, backend, dtype, seed, precision):
+        """What every model has: the plan's layers built on ``backend`` (drawing from the generator of ``seed``), the
+        precision policy, the slots of the parameters and buffers, the training state."""
+        layers = plan.layers
         _check_distinct(layers)
         self._ties = resolve_ties(layers)  # [(the shared weight's key, the layer that also uses it)]
-        self.layers = layers
-        self.input_shape = check_input_shape(input_shape, layers)
+        self.layers, self._plan = layers, plan
+        self.input_shape = input_shape
         self._batch_shapes: dict[tuple, tuple] = {}  # input shape (without B) -> output shape, for the shapes already checked
-        self._out_shape = None if self.input_shape is None else infer_shapes(layers, self.input_shape)[-1]
+        self._out_shape = None if self.input_shape is None or not plan.chain \
+            else infer_shapes(layers, self.input_shape)[-1]
         self.backend = get_backend(backend, dtype=dtype)
         self.policy = get_policy(precision, self.backend)
         self._scaler = LossScaler.init(self.backend) if self.policy.loss_scaling else None
@@ -100,6 +107,16 @@ class Sequential:
                 (self._slots if kind == "params" else self._buffer_slots)[f"{i}.{name}"] = (owner, key)
         self._random_key = None  # the device generator of layers that draw in training (Dropout)
         self._wire()
+
+    @property
+    def n_inputs(self) -> int:
+        """The number of the model's inputs (one for a ``Sequential``)."""
+        return len(self._plan.inputs)
+
+    @property
+    def n_output_tensors(self) -> int:
+        """The number of the model's outputs (one for a ``Sequential``)."""
+        return len(self._plan.outputs)
 
     def _wire(self):
         """Give the layers the backend's namespace, and random layers the model's device generator."""
@@ -126,43 +143,6 @@ class Sequential:
             self.reseed()
         u, self._random_key = self.backend.uniform(self._random_key, shape, dtype)
         return u
-
-    @classmethod
-    def mlp(cls, sizes: Iterable[int], activation: str | type = "relu", init: str | None = None,
-            output_init: str = "glorot_uniform", dropout: float = 0.0, norm: str | None = None,
-            residual: bool = False, **kwargs: Any) -> Sequential:
-        """A multi-layer perceptron of :func:`nnkit.models.architectures.mlp` (which documents the arguments); other
-        keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
-        return cls(architectures.mlp(sizes, activation, init, output_init, dropout, norm, residual), **kwargs)
-
-    @classmethod
-    def cnn(cls, input_shape: int | tuple[int, ...], channels: Iterable[int], hidden: Iterable[int] = (),
-            n_outputs: int = 10, kernel_size: int = 3, pool: int = 2, activation: str | type = "relu",
-            **kwargs: Any) -> Sequential:
-        """A small convolutional network of :func:`nnkit.models.architectures.cnn` (which documents the arguments);
-        other keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
-        layers = architectures.cnn(input_shape, channels, hidden, n_outputs, kernel_size, pool, activation)
-        return cls(layers, input_shape=architectures.cnn_input_shape(input_shape), **kwargs)
-
-    @classmethod
-    def rnn(cls, input_shape: int | tuple[int | None, ...], kind: str = "gru", hidden: Iterable[int] = (32,),
-            n_outputs: int = 10, bidirectional: bool = False, **kwargs: Any) -> Sequential:
-        """A recurrent network of :func:`nnkit.models.architectures.rnn` (which documents the arguments); other keyword
-        arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
-        layers = architectures.rnn(input_shape, kind, hidden, n_outputs, bidirectional)
-        return cls(layers, input_shape=architectures.rnn_input_shape(input_shape), **kwargs)
-
-    @classmethod
-    def gpt(cls, vocab_size: int, block_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float = 0.0,
-            tie_weights: bool = True, **kwargs: Any) -> Sequential:
-        """nanoGPT's GPT (:func:`nnkit.models.architectures.gpt`): token and position embeddings, ``n_layer`` causal
-        pre-norm Transformer blocks, a final LayerNorm and a head tied to the token embedding; nanoGPT's
-        initialisation (N(0, 0.02²), the residual projections 0.02/√(2·n_layer)).  Other keyword arguments
-        (``backend``, ``dtype``, ``seed``, ``precision``) go to the model.  Train it on
-        :class:`nnkit.text.TokenWindows`; sample with :meth:`generate`."""
-        model = cls(architectures.gpt(vocab_size, block_size, n_embd, n_layer, n_head, dropout, tie_weights),
-                    **kwargs)
-        return architectures.gpt_init(model, n_layer)
 
     @property
     def tokenizer(self):
@@ -239,6 +219,9 @@ class Sequential:
     def __setstate__(self, state):
         """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
         self.__dict__.update(state)
+        if "_plan" not in state:  # pickled before models were graphs: a chain
+            self._plan = graph_module.Plan.chain_of(self.layers, self._first_param_layer)
+            self.input_names, self.output_names, self._by_dict = ["input"], ["output"], (False, False)
         self._random_key = None  # device generators do not travel: the next epoch reseeds
         self._wire()
 
@@ -358,14 +341,14 @@ class Sequential:
         params, frozen = self.params(), self.frozen_keys()
         return sum(_size(p) for k, p in params.items() if k not in frozen)
 
-    def freeze(self, *layers: int | Layer) -> Sequential:
+    def freeze(self, *layers: int | Layer) -> Model:
         """Freeze ``layers`` (indices into ``model.layers`` or Layer objects; none given: every layer): their
         parameters keep their values in training and get no optimizer moments.  Returns self."""
         for layer in self._pick(layers):
             layer.trainable = False
         return self
 
-    def unfreeze(self, *layers: int | Layer) -> Sequential:
+    def unfreeze(self, *layers: int | Layer) -> Model:
         """Undo :meth:`freeze` for ``layers`` (none given: every layer, nested ones included).  Returns self."""
         for layer in self._pick(layers):
             for sub in layer.sublayers() if not layers else [layer]:
@@ -417,7 +400,25 @@ class Sequential:
         shape = self.input_shape if in_shape is None else tuple(in_shape)
         if shape is None:
             raise ValueError("the model's input shape is not known yet: pass input_shape= or give it data first")
-        return infer_shapes(self.layers, shape)[-1]
+        return self._shapes(shape)[-1]
+
+    def _shapes(self, in_shape):
+        """The shapes (without the batch) of the model's values for input shape ``in_shape``: a chain's after each
+        layer (:func:`nnkit.layers.infer_shapes`), a graph's its nodes' outputs, the last the model's output; a
+        ShapeError naming the layer or node that cannot take its input."""
+        if self._plan.chain:
+            return infer_shapes(self.layers, in_shape)
+        plan = self._plan
+        shapes = [None] * plan.n_values
+        shapes[plan.inputs[0]] = tuple(in_shape)
+        for i, node in enumerate(plan.steps):
+            layer = plan.layers[node.layer]
+            got = [shapes[v] for v in node.srcs]
+            try:
+                shapes[node.dst] = tuple(layer.output_shape(got if node.as_list else got[0]))
+            except ShapeError as exc:
+                raise ShapeError(f"node {i} {layer!r} {exc}, but it gets {', '.join(map(fmt_shape, got))}") from None
+        return [shapes[v] for v in range(plan.n_values) if v not in plan.outputs] + [shapes[plan.outputs[0]]]
 
     def shape_checked(self, shape: tuple) -> bool:
         """True when batches of ``shape`` (without B) were checked already (the data path's hot path)."""
@@ -449,8 +450,11 @@ class Sequential:
                                  f"{fmt_shape(shape)}")
             if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape)):
                 raise ValueError(f"X has shape {fmt_shape(shape)} but the model expects {fmt_shape(want)}")
+        if self.n_inputs != 1 or self.n_output_tensors != 1:
+            raise ValueError(f"this model has {self.n_inputs} inputs and {self.n_output_tensors} outputs: give "
+                             "them as a list or a dict of arrays")
         try:
-            out = infer_shapes(self.layers, shape)[-1]
+            out = self._shapes(shape)[-1]
         except ShapeError as exc:
             raise ValueError(f"X of shape {fmt_shape(shape)} does not fit the model: {exc}") from None
         if any(d is None for d in out):  # pragma: no cover - a known input gives known outputs
@@ -471,13 +475,30 @@ class Sequential:
         enters in the compute dtype and the
         output leaves in float32 (:mod:`nnkit.training.precision`).  ``mask`` (B, T): the padding of variable-length
         sequences, handed to the layers that take it (``takes_mask``) as each layer passes it on."""
-        return self.policy.cast_output(forward_through(self.layers, self.policy.cast_input(X), train, mask))
+        p, plan = self.policy, self._plan
+        if len(plan.inputs) == 1:
+            outs = graph_module.walk_forward(plan, [p.cast_input(X)], train, None if mask is None else [mask])
+        else:
+            outs = graph_module.walk_forward(plan, [p.cast_input(x) for x in X], train)
+        return p.cast_output(outs[0]) if len(outs) == 1 else [p.cast_output(o) for o in outs]
 
     def output_mask(self, mask):
         """The padding mask of the model's output for an input mask (B, T): (B, T) when every layer keeps the
         positions (a per-position output: scored at the valid positions only), None when the output has none
         (a pooled or final state)."""
-        return mask_through(self.layers, mask)
+        if self._plan.chain:
+            return mask_through(self.layers, mask)
+        return None if mask is None else self._graph_mask(mask)
+
+    def _graph_mask(self, mask):
+        """The padding mask through the graph's nodes (a single-input, single-output graph)."""
+        plan = self._plan
+        masks = [None] * plan.n_values
+        masks[plan.inputs[0]] = mask
+        for node in plan.steps:
+            m = masks[node.srcs[0]]
+            masks[node.dst] = None if m is None else plan.layers[node.layer].output_mask(m)
+        return masks[plan.outputs[0]]
 
     def score_weights(self, out, w=None, mask=None):
         """The weights ``out``'s rows are scored with: ``w`` (B,) or (B, ...), or None — times the output's padding
@@ -519,9 +540,7 @@ class Sequential:
         ``state_dict()``.  A parameter a layer uses more than once (a tied or recurrent weight) receives
         the sum of its gradients: that is the layer's to form, before it stores ``grads``.
         """
-        first, layers = self._first_param_layer, self.layers
-        for i in range(len(layers) - 1, first - 1, -1):
-            dY = layers[i].backward(dY, need_dX=i > first)
+        graph_module.walk_backward(self._plan, dY if isinstance(dY, list) else [dY])
         return self.gather_grads()
 
     def gather_grads(self) -> dict[str, Array]:
@@ -543,10 +562,13 @@ class Sequential:
         p = self.policy
         if not p.casts and scaler is None:
             return self.backward(d_out)
+        if isinstance(d_out, list):  # several outputs
+            return p.unscale(self.backward([p.cast_grad_out(d, scaler) for d in d_out]), scaler)
         return p.unscale(self.backward(p.cast_grad_out(d_out, scaler)), scaler)
 
     def value_and_grad(self, X: Any, y: Any, loss: Any, *, check_input: bool = True,
-                       regularizer: Any = None, lengths: Any = None) -> tuple[Array, dict[str, Array]]:
+                       regularizer: Any = None, lengths: Any = None,
+                       loss_weights: Any = None) -> tuple[Array, dict[str, Array]]:
         """(loss, grads): the loss as a 0-d backend array (no host sync) and its gradients.
 
         ``grads`` maps ``"{layer}.{param}"`` to ∂L/∂param, shaped like the parameter.
@@ -554,7 +576,15 @@ class Sequential:
         device arrays; shapes are always checked.  ``regularizer`` (``nnkit.optim.L1``/``L2``)
         adds its penalty Ω(W) to the loss and ∂Ω/∂W to the weight gradients.  Sequences of different lengths:
         a list of (T_i, ...) arrays, or padded X with ``lengths`` (n,) (:func:`nnkit.data.sequences`).
+
+        A model of several inputs takes X as a list (in the order of its inputs) or a dict by input name; of
+        several outputs, y as a list or dict of each output's targets, ``loss`` one for all or a list/dict, and
+        ``loss_weights`` c_k: L = Σ_k c_k L_k.
         """
+        if self.multi:
+            Xs, T, losses = self._multi_batch(X, y, loss, loss_weights, check_input)
+            value, _, grads = self.loss_and_grads(Xs, T, losses, regularizer=regularizer, scaler=self._scaler)
+            return value, grads
         loss = get_loss(loss)
         S = data.sequences(self, X, lengths, check_input)
         T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
@@ -570,31 +600,39 @@ class Sequential:
         (``mixed_float16``): the loss scale the backward pass runs under.
         """
         out = self.forward_batch(X, train=True, mask=mask)
+        if isinstance(loss, OutputsLoss) and not isinstance(out, list):
+            out = [out]  # one output, scored as a list of one
         w = self.score_weights(out, w, mask)
         value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
         grads = self._backward(d_out, scaler)
         if regularizer is not None:
             scale = None
             if getattr(regularizer, "per_batch", False):  # Ω / (batch size or its sum of weights)
-                scale = 1.0 / math.prod(out.shape[:-1]) if w is None else 1.0 / self.xp.sum(w)
+                first = out[0] if isinstance(out, list) else out
+                scale = 1.0 / math.prod(first.shape[:-1]) if w is None else 1.0 / self.xp.sum(w)
             value, grads = regularizer.add_to(self.params(), value, grads, scale)
         return value, out, grads
 
     def train_step(self, X: Any, y: Any, loss: Any, optimizer: Optimizer, *, check_input: bool = True,
-                   regularizer: Any = None, lengths: Any = None) -> Array:
+                   regularizer: Any = None, lengths: Any = None, loss_weights: Any = None) -> Array:
         """One forward, backward and optimizer update; returns the 0-d loss (no host sync).
 
         The gradients are consumed by the update (used as scratch space); read gradients with
-        :meth:`value_and_grad`.
+        :meth:`value_and_grad` (which says how a model of several inputs or outputs takes them).
         """
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an nnkit.optim.Optimizer (e.g. SGD(0.1)), got {optimizer!r}")
-        loss = get_loss(loss)
-        S = data.sequences(self, X, lengths, check_input)
-        T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
+        if self.multi:
+            Xs, T, loss = self._multi_batch(X, y, loss, loss_weights, check_input)
+            mask = None
+        else:
+            loss = get_loss(loss)
+            S = data.sequences(self, X, lengths, check_input)
+            T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
+            Xs, mask = S.X, S.M
         with self.policy.activate():
-            value, _, state = step.train_step(self, self.step_state(optimizer), S.X, T, optimizer.lr,
-                                              loss=loss, optimizer=optimizer, regularizer=regularizer, mask=S.M)
+            value, _, state = step.train_step(self, self.step_state(optimizer), Xs, T, optimizer.lr,
+                                              loss=loss, optimizer=optimizer, regularizer=regularizer, mask=mask)
         self.load_step_state(state, optimizer)
         return value
 
@@ -672,6 +710,7 @@ class Sequential:
           learning rate is passed in as a value, so schedules act; full and last batches are traced once
           each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
         """
+        self._one_in_one_out("fit")
         return training.fit(self, X, y, FitSettings.of(locals()))  # the settings as one object, to the loop
 
     def evaluate(self, X: Any, y: Any, loss: Any, metrics: Any = None, batch_size: int | None = None,
@@ -680,6 +719,7 @@ class Sequential:
         ``sample_weight`` (n,) when given — over the valid positions of a per-position output (sequences as
         in :meth:`fit`, ``lengths`` for padded ones).  X and y as :meth:`fit` takes them: raw rows for a model
         that carries a :attr:`preprocessing`, labels as indices or class names."""
+        self._one_in_one_out("evaluate")
         return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight, lengths)
 
     def save(self, path: Any) -> None:
@@ -705,8 +745,109 @@ class Sequential:
         (``batch_size``, default 4096 rows), the outputs joined (:func:`nnkit.data.predict`).  Sequences of
         different lengths (a list, or padded with ``lengths``) give a padded output, zero at the padding.  A model
         that carries a :attr:`preprocessing` takes raw rows (an array, a Table, a DataFrame by column name) and
-        fills and scales them itself, as every other method does: one form of X for all of them."""
+        fills and scales them itself, as every other method does: one form of X for all of them.  A model of
+        several inputs takes a list or a dict of arrays (in memory) and gives a list, or a dict by output name
+        when its outputs were given as a dict; of several outputs, a list or dict of them."""
+        if self.multi:
+            return self._predict_multi(X, batch_size)
         return data.predict(self, X, batch_size, lengths)
+
+    # -- several inputs and outputs ------------------------------------------------------------------
+    @property
+    def multi(self) -> bool:
+        """True for a model of several inputs or outputs (lists or dicts of arrays go in and come out)."""
+        return len(self._plan.inputs) > 1 or len(self._plan.outputs) > 1
+
+    def _chain_only(self, what):
+        if not self._plan.chain:
+            raise ValueError(f"{what} takes a chain of layers (a Sequential) for now; this model is a graph of "
+                             f"{len(self._plan.steps)} nodes")
+
+    def _one_in_one_out(self, what):
+        if self.multi:
+            raise ValueError(f"{what} takes a model of one input and one output for now; this one has "
+                             f"{self.n_inputs} inputs ({', '.join(self.input_names)}) and {self.n_output_tensors} "
+                             f"outputs ({', '.join(self.output_names)}): train it with train_step over your batches, "
+                             "score it with value_and_grad or predict")
+
+    def _listed(self, value, names, what):
+        """``value`` — a list/tuple in the order of ``names``, or a dict by name — as a list; a wrong count, a
+        missing or an unknown key is a ValueError that names it."""
+        if isinstance(value, dict):
+            missing = [n for n in names if n not in value]
+            extra = [str(k) for k in value if k not in names]
+            if missing or extra:
+                parts = ([f"no {what} for {', '.join(map(repr, missing))}"] if missing else []) + \
+                    ([f"unknown name(s) {', '.join(map(repr, extra))}"] if extra else [])
+                raise ValueError(f"{what}: {'; '.join(parts)} (the model's are {', '.join(map(repr, names))})")
+            return [value[n] for n in names]
+        if isinstance(value, (list, tuple)) and len(value) == len(names):
+            return list(value)
+        got = f"a list of {len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ValueError(f"{what} must be a list of {len(names)} ({', '.join(map(repr, names))}) or a dict by name, "
+                         f"got {got}")
+
+    def _inputs_of(self, X, check_values=True):
+        """(the inputs as arrays of the backend, in order, and the number of rows): each checked against its
+        Input's shape, every input with the same rows; integer arrays stay integers (token ids)."""
+        one = len(self.input_names) == 1 and not isinstance(X, dict) and \
+            not (isinstance(X, (list, tuple)) and len(X) == 1)
+        be, arrays = self.backend, [X] if one else self._listed(X, self.input_names, "X")
+        out, rows = [], None
+        for name, shape, a in zip(self.input_names, self.input_shapes, arrays):
+            arr = data.host_or_native(self, a, f"input {name!r}")
+            xp = namespace_of(arr)
+            got = tuple(int(d) for d in arr.shape)
+            if len(got) != 1 + len(shape) or any(w is not None and w != g for w, g in zip(shape, got[1:])):
+                raise ValueError(f"input {name!r} has shape {got} but the model expects {fmt_shape(shape)}")
+            if rows is None:
+                rows = got[0]
+            elif got[0] != rows:
+                raise ValueError(f"input {name!r} has {got[0]} rows but input {self.input_names[0]!r} has {rows}: "
+                                 "every input holds one row per example")
+            if xp.isdtype(arr.dtype, "integral"):
+                out.append(be.asarray(arr, dtype=be.xp.int64))
+                continue
+            if check_values and not bool(xp.all(xp.isfinite(arr))):
+                raise ValueError(f"input {name!r} contains NaN or infinity")
+            out.append(be.asarray(arr, dtype=be.dtype))
+        if not rows:
+            raise ValueError("X is empty: expected at least one row")
+        return out, rows
+
+    def _multi_batch(self, X, y, loss, loss_weights, check_values):
+        """(inputs, targets, the :class:`nnkit.losses.OutputsLoss`) of a batch for a model of several inputs or
+        outputs."""
+        Xs, n = self._inputs_of(X, check_values)
+        one = isinstance(loss, (str, type)) or not isinstance(loss, (list, tuple, dict))
+        losses = [loss] * len(self.output_names) if one else self._listed(loss, self.output_names, "loss")
+        weights = None if loss_weights is None else self._listed(loss_weights, self.output_names, "loss_weights")
+        total = OutputsLoss(losses, weights)
+        ys = self._listed(y, self.output_names, "y") if len(self.output_names) > 1 or isinstance(y, dict) else [y]
+        T = []
+        for name, shape, yk, lk in zip(self.output_names, self.output_shapes, ys, total.losses):
+            try:
+                T.append(data.as_target(_OutputView(self, shape), yk, n, lk, check_values))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"output {name!r}: {exc}") from None
+        return (Xs[0] if len(Xs) == 1 else Xs), T, total
+
+    def _predict_multi(self, X, batch_size):
+        """The outputs for a model of several inputs or outputs, a batch at a time: a list (or a dict by output
+        name when its outputs were given as one; the array itself for one output)."""
+        Xs, n = self._inputs_of(X)
+        bs = n if batch_size is None else check_int("batch_size", batch_size, 1)
+        parts = [[] for _ in self._plan.outputs]
+        with self.policy.activate():
+            for s in range(0, n, bs):
+                outs = self.forward_batch([x[s:s + bs] for x in Xs] if len(Xs) > 1 else Xs[0][s:s + bs], train=False)
+                for k, o in enumerate(outs if isinstance(outs, list) else [outs]):
+                    parts[k].append(o)
+        xp = self.xp
+        outs = [p[0] if len(p) == 1 else xp.concat(p, axis=0) for p in parts]
+        if len(outs) == 1:
+            return outs[0]
+        return dict(zip(self.output_names, outs)) if self._by_dict[1] else outs
 
     # -- tables: raw rows in, class names out -------------------------------------------------
     @property
@@ -757,7 +898,7 @@ class Sequential:
         to_np = self.backend.to_numpy
         return {k: np.array(to_np(p), copy=True) for k, p in {**self.params(), **self.buffers()}.items()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> Sequential:
+    def load_state_dict(self, state: dict[str, Any]) -> Model:
         """Load parameters from a dict like ``state_dict()``'s; every entry is checked before any is used."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict like model.state_dict(), got {type(state).__name__}")
@@ -786,7 +927,7 @@ class Sequential:
         self.assign({k: self.backend.asarray(np.array(v), dtype=self.backend.dtype) for k, v in new.items()})
         return self
 
-    def to(self, backend: Any, device: Any = None, precision: Any = _KEEP) -> Sequential:
+    def to(self, backend: Any, device: Any = None, precision: Any = _KEEP) -> Model:
         """Move the parameters to another backend (name, module or Backend); returns self.
 
         The precision policy goes along (checked on the new backend before anything moves: a
@@ -818,16 +959,17 @@ class Sequential:
         self.load_state_dict(state)
         return self
 
-    def clone(self, backend: Any = None, dtype: str | None = None, precision: Any = _KEEP) -> Sequential:
+    def clone(self, backend: Any = None, dtype: str | None = None, precision: Any = _KEEP) -> Model:
         """A new model with the same architecture and weights (optionally another backend, dtype or
         precision policy; by default the same policy)."""
         be = self.backend if backend is None else get_backend(backend, dtype=self.dtype)
         layers = [layer_from_config(c) for c in self.config()]
         for mine, theirs in zip((s for l in self.layers for s in l.sublayers()), (s for l in layers for s in l.sublayers())):
             theirs.trainable = mine.trainable
-        twin = Sequential(layers,
-                          backend=be, dtype=dtype or self.dtype, seed=0, input_shape=self.input_shape,
-                          precision=self.precision if precision is _KEEP else precision)
+        options = {"backend": be, "dtype": dtype or self.dtype, "seed": 0,
+                   "precision": self.precision if precision is _KEEP else precision}
+        twin = Sequential(layers, input_shape=self.input_shape, **options) if self._plan.chain and \
+            isinstance(self, Sequential) else Model.from_config(layers, self.graph_config() or {}, **options)
         return twin.load_state_dict(self.state_dict())
 
     def explain(self, X: Any, y: Any, loss: Any, optimizer: Optimizer | None = None, max_numbers: int = 64,
@@ -839,6 +981,7 @@ class Sequential:
         per time step (‖h_t‖ and ‖∂L/∂h_t‖)."""
         from .explanation import explain
 
+        self._chain_only("explain")
         return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers, lengths=lengths)
 
     # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------
@@ -850,6 +993,7 @@ class Sequential:
         the recurrent operators take it as their ``sequence_lens``, as ``predict(X, lengths=...)`` does."""
         from ..export.onnx import to_onnx
 
+        self._chain_only("export")
         return to_onnx(self, path, classifier=classifier, opset=opset, lengths=lengths)
 
     def to_torch(self, lengths: bool = False) -> Any:
@@ -858,28 +1002,59 @@ class Sequential:
         variable-length sequences, the recurrent layers run as packed sequences."""
         from ..export.pytorch import to_torch
 
+        self._chain_only("to_torch")
         return to_torch(self, lengths=lengths)
 
-    @classmethod
-    def from_torch(cls, module: Any, backend: Any = "numpy", dtype: str | None = None, seed: int | None = None,
-                   precision: str | None = None, input_shape: Any = None) -> Sequential:
-        """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
-        Dropout, ...) with its weights and running statistics; other modules are refused by name.
-        ``dtype`` defaults to the module's parameter dtype."""
-        from ..export.pytorch import layers_from_torch
-
-        layers, state, own_dtype = layers_from_torch(module)
-        model = cls(layers, backend=backend, dtype=dtype or own_dtype, seed=seed, precision=precision,
-                    input_shape=input_shape)
-        return model.load_state_dict(state)
-
     def config(self) -> list[dict[str, Any]]:
-        """The architecture as plain data: ``[{"type": "Dense", "in_features": 2, ...}, ...]``."""
+        """The layers as plain data: ``[{"type": "Dense", "in_features": 2, ...}, ...]`` (each once, in the order
+        of first use; a graph's wiring is :meth:`graph_config`)."""
         return [layer.config() for layer in self.layers]
+
+    def graph_config(self) -> dict[str, Any] | None:
+        """How the layers are wired, as plain data (None for a :class:`Sequential`): the inputs' names and shapes,
+        the nodes ``[layer index, [value slots read], takes a list]`` in order (the inputs are slots 0 .. n − 1,
+        node k writes slot n + k), the output slots and names, and whether inputs and outputs were dicts."""
+        if isinstance(self, Sequential):
+            return None
+        plan = self._plan
+        return {"name": self.name,
+                "inputs": [{"name": n, "shape": list(s)} for n, s in zip(self.input_names, self.input_shapes)],
+                "nodes": [[st.layer, list(st.srcs), bool(st.as_list)] for st in plan.steps],
+                "outputs": list(plan.outputs), "output_names": list(self.output_names),
+                "by_dict": list(self._by_dict)}
+
+    @classmethod
+    def from_config(cls, layers: list[Layer], graph: dict[str, Any], **options: Any) -> Model:
+        """The model of ``layers`` (without weights, as :meth:`config` lists them) wired as ``graph`` says
+        (:meth:`graph_config`), with ``Model``'s options.  Everything is checked before any weight is made: a node
+        reading a slot not yet written (so no cycle), an unknown layer or output slot, more than
+        :data:`nnkit.layers.graph.MAX_NODES` nodes — a ValueError naming the node."""
+        ins, outs, names = _checked_graph(graph, len(layers))
+        tensors = [graph_module.Input(tuple(i["shape"]), i["name"]) for i in ins]
+        for k, (li, srcs, as_list) in enumerate(graph["nodes"]):
+            args = [tensors[v] for v in srcs]
+            try:
+                tensors.append(layers[li](args if as_list else args[0]))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"the graph's node {k}: {exc}") from None
+        by_in, by_out = graph.get("by_dict") or (False, False)
+        inputs = {t.name: t for t in tensors[:len(ins)]} if by_in else tensors[:len(ins)]
+        outputs = {n: tensors[v] for n, v in zip(names, outs)} if by_out else [tensors[v] for v in outs]
+        if not by_out and len(outs) == 1:
+            outputs = outputs[0]
+        if not by_in and len(ins) == 1:
+            inputs = inputs[0]
+        model = Model(inputs, outputs, graph.get("name"), **options)
+        if not by_out:
+            model.output_names = list(names)
+        return model
 
     # -- display --------------------------------------------------------------------
     def summary(self) -> str:
-        """A table of layers, output shapes (without the batch B) and parameter counts."""
+        """A table of layers, output shapes (without the batch B) and parameter counts — for a graph, a row a node
+        with the nodes it reads ("connected to", as Keras' summary)."""
+        if not self._plan.chain:
+            return self._graph_summary()
         shape = self.known_input_shape
         shapes = infer_shapes(self.layers, shape)[1:] if shape is not None else [None] * len(self.layers)
         rows = [("#", "layer", "output", "params")]
@@ -901,10 +1076,196 @@ class Sequential:
             foot += f"   precision: {self.precision} (compute {self.compute_dtype})"
         return "\n".join([lines[0], rule, *lines[1:], rule, foot])
 
+    def _graph_summary(self):
+        plan = self._plan
+        names = {slot: name for slot, name in zip(plan.inputs, self.input_names)}
+        shapes = dict(zip(plan.inputs, self.input_shapes))
+        rows = [("#", "layer", "output", "params", "connected to")]
+        rows += [("", f"input {n!r}", fmt_shape(s), "", "") for n, s in zip(self.input_names, self.input_shapes)]
+        counted = {}  # layer -> the node that counts its parameters (its first call)
+        for i, node in enumerate(plan.steps):
+            layer = plan.layers[node.layer]
+            got = [shapes.get(v) for v in node.srcs]
+            try:
+                shapes[node.dst] = None if None in got else \
+                    tuple(layer.output_shape(list(got) if node.as_list else got[0]))
+            except ShapeError:
+                shapes[node.dst] = None
+            names[node.dst] = f"node {i}"
+            params = f"{layer.n_params:,}" if node.layer not in counted else f"shared: node {counted[node.layer]}"
+            counted.setdefault(node.layer, i)
+            out = "(B, ...)" if shapes[node.dst] is None else fmt_shape(shapes[node.dst])
+            rows.append((str(i), repr(layer), out, params, ", ".join(names[v] for v in node.srcs)))
+        w = [max(len(r[c]) for r in rows) for c in range(5)]
+        lines = ["  ".join(r[c].rjust(w[c]) if c == 3 else r[c].ljust(w[c]) for c in range(5)).rstrip() for r in rows]
+        rule = "-" * max(map(len, lines))
+        outs = ", ".join(f"{n} = {names[v]}" for n, v in zip(self.output_names, plan.outputs))
+        foot = (f"outputs: {outs}\ntotal params: {self.n_params:,}   backend: {self.backend.name}   "
+                f"dtype: {self.dtype}" + ("" if self.precision is None else f"   precision: {self.precision}"))
+        return "\n".join([lines[0], rule, *lines[1:], rule, foot])
+
+    def __repr__(self):
+        prec = "" if self.precision is None else f", precision={self.precision}"
+        return (f"Model({repr(self.name) + ': ' if self.name else ''}{self.n_inputs} inputs, {self.n_output_tensors} outputs, "
+                f"{len(self._plan.steps)} nodes, {len(self.layers)} layers)  # backend={self.backend.name}, "
+                f"dtype={self.dtype}{prec}, params={self.n_params:,}")
+
+
+class Sequential(Model):
+    """A feed-forward network: layers applied in order, trained by backprop — the chain case of :class:`Model`
+    (the same forward and backward walks).
+
+    Parameters
+    ----------
+    layers : list of Layer
+        E.g. ``[Dense(64, 128), ReLU(), Dense(128, 10)]``.  Sizes are checked here.
+    backend : str, module or Backend
+        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"`` or an
+        imported array module; see :func:`nnkit.get_backend`.
+    dtype : ``"float32"`` or ``"float64"``; None (default) means float32, or the dtype of a
+        :class:`Backend` passed as ``backend``
+    seed : int or None
+        Seeds the host generator that draws the initial weights (and the
+        shuffles), so one seed gives the same model on every backend.
+    precision : None, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"tf32"``
+        The precision policy (:mod:`nnkit.training.precision`): weights stay in ``dtype`` (float32), matmuls run
+        in bfloat16/float16 (or TF32 on CUDA); softmax, the loss, normalisation statistics and the
+        update stay in float32; ``mixed_float16`` scales the loss dynamically.  None (default)
+        computes in ``dtype``.  A precision the backend cannot honour is a ValueError.
+
+    input_shape : tuple, optional
+        The input shape without the batch — ``(64,)`` for tables, ``(1, 40)`` for signals, ``(3, 32, 32)``
+        for images; None (unknown) sizes allowed.  By default what the first layer's arguments fix (a
+        Dense(64, ...) takes (64,), a Conv1D(1, ...) takes (1, None)); without either, the first batch
+        decides.  Every new batch shape is checked through the layers, naming the layer that disagrees.
+
+    Input ``X`` is (batch, *input_shape); NumPy input (or lists) is converted to the
+    backend, arrays of the backend are used as they are.
+    """
+
+    def __init__(self, layers: Layer | Iterable[Layer], backend: str | Any = "numpy", dtype: str | None = None,
+                 seed: int | None = None, precision: str | None = None,
+                 input_shape: int | tuple[int | None, ...] | None = None) -> None:
+        layers = list(layers) if not isinstance(layers, Layer) else [layers]
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not an nnkit Layer (e.g. Dense(4, 8), ReLU())")
+            if getattr(layer, "takes_list", False):
+                raise TypeError(f"layer {i} {layer!r} merges several tensors: build a graph (nnkit.Input, "
+                                "nnkit.Model) for it")
+        _check_distinct(layers)
+        first = next((i for i, l in enumerate(layers) if any(kind == "params" for _, _, kind, _ in l.slots())), 0)
+        self.input_names, self.output_names = ["input"], ["output"]
+        self._by_dict = (False, False)
+        self._setup(graph_module.Plan.chain_of(layers, first), check_input_shape(input_shape, layers), backend,
+                    dtype, seed, precision)
+
+    @classmethod
+    def mlp(cls, sizes: Iterable[int], activation: str | type = "relu", init: str | None = None,
+            output_init: str = "glorot_uniform", dropout: float = 0.0, norm: str | None = None,
+            residual: bool = False, **kwargs: Any) -> Sequential:
+        """A multi-layer perceptron of :func:`nnkit.models.architectures.mlp` (which documents the arguments); other
+        keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
+        return cls(architectures.mlp(sizes, activation, init, output_init, dropout, norm, residual), **kwargs)
+
+    @classmethod
+    def cnn(cls, input_shape: int | tuple[int, ...], channels: Iterable[int], hidden: Iterable[int] = (),
+            n_outputs: int = 10, kernel_size: int = 3, pool: int = 2, activation: str | type = "relu",
+            **kwargs: Any) -> Sequential:
+        """A small convolutional network of :func:`nnkit.models.architectures.cnn` (which documents the arguments);
+        other keyword arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
+        layers = architectures.cnn(input_shape, channels, hidden, n_outputs, kernel_size, pool, activation)
+        return cls(layers, input_shape=architectures.cnn_input_shape(input_shape), **kwargs)
+
+    @classmethod
+    def rnn(cls, input_shape: int | tuple[int | None, ...], kind: str = "gru", hidden: Iterable[int] = (32,),
+            n_outputs: int = 10, bidirectional: bool = False, **kwargs: Any) -> Sequential:
+        """A recurrent network of :func:`nnkit.models.architectures.rnn` (which documents the arguments); other keyword
+        arguments (``backend``, ``dtype``, ``seed``, ``precision``) go to the model."""
+        layers = architectures.rnn(input_shape, kind, hidden, n_outputs, bidirectional)
+        return cls(layers, input_shape=architectures.rnn_input_shape(input_shape), **kwargs)
+
+    @classmethod
+    def gpt(cls, vocab_size: int, block_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float = 0.0,
+            tie_weights: bool = True, **kwargs: Any) -> Sequential:
+        """nanoGPT's GPT (:func:`nnkit.models.architectures.gpt`): token and position embeddings, ``n_layer`` causal
+        pre-norm Transformer blocks, a final LayerNorm and a head tied to the token embedding; nanoGPT's
+        initialisation (N(0, 0.02²), the residual projections 0.02/√(2·n_layer)).  Other keyword arguments
+        (``backend``, ``dtype``, ``seed``, ``precision``) go to the model.  Train it on
+        :class:`nnkit.text.TokenWindows`; sample with :meth:`generate`."""
+        model = cls(architectures.gpt(vocab_size, block_size, n_embd, n_layer, n_head, dropout, tie_weights),
+                    **kwargs)
+        return architectures.gpt_init(model, n_layer)
+
+    @classmethod
+    def from_torch(cls, module: Any, backend: Any = "numpy", dtype: str | None = None, seed: int | None = None,
+                   precision: str | None = None, input_shape: Any = None) -> Sequential:
+        """The nnkit model of a PyTorch ``nn.Sequential`` (Linear, the activations, BatchNorm1d, LayerNorm,
+        Dropout, ...) with its weights and running statistics; other modules are refused by name.
+        ``dtype`` defaults to the module's parameter dtype."""
+        from ..export.pytorch import layers_from_torch
+
+        layers, state, own_dtype = layers_from_torch(module)
+        model = cls(layers, backend=backend, dtype=dtype or own_dtype, seed=seed, precision=precision,
+                    input_shape=input_shape)
+        model.load_state_dict(state)
+        return model
+
     def __repr__(self):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         prec = "" if self.precision is None else f", precision={self.precision}"
         return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}{prec}, params={self.n_params:,}"
+
+
+class _OutputView:
+    """One output of a model of several, as the target checks see a model (:func:`nnkit.data.as_target`): its
+    shape, the backend and dtype; no preprocessing."""
+
+    preprocessing = None
+
+    def __init__(self, model, shape):
+        self.backend, self.dtype = model.backend, model.dtype
+        self.last_output_shape = self.example_output_shape = tuple(shape)
+        self.n_outputs = shape[0] if len(shape) == 1 else None
+
+
+def _checked_graph(graph, n_layers):
+    """(inputs, output slots, output names) of a saved graph description, every part checked (types, counts,
+    slots written before they are read) before anything is built; a ValueError naming what is wrong."""
+    if not isinstance(graph, dict):
+        raise ValueError(f"a graph description is a dict, got {type(graph).__name__}")
+    ins, nodes, outs = graph.get("inputs"), graph.get("nodes"), graph.get("outputs")
+    names = graph.get("output_names")
+    if not isinstance(ins, list) or not ins or len(ins) > graph_module.MAX_NODES:
+        raise ValueError("the graph's inputs must be a non-empty list")
+    for i in ins:
+        if not isinstance(i, dict) or not isinstance(i.get("name"), str) or not isinstance(i.get("shape"), list) \
+                or not i["shape"] or len(i["shape"]) > 8 or not all(
+                    d is None or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**31)
+                    for d in i["shape"]):
+            raise ValueError(f"a graph input must be {{'name': str, 'shape': [sizes]}}, got {str(i)[:80]}")
+    if not isinstance(nodes, list) or len(nodes) > graph_module.MAX_NODES:
+        raise ValueError(f"the graph's nodes must be a list of at most {graph_module.MAX_NODES:,}")
+    written = len(ins)
+    for k, node in enumerate(nodes):
+        if not (isinstance(node, list) and len(node) == 3 and isinstance(node[0], int) and
+                not isinstance(node[0], bool) and 0 <= node[0] < n_layers and isinstance(node[1], list) and
+                node[1] and isinstance(node[2], bool) and (node[2] or len(node[1]) == 1)):
+            raise ValueError(f"node {k} must be [a layer index below {n_layers}, [slots read], takes a list], "
+                             f"got {str(node)[:80]}")
+        bad = [v for v in node[1] if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < written]
+        if bad:
+            raise ValueError(f"node {k} reads slot {bad[0]!r}, which no input or earlier node writes (slots "
+                             f"0..{written - 1}): a graph is written in order, with no cycle")
+        written += 1
+    if not isinstance(outs, list) or not outs or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < written for v in outs):
+        raise ValueError(f"the graph's outputs must be slots below {written}, got {str(outs)[:80]}")
+    if not isinstance(names, list) or len(names) != len(outs) or not all(isinstance(n, str) for n in names):
+        raise ValueError("the graph's output names must be one string an output")
+    return ins, outs, names
 
 
 def _size(a):
@@ -932,7 +1293,7 @@ def _check_distinct(layers):
         walk(layer, str(i))
 
 
-def load(path: Any, backend: Any = None, precision: Any = _KEEP) -> Sequential:
+def load(path: Any, backend: Any = None, precision: Any = _KEEP) -> Model:
     """Rebuild the model saved at ``path`` on ``backend`` (default ``"numpy"``).
 
     Weights, optimizer (as ``model.optimizer``), epoch counter, RNG state, precision policy and loss
@@ -943,8 +1304,15 @@ def load(path: Any, backend: Any = None, precision: Any = _KEEP) -> Sequential:
     stays within a small multiple of the model's size, whatever the file claims.
     """
     meta, layers, params, moments = checkpoint.read(path)
-    model = Sequential(layers, backend="numpy" if backend is None else backend, dtype=meta["dtype"],
-                       seed=meta.get("seed"), input_shape=meta.get("input_shape"),
-                       precision=meta.get("precision") if precision is _KEEP else precision)
+    options = {"backend": "numpy" if backend is None else backend, "dtype": meta["dtype"], "seed": meta.get("seed"),
+               "precision": meta.get("precision") if precision is _KEEP else precision}
+    graph = meta.get("graph")
+    try:
+        model = Sequential(layers, input_shape=meta.get("input_shape"), **options) if graph is None else \
+            Model.from_config(layers, graph, **options)
+    except ValueError as exc:
+        if graph is None:
+            raise
+        raise checkpoint.CheckpointError(f"{os.fspath(path)!r}: the saved graph is not sound: {exc}") from None
     checkpoint.restore_into(model, meta, params, moments, path)
     return model

@@ -74,6 +74,7 @@ def save(model, path):
         "format": FORMAT,
         "version": VERSION,
         "layers": model.config(),
+        "graph": model.graph_config() if hasattr(model, "graph_config") else None,  # None: a chain (Sequential)
         "dtype": model.dtype,
         "input_shape": None if model.input_shape is None else list(model.input_shape),
         "precision": model.precision,
@@ -147,7 +148,7 @@ def read(path):
             _freeze(layers, meta.get("frozen", []), path)
             resolve_ties(layers)
             in_shape = check_input_shape(meta.get("input_shape"), layers)  # absent in older files: the first layer's
-            if in_shape is not None:
+            if in_shape is not None and meta.get("graph") is None:  # a graph's shapes are checked as it is rebuilt
                 infer_shapes(layers, in_shape)
             expected, buffers = {}, {}  # key -> shape, for the trained parameters and the carried buffers
             for i, layer in enumerate(layers):

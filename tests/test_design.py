@@ -175,6 +175,31 @@ def test_no_function_of_the_training_loop_is_over_fifty_lines_and_fit_settings_t
     assert checked.loss.name == "mse" and checked.log_every_n_steps == 0
 
 
+def test_the_training_state_is_one_object_that_the_step_the_loop_checkpoints_and_ranks_share(tmp_path):
+    import pickle
+
+    from nnkit.training.state import ModelState
+
+    model = nnkit.Sequential([nnkit.Dense(3, 4), nnkit.Dropout(0.5), nnkit.Dense(4, 2)], seed=0)
+    assert isinstance(model.state, ModelState)
+    X, y = np.random.default_rng(0).standard_normal((16, 3)), np.arange(16) % 2
+    model.fit(X, y, loss="cross_entropy", epochs=2, verbose=0)
+    state = model.state
+    assert state.epoch == model.epoch == 2 and state.optimizer is model.optimizer and state.rng is model.rng
+    assert state.random_key is not None  # Dropout's device generator, reseeded each epoch
+    assert set(state.params()) == set(model.state_dict()) - set(state.buffers())
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin.state.random_key is None and twin.state.compiled == {} and twin.state.epoch == 2
+    # the modules of training read and write the model's training state only through model.state
+    for name in ("step.py", "loop.py", "checkpoint.py", "distributed.py"):
+        tree = ast.parse(open(os.path.join(PKG, "training", name), encoding="utf-8").read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("rng", "epoch", "optimizer", "random_key",
+                                                                 "loss_scaler", "compiled_steps") \
+                    and isinstance(node.value, ast.Name) and node.value.id == "model":
+                raise AssertionError(f"training/{name}:{node.lineno} reads model.{node.attr}, not model.state")
+
+
 def test_train_step_fit_and_parallel_fit_share_one_step(monkeypatch):
     calls = []
     real = step_module.train_step

@@ -233,18 +233,18 @@ class FitData:
         is densified one batch at a time; a stream's batches are read, checked and copied to the device ahead,
         in a background thread."""
         if self.stream is not None:
-            order = self.model.rng.permutation(self.n) if self.shuffle and self.n is not None else None
+            order = self.model.state.rng.permutation(self.n) if self.shuffle and self.n is not None else None
             if self.steps_per_epoch is not None:  # K batches of rows drawn at random, with replacement
-                order = self.model.rng.integers(0, self.n, size=self.steps_per_epoch * self.batch_size)
+                order = self.model.state.rng.integers(0, self.n, size=self.steps_per_epoch * self.batch_size)
             yield from prefetch(self._prepared(self.stream, order))
             return
         xp, model, W, M, row_w = self.xp, self.model, self.W, self.M, self.row_w
         sparse = is_sparse(self.X)
         order = None
         if self.shuffle:
-            perm = model.rng.permutation(self.n)
+            perm = model.state.rng.permutation(self.n)
             if self.bucket and self.lengths is not None:
-                perm = bucketed(perm, self.lengths, self.batch_size, model.rng)
+                perm = bucketed(perm, self.lengths, self.batch_size, model.state.rng)
             order = (perm, self.be.asarray(perm))
         for s, e in batch_ranges(self.n, self.batch_size):
             a, b = rank_slice(s, e, self.rank, self.size) if self.parallel else (s, e)
@@ -283,7 +283,7 @@ class FitData:
         (X_b, T_b, W_b) or None.  The order is :meth:`batches`' own, drawn the same way from the model's
         generator, so a compiled epoch sees the batches an eager one does."""
         xp, n, B = self.xp, self.n, self.batch_size
-        perm = self.model.rng.permutation(n) if self.shuffle else np.arange(n)
+        perm = self.model.state.rng.permutation(n) if self.shuffle else np.arange(n)
         full = n // B * B
         idx = self.be.asarray(perm[:full].reshape(-1, B)) if full else None
         last = None

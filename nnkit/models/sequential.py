@@ -27,6 +27,7 @@ from .. import data
 from ..training import step
 from ..training import loop as training
 from ..training.settings import FitSettings
+from ..training.state import ModelState
 _KEEP = object()  # "the model's own precision policy" (a default that None cannot be: None means none)
 
 __all__ = ["Model", "Sequential", "load"]
@@ -87,25 +88,24 @@ class Model:
             else infer_shapes(layers, self.input_shape)[-1]
         self.backend = get_backend(backend, dtype=dtype)
         self.policy = get_policy(precision, self.backend)
-        self._scaler = LossScaler.init(self.backend) if self.policy.loss_scaling else None
         self.seed = seed
-        self.rng = self.backend.rng(seed)
+        rng = self.backend.rng(seed)
         for layer in layers:
-            layer.build(self.backend, self.rng)
-        self.epoch = 0  # completed training epochs (saved in checkpoints)
-        self.optimizer: Optimizer | None = None  # set by fit; saved with the model
+            layer.build(self.backend, rng)
         self.info: dict[str, Any] = {}  # free-form JSON metadata saved with the model (the CLI keeps classes and scaling here)
         # backward stops at the first layer with parameters: nothing before it needs a gradient
         self._first_param_layer = next((i for i, l in enumerate(layers)
                                         if any(kind == "params" for _, _, kind, _ in l.slots())), 0)
         # "{layer index}.{name}" -> (owning layer, name) for every parameter (nested layers: "3.0.W") and
         # buffer, in order; built once, not per step
-        self._slots: dict[str, tuple[Layer, str]] = {}
-        self._buffer_slots: dict[str, tuple[Layer, str]] = {}
+        slots: dict[str, tuple[Layer, str]] = {}
+        buffer_slots: dict[str, tuple[Layer, str]] = {}
         for i, layer in enumerate(layers):
             for name, owner, kind, key in layer.slots():
-                (self._slots if kind == "params" else self._buffer_slots)[f"{i}.{name}"] = (owner, key)
-        self._random_key = None  # the device generator of layers that draw in training (Dropout)
+                (slots if kind == "params" else buffer_slots)[f"{i}.{name}"] = (owner, key)
+        # the training state: what the step, the loop, checkpoints and data-parallel fit share (one object)
+        self.state = ModelState(slots, buffer_slots, rng,
+                                LossScaler.init(self.backend) if self.policy.loss_scaling else None)
         self._wire()
 
     @property
@@ -135,13 +135,14 @@ class Model:
         """A new device generator for the random layers, seeded from the model's host generator (``fit``
         does this at the start of every epoch, so a resumed run draws what the uninterrupted run drew)."""
         if self.needs_random:
-            self._random_key = self.backend.random_key(int(self.rng.integers(0, 2**63 - 1)))
+            self.state.random_key = self.backend.random_key(int(self.state.rng.integers(0, 2**63 - 1)))
 
     def _uniform(self, shape, dtype):
         """U[0, 1) of ``shape`` on the device, from the model's device generator."""
-        if self._random_key is None:
+        state = self.state
+        if state.random_key is None:
             self.reseed()
-        u, self._random_key = self.backend.uniform(self._random_key, shape, dtype)
+        u, state.random_key = self.backend.uniform(state.random_key, shape, dtype)
         return u
 
     @property
@@ -210,19 +211,19 @@ class Model:
         out = out[0] if ids.ndim == 1 else out
         return self.tokenizer.decode(out) if text else out
 
-    def __getstate__(self):
-        """Pickling: compiled steps (a backend's traced functions) stay behind; they are rebuilt on use."""
-        state = dict(self.__dict__)
-        state.pop("_compiled_steps", None)
-        return state
-
     def __setstate__(self, state):
-        """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``)."""
+        """Unpickling: the layers get the backend's namespace back (see ``Layer.__getstate__``); the training
+        state's compiled steps and device generator stayed behind (:class:`ModelState`), rebuilt on use."""
         self.__dict__.update(state)
         if "_plan" not in state:  # pickled before models were graphs: a chain
             self._plan = graph_module.Plan.chain_of(self.layers, self._first_param_layer)
             self.input_names, self.output_names, self._by_dict = ["input"], ["output"], (False, False)
-        self._random_key = None  # device generators do not travel: the next epoch reseeds
+        if "state" not in state:  # pickled before the training state was one object
+            old = self.__dict__
+            self.state = ModelState(old.pop("_slots"), old.pop("_buffer_slots"), old.pop("rng"), old.pop("_scaler", None))
+            self.state.epoch, self.state.optimizer = old.pop("epoch", 0), old.pop("optimizer", None)
+            for gone in ("_random_key", "_compiled_steps"):
+                old.pop(gone, None)
         self._wire()
 
     # -- properties ---------------------------------------------------------------
@@ -248,63 +249,106 @@ class Model:
     @property
     def loss_scale(self):
         """The current dynamic loss scale S (``mixed_float16``; one host read), else None."""
-        return None if self._scaler is None else self.backend.to_float(self._scaler["scale"])
+        scaler = self.state.scaler
+        return None if scaler is None else self.backend.to_float(scaler["scale"])
+
+    # -- views of the training state (``model.state``) ---------------------------------------------------
+    @property
+    def rng(self):
+        """The host generator (initial weights, shuffles): ``state.rng``."""
+        return self.state.rng
+
+    @rng.setter
+    def rng(self, rng):
+        self.state.rng = rng
+
+    @property
+    def epoch(self) -> int:
+        """The training epochs completed (saved in checkpoints): ``state.epoch``."""
+        return self.state.epoch
+
+    @epoch.setter
+    def epoch(self, epoch):
+        self.state.epoch = epoch
+
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The optimizer ``fit`` used (saved with the model), or None: ``state.optimizer``."""
+        return self.state.optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer):
+        self.state.optimizer = optimizer
+
+    @property
+    def _scaler(self):  # the names before the training state was one object
+        return self.state.scaler
+
+    @_scaler.setter
+    def _scaler(self, scaler):
+        self.state.scaler = scaler
+
+    @property
+    def _random_key(self):
+        return self.state.random_key
+
+    @_random_key.setter
+    def _random_key(self, key):
+        self.state.random_key = key
+
+    @property
+    def _slots(self):
+        return self.state.slots
+
+    @property
+    def _buffer_slots(self):
+        return self.state.buffer_slots
 
     # -- the training step's state: what the step, the loop, checkpoints and data-parallel fit share ---------
     @property
     def compiled_steps(self) -> dict:
         """The compiled steps ``fit(compile=True)`` built for this model, by their settings: a later fit with the
         same ones reuses their traces (dropped when the model is pickled or moved)."""
-        return self.__dict__.setdefault("_compiled_steps", {})
+        return self.state.compiled
 
     @property
     def random_key(self):
         """The device generator of the layers that draw in training (Dropout), or None; ``fit`` reseeds it from
         the model's seed at every epoch."""
-        return self._random_key
+        return self.state.random_key
 
     @random_key.setter
     def random_key(self, key):
-        self._random_key = key
+        self.state.random_key = key
 
     @property
     def loss_scaler(self):
         """The dynamic loss scale's state ``{"scale", "good"}`` (device arrays) under ``mixed_float16``, else None
         (:class:`nnkit.precision.LossScaler`; ``loss_scale`` reads the scale as a float)."""
-        return self._scaler
+        return self.state.scaler
 
     @loss_scaler.setter
     def loss_scaler(self, scaler):
-        self._scaler = scaler
+        self.state.scaler = scaler
 
     def step_state(self, optimizer: Optimizer, copy: bool = False) -> step.StepState:
         """Everything a training step reads besides the batch (:class:`nnkit.training.step.StepState`): the parameters,
         ``optimizer``'s moments and step counts, the buffers, the random key and the loss scale.  ``copy=True``
         gives a copy that later (in-place) steps do not touch — what ``fit`` keeps to undo an epoch."""
-        if copy:
-            live = self.snapshot()
-            params = {k: live[k] for k in self._slots}
-            buffers = {k: live[k] for k in self._buffer_slots}
-            scaler = None if self._scaler is None else dict(self._scaler)
-            return step.StepState(params, optimizer.snapshot_state(), buffers, self._random_key, scaler)
-        return step.StepState(self.params(), optimizer.state, self.buffers(), self._random_key, self._scaler)
+        return self.state.step_state(optimizer, self.backend, copy)
 
     def load_step_state(self, state: step.StepState, optimizer: Optimizer | None = None) -> None:
         """Make ``state`` the model's (parameters, buffers, random key, loss scale) and, given ``optimizer``, its
         moments and step counts: the one place a step's new state is written back."""
-        self.assign({**state.params, **state.buffers})
-        self._random_key = state.key
-        self._scaler = state.scaler
-        if optimizer is not None:
-            optimizer.state = state.opt
+        self.state.load(state, optimizer)
 
     def params(self) -> dict[str, Array]:
         """Live parameter arrays keyed ``"{layer index}.{name}"`` (same keys as ``state_dict``)."""
-        return {key: layer.params[name] for key, (layer, name) in self._slots.items()}
+        return self.state.params()
 
     def buffers(self) -> dict[str, Array]:
         """Live buffer arrays (running statistics: saved and moved, never trained), keyed like ``params()``."""
-        return {key: layer.buffers[name] for key, (layer, name) in self._buffer_slots.items()}
+        return self.state.buffers()
 
     def clear_scratch(self) -> None:
         """Forget what the last forward and backward passes kept (every layer's cache and gradients)."""
@@ -315,8 +359,7 @@ class Model:
     def snapshot(self) -> dict[str, Array]:
         """Device copies of the parameters and buffers, for :meth:`assign` to put back later (the arrays themselves
         where the backend's arrays never change: JAX)."""
-        xp, live = self.xp, {**self.params(), **self.buffers()}
-        return live if self.backend.immutable else {k: xp.asarray(p, copy=True) for k, p in live.items()}
+        return self.state.snapshot(self.backend)
 
     @property
     def n_params(self) -> int:
@@ -583,12 +626,13 @@ class Model:
         """
         if self.multi:
             Xs, T, losses = self._multi_batch(X, y, loss, loss_weights, check_input)
-            value, _, grads = self.loss_and_grads(Xs, T, losses, regularizer=regularizer, scaler=self._scaler)
+            value, _, grads = self.loss_and_grads(Xs, T, losses, regularizer=regularizer, scaler=self.state.scaler)
             return value, grads
         loss = get_loss(loss)
         S = data.sequences(self, X, lengths, check_input)
         T = data.as_target(self, data.target_sequences(y, S.lengths), S.X.shape[0], loss, check_input)
-        value, _, grads = self.loss_and_grads(S.X, T, loss, regularizer=regularizer, scaler=self._scaler, mask=S.M)
+        value, _, grads = self.loss_and_grads(S.X, T, loss, regularizer=regularizer, scaler=self.state.scaler,
+                                              mask=S.M)
         return value, grads
 
     def loss_and_grads(self, X: Array, T: Array, loss: Any, *, regularizer: Any = None, w: Array | None = None,
@@ -729,15 +773,7 @@ class Model:
     def assign(self, new_params: dict[str, Array]) -> None:
         """The one place where parameter (and buffer) values are written back into the layers: ``new_params``
         maps keys of :meth:`params`/:meth:`buffers` to arrays of the model's backend (used as they are)."""
-        slots = self._slots
-        for key, value in new_params.items():
-            slot = slots.get(key)
-            if slot is None:
-                layer, name = self._buffer_slots[key]
-                layer.buffers[name] = value
-            else:
-                layer, name = slot
-                layer.params[name] = value
+        self.state.assign(new_params)
 
     def predict(self, X: Any, batch_size: int | None = None, lengths: Any = None) -> Array:
         """The last layer's output for X, as an array of the model's backend (inference only).  X may be
@@ -942,9 +978,10 @@ class Model:
                                  f".to({new.name!r}, precision=None))") from None
         else:
             policy = get_policy(precision, new)
-        scale = None if self._scaler is None else [self.backend.to_float(v) for v in self._scaler.values()]
+        scaler = self.state.scaler
+        scale = None if scaler is None else [self.backend.to_float(v) for v in scaler.values()]
         self.policy = policy
-        self._scaler = None if not policy.loss_scaling else LossScaler.init(new, *(scale or ()))
+        self.state.scaler = None if not policy.loss_scaling else LossScaler.init(new, *(scale or ()))
         for layer in self.layers:
             layer.reset(new.xp)
         opt = self.optimizer
@@ -953,9 +990,8 @@ class Model:
             opt.state = {k: {n: (v if isinstance(v, int) else new.asarray(old.to_numpy(v), dtype=new.dtype))
                              for n, v in s.items()} for k, s in opt.state.items()}
         self.backend = new
-        self._random_key = None
+        self.state.random_key, self.state.compiled = None, {}
         self._wire()
-        self.__dict__.pop("_compiled_steps", None)
         self.load_state_dict(state)
         return self
 

@@ -13,7 +13,7 @@ Layout::
                                  hyperparameters, per-parameter step counts), info
                                  (``model.info``: the user's JSON metadata)
     param/{key}          float   the trained parameters (model.params())
-    buffer/{key}         float   the carried buffers: running statistics (model.buffers())
+    buffer/{key}         float   the carried buffers: running statistics (model.state.buffers())
     optim/{key}/{name}   float   optimizer.state[key][name] (moments)
 """
 from __future__ import annotations
@@ -66,10 +66,10 @@ def _jsonable_info(info):
 
 
 def save(model, path):
-    """Write ``model`` (and ``model.optimizer``, if it has one) to ``path`` atomically."""
+    """Write ``model`` (and ``model.state.optimizer``, if it has one) to ``path`` atomically."""
     path = os.fspath(path)
     be = model.backend
-    opt_meta, arrays = _optimizer_state(getattr(model, "optimizer", None), be.to_numpy)
+    opt_meta, arrays = _optimizer_state(model.state.optimizer, be.to_numpy)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -78,19 +78,19 @@ def save(model, path):
         "dtype": model.dtype,
         "input_shape": None if model.input_shape is None else list(model.input_shape),
         "precision": model.precision,
-        "loss_scale": None if model.loss_scaler is None else [be.to_float(model.loss_scaler["scale"]),
-                                                              be.to_float(model.loss_scaler["good"])],
+        "loss_scale": None if model.state.scaler is None else [be.to_float(model.state.scaler["scale"]),
+                                                              be.to_float(model.state.scaler["good"])],
         "backend": be.name,
         "seed": model.seed if isinstance(model.seed, int) else None,
-        "epoch": int(model.epoch),
-        "rng": model.rng.bit_generator.state,
+        "epoch": int(model.state.epoch),
+        "rng": model.state.rng.bit_generator.state,
         "optimizer": opt_meta,
         "info": _jsonable_info(getattr(model, "info", {})),
         "frozen": _frozen_paths((str(i), layer) for i, layer in enumerate(model.layers)),
     }
     to_numpy = be.to_numpy
     arrays.update({f"param/{k}": np.array(to_numpy(v), copy=True) for k, v in model.params().items()})
-    arrays.update({f"buffer/{k}": np.array(to_numpy(v), copy=True) for k, v in model.buffers().items()})
+    arrays.update({f"buffer/{k}": np.array(to_numpy(v), copy=True) for k, v in model.state.buffers().items()})
     arrays[META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -272,7 +272,7 @@ def _build_optimizer(meta, moments, backend):
 def restore(model, path, optimizer=None, keep_hyperparameters=True):
     """Load the checkpoint at ``path`` into an existing ``model`` (architecture must match).
 
-    ``model.optimizer`` becomes the saved optimizer.  With ``optimizer`` given (of the saved
+    ``model.state.optimizer`` becomes the saved optimizer.  With ``optimizer`` given (of the saved
     type), the saved moments and step counts go into it; ``keep_hyperparameters=False`` takes
     the saved hyperparameters (learning rate, ...) too.
     """
@@ -316,9 +316,9 @@ def restore_into(model, meta, params, moments, path, optimizer=None, keep_hyperp
         raise _fail(path, "the model's info is not a JSON object")
     model.load_state_dict(params)  # checks keys and shapes before changing anything
     if model.policy.loss_scaling and meta.get("loss_scale") is not None:
-        model.loss_scaler = LossScaler.init(model.backend, *meta["loss_scale"])
-    model.rng.bit_generator.state = rng_state
-    model.epoch = int(meta.get("epoch", 0))
+        model.state.scaler = LossScaler.init(model.backend, *meta["loss_scale"])
+    model.state.rng.bit_generator.state = rng_state
+    model.state.epoch = int(meta.get("epoch", 0))
     model.info = dict(info) if isinstance(info, dict) else {}
     if saved_opt is not None or isinstance(optimizer, Optimizer):
-        model.optimizer = saved_opt if saved_opt is not None else optimizer
+        model.state.optimizer = saved_opt if saved_opt is not None else optimizer

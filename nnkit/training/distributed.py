@@ -215,12 +215,12 @@ def sync_model(comm, model):
     a uint8 array of the backend (read back on the host once, before training).
     """
     be = model.backend
-    new = {k: comm.broadcast(model.xp.asarray(p, copy=True)) for k, p in {**model.params(), **model.buffers()}.items()}
+    new = {k: comm.broadcast(model.xp.asarray(p, copy=True)) for k, p in {**model.params(), **model.state.buffers()}.items()}
     model.assign(new)
-    state = np.frombuffer(json.dumps(model.rng.bit_generator.state).encode(), dtype=np.uint8)
+    state = np.frombuffer(json.dumps(model.state.rng.bit_generator.state).encode(), dtype=np.uint8)
     length = int(be.to_numpy(comm.broadcast(be.asarray(np.array([state.size], dtype=np.int64))))[0])
     buf = np.zeros(length, dtype=np.uint8)
     if comm.rank == 0:
         buf[:] = state
     buf = be.to_numpy(comm.broadcast(be.asarray(buf)))
-    model.rng.bit_generator.state = json.loads(np.asarray(buf, dtype=np.uint8).tobytes().decode())
+    model.state.rng.bit_generator.state = json.loads(np.asarray(buf, dtype=np.uint8).tobytes().decode())

@@ -132,7 +132,7 @@ def _epoch(run, epoch, stop, history):
     epoch's start is kept to undo it: a bad streamed batch, a diverged loss or SIGTERM puts it back."""
     model, hooks = run.model, run.hooks
     t0, safe = time.perf_counter(), (model.step_state(run.optimizer, copy=True),
-                                     copy.deepcopy(model.rng.bit_generator.state))
+                                     copy.deepcopy(model.state.rng.bit_generator.state))
     model.reseed()  # random layers: this epoch's device generator, from the model's seed
     for cb in hooks:
         cb.on_epoch_begin(epoch)
@@ -156,7 +156,7 @@ def _epoch(run, epoch, stop, history):
             f"training diverged in epoch {epoch + 1}: the loss became {logs['loss']} (logs: {logs}); "
             f"the model keeps the weights of epoch {epoch}. Try a lower learning rate (now "
             f"{run.optimizer.lr:g}), gradient clipping (clip_norm=) or standardised inputs")
-    model.epoch = epoch + 1
+    model.state.epoch = epoch + 1
     wall = time.perf_counter() - t0
     history.append({**logs, "time": wall})
     if run.probe is not None:  # the first epoch: were the cores ours? (warns once per process)
@@ -180,7 +180,7 @@ def _terminate(run, model, safe, epoch, hooks):
     path = run.checkpoint
     if safe is not None and path is not None:  # without a checkpoint the model keeps its last finished step
         model.load_step_state(safe[0], run.optimizer)
-        model.rng.bit_generator.state = safe[1]
+        model.state.rng.bit_generator.state = safe[1]
     if path is not None and run.rank == 0:
         ckpt.save(model, path)
     for cb in hooks:
@@ -233,8 +233,8 @@ class _Run:
         self.metric_fns = get_metrics(s.metrics, s.loss)
         by_name = isinstance(s.optimizer, str)
         optimizer = s.optimizer
-        if by_name and model.optimizer is not None and type(model.optimizer) is type(get_optimizer(optimizer)):
-            optimizer = model.optimizer  # a second fit goes on with the same optimizer state
+        if by_name and model.state.optimizer is not None and type(model.state.optimizer) is type(get_optimizer(optimizer)):
+            optimizer = model.state.optimizer  # a second fit goes on with the same optimizer state
         optimizer = get_optimizer(optimizer)
         self._communicator(s.comm)
         if s.checkpoint is not None and self.rank == 0:
@@ -245,7 +245,7 @@ class _Run:
         self.data.load(X, y, s.sample_weight, s.validation_data, s.validation_split, s.class_weight, s.lengths)
         self.data.compiled = bool(s.compile)  # batches of sequences padded to a few lengths: one trace each
         self.n, self.batches = self.data.n, self.data.batches
-        model.optimizer = self.optimizer = optimizer = self._resume(optimizer, keep_hyperparameters=not by_name)
+        model.state.optimizer = self.optimizer = optimizer = self._resume(optimizer, keep_hyperparameters=not by_name)
         if self.parallel:
             dist.sync_model(self.comm, model)  # rank 0's weights and shuffle generator everywhere
         watchers = [cb.on_gradients for cb in s.callbacks if callable(getattr(cb, "on_gradients", None))]
@@ -280,9 +280,9 @@ class _Run:
         s, model = self.settings, self.model
         if s.resume and os.path.exists(os.fspath(s.checkpoint)):
             ckpt.restore(model, s.checkpoint, optimizer, keep_hyperparameters=keep_hyperparameters)
-            self.start, self.end = model.epoch, s.epochs
-            return model.optimizer
-        self.start, self.end = model.epoch, (model.epoch + s.epochs if not s.resume else s.epochs)
+            self.start, self.end = model.state.epoch, s.epochs
+            return model.state.optimizer
+        self.start, self.end = model.state.epoch, (model.state.epoch + s.epochs if not s.resume else s.epochs)
         return optimizer
 
     def _hooks(self, s, optimizer):

@@ -119,7 +119,7 @@ def update(model, state, grads, lr, *, optimizer, comm=None, share=1.0, grad_hoo
         opt = LossScaler.keep_if(xp, ok, opt, before["o"])
         scaler = LossScaler.update(xp, scaler, ok)
     # the buffers and the random key as the layers moved them on during this step's pass
-    return StepState(params, opt, model.buffers(), model.random_key, scaler)
+    return StepState(params, opt, model.state.buffers(), model.state.random_key, scaler)
 
 
 class Step:
@@ -324,7 +324,7 @@ def make_step(model, loss, optimizer, *, regularizer=None, metric_fns=(), comm=N
     optimizer.init_states(optimizer.state, trained, be)  # every moment exists, t arrays: one trace
     key = (id(be), tuple(sorted(frozen)), model.precision, type(loss), repr(regularizer), tuple(n for n, _ in metric_fns), id(optimizer),
            tuple(sorted((k, repr(v)) for k, v in optimizer.hyperparameters().items() if k != "lr")))
-    cache = model.compiled_steps  # fit after fit reuses the traces
+    cache = model.state.compiled  # fit after fit reuses the traces
     if key not in cache:
         cache[key] = CompiledStep(model, loss, optimizer, regularizer, metric_fns)
     return cache[key]

@@ -312,3 +312,40 @@ def test_a_graph_under_mixed_precision_trains_in_its_compute_dtype():
     X, y = RNG.standard_normal((32, 3)).astype(np.float32), RNG.integers(0, 2, 32)
     history = model.fit(X, y, loss="cross_entropy", epochs=3, verbose=0)
     assert np.isfinite(history["loss"]).all() and model.compute_dtype == "bfloat16"
+
+
+def test_a_graph_exports_to_onnx_and_to_torch_with_the_same_outputs(tmp_path):
+    torch = torch_or_skip()
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    encoder = nnkit.Dense(4, 6)
+    a, b = nnkit.Input((4,), name="a"), nnkit.Input((4,), name="b")
+    d = nnkit.Subtract()([nnkit.Tanh()(encoder(a)), nnkit.Tanh()(encoder(b))])
+    h = nnkit.Multiply()([d, d])
+    model = nnkit.Model({"a": a, "b": b}, {"kind": nnkit.Dense(6, 3)(h), "size": nnkit.Dense(6, 1)(h)},
+                        dtype="float64", seed=5)
+    A, B = RNG.standard_normal((5, 4)), RNG.standard_normal((5, 4))
+    want = model.predict({"a": A, "b": B})
+    model.export(tmp_path / "g.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"))
+    assert [i.name for i in sess.get_inputs()] == ["a", "b"]
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"a": A, "b": B})))
+    for k in ("kind", "size"):
+        close(got[k], want[k], rtol=1e-12)
+    net = model.to_torch()
+    kind, size = net(torch.tensor(A), torch.tensor(B))
+    close(kind.detach().numpy(), want["kind"], rtol=1e-12)
+    close(size.detach().numpy(), want["size"], rtol=1e-12)
+    single = _fanout_model()
+    X = RNG.standard_normal((4, 3))
+    single.export(tmp_path / "s.onnx")
+    close(ort.InferenceSession(str(tmp_path / "s.onnx")).run(["output"], {"input": X})[0], single.predict(X),
+          rtol=1e-12)
+    close(single.to_torch()(torch.tensor(X)).detach().numpy(), single.predict(X), rtol=1e-12)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(net, buf)  # the module pickles by name (nnkit.export.pytorch.Graph)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    close(again(torch.tensor(A), torch.tensor(B))[0].detach().numpy(), want["kind"], rtol=1e-12)

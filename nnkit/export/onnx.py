@@ -140,12 +140,13 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     dtype = np.float64 if model.dtype == "float64" else np.float32
     elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
     g = Graph(helper, numpy_helper, dtype)
+    if len(model.plan.inputs) > 1 or len(model.plan.outputs) > 1:
+        return _graph_to_onnx(model, g, onnx, helper, elem, opset, path)
     pre = model.preprocessing
     x, text_inputs = _preprocessed_input(g, pre, input_name, elem)
     if lengths:
         _lengths_input(model, g, input_name)
-    for i, layer in enumerate(model.layers):
-        x = g.layer(layer, x, str(i))
+    x = _walk(model, g, [x])[0]
     if lengths and model.output_mask(object()) is not None:  # a per-position output: zero at the padding
         mask = g.op("Unsqueeze", [g.op("Cast", [g.mask], "mask_f", to=elem), g.ints([-1], "axes")], "mask_k")
         x = g.op("Mul", [x, mask], "masked")
@@ -189,6 +190,49 @@ def to_onnx(model, path=None, *, classifier=None, opset=OPSET, input_name="input
     if classifier:
         props["probabilities"] = kind.lower()
     helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        data = proto.SerializeToString()
+        atomic_write(os.fspath(path), lambda f: f.write(data))
+    return proto
+
+
+def _walk(model, g, inputs):
+    """The model's nodes emitted in order on the ONNX tensors ``inputs`` (one a graph input): the output tensors'
+    names.  Node i is named "i" in errors (the layer's index, for a chain); a layer called at several nodes emits
+    its nodes (and weights) at each."""
+    plan = model.plan
+    names = dict(zip(plan.inputs, inputs))
+    for i, (layer, src, dst, srcs, _, _) in enumerate(plan.forward_order):
+        names[dst] = g.layer(layer, names[src] if srcs is None else [names[v] for v in srcs], str(i))
+    return [names[v] for v in plan.outputs]
+
+
+def _graph_to_onnx(model, g, onnx, helper, elem, opset, path):
+    """A graph of several inputs or outputs: an ONNX input a model input (its name), an output a model output (its
+    name), the nodes between (:func:`_walk`); no preprocessing, lengths or probabilities."""
+    TensorProto = onnx.TensorProto
+    shapes = model.value_shapes()
+    plan = model.plan
+    outs = _walk(model, g, list(model.input_names))
+    for name, tensor in zip(model.output_names, outs):
+        g.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"output_{name}"))
+
+    def dims(shape, what):
+        return ["batch"] + [f"{what}{i + 1}" if d is None else d for i, d in enumerate(shape)]
+
+    ids = {v for layer, src, _, srcs, _, _ in plan.forward_order if getattr(layer, "takes_ids", False)
+           for v in ([src] if srcs is None else srcs)}
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64 if slot in ids else elem, dims(s, f"{n}_"))
+              for n, s, slot in zip(model.input_names, model.input_shapes, plan.inputs)]
+    outputs = [helper.make_tensor_value_info(n, elem, dims(shapes[v] or (), f"{n}_"))
+               for n, v in zip(model.output_names, plan.outputs)]
+    graph = helper.make_graph(g.nodes, "nnkit", inputs, outputs, initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))], producer_name="nnkit",
+                              producer_version=_version())
+    proto.ir_version = min(proto.ir_version, 9)
+    helper.set_model_props(proto, {"producer": "nnkit", "inputs": json.dumps(model.input_names),
+                                   "outputs": json.dumps(model.output_names)})
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         data = proto.SerializeToString()

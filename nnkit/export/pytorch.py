@@ -59,6 +59,8 @@ def __getattr__(name):
     nn = _torch().nn
     if name == "WithLengths":
         return _with_lengths(nn)
+    if name == "Graph":
+        return _graph_class(nn)
     for cls in LAYER_TYPES.values():
         if getattr(cls, "torch_module", None) is not None:
             module = cls.torch_module(nn)
@@ -190,6 +192,10 @@ def to_torch(model, lengths=False):
     (the recurrent layers run packed, as ``predict(X, lengths=...)`` runs them)."""
     torch = _torch()
     dtype = getattr(torch, model.dtype)
+    if not model.plan.chain:
+        if lengths:
+            raise ValueError("to_torch(lengths=True) takes a chain of layers (a Sequential); this model is a graph")
+        return _graph_module(torch, dtype, model).eval()
     shape = model.input_shape if model.input_shape is not None else model.known_input_shape
     ranks = [None] * len(model.layers) if shape is None else \
         [len(s) for s in infer_shapes(model.layers, shape)[:-1]]  # each layer's input rank (BatchNorm1d or 2d)
@@ -207,6 +213,51 @@ def to_torch(model, lengths=False):
                              "(a module with takes_lengths = True and forward(x, lengths)): call to_torch() without "
                              "lengths= and feed sequences of one length")
     return _with_lengths(torch.nn)(net, model.output_mask(object()) is not None).eval()
+
+
+def _graph_module(torch, dtype, model):
+    """A graph model as a ``torch.nn.Module`` (``nnkit.export.pytorch.Graph``): each layer's own module (a layer
+    called at several nodes is one module), and a forward that walks the nodes in order —
+    ``net(x)``, ``net(x1, x2, ...)`` for several inputs; several outputs come back as a tuple."""
+    plan = model.plan
+    shapes = model.value_shapes()
+    ranks = {}
+    for layer, src, _, srcs, _, _ in plan.forward_order:
+        shape = shapes[src]
+        ranks.setdefault(id(layer), None if shape is None else len(shape))
+    modules = [ToTorch(torch, dtype, ranks.get(id(layer))).module(layer, str(i)) for i, layer in enumerate(plan.layers)]
+    index = {id(layer): i for i, layer in enumerate(plan.layers)}
+    steps = [(index[id(layer)], src, dst, None if srcs is None else list(srcs))
+             for layer, src, dst, srcs, _, _ in plan.forward_order]
+    return _graph_class(torch.nn)(modules, steps, list(plan.inputs), list(plan.outputs), plan.n_values)
+
+
+def _graph_class(nn):
+    if "Graph" not in _GRAPH:
+        class Graph(nn.Module):
+            """The modules of a graph model and its nodes: (module index, input slot, output slot, input slots of a
+            list node or None) in order; ``forward(*inputs)`` walks them, as nnkit's model does."""
+
+            def __init__(self, modules, steps, inputs, outputs, n_values):
+                super().__init__()
+                self.layers = nn.ModuleList(modules)
+                self.steps, self.inputs, self.outputs, self.n_values = steps, inputs, outputs, n_values
+
+            def forward(self, *xs):
+                values = [None] * self.n_values
+                for slot, x in zip(self.inputs, xs):
+                    values[slot] = x
+                for m, src, dst, srcs in self.steps:
+                    values[dst] = self.layers[m](values[src] if srcs is None else [values[v] for v in srcs])
+                outs = tuple(values[v] for v in self.outputs)
+                return outs[0] if len(outs) == 1 else outs
+
+        Graph.__module__, Graph.__qualname__ = "nnkit.export.pytorch", "Graph"
+        _GRAPH["Graph"] = Graph
+    return _GRAPH["Graph"]
+
+
+_GRAPH: dict = {}
 
 
 def layers_from_torch(module):

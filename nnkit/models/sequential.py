@@ -109,6 +109,31 @@ class Model:
         self._wire()
 
     @property
+    def plan(self) -> graph_module.Plan:
+        """The compiled graph the walks follow (:class:`nnkit.layers.graph.Plan`): its layers, its nodes in order
+        (``plan.forward_order``: layer, input slot, output slot, input slots of a list node, shared, node) and the
+        slots of the inputs and outputs.  The exporters walk it."""
+        return self._plan
+
+    def value_shapes(self) -> list:
+        """The shape (without the batch) of every value slot of the graph as far as the input shapes fix it (None
+        where unknown): the inputs' first, then each node's output."""
+        plan = self._plan
+        shapes: list = [None] * plan.n_values
+        given = self.input_shapes if not plan.chain else [self.known_input_shape]
+        for slot, shape in zip(plan.inputs, given):
+            shapes[slot] = None if shape is None else tuple(shape)
+        for node in plan.steps:
+            got = [shapes[v] for v in node.srcs]
+            if any(g is None for g in got):
+                continue
+            try:
+                shapes[node.dst] = tuple(plan.layers[node.layer].output_shape(list(got) if node.as_list else got[0]))
+            except ShapeError:
+                pass
+        return shapes
+
+    @property
     def n_inputs(self) -> int:
         """The number of the model's inputs (one for a ``Sequential``)."""
         return len(self._plan.inputs)
@@ -1029,7 +1054,6 @@ class Model:
         the recurrent operators take it as their ``sequence_lens``, as ``predict(X, lengths=...)`` does."""
         from ..export.onnx import to_onnx
 
-        self._chain_only("export")
         return to_onnx(self, path, classifier=classifier, opset=opset, lengths=lengths)
 
     def to_torch(self, lengths: bool = False) -> Any:
@@ -1038,7 +1062,6 @@ class Model:
         variable-length sequences, the recurrent layers run as packed sequences."""
         from ..export.pytorch import to_torch
 
-        self._chain_only("to_torch")
         return to_torch(self, lengths=lengths)
 
     def config(self) -> list[dict[str, Any]]:
@@ -1115,18 +1138,12 @@ class Model:
     def _graph_summary(self):
         plan = self._plan
         names = {slot: name for slot, name in zip(plan.inputs, self.input_names)}
-        shapes = dict(zip(plan.inputs, self.input_shapes))
+        shapes = self.value_shapes()
         rows = [("#", "layer", "output", "params", "connected to")]
         rows += [("", f"input {n!r}", fmt_shape(s), "", "") for n, s in zip(self.input_names, self.input_shapes)]
         counted = {}  # layer -> the node that counts its parameters (its first call)
         for i, node in enumerate(plan.steps):
             layer = plan.layers[node.layer]
-            got = [shapes.get(v) for v in node.srcs]
-            try:
-                shapes[node.dst] = None if None in got else \
-                    tuple(layer.output_shape(list(got) if node.as_list else got[0]))
-            except ShapeError:
-                shapes[node.dst] = None
             names[node.dst] = f"node {i}"
             params = f"{layer.n_params:,}" if node.layer not in counted else f"shared: node {counted[node.layer]}"
             counted.setdefault(node.layer, i)

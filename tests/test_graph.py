@@ -349,3 +349,32 @@ def test_a_graph_exports_to_onnx_and_to_torch_with_the_same_outputs(tmp_path):
     buf.seek(0)
     again = torch.load(buf, weights_only=False)
     close(again(torch.tensor(A), torch.tensor(B))[0].detach().numpy(), want["kind"], rtol=1e-12)
+
+
+def test_a_model_is_a_layer_of_another_graph_and_equals_its_nodes_inlined(tmp_path):
+    x = nnkit.Input((4,), name="x")
+    encoder = nnkit.Model(x, nnkit.Tanh()(nnkit.Dense(4, 6)(x)), name="encoder", dtype="float64", seed=7)
+    a, b = nnkit.Input((4,), name="a"), nnkit.Input((4,), name="b")
+    d = nnkit.Subtract()([encoder(a), encoder(b)])  # one model called twice: one set of parameters
+    nested = nnkit.Model([a, b], nnkit.Dense(6, 2)(nnkit.Multiply()([d, d])), dtype="float64", seed=8)
+    assert list(nested.state_dict()) == ["0.0.W", "0.0.b", "3.W", "3.b"]
+    np.testing.assert_array_equal(nested.state_dict()["0.0.W"], encoder.state_dict()["0.W"])  # kept its weights
+    dense, act = nnkit.Dense(4, 6), nnkit.Tanh()
+    a2, b2 = nnkit.Input((4,)), nnkit.Input((4,))
+    d2 = nnkit.Subtract()([act(dense(a2)), act(dense(b2))])
+    flat = nnkit.Model([a2, b2], nnkit.Dense(6, 2)(nnkit.Multiply()([d2, d2])), dtype="float64", seed=0)
+    state = nested.state_dict()
+    flat.load_state_dict({"0.W": state["0.0.W"], "0.b": state["0.0.b"], "4.W": state["3.W"], "4.b": state["3.b"]})
+    A, B, y = RNG.standard_normal((5, 4)), RNG.standard_normal((5, 4)), RNG.integers(0, 2, 5)
+    vn, gn = grads_of(nested, [A, B], y, "cross_entropy")
+    vf, gf = grads_of(flat, [A, B], y, "cross_entropy")
+    close(vn, vf, rtol=1e-13)
+    for n, f in (("0.0.W", "0.W"), ("0.0.b", "0.b"), ("3.W", "4.W"), ("3.b", "4.b")):
+        close(gn[n], gf[f], rtol=1e-12)
+    nested.save(tmp_path / "n.npz")
+    loaded = nnkit.load(tmp_path / "n.npz")
+    np.testing.assert_array_equal(loaded.predict([A, B]), nested.predict([A, B]))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(nested)).predict([A, B]), nested.predict([A, B]))
+    assert "Submodel(encoder: 2 layers)" in nested.summary()
+    with pytest.raises(ValueError, match=r"expects \(B, 4\)"):
+        encoder(nnkit.Input((5,)))

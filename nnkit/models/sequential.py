@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..backends import Backend, get_backend
+from ..backends import Backend, get_backend, host_copy
 from ..training.callbacks import History
 from ..backends.functional import Array
 from ..layers import Layer, ShapeError, check_input_shape, fmt_shape, infer_shapes, layer_from_config
@@ -132,6 +132,17 @@ class Model:
             except ShapeError:
                 pass
         return shapes
+
+    def __call__(self, inputs: Any) -> Any:
+        """A model is a layer: called on symbolic tensors inside another graph, it records one node that runs this
+        whole graph (:class:`Submodel`; the same layers, weights and all — calling it twice shares them)."""
+        layer = self.__dict__.get("_as_layer")
+        if layer is None:
+            if len(self._plan.outputs) != 1:
+                raise ValueError(f"a model called inside a graph gives one tensor; this one has "
+                                 f"{len(self._plan.outputs)} outputs")
+            layer = self._as_layer = Submodel(self)
+        return layer(inputs)
 
     @property
     def n_inputs(self) -> int:
@@ -1270,6 +1281,111 @@ class Sequential(Model):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         prec = "" if self.precision is None else f", precision={self.precision}"
         return f"Sequential({body}\n)  # backend={self.backend.name}, dtype={self.dtype}{prec}, params={self.n_params:,}"
+
+
+class Submodel(Layer):
+    r"""A model used as a layer of another graph: its nodes run inside the one node (``model(x)`` makes it).
+
+    Forward: the inner graph's walk on the node's input(s).  Backward: the inner walk in reverse from dY, to the
+    inner layers' gradients and — the chain rule through the whole sub-graph — to dX of each input.  Its layers are
+    the inner model's (their parameters nest: the inner layer i's ``W`` is ``"{k}.{i}.W"`` in the outer model), so a
+    trained encoder keeps its weights, and one model called at two nodes is one set of parameters.
+    """
+
+    def __init__(self, model=None, layers=None, graph=None, input_shape=None):
+        super().__init__()
+        if model is None:  # from a saved config: the inner model rebuilt (weights come from the checkpoint)
+            layers = [layer_from_config(c) if isinstance(c, dict) else c for c in (layers or [])]
+            if not layers:
+                raise ValueError("a Submodel needs its layers")
+            model = Sequential(layers, input_shape=input_shape) if graph is None else Model.from_config(layers, graph)
+        self.inner = model
+        self.takes_list = model.n_inputs > 1
+
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.inner.layers)]
+
+    def build(self, backend, rng):
+        """The inner model's layers keep their weights (moved to ``backend`` when they live elsewhere)."""
+        self.xp = backend.xp
+        for _, owner, kind, key in self.slots():
+            arrays = owner.params if kind == "params" else owner.buffers
+            if not backend.owns(arrays[key]):
+                arrays[key] = backend.asarray(np.asarray(host_copy(arrays[key])), dtype=backend.dtype)
+
+    def input_shape(self):
+        return self.inner.input_shape
+
+    def output_shape(self, in_shape):
+        inner = self.inner
+        shapes = list(in_shape) if self.takes_list else [tuple(in_shape)]
+        want = inner.input_shapes if hasattr(inner, "input_shapes") else [inner.input_shape]
+        for got, need in zip(shapes, want):
+            if need is not None and (len(got) != len(need) or any(
+                    a is not None and b is not None and a != b for a, b in zip(got, need))):
+                raise ShapeError(f"expects {fmt_shape(need)}")
+        plan = inner.plan
+        values = [None] * plan.n_values
+        for slot, shape in zip(plan.inputs, shapes):
+            values[slot] = tuple(shape)
+        for node in plan.steps:
+            got = [values[v] for v in node.srcs]
+            values[node.dst] = tuple(plan.layers[node.layer].output_shape(got if node.as_list else got[0]))
+        return values[plan.outputs[0]]
+
+    def forward(self, X, train=True):
+        """The inner graph's outputs for X (a list for a model of several inputs)."""
+        plan = self.inner.plan
+        out = graph_module.walk_forward(plan, list(X) if self.takes_list else [X], train)[0]
+        if train and plan.shared:  # the inner shared layers' calls, kept with this call
+            self._cache = [st.saved for st in plan.steps]
+        return out
+
+    def backward(self, dY, need_dX=True):
+        """The inner walk in reverse: the inner layers' gradients and ∂L/∂X of each input (when needed)."""
+        plan = self.inner.plan
+        if plan.shared and self._cache is not None:
+            for st, saved in zip(plan.steps, self._cache):
+                st.saved = saved
+        dXs = graph_module.walk_backward(plan, [dY], need_inputs=need_dX)
+        if not need_dX:
+            return None
+        return dXs if self.takes_list else dXs[0]
+
+    def config(self):
+        inner = self.inner
+        return {"type": "Submodel", "layers": inner.config(), "graph": inner.graph_config(),
+                "input_shape": None if inner.input_shape is None else list(inner.input_shape)}
+
+    def __repr__(self):
+        return f"Submodel({self.inner.name or type(self.inner).__name__}: {len(self.inner.layers)} layers)"
+
+    def to_onnx(self, g, x):
+        """The inner nodes, in order, on the ONNX tensor(s) ``x``."""
+        plan = self.inner.plan
+        names = dict(zip(plan.inputs, list(x) if self.takes_list else [x]))
+        for i, (layer, src, dst, srcs, _, _) in enumerate(plan.forward_order):
+            names[dst] = g.layer(layer, names[src] if srcs is None else [names[v] for v in srcs], str(i))
+        return names[plan.outputs[0]]
+
+    def to_torch(self, ctx):
+        """The inner model's module (``nnkit.export.pytorch.Graph``, or ``nn.Sequential`` for a chain)."""
+        return self.inner.to_torch()
+
+    @classmethod
+    def torch_classes(cls, nn):
+        from ..export.pytorch import _graph_class
+
+        return (_graph_class(nn),)
+
+    @classmethod
+    def from_torch(cls, m, ctx):
+        raise ctx.refuse("a graph module comes back into nnkit as a whole model, not as a layer of nn.Sequential")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_cache", None)
+        return {**state, "_cache": None}
 
 
 class _OutputView:

@@ -378,3 +378,28 @@ def test_a_model_is_a_layer_of_another_graph_and_equals_its_nodes_inlined(tmp_pa
     assert "Submodel(encoder: 2 layers)" in nested.summary()
     with pytest.raises(ValueError, match=r"expects \(B, 4\)"):
         encoder(nnkit.Input((5,)))
+
+
+def test_the_picture_of_a_graph_is_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = _fanout_model()
+    fig = nnkit.plots.model(model, tmp_path / "graph.png", title="fan-out")
+    assert (tmp_path / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any(t.startswith("input x") for t in texts) and any("Concatenate" in t for t in texts)
+    assert any("→ output" in t for t in texts) and len([t for t in texts if t]) == 6  # the input, five nodes
+    nnkit.plots.model(nnkit.Sequential.mlp([2, 3, 2]))  # a chain: a column
+
+
+def test_a_graph_resumed_from_its_checkpoint_is_bit_identical(tmp_path):
+    X, y = nnkit.datasets.make_moons(n_samples=96, seed=2)
+    X = np.c_[X, X[:, 0] * X[:, 1]]
+    whole = _fanout_model(dtype="float32")
+    whole.fit(X, y, loss="cross_entropy", epochs=4, batch_size=16, verbose=0)
+    first = _fanout_model(dtype="float32")
+    first.fit(X, y, loss="cross_entropy", epochs=2, batch_size=16, verbose=0, checkpoint=tmp_path / "c.npz")
+    again = nnkit.load(tmp_path / "c.npz")
+    again.fit(X, y, loss="cross_entropy", epochs=4, batch_size=16, verbose=0, checkpoint=tmp_path / "c.npz",
+              resume=True)
+    for k, v in whole.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v)

@@ -1,5 +1,5 @@
 """Pictures for learners: training curves with the held-out side, gradient diagnostics, decision boundaries, the
-learning-rate range test, attention weights per head.
+learning-rate range test, attention weights per head, a model's graph.
 
 Each function draws with matplotlib (``pip install 'nnkit[plot]'``) on a ``matplotlib.figure.Figure`` of its
 own — never through pyplot, so matplotlib's global backend and open figures are left as they were — and
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.files import atomic_write
 
-__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary", "lr_curve", "attention"]
+__all__ = ["training_curves", "gradient_diagnostics", "decision_boundary", "lr_curve", "attention", "model"]
 
 
 def _figure(**kwargs):
@@ -179,3 +179,51 @@ def attention(P, path=None, tokens=None, example=0, title=""):
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def model(net, path=None, title=""):
+    """A picture of a model's graph: its inputs on top, each node (a layer call, with its output shape) a box on
+    the row of its depth — one more than the deepest node it reads — and an arrow from each value to each node that
+    reads it; the outputs named at the bottom.  A chain is a column of boxes."""
+    plan = net.plan
+    shapes = net.value_shapes()
+    depth, label = {}, {}
+    for slot, name in zip(plan.inputs, net.input_names):
+        depth[slot], label[slot] = 0, f"input {name}\n" + _shape(shapes[slot])
+    edges = []
+    for i, (layer, src, dst, srcs, _, _) in enumerate(plan.forward_order):
+        reads = [src] if srcs is None else list(srcs)
+        depth[dst] = 1 + max(depth[v] for v in reads)
+        label[dst] = f"{i}: {layer!r}"[:48] + "\n" + _shape(shapes[dst])
+        edges += [(v, dst) for v in dict.fromkeys(reads)]
+    rows = {}
+    for slot in sorted(depth, key=lambda v: (depth[v], v)):
+        rows.setdefault(depth[slot], []).append(slot)
+    width = max(len(r) for r in rows.values())
+    fig = _figure(figsize=(max(4.0, 3.2 * width), 1.1 * (len(rows) + 1)))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    where = {}
+    for d, slots in rows.items():
+        for k, slot in enumerate(slots):
+            where[slot] = ((k + 0.5) * width / len(slots), -d)
+    outputs = {v: n for n, v in zip(net.output_names, plan.outputs)}
+    for v, u in edges:
+        (x0, y0), (x1, y1) = where[v], where[u]
+        ax.annotate("", xy=(x1, y1 + 0.28), xytext=(x0, y0 - 0.28),
+                    arrowprops={"arrowstyle": "->", "color": "0.4", "lw": 1})
+    for slot, (x, y) in where.items():
+        face = "#dbe9f6" if slot in plan.inputs else ("#fde2c8" if slot in outputs else "white")
+        text = label[slot] + (f"\n→ {outputs[slot]}" if slot in outputs else "")
+        ax.text(x, y, text, ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round,pad=0.4", "facecolor": face, "edgecolor": "0.3"})
+    ax.set_xlim(0, width)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _shape(shape):
+    return "(B, ...)" if shape is None else "(B" + "".join(f", {'?' if d is None else d}" for d in shape) + ")"
+

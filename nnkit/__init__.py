@@ -22,7 +22,7 @@ from .layers import (Layer, Dense, Dropout, Residual, BatchNorm, LayerNorm, Sigm
                      Identity, GELU, SiLU, ELU, Softplus, Conv1D, Conv2D, ConvTranspose1D, ConvTranspose2D, MaxPool1D,
                      MaxPool2D, AvgPool1D, AvgPool2D, GlobalAvgPool, Flatten, Reshape, RNN, GRU, LSTM, Embedding,
                      SequencePool, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TiedDense,
-                     Add, Subtract, Multiply, Concatenate, Input)
+                     Add, Subtract, Multiply, Concatenate, Input, Abs)
 from .layers import init
 from .losses import Loss, MSE, CrossEntropy, BinaryCrossEntropy, Poisson, get_loss
 from . import metrics, data
@@ -50,7 +50,7 @@ __all__ = [
     "TransformerBlock", "TiedDense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU",
     "ELU", "Softplus",
     # graphs: inputs and the merge layers
-    "Input", "Add", "Subtract", "Multiply", "Concatenate",
+    "Input", "Add", "Subtract", "Multiply", "Concatenate", "Abs",
     # losses
     "Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "Poisson", "get_loss",
     # models, loading, checking

@@ -326,18 +326,23 @@ class OutputsLoss:
 
     keeps_labels = False
 
-    def __init__(self, losses, weights=None):
+    def __init__(self, losses, weights=None, names=None, widths=None):
         self.losses = [get_loss(l) for l in losses]
         self.weights = [1.0] * len(self.losses) if weights is None else [float(c) for c in weights]
         if len(self.weights) != len(self.losses):
             raise ValueError(f"{len(self.weights)} loss weights for {len(self.losses)} outputs")
+        bad = [c for c in self.weights if not c >= 0.0 or c == float("inf")]
+        if bad:
+            raise ValueError(f"loss weights must be finite and not negative, got {bad[0]!r}")
+        self.names = names or [f"output_{k + 1}" for k in range(len(self.losses))]  # the logs' "{name}_loss"
+        self.widths = widths  # each output's K (its metrics' shapes), when known
         self.name = "+".join(l.name for l in self.losses)
 
     def value_and_grad(self, outs, Ts, w=None):
         """(Σ_k c_k L_k, [c_k ∂L_k/∂out_k for each output])."""
         value, grads = None, []
         for k, (loss, c, out, T) in enumerate(zip(self.losses, self.weights, outs, Ts)):
-            wk = None if w is None else w[k]
+            wk = w[k] if isinstance(w, list) else w  # one weight an example for every output, or a list
             v, d = loss.value_and_grad(out, T) if wk is None else loss.value_and_grad(out, T, wk)
             if c != 1.0:
                 v, d = c * v, c * d

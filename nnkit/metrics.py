@@ -376,9 +376,50 @@ def _metric(spec):
                      "a Metric, or a function (out, T, w) -> value")
 
 
+class OutputMetric(Metric):
+    """A metric of one output of a model of several (its rows, targets, loss and weights picked from the lists the
+    model gives): logged as ``"{output}_{metric}"``."""
+
+    def __init__(self, k, output, metric, width=None) -> None:
+        self.k, self.metric, self.width = k, metric, width
+        self.name, self.collect = f"{output}_{metric.name}", metric.collect
+
+    def __call__(self, outs, Ts, loss, w=None):
+        from .losses import as_rows
+
+        k = self.k
+        wk = w[k] if isinstance(w, list) else w
+        rows, T, wr = as_rows(outs[k], Ts[k], wk, getattr(loss.losses[k], "keeps_labels", True))
+        return self.metric(rows, T, loss.losses[k]) if wr is None else self.metric(rows, T, loss.losses[k], wr)
+
+    def shape(self, k):
+        return self.metric.shape(self.width if self.width is not None else k)
+
+    def value(self, total, n):
+        return self.metric.value(total, n)
+
+
+class OutputLoss(Metric):
+    """One output's loss L_k as a metric of a model of several outputs (logged as ``"{output}_loss"``): the batch's
+    mean L_k times its weight, summed, over the epoch's weight."""
+
+    def __init__(self, k, output) -> None:
+        self.k, self.name = k, f"{output}_loss"
+
+    def __call__(self, outs, Ts, loss, w=None):
+        k = self.k
+        wk = w[k] if isinstance(w, list) else w
+        value = loss.losses[k].value(outs[k], Ts[k]) if wk is None else loss.losses[k].value(outs[k], Ts[k], wk)
+        return value * batch_weight(outs[k], wk)
+
+
 def get_metrics(metrics: Any, loss: Any) -> list[tuple[str, Metric]]:
     """``[(name, metric)]`` for a list of names, :class:`Metric` objects or functions; ``None`` means accuracy
-    for classification losses, else none."""
+    for classification losses, else none.  For a model of several outputs (``loss`` an
+    :class:`nnkit.losses.OutputsLoss`): each output's loss, then its metrics — ``metrics`` a dict by output name,
+    or one list for every output; None: accuracy for each classification output."""
+    if hasattr(loss, "losses"):
+        return _output_metrics(metrics, loss)
     if metrics is None:
         metrics = ["accuracy"] if loss.name in ("cross_entropy", "binary_cross_entropy") else []
     if isinstance(metrics, str) or callable(metrics):
@@ -391,11 +432,30 @@ def get_metrics(metrics: Any, loss: Any) -> list[tuple[str, Metric]]:
     return out
 
 
+def _output_metrics(metrics, loss):
+    names = loss.names
+    if isinstance(metrics, dict):
+        unknown = [k for k in metrics if k not in names]
+        if unknown:
+            raise ValueError(f"metrics for unknown output(s) {', '.join(map(repr, unknown))}: the model's are "
+                             f"{', '.join(map(repr, names))}")
+    out: list[tuple[str, Metric]] = [(f"{n}_loss", OutputLoss(k, n)) for k, n in enumerate(names)]
+    for k, (name, lk) in enumerate(zip(names, loss.losses)):
+        spec = metrics.get(name) if isinstance(metrics, dict) else metrics
+        width = None if loss.widths is None else loss.widths[k]
+        for _, metric in get_metrics(spec, lk):
+            m = OutputMetric(k, name, metric, width)
+            out.append((m.name, m))
+    return out
+
+
 # -- the epoch's sums: added on the device, read once ----------------------------------------------------------
 def batch_weight(out, w=None):
     """The weight of a batch's mean — the one place it is computed: the N rows of ``out`` (N, K) (examples, or
     the positions of a per-position output), a Python number, or Σ w of the rows' weights ``w`` (N,) (a padding
     mask's zeros leave its positions out), a 0-d device array.  No host read, no tensor made inside a step."""
+    if isinstance(out, list):  # several outputs: their rows (examples) are the first output's
+        out, w = out[0], (w[0] if isinstance(w, list) else w)
     return float(out.shape[0]) if w is None else namespace_of(w).sum(w)
 
 

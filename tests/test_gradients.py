@@ -8,8 +8,8 @@ import nnkit
 from helpers import to_np, assert_on_backend
 
 ACTIVATIONS = [nnkit.Sigmoid, nnkit.Tanh, nnkit.ReLU, lambda: nnkit.LeakyReLU(0.1), nnkit.Softmax,
-               nnkit.Identity]
-ACT_IDS = ["sigmoid", "tanh", "relu", "leaky_relu", "softmax", "identity"]
+               nnkit.Identity, nnkit.Abs]
+ACT_IDS = ["sigmoid", "tanh", "relu", "leaky_relu", "softmax", "identity", "abs"]
 LOSSES = ["mse", "cross_entropy", "binary_cross_entropy"]
 
 

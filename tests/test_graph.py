@@ -110,20 +110,18 @@ def test_x_plus_f_of_x_written_with_add_equals_residual():
 
 # -- against PyTorch's autograd, float64 ------------------------------------------------------------------------
 def test_a_siamese_network_equals_autograd():
-    """One encoder called on two inputs (its gradient the sum of both calls'), their squared difference into a
-    head."""
+    """One encoder called on two inputs (its gradient the sum of both calls'), |a − b| into a head."""
     torch = torch_or_skip()
     encoder, act, head = nnkit.Dense(4, 6), nnkit.Tanh(), nnkit.Dense(6, 3)
     a, b = nnkit.Input((4,), name="a"), nnkit.Input((4,), name="b")
     ea, eb = act(encoder(a)), act(encoder(b))
-    d = nnkit.Subtract()([ea, eb])
-    model = nnkit.Model({"a": a, "b": b}, head(nnkit.Multiply()([d, d])), dtype="float64", seed=1)
+    model = nnkit.Model({"a": a, "b": b}, head(nnkit.Abs()(nnkit.Subtract()([ea, eb]))), dtype="float64", seed=1)
     assert len(model.layers) == 5 and len(model._plan.steps) == 7  # the encoder and its activation: once each
     A, B, y = RNG.standard_normal((7, 4)), RNG.standard_normal((7, 4)), RNG.integers(0, 3, 7)
     value, grads = grads_of(model, {"a": A, "b": B}, y, "cross_entropy")
     W = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
     ta, tb = (torch.tanh(torch.tensor(M) @ W["0.W"] + W["0.b"]) for M in (A, B))
-    out = ((ta - tb) ** 2) @ W["4.W"] + W["4.b"]
+    out = torch.abs(ta - tb) @ W["4.W"] + W["4.b"]
     loss = torch.nn.functional.cross_entropy(out, torch.tensor(y))
     loss.backward()
     close(value, loss.item())
@@ -257,8 +255,8 @@ def test_several_inputs_are_named_in_every_error_and_the_model_is_unchanged():
         model.train_step([A, A], y, "mse", opt)
     with pytest.raises(ValueError, match="output 'output'"):
         model.train_step([A, B], np.zeros((3, 1)), "mse", opt)
-    with pytest.raises(ValueError, match="fit takes a model of one input and one output for now"):
-        model.fit([A, B], y, loss="mse", epochs=1)
+    with pytest.raises(ValueError, match=r"X must be a list of 2 \('a', 'b'\) or a dict by name"):
+        model.fit(lambda: iter([]), y, loss="mse", epochs=1)  # a stream: several inputs come as arrays for now
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     model.train_step([A, B], y, "mse", opt)
@@ -403,3 +401,62 @@ def test_a_graph_resumed_from_its_checkpoint_is_bit_identical(tmp_path):
               resume=True)
     for k, v in whole.state_dict().items():
         np.testing.assert_array_equal(again.state_dict()[k], v)
+
+
+
+def _two_by_two(seed=9):
+    table, seq = nnkit.Input((5,), name="table"), nnkit.Input((6, 3), name="seq")
+    joined = nnkit.Concatenate()([nnkit.ReLU()(nnkit.Dense(5, 8)(table)),
+                                  nnkit.GRU(3, 8, return_sequences=False)(seq)])
+    return nnkit.Model({"table": table, "seq": seq},
+                       {"kind": nnkit.Dense(16, 3)(joined), "size": nnkit.Dense(16, 1)(joined)}, dtype="float64",
+                       seed=seed)
+
+
+def test_several_inputs_and_outputs_train_by_fit_with_logs_named_by_output():
+    model = _two_by_two()
+    n = 24
+    X = {"table": RNG.standard_normal((n, 5)), "seq": RNG.standard_normal((n, 6, 3))}
+    y = {"kind": RNG.integers(0, 3, n), "size": RNG.standard_normal(n)}
+    losses, weights = {"kind": "cross_entropy", "size": "mse"}, {"kind": 1.0, "size": 0.5}
+    value, grads = grads_of(model, X, y, losses, loss_weights=weights)
+    before = model.state_dict()
+    history = model.fit(X, y, loss=losses, loss_weights=weights, optimizer=nnkit.optim.SGD(0.1), epochs=1,
+                        batch_size=n, shuffle=False, verbose=0)
+    close(history["loss"][0], value)  # one batch: the epoch's loss is its loss, Σ c_k L_k
+    for k, v in model.state_dict().items():  # and its update is −lr·∇L
+        close(v, before[k] - 0.1 * grads[k], rtol=1e-10)
+    assert {"loss", "kind_loss", "size_loss", "kind_accuracy"} <= set(history)
+    half = {k: v[:12] for k, v in X.items()}, {k: v[:12] for k, v in y.items()}
+    rest = {k: v[12:] for k, v in X.items()}, {k: v[12:] for k, v in y.items()}
+    history = model.fit(*half, loss=losses, loss_weights=weights, epochs=1, verbose=0, validation_data=rest,
+                        metrics={"kind": ["accuracy", "top_2_accuracy"]})
+    scored = model.evaluate(*rest, losses, metrics={"kind": ["accuracy", "top_2_accuracy"]})
+    for name in ("kind_loss", "size_loss", "kind_accuracy", "kind_top_2_accuracy"):
+        close(history[f"val_{name}"][-1], scored[name], rtol=1e-9)
+    close(scored["loss"], scored["kind_loss"] + scored["size_loss"])  # evaluate weighs the outputs alike
+    with pytest.raises(ValueError, match=r"metrics for unknown output\(s\) 'colour'"):
+        model.fit(X, y, loss=losses, epochs=1, verbose=0, metrics={"colour": ["accuracy"]})
+    with pytest.raises(ValueError, match=r"output 'size'"):
+        model.fit(X, {"kind": y["kind"], "size": np.zeros((n, 2))}, loss=losses, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="loss weights must be finite and not negative"):
+        model.fit(X, y, loss=losses, loss_weights={"kind": -1.0, "size": 1.0}, epochs=1, verbose=0)
+    out = model.predict(X)
+    assert set(out) == {"kind", "size"}
+
+
+
+def test_sample_weights_weigh_every_output_of_a_model_of_several():
+    model = _two_by_two(seed=3)
+    n = 10
+    X = [RNG.standard_normal((n, 5)), RNG.standard_normal((n, 6, 3))]
+    y = [RNG.integers(0, 3, n), RNG.standard_normal(n)]
+    w = np.r_[np.ones(5), np.zeros(5)]
+    twin = model.clone()
+    model.fit(X, y, loss=["cross_entropy", "mse"], sample_weight=w, optimizer=nnkit.optim.SGD(0.1), epochs=1,
+              batch_size=n, shuffle=False, verbose=0)
+    half = [x[:5] for x in X], [t[:5] for t in y]
+    twin.fit(*half, loss=["cross_entropy", "mse"], optimizer=nnkit.optim.SGD(0.1), epochs=1, batch_size=5,
+             shuffle=False, verbose=0)
+    for k, v in model.state_dict().items():  # the rows of weight 0 count for nothing
+        close(v, twin.state_dict()[k], rtol=1e-10)

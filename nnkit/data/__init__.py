@@ -34,14 +34,14 @@ non-blocking copies on torch-CUDA, a stream of its own on CuPy; JAX's ``device_p
 """
 
 from .arrays import (BatchError, as_input, as_target, batch_ranges, batch_sums, check_range, check_weights,
-                     class_weights, dense, host_if_foreign, host_or_native, named_labels, numeric_host, positions_of,
+                     class_weights, dense, host_if_foreign, host_or_native, n_rows, named_labels, numeric_host, positions_of,
                      row_weights, rows, slice_rows)
 from .streams import BatchIterable, DatasetRows, MappedRows, Stream, is_memmap, is_stream, make_stream, prefetch
 from .ragged import (COMPILED_LENGTHS, MAX_PADDING, Sequences, bucketed, check_lengths, compiled_length, host_mask,
                      is_ragged, mask_of, pad_sequences, sequences, target_sequences)
 from .batches import FitData, predict, rank_slice
 
-__all__ = ["FitData", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
+__all__ = ["FitData", "n_rows", "batch_ranges", "batch_sums", "check_weights", "slice_rows", "as_input", "as_target", "rows",
            "dense", "check_range", "host_or_native", "numeric_host", "host_if_foreign", "is_memmap", "is_stream",
            "Stream", "MappedRows", "DatasetRows", "BatchIterable", "make_stream", "prefetch", "BatchError", "predict",
            "class_weights", "pad_sequences", "is_ragged", "Sequences", "sequences", "target_sequences", "mask_of",

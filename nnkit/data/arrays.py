@@ -160,7 +160,10 @@ def dense(model, rows):
 
 
 def rows(model, X, start, stop):
-    """Rows [start, stop) of a prepared input: a slice of a device array, or a densified sparse slice."""
+    """Rows [start, stop) of a prepared input: a slice of a device array, or a densified sparse slice (of each,
+    for a model's several inputs)."""
+    if isinstance(X, list):
+        return [rows(model, x, start, stop) for x in X]
     if is_sparse(X):
         return dense(model, X[start:stop])
     return X[start:stop, ...]
@@ -301,17 +304,32 @@ def batch_sums(model, X, T, loss, metric_fns, batch_size, W=None, M=None):
     device (inference, no host read); a per-position output is summed over its valid positions.  A sparse X is
     densified one batch at a time."""
     sums = None
-    for s, e in batch_ranges(X.shape[0], batch_size):
+    for s, e in batch_ranges(n_rows(X), batch_size):
         mb = None if M is None else M[s:e]
         out = model.forward_batch(rows(model, X, s, e), train=False, mask=mb)
-        out, tb, wb = model.score_rows(out, T[s:e, ...], None if W is None else W[s:e, ...], mb)
+        out, tb, wb = model.score_rows(out, slice_rows(T, s, e), None if W is None else W[s:e, ...], mb)
         sums = sums + BatchStats.of_batch(out, tb, loss.value(out, tb, wb), loss, metric_fns, wb)
     return sums
 
 
 def slice_rows(X, start, stop):
-    """Rows [start, stop) of a device array or of a host sparse matrix (which takes no ``...``)."""
+    """Rows [start, stop) of a device array or of a host sparse matrix (which takes no ``...``) — of each, for a list
+    (a model's several inputs or targets)."""
+    if isinstance(X, list):
+        return [slice_rows(x, start, stop) for x in X]
     return X[start:stop] if is_sparse(X) else X[start:stop, ...]
+
+
+def take_rows(xp, X, idx):
+    """The rows ``idx`` (a device index array) of a device array, or of each of a list of them."""
+    if isinstance(X, list):
+        return [take_rows(xp, x, idx) for x in X]
+    return xp.take(X, idx, axis=0)
+
+
+def n_rows(X):
+    """The rows of a prepared input (the first's, for a model's several)."""
+    return (X[0] if isinstance(X, list) else X).shape[0]
 
 
 def check_weights(model, sample_weight, n):

@@ -10,7 +10,7 @@ import numpy as np
 from ..backends import is_sparse
 from ..backends.functional import device_of
 from .arrays import (BatchError, _labels_of, as_target, batch_ranges, batch_sums, check_weights, class_weights, dense,
-                     host_if_foreign, positions_of, row_weights, rows, slice_rows)
+                     host_if_foreign, n_rows, positions_of, row_weights, rows, slice_rows, take_rows)
 from .ragged import (_trimmed, _trims, bucketed, compiled_length, host_mask, is_ragged, pad_sequences, sequences,
                      target_sequences)
 from .streams import MappedRows, _Rows, is_stream, make_stream, prefetch
@@ -48,7 +48,13 @@ class FitData:
         """Take the data (arrays, or a stream: :func:`is_stream`) and the validation part; returns self.
         ``class_weight`` (arrays only) multiplies the training rows' weights (not the validation part's).
         ``lengths`` (n,): the lengths of padded sequences X (a list of sequences brings its own)."""
-        if is_stream(X, y):
+        if getattr(self.model, "multi", False):  # several inputs or outputs: lists or dicts of arrays in memory
+            for what, given in (("class_weight", class_weight), ("lengths", lengths),
+                                ("steps_per_epoch", self.steps_per_epoch), ("bucket", self.bucket or None)):
+                if given is not None:
+                    raise ValueError(f"{what} takes a model of one input and one output for now")
+            self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
+        elif is_stream(X, y):
             if class_weight is not None:
                 raise ValueError("class_weight takes arrays held in memory; for a stream, give each batch its "
                                  "weights (X, y, w)")
@@ -142,6 +148,12 @@ class FitData:
         """(X, T, W, M, w_host, row weights) of in-memory data: a list of sequences padded (and its per-position
         targets and weights with it), checked once, on the device once."""
         model = self.model
+        if getattr(model, "multi", False):
+            Xs, n = model.inputs_of(X)
+            T = model.targets_of(y, self.loss, n)
+            W, w_host = check_weights(model, sample_weight, n)
+            row_w = np.ones(n) if w_host is None else np.asarray(w_host, dtype=np.float64).reshape(n, -1)[:, 0]
+            return (Xs[0] if len(Xs) == 1 else Xs), T, W, None, w_host, row_w, None
         S = sequences(model, X, lengths)
         y = target_sequences(y, S.lengths)
         sample_weight = target_sequences(sample_weight, S.lengths)
@@ -156,10 +168,11 @@ class FitData:
         X, T, W, M, w_host, row_w, m_host = self._inputs(X, y, sample_weight, lengths, "X")
         self.Wv = self.Mv = None
         if validation_split:
-            split = int(X.shape[0] * (1.0 - validation_split))
+            split = int(n_rows(X) * (1.0 - validation_split))
             if split < 1:
-                raise ValueError(f"validation_split={validation_split} leaves no training rows out of {X.shape[0]}")
-            self.Xv, self.Tv, X, T = slice_rows(X, split, None), T[split:, ...], slice_rows(X, 0, split), T[:split, ...]
+                raise ValueError(f"validation_split={validation_split} leaves no training rows out of {n_rows(X)}")
+            self.Xv, self.Tv, X, T = slice_rows(X, split, None), slice_rows(T, split, None), slice_rows(X, 0, split), \
+                slice_rows(T, 0, split)
             row_w = row_w[:split]
             if W is not None:
                 self.Wv, W, w_host = W[split:], W[:split], w_host[:split]
@@ -176,7 +189,8 @@ class FitData:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
                                  f"sample_weight_val) of arrays that fit the model: {exc}") from None
-            model.check_batch_shape(tuple(int(d) for d in X.shape[1:]))  # the training data's shape again
+            if not getattr(model, "multi", False):
+                model.check_batch_shape(tuple(int(d) for d in X.shape[1:]))  # the training data's shape again
         else:
             self.Xv = self.Tv = None
         if class_weight is not None:  # the training rows' weights times their class's
@@ -191,7 +205,7 @@ class FitData:
             if not row_w.sum() > 0:
                 raise ValueError("class_weight leaves every training row with weight 0")
             W = model.backend.asarray(w_host, dtype=model.backend.dtype)
-        self.X, self.T, self.W, self.M, self.n = X, T, W, M, X.shape[0]
+        self.X, self.T, self.W, self.M, self.n = X, T, W, M, n_rows(X)
         self.row_w = row_w
         self.lengths = None if m_host is None else m_host.sum(axis=1).astype(np.int64)
         self.trim = self.lengths is not None and _trims(model, T, int(X.shape[1]))
@@ -257,12 +271,12 @@ class FitData:
             else:
                 share = 1.0
             if order is None:
-                batch = (rows(model, self.X, a, b), self.T[a:b, ...], None if W is None else W[a:b, ...],
+                batch = (rows(model, self.X, a, b), slice_rows(self.T, a, b), None if W is None else W[a:b, ...],
                          None if M is None else M[a:b])
             else:
                 idx = order[1][a:b]
-                xb = dense(model, self.X[order[0][a:b]]) if sparse else xp.take(self.X, idx, axis=0)
-                batch = (xb, xp.take(self.T, idx, axis=0), None if W is None else xp.take(W, idx, axis=0),
+                xb = dense(model, self.X[order[0][a:b]]) if sparse else take_rows(xp, self.X, idx)
+                batch = (xb, take_rows(xp, self.T, idx), None if W is None else xp.take(W, idx, axis=0),
                          None if M is None else xp.take(M, idx, axis=0))
             if self.trim:  # padded to the batch's own longest sequence, not the data set's
                 longest = int((self.lengths[a:b] if order is None else self.lengths[order[0][a:b]]).max())
@@ -298,10 +312,11 @@ class FitData:
         if self.val_stream is not None:
             vs = self.stream_sums(self.val_stream)
             return nothing if vs is None else vs
-        va, vb = rank_slice(0, self.Xv.shape[0], self.rank, self.size) if self.parallel else (0, self.Xv.shape[0])
+        nv = n_rows(self.Xv)
+        va, vb = rank_slice(0, nv, self.rank, self.size) if self.parallel else (0, nv)
         if vb <= va:
             return nothing
-        return batch_sums(self.model, slice_rows(self.Xv, va, vb), self.Tv[va:vb, ...], self.loss, self.metric_fns,
+        return batch_sums(self.model, slice_rows(self.Xv, va, vb), slice_rows(self.Tv, va, vb), self.loss, self.metric_fns,
                           max(self.batch_size, 1024), None if self.Wv is None else self.Wv[va:vb, ...],
                           None if self.Mv is None else self.Mv[va:vb])
 

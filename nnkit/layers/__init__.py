@@ -21,7 +21,7 @@ Every name is re-exported here and at ``nnkit`` (``nnkit.Dense``, ``nnkit.ReLU``
 """
 from .core import (Layer, Dense, Residual, Dropout, LAYER_TYPES, ShapeError, layer_from_config, infer_shapes,
                    check_input_shape, check_size, fmt_shape)
-from .activations import (Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus,
+from .activations import (Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Identity, GELU, SiLU, ELU, Softplus, Abs,
                           ACTIVATIONS, get_activation)
 from .normalization import BatchNorm, LayerNorm
 from .convolutional import Conv1D, Conv2D, ConvTranspose1D, ConvTranspose2D
@@ -39,4 +39,4 @@ __all__ = ["Layer", "Dense", "Residual", "Dropout", "LAYER_TYPES", "ShapeError",
            "Softplus", "ACTIVATIONS", "get_activation", "BatchNorm", "LayerNorm", "Conv1D", "Conv2D", "ConvTranspose1D", "ConvTranspose2D", "MaxPool1D", "MaxPool2D", "AvgPool1D",
            "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "RNN", "GRU", "LSTM", "Embedding",
            "SequencePool", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock", "TiedDense",
-           "Add", "Subtract", "Multiply", "Concatenate", "Input", "SymbolicTensor"]
+           "Add", "Subtract", "Multiply", "Concatenate", "Input", "SymbolicTensor", "Abs"]

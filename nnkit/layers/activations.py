@@ -11,7 +11,7 @@ import math
 import numbers
 
 from ..backends import functional as F
-from .core import Layer
+from .core import Layer, own_torch_class
 
 __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "ELU", "Softplus",
            "ACTIVATIONS", "get_activation"]
@@ -244,6 +244,48 @@ class Identity(_Elementwise):
         return dA
 
 
+class Abs(_Elementwise):
+    r"""A = |Z|, element-wise (a siamese network's |a − b|).
+
+    Backward: dZ = dA ⊙ sign(Z) — with sign(0) = 0, the subgradient PyTorch's autograd takes at the kink.
+    """
+
+    formula, derivative = "|Z|", "sign(Z)"
+    onnx_op = "Abs"
+
+    def forward(self, Z, train=True):
+        """A = |Z|; keeps sign(Z) when ``train``."""
+        if train:
+            self._cache = self.xp.sign(Z)
+        return self.xp.abs(Z)
+
+    def backward(self, dA, need_dX=True):
+        """dZ = dA ⊙ sign(Z)."""
+        return dA * self._cache
+
+    @classmethod
+    def torch_module(cls, nn):
+        """PyTorch has no module for it: ``nnkit.export.pytorch.Abs`` (forward: ``x.abs()``)."""
+        return own_torch_class(cls, nn, _abs_torch_class)
+
+    def to_torch(self, ctx):
+        return self.torch_module(ctx.nn)()
+
+    @classmethod
+    def torch_classes(cls, nn):
+        return (cls.torch_module(nn),)
+
+
+def _abs_torch_class(nn):
+    class Abs(nn.Module):
+        """|x|, nnkit's Abs layer."""
+
+        def forward(self, x):
+            return x.abs()
+
+    return Abs
+
+
 class GELU(_Elementwise):
     r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016), in its tanh form:
 
@@ -402,6 +444,7 @@ ACTIVATIONS = {
     "swish": SiLU,
     "elu": ELU,
     "softplus": Softplus,
+    "abs": Abs,
 }
 
 

@@ -598,7 +598,10 @@ class Model:
     def score_rows(self, out, T, w=None, mask=None):
         """``(out (N, K), T, w)``: the output, targets and weights as the rows the metrics score — B rows of a
         (B, K) output, the N = B·T positions of a per-position output (B, T, K), weighted by
-        :meth:`score_weights` (:func:`nnkit.losses.as_rows`)."""
+        :meth:`score_weights` (:func:`nnkit.losses.as_rows`).  Several outputs: the lists as they are (each output's
+        metrics pick theirs: :class:`nnkit.metrics.OutputMetric`)."""
+        if isinstance(out, list):
+            return out, T, w
         return as_rows(out, T, self.score_weights(out, w, mask))
 
     def forward(self, X: Any, *, check_input: bool = True) -> Array:
@@ -722,7 +725,7 @@ class Model:
             checkpoint: Any = None, resume: bool = False, regularizer: Any = None, comm: Any = None,
             compile: bool = False, sample_weight: Any = None, log_every_n_steps: int | None = None,
             class_weight: dict[int, float] | str | None = None, accumulate: int = 1, lengths: Any = None,
-            bucket: bool = False, steps_per_epoch: int | None = None) -> History:
+            bucket: bool = False, steps_per_epoch: int | None = None, loss_weights: Any = None) -> History:
         """Train on (X, y) in mini-batches; returns a :class:`nnkit.History`.
 
         X is what ``predict`` takes: raw rows when the model carries a :attr:`preprocessing` (it fills and scales
@@ -786,11 +789,14 @@ class Model:
           ``steps_per_epoch=K`` (a dataset or a memory-mapped array): each epoch draws K batches of rows at random,
           with replacement, from the model's generator — how a language model samples its windows
           (:class:`nnkit.text.TokenWindows`) — instead of one pass over every row.
+        * A model of several inputs or outputs (:class:`Model`) takes X as a list (in the order of its inputs) or a
+          dict by input name, and y as a list or dict of each output's targets, in memory; ``loss`` one for all or a
+          list/dict per output, ``loss_weights`` c_k (L = Σ_k c_k L_k), ``metrics`` one list for all or a dict per
+          output; the logs name each output: ``"{output}_loss"``, ``"val_{output}_accuracy"``.
         * ``compile=True`` compiles the training step where the backend can (``jax.jit`` on JAX; the
           learning rate is passed in as a value, so schedules act; full and last batches are traced once
           each) and runs it eagerly elsewhere.  Callbacks (:mod:`nnkit.callbacks`) see every epoch.
         """
-        self._one_in_one_out("fit")
         return training.fit(self, X, y, FitSettings.of(locals()))  # the settings as one object, to the loop
 
     def evaluate(self, X: Any, y: Any, loss: Any, metrics: Any = None, batch_size: int | None = None,
@@ -799,7 +805,6 @@ class Model:
         ``sample_weight`` (n,) when given — over the valid positions of a per-position output (sequences as
         in :meth:`fit`, ``lengths`` for padded ones).  X and y as :meth:`fit` takes them: raw rows for a model
         that carries a :attr:`preprocessing`, labels as indices or class names."""
-        self._one_in_one_out("evaluate")
         return training.evaluate(self, X, y, loss, metrics, batch_size, sample_weight, lengths)
 
     def save(self, path: Any) -> None:
@@ -835,13 +840,6 @@ class Model:
             raise ValueError(f"{what} takes a chain of layers (a Sequential) for now; this model is a graph of "
                              f"{len(self._plan.steps)} nodes")
 
-    def _one_in_one_out(self, what):
-        if self.multi:
-            raise ValueError(f"{what} takes a model of one input and one output for now; this one has "
-                             f"{self.n_inputs} inputs ({', '.join(self.input_names)}) and {self.n_output_tensors} "
-                             f"outputs ({', '.join(self.output_names)}): train it with train_step over your batches, "
-                             "score it with value_and_grad or predict")
-
     def _listed(self, value, names, what):
         """``value`` — a list/tuple in the order of ``names``, or a dict by name — as a list; a wrong count, a
         missing or an unknown key is a ValueError that names it."""
@@ -859,7 +857,7 @@ class Model:
         raise ValueError(f"{what} must be a list of {len(names)} ({', '.join(map(repr, names))}) or a dict by name, "
                          f"got {got}")
 
-    def _inputs_of(self, X, check_values=True):
+    def inputs_of(self, X: Any, check_values: bool = True) -> tuple[list, int]:
         """(the inputs as arrays of the backend, in order, and the number of rows): each checked against its
         Input's shape, every input with the same rows; integer arrays stay integers (token ids)."""
         one = len(self.input_names) == 1 and not isinstance(X, dict) and \
@@ -887,27 +885,39 @@ class Model:
             raise ValueError("X is empty: expected at least one row")
         return out, rows
 
-    def _multi_batch(self, X, y, loss, loss_weights, check_values):
-        """(inputs, targets, the :class:`nnkit.losses.OutputsLoss`) of a batch for a model of several inputs or
-        outputs."""
-        Xs, n = self._inputs_of(X, check_values)
+    def outputs_loss(self, loss: Any, loss_weights: Any = None) -> OutputsLoss:
+        """The loss of a model of several inputs or outputs (:class:`nnkit.losses.OutputsLoss`): ``loss`` one for
+        every output, or a list/dict of each output's; ``loss_weights`` c_k (a list or dict; default 1)."""
+        if isinstance(loss, OutputsLoss):
+            return loss
         one = isinstance(loss, (str, type)) or not isinstance(loss, (list, tuple, dict))
         losses = [loss] * len(self.output_names) if one else self._listed(loss, self.output_names, "loss")
         weights = None if loss_weights is None else self._listed(loss_weights, self.output_names, "loss_weights")
-        total = OutputsLoss(losses, weights)
+        return OutputsLoss(losses, weights, list(self.output_names), [s[-1] for s in self.output_shapes])
+
+    def targets_of(self, y: Any, loss: OutputsLoss, n: int, check_values: bool = True) -> list:
+        """Each output's targets (a list or a dict by output name; one array for one output), checked against its
+        shape and loss as ``fit`` checks a model's — an error names the output."""
         ys = self._listed(y, self.output_names, "y") if len(self.output_names) > 1 or isinstance(y, dict) else [y]
         T = []
-        for name, shape, yk, lk in zip(self.output_names, self.output_shapes, ys, total.losses):
+        for name, shape, yk, lk in zip(self.output_names, self.output_shapes, ys, loss.losses):
             try:
                 T.append(data.as_target(_OutputView(self, shape), yk, n, lk, check_values))
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"output {name!r}: {exc}") from None
-        return (Xs[0] if len(Xs) == 1 else Xs), T, total
+        return T
+
+    def _multi_batch(self, X, y, loss, loss_weights, check_values):
+        """(inputs, targets, the :class:`nnkit.losses.OutputsLoss`) of a batch for a model of several inputs or
+        outputs."""
+        Xs, n = self.inputs_of(X, check_values)
+        total = self.outputs_loss(loss, loss_weights)
+        return (Xs[0] if len(Xs) == 1 else Xs), self.targets_of(y, total, n, check_values), total
 
     def _predict_multi(self, X, batch_size):
         """The outputs for a model of several inputs or outputs, a batch at a time: a list (or a dict by output
         name when its outputs were given as one; the array itself for one output)."""
-        Xs, n = self._inputs_of(X)
+        Xs, n = self.inputs_of(X)
         bs = n if batch_size is None else check_int("batch_size", batch_size, 1)
         parts = [[] for _ in self._plan.outputs]
         with self.policy.activate():

@@ -10,6 +10,7 @@ Progress, checkpoints, early stopping and schedules are callbacks (:mod:`nnkit.c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -75,9 +76,9 @@ class Terminated(SystemExit):
 def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=None, lengths=None):
     """``{"loss": float, metric: float}`` of ``model`` on (X, y) — means weighted by ``sample_weight``
     when given, over the valid positions of a per-position output: one host read."""
-    loss = get_loss(loss)
+    loss = model.outputs_loss(loss) if getattr(model, "multi", False) else get_loss(loss)
     metric_fns = get_metrics(metrics, loss)
-    if data.is_stream(X, y) and not data.is_ragged(X):  # read a batch at a time, in order
+    if data.is_stream(X, y) and not data.is_ragged(X) and not getattr(model, "multi", False):  # read a batch at a time, in order
         if lengths is not None:
             raise ValueError("lengths= is for padded arrays in memory; a stream's batches bring their sequences "
                              "as lists of arrays of their own lengths")
@@ -88,7 +89,7 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     else:
         reader = data.FitData(model, loss, metric_fns, 1)
         X, T, W, M, _, _, _ = reader._inputs(X, y, sample_weight, lengths, "X")
-        default = X.shape[0] if not is_sparse(X) else 4096
+        default = data.n_rows(X) if not is_sparse(X) else 4096
         bs = default if batch_size is None else check_int("batch_size", batch_size, 1)
         with model.policy.activate():
             sums = data.batch_sums(model, X, T, loss, metric_fns, bs, W, M)
@@ -228,8 +229,17 @@ class _Run:
     def __init__(self, model, X, y, settings):
         self.settings = s = settings.checked()
         self.model, self.be, self.xp = model, model.backend, model.xp
-        self.loss = s.loss
-        _record_head(model, s.loss)
+        if getattr(model, "multi", False):  # several outputs: one loss of them all, each logged
+            self.loss = model.outputs_loss(s.loss, s.loss_weights)
+            for what, given in (("compile", s.compile or None), ("comm", s.comm)):
+                if given is not None:
+                    raise ValueError(f"{what}= takes a model of one input and one output for now")
+        elif isinstance(s.loss, (dict, list, tuple)) or s.loss_weights is not None:
+            raise ValueError("a loss per output and loss_weights are for a model of several outputs")
+        else:
+            self.loss = s.loss
+        s = self.settings = dataclasses.replace(s, loss=self.loss)
+        _record_head(model, self.loss)
         self.metric_fns = get_metrics(s.metrics, s.loss)
         by_name = isinstance(s.optimizer, str)
         optimizer = s.optimizer

@@ -46,6 +46,7 @@ class FitSettings:
     lengths: Any = None
     bucket: bool = False
     steps_per_epoch: int | None = None
+    loss_weights: Any = None
 
     @classmethod
     def of(cls, arguments: dict) -> FitSettings:
@@ -55,7 +56,7 @@ class FitSettings:
 
     def checked(self) -> FitSettings:
         """These settings checked, in their working form (see the class docstring)."""
-        loss = get_loss(self.loss)
+        loss = self.loss if isinstance(self.loss, (dict, list, tuple)) else get_loss(self.loss)  # per output: the model's
         epochs, batch_size = check_int("epochs", self.epochs, 1), check_int("batch_size", self.batch_size, 1)
         if isinstance(self.validation_split, bool) or not isinstance(self.validation_split, numbers.Real) \
                 or not 0.0 <= self.validation_split < 1.0:

@@ -7,7 +7,7 @@ Usage: python tests/mpi_worker.py OUT.npz EPOCHS [CHECKPOINT]; the backend is NN
 float64; a policy: float32 master weights), NNKIT_TEST_CONV=1 for a small CNN instead of the MLP,
 NNKIT_TEST_SEQ=pooled|positions|attention for variable-length sequences (a list of 233 sequences of 1 to 9 steps)
 through a bidirectional GRU, with one label per sequence or a label per position, or through a causal Transformer
-block with a label per position.
+block with a label per position; NNKIT_TEST_GRAPH=1 for a graph (nnkit.Model: a fan-out joined by Concatenate).
 """
 import os
 import sys
@@ -54,10 +54,15 @@ def run(comm, out, epochs, checkpoint=None):
     if seq == "attention":  # a causal Transformer block, its keys padded, a label per position
         layers = [nnkit.Dense(6, 8), nnkit.PositionalEmbedding(9, 8), nnkit.TransformerBlock(8, 2, causal=True),
                   nnkit.Dense(8, 3)]
-    model = nnkit.Sequential(layers, input_shape=(None, 6) if seq else (6,),
-                             dtype="float32" if precision else "float64", precision=precision,
-                             seed=0 if rank == 0 else 100 + rank,
-                             backend=os.environ.get("NNKIT_TEST_BACKEND", "numpy"))
+    options = {"dtype": "float32" if precision else "float64", "precision": precision,
+               "seed": 0 if rank == 0 else 100 + rank, "backend": os.environ.get("NNKIT_TEST_BACKEND", "numpy")}
+    if os.environ.get("NNKIT_TEST_GRAPH"):  # a graph: a fan-out joined again
+        x = nnkit.Input((6,))
+        h = nnkit.Dense(6, 16)(x)
+        model = nnkit.Model(x, nnkit.Dense(32, 3)(nnkit.Concatenate()([nnkit.Tanh()(h), nnkit.Sigmoid()(h)])),
+                            **options)
+    else:
+        model = nnkit.Sequential(layers, input_shape=(None, 6) if seq else (6,), **options)
     history = model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=epochs, batch_size=50,
                         validation_data=(Xv, yv), verbose=0, comm=comm, regularizer=nnkit.optim.L2(1e-3),
                         checkpoint=checkpoint, resume=checkpoint is not None)

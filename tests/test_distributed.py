@@ -89,6 +89,13 @@ def test_mpi_on_variable_length_sequences_equals_single_process(tmp_path, monkey
     np.testing.assert_allclose(first["loss"], single["loss"][:2], rtol=0, atol=1e-10)
 
 
+def test_mpi_on_a_graph_equals_single_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNKIT_TEST_GRAPH", "1")  # the launched ranks inherit it
+    out = tmp_path / "graph2.npz"
+    _launch(2, out, 3)
+    _assert_same(np.load(out), _single(tmp_path, 3))
+
+
 def test_allreduce_share_benchmark_runs():
     out = _launch(2, "--quick", script=["-m", "benchmarks.mpi_share"])
     assert "processes 2" in out and "all-reduce" in out

@@ -460,3 +460,16 @@ def test_sample_weights_weigh_every_output_of_a_model_of_several():
              shuffle=False, verbose=0)
     for k, v in model.state_dict().items():  # the rows of weight 0 count for nothing
         close(v, twin.state_dict()[k], rtol=1e-10)
+
+
+def test_explain_walks_a_graph_and_its_gradients_are_the_models():
+    model = _fanout_model()
+    X, y = RNG.standard_normal((2, 3)), np.array([0, 1])
+    report = model.explain(X, y, "cross_entropy", optimizer=nnkit.optim.SGD(0.1))
+    text = str(report)
+    assert "layer 3: Concatenate(axis=-1)" in text and "dX1 of layer 3" in text and "dX2 of layer 3" in text
+    _, grads = grads_of(model, X, y, "cross_entropy")
+    state = model.state_dict()
+    # the update of the layer behind the fan-out, whose gradient is the sum of both branches'
+    close(report.values["W0_new"], state["0.W"] - 0.1 * grads["0.W"], rtol=1e-12)
+    close(report.values["dW0"], grads["0.W"], rtol=1e-12)

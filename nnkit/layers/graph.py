@@ -105,8 +105,8 @@ class Plan:
             s.layer == i and s.srcs == (i,) and s.dst == i + 1 and not s.as_list for i, s in enumerate(steps)) \
             and len(steps) == len(layers)
         self.shared = {i for i in range(len(layers)) if sum(s.layer == i for s in steps) > 1}
-        for s in steps:
-            s.shared = s.layer in self.shared
+        for i, s in enumerate(steps):
+            s.shared, s.index = s.layer in self.shared, i
         # what the walks read, node by node: (layer, its one input's slot, output slot, its inputs' slots when it
         # takes a list (else None), shared, the step)
         self.forward_order = [(layers[s.layer], s.srcs[0], s.dst, s.srcs if s.as_list else None, s.shared, s)
@@ -183,11 +183,13 @@ def _walk_forward_masked(plan, values, train, masks, each):
     return [values[v] for v in plan.outputs]
 
 
-def walk_backward(plan, d_outputs, need_inputs=False):
+def walk_backward(plan, d_outputs, need_inputs=False, each=None):
     """The chain rule over the plan, in reverse: ``d_outputs`` (∂L/∂ each graph output, None for one the loss
     does not read) through each node's backward pass.  A value read by several nodes receives the sum of their
     gradients; a layer called at several nodes gets the sum of its calls' parameter gradients (in ``grads``).
-    Returns ∂L/∂ each graph input when ``need_inputs`` (None where nothing reached it), else None."""
+    Returns ∂L/∂ each graph input when ``need_inputs`` (None where nothing reached it), else None.
+    ``each(i, layer, dY, need_dX) -> dX``, when given, runs node i's backward pass in the layer's place
+    (``nnkit.models.explanation``: the layer's ``explain_backward``)."""
     grads = [None] * plan.n_values
     for slot, d in zip(plan.outputs, d_outputs):
         if d is not None:
@@ -201,7 +203,7 @@ def walk_backward(plan, d_outputs, need_inputs=False):
         if shared:
             restore(layer, step.saved)
         need = need or need_inputs
-        dX = layer.backward(dY, need_dX=need)
+        dX = layer.backward(dY, need_dX=need) if each is None else each(step.index, layer, dY, need)
         if shared:
             _add_grads(layer, summed)
         if not need or dX is None:

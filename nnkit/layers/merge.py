@@ -10,6 +10,13 @@ __all__ = ["Add", "Subtract", "Multiply", "Concatenate"]
 class _TorchMerge(Layer):
     """A layer of several inputs in PyTorch: its own module (PyTorch has none), whose forward takes the list."""
 
+    def explain_backward(self, report, i, dY, need_dX):
+        """Each input's gradient dXⱼ (the class docstring derives them)."""
+        dXs = self.backward(dY, need_dX=need_dX)
+        for j, d in enumerate(dXs or ()):
+            report.add(f"dX{j + 1} of layer {i}   [{report.tag(i, self)}]", d, f"dX{i}_{j + 1}")
+        return dXs
+
     @classmethod
     def torch_module(cls, nn):
         """PyTorch has no module for it: ``nnkit.export.pytorch.<Name>``, whose forward takes the list of inputs."""
@@ -152,8 +159,10 @@ class Multiply(_Merge):
 
 
 class Concatenate(_TorchMerge):
-    r"""Y = [X₁, X₂, …, Xₙ] joined along ``axis`` (of the batch-first arrays: −1, the last, by default; the batch
-    axis 0 cannot be joined); the other sizes equal.
+    r"""Y = [X₁, X₂, …, Xₙ] joined along an axis.
+
+    ``axis`` counts the batch-first arrays' axes: −1, the last, by default; the batch axis 0 cannot be joined; the
+    other sizes are equal.
 
     Backward: Y's slices along the axis are the inputs, so dXᵢ is dY's slice of Xᵢ's extent.
     """

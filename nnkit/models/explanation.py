@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends import host_copy
 from .. import data
-from ..layers.core import forward_through
+from ..layers.graph import walk_backward, walk_forward
 from ..losses import get_loss
 from ..training.optim import SGD
 
@@ -142,10 +142,11 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
                 np.asarray(S.lengths, dtype=np.float64), "lengths")
     rep.add("T  (targets)", T, "T")
 
-    # forward: the model's own pass, layer by layer (what Sequential.forward_batch does); each layer says its lines
+    # forward: the model's own walk, node by node (what Model.forward_batch does); each layer says its lines
     A = twin.policy.cast_input(Xd)
     rep.section("Forward")
-    A = forward_through(twin.layers, A, True, mask, each=lambda i, layer, X, Y: layer.explain_forward(rep, i, X, Y))
+    A = walk_forward(twin.plan, [A], True, None if mask is None else [mask],
+                     each=lambda i, layer, X, Y: layer.explain_forward(rep, i, X, Y))[0]
     out = twin.policy.cast_output(A)
     value, d_out = loss.value_and_grad(out, T, twin.score_weights(out, None, mask))
     per_position = mask is not None and twin.output_mask(mask) is not None
@@ -155,13 +156,11 @@ def explain(model, X, y, loss, optimizer=None, max_numbers=64, names=None, lengt
             float(_host(value)), "loss")
     rep.add("∂L/∂output", d_out, "d_out")
 
-    # backward: the model's own pass, last layer first (what Sequential.backward does); each layer runs its
-    # own backward and says its lines
+    # backward: the model's own walk in reverse, last node first (what Model.backward does: a value read by
+    # several nodes gets the sum of their gradients); each layer runs its own backward and says its lines
     rep.section("Backward (the chain rule, last layer first)")
-    first = twin.first_param_layer
     dY = twin.policy.cast_grad_out(d_out, twin.loss_scaler)
-    for i in range(len(twin.layers) - 1, first - 1, -1):
-        dY = twin.layers[i].explain_backward(rep, i, dY, i > first)
+    walk_backward(twin.plan, [dY], each=lambda i, layer, d, need: layer.explain_backward(rep, i, d, need))
     grads = twin.policy.unscale(twin.gather_grads(), twin.loss_scaler)
 
     # the update: the optimizer's own pure step, on copies

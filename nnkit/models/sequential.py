@@ -835,11 +835,6 @@ class Model:
         """True for a model of several inputs or outputs (lists or dicts of arrays go in and come out)."""
         return len(self._plan.inputs) > 1 or len(self._plan.outputs) > 1
 
-    def _chain_only(self, what):
-        if not self._plan.chain:
-            raise ValueError(f"{what} takes a chain of layers (a Sequential) for now; this model is a graph of "
-                             f"{len(self._plan.steps)} nodes")
-
     def _listed(self, value, names, what):
         """``value`` — a list/tuple in the order of ``names``, or a dict by name — as a list; a wrong count, a
         missing or an unknown key is a ValueError that names it."""
@@ -1063,7 +1058,9 @@ class Model:
         per time step (‖h_t‖ and ‖∂L/∂h_t‖)."""
         from .explanation import explain
 
-        self._chain_only("explain")
+        if self.multi:
+            raise ValueError(f"explain takes a model of one input and one output for now; this one has "
+                             f"{self.n_inputs} inputs and {self.n_output_tensors} outputs")
         return explain(self, X, y, loss, optimizer=optimizer, max_numbers=max_numbers, lengths=lengths)
 
     # -- the ways out: ONNX and PyTorch (nnkit.export) ----------------------------------------------------

@@ -473,3 +473,30 @@ def test_explain_walks_a_graph_and_its_gradients_are_the_models():
     # the update of the layer behind the fan-out, whose gradient is the sum of both branches'
     close(report.values["W0_new"], state["0.W"] - 0.1 * grads["0.W"], rtol=1e-12)
     close(report.values["dW0"], grads["0.W"], rtol=1e-12)
+
+
+def test_a_stream_of_batches_with_dicts_trains_a_model_of_several_inputs_and_outputs():
+    model = _two_by_two(seed=4)
+    n = 24
+    X = {"table": RNG.standard_normal((n, 5)), "seq": RNG.standard_normal((n, 6, 3))}
+    y = {"kind": RNG.integers(0, 3, n), "size": RNG.standard_normal(n)}
+    losses = {"kind": "cross_entropy", "size": "mse"}
+    twin = model.clone()
+    model.fit(X, y, loss=losses, optimizer=nnkit.optim.SGD(0.1), epochs=2, batch_size=8, shuffle=False, verbose=0)
+
+    def batches():
+        for s in range(0, n, 8):
+            yield {k: v[s:s + 8] for k, v in X.items()}, {k: v[s:s + 8] for k, v in y.items()}
+
+    history = twin.fit(batches, loss=losses, optimizer=nnkit.optim.SGD(0.1), epochs=2, verbose=0,
+                       validation_data=batches)
+    for k, v in model.state_dict().items():  # the same batches in the same order: the same weights
+        close(twin.state_dict()[k], v, rtol=1e-10)
+    assert "val_kind_loss" in history
+    close(twin.evaluate(batches, None, losses)["kind_loss"], twin.evaluate(X, y, losses)["kind_loss"], rtol=1e-10)
+
+    def bad():
+        yield {"table": X["table"][:8]}, {k: v[:8] for k, v in y.items()}
+
+    with pytest.raises(ValueError, match=r"batch 0 .*no X for 'seq'"):
+        twin.fit(bad, loss=losses, epochs=1, verbose=0)

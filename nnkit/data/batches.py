@@ -53,7 +53,10 @@ class FitData:
                                 ("steps_per_epoch", self.steps_per_epoch), ("bucket", self.bucket or None)):
                 if given is not None:
                     raise ValueError(f"{what} takes a model of one input and one output for now")
-            self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
+            if isinstance(X, (list, tuple, dict)):
+                self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
+            else:  # a dataset, batches or a generator whose batches' X and y are lists or dicts
+                self._setup_stream(X, y, sample_weight, validation_data, validation_split)
         elif is_stream(X, y):
             if class_weight is not None:
                 raise ValueError("class_weight takes arrays held in memory; for a stream, give each batch its "
@@ -103,6 +106,16 @@ class FitData:
                 except Exception as exc:  # the user's dataset or loader raised
                     raise BatchError(f"batch {i} of the stream could not be read: {type(exc).__name__}: "
                                           f"{exc}") from exc
+                if getattr(model, "multi", False):  # several inputs or outputs: lists or dicts of arrays
+                    try:
+                        Xs, n = model.inputs_of(xb)
+                        T = model.targets_of(yb, loss, n)
+                        W = None if wb is None else check_weights(model, host_if_foreign(be, wb), n)[0]
+                    except (TypeError, ValueError) as exc:
+                        raise BatchError(f"batch {i} (rows {s} to {e - 1}) of the stream: {exc}") from None
+                    copies.done()
+                    yield (Xs[0] if len(Xs) == 1 else Xs), T, W, None, 1.0, e
+                    continue
                 try:
                     lengths = None
                     if is_ragged(xb):

@@ -151,7 +151,8 @@ class BatchIterable(Stream):
         for batch in it:
             if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
                 raise ValueError(f"each batch must be (X, y) or (X, y, sample_weight), got {type(batch).__name__}")
-            n = int(np.shape(batch[0])[0]) if hasattr(batch[0], "shape") else len(batch[0])
+            x = next(iter(batch[0].values()), ()) if isinstance(batch[0], dict) else batch[0]  # inputs by name
+            n = int(np.shape(x)[0]) if hasattr(x, "shape") else len(x)
             yield (start, start + n), (batch[0], batch[1], batch[2] if len(batch) == 3 else None)
             start += n
 

@@ -256,7 +256,7 @@ def test_several_inputs_are_named_in_every_error_and_the_model_is_unchanged():
     with pytest.raises(ValueError, match="output 'output'"):
         model.train_step([A, B], np.zeros((3, 1)), "mse", opt)
     with pytest.raises(ValueError, match=r"X must be a list of 2 \('a', 'b'\) or a dict by name"):
-        model.fit(lambda: iter([]), y, loss="mse", epochs=1)  # a stream: several inputs come as arrays for now
+        model.fit(lambda: iter([]), y, loss="mse", epochs=1)  # a stream brings its targets inside its batches
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     model.train_step([A, B], y, "mse", opt)

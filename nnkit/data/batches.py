@@ -53,7 +53,7 @@ class FitData:
                                 ("steps_per_epoch", self.steps_per_epoch), ("bucket", self.bucket or None)):
                 if given is not None:
                     raise ValueError(f"{what} takes a model of one input and one output for now")
-            if isinstance(X, (list, tuple, dict)):
+            if isinstance(X, (list, tuple, dict)) or y is not None:  # a stream brings its y inside its batches
                 self._setup_arrays(X, y, sample_weight, validation_data, validation_split)
             else:  # a dataset, batches or a generator whose batches' X and y are lists or dicts
                 self._setup_stream(X, y, sample_weight, validation_data, validation_split)

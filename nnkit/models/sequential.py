@@ -54,6 +54,7 @@ class Model:
     _last_out = None  # the output shape (without B) of the batch shape checked last (per-position targets)
     _ties: list = []  # weights shared by two layers (TiedDense): [(key, the sharing layer)]
     name = None
+    multi = False  # True for a model of several inputs or outputs (lists or dicts of arrays go in and come out)
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, *, backend: str | Any = "numpy",
                  dtype: str | None = None, seed: int | None = None, precision: str | None = None) -> None:
@@ -72,6 +73,7 @@ class Model:
         self.input_shapes = [t.shape for t in ins]
         self.output_shapes = [t.shape for t in outs]
         self._setup(plan, self.input_shapes[0] if len(ins) == 1 else None, backend, dtype, seed, precision)
+        self.multi = len(ins) > 1 or len(outs) > 1
         if len(outs) == 1:
             self._out_shape = self.output_shapes[0]
 
@@ -830,10 +832,6 @@ class Model:
         return data.predict(self, X, batch_size, lengths)
 
     # -- several inputs and outputs ------------------------------------------------------------------
-    @property
-    def multi(self) -> bool:
-        """True for a model of several inputs or outputs (lists or dicts of arrays go in and come out)."""
-        return len(self._plan.inputs) > 1 or len(self._plan.outputs) > 1
 
     def _listed(self, value, names, what):
         """``value`` — a list/tuple in the order of ``names``, or a dict by name — as a list; a wrong count, a

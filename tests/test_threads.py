@@ -111,3 +111,13 @@ def test_every_command_takes_threads(capsys, tmp_path):
 def test_train_with_threads_runs_on_that_many(tmp_path):
     assert main(["train", "--data", "xor", "--hidden", "4", "--epochs", "1", "--threads", "1", "-q"]) == 0
     assert threads.get_threads() == 1
+
+
+def test_a_compiled_fit_is_not_probed(monkeypatch):
+    """The probe times an eager forward pass on the BLAS threads: a compiled step runs on its compiler's threads."""
+    calls = []
+    monkeypatch.setattr(threads, "check_oversubscribed", lambda probe, wall: calls.append(wall))
+    X, y = nnkit.datasets.make_moons(n_samples=32, seed=0)
+    nnkit.Sequential.mlp([2, 4, 2], seed=0).fit(X, y, loss="cross_entropy", epochs=1, verbose=0, compile=True)
+    assert calls == []
+

@@ -273,6 +273,8 @@ class _Run:
         self.whole = self.step.epoch is not None and self.data.whole_epochs() and not self.log_every_n_steps \
             and not any(_needs_every_batch(cb) for cb in watching)
         self.on_cpu = not self.be.on_cuda
+        # the BLAS threads are judged on an eager step's CPU: a compiled step runs on its compiler's threads
+        self.judges_threads = self.on_cpu and not s.compile
         self.probe = None  # the first batch of the first epoch (X, mask): what the oversubscription check times
 
     def _communicator(self, comm):
@@ -331,7 +333,7 @@ class _Run:
         (with logs on the logging steps), stopped after the step in progress by Ctrl-C."""
         sums, seen, every = None, 0, self.log_every_n_steps
         for i, (xb, tb, wb, mb, share, seen) in enumerate(self.batches()):
-            if self.on_cpu and epoch == self.start and i == 0:
+            if self.judges_threads and epoch == self.start and i == 0:
                 self.probe = (xb, mb)
             batch = self.step(xb, tb, share, wb, mb)
             sums = sums if batch is None else sums + batch

@@ -340,18 +340,36 @@ class OutputsLoss:
 
     def value_and_grad(self, outs, Ts, w=None):
         """(Σ_k c_k L_k, [c_k ∂L_k/∂out_k for each output])."""
-        value, grads = None, []
+        values, grads = [], []
         for k, (loss, c, out, T) in enumerate(zip(self.losses, self.weights, outs, Ts)):
             wk = w[k] if isinstance(w, list) else w  # one weight an example for every output, or a list
             v, d = loss.value_and_grad(out, T) if wk is None else loss.value_and_grad(out, T, wk)
-            if c != 1.0:
-                v, d = c * v, c * d
-            value = v if value is None else value + v
-            grads.append(d)
-        return value, grads
+            values.append(v)
+            grads.append(d if c == 1.0 else c * d)
+        return self._total(outs, values), grads
 
     def value(self, outs, Ts, w=None):
-        return self.value_and_grad(outs, Ts, w)[0]
+        """Σ_k c_k L_k alone (no gradient formed)."""
+        values = []
+        for k, (loss, out, T) in enumerate(zip(self.losses, outs, Ts)):
+            wk = w[k] if isinstance(w, list) else w
+            values.append(loss.value(out, T) if wk is None else loss.value(out, T, wk))
+        return self._total(outs, values)
+
+    def _total(self, outs, values):
+        """Σ_k c_k L_k; each L_k kept with the outputs it scored (``parts_of``: the per-output logs read them
+        rather than scoring the batch again)."""
+        self._last = (outs, values)
+        total = None
+        for c, v in zip(self.weights, values):
+            v = v if c == 1.0 else c * v
+            total = v if total is None else total + v
+        return total
+
+    def parts_of(self, outs):
+        """The outputs' losses L_k of the last evaluation, when it scored these very outputs (else None)."""
+        last = getattr(self, "_last", None)
+        return last[1] if last is not None and last[0] is outs else None
 
     def __repr__(self):
         return f"OutputsLoss({self.losses!r}, weights={self.weights!r})"

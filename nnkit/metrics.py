@@ -409,7 +409,9 @@ class OutputLoss(Metric):
     def __call__(self, outs, Ts, loss, w=None):
         k = self.k
         wk = w[k] if isinstance(w, list) else w
-        value = loss.losses[k].value(outs[k], Ts[k]) if wk is None else loss.losses[k].value(outs[k], Ts[k], wk)
+        parts = loss.parts_of(outs)  # the step scored these outputs already
+        value = parts[k] if parts is not None else \
+            loss.losses[k].value(outs[k], Ts[k]) if wk is None else loss.losses[k].value(outs[k], Ts[k], wk)
         return value * batch_weight(outs[k], wk)
 
 

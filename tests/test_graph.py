@@ -500,3 +500,18 @@ def test_a_stream_of_batches_with_dicts_trains_a_model_of_several_inputs_and_out
 
     with pytest.raises(ValueError, match=r"batch 0 .*no X for 'seq'"):
         twin.fit(bad, loss=losses, epochs=1, verbose=0)
+
+
+def test_a_model_of_two_inputs_and_one_output_fits_validates_and_evaluates():
+    a, b = nnkit.Input((4,), name="a"), nnkit.Input((4,), name="b")
+    model = nnkit.Model([a, b], nnkit.Dense(8, 2)(nnkit.Concatenate()([a, b])), dtype="float64", seed=0)
+    A, B, y = RNG.standard_normal((20, 4)), RNG.standard_normal((20, 4)), np.arange(20) % 2
+    first, _ = grads_of(model, [A[:15], B[:15]], y[:15], "cross_entropy")  # the training part, before the step
+    history = model.fit([A, B], y, loss="cross_entropy", epochs=1, batch_size=20, shuffle=False, verbose=0,
+                        validation_split=0.25)
+    assert {"loss", "output_loss", "output_accuracy", "val_loss", "val_output_accuracy"} <= set(history)
+    close(history["loss"][0], first, rtol=1e-12)  # one batch: the epoch's loss is its loss before the update
+    close(history["output_loss"][0], history["loss"][0], rtol=1e-12)
+    scored = model.evaluate([A[15:], B[15:]], y[15:], "cross_entropy")  # the validation part, after it
+    close(history["val_loss"][0], scored["loss"], rtol=1e-12)
+    assert model.predict([A, B]).shape == (20, 2)

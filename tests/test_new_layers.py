@@ -295,7 +295,7 @@ def test_jax_compiled_step_carries_buffers_and_the_random_key():
     h = m.fit(Xs, y, loss="cross_entropy", epochs=3, batch_size=16, verbose=0, compile=True)
     assert all(np.isfinite(h["loss"]))
     assert not np.allclose(to_np(m.buffers()["1.running_mean"]), 0)
-    assert isinstance(m._random_key, jax.Array)
+    assert isinstance(m.random_key, jax.Array)
 
 
 def test_distributed_fit_with_norm_and_dropout():

@@ -165,7 +165,7 @@ def test_float16_gradients_underflow_without_scaling_and_match_float32_with_it(b
     assert 1e-6 < float(np.abs(to_np(g32["0.W"])).max()) < 1e-4
 
     unscaled = ref.clone(precision="mixed_float16")
-    unscaled._scaler = LossScaler.init(unscaled.backend, scale=1.0)  # no scaling: the gradients flush to zero
+    unscaled.loss_scaler = LossScaler.init(unscaled.backend, scale=1.0)  # no scaling: the gradients flush to zero
     _, g0 = unscaled.value_and_grad(X, t, "mse")
     assert float(np.abs(to_np(g0["0.W"])).max()) == 0.0 and float(np.abs(to_np(g0["0.b"])).max()) == 0.0
 
@@ -188,7 +188,7 @@ def test_overflowing_step_is_skipped_on_the_device_and_the_scale_follows_gradsca
     X, y = _data(n=64)
     model = nnkit.Sequential.mlp([6, 16, 3], backend=backend, seed=0, precision="mixed_float16")
     opt = nnkit.optim.Adam(1e-2)
-    model._scaler = LossScaler.init(model.backend, scale=2.0 ** 40)  # S·∂L/∂out overflows float16: inf
+    model.loss_scaler = LossScaler.init(model.backend, scale=2.0 ** 40)  # S·∂L/∂out overflows float16: inf
     before = model.state_dict()
     model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=64, verbose=0, compile=compile)
     after = model.state_dict()
@@ -198,9 +198,9 @@ def test_overflowing_step_is_skipped_on_the_device_and_the_scale_follows_gradsca
     assert model.loss_scale == 2.0 ** 39
     # finite steps: good counts up, and at the growth interval S doubles (interval shortened to 3 here)
     monkeypatch.setattr(LossScaler, "growth_interval", 3)
-    model._scaler = LossScaler.init(model.backend, scale=8.0)
+    model.loss_scaler = LossScaler.init(model.backend, scale=8.0)
     model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16, verbose=0)  # 4 finite steps
-    assert model.loss_scale == 16.0 and float(to_np(model._scaler["good"])) == 1.0
+    assert model.loss_scale == 16.0 and float(to_np(model.loss_scaler["good"])) == 1.0
     assert all(float(to_np(s["t"])) == 4 for s in opt.state.values())
     assert not all(np.array_equal(before[k], model.state_dict()[k]) for k in before)
 
@@ -240,11 +240,11 @@ def test_checkpoint_keeps_the_policy_and_the_scale_and_resume_is_bit_identical(b
         return nnkit.Sequential.mlp([6, 16, 3], backend=backend, seed=3, precision="mixed_float16")
 
     whole = fresh()
-    whole._scaler = LossScaler.init(whole.backend, scale=2.0 ** 19)  # the first steps overflow: S moves
+    whole.loss_scaler = LossScaler.init(whole.backend, scale=2.0 ** 19)  # the first steps overflow: S moves
     whole.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=4, batch_size=32, verbose=0)
     path = tmp_path / "m.npz"
     part = fresh()
-    part._scaler = LossScaler.init(part.backend, scale=2.0 ** 19)
+    part.loss_scaler = LossScaler.init(part.backend, scale=2.0 ** 19)
     part.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=32, verbose=0, checkpoint=path)
     loaded = nnkit.load(path, backend=backend)
     assert loaded.precision == "mixed_float16" and loaded.loss_scale == part.loss_scale < 2.0 ** 19

@@ -165,8 +165,7 @@ class FitData:
             Xs, n = model.inputs_of(X)
             T = model.targets_of(y, self.loss, n)
             W, w_host = check_weights(model, sample_weight, n)
-            row_w = np.ones(n) if w_host is None else np.asarray(w_host, dtype=np.float64).reshape(n, -1)[:, 0]
-            return (Xs[0] if len(Xs) == 1 else Xs), T, W, None, w_host, row_w, None
+            return (Xs[0] if len(Xs) == 1 else Xs), T, W, None, w_host, row_weights(model, n, w_host), None
         S = sequences(model, X, lengths)
         y = target_sequences(y, S.lengths)
         sample_weight = target_sequences(sample_weight, S.lengths)

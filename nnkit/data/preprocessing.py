@@ -221,7 +221,7 @@ class Preprocessing:
         for a preprocessing with text columns, an object array of the raw cells."""
         X, names = _table_parts(data, self.label if self.feature_names is None or self.label not in
                                 self.feature_names else None)
-        X = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X)
+        X = np.asarray(X)
         if self.categories is None:
             try:
                 X = np.asarray(X, dtype=np.float64)
@@ -246,7 +246,7 @@ class Preprocessing:
 
     def _not_numbers(self, X, names, exc):
         """The message for features that are not numbers: the first such column by name, and the fix."""
-        arr = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=object)
+        arr = np.asarray(X, dtype=object)
         col = None
         if arr.ndim == 2:
             for j in range(arr.shape[1]):

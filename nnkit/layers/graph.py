@@ -22,6 +22,7 @@ def fmt_shape(shape):
     """``(B, 25, 10)`` for the shape (25, 10) without its batch; unknown sizes as ``?``."""
     return "(B" + "".join(f", {'?' if n is None else n}" for n in shape) + ")"
 
+
 _ids = itertools.count()
 
 
@@ -132,6 +133,26 @@ class Step:
 
     def __getstate__(self):
         return {**self.__dict__, "saved": None}  # a call's activations are training scratch: they stay behind
+
+
+def walk_shapes(plan, in_shapes, strict=True):
+    """The shape (without the batch) of every value slot of the plan for its inputs' shapes ``in_shapes``: the
+    nodes' ``output_shape`` in order.  ``strict``: a node that cannot take what it gets is a ShapeError naming it;
+    else its value (and what depends on it) is None, as is everything downstream of an unknown input."""
+    shapes = [None] * plan.n_values
+    for slot, shape in zip(plan.inputs, in_shapes):
+        shapes[slot] = None if shape is None else tuple(shape)
+    for i, node in enumerate(plan.steps):
+        got = [shapes[v] for v in node.srcs]
+        if any(g is None for g in got):
+            continue
+        layer = plan.layers[node.layer]
+        try:
+            shapes[node.dst] = tuple(layer.output_shape(got if node.as_list else got[0]))
+        except ShapeError as exc:
+            if strict:
+                raise ShapeError(f"node {i} {layer!r} {exc}, but it gets {', '.join(map(fmt_shape, got))}") from None
+    return shapes
 
 
 def saved_activations(layer):

@@ -2,6 +2,7 @@
 on a list in a graph (``nnkit.Add()([a, b])``), each backward pass returning the list of its inputs' gradients."""
 from __future__ import annotations
 
+from ..backends.functional import namespace_of
 from .core import Layer, ShapeError, fmt_shape, own_torch_class
 
 __all__ = ["Add", "Subtract", "Multiply", "Concatenate"]
@@ -57,35 +58,32 @@ class _Merge(_TorchMerge):
             raise ShapeError(f"takes a list of {want} tensors")
         return shapes
 
+    onnx_op: str | None = None  # the ONNX operator of the merge (Sum, Sub, Mul)
+
     def forward(self, Xs, train=True):
         raise NotImplementedError
-
-    onnx_op: str | None = None  # the ONNX operator of the merge (Sum, Sub, Mul)
 
     def to_onnx(self, g, xs):
         """One ONNX node over the inputs' tensors (``xs``, a list of names)."""
         return g.op(self.onnx_op, list(xs), type(self).__name__.lower())
 
-def _torch_merge(layer_cls, nn):
-    """The PyTorch module of a merge layer: forward(xs) computes what the layer's forward does."""
-    import torch
 
-    kind = layer_cls.__name__
+def _torch_merge(layer_cls, nn):
+    """The PyTorch module of a merge layer: its forward(xs) is the layer's own forward on the tensors, in their
+    Array API namespace (autograd records it as PyTorch's own operations)."""
 
     class Merge(nn.Module):
         def __init__(self, **config):
             super().__init__()
             self.nnkit_config = config
+            self.layer = layer_cls(**config)
 
         def forward(self, xs):
-            if kind == "Concatenate":
-                return torch.cat(list(xs), dim=self.nnkit_config.get("axis", -1))
-            out = xs[0]
-            for x in xs[1:]:
-                out = out + x if kind == "Add" else out - x if kind == "Subtract" else out * x
-            return out
+            xs = list(xs)
+            self.layer.xp = namespace_of(xs[0])
+            return self.layer.forward(xs, train=False)
 
-    Merge.__name__ = kind
+    Merge.__name__ = layer_cls.__name__
     return Merge
 
 
@@ -204,10 +202,9 @@ class Concatenate(_TorchMerge):
                      for d in range(rank))
 
     def forward(self, Xs, train=True):
-        axis = self.axis if self.axis < 0 else self.axis
         if train:
-            self._cache = [int(X.shape[axis]) for X in Xs]
-        return self.xp.concat(list(Xs), axis=axis)
+            self._cache = [int(X.shape[self.axis]) for X in Xs]
+        return self.xp.concat(list(Xs), axis=self.axis)
 
     def backward(self, dY, need_dX=True):
         """dXᵢ = dY[..., offᵢ : offᵢ + nᵢ, ...] along the joined axis."""

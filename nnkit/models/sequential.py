@@ -121,19 +121,8 @@ class Model:
         """The shape (without the batch) of every value slot of the graph as far as the input shapes fix it (None
         where unknown): the inputs' first, then each node's output."""
         plan = self._plan
-        shapes: list = [None] * plan.n_values
-        given = self.input_shapes if not plan.chain else [self.known_input_shape]
-        for slot, shape in zip(plan.inputs, given):
-            shapes[slot] = None if shape is None else tuple(shape)
-        for node in plan.steps:
-            got = [shapes[v] for v in node.srcs]
-            if any(g is None for g in got):
-                continue
-            try:
-                shapes[node.dst] = tuple(plan.layers[node.layer].output_shape(list(got) if node.as_list else got[0]))
-            except ShapeError:
-                pass
-        return shapes
+        return graph_module.walk_shapes(plan, self.input_shapes if not plan.chain else [self.known_input_shape],
+                                        strict=False)
 
     def __call__(self, inputs: Any) -> Any:
         """A model is a layer: called on symbolic tensors inside another graph, it records one node that runs this
@@ -319,22 +308,6 @@ class Model:
         self.state.optimizer = optimizer
 
     @property
-    def _scaler(self):  # the names before the training state was one object
-        return self.state.scaler
-
-    @_scaler.setter
-    def _scaler(self, scaler):
-        self.state.scaler = scaler
-
-    @property
-    def _random_key(self):
-        return self.state.random_key
-
-    @_random_key.setter
-    def _random_key(self, key):
-        self.state.random_key = key
-
-    @property
     def _slots(self):
         return self.state.slots
 
@@ -481,25 +454,16 @@ class Model:
         shape = self.input_shape if in_shape is None else tuple(in_shape)
         if shape is None:
             raise ValueError("the model's input shape is not known yet: pass input_shape= or give it data first")
-        return self._shapes(shape)[-1]
+        return self._output_shape(shape)
 
-    def _shapes(self, in_shape):
-        """The shapes (without the batch) of the model's values for input shape ``in_shape``: a chain's after each
-        layer (:func:`nnkit.layers.infer_shapes`), a graph's its nodes' outputs, the last the model's output; a
+    def _output_shape(self, in_shape):
+        """The output shape (without the batch) for input shape ``in_shape``: through a chain's layers
+        (:func:`nnkit.layers.infer_shapes`) or a graph's nodes (:func:`nnkit.layers.graph.walk_shapes`); a
         ShapeError naming the layer or node that cannot take its input."""
-        if self._plan.chain:
-            return infer_shapes(self.layers, in_shape)
         plan = self._plan
-        shapes = [None] * plan.n_values
-        shapes[plan.inputs[0]] = tuple(in_shape)
-        for i, node in enumerate(plan.steps):
-            layer = plan.layers[node.layer]
-            got = [shapes[v] for v in node.srcs]
-            try:
-                shapes[node.dst] = tuple(layer.output_shape(got if node.as_list else got[0]))
-            except ShapeError as exc:
-                raise ShapeError(f"node {i} {layer!r} {exc}, but it gets {', '.join(map(fmt_shape, got))}") from None
-        return [shapes[v] for v in range(plan.n_values) if v not in plan.outputs] + [shapes[plan.outputs[0]]]
+        if plan.chain:
+            return infer_shapes(self.layers, in_shape)[-1]
+        return graph_module.walk_shapes(plan, [in_shape])[plan.outputs[0]]
 
     def shape_checked(self, shape: tuple) -> bool:
         """True when batches of ``shape`` (without B) were checked already (the data path's hot path)."""
@@ -535,7 +499,7 @@ class Model:
             raise ValueError(f"this model has {self.n_inputs} inputs and {self.n_output_tensors} outputs: give "
                              "them as a list or a dict of arrays")
         try:
-            out = self._shapes(shape)[-1]
+            out = self._output_shape(shape)
         except ShapeError as exc:
             raise ValueError(f"X of shape {fmt_shape(shape)} does not fit the model: {exc}") from None
         if any(d is None for d in out):  # pragma: no cover - a known input gives known outputs
@@ -561,7 +525,8 @@ class Model:
             outs = graph_module.walk_forward(plan, [p.cast_input(X)], train, None if mask is None else [mask])
         else:
             outs = graph_module.walk_forward(plan, [p.cast_input(x) for x in X], train)
-        return p.cast_output(outs[0]) if len(outs) == 1 else [p.cast_output(o) for o in outs]
+        # a model of several inputs or outputs gives a list (of one for one output): what its losses score
+        return [p.cast_output(o) for o in outs] if self.multi else p.cast_output(outs[0])
 
     def output_mask(self, mask):
         """The padding mask of the model's output for an input mask (B, T): (B, T) when every layer keeps the
@@ -685,8 +650,6 @@ class Model:
         (``mixed_float16``): the loss scale the backward pass runs under.
         """
         out = self.forward_batch(X, train=True, mask=mask)
-        if isinstance(loss, OutputsLoss) and not isinstance(out, list):
-            out = [out]  # one output, scored as a list of one
         w = self.score_weights(out, w, mask)
         value, d_out = loss.value_and_grad(out, T) if w is None else loss.value_and_grad(out, T, w)
         grads = self._backward(d_out, scaler)
@@ -916,7 +879,7 @@ class Model:
         with self.policy.activate():
             for s in range(0, n, bs):
                 outs = self.forward_batch([x[s:s + bs] for x in Xs] if len(Xs) > 1 else Xs[0][s:s + bs], train=False)
-                for k, o in enumerate(outs if isinstance(outs, list) else [outs]):
+                for k, o in enumerate(outs):
                     parts[k].append(o)
         xp = self.xp
         outs = [p[0] if len(p) == 1 else xp.concat(p, axis=0) for p in parts]
@@ -1330,13 +1293,7 @@ class Submodel(Layer):
                     a is not None and b is not None and a != b for a, b in zip(got, need))):
                 raise ShapeError(f"expects {fmt_shape(need)}")
         plan = inner.plan
-        values = [None] * plan.n_values
-        for slot, shape in zip(plan.inputs, shapes):
-            values[slot] = tuple(shape)
-        for node in plan.steps:
-            got = [values[v] for v in node.srcs]
-            values[node.dst] = tuple(plan.layers[node.layer].output_shape(got if node.as_list else got[0]))
-        return values[plan.outputs[0]]
+        return graph_module.walk_shapes(plan, shapes)[plan.outputs[0]]
 
     def forward(self, X, train=True):
         """The inner graph's outputs for X (a list for a model of several inputs)."""

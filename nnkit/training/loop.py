@@ -80,7 +80,7 @@ def evaluate(model, X, y, loss, metrics=None, batch_size=None, sample_weight=Non
     metric_fns = get_metrics(metrics, loss)
     multi = getattr(model, "multi", False)
     if (data.is_stream(X, y) and not data.is_ragged(X) and not multi) or \
-            (multi and y is None and not isinstance(X, (list, tuple, dict))):  # batches of lists or dicts  # read a batch at a time, in order
+            (multi and y is None and not isinstance(X, (list, tuple, dict))):  # a stream: a batch at a time, in order
         if lengths is not None:
             raise ValueError("lengths= is for padded arrays in memory; a stream's batches bring their sequences "
                              "as lists of arrays of their own lengths")
